@@ -1,0 +1,52 @@
+"""memsession: web sessions in every worker's memory, kept identical, never lost."""
+
+from .cache import Eviction, ExpiringLRUCache
+from .clock import Clock, HybridClock, SystemClock
+from .config import Config
+from .errors import (
+    BusError,
+    CacheClosed,
+    ConfigError,
+    InvalidSessionId,
+    MemsessionError,
+    SessionDataError,
+    SessionDestroyed,
+    SessionError,
+    SessionTooLarge,
+    SignatureError,
+    StoreClosed,
+    StoreCorrupt,
+    StoreError,
+    StoreUnavailable,
+    WireError,
+)
+from .session import Record, is_valid_sid, new_id
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BusError",
+    "CacheClosed",
+    "Clock",
+    "Config",
+    "ConfigError",
+    "Eviction",
+    "ExpiringLRUCache",
+    "HybridClock",
+    "InvalidSessionId",
+    "MemsessionError",
+    "Record",
+    "SessionDataError",
+    "SessionDestroyed",
+    "SessionError",
+    "SessionTooLarge",
+    "SignatureError",
+    "StoreClosed",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreUnavailable",
+    "SystemClock",
+    "WireError",
+    "is_valid_sid",
+    "new_id",
+]

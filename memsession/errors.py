@@ -1,0 +1,155 @@
+"""The one exception tree of memsession.
+
+Every error the library raises on purpose is a ``MemsessionError``; errors from
+psycopg, httpx, pyzmq and the operating system are translated into it at the
+boundary where they happen (``raise ... from exc``) so callers catch one tree::
+
+    MemsessionError
+    ├── ConfigError(ValueError)            bad option at construction  .option .value
+    ├── SessionError
+    │   ├── InvalidSessionId(ValueError)   malformed id                .sid
+    │   ├── SessionDataError(TypeError)    value not JSON-like         .path .value
+    │   ├── SessionTooLarge(ValueError)    serialized data over limit  .size .limit
+    │   └── SessionDestroyed               id is tombstoned            .sid
+    ├── CacheClosed                        used after close()
+    ├── SignatureError(ValueError)         cookie signature/format bad .reason
+    ├── WireError(ValueError)              bad bus frame               .reason
+    ├── BusError                           transport failure           .endpoint
+    └── StoreError                         persistence failure         .store .op
+        ├── StoreUnavailable               server down/unreachable
+        ├── StoreCorrupt                   unreadable data on disk     .path .reason
+        └── StoreClosed                    used after close()
+
+Errors that double as built-in types (``ValueError``, ``TypeError``) do so
+because callers reasonably catch those for bad input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BusError",
+    "CacheClosed",
+    "ConfigError",
+    "InvalidSessionId",
+    "MemsessionError",
+    "SessionDataError",
+    "SessionDestroyed",
+    "SessionError",
+    "SessionTooLarge",
+    "SignatureError",
+    "StoreClosed",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreUnavailable",
+    "WireError",
+]
+
+
+class MemsessionError(Exception):
+    """Root of every error memsession raises on purpose."""
+
+
+class ConfigError(MemsessionError, ValueError):
+    """An option has an invalid value; raised at construction, never at first use."""
+
+    def __init__(self, option: str, value: Any, reason: str) -> None:
+        super().__init__(f"{option}={value!r}: {reason}")
+        self.option = option
+        self.value = value
+        self.reason = reason
+
+
+class SessionError(MemsessionError):
+    """A session operation was refused."""
+
+
+class InvalidSessionId(SessionError, ValueError):
+    """The session id is not one memsession could have issued."""
+
+    def __init__(self, sid: object) -> None:
+        shown = sid[:16] + "..." if isinstance(sid, str) and len(sid) > 16 else sid
+        super().__init__(f"malformed session id {shown!r}")
+        self.sid = sid
+
+
+class SessionDataError(SessionError, TypeError):
+    """Session data holds a value that is not JSON-like; ``path`` locates it."""
+
+    def __init__(self, path: str, value: Any, reason: str) -> None:
+        super().__init__(f"session data at {path}: {reason} (got {type(value).__name__})")
+        self.path = path
+        self.value = value
+        self.reason = reason
+
+
+class SessionTooLarge(SessionError, ValueError):
+    """Serialized session data exceeds ``max_session_bytes``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"session data is {size} bytes serialized; the limit is {limit}")
+        self.size = size
+        self.limit = limit
+
+
+class SessionDestroyed(SessionError):
+    """The session was destroyed; its id can't be written again while its tombstone lives."""
+
+    def __init__(self, sid: str) -> None:
+        super().__init__("session was destroyed; issue a new id")
+        self.sid = sid
+
+
+class CacheClosed(MemsessionError):
+    """The SessionCache was used after ``close()``."""
+
+
+class SignatureError(MemsessionError, ValueError):
+    """A signed value (cookie) failed verification."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class WireError(MemsessionError, ValueError):
+    """A bus frame is malformed, truncated, oversized or of another version."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BusError(MemsessionError):
+    """The message bus could not be set up or used."""
+
+    def __init__(self, message: str, endpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+
+
+class StoreError(MemsessionError):
+    """A persistence store failed; ``store`` names the adapter, ``op`` the operation."""
+
+    def __init__(self, message: str, *, store: str = "", op: str = "") -> None:
+        super().__init__(message)
+        self.store = store
+        self.op = op
+
+
+class StoreUnavailable(StoreError):
+    """The store's server can't be reached right now; the operation may be retried."""
+
+
+class StoreCorrupt(StoreError):
+    """Data in the store can't be read; nothing was overwritten."""
+
+    def __init__(self, path: str, reason: str, *, store: str = "") -> None:
+        super().__init__(f"{path}: {reason}", store=store, op="load")
+        self.path = path
+        self.reason = reason
+
+
+class StoreClosed(StoreError):
+    """The store was used after ``close()``."""

@@ -1,0 +1,185 @@
+"""The session record, session ids, and the rules for session data.
+
+A record is immutable: every change makes a new one with a new version. The
+same expiry rule holds everywhere a record goes (cache, wire, stores, cookie)::
+
+    expires = min(accessed + idle_timeout, created + max_age)
+
+``created``, ``accessed`` and ``expires`` are wall-clock seconds (they travel);
+the cache converts them to monotonic time on arrival.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+import msgpack
+
+from .errors import InvalidSessionId, SessionDataError, SessionTooLarge
+
+__all__ = [
+    "Record",
+    "SessionData",
+    "check_sid",
+    "compute_expires",
+    "copy_data",
+    "is_valid_sid",
+    "new_id",
+    "prepare_data",
+    "wins",
+]
+
+SessionData = dict[str, Any]
+
+#: 32 random bytes, base64url without padding: 43 characters.
+SID_BYTES = 32
+SID_LENGTH = 43
+_SID_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+
+_INT_MIN = -(1 << 63)
+_INT_MAX = (1 << 64) - 1
+_MAX_DEPTH = 32
+_SCALARS = (str, bool, int, float, bytes, type(None))
+
+
+def new_id() -> str:
+    """A new session id: 256 bits from ``secrets``, URL- and cookie-safe."""
+    return secrets.token_urlsafe(SID_BYTES)
+
+
+def is_valid_sid(sid: object) -> bool:
+    """Cheap shape check: could memsession have issued this id?"""
+    return type(sid) is str and len(sid) == SID_LENGTH and _SID_RE.fullmatch(sid) is not None
+
+
+def check_sid(sid: object) -> str:
+    """Return ``sid`` or raise ``InvalidSessionId``."""
+    if type(sid) is str and len(sid) == SID_LENGTH and _SID_RE.fullmatch(sid) is not None:
+        return sid
+    raise InvalidSessionId(sid)
+
+
+def compute_expires(
+    created: float, accessed: float, idle_timeout: float | None, max_age: float | None
+) -> float:
+    """``min(accessed + idle_timeout, created + max_age)``; ``inf`` when neither is set."""
+    idle_end = accessed + idle_timeout if idle_timeout is not None else math.inf
+    age_end = created + max_age if max_age is not None else math.inf
+    return idle_end if idle_end < age_end else age_end
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One version of one session, as it lives in caches, on the bus and in stores.
+
+    ``data`` belongs to the record and must not be mutated; ``copy_data`` hands
+    callers a copy. ``deleted`` marks a tombstone (``data`` is then empty).
+    ``version`` is a hybrid-logical-clock value and ``origin`` the writer's
+    id; ``wins`` orders two records of the same key.
+    """
+
+    key: str
+    data: SessionData
+    version: int
+    origin: int
+    created: float
+    accessed: float
+    expires: float
+    deleted: bool = False
+    #: True when every value is a scalar, so a shallow copy is a full copy.
+    flat: bool = field(default=True, compare=False, repr=False)
+
+    def expired(self, wall_now: float) -> bool:
+        return self.expires <= wall_now
+
+    def touched(self, accessed: float, expires: float) -> Record:
+        """The same version with a later access time (touches don't bump the version)."""
+        return replace(self, accessed=accessed, expires=expires)
+
+
+def wins(new: Record, old: Record | None) -> bool:
+    """Whether ``new`` replaces ``old`` under the merge rule every replica applies.
+
+    A tombstone beats any live record (destroy is final, so a late write never
+    resurrects); otherwise the higher ``(version, origin)`` wins. This is a
+    join: replicas that see the same records in any order converge.
+    """
+    if old is None:
+        return True
+    if new.deleted != old.deleted:
+        return new.deleted
+    return (new.version, new.origin) > (old.version, old.origin)
+
+
+def _check_value(value: Any, path: str, depth: int) -> None:
+    kind = type(value)
+    if kind is str or kind is bool or value is None or kind is bytes:
+        return
+    if kind is int:
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise SessionDataError(path, value, "integer outside the 64-bit range")
+        return
+    if kind is float:
+        if not math.isfinite(value):
+            raise SessionDataError(path, value, f"{value!r} is not JSON-compatible")
+        return
+    if depth >= _MAX_DEPTH:
+        raise SessionDataError(path, value, f"nested deeper than {_MAX_DEPTH} levels")
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise SessionDataError(f"{path}[{key!r}]", key, "dict keys must be str")
+            _check_value(item, f"{path}[{key!r}]", depth + 1)
+        return
+    if kind is list or kind is tuple:
+        for index, item in enumerate(value):
+            _check_value(item, f"{path}[{index}]", depth + 1)
+        return
+    raise SessionDataError(
+        path, value, "only str, int, float, bool, None, bytes, list, tuple and dict are allowed"
+    )
+
+
+def prepare_data(data: Mapping[str, Any], max_bytes: int) -> tuple[SessionData, int, bool]:
+    """Validate session data and take a private copy of it.
+
+    Returns ``(copy, serialized_size, flat)``. Raises ``SessionDataError`` (a
+    ``TypeError``) naming the key path of the first bad value, or
+    ``SessionTooLarge``. Tuples come back as lists, as they would from JSON.
+    """
+    if not isinstance(data, Mapping):
+        raise SessionDataError("session", data, "session data must be a mapping")
+    flat = True
+    for key, value in data.items():
+        if type(key) is not str:
+            raise SessionDataError(f"session[{key!r}]", key, "keys must be str")
+        kind = type(value)
+        if kind is str or kind is bool or value is None or kind is bytes:
+            continue
+        if kind is not int and kind is not float:
+            flat = False
+        _check_value(value, f"session[{key!r}]", 1)
+    blob = msgpack.packb(data if type(data) is dict else dict(data), use_bin_type=True)
+    if len(blob) > max_bytes:
+        raise SessionTooLarge(len(blob), max_bytes)
+    copy = dict(data) if flat else msgpack.unpackb(blob, raw=False)
+    return copy, len(blob), flat
+
+
+def is_flat(data: Mapping[str, Any]) -> bool:
+    """True when no value is a container (a shallow copy is then a full copy)."""
+    for value in data.values():
+        if isinstance(value, (dict, list, tuple)):
+            return False
+    return True
+
+
+def copy_data(record: Record) -> SessionData:
+    """A copy of the record's data the caller may mutate freely."""
+    if record.flat:
+        return dict(record.data)
+    return msgpack.unpackb(msgpack.packb(record.data, use_bin_type=True), raw=False)

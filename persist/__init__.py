@@ -1,0 +1,1 @@
+"""Persistence for memsession: one store protocol, three adapters, the sidecar."""
