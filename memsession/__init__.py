@@ -21,6 +21,7 @@ from .errors import (
     WireError,
 )
 from .session import Record, is_valid_sid, new_id
+from .session_cache import SessionCache
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "Record",
     "SessionDataError",
     "SessionDestroyed",
+    "SessionCache",
     "SessionError",
     "SessionTooLarge",
     "SignatureError",

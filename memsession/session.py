@@ -92,6 +92,8 @@ class Record:
     deleted: bool = False
     #: True when every value is a scalar, so a shallow copy is a full copy.
     flat: bool = field(default=True, compare=False, repr=False)
+    #: Serialized size of ``data`` in bytes (msgpack), for size accounting.
+    size: int = field(default=0, compare=False, repr=False)
 
     def expired(self, wall_now: float) -> bool:
         return self.expires <= wall_now

@@ -1,0 +1,376 @@
+"""SessionCache: the thread-safe facade over the cache core.
+
+It owns the lock, the clocks, versions, tombstones and counters; the core
+(``ExpiringLRUCache``) decides what is live and returns what it evicted.
+Every local change funnels through ``_emit`` and every remote one through
+``apply``: the seams where replication and persistence plug in.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections import OrderedDict
+from typing import Any, Iterator, Mapping
+
+from .cache import EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE, Eviction, ExpiringLRUCache
+from .clock import SYSTEM_CLOCK, Clock, HybridClock
+from .config import Config
+from .errors import CacheClosed, SessionDestroyed
+from .session import (
+    Record,
+    SessionData,
+    check_sid,
+    compute_expires,
+    copy_data,
+    is_valid_sid,
+    prepare_data,
+    wins,
+)
+
+__all__ = ["SessionCache"]
+
+log = logging.getLogger("memsession")
+
+#: How often (monotonic seconds) reads sweep expired sessions and tombstones.
+_SWEEP_EVERY = 1.0
+
+
+class SessionCache:
+    """Sessions held in this process's memory, with express-session Store parity.
+
+    ``SessionCache(config=None, *, clock=SYSTEM_CLOCK, origin=None, **options)``:
+    options are ``Config`` fields (``maxsize``, ``idle_timeout``, ``max_age``,
+    ``touch_interval``, ``tombstone_ttl``, ``max_session_bytes``) and override
+    ``config``. Safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        origin: int | None = None,
+        **options: Any,
+    ) -> None:
+        self.config = cfg = Config.from_options(config, **options)
+        self.clock = clock
+        self.origin = origin if origin is not None else secrets.randbits(63) or 1
+        self.hlc = HybridClock(clock)
+        self._core = ExpiringLRUCache(
+            cfg.maxsize, cfg.idle_timeout, cfg.max_age, timer=clock.monotonic
+        )
+        self._lock = threading.Lock()
+        self._tombstones: OrderedDict[str, tuple[Record, float]] = OrderedDict()
+        self._next_sweep = clock.monotonic() + _SWEEP_EVERY
+        self._closed = False
+        self._bytes = 0
+        self._counts = dict.fromkeys(
+            ("hits", "misses", "invalid_ids", "sets", "touches", "destroys", "applied", "ignored"), 0
+        )
+        self._evicted = dict.fromkeys((EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE), 0)
+
+    # -- express-session Store parity ----------------------------------------
+
+    def get(self, sid: str) -> SessionData | None:
+        """The session's data (a copy), or None if unknown, expired or destroyed.
+
+        A malformed id is a miss, counted as ``invalid_ids``: cookies come
+        from outside and a bad one must not raise.
+        """
+        if not is_valid_sid(sid):
+            self._counts["invalid_ids"] += 1
+            return None
+        touched = None
+        with self._lock:
+            self._check_open()
+            try:
+                record = self._core[sid]
+            except KeyError:
+                self._counts["misses"] += 1
+                self._maybe_sweep()
+                return None
+            self._counts["hits"] += 1
+            wall = self.clock.wall()
+            if wall - record.accessed >= self.config.touch_interval:
+                touched = self._touch_locked(record, wall)
+            self._maybe_sweep()
+        if touched is not None:
+            self._emit(touched)
+        return copy_data(record)
+
+    def set(self, sid: str, data: Mapping[str, Any]) -> Record:
+        """Store ``data`` as the session's new value; return the new record.
+
+        Raises ``InvalidSessionId``, ``SessionDataError`` (a ``TypeError``
+        naming the bad value's key path), ``SessionTooLarge``, or
+        ``SessionDestroyed`` if the id was destroyed and its tombstone lives.
+        """
+        check_sid(sid)
+        copy, size, flat = prepare_data(data, self.config.max_session_bytes)
+        with self._lock:
+            self._check_open()
+            if sid in self._tombstones:
+                raise SessionDestroyed(sid)
+            now = self.clock.monotonic()
+            wall = self.clock.wall()
+            old: Record | None = self._core.peek(sid)
+            created = old.created if old is not None else wall
+            record = Record(
+                sid,
+                copy,
+                self.hlc.now(),
+                self.origin,
+                created,
+                wall,
+                compute_expires(created, wall, self.config.idle_timeout, self.config.max_age),
+                False,
+                flat,
+                size,
+            )
+            self._store_locked(record, old, now)
+            self._counts["sets"] += 1
+        self._emit(record)
+        return record
+
+    def touch(self, sid: str) -> bool:
+        """Mark the session used now (sliding its idle timeout); False if unknown.
+
+        The new access time is propagated at most once per ``touch_interval``.
+        """
+        check_sid(sid)
+        touched = None
+        with self._lock:
+            self._check_open()
+            try:
+                record = self._core[sid]
+            except KeyError:
+                return False
+            wall = self.clock.wall()
+            if wall - record.accessed >= self.config.touch_interval:
+                touched = self._touch_locked(record, wall)
+        if touched is not None:
+            self._emit(touched)
+        return True
+
+    def destroy(self, sid: str) -> bool:
+        """End the session everywhere; True if it was live here.
+
+        Leaves a tombstone for ``tombstone_ttl`` seconds, so no write of this
+        id (local or remote, however late) brings it back.
+        """
+        check_sid(sid)
+        with self._lock:
+            self._check_open()
+            now = self.clock.monotonic()
+            wall = self.clock.wall()
+            old: Record | None = self._core.peek(sid)
+            existed = old is not None
+            if existed:
+                self._remove_locked(sid, old)
+            tombstone = Record(
+                sid,
+                {},
+                self.hlc.now(),
+                self.origin,
+                old.created if old is not None else wall,
+                wall,
+                wall + self.config.tombstone_ttl,
+                True,
+            )
+            self._bury_locked(tombstone, now)
+            self._counts["destroys"] += 1
+        self._emit(tombstone)
+        return existed
+
+    def all(self) -> dict[str, SessionData]:
+        """Every live session held here: ``{sid: data}`` (copies)."""
+        with self._lock:
+            self._check_open()
+            self._sweep_locked(self.clock.monotonic())
+            return {sid: copy_data(self._core.peek(sid)) for sid in list(self._core)}
+
+    def length(self) -> int:
+        """How many live sessions this process holds."""
+        with self._lock:
+            self._check_open()
+            self._sweep_locked(self.clock.monotonic())
+            return len(self._core)
+
+    __len__ = length
+
+    def __contains__(self, sid: object) -> bool:
+        with self._lock:
+            return is_valid_sid(sid) and sid in self._core
+
+    def __iter__(self) -> Iterator[str]:
+        with self._lock:
+            return iter(list(self._core))
+
+    def clear(self) -> None:
+        """Forget every session held here (tombstones stay: destroyed stays destroyed)."""
+        with self._lock:
+            self._check_open()
+            self._core.clear()
+            self._bytes = 0
+
+    def prune(self) -> int:
+        """Drop expired sessions and tombstones now; return how many sessions went."""
+        with self._lock:
+            self._check_open()
+            return self._sweep_locked(self.clock.monotonic())
+
+    def close(self) -> None:
+        """Stop accepting operations. Idempotent."""
+        with self._lock:
+            self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> SessionCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since construction and current sizes (a fresh dict)."""
+        with self._lock:
+            out: dict[str, Any] = dict(self._counts)
+            out["evicted"] = dict(self._evicted)
+            out["expired"] = self._evicted[EVICTED_IDLE] + self._evicted[EVICTED_MAX_AGE]
+            self._sweep_locked(self.clock.monotonic())
+            out["sessions"] = len(self._core)
+            out["tombstones"] = len(self._tombstones)
+            out["bytes"] = self._bytes
+            out["maxsize"] = self.config.maxsize
+            return out
+
+    # -- records from elsewhere ----------------------------------------------
+
+    def record(self, sid: str) -> Record | None:
+        """The live record for ``sid`` (or its tombstone) without counting an access."""
+        with self._lock:
+            tomb = self._tombstones.get(sid)
+            if tomb is not None:
+                return tomb[0]
+            return self._core.peek(sid)
+
+    def apply(self, record: Record) -> bool:
+        """Merge a record that came from elsewhere; True if it changed what this process holds.
+
+        The same rule on every replica (``session.wins``): a tombstone beats
+        any live version, otherwise the higher ``(version, origin)`` wins; an
+        equal version with a later access time is a touch. A record that has
+        already expired removes an older copy and is not kept. Nothing is
+        emitted: the sender already published it.
+        """
+        with self._lock:
+            self._check_open()
+            self.hlc.observe(record.version)
+            now = self.clock.monotonic()
+            wall = self.clock.wall()
+            sid = record.key
+            tomb = self._tombstones.get(sid)
+            if tomb is not None:
+                if record.deleted and wins(record, tomb[0]):
+                    self._bury_locked(record, now)
+                    return True
+                self._counts["ignored"] += 1
+                return False
+            old: Record | None = self._core.peek(sid)
+            if record.deleted:
+                if old is not None:
+                    self._remove_locked(sid, old)
+                self._bury_locked(record, now)
+                self._counts["applied"] += 1
+                return True
+            if old is not None and (record.version, record.origin) == (old.version, old.origin):
+                if record.accessed <= old.accessed:
+                    self._counts["ignored"] += 1
+                    return False
+            elif not wins(record, old):
+                self._counts["ignored"] += 1
+                return False
+            if record.expires <= wall:
+                if old is not None:
+                    self._remove_locked(sid, old)
+                self._counts["ignored"] += 1
+                return old is not None
+            self._store_locked(
+                record,
+                old,
+                now,
+                created=now - (wall - record.created),
+                accessed=now - (wall - record.accessed),
+            )
+            self._counts["applied"] += 1
+            return True
+
+    # -- internals (call with the lock held) -----------------------------------
+
+    def _emit(self, record: Record) -> None:
+        """Hand a local change to replication and persistence (none in a bare cache)."""
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheClosed("SessionCache is closed")
+
+    def _store_locked(
+        self,
+        record: Record,
+        old: Record | None,
+        now: float,
+        *,
+        created: float | None = None,
+        accessed: float | None = None,
+    ) -> None:
+        evicted = self._core.insert(record.key, record, created=created, accessed=accessed, now=now)
+        self._bytes += record.size - (old.size if old is not None else 0)
+        self._account(evicted, replaced=old)
+
+    def _touch_locked(self, record: Record, wall: float) -> Record:
+        touched = record.touched(
+            wall, compute_expires(record.created, wall, self.config.idle_timeout, self.config.max_age)
+        )
+        self._account(self._core.insert(record.key, touched), replaced=record)
+        self._counts["touches"] += 1
+        return touched
+
+    def _remove_locked(self, sid: str, old: Record) -> None:
+        del self._core[sid]
+        self._bytes -= old.size
+
+    def _bury_locked(self, tombstone: Record, now: float) -> None:
+        wall = self.clock.wall()
+        until = now + max(0.0, tombstone.expires - wall)
+        self._tombstones[tombstone.key] = (tombstone, until)
+        self._tombstones.move_to_end(tombstone.key)
+
+    def _account(self, evicted: list[Eviction], replaced: Record | None = None) -> None:
+        for key, value, cause in evicted:
+            if value is replaced:
+                continue  # replaced records were already subtracted by the caller
+            self._evicted[cause] += 1
+            self._bytes -= value.size
+
+    def _maybe_sweep(self) -> None:
+        now = self.clock.monotonic()
+        if now >= self._next_sweep:
+            self._sweep_locked(now)
+
+    def _sweep_locked(self, now: float) -> int:
+        self._next_sweep = now + _SWEEP_EVERY
+        evicted = self._core.evict_expired(now)
+        self._account(evicted)
+        tombstones = self._tombstones
+        while tombstones:
+            sid, (_, until) = next(iter(tombstones.items()))
+            if until > now:
+                break
+            del tombstones[sid]
+        return len(evicted)
+
