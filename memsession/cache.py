@@ -212,11 +212,13 @@ class ExpiringLRUCache(Cache):
             node = None  # evicted by the size check while making room
         if accessed is None or accessed > now:
             accessed = now
-        if created is None:
-            created = node.deadline - self.__max_age if node is not None and self.__max_age else now
-        if created > accessed:
-            created = accessed
-        deadline = created + self.__max_age if self.__max_age is not None else _INF
+        max_age = self.__max_age
+        if max_age is None:
+            deadline = _INF
+        elif created is None and node is not None:
+            deadline = node.deadline  # a replaced entry keeps its age
+        else:
+            deadline = (accessed if created is None or created > accessed else created) + max_age
         idle_end = accessed + self.__idle if self.__idle is not None else _INF
         expires = idle_end if idle_end < deadline else deadline
         if node is None:

@@ -111,9 +111,9 @@ class SessionCache:
         copy, size, flat = prepare_data(data, self.config.max_session_bytes)
         with self._lock:
             self._check_open()
-            if sid in self._tombstones:
-                raise SessionDestroyed(sid)
             now = self.clock.monotonic()
+            if self._tombstone_locked(sid, now) is not None:
+                raise SessionDestroyed(sid)
             wall = self.clock.wall()
             old: Record | None = self._core.peek(sid)
             created = old.created if old is not None else wall
@@ -254,10 +254,8 @@ class SessionCache:
     def record(self, sid: str) -> Record | None:
         """The live record for ``sid`` (or its tombstone) without counting an access."""
         with self._lock:
-            tomb = self._tombstones.get(sid)
-            if tomb is not None:
-                return tomb[0]
-            return self._core.peek(sid)
+            tomb = self._tombstone_locked(sid, self.clock.monotonic())
+            return tomb if tomb is not None else self._core.peek(sid)
 
     def apply(self, record: Record) -> bool:
         """Merge a record that came from elsewhere; True if it changed what this process holds.
@@ -274,9 +272,9 @@ class SessionCache:
             now = self.clock.monotonic()
             wall = self.clock.wall()
             sid = record.key
-            tomb = self._tombstones.get(sid)
+            tomb = self._tombstone_locked(sid, now)
             if tomb is not None:
-                if record.deleted and wins(record, tomb[0]):
+                if record.deleted and wins(record, tomb):
                     self._bury_locked(record, now)
                     return True
                 self._counts["ignored"] += 1
@@ -343,6 +341,16 @@ class SessionCache:
     def _remove_locked(self, sid: str, old: Record) -> None:
         del self._core[sid]
         self._bytes -= old.size
+
+    def _tombstone_locked(self, sid: str, now: float) -> Record | None:
+        """The live tombstone for ``sid``, if any (an outlived one is forgotten)."""
+        entry = self._tombstones.get(sid)
+        if entry is None:
+            return None
+        if entry[1] <= now:
+            del self._tombstones[sid]
+            return None
+        return entry[0]
 
     def _bury_locked(self, tombstone: Record, now: float) -> None:
         wall = self.clock.wall()
