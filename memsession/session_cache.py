@@ -14,6 +14,8 @@ import threading
 from collections import OrderedDict
 from typing import Any, Iterator, Mapping
 
+from cachetools import Cache
+
 from .cache import EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE, Eviction, ExpiringLRUCache
 from .clock import SYSTEM_CLOCK, Clock, HybridClock
 from .config import Config
@@ -189,14 +191,14 @@ class SessionCache:
         with self._lock:
             self._check_open()
             self._sweep_locked(self.clock.monotonic())
-            return {sid: copy_data(self._core.peek(sid)) for sid in list(self._core)}
+            return {sid: copy_data(self._core.peek(sid)) for sid in iter(self._core)}
 
     def length(self) -> int:
         """How many live sessions this process holds."""
         with self._lock:
             self._check_open()
             self._sweep_locked(self.clock.monotonic())
-            return len(self._core)
+            return self._count_locked()
 
     __len__ = length
 
@@ -205,8 +207,10 @@ class SessionCache:
             return is_valid_sid(sid) and sid in self._core
 
     def __iter__(self) -> Iterator[str]:
+        """Ids of the live sessions held here (a snapshot)."""
         with self._lock:
-            return iter(list(self._core))
+            self._sweep_locked(self.clock.monotonic())
+            return iter([sid for sid in iter(self._core)])
 
     def clear(self) -> None:
         """Forget every session held here (tombstones stay: destroyed stays destroyed)."""
@@ -243,7 +247,7 @@ class SessionCache:
             out["evicted"] = dict(self._evicted)
             out["expired"] = self._evicted[EVICTED_IDLE] + self._evicted[EVICTED_MAX_AGE]
             self._sweep_locked(self.clock.monotonic())
-            out["sessions"] = len(self._core)
+            out["sessions"] = self._count_locked()
             out["tombstones"] = len(self._tombstones)
             out["bytes"] = self._bytes
             out["maxsize"] = self.config.maxsize
@@ -312,6 +316,11 @@ class SessionCache:
 
     def _emit(self, record: Record) -> None:
         """Hand a local change to replication and persistence (none in a bare cache)."""
+
+    def _count_locked(self) -> int:
+        # The core's own len() sweeps and would drop what it evicts unreported;
+        # callers sweep first, so the raw count is the live count.
+        return Cache.__len__(self._core)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -1,0 +1,158 @@
+"""Session ids, data rules, the expiry rule and the merge rule."""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from memsession.errors import InvalidSessionId, SessionDataError, SessionTooLarge
+from memsession.session import (
+    SID_LENGTH,
+    Record,
+    check_sid,
+    compute_expires,
+    copy_data,
+    is_valid_sid,
+    new_id,
+    prepare_data,
+    wins,
+)
+from memsession.testing import session_data
+
+
+def test_new_ids_carry_256_bits_and_never_repeat():
+    ids = {new_id() for _ in range(5000)}
+    assert len(ids) == 5000
+    assert all(len(i) == SID_LENGTH == 43 and is_valid_sid(i) for i in ids)
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "short", "x" * 42, "x" * 44, "!" * 43, "é" * 43, None, 42, b"x" * 43, "a" * 42 + "\n"]
+)
+def test_malformed_ids_are_rejected(bad):
+    assert not is_valid_sid(bad)
+    with pytest.raises(InvalidSessionId):
+        check_sid(bad)
+
+
+def test_invalid_id_error_does_not_echo_huge_input():
+    with pytest.raises(InvalidSessionId) as info:
+        check_sid("A" * 10_000)
+    assert len(str(info.value)) < 100
+
+
+@given(session_data())
+def test_allowed_data_round_trips_as_a_private_copy(data):
+    copy, size, flat = prepare_data(data, 1 << 20)
+    assert copy == msgpack.unpackb(msgpack.packb(data, use_bin_type=True), raw=False)
+    assert size == len(msgpack.packb(data, use_bin_type=True))
+    assert copy is not data
+    record = Record("k", copy, 1, 1, 0.0, 0.0, 1.0, flat=flat, size=size)
+    out = copy_data(record)
+    assert out == copy and out is not copy
+
+
+def test_tuples_come_back_as_lists_as_from_json():
+    copy, _, flat = prepare_data({"flashes": [("info", "hi")]}, 1024)
+    assert copy == {"flashes": [["info", "hi"]]} and not flat
+
+
+def test_nested_values_are_copied_deeply_so_callers_cannot_mutate_the_cache():
+    original = {"cart": [1, 2]}
+    copy, size, flat = prepare_data(original, 1024)
+    original["cart"].append(3)
+    assert copy == {"cart": [1, 2]}
+    record = Record("k", copy, 1, 1, 0.0, 0.0, 1.0, flat=flat, size=size)
+    handed_out = copy_data(record)
+    handed_out["cart"].append(4)
+    assert record.data == {"cart": [1, 2]}
+
+
+@pytest.mark.parametrize(
+    "data, path",
+    [
+        ({"a": object()}, "session['a']"),
+        ({"a": {"b": [1, {2: "x"}]}}, "session['a']['b'][1][2]"),
+        ({"a": [1, 2, {3.5}]}, "session['a'][2]"),
+        ({"a": float("nan")}, "session['a']"),
+        ({"a": float("inf")}, "session['a']"),
+        ({"a": 2**64}, "session['a']"),
+        ({"a": -(2**63) - 1}, "session['a']"),
+        ({1: "x"}, "session[1]"),
+        ({"a": bytearray(b"x")}, "session['a']"),
+    ],
+)
+def test_bad_values_are_a_type_error_naming_the_key_path(data, path):
+    with pytest.raises(TypeError) as info:
+        prepare_data(data, 1 << 20)
+    assert isinstance(info.value, SessionDataError)
+    assert info.value.path == path
+    assert path in str(info.value)
+
+
+def test_data_must_be_a_mapping():
+    with pytest.raises(SessionDataError):
+        prepare_data([("a", 1)], 1024)  # type: ignore[arg-type]
+
+
+def test_too_deep_nesting_is_refused_clearly():
+    value: object = 1
+    for _ in range(40):
+        value = [value]
+    with pytest.raises(SessionDataError, match="deeper"):
+        prepare_data({"a": value}, 1 << 20)
+
+
+def test_size_limit_counts_serialized_bytes():
+    prepare_data({"a": "x" * 1000}, 1010)
+    with pytest.raises(SessionTooLarge) as info:
+        prepare_data({"a": "x" * 2000}, 1010)
+    assert info.value.limit == 1010 and info.value.size > 2000
+    assert isinstance(info.value, ValueError)
+
+
+def test_expiry_rule():
+    assert compute_expires(100, 150, 30, 1000) == 180
+    assert compute_expires(100, 1090, 30, 1000) == 1100
+    assert compute_expires(100, 150, None, 1000) == 1100
+    assert compute_expires(100, 150, 30, None) == 180
+    assert compute_expires(100, 150, None, None) == math.inf
+
+
+def rec(version, origin=1, deleted=False):
+    return Record("k", {}, version, origin, 0.0, 0.0, 10.0, deleted)
+
+
+def test_merge_rule_tombstone_beats_any_live_version():
+    assert wins(rec(1, deleted=True), rec(99))
+    assert not wins(rec(99), rec(1, deleted=True))
+
+
+def test_merge_rule_higher_version_then_origin_wins():
+    assert wins(rec(2), rec(1))
+    assert not wins(rec(1), rec(2))
+    assert wins(rec(1, origin=2), rec(1, origin=1))
+    assert not wins(rec(1, origin=1), rec(1, origin=1))
+    assert wins(rec(1), None)
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3), st.booleans()), min_size=1, max_size=8),
+       st.randoms())
+def test_merge_rule_converges_whatever_the_order(records, rnd):
+    """Replicas that see the same records in any order end with the same winner."""
+    recs = [rec(v, o, d) for v, o, d in records]
+
+    def merge(order):
+        held = None
+        for r in order:
+            if wins(r, held):
+                held = r
+        return held
+
+    shuffled = list(recs)
+    rnd.shuffle(shuffled)
+    assert merge(recs) == merge(shuffled)
