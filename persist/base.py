@@ -1,0 +1,295 @@
+"""The store protocol every persistence adapter implements, and what they share.
+
+A store keeps ``Record``s by key. Six methods, each with the semantics below;
+``persist.testing.StoreContract`` checks them for any implementation.
+
+The version guard (``supersedes``) is the one rule every store applies when
+a record meets a stored one of the same key; it extends the replicas' merge
+rule (``memsession.session.wins``) with two cases a store needs:
+
+* a touch (same version and origin, later ``accessed``) replaces the stored
+  copy, so sliding expiry survives a restart;
+* a tombstone whose ``expires`` is at or before the new record's ``accessed``
+  was already dead when the new write happened, so the new record replaces it
+  (as it would in a cache, where the dead tombstone is long swept away).
+
+Session data is JSON-like plus ``bytes``. Stores that keep JSON use
+``encode_data`` / ``decode_data``: bytes become ``{"$bytes": "<base64>"}``
+and a user dict that would read as such a tag is wrapped as ``{"$dict": ...}``,
+so every value round-trips exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+
+import orjson
+from msgpack import packb as _packb
+
+from memsession.errors import StoreClosed, StoreCorrupt
+from memsession.session import Record, SessionData, is_flat
+
+__all__ = [
+    "Store",
+    "coalesce",
+    "decode_data",
+    "encode_data",
+    "json_default",
+    "jsonable_data",
+    "make_record",
+    "record_from_dict",
+    "record_to_dict",
+    "supersedes",
+]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where sessions outlive processes. Implementations must be thread-safe.
+
+    Every method raises ``StoreClosed`` after ``close()``, ``StoreUnavailable``
+    when the backing server can't be reached (the call may be retried), and
+    other ``StoreError`` subclasses for anything else; nothing else escapes.
+    """
+
+    #: Short adapter name used in errors, logs and counters (``"postgres"``).
+    name: str
+
+    def load(self, key: str) -> Record | None:
+        """The stored record for ``key`` (a tombstone included), or None.
+
+        Returns what was stored, even if it has expired: the caller decides
+        with its own clock.
+        """
+
+    def load_all(self, now: float) -> Iterator[Record]:
+        """Every record (tombstones included) whose ``expires`` is after ``now``.
+
+        Streamed in pages: memory use does not grow with the store's size.
+        Order is unspecified.
+        """
+
+    def save(self, records: Sequence[Record]) -> int:
+        """Store a batch; return how many records replaced or created a stored one.
+
+        Version-guarded per key: a record is written only if it
+        ``supersedes`` the stored one, so a stale writer never overwrites a
+        newer session, whatever order batches from several writers land in.
+        A batch may hold several records of one key; the winner is kept.
+        Either the whole batch is applied or the call raises (a batch that
+        raised may be retried as is: the guard makes saving idempotent).
+        """
+
+    def delete(self, keys: Iterable[str]) -> int:
+        """Remove records outright (no tombstone); return how many existed."""
+
+    def purge(self, now: float) -> int:
+        """Remove records (tombstones included) whose ``expires`` is at or before ``now``.
+
+        Returns how many went. Works in bounded batches so a large purge never
+        holds a lock on the whole store; a store that expires records on its
+        own may return 0.
+        """
+
+    def close(self) -> None:
+        """Release connections and files; write what is pending. Idempotent."""
+
+
+def supersedes(new: Record, old: Record | None) -> bool:
+    """Whether ``new`` replaces the stored ``old`` (see the module docstring)."""
+    if old is None:
+        return True
+    if old.deleted and not new.deleted:
+        return old.expires <= new.accessed
+    if new.deleted != old.deleted:
+        return new.deleted
+    a, b = (new.version, new.origin), (old.version, old.origin)
+    return a > b or (a == b and new.accessed > old.accessed)
+
+
+def coalesce(records: Iterable[Record]) -> dict[str, Record]:
+    """The winning record per key of a batch, by ``supersedes``."""
+    out: dict[str, Record] = {}
+    for record in records:
+        old = out.get(record.key)
+        if old is None or supersedes(record, old):
+            out[record.key] = record
+    return out
+
+
+# -- JSON encoding of session data ---------------------------------------------
+
+_BYTES = "$bytes"
+_DICT = "$dict"
+
+
+def json_default(value: Any) -> Any:
+    """``default=`` for orjson: bytes become a ``$bytes`` tag."""
+    if type(value) is bytes:
+        return {_BYTES: base64.b64encode(value).decode("ascii")}
+    raise TypeError(f"{type(value).__name__} is not session data")
+
+
+_SAFE_INT = (1 << 53) - 1
+_INT = "$int"
+_TAGS = (_BYTES, _DICT, _INT)
+
+
+def _is_tag_like(value: dict[str, Any]) -> bool:
+    return len(value) == 1 and next(iter(value)) in _TAGS
+
+
+def _escape(value: Any, safe_ints: bool) -> Any:
+    kind = type(value)
+    if kind is dict:
+        out = {k: _escape(v, safe_ints) for k, v in value.items()}
+        return {_DICT: out} if _is_tag_like(value) else out
+    if kind is list or kind is tuple:
+        return [_escape(v, safe_ints) for v in value]
+    if safe_ints and kind is int and not -_SAFE_INT <= value <= _SAFE_INT:
+        return {_INT: str(value)}
+    return value
+
+
+def jsonable_data(data: SessionData, flat: bool | None = None, *, safe_ints: bool = False) -> Any:
+    """Session data ready for ``orjson.dumps(..., default=json_default)``.
+
+    Flat data (the common case) is returned as is, or wrapped when it would
+    read as a tag; only nested data is walked. ``safe_ints`` tags integers
+    beyond 2**53 as ``{"$int": "<decimal>"}`` for servers that parse JSON
+    numbers as doubles (JavaScript).
+    """
+    if safe_ints:
+        return _escape(data, True)
+    if flat is None:
+        flat = is_flat(data)
+    if not flat:
+        return _escape(data, False)
+    return {_DICT: data} if _is_tag_like(data) else data
+
+
+def encode_data(data: SessionData, flat: bool | None = None) -> bytes:
+    """Session data as JSON bytes (UTF-8), bytes values tagged; see the module docstring."""
+    return orjson.dumps(jsonable_data(data, flat), default=json_default)
+
+
+def _unescape(value: Any) -> Any:
+    kind = type(value)
+    if kind is dict:
+        if len(value) == 1:
+            if _BYTES in value:
+                return base64.b64decode(value[_BYTES], validate=True)
+            if _DICT in value:
+                inner = value[_DICT]
+                if type(inner) is not dict:
+                    raise ValueError("$dict tag does not hold an object")
+                return {k: _unescape(v) for k, v in inner.items()}
+            if _INT in value:
+                return int(value[_INT])
+        return {k: _unescape(v) for k, v in value.items()}
+    if kind is list:
+        return [_unescape(v) for v in value]
+    return value
+
+
+def decode_data(value: Any, raw: bytes | str | None = None) -> SessionData:
+    """Undo ``encode_data`` on already-parsed JSON.
+
+    ``raw`` (the JSON text it came from) lets the common case, data with no
+    tag anywhere, skip the walk.
+    """
+    if type(value) is not dict:
+        raise ValueError("session data is not a JSON object")
+    if raw is not None:
+        marker = b'"$' if isinstance(raw, (bytes, bytearray, memoryview)) else '"$'
+        if marker not in raw:
+            return value
+    return _unescape(value)
+
+
+def _time_out(value: float) -> float | None:
+    return None if value == math.inf else value
+
+
+def _time_in(value: Any) -> float:
+    if value is None:
+        return math.inf
+    if type(value) is int:
+        return float(value)
+    if type(value) is not float:
+        raise ValueError(f"time {value!r} is not a number")
+    return value
+
+
+def record_to_dict(record: Record) -> dict[str, Any]:
+    """A record as a JSON object with short keys; ``data`` still needs ``encode_data``.
+
+    Infinite ``expires`` (no timeouts) is ``null``.
+    """
+    return {
+        "k": record.key,
+        "v": record.version,
+        "o": record.origin,
+        "c": record.created,
+        "a": record.accessed,
+        "e": _time_out(record.expires),
+        "x": record.deleted,
+    }
+
+
+def make_record(
+    key: str,
+    data: SessionData,
+    version: int,
+    origin: int,
+    created: Any,
+    accessed: Any,
+    expires: Any,
+    deleted: bool,
+) -> Record:
+    """A Record from stored fields, checking their types (stored data is untrusted)."""
+    if type(key) is not str or not key:
+        raise ValueError(f"bad key {key!r}")
+    if type(version) is not int or type(origin) is not int:
+        raise ValueError("version and origin must be integers")
+    if type(deleted) is not bool:
+        raise ValueError("deleted must be a boolean")
+    return Record(
+        key,
+        data,
+        version,
+        origin,
+        _time_in(created),
+        _time_in(accessed),
+        _time_in(expires),
+        deleted,
+        is_flat(data),
+        len(_packb(data, use_bin_type=True)),
+    )
+
+
+def record_from_dict(obj: Any, data: SessionData) -> Record:
+    """Inverse of ``record_to_dict`` given the decoded data."""
+    if type(obj) is not dict:
+        raise ValueError("record is not a JSON object")
+    return make_record(
+        obj.get("k"),
+        data,
+        obj.get("v"),
+        obj.get("o"),
+        obj.get("c"),
+        obj.get("a"),
+        obj.get("e"),
+        obj.get("x", False),
+    )
+
+
+def check_open(closed: bool, store: str, op: str) -> None:
+    if closed:
+        raise StoreClosed(f"{store} store is closed", store=store, op=op)
+
+
+def corrupt(path: str, reason: str, store: str) -> StoreCorrupt:
+    return StoreCorrupt(path, reason, store=store)

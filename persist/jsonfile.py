@@ -1,0 +1,312 @@
+"""JsonFileStore: sessions in memory, snapshotted to one JSON-lines file.
+
+The file is rewritten whole, atomically: a temp file in the same folder,
+fsync, ``os.replace``, fsync of the folder. A crash at any moment leaves
+either the previous snapshot or the new one, never a mix. Writes between two
+snapshots are lost if the process dies: durability is "as of the last
+snapshot" (every ``save_interval`` seconds, and on ``close()``).
+
+File format, one JSON value per line (UTF-8)::
+
+    {"format": "memsession-sessions", "version": 1, "count": N, "written": <wall seconds>}
+    {"k": key, "v": version, "o": origin, "c": created, "a": accessed,
+     "e": expires | null, "x": deleted, "d": data}          N lines, one per record
+    {"end": N}
+
+``e`` is null when the session never expires; ``d`` is ``encode_data``'s JSON
+(bytes tagged). The trailer makes truncation detectable. Expired records are
+left out when writing and skipped when loading; expiries are kept exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from typing import Any, Iterable, Iterator, Literal, Sequence
+
+import orjson
+
+from memsession.clock import SYSTEM_CLOCK, Clock
+from memsession.errors import ConfigError, StoreCorrupt, StoreError
+from memsession.session import Record
+
+from .base import (
+    check_open,
+    decode_data,
+    json_default,
+    jsonable_data,
+    record_from_dict,
+    record_to_dict,
+    supersedes,
+)
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "JsonFileStore", "read_snapshot", "write_snapshot"]
+
+log = logging.getLogger("memsession.persist")
+
+FORMAT = "memsession-sessions"
+FORMAT_VERSION = 1
+_CHUNK = 8192
+_NAME = "jsonfile"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_snapshot(path: str, records: Iterable[Record], now: float, *, fsync: bool = True) -> int:
+    """Atomically replace ``path`` with the unexpired ``records``; return how many were written."""
+    live = [r for r in records if r.expires > now]
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(
+                orjson.dumps({"format": FORMAT, "version": FORMAT_VERSION, "count": len(live), "written": now})
+                + b"\n"
+            )
+            dumps = orjson.dumps
+            for start in range(0, len(live), _CHUNK):
+                lines = []
+                for record in live[start : start + _CHUNK]:
+                    obj = record_to_dict(record)
+                    obj["d"] = jsonable_data(record.data, record.flat)
+                    lines.append(dumps(obj, default=json_default))
+                lines.append(b"")
+                f.write(b"\n".join(lines))
+            f.write(orjson.dumps({"end": len(live)}) + b"\n")
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    if fsync:
+        _fsync_dir(folder)
+    return len(live)
+
+
+def read_snapshot(path: str, now: float, *, max_line_bytes: int = 8 << 20) -> Iterator[Record]:
+    """The unexpired records of a snapshot file, streamed.
+
+    Raises ``StoreCorrupt`` naming the file and the line when anything is
+    wrong (bad header, other format version, bad record, missing trailer,
+    count mismatch); ``FileNotFoundError`` if there is no file.
+    """
+    with open(path, "rb") as f:
+        header_line = f.readline(max_line_bytes + 1)
+        if not header_line:
+            raise StoreCorrupt(path, "file is empty (no header line)", store=_NAME)
+        try:
+            header = orjson.loads(header_line)
+        except orjson.JSONDecodeError as exc:
+            raise StoreCorrupt(path, f"line 1: header is not JSON ({exc})", store=_NAME) from exc
+        if type(header) is not dict or header.get("format") != FORMAT:
+            raise StoreCorrupt(path, f"line 1: not a {FORMAT} file", store=_NAME)
+        if header.get("version") != FORMAT_VERSION:
+            raise StoreCorrupt(
+                path,
+                f"line 1: format version {header.get('version')!r}; this memsession reads {FORMAT_VERSION}",
+                store=_NAME,
+            )
+        count = header.get("count")
+        seen = 0
+        lineno = 1
+        loads = orjson.loads
+        while True:
+            line = f.readline(max_line_bytes + 1)
+            lineno += 1
+            if not line:
+                raise StoreCorrupt(path, f"truncated: ends after {seen} of {count} records", store=_NAME)
+            if not line.endswith(b"\n"):
+                if len(line) > max_line_bytes:
+                    raise StoreCorrupt(path, f"line {lineno}: longer than {max_line_bytes} bytes", store=_NAME)
+                raise StoreCorrupt(path, f"truncated: line {lineno} is incomplete", store=_NAME)
+            try:
+                obj = loads(line)
+                if type(obj) is dict and "end" in obj:
+                    break
+                record = record_from_dict(obj, decode_data(obj["d"], line))
+            except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
+                raise StoreCorrupt(path, f"line {lineno}: bad record ({exc})", store=_NAME) from exc
+            seen += 1
+            if record.expires > now:
+                yield record
+        if obj.get("end") != seen or count != seen:
+            raise StoreCorrupt(
+                path, f"line {lineno}: trailer says {obj.get('end')!r} records, found {seen}", store=_NAME
+            )
+        if f.read(1):
+            raise StoreCorrupt(path, f"data after the trailer on line {lineno}", store=_NAME)
+
+
+class JsonFileStore:
+    """Sessions kept in a dict here and snapshotted to ``path`` (memorystore's saveFile).
+
+    ``save_interval`` (seconds, memorystore's savePeriod): how often a
+    background thread writes the file if anything changed; ``None`` writes
+    only on ``snapshot()`` and ``close()``. ``on_corrupt="raise"`` refuses to
+    start on a damaged file (``StoreCorrupt`` names it and what is wrong, the
+    file is left untouched); ``"move_aside"`` renames it to
+    ``<path>.corrupt-<time>``, logs a warning and starts empty.
+    """
+
+    name = _NAME
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        save_interval: float | None = 60.0,
+        on_corrupt: Literal["raise", "move_aside"] = "raise",
+        clock: Clock = SYSTEM_CLOCK,
+        fsync: bool = True,
+        max_line_bytes: int = 8 << 20,
+    ) -> None:
+        if save_interval is not None and not save_interval > 0:
+            raise ConfigError("save_interval", save_interval, "must be > 0 seconds or None")
+        if on_corrupt not in ("raise", "move_aside"):
+            raise ConfigError("on_corrupt", on_corrupt, "must be 'raise' or 'move_aside'")
+        self.path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder):
+            raise ConfigError("path", self.path, f"folder {folder} does not exist")
+        self.save_interval = save_interval
+        self.clock = clock
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._records: dict[str, Record] = {}
+        self._changes = 0
+        self._closed = False
+        self.snapshots = 0
+        self.snapshot_errors = 0
+        try:
+            for record in read_snapshot(self.path, clock.wall(), max_line_bytes=max_line_bytes):
+                self._records[record.key] = record
+        except FileNotFoundError:
+            pass
+        except StoreCorrupt:
+            if on_corrupt == "raise":
+                raise
+            aside = f"{self.path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+            os.replace(self.path, aside)
+            log.warning("session file %s is damaged; moved it to %s and started empty", self.path, aside)
+            self._records.clear()
+        except OSError as exc:
+            raise StoreError(f"can't read {self.path}: {exc}", store=_NAME, op="load") from exc
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if save_interval is not None:
+            self._thread = threading.Thread(target=self._run, name="memsession-jsonfile", daemon=True)
+            self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"JsonFileStore({self.path!r}, save_interval={self.save_interval!r})"
+
+    def load(self, key: str) -> Record | None:
+        check_open(self._closed, _NAME, "load")
+        return self._records.get(key)
+
+    def load_all(self, now: float) -> Iterator[Record]:
+        check_open(self._closed, _NAME, "load_all")
+        with self._lock:
+            records = list(self._records.values())
+        return (r for r in records if r.expires > now)
+
+    def save(self, records: Sequence[Record]) -> int:
+        written = 0
+        with self._lock:
+            check_open(self._closed, _NAME, "save")
+            stored = self._records
+            for record in records:
+                if supersedes(record, stored.get(record.key)):
+                    stored[record.key] = record
+                    written += 1
+            self._changes += written
+        return written
+
+    def delete(self, keys: Iterable[str]) -> int:
+        removed = 0
+        with self._lock:
+            check_open(self._closed, _NAME, "delete")
+            for key in keys:
+                if self._records.pop(key, None) is not None:
+                    removed += 1
+            self._changes += removed
+        return removed
+
+    def purge(self, now: float) -> int:
+        with self._lock:
+            check_open(self._closed, _NAME, "purge")
+            dead = [k for k, r in self._records.items() if r.expires <= now]
+            for key in dead:
+                del self._records[key]
+            self._changes += len(dead)
+        return len(dead)
+
+    def snapshot(self) -> int:
+        """Write the file now (if anything changed since the last write); return records written."""
+        check_open(self._closed, _NAME, "snapshot")
+        return self._snapshot(force=False)
+
+    def _snapshot(self, force: bool) -> int:
+        with self._write_lock:
+            with self._lock:
+                if not self._changes and not force:
+                    return 0
+                changes = self._changes
+                self._changes = 0
+                records = list(self._records.values())
+            try:
+                count = write_snapshot(self.path, records, self.clock.wall(), fsync=self._fsync)
+            except BaseException as exc:
+                with self._lock:
+                    self._changes += changes
+                self.snapshot_errors += 1
+                if isinstance(exc, OSError):
+                    raise StoreError(f"can't write {self.path}: {exc}", store=_NAME, op="snapshot") from exc
+                raise
+            self.snapshots += 1
+            return count
+
+    def _run(self) -> None:
+        assert self.save_interval is not None
+        while not self._stop.wait(self.save_interval):
+            try:
+                self._snapshot(force=False)
+            except Exception:
+                log.exception("periodic snapshot of %s failed; will retry", self.path)
+
+    def close(self) -> None:
+        """Stop the snapshot thread and write a final snapshot. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self._snapshot(force=False)
+        finally:
+            with self._lock:
+                self._closed = True
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "records": len(self._records),
+            "unsaved_changes": self._changes,
+            "snapshots": self.snapshots,
+            "snapshot_errors": self.snapshot_errors,
+        }

@@ -1,0 +1,194 @@
+"""JsonFileStore: the store contract, plus snapshot format, atomicity and damaged files."""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from memsession.errors import ConfigError, StoreCorrupt
+from persist.jsonfile import FORMAT, FORMAT_VERSION, JsonFileStore, read_snapshot, write_snapshot
+from persist.testing import T0, StoreContract, make_test_record
+
+
+class FakeClock:
+    def __init__(self, wall: float = T0) -> None:
+        self.now = wall
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return self.now
+
+
+class TestJsonFileContract(StoreContract):
+    @pytest.fixture
+    def make_store(self, tmp_path: Path):
+        clock = FakeClock(0.0)
+        return lambda: JsonFileStore(tmp_path / "sessions.jsonl", save_interval=None, clock=clock, fsync=False)
+
+
+def _write(path: Path, n: int = 3) -> list:
+    records = [make_test_record(f"k{i}", {"i": i, "b": b"\x00"}) for i in range(n)]
+    write_snapshot(str(path), records, T0)
+    return records
+
+
+def test_file_format_is_versioned_json_lines(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    _write(path, 2)
+    lines = path.read_bytes().splitlines()
+    header = orjson.loads(lines[0])
+    assert header["format"] == FORMAT and header["version"] == FORMAT_VERSION and header["count"] == 2
+    assert orjson.loads(lines[-1]) == {"end": 2}
+    assert len(lines) == 4
+
+
+def test_snapshot_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    _write(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_expired_records_are_not_written_or_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    records = [
+        make_test_record("old", expires=T0 + 5),
+        make_test_record("new", expires=T0 + 50),
+        make_test_record("inf", expires=math.inf),
+    ]
+    assert write_snapshot(str(path), records, T0) == 3
+    assert [r.key for r in read_snapshot(str(path), T0 + 10)] == ["new", "inf"]
+    assert write_snapshot(str(path), records, T0 + 10) == 2
+    store = JsonFileStore(path, save_interval=None, clock=FakeClock(T0 + 60))
+    try:
+        assert store.load("inf") is not None and store.load("new") is None
+    finally:
+        store.close()
+
+
+def test_close_writes_a_snapshot_and_reload_keeps_expiry(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    clock = FakeClock()
+    store = JsonFileStore(path, save_interval=None, clock=clock)
+    record = make_test_record("a", accessed=T0 + 0.1, expires=T0 + 1800.123_456_789)
+    store.save([record])
+    assert not path.exists()
+    store.close()
+    again = JsonFileStore(path, save_interval=None, clock=clock)
+    try:
+        assert again.load("a") == record
+    finally:
+        again.close()
+
+
+def test_periodic_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    store = JsonFileStore(path, save_interval=0.05)
+    try:
+        store.save([make_test_record("a", expires=math.inf)])
+        deadline = time.monotonic() + 10
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [r.key for r in read_snapshot(str(path), 0.0)] == ["a"]
+        assert store.stats()["snapshots"] >= 1
+    finally:
+        store.close()
+
+
+def test_snapshot_without_changes_does_not_rewrite(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    store = JsonFileStore(path, save_interval=None, clock=FakeClock())
+    try:
+        store.save([make_test_record("a")])
+        assert store.snapshot() == 1
+        mtime = path.stat().st_mtime_ns
+        assert store.snapshot() == 0
+        assert path.stat().st_mtime_ns == mtime
+    finally:
+        store.close()
+
+
+def test_no_temp_files_left_behind(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    store = JsonFileStore(path, save_interval=None, clock=FakeClock())
+    store.save([make_test_record(f"k{i}") for i in range(100)])
+    store.snapshot()
+    store.save([make_test_record("more")])
+    store.close()
+    assert sorted(os.listdir(tmp_path)) == ["s.jsonl"]
+
+
+def test_failed_write_keeps_previous_file_and_changes(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    _write(path, 2)
+    before = path.read_bytes()
+    bad = make_test_record("ok")
+    bad = type(bad)(bad.key, {"x": object()}, bad.version, bad.origin, bad.created, bad.accessed, bad.expires)
+    with pytest.raises(TypeError):
+        write_snapshot(str(path), [bad], T0)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["s.jsonl"]
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda raw: raw[: len(raw) - 20], "truncated"),
+        (lambda raw: raw[: raw.rindex(b'{"end"')], "truncated"),
+        (lambda raw: b"", "empty"),
+        (lambda raw: b"not json\n" + raw, "line 1"),
+        (lambda raw: raw.replace(b'"version":1', b'"version":99'), "format version 99"),
+        (lambda raw: raw.replace(b'"format":"memsession-sessions"', b'"format":"other"'), "not a memsession"),
+        (lambda raw: raw.replace(b'"k":"k1"', b'"k":17'), "line 3: bad record"),
+        (lambda raw: raw.replace(b'"v":', b'"v":"x",', 1), "line 2: bad record"),
+        (lambda raw: raw.replace(b'{"end":3}', b'{"end":4}'), "trailer"),
+        (lambda raw: raw + b"extra\n", "after the trailer"),
+    ],
+)
+def test_damaged_file_is_refused_and_left_untouched(tmp_path: Path, damage, reason) -> None:
+    path = tmp_path / "s.jsonl"
+    _write(path)
+    damaged = damage(path.read_bytes())
+    path.write_bytes(damaged)
+    with pytest.raises(StoreCorrupt) as info:
+        JsonFileStore(path, save_interval=None)
+    assert info.value.path == str(path)
+    assert reason in str(info.value)
+    assert str(path) in str(info.value)
+    assert path.read_bytes() == damaged
+
+
+def test_line_size_limit(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    write_snapshot(str(path), [make_test_record("big", {"x": "y" * 5000})], T0)
+    with pytest.raises(StoreCorrupt, match="longer than 1000 bytes"):
+        JsonFileStore(path, save_interval=None, max_line_bytes=1000)
+
+
+def test_move_aside_starts_empty(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b"garbage")
+    store = JsonFileStore(path, save_interval=None, on_corrupt="move_aside")
+    try:
+        assert list(store.load_all(0.0)) == []
+        aside = [p for p in os.listdir(tmp_path) if p.startswith("s.jsonl.corrupt-")]
+        assert len(aside) == 1 and (tmp_path / aside[0]).read_bytes() == b"garbage"
+        assert "moved it to" in caplog.text
+    finally:
+        store.close()
+
+
+def test_options_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        JsonFileStore(tmp_path / "s", save_interval=0)
+    with pytest.raises(ConfigError):
+        JsonFileStore(tmp_path / "s", on_corrupt="ignore")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        JsonFileStore(tmp_path / "missing-dir" / "s")
