@@ -1,0 +1,393 @@
+"""PostgresStore: one row per session in PostgreSQL, via psycopg 3 and a connection pool.
+
+The table (names configurable, identifiers quoted with ``psycopg.sql``)::
+
+    key       text PRIMARY KEY     session id (or its hash)
+    data      json                 session data, ``persist.base.encode_data``
+    version   bigint               hybrid-logical-clock version
+    origin    bigint               writer id, breaks version ties
+    created   double precision     wall seconds
+    accessed  double precision     wall seconds
+    expires   double precision     wall seconds; 'Infinity' when it never expires
+    deleted   boolean              tombstone
+
+plus an index on ``expires`` for purging. Times are stored as float8 so they
+come back bit for bit; ``json`` (not ``jsonb``) keeps the text as written.
+
+Writes are one statement per batch (``INSERT ... SELECT FROM unnest(...) ON
+CONFLICT DO UPDATE ... WHERE <guard>``): the guard is ``persist.base.supersedes``
+in SQL, so a stale writer never overwrites a newer session. Every operation is
+idempotent, so one that fails on a connection broken by a server restart is
+retried once on a fresh one; if the server stays down the call raises
+``StoreUnavailable`` and the caller's queue keeps the write.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+
+import orjson
+
+from memsession.errors import ConfigError, StoreError, StoreUnavailable
+from memsession.session import Record
+
+from .base import check_open, coalesce, decode_data, encode_data, make_record
+
+try:
+    import psycopg
+    from psycopg import sql
+    from psycopg_pool import ConnectionPool, PoolTimeout
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError("PostgresStore needs psycopg 3 and psycopg-pool: pip install 'memsession[postgres]'") from exc
+
+__all__ = ["DEFAULT_COLUMNS", "PostgresStore", "TableNames", "ddl"]
+
+log = logging.getLogger("memsession.persist")
+
+_NAME = "postgres"
+T = TypeVar("T")
+
+#: Column names by field; pass ``columns={"key": "sid", ...}`` to rename any of them.
+DEFAULT_COLUMNS: Mapping[str, str] = MappingProxyType({
+    "key": "sid",
+    "data": "sess",
+    "version": "version",
+    "origin": "origin",
+    "created": "created",
+    "accessed": "accessed",
+    "expires": "expire",
+    "deleted": "deleted",
+})
+_FIELDS = tuple(DEFAULT_COLUMNS)
+
+
+@dataclass(frozen=True)
+class TableNames:
+    """Where the sessions live: schema (None: the search path), table, column names."""
+
+    schema: str | None = None
+    table: str = "memsession"
+    columns: Mapping[str, str] = field(default_factory=lambda: DEFAULT_COLUMNS)
+
+    @classmethod
+    def build(
+        cls, schema: str | None, table: str, columns: Mapping[str, str] | None
+    ) -> TableNames:
+        if not isinstance(table, str) or not table:
+            raise ConfigError("table", table, "must be a non-empty string")
+        if schema is not None and (not isinstance(schema, str) or not schema):
+            raise ConfigError("schema", schema, "must be a non-empty string or None")
+        merged = dict(DEFAULT_COLUMNS)
+        for name_of, name in (columns or {}).items():
+            if name_of not in DEFAULT_COLUMNS:
+                raise ConfigError("columns", columns, f"unknown field {name_of!r}; known: {', '.join(_FIELDS)}")
+            if not isinstance(name, str) or not name:
+                raise ConfigError("columns", columns, f"column for {name_of!r} must be a non-empty string")
+            merged[name_of] = name
+        if len(set(merged.values())) != len(merged):
+            raise ConfigError("columns", columns, "two fields map to the same column")
+        for name in (table, schema or "", *merged.values()):
+            if len(name.encode()) > 63 or "\x00" in name:
+                raise ConfigError("columns", name, "PostgreSQL identifiers are at most 63 bytes, no NUL")
+        return cls(schema, table, MappingProxyType(merged))
+
+    @property
+    def table_ident(self) -> sql.Composable:
+        if self.schema is None:
+            return sql.Identifier(self.table)
+        return sql.Identifier(self.schema, self.table)
+
+    @property
+    def index_name(self) -> str:
+        return (self.table + "_" + self.columns["expires"] + "_idx")[:63]
+
+    def col(self, field: str) -> sql.Identifier:
+        return sql.Identifier(self.columns[field])
+
+
+def _ddl_statements(names: TableNames) -> list[sql.Composed]:
+    c = names.col
+    out = []
+    if names.schema is not None:
+        out.append(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(names.schema)))
+    out.append(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {t} (\n"
+            '    {key} text COLLATE "C" PRIMARY KEY,\n'
+            "    {data} json NOT NULL,\n"
+            "    {version} bigint NOT NULL,\n"
+            "    {origin} bigint NOT NULL,\n"
+            "    {created} double precision NOT NULL,\n"
+            "    {accessed} double precision NOT NULL,\n"
+            "    {expires} double precision NOT NULL,\n"
+            "    {deleted} boolean NOT NULL DEFAULT false\n"
+            ")"
+        ).format(t=names.table_ident, **{f: c(f) for f in _FIELDS})
+    )
+    out.append(
+        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} ({e})").format(
+            i=sql.Identifier(names.index_name), t=names.table_ident, e=c("expires")
+        )
+    )
+    return out
+
+
+def ddl(schema: str | None = None, table: str = "memsession", columns: Mapping[str, str] | None = None) -> str:
+    """The DDL that ``create_table=True`` runs, as SQL text (also shipped as ``persist/schema.sql``)."""
+    names = TableNames.build(schema, table, columns)
+    return "".join(stmt.as_string(None) + ";\n" for stmt in _ddl_statements(names))
+
+
+class PostgresStore:
+    """Sessions in a PostgreSQL table (connect-pg-simple / express-pg-session's counterpart).
+
+    Connection: ``pool`` (a ``psycopg_pool.ConnectionPool`` you own and
+    close; its connections must be in autocommit mode), else ``conninfo`` (a
+    URL or key=value string), else the ``DATABASE_URL`` environment variable.
+    The store makes its own pool (``min_size``/``max_size``) for a conninfo and
+    closes it on ``close()``; it waits up to ``connect_timeout`` seconds at
+    start and raises ``StoreUnavailable`` if the server can't be reached.
+
+    ``schema``/``table``/``columns`` name the table (connect-pg-simple's
+    schemaName/tableName); ``create_table=True`` creates schema, table and
+    index if missing (connect-pg-simple's createTableIfMissing).
+    ``purge_batch`` bounds how many rows one purge statement deletes.
+    ``timeout`` bounds the wait for a pooled connection per operation.
+    """
+
+    name = _NAME
+
+    def __init__(
+        self,
+        conninfo: str | None = None,
+        *,
+        pool: ConnectionPool | None = None,
+        schema: str | None = None,
+        table: str = "memsession",
+        columns: Mapping[str, str] | None = None,
+        create_table: bool = False,
+        min_size: int = 1,
+        max_size: int = 4,
+        connect_timeout: float = 10.0,
+        timeout: float = 5.0,
+        page_size: int = 1000,
+        purge_batch: int = 1000,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.names = TableNames.build(schema, table, columns)
+        for option, value in (("page_size", page_size), ("purge_batch", purge_batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(option, value, "must be an int >= 1")
+        self.page_size = page_size
+        self.purge_batch = purge_batch
+        self._closed = False
+        self._owns_pool = pool is None
+        if pool is None:
+            if conninfo is None:
+                conninfo = (os.environ if environ is None else environ).get("DATABASE_URL")
+            if not conninfo:
+                raise ConfigError("conninfo", None, "pass conninfo or pool, or set DATABASE_URL")
+            pool = ConnectionPool(
+                conninfo,
+                min_size=min_size,
+                max_size=max_size,
+                kwargs={"autocommit": True},
+                check=ConnectionPool.check_connection,
+                timeout=timeout,
+                name="memsession",
+                open=False,
+            )
+            try:
+                pool.open(wait=True, timeout=connect_timeout)
+            except PoolTimeout as exc:
+                pool.close()
+                raise StoreUnavailable(
+                    f"PostgreSQL not reachable within {connect_timeout}s", store=_NAME, op="connect"
+                ) from exc
+        self.pool = pool
+        self._prepare_sql()
+        if create_table:
+            try:
+                self.create_table()
+            except BaseException:
+                self.close()
+                raise
+
+    def __repr__(self) -> str:
+        return f"PostgresStore(table={self.names.table!r}, schema={self.names.schema!r})"
+
+    # -- SQL ---------------------------------------------------------------------
+
+    def _prepare_sql(self) -> None:
+        n = self.names
+        c = n.col
+        t = n.table_ident
+        cols = sql.SQL(", ").join(c(f) for f in _FIELDS)
+        select_cols = sql.SQL(", ").join(
+            sql.SQL("{}::text").format(c(f)) if f == "data" else c(f) for f in _FIELDS
+        )
+        s = sql.Identifier("s")
+        e = sql.Identifier("excluded")
+
+        def sc(f: str) -> sql.Composed:
+            return sql.SQL("{}.{}").format(s, c(f))
+
+        def ec(f: str) -> sql.Composed:
+            return sql.SQL("{}.{}").format(e, c(f))
+
+        guard = sql.SQL(
+            "CASE WHEN {sd} AND NOT {ed} THEN {sx} <= {ea}"
+            " WHEN {ed} <> {sd} THEN {ed}"
+            " ELSE ({ev}, {eo}) > ({sv}, {so})"
+            " OR (({ev}, {eo}) = ({sv}, {so}) AND {ea} > {sa}) END"
+        ).format(
+            sd=sc("deleted"), ed=ec("deleted"), sx=sc("expires"), ea=ec("accessed"), sa=sc("accessed"),
+            ev=ec("version"), eo=ec("origin"), sv=sc("version"), so=sc("origin"),
+        )
+        self._sql_upsert = sql.SQL(
+            "INSERT INTO {t} AS s ({cols}) SELECT * FROM unnest("
+            "%s::text[], %s::text[]::json[], %s::bigint[], %s::bigint[],"
+            " %s::float8[], %s::float8[], %s::float8[], %s::bool[])"
+            " ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {guard}"
+        ).format(
+            t=t,
+            cols=cols,
+            key=c("key"),
+            sets=sql.SQL(", ").join(
+                sql.SQL("{} = {}").format(c(f), ec(f)) for f in _FIELDS if f != "key"
+            ),
+            guard=guard,
+        )
+        self._sql_load = sql.SQL("SELECT {cols} FROM {t} WHERE {key} = %s").format(
+            cols=select_cols, t=t, key=c("key")
+        )
+        self._sql_page = sql.SQL(
+            "SELECT {cols} FROM {t} WHERE {key} > %s AND {exp} > %s ORDER BY {key} LIMIT %s"
+        ).format(cols=select_cols, t=t, key=c("key"), exp=c("expires"))
+        self._sql_delete = sql.SQL("DELETE FROM {t} WHERE {key} = ANY(%s)").format(t=t, key=c("key"))
+        self._sql_purge = sql.SQL(
+            "DELETE FROM {t} WHERE {key} IN (SELECT {key} FROM {t} WHERE {exp} <= %s"
+            " LIMIT %s FOR UPDATE SKIP LOCKED)"
+        ).format(t=t, key=c("key"), exp=c("expires"))
+
+    def _run(self, op: str, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run ``work`` on a pooled connection, retrying once if the connection broke."""
+        check_open(self._closed, _NAME, op)
+        for attempt in (1, 2):
+            try:
+                with self.pool.connection() as conn:
+                    return work(conn)
+            except PoolTimeout as exc:
+                raise StoreUnavailable(f"no PostgreSQL connection available for {op}", store=_NAME, op=op) from exc
+            except psycopg.OperationalError as exc:
+                if attempt == 1:
+                    log.info("PostgreSQL %s failed on a broken connection; retrying once", op)
+                    continue
+                raise StoreUnavailable(f"PostgreSQL {op} failed: {exc}", store=_NAME, op=op) from exc
+            except psycopg.Error as exc:
+                raise StoreError(f"PostgreSQL {op} failed: {exc}", store=_NAME, op=op) from exc
+        raise AssertionError("unreachable")
+
+    def create_table(self) -> None:
+        """Create schema, table and expiry index if missing (safe to run from many processes at once)."""
+        statements = _ddl_statements(self.names)
+
+        def work(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ["memsession.create_table"])
+                for stmt in statements:
+                    conn.execute(stmt)
+
+        self._run("create_table", work)
+
+    # -- the Store protocol ---------------------------------------------------------
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> Record:
+        key, text, version, origin, created, accessed, expires, deleted = row
+        try:
+            return make_record(
+                key, decode_data(orjson.loads(text), text), version, origin, created, accessed, expires, deleted
+            )
+        except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+            raise StoreError(f"row {key!r} can't be read: {exc}", store=_NAME, op="load") from exc
+
+    def load(self, key: str) -> Record | None:
+        def work(conn: psycopg.Connection[Any]) -> tuple[Any, ...] | None:
+            return conn.execute(self._sql_load, [key]).fetchone()
+
+        row = self._run("load", work)
+        return None if row is None else self._record(row)
+
+    def load_all(self, now: float) -> Iterator[Record]:
+        check_open(self._closed, _NAME, "load_all")
+        return self._pages(now)
+
+    def _pages(self, now: float) -> Iterator[Record]:
+        after = ""
+        while True:
+            def work(conn: psycopg.Connection[Any], after: str = after) -> list[tuple[Any, ...]]:
+                return conn.execute(self._sql_page, [after, now, self.page_size]).fetchall()
+
+            rows = self._run("load_all", work)
+            for row in rows:
+                yield self._record(row)
+            if len(rows) < self.page_size:
+                return
+            after = rows[-1][0]
+
+    def save(self, records: Sequence[Record]) -> int:
+        check_open(self._closed, _NAME, "save")
+        if not records:
+            return 0
+        batch = list(coalesce(records).values())
+        params = [
+            [r.key for r in batch],
+            [encode_data(r.data, r.flat).decode() for r in batch],
+            [r.version for r in batch],
+            [r.origin for r in batch],
+            [r.created for r in batch],
+            [r.accessed for r in batch],
+            [r.expires for r in batch],
+            [r.deleted for r in batch],
+        ]
+
+        def work(conn: psycopg.Connection[Any]) -> int:
+            return conn.execute(self._sql_upsert, params).rowcount
+
+        return self._run("save", work)
+
+    def delete(self, keys: Iterable[str]) -> int:
+        check_open(self._closed, _NAME, "delete")
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return 0
+
+        def work(conn: psycopg.Connection[Any]) -> int:
+            return conn.execute(self._sql_delete, [wanted]).rowcount
+
+        return self._run("delete", work)
+
+    def purge(self, now: float) -> int:
+        check_open(self._closed, _NAME, "purge")
+        total = 0
+        while True:
+            def work(conn: psycopg.Connection[Any]) -> int:
+                return conn.execute(self._sql_purge, [now, self.purge_batch]).rowcount
+
+            count = self._run("purge", work)
+            total += count
+            if count < self.purge_batch:
+                return total
+
+    def close(self) -> None:
+        """Close the pool the store made (a pool passed in stays open). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_pool:
+            self.pool.close()

@@ -1,0 +1,13 @@
+-- memsession: the sessions table PostgresStore(create_table=True) creates, with the default names.
+-- Other names: memsession ddl --schema S --table T --column key=sid ...
+CREATE TABLE IF NOT EXISTS "memsession" (
+    "sid" text COLLATE "C" PRIMARY KEY,
+    "sess" json NOT NULL,
+    "version" bigint NOT NULL,
+    "origin" bigint NOT NULL,
+    "created" double precision NOT NULL,
+    "accessed" double precision NOT NULL,
+    "expire" double precision NOT NULL,
+    "deleted" boolean NOT NULL DEFAULT false
+);
+CREATE INDEX IF NOT EXISTS "memsession_expire_idx" ON "memsession" ("expire");

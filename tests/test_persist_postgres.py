@@ -1,0 +1,147 @@
+"""PostgresStore against a real PostgreSQL: the store contract, naming, DDL, errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from memsession.errors import ConfigError, StoreError, StoreUnavailable
+from persist.postgres import PostgresStore, ddl
+from persist.testing import T0, StoreContract, make_test_record
+from tests.servers import free_port
+
+
+class TestPostgresContract(StoreContract):
+    @pytest.fixture
+    def make_store(self, postgres_url: str):
+        return lambda: PostgresStore(postgres_url, create_table=True, max_size=4)
+
+
+class TestPostgresCustomNamesContract(StoreContract):
+    """Every identifier renamed, with characters that need quoting."""
+
+    batch_size = 2000
+
+    @pytest.fixture
+    def make_store(self, postgres_url: str):
+        return lambda: PostgresStore(
+            postgres_url,
+            schema="My Schema",
+            table='web "sessions"',
+            columns={"key": "Session ID", "data": "payload", "expires": "valid until", "deleted": "gone"},
+            create_table=True,
+            page_size=97,
+            purge_batch=13,
+        )
+
+
+def test_custom_names_are_used(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url, schema="app", table="sess", columns={"key": "id"}, create_table=True)
+    try:
+        store.save([make_test_record("k1", {"a": 1})])
+    finally:
+        store.close()
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute('SELECT "id", "sess"::text FROM "app"."sess"').fetchall() == [("k1", '{"a":1}')]
+        indexes = conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'app'").fetchall()
+        assert ("sess_expire_idx",) in indexes
+
+
+def test_schema_sql_file_matches_ddl() -> None:
+    shipped = (Path(__file__).parent.parent / "persist" / "schema.sql").read_text()
+    body = "".join(line + "\n" for line in shipped.splitlines() if not line.startswith("--"))
+    assert body == ddl()
+
+
+def test_shipped_ddl_creates_a_working_table(postgres_url: str) -> None:
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(ddl())
+    store = PostgresStore(postgres_url)
+    try:
+        record = make_test_record("k", expires=math.inf)
+        assert store.save([record]) == 1
+        assert store.load("k") == record
+    finally:
+        store.close()
+
+
+def test_database_url_fallback(postgres_url: str) -> None:
+    store = PostgresStore(environ={"DATABASE_URL": postgres_url}, create_table=True)
+    try:
+        assert store.load("nobody") is None
+    finally:
+        store.close()
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        PostgresStore(environ={})
+
+
+def test_passed_pool_is_used_and_left_open(postgres_url: str) -> None:
+    from psycopg_pool import ConnectionPool
+
+    with ConnectionPool(postgres_url, min_size=1, max_size=2, kwargs={"autocommit": True}) as pool:
+        store = PostgresStore(pool=pool, create_table=True)
+        store.save([make_test_record("k")])
+        store.close()
+        assert not pool.closed
+        with pool.connection() as conn:
+            assert conn.execute('SELECT count(*) FROM "memsession"').fetchone() == (1,)
+
+
+def test_unreachable_server_fails_at_start() -> None:
+    url = f"postgresql://nobody@127.0.0.1:{free_port()}/none?connect_timeout=1"
+    with pytest.raises(StoreUnavailable) as info:
+        PostgresStore(url, connect_timeout=1.0)
+    assert info.value.store == "postgres"
+
+
+def test_missing_table_is_a_store_error(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url, table="absent")
+    try:
+        with pytest.raises(StoreError) as info:
+            store.load("k")
+        assert info.value.op == "load" and not isinstance(info.value, StoreUnavailable)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"columns": {"nope": "x"}},
+        {"columns": {"key": "same", "data": "same"}},
+        {"columns": {"key": ""}},
+        {"table": ""},
+        {"table": "x" * 64},
+        {"purge_batch": 0},
+        {"page_size": True},
+    ],
+)
+def test_bad_options_fail_at_construction(options: dict) -> None:
+    with pytest.raises(ConfigError):
+        PostgresStore("postgresql://127.0.0.1:1/none", **options)
+
+
+def test_purge_runs_in_bounded_batches(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url, create_table=True, purge_batch=7)
+    try:
+        store.save([make_test_record(f"k{i}", expires=T0 + (i % 2) * 100) for i in range(50)])
+        assert store.purge(T0 + 50) == 25
+        assert sum(1 for _ in store.load_all(0.0)) == 25
+    finally:
+        store.close()
+
+
+def test_two_stores_on_one_table_keep_the_newest(postgres_url: str) -> None:
+    a = PostgresStore(postgres_url, create_table=True)
+    b = PostgresStore(postgres_url, create_table=True)
+    try:
+        a.save([make_test_record("k", {"w": "a"}, version=10, origin=1)])
+        assert b.save([make_test_record("k", {"w": "b"}, version=9, origin=2)]) == 0
+        loaded = b.load("k")
+        assert loaded is not None and loaded.data == {"w": "a"}
+    finally:
+        a.close()
+        b.close()
