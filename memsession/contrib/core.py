@@ -1,0 +1,488 @@
+"""What every web integration shares: options, the session object, load and save.
+
+A request's life, whatever the framework:
+
+1. ``SessionManager.open(cookie_value)`` verifies the signed cookie and hands
+   out a ``Session`` (a dict) holding a private copy of the data. A missing,
+   tampered, truncated, oversized or replayed cookie gives a fresh empty
+   session, never an error and never anyone else's data. If the cookie says
+   the user's last write is newer than this process's copy, the manager waits
+   up to ``consistency_timeout`` for it (read-your-writes across workers).
+2. The application reads and writes the dict.
+3. ``SessionManager.save(session)`` works out what the request changed (keys
+   set and keys deleted, nested mutations included, by comparing with the
+   copy it started from) and applies only that onto the newest copy of the
+   session, so overlapping requests that change different keys both survive
+   and a session destroyed meanwhile stays destroyed. It returns what to do
+   with the cookie (``None``: leave it alone).
+
+Nothing is stored for a session that never held data, so cookie-less traffic
+can't flood the LRU.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import threading
+from dataclasses import dataclass, fields
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+
+from ..clock import version_wall_ms
+from ..config import Config
+from ..cookies import CookieSigner
+from ..errors import ConfigError, SessionDestroyed, SignatureError
+from ..session import Record, SessionData, copy_data, new_id
+from ..session_cache import SessionCache
+
+__all__ = ["Cookie", "Session", "SessionManager", "WebConfig", "diff", "parse_cookie_header"]
+
+log = logging.getLogger("memsession.web")
+
+_SAMESITE = ("Lax", "Strict", "None")
+_TOKEN_BAD = frozenset(' \t\r\n"(),/:;<=>?@[\\]{}')
+_MISSING = object()
+#: A write older than this (seconds) is not waited for: the bus delivers in milliseconds.
+_RECENT_WRITE = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebConfig:
+    """Options of the web integrations, with their defaults.
+
+    Each integration translates its framework's settings (``app.config``,
+    Django settings, middleware arguments) into one of these once, at start.
+    """
+
+    #: Newest first; the first signs cookies, all of them verify (rotation).
+    secret_keys: tuple[str | bytes, ...] = ()
+    cookie_name: str = "session"
+    cookie_domain: str | None = None
+    cookie_path: str = "/"
+    cookie_secure: bool = False
+    cookie_httponly: bool = True
+    #: "Lax", "Strict", "None" (needs ``cookie_secure``) or None to omit.
+    cookie_samesite: str | None = "Lax"
+    #: The cookie carries Max-Age/Expires from the session's expiry; False
+    #: makes it a browser-session cookie (the server still expires it).
+    permanent: bool = True
+    #: Re-send the cookie (with its later expiry) when a read slid the idle
+    #: timeout; touches are coalesced, so at most once per ``touch_interval``.
+    refresh_each_request: bool = True
+    #: Longest wait (seconds) for the user's last write to reach this process.
+    consistency_timeout: float = 0.1
+    #: Salt that separates cookie signatures from other uses of the secret.
+    salt: str = "memsession.cookie"
+
+    def __post_init__(self) -> None:
+        keys = self.secret_keys
+        if isinstance(keys, (str, bytes)):
+            object.__setattr__(self, "secret_keys", keys := (keys,))
+        else:
+            object.__setattr__(self, "secret_keys", keys := tuple(keys))
+        if not keys or not all(isinstance(k, (str, bytes)) and k for k in keys):
+            raise ConfigError("secret_keys", keys, "needs at least one non-empty secret (str or bytes)")
+        name = self.cookie_name
+        if not isinstance(name, str) or not name or not name.isascii() or _TOKEN_BAD.intersection(name):
+            raise ConfigError("cookie_name", name, "must be a non-empty cookie token")
+        if self.cookie_samesite is not None:
+            samesite = str(self.cookie_samesite).capitalize()
+            if samesite not in _SAMESITE:
+                raise ConfigError("cookie_samesite", self.cookie_samesite, "must be Lax, Strict, None or None")
+            if samesite == "None" and not self.cookie_secure:
+                raise ConfigError("cookie_samesite", self.cookie_samesite, "SameSite=None needs cookie_secure")
+            object.__setattr__(self, "cookie_samesite", samesite)
+        t = self.consistency_timeout
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise ConfigError("consistency_timeout", t, "must be a finite number >= 0")
+        if not isinstance(self.cookie_path, str) or not self.cookie_path.startswith("/"):
+            raise ConfigError("cookie_path", self.cookie_path, "must start with /")
+
+    @classmethod
+    def split_options(cls, options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Options for ``WebConfig`` and options for the cache ``Config``; unknown names fail."""
+        web_names = {f.name for f in fields(cls)}
+        cache_names = {f.name for f in fields(Config)}
+        web, cache = {}, {}
+        for name, value in options.items():
+            if name in web_names:
+                web[name] = value
+            elif name in cache_names:
+                cache[name] = value
+            else:
+                known = ", ".join(sorted(web_names | cache_names))
+                raise ConfigError(name, value, f"unknown option; known: {known}")
+        return web, cache
+
+
+class Cookie(NamedTuple):
+    """What the response does with the session cookie. ``value`` None: delete it."""
+
+    value: str | None
+    #: Wall time the cookie expires at; None for a browser-session cookie.
+    expires: float | None = None
+
+
+_DELETE = Cookie(None)
+
+
+def diff(base: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``(keys of data that differ from base, with their values, keys of base not in data)``.
+
+    Values are compared whole, so a nested mutation (``s["cart"].append(x)``)
+    counts as setting ``cart``.
+    """
+    changed = {}
+    for key, value in data.items():
+        old = base.get(key, _MISSING)
+        # type() guards against 1 == True == 1.0 hiding a change of type.
+        if old is _MISSING or type(old) is not type(value) or old != value:
+            changed[key] = value
+    removed = [key for key in base if key not in data]
+    return changed, removed
+
+
+class Session(dict):  # type: ignore[type-arg]
+    """The session as the application sees it: a dict plus a few attributes.
+
+    ``sid`` is None until the session is first stored. ``new`` says no cookie
+    brought it. ``modified`` is set by every dict mutation and may be set by
+    hand (as in Flask) to re-send the cookie; nested mutations are found at
+    save time anyway. ``regenerate()`` gives the session a new id at the end
+    of the request (do it at login), ``destroy()`` ends it.
+    """
+
+    def __init__(
+        self,
+        data: Mapping[str, Any] | None = None,
+        *,
+        sid: str | None = None,
+        version: int = 0,
+        base: Mapping[str, Any] | None = None,
+        had_cookie: bool = False,
+        refresh: bool = False,
+    ) -> None:
+        super().__init__(data or ())
+        self.sid = sid
+        self.version = version
+        self.new = sid is None
+        self.modified = False
+        self.accessed = had_cookie
+        self.had_cookie = had_cookie
+        # The data this request started from; compared at save to find its own changes.
+        self._base: Mapping[str, Any] = base if base is not None else {}
+        self._refresh = refresh
+        self._regenerate = False
+        self._destroy = False
+        self._cleared = False
+
+    # Every mutator marks the session modified, as Flask's and Django's sessions do.
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.modified = True
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self.modified = True
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if key in self:
+            self.modified = True
+        return super().pop(key, *default)
+
+    def popitem(self) -> tuple[str, Any]:
+        item = super().popitem()
+        self.modified = True
+        return item
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self.modified = True
+        return super().setdefault(key, default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        self.modified = True
+
+    def clear(self) -> None:
+        """Empty the session; saved as a replacement of the whole session, not a merge."""
+        super().clear()
+        self.modified = True
+        self._cleared = True
+
+    def __ior__(self, other: Any) -> Session:  # type: ignore[override]
+        self.update(other)
+        return self
+
+    def regenerate(self) -> None:
+        """Move the data to a new id when saved; the old id is destroyed (do this at login)."""
+        self._regenerate = True
+        self.modified = True
+
+    def destroy(self) -> None:
+        """End the session: data gone here now, and everywhere once saved."""
+        super().clear()
+        self._destroy = True
+        self.modified = True
+
+    def changes(self) -> tuple[dict[str, Any], list[str]]:
+        """``(keys set with their values, keys deleted)`` since the request began."""
+        return diff(self._base, self)
+
+    def needs_write(self) -> bool:
+        """Whether saving will write to the cache (as opposed to only re-sending the cookie)."""
+        if self._destroy or self._regenerate or self._cleared:
+            return True
+        changed, removed = self.changes()
+        return bool(changed or removed)
+
+
+class SessionManager:
+    """Loads and saves sessions of one ``SessionCache`` for web requests. Thread-safe.
+
+    ``SessionManager(cache, config)``, or ``SessionManager.build(cache=None,
+    **options)`` where options are ``WebConfig`` and cache ``Config`` fields.
+
+    Read-your-writes: when the cookie's version is newer than this process's
+    copy, ``open`` calls ``cache.wait_for(sid, version, timeout)`` if the cache
+    has it (a replicated cache: wait for the bus, then read through the hub or
+    store) and expects the newest record it could get, or None. A cache that
+    replicates nothing has no such method: nothing newer can arrive.
+    """
+
+    def __init__(self, cache: SessionCache, config: WebConfig) -> None:
+        self.cache = cache
+        self.config = config
+        self.signer = CookieSigner(config.secret_keys, salt=config.salt)
+        self._wait_for = getattr(cache, "wait_for", None)
+        # Serialises read-newest/merge/write so two requests of one process
+        # can't both merge onto the same copy and lose each other's keys.
+        self.write_lock = threading.Lock()
+        self._counts = dict.fromkeys(("bad_cookies", "stale_reads", "waits"), 0)
+
+    @classmethod
+    def build(cls, cache: SessionCache | None = None, **options: Any) -> SessionManager:
+        """A manager over ``cache``, or over a new cache made from the cache options."""
+        web, cache_opts = WebConfig.split_options(options)
+        if cache is not None and cache_opts:
+            name = next(iter(cache_opts))
+            raise ConfigError(name, cache_opts[name], "cache options can't be combined with cache=")
+        if cache is None:
+            cache = SessionCache(**cache_opts)
+        return cls(cache, WebConfig(**web))
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    # -- load -------------------------------------------------------------------
+
+    def open(
+        self, cookie_value: str | Sequence[str] | None, session_class: type[Session] = Session
+    ) -> Session:
+        """The session a request's cookie value (or values) points to, or a fresh empty one."""
+        if not cookie_value:
+            return session_class()
+        verified = self.verify(cookie_value)
+        if verified is None:
+            return session_class(had_cookie=True)
+        sid, version = verified
+        record = self.cache.record(sid)
+        if self._is_stale(record, version):
+            record = self._catch_up(sid, version)
+        return self._session_from(record, version, session_class)
+
+    def verify(self, cookie_value: str | Sequence[str]) -> tuple[str, int] | None:
+        """``(sid, version)`` from the first value that verifies, or None (counted)."""
+        values = (cookie_value,) if isinstance(cookie_value, str) else cookie_value
+        reason = "no value"
+        for value in values:
+            try:
+                return self.signer.unsign(value)
+            except SignatureError as exc:
+                reason = exc.reason
+        self._counts["bad_cookies"] += 1
+        log.debug("session cookie refused: %s", reason)
+        return None
+
+    def needs_catch_up(self, cookie_value: str | Sequence[str] | None) -> bool:
+        """Whether ``open`` would wait for a newer copy (async callers then open in a thread)."""
+        if not cookie_value or self._wait_for is None:
+            return False
+        values = (cookie_value,) if isinstance(cookie_value, str) else cookie_value
+        for value in values:
+            try:
+                sid, version = self.signer.unsign(value)
+            except SignatureError:
+                continue
+            return self._is_stale(self.cache.record(sid), version)
+        return False
+
+    @staticmethod
+    def _is_stale(record: Record | None, version: int) -> bool:
+        return record is None or (not record.deleted and record.version < version)
+
+    def _catch_up(self, sid: str, version: int) -> Record | None:
+        if self._wait_for is None:
+            return self.cache.record(sid)
+        self._counts["waits"] += 1
+        timeout = self.config.consistency_timeout
+        if self.cache.clock.wall() - version_wall_ms(version) / 1000.0 > _RECENT_WRITE:
+            # Replication has long had its chance: read through now. An old
+            # cookie replayed in a loop thus never holds a worker for the timeout.
+            timeout = 0.0
+        record: Record | None = self._wait_for(sid, version, timeout)
+        if record is not None and not record.deleted and record.version < version:
+            # Best effort by design: an older copy beats an error page. Counted.
+            self._counts["stale_reads"] += 1
+            log.warning("served an older copy of a session after waiting %.3fs", self.config.consistency_timeout)
+        return record
+
+    def _session_from(self, record: Record | None, version: int, session_class: type[Session]) -> Session:
+        if record is None or record.deleted:
+            # Unknown, expired or destroyed (a replayed cookie): a fresh session,
+            # which gets a new id if it is ever stored. The old id is never reused.
+            return session_class(had_cookie=True)
+        sid = record.key
+        wall = self.cache.clock.wall()
+        # The cache propagates an access at most once per touch_interval; the
+        # cookie's expiry is refreshed exactly when that happens.
+        refresh = self.config.refresh_each_request and wall - record.accessed >= self.cache.config.touch_interval
+        if not self.cache.touch(sid):
+            return session_class(had_cookie=True)
+        return session_class(
+            copy_data(record), sid=sid, version=max(record.version, version), base=record.data,
+            had_cookie=True, refresh=refresh,
+        )
+
+    # -- save -------------------------------------------------------------------
+
+    def save(self, session: Session) -> Cookie | None:
+        """Store what the request changed; return the cookie to send, or None to leave it."""
+        cache = self.cache
+        sid = session.sid
+        if session._destroy:
+            if sid is not None:
+                cache.destroy(sid)
+            return _DELETE if session.had_cookie else None
+        if sid is not None and session._regenerate:
+            cache.destroy(sid)
+            sid = session.sid = None
+        if sid is None:
+            if not session:
+                # Never stored: nothing to keep for an empty session. A bad or
+                # dead cookie is removed so the browser stops sending it.
+                return _DELETE if session.had_cookie else None
+            return self._store_new(session)
+        if session._cleared:
+            record = self._replace(sid, dict(session))
+        else:
+            changed, removed = session.changes()
+            if not changed and not removed:
+                if session.modified or session._refresh:
+                    return self._cookie_for(cache.record(sid))
+                return None
+            record = self._merge(sid, changed, removed)
+        if record is None:
+            return _DELETE
+        session.version = record.version
+        session._base = record.data
+        return self._cookie(record)
+
+    def _store_new(self, session: Session) -> Cookie:
+        sid = new_id()
+        record = self.cache.set(sid, session)
+        session.sid = sid
+        session.new = True
+        session.version = record.version
+        session._base = record.data
+        return self._cookie(record)
+
+    def _replace(self, sid: str, data: SessionData) -> Record | None:
+        """Write the request's whole view; None if that ended the session."""
+        try:
+            if not data:
+                self.cache.destroy(sid)
+                return None
+            return self.cache.set(sid, data)
+        except SessionDestroyed:
+            return None
+
+    def _merge(self, sid: str, changed: dict[str, Any], removed: Iterable[str]) -> Record | None:
+        """Apply the request's own changes onto the newest copy; None if the session ended."""
+        cache = self.cache
+        with self.write_lock:
+            newest = cache.record(sid)
+            if newest is not None and newest.deleted:
+                return None  # destroyed meanwhile: a late save must not resurrect it
+            merged = copy_data(newest) if newest is not None else {}
+            merged.update(changed)
+            for key in removed:
+                merged.pop(key, None)
+            try:
+                if not merged:
+                    cache.destroy(sid)
+                    return None
+                return cache.set(sid, merged)
+            except SessionDestroyed:
+                return None
+
+    def _cookie_for(self, record: Record | None) -> Cookie | None:
+        if record is None:
+            return None
+        if record.deleted:
+            return _DELETE
+        return self._cookie(record)
+
+    def _cookie(self, record: Record) -> Cookie:
+        expires = record.expires if self.config.permanent and math.isfinite(record.expires) else None
+        return Cookie(self.signer.sign(record.key, record.version), expires)
+
+    # -- headers, for integrations that write them themselves ----------------------
+
+    def set_cookie_header(self, cookie: Cookie, *, permanent: bool | None = None) -> str:
+        """The ``Set-Cookie`` header value for ``cookie``."""
+        cfg = self.config
+        if cookie.value is None:
+            parts = [f"{cfg.cookie_name}=", "Max-Age=0", "Expires=Thu, 01 Jan 1970 00:00:00 GMT"]
+        else:
+            parts = [f"{cfg.cookie_name}={cookie.value}"]
+            if cookie.expires is not None and permanent is not False:
+                max_age = max(0, int(cookie.expires - self.cache.clock.wall()))
+                parts.append(f"Max-Age={max_age}")
+                parts.append("Expires=" + email.utils.formatdate(cookie.expires, usegmt=True))
+        parts.append(f"Path={cfg.cookie_path}")
+        if cfg.cookie_domain:
+            parts.append(f"Domain={cfg.cookie_domain}")
+        if cfg.cookie_secure:
+            parts.append("Secure")
+        if cfg.cookie_httponly:
+            parts.append("HttpOnly")
+        if cfg.cookie_samesite:
+            parts.append(f"SameSite={cfg.cookie_samesite}")
+        return "; ".join(parts)
+
+    def max_age(self, cookie: Cookie) -> int | None:
+        """Seconds until ``cookie`` expires, for frameworks that take Max-Age."""
+        if cookie.expires is None:
+            return None
+        return max(0, int(cookie.expires - self.cache.clock.wall()))
+
+
+def parse_cookie_header(header: str, name: str) -> list[str]:
+    """Every value of cookie ``name`` in a ``Cookie`` header, in order.
+
+    Browsers may send one name several times (different paths or domains);
+    callers try each and keep the first that verifies.
+    """
+    values = []
+    if name not in header:
+        return values
+    for part in header.split(";"):
+        key, sep, value = part.partition("=")
+        if sep and key.strip() == name:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            values.append(value)
+    return values

@@ -1,0 +1,106 @@
+"""The session cookie: a signed session id plus the version of its last write.
+
+Cookie value, all ASCII, at most ``max_size`` characters::
+
+    <sid: 43 chars base64url> "." <version: lowercase hex> "." <mac: 43 chars base64url>
+
+``mac`` is HMAC-SHA256 over ``<sid>.<version>`` with a key derived from the
+secret and a salt, so the same ``SECRET_KEY`` used elsewhere in an app never
+signs anything this codec would accept. Several secrets may be configured:
+the first signs, every one verifies (key rotation). Verification is constant
+time per key, and an oversized value is refused before any HMAC is computed.
+
+The id alone authenticates the user; the signature makes a forged or mangled
+cookie cost nothing server-side (no cache lookup), and the version lets a
+worker tell that its copy of the session is older than the user's last write.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from typing import Iterable
+
+from .errors import ConfigError, SignatureError
+from .session import SID_LENGTH, is_valid_sid
+
+__all__ = ["CookieSigner"]
+
+_MAC_LENGTH = 43  # 32 bytes base64url without padding
+_MAX_VERSION_HEX = 16  # versions are unsigned 64-bit
+_HEX = frozenset("0123456789abcdef")
+#: sid, two dots, version, mac: the longest value this codec ever produces.
+LONGEST_VALUE = SID_LENGTH + 2 + _MAX_VERSION_HEX + _MAC_LENGTH
+
+
+def _as_bytes(option: str, secret: object) -> bytes:
+    if isinstance(secret, str):
+        secret = secret.encode("utf-8")
+    if not isinstance(secret, bytes) or not secret:
+        raise ConfigError(option, secret, "each secret must be a non-empty str or bytes")
+    return secret
+
+
+class CookieSigner:
+    """Signs and verifies session cookie values.
+
+    ``secret_keys``: newest first; values signed with any of them verify.
+    ``salt`` separates this use of the secrets from any other.
+    """
+
+    def __init__(
+        self,
+        secret_keys: Iterable[str | bytes] | str | bytes,
+        *,
+        salt: str = "memsession.cookie",
+        max_size: int = LONGEST_VALUE,
+    ) -> None:
+        if isinstance(secret_keys, (str, bytes)):
+            secret_keys = [secret_keys]
+        try:
+            secrets = [_as_bytes("secret_keys", s) for s in secret_keys]
+        except TypeError as exc:
+            raise ConfigError("secret_keys", secret_keys, "must be a secret or a list of secrets") from exc
+        if not secrets:
+            raise ConfigError("secret_keys", secrets, "at least one secret is required")
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < LONGEST_VALUE:
+            raise ConfigError("max_size", max_size, f"must be an int >= {LONGEST_VALUE}")
+        label = b"memsession.cookie-signer|" + salt.encode("utf-8")
+        # Derive once: per-request work is then one HMAC with a fixed key.
+        self._keys = [hmac.new(s, label, hashlib.sha256).digest() for s in secrets]
+        self.max_size = max_size
+
+    def _mac(self, key: bytes, payload: bytes) -> str:
+        digest = hmac.new(key, payload, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+    def sign(self, sid: str, version: int) -> str:
+        """The cookie value for ``sid`` whose last write had ``version``."""
+        payload = f"{sid}.{version:x}"
+        return f"{payload}.{self._mac(self._keys[0], payload.encode('ascii'))}"
+
+    def unsign(self, value: str) -> tuple[str, int]:
+        """``(sid, version)`` from a cookie value, or ``SignatureError`` saying why not."""
+        if not isinstance(value, str):
+            raise SignatureError("cookie value is not a string")
+        if len(value) > self.max_size:
+            raise SignatureError("cookie value is oversized")
+        parts = value.split(".")
+        if len(parts) != 3:
+            raise SignatureError("cookie value is malformed")
+        sid, version_hex, mac = parts
+        if (
+            not is_valid_sid(sid)
+            or not 0 < len(version_hex) <= _MAX_VERSION_HEX
+            or not _HEX.issuperset(version_hex)
+            or len(mac) != _MAC_LENGTH
+            or not mac.isascii()
+        ):
+            raise SignatureError("cookie value is malformed")
+        payload = f"{sid}.{version_hex}".encode("ascii")
+        mac_bytes = mac.encode("ascii")
+        for key in self._keys:
+            if hmac.compare_digest(self._mac(key, payload).encode("ascii"), mac_bytes):
+                return sid, int(version_hex, 16)
+        raise SignatureError("cookie signature does not match")
