@@ -1,5 +1,6 @@
 """memsession: web sessions in every worker's memory, kept identical, never lost."""
 
+from .bus import BusConfig, MemoryBus, MemoryHub, ZmqBus
 from .cache import Eviction, ExpiringLRUCache
 from .clock import Clock, HybridClock, SystemClock
 from .config import Config
@@ -20,12 +21,14 @@ from .errors import (
     StoreUnavailable,
     WireError,
 )
+from .hub import Hub, HubConfig
 from .session import Record, is_valid_sid, new_id
 from .session_cache import SessionCache
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BusConfig",
     "BusError",
     "CacheClosed",
     "Clock",
@@ -33,8 +36,12 @@ __all__ = [
     "ConfigError",
     "Eviction",
     "ExpiringLRUCache",
+    "Hub",
+    "HubConfig",
     "HybridClock",
     "InvalidSessionId",
+    "MemoryBus",
+    "MemoryHub",
     "MemsessionError",
     "Record",
     "SessionCache",
@@ -49,6 +56,7 @@ __all__ = [
     "StoreUnavailable",
     "SystemClock",
     "WireError",
+    "ZmqBus",
     "is_valid_sid",
     "new_id",
 ]

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections import OrderedDict
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from cachetools import Cache
 
@@ -30,6 +31,9 @@ from .session import (
     prepare_data,
     wins,
 )
+
+if TYPE_CHECKING:
+    from .bus.base import Bus
 
 __all__ = ["SessionCache"]
 
@@ -54,6 +58,7 @@ class SessionCache:
         *,
         clock: Clock = SYSTEM_CLOCK,
         origin: int | None = None,
+        bus: Bus | None = None,
         **options: Any,
     ) -> None:
         self.config = cfg = Config.from_options(config, **options)
@@ -68,10 +73,14 @@ class SessionCache:
         self._next_sweep = clock.monotonic() + _SWEEP_EVERY
         self._closed = False
         self._bytes = 0
-        self._counts = dict.fromkeys(
-            ("hits", "misses", "invalid_ids", "sets", "touches", "destroys", "applied", "ignored"), 0
-        )
+        self._touch_interval = cfg.touch_interval
+        self._hits = self._misses = 0  # attributes, not dict items: they are on the read path
+        self._counts = dict.fromkeys(("invalid_ids", "sets", "touches", "destroys", "applied", "ignored"), 0)
         self._evicted = dict.fromkeys((EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE), 0)
+        #: Replication transport (``memsession.bus``); joins the bus before the constructor returns.
+        self.bus = bus
+        if bus is not None:
+            bus.attach(self)
 
     # -- express-session Store parity ----------------------------------------
 
@@ -81,26 +90,31 @@ class SessionCache:
         A malformed id is a miss, counted as ``invalid_ids``: cookies come
         from outside and a bad one must not raise.
         """
-        if not is_valid_sid(sid):
+        if type(sid) is not str:
             self._counts["invalid_ids"] += 1
             return None
         touched = None
         with self._lock:
-            self._check_open()
-            try:
-                record = self._core[sid]
-            except KeyError:
-                self._counts["misses"] += 1
-                self._maybe_sweep()
+            if self._closed:
+                raise CacheClosed("SessionCache is closed")
+            now = self.clock.monotonic()
+            # Only valid ids are ever stored, so a hit needs no validation.
+            record: Record | None = self._core.lookup(sid, now)
+            if now >= self._next_sweep:
+                self._sweep_locked(now)
+            if record is None:
+                if is_valid_sid(sid):
+                    self._misses += 1
+                else:
+                    self._counts["invalid_ids"] += 1
                 return None
-            self._counts["hits"] += 1
+            self._hits += 1
             wall = self.clock.wall()
-            if wall - record.accessed >= self.config.touch_interval:
+            if wall - record.accessed >= self._touch_interval:
                 touched = self._touch_locked(record, wall)
-            self._maybe_sweep()
         if touched is not None:
             self._emit(touched)
-        return copy_data(record)
+        return dict(record.data) if record.flat else copy_data(record)
 
     def set(self, sid: str, data: Mapping[str, Any]) -> Record:
         """Store ``data`` as the session's new value; return the new record.
@@ -226,7 +240,9 @@ class SessionCache:
             return self._sweep_locked(self.clock.monotonic())
 
     def close(self) -> None:
-        """Stop accepting operations. Idempotent."""
+        """Stop accepting operations (and close the bus). Idempotent."""
+        if self.bus is not None:
+            self.bus.close()
         with self._lock:
             self._closed = True
 
@@ -243,7 +259,7 @@ class SessionCache:
     def stats(self) -> dict[str, Any]:
         """Counters since construction and current sizes (a fresh dict)."""
         with self._lock:
-            out: dict[str, Any] = dict(self._counts)
+            out: dict[str, Any] = {"hits": self._hits, "misses": self._misses, **self._counts}
             out["evicted"] = dict(self._evicted)
             out["expired"] = self._evicted[EVICTED_IDLE] + self._evicted[EVICTED_MAX_AGE]
             self._sweep_locked(self.clock.monotonic())
@@ -251,7 +267,9 @@ class SessionCache:
             out["tombstones"] = len(self._tombstones)
             out["bytes"] = self._bytes
             out["maxsize"] = self.config.maxsize
-            return out
+        if self.bus is not None:
+            out["replication"] = self.bus.stats()
+        return out
 
     # -- records from elsewhere ----------------------------------------------
 
@@ -314,8 +332,62 @@ class SessionCache:
 
     # -- internals (call with the lock held) -----------------------------------
 
+    def records(self) -> list[Record]:
+        """Every live record and live tombstone held here (for replication repair)."""
+        with self._lock:
+            now = self.clock.monotonic()
+            self._sweep_locked(now)
+            core = self._core
+            out = [core.peek(sid) for sid in list(core)]
+            out.extend(tomb for tomb, until in self._tombstones.values() if until > now)
+            return [r for r in out if r is not None]
+
+    def discard(self, sid: str, version: int, origin: int) -> bool:
+        """Drop the live copy of ``sid`` if it is older than ``(version, origin)``; True if dropped.
+
+        The ``invalidate`` replication mode: the newer value is read through on next use.
+        """
+        with self._lock:
+            self._check_open()
+            self.hlc.observe(version)
+            old: Record | None = self._core.peek(sid)
+            if old is None or (old.version, old.origin) >= (version, origin):
+                return False
+            self._remove_locked(sid, old)
+            self._counts["applied"] += 1
+            return True
+
+    def wait_for(self, sid: str, version: int, timeout: float = 0.05) -> Record | None:
+        """Read-your-writes: the record for ``sid`` once it is at least ``version``.
+
+        Waits up to ``timeout`` seconds for the bus to bring it, then reads it
+        through the hub. Returns None if no copy that recent could be found
+        (the caller then treats the session as unknown, never as stale).
+        """
+        deadline = time.monotonic() + timeout  # a real wait for real I/O, whatever clock versions use
+        while True:
+            record = self.record(sid)
+            if record is not None and (record.deleted or record.version >= version):
+                return record
+            if time.monotonic() >= deadline or self.bus is None:
+                break
+            time.sleep(0.0005)
+        if self.bus is None:
+            return None
+        fetched = self.bus.fetch(sid)
+        if fetched is None:
+            return None
+        self.apply(fetched)
+        record = self.record(sid)
+        if record is not None and (record.deleted or record.version >= version):
+            return record
+        return None
+
     def _emit(self, record: Record) -> None:
         """Hand a local change to replication and persistence (none in a bare cache)."""
+        bus = self.bus
+        if bus is not None:
+            bus.publish(record)
 
     def _count_locked(self) -> int:
         # The core's own len() sweeps and would drop what it evicts unreported;
@@ -373,11 +445,6 @@ class SessionCache:
                 continue  # replaced records were already subtracted by the caller
             self._evicted[cause] += 1
             self._bytes -= value.size
-
-    def _maybe_sweep(self) -> None:
-        now = self.clock.monotonic()
-        if now >= self._next_sweep:
-            self._sweep_locked(now)
 
     def _sweep_locked(self, now: float) -> int:
         self._next_sweep = now + _SWEEP_EVERY

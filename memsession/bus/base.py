@@ -1,0 +1,350 @@
+"""The bus contract and the replication logic every transport shares.
+
+``Bus`` is what a ``SessionCache`` talks to. ``Replicator`` is the pure part
+of a bus: it numbers outgoing messages, decodes incoming ones, tracks
+sequences, merges records into the cache and says when a repair is due. It
+owns no socket, thread or clock of its own; transports (``MemoryBus``,
+``ZmqBus``) move its frames and run its repairs.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
+
+from .. import wire
+from ..clock import SYSTEM_CLOCK, Clock, version_wall_ms
+from ..config import _positive
+from ..errors import ConfigError, WireError
+from ..session import Record
+from .sequence import DUP, GAP, SequenceTracker
+
+__all__ = ["Bus", "BusConfig", "Replicator", "ReplicaTarget", "new_epoch", "percentiles"]
+
+log = logging.getLogger("memsession.bus")
+
+MODES = ("update", "invalidate")
+
+# What ``Replicator.receive`` saw; transports act on REPAIR, RESYNC and HELLO.
+APPLIED = "applied"
+IGNORED = "ignored"
+DROPPED = "dropped"
+OWN = "own"
+HELLO = "hello"
+RESYNC = "resync"
+REPAIR = "repair"
+SKIPPED = "skipped"
+
+
+def new_epoch(clock: Clock = SYSTEM_CLOCK) -> int:
+    """A stream epoch: start time in ms with 12 random low bits, so later starts compare higher."""
+    return (int(clock.wall() * 1000) << 12) | secrets.randbits(12)
+
+
+def percentiles(samples: Iterable[float], points: Iterable[float] = (50, 99)) -> dict[str, float | None]:
+    ordered = sorted(samples)
+    out: dict[str, float | None] = {}
+    for p in points:
+        key = f"p{p:g}"
+        if not ordered:
+            out[key] = None
+        else:
+            out[key] = ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BusConfig:
+    """Options of a bus client. Endpoints are the hub's (see ``HubConfig``)."""
+
+    #: Where publishers connect (the hub's XSUB).
+    publish: str = ""
+    #: Where subscribers connect (the hub's XPUB).
+    subscribe: str = ""
+    #: The hub's ROUTER (snapshots, key reads, pushes).
+    requests: str = ""
+    #: ``update``: values travel; ``invalidate``: only key and version travel.
+    mode: str = "update"
+    #: Seconds between heartbeats; gaps are found at the next message or beat.
+    heartbeat: float = 1.0
+    #: No hub heartbeat for this long counts as an outage: repair when it returns.
+    silence: float = 3.5
+    #: Seconds to wait for a snapshot or a key read.
+    request_timeout: float = 2.0
+    #: Local changes waiting to be sent; beyond this they are dropped and counted.
+    queue_size: int = 100_000
+    #: ZeroMQ high-water marks (messages) on our PUB and SUB.
+    sndhwm: int = 100_000
+    rcvhwm: int = 100_000
+    #: Directory with ``client.key_secret`` and ``server.key`` for CURVE on tcp.
+    keys: str | None = None
+    #: Allow tcp without CURVE (logs a warning).
+    insecure: bool = False
+    #: Fault injection for tests: fraction of data messages dropped after numbering.
+    fault_drop_rate: float = 0.0
+    limits: wire.Limits = wire.DEFAULT_LIMITS
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError("mode", self.mode, f"must be one of {', '.join(MODES)}")
+        _positive("heartbeat", self.heartbeat)
+        _positive("silence", self.silence)
+        _positive("request_timeout", self.request_timeout)
+        if self.silence <= self.heartbeat:
+            raise ConfigError("silence", self.silence, "must exceed heartbeat")
+        for name in ("queue_size", "sndhwm", "rcvhwm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(name, value, "must be an int >= 1")
+        if not 0.0 <= self.fault_drop_rate < 1.0:
+            raise ConfigError("fault_drop_rate", self.fault_drop_rate, "must be in [0, 1)")
+
+
+class ReplicaTarget(Protocol):
+    """What a bus needs from the cache it feeds (``SessionCache`` provides it)."""
+
+    origin: int
+
+    def apply(self, record: Record) -> bool: ...
+
+    def record(self, sid: str) -> Record | None: ...
+
+    def records(self) -> list[Record]: ...
+
+    def discard(self, sid: str, version: int, origin: int) -> bool: ...
+
+
+@runtime_checkable
+class Bus(Protocol):
+    """A replication transport bound to one ``SessionCache``.
+
+    ``publish`` is called on the request path after every local change: it
+    must not block or raise for transport trouble (queue, count, log).
+    """
+
+    def attach(self, cache: ReplicaTarget) -> None:
+        """Bind to the cache and start replicating (join: subscribe, snapshot)."""
+
+    def publish(self, record: Record) -> None:
+        """Send a local change to every other replica; best-effort, never blocks."""
+
+    def fetch(self, key: str, timeout: float | None = None) -> Record | None:
+        """Read ``key`` through the hub (read-your-writes, invalidate mode); None if unknown or unreachable."""
+
+    def stats(self) -> dict[str, Any]:
+        """Replication counters (a fresh dict)."""
+
+    def close(self) -> None:
+        """Stop threads and close sockets. Idempotent."""
+
+
+def is_touch(record: Record) -> bool:
+    """A coalesced touch: same version as the write, access time well after it.
+
+    A set's version is issued after its access time is read, so it is never
+    older than it; misreading a touch as a set only costs bandwidth.
+    """
+    return not record.deleted and version_wall_ms(record.version) < int(record.accessed * 1000) - 1
+
+
+class Replicator:
+    """Replication protocol of one process, without I/O.
+
+    ``outgoing`` numbers and encodes local changes (one caller thread at a
+    time); ``receive`` classifies and merges incoming frames (one thread);
+    ``install_snapshot`` splices a hub snapshot in. ``repair_due`` is set by a
+    gap, a hub restart or a silence and cleared by a snapshot.
+    """
+
+    def __init__(
+        self,
+        cache: ReplicaTarget,
+        config: BusConfig,
+        *,
+        epoch: int | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.cache = cache
+        self.config = config
+        self.origin = cache.origin
+        self.clock = clock
+        self.epoch = epoch if epoch is not None else new_epoch(clock)
+        self.seq = 0
+        self.tracker = SequenceTracker(strict=True)
+        self.hub_epoch: int | None = None
+        self.hub_id: int | None = None
+        self.last_hub_beat: float | None = None
+        self.repair_due = False
+        self.repair_reason = ""
+        self.nonce = secrets.randbits(62)
+        self.counts = dict.fromkeys(
+            ("published", "queue_dropped", "received", "applied", "ignored", "duplicates",
+             "gaps", "repairs", "hub_restarts", "resyncs", "snapshot_records"),
+            0,
+        )
+        self.dropped: dict[str, int] = {}
+        self.lag_ms: deque[float] = deque(maxlen=4096)
+        self._last_drop_log = 0.0
+
+    # -- sending ----------------------------------------------------------------
+
+    def outgoing(self, record: Record) -> list[bytes]:
+        """Frames for one local change, numbered next in our stream."""
+        self.seq += 1
+        sent = int(self.clock.wall() * 1_000_000)
+        if record.deleted:
+            frames = wire.encode_destroy(record, self.origin, self.epoch, self.seq, sent)
+        elif is_touch(record):
+            frames = wire.encode_touch(record, self.origin, self.epoch, self.seq, sent)
+        elif self.config.mode == "invalidate":
+            frames = wire.encode_invalidate(record, self.origin, self.epoch, self.seq, sent)
+        else:
+            frames = wire.encode_set(record, self.origin, self.epoch, self.seq, sent)
+        self.counts["published"] += 1
+        return frames
+
+    def heartbeat(self) -> list[bytes]:
+        return wire.encode_heartbeat(self.origin, self.epoch, self.seq, int(self.clock.wall() * 1_000_000))
+
+    def hello(self) -> list[bytes]:
+        return wire.encode_hello(self.origin, self.epoch, self.nonce, int(self.clock.wall() * 1_000_000))
+
+    # -- receiving --------------------------------------------------------------
+
+    def drop(self, reason: str, exc: Exception | None = None) -> str:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        now = self.clock.monotonic()
+        if now - self._last_drop_log >= 1.0:  # one line a second, the counters keep the rest
+            self._last_drop_log = now
+            log.warning("dropped a bus frame (%s): %s", reason, exc)
+        return DROPPED
+
+    def receive(self, frames: list[bytes]) -> str:
+        """Handle one bus message; the return value tells the transport what to do."""
+        try:
+            msg = wire.decode(frames, self.config.limits)
+        except WireError as exc:
+            return self.drop("malformed", exc)
+        op = msg.op
+        if op == wire.HELLO:
+            if msg.origin == self.origin and msg.body == self.nonce:
+                return HELLO
+            return SKIPPED
+        if op == wire.HUB_BEAT:
+            return self._hub_beat(msg)
+        if msg.origin == self.origin and msg.epoch == self.epoch:
+            return OWN
+        if op == wire.RESYNC:
+            if msg.body == self.origin:
+                self.counts["resyncs"] += 1
+                return RESYNC
+            return SKIPPED
+        if op == wire.HEARTBEAT:
+            if self.tracker.heartbeat(msg.origin, msg.epoch, msg.seq) == GAP:
+                return self._gap(f"heartbeat of origin {msg.origin:x}")
+            return SKIPPED
+        verdict = self.tracker.observe(msg.origin, msg.epoch, msg.seq)
+        if verdict == DUP:
+            self.counts["duplicates"] += 1
+            return SKIPPED
+        self.counts["received"] += 1
+        changed = self._merge(op, msg.body)
+        self.lag_ms.append(self.clock.wall() * 1000 - msg.sent_us / 1000)
+        if verdict == GAP:
+            return self._gap(f"seq {msg.seq} of origin {msg.origin:x}")
+        return APPLIED if changed else IGNORED
+
+    def _merge(self, op: str, body: Any) -> bool:
+        cache = self.cache
+        if op == wire.SET or op == wire.DESTROY:
+            changed = cache.apply(body)
+        elif op == wire.TOUCH:
+            key, version, origin, accessed, expires = body
+            local = cache.record(key)
+            changed = (
+                local is not None
+                and not local.deleted
+                and local.version == version
+                and local.origin == origin
+                and accessed > local.accessed
+                and cache.apply(local.touched(accessed, expires))
+            )
+        else:  # INVALIDATE
+            key, version, origin, _deleted = body
+            changed = cache.discard(key, version, origin)
+        self.counts["applied" if changed else "ignored"] += 1
+        return changed
+
+    def _gap(self, where: str) -> str:
+        self.counts["gaps"] += 1
+        log.info("replication gap detected (%s); repairing", where)
+        return self._need_repair("gap")
+
+    def _need_repair(self, reason: str) -> str:
+        self.repair_due = True
+        self.repair_reason = reason
+        return REPAIR
+
+    def _hub_beat(self, msg: wire.Message) -> str:
+        now = self.clock.monotonic()
+        previous = self.last_hub_beat
+        self.last_hub_beat = now
+        if self.hub_epoch is not None and msg.epoch != self.hub_epoch:
+            self.counts["hub_restarts"] += 1
+            log.warning("hub restarted (epoch %x -> %x); repairing", self.hub_epoch, msg.epoch)
+            self.hub_epoch = msg.epoch
+            self.hub_id = msg.origin
+            return self._need_repair("hub restart")
+        self.hub_epoch = msg.epoch
+        self.hub_id = msg.origin
+        if previous is not None and now - previous > self.config.silence:
+            return self._need_repair("silence")
+        if self.tracker.heartbeat(msg.origin, msg.epoch, msg.seq) == GAP:
+            return self._gap("hub relay heartbeat")
+        return SKIPPED
+
+    def silent(self) -> bool:
+        """True when the hub has not been heard for ``silence`` seconds (checked by the transport)."""
+        last = self.last_hub_beat
+        if last is None or self.clock.monotonic() - last <= self.config.silence:
+            return False
+        if not self.repair_due:
+            log.warning("no hub heartbeat for %.1fs; will repair when it returns", self.config.silence)
+            self._need_repair("silence")
+        return True
+
+    # -- repair -----------------------------------------------------------------
+
+    def install_snapshot(
+        self, records: Iterable[Record], vector: Mapping[int, tuple[int, int]], hub_epoch: int
+    ) -> int:
+        """Merge a hub snapshot and adopt its sequence vector; return how many records changed ours."""
+        changed = 0
+        apply = self.cache.apply
+        n = 0
+        for record in records:
+            n += 1
+            if apply(record):
+                changed += 1
+        self.tracker.splice(vector)
+        self.hub_epoch = hub_epoch
+        self.counts["snapshot_records"] += n
+        self.counts["repairs"] += 1
+        self.repair_due = False
+        self.repair_reason = ""
+        return changed
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.counts)
+        out["dropped"] = dict(self.dropped)
+        lag = percentiles(list(self.lag_ms))
+        out["lag_ms_p50"] = lag["p50"]
+        out["lag_ms_p99"] = lag["p99"]
+        out["streams"] = len(self.tracker)
+        out["repair_due"] = self.repair_due
+        out["mode"] = self.config.mode
+        return out
+

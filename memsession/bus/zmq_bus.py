@@ -1,0 +1,367 @@
+"""The ZeroMQ bus: PUB to the hub's XSUB, SUB from its XPUB, DEALER to its ROUTER.
+
+Two background threads per process, each owning its sockets:
+
+* sender: drains the bounded queue of local changes into the PUB (the request
+  thread only appends and signals), sends heartbeats and hellos;
+* receiver: reads the SUB, merges remote changes into the cache, and runs
+  repairs over the DEALER (snapshot, push of local state).
+
+Joining: the receiver subscribes, waits until its own hello comes back
+(proof that the subscription is live at the hub), then takes a snapshot; only
+then does ``attach`` return. If the hub is not there, ``attach`` returns after
+``request_timeout`` and the receiver keeps trying in the background.
+
+Fork safety: nothing ZeroMQ exists until ``attach``. A child forked after that
+gets a fresh context, fresh threads, a new origin id and a new stream; the
+parent's sockets are left untouched in the child.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any
+
+from .. import security, wire
+from ..errors import BusError, ConfigError, WireError
+from ..session import Record
+from .base import HELLO, REPAIR, RESYNC, BusConfig, ReplicaTarget, Replicator
+
+__all__ = ["ZmqBus"]
+
+log = logging.getLogger("memsession.bus")
+
+#: Objects inherited across fork that must never be closed or collected in the child.
+_INHERITED: list[Any] = []
+_PUSH_BATCH = 1000
+
+
+class ZmqBus:
+    """Replication over a memsession hub. ``ZmqBus(config=None, **BusConfig options)``."""
+
+    def __init__(self, config: BusConfig | None = None, **options: Any) -> None:
+        if config is None:
+            if not options.get("publish"):
+                from ..hub import HubConfig
+
+                pub, sub, req = HubConfig(runtime_dir=options.pop("runtime_dir", "")).endpoints()
+                options.setdefault("publish", pub)
+                options.setdefault("subscribe", sub)
+                options.setdefault("requests", req)
+            config = BusConfig(**options)
+        elif options:
+            raise ConfigError("options", sorted(options), "give a BusConfig or options, not both")
+        if not (config.publish and config.subscribe and config.requests):
+            raise ConfigError("publish", config.publish, "the bus needs all three hub endpoints")
+        self.config = config
+        endpoints = (config.publish, config.subscribe, config.requests)
+        self._curve = security.client_policy(config, endpoints)
+        self._cache: ReplicaTarget | None = None
+        self.replicator: Replicator | None = None
+        self._pid = 0
+        self._ctx: Any = None
+        self._queue: deque[Any] = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._joined = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self._queue_dropped = 0
+        self._rid = 0
+        self._rid_lock = threading.Lock()
+        self._sent_hello = 0
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (b := ref()) is not None and b._after_fork())
+
+    # -- Bus protocol ---------------------------------------------------------------
+
+    def attach(self, cache: ReplicaTarget) -> None:
+        if self._cache is not None and self._cache is not cache:
+            raise BusError("bus is already attached to another cache")
+        self._cache = cache
+        self._start()
+        if not self._joined.wait(self.config.request_timeout):
+            log.warning("no hub answered at %s within %.1fs; replicating once it does",
+                        self.config.requests, self.config.request_timeout)
+
+    def publish(self, record: Record) -> None:
+        if self._closed:
+            return
+        if self._pid != os.getpid():
+            self._start()
+        queue = self._queue
+        if len(queue) >= self.config.queue_size:
+            self._queue_dropped += 1
+            return
+        queue.append(record)
+        self._wake.set()
+
+    def fetch(self, key: str, timeout: float | None = None) -> Record | None:
+        reply = self._request(wire.GET, key, timeout=timeout)
+        if reply is None:
+            return None
+        return reply[0].body[0]
+
+    def hub_stats(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The hub's own counters, or None if it does not answer."""
+        reply = self._request(wire.STATS, timeout=timeout)
+        return None if reply is None else reply[0].body[0]
+
+    def stats(self) -> dict[str, Any]:
+        rep = self.replicator
+        out: dict[str, Any] = rep.stats() if rep is not None else {}
+        out["queue_dropped"] = self._queue_dropped
+        out["queued"] = len(self._queue)
+        out["joined"] = self._joined.is_set()
+        return out
+
+    def wait_joined(self, timeout: float) -> bool:
+        return self._joined.wait(timeout)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._shutdown()
+
+    def __repr__(self) -> str:
+        return f"ZmqBus(publish={self.config.publish!r}, mode={self.config.mode!r})"
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def _start(self) -> None:
+        import zmq
+
+        if self._cache is None:
+            raise BusError("bus is not attached to a cache")
+        self._pid = os.getpid()
+        self._ctx = zmq.Context()
+        self.replicator = Replicator(self._cache, self.config)
+        self._stop = threading.Event()
+        self._joined = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._sender, name="memsession-bus-send", daemon=True),
+            threading.Thread(target=self._receiver, name="memsession-bus-recv", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _shutdown(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(10)
+        self._threads = []
+        if self._ctx is not None and self._pid == os.getpid():
+            self._ctx.term()
+        self._ctx = None
+
+    def _after_fork(self) -> None:
+        if self._ctx is None or self._closed:
+            return
+        # The parent's context and sockets belong to the parent: keep them alive, unused.
+        _INHERITED.append(self._ctx)
+        self._ctx = None
+        self._threads = []
+        self._queue = deque()
+        self._wake = threading.Event()
+        cache = self._cache
+        if cache is not None:
+            cache.origin = secrets.randbits(63) or 1  # two processes must never share an origin
+            self._start()
+
+    # -- threads ------------------------------------------------------------------------
+
+    def _socket(self, kind: int) -> Any:
+        sock = self._ctx.socket(kind)
+        sock.linger = 0
+        if self._curve is not None:
+            self._curve.client(sock)
+        return sock
+
+    def _sender(self) -> None:
+        import zmq
+
+        pub = self._socket(zmq.PUB)
+        pub.sndhwm = self.config.sndhwm
+        rep = self.replicator
+        assert rep is not None
+        queue = self._queue
+        wake = self._wake
+        stop = self._stop
+        send = pub.send_multipart
+        drop_rate = self.config.fault_drop_rate
+        rng = random.Random()
+        heartbeat = self.config.heartbeat
+        try:
+            pub.connect(self.config.publish)
+            next_beat = time.monotonic()
+            while True:
+                while queue:
+                    item = queue.popleft()
+                    if type(item) is Record:
+                        frames = rep.outgoing(item)
+                        if drop_rate and rng.random() < drop_rate:
+                            continue
+                    else:
+                        frames = item
+                    send(frames)
+                if stop.is_set():
+                    break
+                now = time.monotonic()
+                if not self._joined.is_set() and now - self._sent_hello >= 0.02:
+                    self._sent_hello = now
+                    send(rep.hello())
+                if now >= next_beat:
+                    send(rep.heartbeat())
+                    next_beat = now + heartbeat
+                wake.wait(0.02 if not self._joined.is_set() else max(0.0, next_beat - now))
+                wake.clear()
+        except zmq.ZMQError as exc:
+            log.error("bus sender stopped: %s", exc)
+        finally:
+            pub.close(linger=0)
+
+    def _receiver(self) -> None:
+        import zmq
+
+        sub = self._socket(zmq.SUB)
+        sub.rcvhwm = self.config.rcvhwm
+        sub.setsockopt(zmq.SUBSCRIBE, wire.PROTOCOL)
+        dealer = self._socket(zmq.DEALER)
+        rep = self.replicator
+        assert rep is not None
+        stop = self._stop
+        try:
+            sub.connect(self.config.subscribe)
+            dealer.connect(self.config.requests)
+            poller = zmq.Poller()
+            poller.register(sub, zmq.POLLIN)
+            recv = sub.recv_multipart
+            receive = rep.receive
+            hello_seen = False
+            while not stop.is_set():
+                if not self._joined.is_set() and hello_seen:
+                    if self._repair(dealer, push=False):
+                        self._joined.set()
+                        log.info("joined the bus (%s)", self.config.subscribe)
+                        self._wake.set()
+                    else:
+                        hello_seen = False  # hub not answering yet: prove the path again later
+                elif rep.repair_due and self._joined.is_set() and not rep.silent():
+                    push = rep.repair_reason in ("hub restart", "silence")
+                    self._repair(dealer, push=push)
+                if not poller.poll(50):
+                    rep.silent()
+                    continue
+                for _ in range(1000):
+                    try:
+                        frames = recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    verdict = receive(frames)
+                    if verdict == HELLO:
+                        hello_seen = True
+                    elif verdict == RESYNC:
+                        self._push_state(dealer)
+                    elif verdict == REPAIR and not self._joined.is_set():
+                        rep.repair_due = False  # the join snapshot covers it
+        except zmq.ZMQError as exc:
+            if not stop.is_set():
+                log.error("bus receiver stopped: %s", exc)
+        finally:
+            sub.close(linger=0)
+            dealer.close(linger=0)
+
+    # -- requests ---------------------------------------------------------------------
+
+    def _next_rid(self) -> int:
+        with self._rid_lock:
+            self._rid += 1
+            return self._rid
+
+    def _collect(self, dealer: Any, rid: int, until: str, deadline: float) -> list[wire.Reply] | None:
+        """Replies to ``rid`` up to the one with op ``until``; None on timeout."""
+        import zmq
+
+        out: list[wire.Reply] = []
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stop.is_set():
+                return None
+            if not dealer.poll(min(remaining, 0.1) * 1000, zmq.POLLIN):
+                continue
+            try:
+                reply = wire.decode_reply(dealer.recv_multipart(), self.config.limits)
+            except WireError as exc:
+                if self.replicator is not None:
+                    self.replicator.drop("malformed reply", exc)
+                continue
+            if reply.rid != rid:
+                continue  # an answer to a request that already timed out
+            out.append(reply)
+            if reply.op == until:
+                return out
+
+    def _repair(self, dealer: Any, *, push: bool) -> bool:
+        """Push our state if the hub may have lost it, then splice in a fresh snapshot."""
+        rep = self.replicator
+        assert rep is not None
+        if push and not self._push_state(dealer):
+            return False
+        rid = self._next_rid()
+        dealer.send_multipart(wire.encode_request(wire.SNAPSHOT, rid))
+        replies = self._collect(dealer, rid, wire.END, time.monotonic() + self.config.request_timeout)
+        if replies is None:
+            log.warning("snapshot request to %s timed out", self.config.requests)
+            return False
+        end = replies[-1]
+        hub_epoch, vector, chunks, count = end.body
+        records = [r for reply in replies[:-1] for r in reply.body[0]]
+        if len(replies) - 1 != chunks or len(records) != count:
+            rep.drop("incomplete snapshot")
+            return False
+        changed = rep.install_snapshot(records, vector, hub_epoch)
+        log.info("snapshot of %d sessions from hub %x applied (%d changed here)", count, hub_epoch, changed)
+        return True
+
+    def _push_state(self, dealer: Any) -> bool:
+        """Hand the hub every record we hold (after a hub restart or a resync request)."""
+        cache = self._cache
+        assert cache is not None
+        records = cache.records()
+        for start in range(0, max(len(records), 1), _PUSH_BATCH):
+            batch = [wire.record_to_list(r) for r in records[start:start + _PUSH_BATCH]]
+            rid = self._next_rid()
+            dealer.send_multipart(wire.encode_request(wire.PUSH, rid, batch))
+            if self._collect(dealer, rid, wire.ACK, time.monotonic() + self.config.request_timeout) is None:
+                log.warning("push of local state to %s timed out", self.config.requests)
+                return False
+        return True
+
+    def _request(self, op: str, *fields: Any, timeout: float | None = None) -> list[wire.Reply] | None:
+        """One request/reply from the calling thread over a short-lived DEALER."""
+        import zmq
+
+        if self._closed or self._ctx is None or self._pid != os.getpid():
+            return None
+        until = {wire.GET: wire.RECORD, wire.STATS: wire.STATS_REPLY}[op]
+        rid = self._next_rid()
+        dealer = self._socket(zmq.DEALER)
+        try:
+            dealer.connect(self.config.requests)
+            dealer.send_multipart(wire.encode_request(op, rid, *fields))
+            wait = self.config.request_timeout if timeout is None else timeout
+            return self._collect(dealer, rid, until, time.monotonic() + wait)
+        except zmq.ZMQError as exc:
+            log.warning("hub request failed: %s", exc)
+            return None
+        finally:
+            dealer.close(linger=0)

@@ -1,0 +1,522 @@
+"""The hub: XSUB/XPUB proxy, a replica of every session, and a snapshot server.
+
+Topology (endpoints are ``HubConfig`` fields; ipc sockets by default)::
+
+    worker PUB ──connect──> [publish]  XSUB ┐
+                                            zmq.proxy (C) ──capture──> replica
+    worker SUB <──connect── [subscribe] XPUB ┘                           │
+    worker DEALER ─connect─> [requests] ROUTER <── snapshots, gets, pushes, stats
+
+``HubState`` is the protocol without I/O: it merges bus messages into the
+replica, answers requests and says what to publish (relays, resync requests,
+heartbeats). ``run_hub`` owns the sockets and the loop; ``Hub`` runs it in a
+thread for embedding and tests; ``memsession hub`` runs it as a process.
+
+The replica is fed from the proxy's capture socket, so it sees messages in the
+order the proxy forwarded them. Before it cuts a snapshot it drains the
+capture queue: anything a subscriber could have missed before its
+subscription took effect is then in the snapshot or behind it in the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import stat
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from . import wire
+from .bus.base import new_epoch, percentiles
+from .bus.sequence import GAP, SequenceTracker
+from .clock import SYSTEM_CLOCK, Clock
+from .config import _positive
+from .errors import BusError, ConfigError, WireError
+from .session import Record, wins
+
+__all__ = ["Hub", "HubConfig", "HubState", "default_runtime_dir", "run_hub"]
+
+log = logging.getLogger("memsession.hub")
+
+CHUNK_RECORDS = 1000
+#: ipc socket paths longer than this are refused by the OS.
+MAX_IPC_PATH = 107
+
+
+def default_runtime_dir() -> str:
+    """``$XDG_RUNTIME_DIR/memsession`` if set, else ``<tmp>/memsession-<uid>``."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base:
+        return os.path.join(base, "memsession")
+    return os.path.join(tempfile.gettempdir(), f"memsession-{os.getuid()}")
+
+
+def ensure_private_dir(path: str) -> str:
+    """Create ``path`` mode 0700, or check that an existing one is ours and private."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError("runtime_dir", path, f"cannot create: {exc.strerror}") from exc
+    if st.st_uid != os.getuid():
+        raise ConfigError("runtime_dir", path, "owned by another user")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise ConfigError("runtime_dir", path, "must not be accessible to group or others (chmod 700)")
+    return path
+
+
+def ipc_endpoints(runtime_dir: str) -> tuple[str, str, str]:
+    """The three default endpoints inside ``runtime_dir``."""
+    names = ("pub", "sub", "req")
+    out = []
+    for name in names:
+        path = os.path.join(runtime_dir, f"{name}.sock")
+        if len(path) > MAX_IPC_PATH:
+            raise ConfigError("runtime_dir", runtime_dir, f"ipc path {path!r} exceeds {MAX_IPC_PATH} bytes")
+        out.append(f"ipc://{path}")
+    return out[0], out[1], out[2]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HubConfig:
+    """Hub options. Empty endpoints mean ipc sockets in ``runtime_dir``."""
+
+    publish: str = ""
+    subscribe: str = ""
+    requests: str = ""
+    runtime_dir: str = ""
+    #: Seconds between hub heartbeats (they carry the hub's epoch).
+    heartbeat: float = 1.0
+    #: Per-subscriber queue on the XPUB (messages); a slower subscriber loses messages and repairs.
+    sndhwm: int = 100_000
+    #: Queue between proxy and replica (messages).
+    capture_hwm: int = 1_000_000
+    #: Directory with ``server.key_secret`` and the allowed clients' ``*.key`` (CURVE on tcp).
+    keys: str | None = None
+    insecure: bool = False
+    limits: wire.Limits = wire.DEFAULT_LIMITS
+    _resolved: tuple[str, str, str] = field(default=("", "", ""), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _positive("heartbeat", self.heartbeat)
+        for name in ("sndhwm", "capture_hwm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(name, value, "must be an int >= 1")
+        given = (self.publish, self.subscribe, self.requests)
+        if any(given) and not all(given):
+            raise ConfigError("publish", given, "give all three endpoints or none")
+        for name, endpoint in zip(("publish", "subscribe", "requests"), given):
+            if endpoint and not endpoint.startswith(("ipc://", "tcp://", "inproc://")):
+                raise ConfigError(name, endpoint, "must be an ipc://, tcp:// or inproc:// endpoint")
+
+    def endpoints(self) -> tuple[str, str, str]:
+        """``(publish, subscribe, requests)``; creates the private runtime dir for ipc."""
+        if self.publish:
+            for endpoint in (self.publish, self.subscribe, self.requests):
+                if endpoint.startswith("ipc://"):
+                    ensure_private_dir(os.path.dirname(endpoint[6:]) or ".")
+            return self.publish, self.subscribe, self.requests
+        return ipc_endpoints(ensure_private_dir(self.runtime_dir or default_runtime_dir()))
+
+    @property
+    def uses_tcp(self) -> bool:
+        return any(e.startswith("tcp://") for e in (self.publish, self.subscribe, self.requests))
+
+
+def merge_into(replica: dict[str, Record], record: Record, wall: float) -> bool:
+    """The replica merge rule (the same as ``SessionCache.apply``); True if ``replica`` changed."""
+    key = record.key
+    old = replica.get(key)
+    if old is not None and not old.deleted and not record.deleted and (
+        (record.version, record.origin) == (old.version, old.origin)
+    ):
+        if record.accessed <= old.accessed:
+            return False
+    elif not wins(record, old):
+        return False
+    if record.expires <= wall:
+        if old is not None and not old.deleted:
+            del replica[key]
+            return True
+        return False
+    replica[key] = record
+    return True
+
+
+class HubState:
+    """The hub's replica and protocol, without sockets.
+
+    ``on_bus`` and ``on_request`` return the frames to publish on the bus
+    (relays, resync requests); ``on_request`` also returns the replies.
+    """
+
+    def __init__(
+        self,
+        *,
+        hub_id: int | None = None,
+        epoch: int | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        limits: wire.Limits = wire.DEFAULT_LIMITS,
+    ) -> None:
+        self.clock = clock
+        self.hub_id = hub_id if hub_id is not None else secrets.randbits(63) or 1
+        self.epoch = epoch if epoch is not None else new_epoch(clock)
+        self.limits = limits
+        self.replica: dict[str, Record] = {}
+        self.tracker = SequenceTracker(strict=False)
+        self.seq = 0
+        self.started = clock.wall()
+        self.counts = dict.fromkeys(
+            ("received", "applied", "ignored", "duplicates", "gaps", "resyncs_sent", "snapshots",
+             "gets", "pushes", "pushed_records", "relayed", "pruned"),
+            0,
+        )
+        self.dropped: dict[str, int] = {}
+        self.lag_ms: list[float] = []
+        self._last_resync: dict[int, float] = {}
+
+    def _drop(self, reason: str, exc: Exception) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        log.debug("hub dropped a frame (%s): %s", reason, exc)
+
+    def _now_us(self) -> int:
+        return int(self.clock.wall() * 1_000_000)
+
+    def merge(self, record: Record) -> bool:
+        changed = merge_into(self.replica, record, self.clock.wall())
+        self.counts["applied" if changed else "ignored"] += 1
+        return changed
+
+    def _resync(self, origin: int) -> list[list[bytes]]:
+        now = self.clock.monotonic()
+        if now - self._last_resync.get(origin, -1e9) < 0.5:
+            return []  # one request is enough while the push is on its way
+        self._last_resync[origin] = now
+        self.counts["resyncs_sent"] += 1
+        log.info("gap in the stream of origin %x; asking it to resync", origin)
+        return [wire.encode_resync(self.hub_id, self.epoch, origin, self._now_us())]
+
+    def on_bus(self, frames: list[bytes]) -> list[list[bytes]]:
+        """One message from the capture socket; returns frames to publish."""
+        try:
+            msg = wire.decode(frames, self.limits)
+        except WireError as exc:
+            self._drop("malformed", exc)
+            return []
+        op = msg.op
+        if msg.origin == self.hub_id or op in (wire.HELLO, wire.RESYNC, wire.HUB_BEAT):
+            return []
+        if op == wire.HEARTBEAT:
+            if self.tracker.heartbeat(msg.origin, msg.epoch, msg.seq) == GAP:
+                self.counts["gaps"] += 1
+                return self._resync(msg.origin)
+            return []
+        verdict = self.tracker.observe(msg.origin, msg.epoch, msg.seq)
+        if verdict == "dup":
+            self.counts["duplicates"] += 1
+            return []
+        self.counts["received"] += 1
+        if len(self.lag_ms) >= 4096:
+            del self.lag_ms[:2048]
+        self.lag_ms.append(self.clock.wall() * 1000 - msg.sent_us / 1000)
+        if op == wire.SET or op == wire.DESTROY:
+            self.merge(msg.body)
+        elif op == wire.TOUCH:
+            key, version, origin, accessed, expires = msg.body
+            old = self.replica.get(key)
+            if old is not None and not old.deleted and (old.version, old.origin) == (version, origin):
+                self.merge(old.touched(accessed, expires))
+            else:
+                self.counts["ignored"] += 1
+        else:  # INVALIDATE: the value travels by PUSH; nothing to merge here
+            self.counts["ignored"] += 1
+        if verdict == GAP:
+            self.counts["gaps"] += 1
+            return self._resync(msg.origin)
+        return []
+
+    def relay(self, record: Record) -> list[bytes]:
+        """Frames that republish ``record`` on the hub's own stream."""
+        self.seq += 1
+        self.counts["relayed"] += 1
+        return wire.encode_record_message(record, self.hub_id, self.epoch, self.seq, self._now_us())
+
+    def heartbeat(self) -> list[bytes]:
+        return wire.encode_heartbeat(self.hub_id, self.epoch, self.seq, self._now_us(), hub=True)
+
+    def snapshot(self, rid: int) -> Iterator[list[bytes]]:
+        """CHUNK frames then END, cut from the replica as it is now."""
+        wall = self.clock.wall()
+        vector = [[o, e, s] for o, (e, s) in self.tracker.vector().items()]
+        vector.append([self.hub_id, self.epoch, self.seq])
+        live = [r for r in self.replica.values() if r.expires > wall]
+        self.counts["snapshots"] += 1
+        chunks = 0
+        for start in range(0, len(live), CHUNK_RECORDS):
+            chunks += 1
+            yield wire.encode_request(
+                wire.CHUNK, rid, [wire.record_to_list(r) for r in live[start:start + CHUNK_RECORDS]]
+            )
+        yield wire.encode_request(wire.END, rid, self.epoch, vector, chunks, len(live))
+
+    def on_request(self, frames: list[bytes]) -> tuple[list[list[bytes]], list[list[bytes]]]:
+        """One request; returns ``(replies, frames to publish)``."""
+        try:
+            req = wire.decode_reply(frames, self.limits)
+        except WireError as exc:
+            self._drop("malformed request", exc)
+            return [], []
+        if req.op == wire.SNAPSHOT:
+            return list(self.snapshot(req.rid)), []
+        if req.op == wire.GET:
+            self.counts["gets"] += 1
+            record = self.replica.get(req.body[0])
+            if record is not None and record.expires <= self.clock.wall():
+                record = None
+            body = None if record is None else wire.record_to_list(record)
+            return [wire.encode_request(wire.RECORD, req.rid, body)], []
+        if req.op == wire.PUSH:
+            self.counts["pushes"] += 1
+            relays = []
+            for record in req.body[0]:
+                self.counts["pushed_records"] += 1
+                if self.merge(record):
+                    relays.append(self.relay(record))
+            return [wire.encode_request(wire.ACK, req.rid, len(relays))], relays
+        if req.op == wire.STATS:
+            return [wire.encode_request(wire.STATS_REPLY, req.rid, self.stats())], []
+        self._drop("not a request", WireError(req.op))
+        return [], []
+
+    def prune(self) -> int:
+        """Drop expired sessions and lapsed tombstones from the replica."""
+        wall = self.clock.wall()
+        dead = [k for k, r in self.replica.items() if r.expires <= wall]
+        for key in dead:
+            del self.replica[key]
+        self.counts["pruned"] += len(dead)
+        return len(dead)
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.counts)
+        out["dropped"] = dict(self.dropped)
+        out["sessions"] = sum(1 for r in self.replica.values() if not r.deleted)
+        out["tombstones"] = sum(1 for r in self.replica.values() if r.deleted)
+        out["streams"] = len(self.tracker)
+        out["epoch"] = self.epoch
+        out["uptime"] = round(self.clock.wall() - self.started, 3)
+        lag = percentiles(self.lag_ms)
+        out["lag_ms_p50"] = lag["p50"]
+        out["lag_ms_p99"] = lag["p99"]
+        return out
+
+
+def run_hub(
+    config: HubConfig,
+    *,
+    stop: threading.Event | None = None,
+    ready: threading.Event | None = None,
+    state: HubState | None = None,
+) -> HubState:
+    """Run a hub in this thread until ``stop`` is set; return its final state.
+
+    Creates its own context and sockets, binds the three endpoints (raising
+    ``BusError`` if one is taken) and closes everything on the way out.
+    """
+    import zmq
+
+    from . import security
+
+    stop = stop or threading.Event()
+    state = state or HubState(limits=config.limits)
+    pub_ep, sub_ep, req_ep = config.endpoints()
+    secure = security.server_policy(config, (pub_ep, sub_ep, req_ep))
+    ctx = zmq.Context()
+    auth = None
+    tag = f"{os.getpid()}-{state.hub_id:x}"
+    capture_ep = f"inproc://memsession-capture-{tag}"
+    internal_ep = f"inproc://memsession-internal-{tag}"
+    control_ep = f"inproc://memsession-control-{tag}"
+    proxy_ready = threading.Event()
+    proxy_error: list[BaseException] = []
+
+    def proxy_thread() -> None:
+        xsub = ctx.socket(zmq.XSUB)
+        xpub = ctx.socket(zmq.XPUB)
+        capture = ctx.socket(zmq.PUB)
+        control = ctx.socket(zmq.PAIR)
+        try:
+            xpub.sndhwm = config.sndhwm
+            capture.sndhwm = config.capture_hwm
+            xsub.rcvhwm = config.capture_hwm
+            if secure is not None:
+                secure.server(xsub)
+                secure.server(xpub)
+            xsub.bind(pub_ep)
+            xsub.bind(internal_ep)
+            xpub.bind(sub_ep)
+            capture.bind(capture_ep)
+            control.bind(control_ep)
+        except zmq.ZMQError as exc:
+            proxy_error.append(BusError(f"hub cannot bind: {exc}", endpoint=pub_ep))
+            for s in (xsub, xpub, capture, control):
+                s.close(linger=0)
+            proxy_ready.set()
+            return
+        proxy_ready.set()
+        try:
+            zmq.proxy_steerable(xsub, xpub, capture, control)
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            for s in (xsub, xpub, capture, control):
+                s.close(linger=0)
+
+    try:
+        if secure is not None:
+            auth = secure.start_authenticator(ctx)
+        thread = threading.Thread(target=proxy_thread, name="memsession-hub-proxy", daemon=True)
+        thread.start()
+        proxy_ready.wait()
+        if proxy_error:
+            raise proxy_error[0]
+        control = ctx.socket(zmq.PAIR)
+        control.connect(control_ep)
+        feed = ctx.socket(zmq.SUB)
+        router = ctx.socket(zmq.ROUTER)
+        out = ctx.socket(zmq.PUB)
+        try:
+            feed.rcvhwm = config.capture_hwm
+            feed.setsockopt(zmq.SUBSCRIBE, wire.PROTOCOL)
+            feed.connect(capture_ep)
+            router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            router.sndhwm = 0
+            if secure is not None:
+                secure.server(router)
+                secure.client(out)
+            try:
+                router.bind(req_ep)
+            except zmq.ZMQError as exc:
+                raise BusError(f"hub cannot bind {req_ep}: {exc}", endpoint=req_ep) from exc
+            out.sndhwm = config.capture_hwm
+            out.connect(internal_ep)
+            _serve(state, config, stop, ready, feed, router, out)
+        finally:
+            control.send(b"TERMINATE")
+            thread.join(5)
+            for s in (feed, router, out, control):
+                s.close(linger=0)
+    finally:
+        if auth is not None:
+            auth.stop()
+        ctx.term()
+    return state
+
+
+def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: threading.Event | None,
+           feed: Any, router: Any, out: Any) -> None:
+    import zmq
+
+    poller = zmq.Poller()
+    poller.register(feed, zmq.POLLIN)
+    poller.register(router, zmq.POLLIN)
+    next_beat = time.monotonic()
+    next_prune = time.monotonic() + 1.0
+    recv_feed = feed.recv_multipart
+    on_bus = state.on_bus
+    send = out.send_multipart
+    if ready is not None:
+        ready.set()
+    log.info("hub %x epoch %x serving", state.hub_id, state.epoch)
+    while not stop.is_set():
+        now = time.monotonic()
+        if now >= next_beat:
+            send(state.heartbeat())
+            next_beat = now + config.heartbeat
+        if now >= next_prune:
+            state.prune()
+            next_prune = now + 1.0
+        timeout = max(0.0, min(next_beat, next_prune) - time.monotonic())
+        events = dict(poller.poll(min(timeout, 0.2) * 1000))
+        if feed in events:
+            for _ in range(1000):  # bounded batch, then look at requests again
+                try:
+                    frames = recv_feed(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                for outgoing in on_bus(frames):
+                    send(outgoing)
+        if router in events:
+            while True:
+                try:
+                    frames = router.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if len(frames) < 2:
+                    continue
+                ident, body = frames[0], frames[1:]
+                if body[:1] == [wire._TOPICS[wire.SNAPSHOT]]:
+                    # Everything the proxy forwarded before this request must be in the snapshot.
+                    while True:
+                        try:
+                            for outgoing in on_bus(recv_feed(zmq.NOBLOCK)):
+                                send(outgoing)
+                        except zmq.Again:
+                            break
+                replies, publish = state.on_request(body)
+                for outgoing in publish:
+                    send(outgoing)
+                try:
+                    for reply in replies:
+                        router.send_multipart([ident, *reply])
+                except zmq.ZMQError as exc:  # the requester went away
+                    log.debug("hub reply not delivered: %s", exc)
+
+
+class Hub:
+    """A hub running in a background thread of this process (embedding, tests)."""
+
+    def __init__(self, config: HubConfig | None = None, **options: Any) -> None:
+        self.config = config or HubConfig(**options)
+        self.state = HubState(limits=self.config.limits)
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: list[BaseException] = []
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 5.0) -> Hub:
+        def target() -> None:
+            try:
+                run_hub(self.config, stop=self._stop, ready=self._ready, state=self.state)
+            except BaseException as exc:
+                self._error.append(exc)
+                self._ready.set()
+
+        self._thread = threading.Thread(target=target, name="memsession-hub", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise BusError("hub did not start in time")
+        if self._error:
+            raise self._error[0]
+        return self
+
+    @property
+    def endpoints(self) -> tuple[str, str, str]:
+        return self.config.endpoints()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+
+    def __enter__(self) -> Hub:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

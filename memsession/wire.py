@@ -1,0 +1,502 @@
+"""The bus wire format, frame by frame (version 1). msgpack only; no pickle.
+
+Every message is exactly two ZeroMQ frames::
+
+    frame 0  topic    4 bytes: b"ms1" + one op byte
+                      ("ms1" is the protocol name and version; a SUB may filter
+                      on it, and a frame of another version is rejected whole)
+    frame 1  payload  one msgpack array; its layout depends on the op
+
+Times travel as wall-clock seconds (float) except ``sent_us`` (int wall
+microseconds at publish, for lag measurement). ``version`` is the writer's
+hybrid-logical-clock int, ``rorigin`` the record's origin id (a touch or a
+hub relay republishes a record written by someone else, so it differs from
+the publisher's ``origin``). ``data`` is itself a msgpack ``bin`` holding the
+session's dict, so a receiver knows its serialized size without re-packing.
+
+Bus messages (PUB -> hub XSUB -> XPUB -> SUB). Every payload starts with the
+publisher's stream header ``origin, epoch, seq, sent_us``:
+
+    op  name       payload after the header
+    s   SET        key, version, rorigin, created, accessed, expires, data
+    d   DESTROY    key, version, rorigin, created, accessed, expires
+                   (a tombstone: ``expires`` is when the tombstone lapses)
+    t   TOUCH      key, version, rorigin, accessed, expires
+                   (same version, later access; receivers holding that exact
+                   version slide its expiry, others ignore it)
+    i   INVALIDATE key, version, rorigin, deleted
+                   (``invalidate`` mode: receivers drop any older copy and
+                   read through on next use)
+    h   HEARTBEAT  (nothing; ``seq`` is the last data seq sent)
+    H   HUB BEAT   (nothing; ``origin`` is the hub id, ``epoch`` the hub's
+                   epoch: a new epoch means the hub restarted)
+    y   HELLO      nonce  (``seq`` 0; a joining process waits for its own
+                   hello to come back, proving its subscription is live)
+    r   RESYNC     target origin  (``seq`` 0; the hub saw a gap in that
+                   origin's stream and asks it to push its state)
+
+s, d, t and i are data messages: each publisher numbers them 1, 2, 3... per
+``(origin, epoch)``; the epoch is random per bus start, so a restarted process
+starts a new stream. Subscribers track the last seq per origin; a jump is a gap.
+
+Requests (DEALER -> hub ROUTER) and replies (ROUTER -> DEALER), same two
+frames; ``rid`` is the requester's request id, echoed in every reply:
+
+    S  SNAPSHOT    rid
+    C  CHUNK       rid, [record, ...]          (0 or more, up to 1000 records)
+    E  END         rid, hub_epoch, vector, chunks, records
+                   ``vector`` is [[origin, epoch, seq], ...]: the last seq of
+                   every stream the hub had applied when it cut the snapshot
+    G  GET         rid, key
+    R  RECORD      rid, record or nil
+    P  PUSH        rid, [record, ...]          (a worker hands the hub its state)
+    A  ACK         rid, changed
+    Q  STATS       rid
+    T  STATS REPLY rid, {name: number or {name: number}}
+
+where ``record`` is ``[key, version, rorigin, created, accessed, expires,
+deleted, data]``.
+
+Decoding checks the topic, the frame count, every size limit (``Limits``) and
+every field's type before building anything. Whatever is wrong, the decoder
+raises ``WireError`` with a short ``reason``; receivers count and log it and
+carry on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence
+
+import msgpack
+
+from .errors import WireError
+from .session import Record, is_flat
+
+__all__ = [
+    "Limits",
+    "Message",
+    "Reply",
+    "PROTOCOL",
+    "decode",
+    "decode_reply",
+    "encode_destroy",
+    "encode_heartbeat",
+    "encode_hello",
+    "encode_invalidate",
+    "encode_record_message",
+    "encode_request",
+    "encode_resync",
+    "encode_set",
+    "encode_touch",
+    "record_from_list",
+    "record_to_list",
+]
+
+PROTOCOL = b"ms1"
+
+SET = "s"
+DESTROY = "d"
+TOUCH = "t"
+INVALIDATE = "i"
+HEARTBEAT = "h"
+HUB_BEAT = "H"
+HELLO = "y"
+RESYNC = "r"
+DATA_OPS = frozenset((SET, DESTROY, TOUCH, INVALIDATE))
+BUS_OPS = frozenset((SET, DESTROY, TOUCH, INVALIDATE, HEARTBEAT, HUB_BEAT, HELLO, RESYNC))
+
+SNAPSHOT = "S"
+CHUNK = "C"
+END = "E"
+GET = "G"
+RECORD = "R"
+PUSH = "P"
+ACK = "A"
+STATS = "Q"
+STATS_REPLY = "T"
+REQUEST_OPS = frozenset((SNAPSHOT, GET, PUSH, STATS))
+REPLY_OPS = frozenset((CHUNK, END, RECORD, ACK, STATS_REPLY))
+
+_TOPICS = {op: PROTOCOL + op.encode() for op in BUS_OPS | REQUEST_OPS | REPLY_OPS}
+_OPS = {topic: op for op, topic in _TOPICS.items()}
+
+_U64 = (1 << 64) - 1
+_I64_MIN = -(1 << 63)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Upper bounds the decoder enforces before it trusts a frame."""
+
+    #: Largest payload frame (bytes); snapshot chunks and pushes included.
+    max_frame: int = 16 * 1024 * 1024
+    #: Largest serialized session data (bytes).
+    max_data: int = 1024 * 1024
+    #: Longest key (characters).
+    max_key: int = 256
+    #: Most records in one chunk or push.
+    max_records: int = 10_000
+    #: Deepest nesting inside session data.
+    max_depth: int = 32
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class Message(NamedTuple):
+    """A decoded bus message. ``body`` depends on ``op`` (see the module docstring)."""
+
+    op: str
+    origin: int
+    epoch: int
+    seq: int
+    sent_us: int
+    body: Any
+
+
+class Reply(NamedTuple):
+    """A decoded request or reply from the DEALER/ROUTER channel."""
+
+    op: str
+    rid: int
+    body: tuple[Any, ...]
+
+
+# -- encoding ------------------------------------------------------------------
+
+_packb = msgpack.packb
+
+
+def _pack_data(data: dict[str, Any]) -> bytes:
+    return _packb(data, use_bin_type=True)
+
+
+def record_to_list(record: Record) -> list[Any]:
+    return [
+        record.key,
+        record.version,
+        record.origin,
+        record.created,
+        record.accessed,
+        record.expires,
+        record.deleted,
+        _pack_data(record.data),
+    ]
+
+
+def encode_set(record: Record, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
+    payload = _packb(
+        [
+            origin,
+            epoch,
+            seq,
+            sent_us,
+            record.key,
+            record.version,
+            record.origin,
+            record.created,
+            record.accessed,
+            record.expires,
+            _pack_data(record.data),
+        ],
+        use_bin_type=True,
+    )
+    return [_TOPICS[SET], payload]
+
+
+def encode_destroy(record: Record, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
+    payload = _packb(
+        [origin, epoch, seq, sent_us, record.key, record.version, record.origin,
+         record.created, record.accessed, record.expires],
+        use_bin_type=True,
+    )
+    return [_TOPICS[DESTROY], payload]
+
+
+def encode_touch(record: Record, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
+    payload = _packb(
+        [origin, epoch, seq, sent_us, record.key, record.version, record.origin,
+         record.accessed, record.expires],
+        use_bin_type=True,
+    )
+    return [_TOPICS[TOUCH], payload]
+
+
+def encode_invalidate(record: Record, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
+    payload = _packb(
+        [origin, epoch, seq, sent_us, record.key, record.version, record.origin, record.deleted],
+        use_bin_type=True,
+    )
+    return [_TOPICS[INVALIDATE], payload]
+
+
+def encode_record_message(record: Record, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
+    """SET for a live record, DESTROY for a tombstone."""
+    if record.deleted:
+        return encode_destroy(record, origin, epoch, seq, sent_us)
+    return encode_set(record, origin, epoch, seq, sent_us)
+
+
+def encode_heartbeat(origin: int, epoch: int, seq: int, sent_us: int, *, hub: bool = False) -> list[bytes]:
+    return [_TOPICS[HUB_BEAT if hub else HEARTBEAT], _packb([origin, epoch, seq, sent_us])]
+
+
+def encode_hello(origin: int, epoch: int, nonce: int, sent_us: int) -> list[bytes]:
+    return [_TOPICS[HELLO], _packb([origin, epoch, 0, sent_us, nonce])]
+
+
+def encode_resync(origin: int, epoch: int, target: int, sent_us: int) -> list[bytes]:
+    return [_TOPICS[RESYNC], _packb([origin, epoch, 0, sent_us, target])]
+
+
+def encode_request(op: str, rid: int, *fields: Any) -> list[bytes]:
+    """A request or reply frame pair: ``op`` is one of S C E G R P A Q T."""
+    if op not in REQUEST_OPS and op not in REPLY_OPS:
+        raise ValueError(f"not a request/reply op: {op!r}")
+    return [_TOPICS[op], _packb([rid, *fields], use_bin_type=True)]
+
+
+# -- decoding ------------------------------------------------------------------
+
+
+def _unpack(frame: bytes, limits: Limits) -> list[Any]:
+    if len(frame) > limits.max_frame:
+        raise WireError(f"frame of {len(frame)} bytes exceeds {limits.max_frame}")
+    try:
+        value = msgpack.unpackb(
+            frame,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=limits.max_data,
+            max_str_len=limits.max_data,
+            max_array_len=max(limits.max_records, 64),
+            max_map_len=limits.max_records,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many types for bad input; all mean the same here
+        raise WireError(f"undecodable payload ({type(exc).__name__})") from exc
+    if type(value) is not list:
+        raise WireError("payload is not an array")
+    return value
+
+
+def _split(frames: Sequence[bytes]) -> tuple[str, bytes]:
+    if len(frames) != 2:
+        raise WireError(f"expected 2 frames, got {len(frames)}")
+    topic, payload = frames
+    if not isinstance(topic, (bytes, bytearray, memoryview)) or not isinstance(
+        payload, (bytes, bytearray, memoryview)
+    ):
+        raise WireError("frames must be bytes")
+    topic = bytes(topic)
+    op = _OPS.get(topic)
+    if op is None:
+        if topic[:3] != PROTOCOL:
+            raise WireError("unknown protocol or version")
+        raise WireError("unknown op")
+    return op, payload
+
+
+def _int(value: Any, what: str, lo: int = 0, hi: int = _U64) -> int:
+    if type(value) is not int or not lo <= value <= hi:
+        raise WireError(f"{what} must be an int in [{lo}, {hi}]")
+    return value
+
+
+def _time(value: Any, what: str) -> float:
+    kind = type(value)
+    if kind is float:
+        if math.isnan(value):
+            raise WireError(f"{what} is NaN")
+        return value
+    if kind is int:
+        return float(value)
+    raise WireError(f"{what} must be a number")
+
+
+def _key(value: Any, limits: Limits) -> str:
+    if type(value) is not str or not 0 < len(value) <= limits.max_key:
+        raise WireError("key must be a non-empty str within max_key")
+    return value
+
+
+def _check_json(value: Any, depth: int, limits: Limits) -> None:
+    kind = type(value)
+    if kind is str or kind is bool or kind is int or kind is bytes or value is None:
+        return
+    if kind is float:
+        if not math.isfinite(value):
+            raise WireError("non-finite float in data")
+        return
+    if depth >= limits.max_depth:
+        raise WireError("data nested too deep")
+    if kind is dict:
+        for k, v in value.items():
+            if type(k) is not str:
+                raise WireError("data keys must be str")
+            _check_json(v, depth + 1, limits)
+        return
+    if kind is list:
+        for v in value:
+            _check_json(v, depth + 1, limits)
+        return
+    raise WireError(f"data holds a {kind.__name__}")
+
+
+def _data(blob: Any, limits: Limits) -> tuple[dict[str, Any], int, bool]:
+    if type(blob) is not bytes:
+        raise WireError("data must be bin")
+    if len(blob) > limits.max_data:
+        raise WireError("data exceeds max_data")
+    try:
+        data = msgpack.unpackb(
+            blob, raw=False, strict_map_key=True, max_ext_len=0,
+        )
+    except Exception as exc:
+        raise WireError(f"undecodable data ({type(exc).__name__})") from exc
+    if type(data) is not dict:
+        raise WireError("data must be a map")
+    flat = is_flat(data)
+    if flat:
+        for k, v in data.items():
+            if type(k) is not str:
+                raise WireError("data keys must be str")
+            if type(v) is float and not math.isfinite(v):
+                raise WireError("non-finite float in data")
+    else:
+        _check_json(data, 0, limits)
+    return data, len(blob), flat
+
+
+def _record(fields: Sequence[Any], deleted: bool, blob: Any, limits: Limits) -> Record:
+    key, version, rorigin, created, accessed, expires = fields
+    key = _key(key, limits)
+    version = _int(version, "version")
+    rorigin = _int(rorigin, "origin", _I64_MIN, _U64)
+    created = _time(created, "created")
+    accessed = _time(accessed, "accessed")
+    expires = _time(expires, "expires")
+    if deleted:
+        if blob is not None and blob != b"\x80":
+            raise WireError("tombstone carries data")
+        return Record(key, {}, version, rorigin, created, accessed, expires, True, True, 0)
+    data, size, flat = _data(blob, limits)
+    return Record(key, data, version, rorigin, created, accessed, expires, False, flat, size)
+
+
+def record_from_list(value: Any, limits: Limits = DEFAULT_LIMITS) -> Record:
+    """The record of a snapshot chunk, push or get reply."""
+    if type(value) is not list or len(value) != 8:
+        raise WireError("record must be an array of 8")
+    deleted = value[6]
+    if type(deleted) is not bool:
+        raise WireError("deleted must be a bool")
+    return _record(value[:6], deleted, value[7], limits)
+
+
+def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
+    """A bus message from its two frames, or ``WireError``."""
+    op, payload = _split(frames)
+    if op not in BUS_OPS:
+        raise WireError("not a bus op")
+    items = _unpack(payload, limits)
+    if len(items) < 4:
+        raise WireError("truncated header")
+    origin = _int(items[0], "origin", _I64_MIN, _U64)
+    epoch = _int(items[1], "epoch")
+    seq = _int(items[2], "seq")
+    sent_us = _int(items[3], "sent_us")
+    rest = items[4:]
+    n = len(rest)
+    if op == SET:
+        if n != 7:
+            raise WireError("SET needs 7 fields")
+        body: Any = _record(rest[:6], False, rest[6], limits)
+    elif op == DESTROY:
+        if n != 6:
+            raise WireError("DESTROY needs 6 fields")
+        body = _record(rest, True, None, limits)
+    elif op == TOUCH:
+        if n != 5:
+            raise WireError("TOUCH needs 5 fields")
+        body = (
+            _key(rest[0], limits),
+            _int(rest[1], "version"),
+            _int(rest[2], "origin", _I64_MIN, _U64),
+            _time(rest[3], "accessed"),
+            _time(rest[4], "expires"),
+        )
+    elif op == INVALIDATE:
+        if n != 4 or type(rest[3]) is not bool:
+            raise WireError("INVALIDATE needs key, version, origin, deleted")
+        body = (_key(rest[0], limits), _int(rest[1], "version"), _int(rest[2], "origin", _I64_MIN, _U64), rest[3])
+    elif op in (HEARTBEAT, HUB_BEAT):
+        if n:
+            raise WireError("heartbeat carries no fields")
+        body = None
+    else:  # HELLO, RESYNC
+        if n != 1:
+            raise WireError(f"{op} needs 1 field")
+        body = _int(rest[0], "nonce" if op == HELLO else "target", _I64_MIN, _U64)
+    if op in DATA_OPS and seq == 0:
+        raise WireError("data message without a sequence number")
+    return Message(op, origin, epoch, seq, sent_us, body)
+
+
+def _records(value: Any, limits: Limits) -> list[Record]:
+    if type(value) is not list or len(value) > limits.max_records:
+        raise WireError("records must be an array within max_records")
+    return [record_from_list(item, limits) for item in value]
+
+
+def decode_reply(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Reply:
+    """A request or reply from its two frames (ROUTER identities already removed)."""
+    op, payload = _split(frames)
+    if op not in REQUEST_OPS and op not in REPLY_OPS:
+        raise WireError("not a request/reply op")
+    items = _unpack(payload, limits)
+    if not items:
+        raise WireError("missing request id")
+    rid = _int(items[0], "rid")
+    rest = items[1:]
+    n = len(rest)
+    body: tuple[Any, ...]
+    if op in (SNAPSHOT, STATS):
+        if n:
+            raise WireError(f"{op} carries no fields")
+        body = ()
+    elif op in (CHUNK, PUSH):
+        if n != 1:
+            raise WireError(f"{op} needs a record list")
+        body = (_records(rest[0], limits),)
+    elif op == END:
+        if n != 4:
+            raise WireError("END needs hub_epoch, vector, chunks, records")
+        vector = rest[1]
+        if type(vector) is not list or len(vector) > limits.max_records:
+            raise WireError("vector must be an array")
+        vec: dict[int, tuple[int, int]] = {}
+        for entry in vector:
+            if type(entry) is not list or len(entry) != 3:
+                raise WireError("vector entries are [origin, epoch, seq]")
+            vec[_int(entry[0], "origin", _I64_MIN, _U64)] = (_int(entry[1], "epoch"), _int(entry[2], "seq"))
+        body = (_int(rest[0], "hub_epoch"), vec, _int(rest[2], "chunks"), _int(rest[3], "records"))
+    elif op == GET:
+        if n != 1:
+            raise WireError("GET needs a key")
+        body = (_key(rest[0], limits),)
+    elif op == RECORD:
+        if n != 1:
+            raise WireError("RECORD needs a record or nil")
+        body = (None if rest[0] is None else record_from_list(rest[0], limits),)
+    elif op == ACK:
+        if n != 1:
+            raise WireError("ACK needs a count")
+        body = (_int(rest[0], "changed"),)
+    else:  # STATS_REPLY
+        if n != 1 or type(rest[0]) is not dict:
+            raise WireError("STATS REPLY needs a map")
+        body = (rest[0],)
+    return Reply(op, rid, body)
