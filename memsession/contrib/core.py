@@ -120,7 +120,7 @@ class Cookie(NamedTuple):
     """What the response does with the session cookie. ``value`` None: delete it."""
 
     value: str | None
-    #: Wall time the cookie expires at; None for a browser-session cookie.
+    #: Wall time the session expires at (None: never); a permanent cookie carries it.
     expires: float | None = None
 
 
@@ -435,19 +435,21 @@ class SessionManager:
         return self._cookie(record)
 
     def _cookie(self, record: Record) -> Cookie:
-        expires = record.expires if self.config.permanent and math.isfinite(record.expires) else None
+        expires = record.expires if math.isfinite(record.expires) else None
         return Cookie(self.signer.sign(record.key, record.version), expires)
 
     # -- headers, for integrations that write them themselves ----------------------
 
     def set_cookie_header(self, cookie: Cookie, *, permanent: bool | None = None) -> str:
-        """The ``Set-Cookie`` header value for ``cookie``."""
+        """The ``Set-Cookie`` header value for ``cookie``; ``permanent`` overrides the config."""
         cfg = self.config
+        if permanent is None:
+            permanent = cfg.permanent
         if cookie.value is None:
             parts = [f"{cfg.cookie_name}=", "Max-Age=0", "Expires=Thu, 01 Jan 1970 00:00:00 GMT"]
         else:
             parts = [f"{cfg.cookie_name}={cookie.value}"]
-            if cookie.expires is not None and permanent is not False:
+            if cookie.expires is not None and permanent:
                 max_age = max(0, int(cookie.expires - self.cache.clock.wall()))
                 parts.append(f"Max-Age={max_age}")
                 parts.append("Expires=" + email.utils.formatdate(cookie.expires, usegmt=True))

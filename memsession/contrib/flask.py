@@ -1,0 +1,152 @@
+"""Flask sessions kept in memsession: ``MemSession(app)`` and nothing else changes.
+
+::
+
+    from memsession.contrib.flask import MemSession
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "..."
+    MemSession(app)            # or: ext = MemSession(); ext.init_app(app)
+
+``flask.session`` stays a dict with ``modified``, ``permanent``, ``new`` and
+``accessed``; it also gains ``regenerate()`` (call it at login) and
+``destroy()``. ``session.clear()`` ends the session too once saved.
+
+Settings read once from ``app.config`` (Flask's and Flask-Session's names):
+``SECRET_KEY`` (+ ``SECRET_KEY_FALLBACKS`` for rotation), ``SESSION_COOKIE_NAME``,
+``SESSION_COOKIE_DOMAIN``, ``SESSION_COOKIE_PATH`` (default
+``APPLICATION_ROOT``), ``SESSION_COOKIE_HTTPONLY``, ``SESSION_COOKIE_SECURE``,
+``SESSION_COOKIE_SAMESITE`` (default ``"Lax"``, safer than Flask's None),
+``SESSION_PERMANENT`` (default True, as in Flask-Session),
+``SESSION_REFRESH_EACH_REQUEST``, ``PERMANENT_SESSION_LIFETIME`` (the idle
+timeout). memsession's own options are ``MEMSESSION_<NAME>`` for every cache
+``Config`` field (``MEMSESSION_MAXSIZE``, ``MEMSESSION_MAX_AGE``, ...) and
+``MEMSESSION_CONSISTENCY_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask, Request, Response
+from flask.sessions import SessionInterface, SessionMixin
+
+from ..config import Config
+from ..errors import ConfigError
+from ..session_cache import SessionCache
+from .core import Session, SessionManager, WebConfig
+
+__all__ = ["FlaskSession", "MemSession", "MemSessionInterface", "config_from_flask"]
+
+
+class FlaskSession(Session, SessionMixin):
+    """``flask.session``: a memsession ``Session`` with Flask's ``permanent`` flag."""
+
+
+def _seconds(option: str, value: Any) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigError(option, value, "must be a timedelta or a number of seconds")
+
+
+def config_from_flask(config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(WebConfig options, cache Config options)`` from a Flask ``app.config``."""
+    secret = config.get("SECRET_KEY")
+    if not secret:
+        raise ConfigError("SECRET_KEY", secret, "memsession signs its cookie with SECRET_KEY; set it")
+    fallbacks = config.get("SECRET_KEY_FALLBACKS") or []
+    web: dict[str, Any] = {
+        "secret_keys": (secret, *fallbacks),
+        "cookie_name": config.get("SESSION_COOKIE_NAME", "session"),
+        "cookie_domain": config.get("SESSION_COOKIE_DOMAIN") or None,
+        "cookie_path": config.get("SESSION_COOKIE_PATH") or config.get("APPLICATION_ROOT") or "/",
+        "cookie_httponly": bool(config.get("SESSION_COOKIE_HTTPONLY", True)),
+        "cookie_secure": bool(config.get("SESSION_COOKIE_SECURE", False)),
+        "cookie_samesite": config.get("SESSION_COOKIE_SAMESITE") or "Lax",
+        "permanent": bool(config.get("SESSION_PERMANENT", True)),
+        "refresh_each_request": bool(config.get("SESSION_REFRESH_EACH_REQUEST", True)),
+    }
+    if "MEMSESSION_CONSISTENCY_TIMEOUT" in config:
+        web["consistency_timeout"] = config["MEMSESSION_CONSISTENCY_TIMEOUT"]
+    cache: dict[str, Any] = {}
+    lifetime = config.get("PERMANENT_SESSION_LIFETIME")
+    if lifetime is not None:
+        # Flask's lifetime is re-counted on every request: an idle timeout.
+        cache["idle_timeout"] = _seconds("PERMANENT_SESSION_LIFETIME", lifetime)
+    for field in fields(Config):
+        name = "MEMSESSION_" + field.name.upper()
+        if name in config:
+            cache[field.name] = config[name]
+    return web, cache
+
+
+class MemSessionInterface(SessionInterface):
+    """The ``app.session_interface`` that ``MemSession`` installs."""
+
+    session_class = FlaskSession
+
+    def __init__(self, manager: SessionManager) -> None:
+        self.manager = manager
+
+    def open_session(self, app: Flask, request: Request) -> FlaskSession:
+        name = self.manager.config.cookie_name
+        values = request.cookies.getlist(name) if name in request.cookies else None
+        return self.manager.open(values, FlaskSession)  # type: ignore[return-value]
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        assert isinstance(session, FlaskSession)
+        manager = self.manager
+        cookie = manager.save(session)
+        if session.accessed:
+            response.vary.add("Cookie")
+        if cookie is None:
+            return
+        cfg = manager.config
+        if cookie.value is None:
+            response.delete_cookie(
+                cfg.cookie_name,
+                path=cfg.cookie_path,
+                domain=cfg.cookie_domain,
+                secure=cfg.cookie_secure,
+                httponly=cfg.cookie_httponly,
+                samesite=cfg.cookie_samesite,
+            )
+            return
+        permanent = cfg.permanent or session.permanent
+        response.set_cookie(
+            cfg.cookie_name,
+            cookie.value,
+            max_age=manager.max_age(cookie) if permanent else None,
+            expires=cookie.expires if permanent else None,
+            path=cfg.cookie_path,
+            domain=cfg.cookie_domain,
+            secure=cfg.cookie_secure,
+            httponly=cfg.cookie_httponly,
+            samesite=cfg.cookie_samesite,
+        )
+
+
+class MemSession:
+    """Flask extension: ``MemSession(app, cache=None)`` or ``init_app`` later.
+
+    Without ``cache=``, each app gets a ``SessionCache`` built from its
+    config. Pass one to share it between apps or to give it a bus or store.
+    """
+
+    def __init__(self, app: Flask | None = None, *, cache: SessionCache | None = None) -> None:
+        self.cache = cache
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> SessionManager:
+        web, cache_opts = config_from_flask(app.config)
+        if self.cache is not None:
+            manager = SessionManager(self.cache, WebConfig(**web))
+        else:
+            manager = SessionManager(SessionCache(**cache_opts), WebConfig(**web))
+        app.session_interface = MemSessionInterface(manager)
+        app.extensions["memsession"] = manager
+        return manager

@@ -1,0 +1,254 @@
+"""Flask integration: a real Flask app (and flask-login) through Flask's test client."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from flask import Flask, jsonify, request, session
+from flask_login import LoginManager, UserMixin, current_user, login_required, login_user, logout_user
+
+from memsession import ConfigError, SessionCache
+from memsession.contrib.flask import FlaskSession, MemSession, MemSessionInterface
+
+SECRET = "flask-test-secret"
+
+
+class User(UserMixin):
+    def __init__(self, uid: str) -> None:
+        self.id = uid
+
+
+def make_app(**config: object) -> Flask:
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY=SECRET, **config)
+    MemSession(app)
+
+    @app.get("/read")
+    def read():
+        return jsonify(dict(session))
+
+    @app.post("/set")
+    def set_values():
+        session.update(request.get_json())
+        return "ok"
+
+    @app.post("/append")
+    def append():
+        session.setdefault("cart", [])
+        session["cart"].append(request.args["item"])
+        return "ok"
+
+    @app.post("/permanent")
+    def permanent():
+        session.permanent = True
+        session["p"] = 1
+        return "ok"
+
+    @app.post("/clear")
+    def clear():
+        session.clear()
+        return "ok"
+
+    @app.post("/regenerate")
+    def regenerate():
+        session.regenerate()
+        return "ok"
+
+    @app.post("/boom")
+    def boom():
+        session["when"] = object()
+        return "ok"
+
+    return app
+
+
+def cookie_of(response) -> str | None:
+    for header in response.headers.getlist("Set-Cookie"):
+        if header.startswith("session="):
+            return header
+    return None
+
+
+@pytest.fixture
+def app() -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def test_installs_the_session_interface(app) -> None:
+    assert isinstance(app.session_interface, MemSessionInterface)
+    assert app.extensions["memsession"].cache.config.idle_timeout == 31 * 24 * 3600
+
+
+def test_anonymous_reads_set_no_cookie_and_store_nothing(app, client) -> None:
+    for _ in range(20):
+        response = client.get("/read")
+        assert response.json == {} and cookie_of(response) is None
+    assert app.extensions["memsession"].cache.length() == 0
+
+
+def test_write_then_read(client) -> None:
+    response = client.post("/set", json={"user": "ada"})
+    header = cookie_of(response)
+    assert header is not None
+    for flag in ("HttpOnly", "SameSite=Lax", "Path=/", "Expires=", "Max-Age="):
+        assert flag in header
+    assert client.get("/read").json == {"user": "ada"}
+
+
+def test_nested_mutation_is_saved(client) -> None:
+    client.post("/append?item=apple")
+    client.post("/append?item=pear")
+    assert client.get("/read").json == {"cart": ["apple", "pear"]}
+
+
+def test_reads_do_not_resend_the_cookie_but_vary_on_it(client) -> None:
+    client.post("/set", json={"user": "ada"})
+    response = client.get("/read")
+    assert cookie_of(response) is None
+    assert "Cookie" in response.headers["Vary"]
+
+
+def test_tampered_cookie_is_a_fresh_session_and_is_removed(client) -> None:
+    client.post("/set", json={"user": "ada"})
+    value = client.get_cookie("session").value
+    client.set_cookie("session", value[:-2] + ("AA" if not value.endswith("AA") else "BB"))
+    response = client.get("/read")
+    assert response.status_code == 200 and response.json == {}
+    assert "Max-Age=0" in cookie_of(response)
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 4000, "no.dots.here", "%00"])
+def test_garbage_cookies_never_error(client, bad) -> None:
+    client.set_cookie("session", bad)
+    assert client.get("/read").status_code == 200
+
+
+def test_clear_logs_out_and_the_old_cookie_is_dead(client) -> None:
+    client.post("/set", json={"user": "ada"})
+    old = client.get_cookie("session").value
+    response = client.post("/clear")
+    assert "Max-Age=0" in cookie_of(response)
+    client.set_cookie("session", old)
+    assert client.get("/read").json == {}
+
+
+def test_regenerate_issues_a_new_cookie_and_kills_the_old(client) -> None:
+    client.post("/set", json={"user": "ada"})
+    old = client.get_cookie("session").value
+    client.post("/regenerate")
+    new = client.get_cookie("session").value
+    assert new.split(".")[0] != old.split(".")[0]
+    assert client.get("/read").json == {"user": "ada"}
+    client.set_cookie("session", old)
+    assert client.get("/read").json == {}
+
+
+def test_non_json_value_is_a_server_error_not_silent_loss(app, client) -> None:
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    assert client.post("/boom").status_code == 500
+
+
+def test_session_permanent_false_gives_a_browser_session_cookie() -> None:
+    client = make_app(SESSION_PERMANENT=False).test_client()
+    header = cookie_of(client.post("/set", json={"a": 1}))
+    assert "Expires=" not in header and "Max-Age=" not in header
+    header = cookie_of(client.post("/permanent"))
+    assert "Expires=" in header
+
+
+def test_flask_config_names_are_honoured() -> None:
+    app = make_app(
+        SESSION_COOKIE_NAME="sid",
+        SESSION_COOKIE_SECURE=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_DOMAIN="example.org",
+        SESSION_COOKIE_PATH="/app",
+        PERMANENT_SESSION_LIFETIME=timedelta(minutes=5),
+        MEMSESSION_MAXSIZE=10,
+        MEMSESSION_MAX_AGE=600,
+        MEMSESSION_CONSISTENCY_TIMEOUT=0.2,
+    )
+    manager = app.extensions["memsession"]
+    assert manager.cache.config.idle_timeout == 300
+    assert (manager.cache.config.maxsize, manager.cache.config.max_age) == (10, 600)
+    assert manager.config.consistency_timeout == 0.2
+    response = app.test_client().post("/set", json={"a": 1}, base_url="https://example.org/app")
+    header = response.headers["Set-Cookie"]
+    assert header.startswith("sid=")
+    for flag in ("Secure", "SameSite=Strict", "Domain=example.org", "Path=/app"):
+        assert flag in header
+
+
+def test_secret_key_fallbacks_rotate() -> None:
+    old = make_app()
+    client = old.test_client()
+    client.post("/set", json={"user": "ada"})
+    value = client.get_cookie("session").value
+    cache = old.extensions["memsession"].cache
+    rotated = Flask(__name__)
+    rotated.config.update(SECRET_KEY="new-secret", SECRET_KEY_FALLBACKS=[SECRET])
+    MemSession(rotated, cache=cache)
+    rotated.add_url_rule("/read", view_func=lambda: jsonify(dict(session)))
+    other = rotated.test_client()
+    other.set_cookie("session", value)
+    assert other.get("/read").json == {"user": "ada"}
+
+
+def test_missing_secret_key_fails_at_init() -> None:
+    with pytest.raises(ConfigError, match="SECRET_KEY"):
+        MemSession(Flask(__name__))
+
+
+def test_init_app_later_with_a_shared_cache() -> None:
+    cache = SessionCache()
+    ext = MemSession(cache=cache)
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = SECRET
+    manager = ext.init_app(app)
+    assert manager.cache is cache
+
+
+def test_session_object_is_flask_compatible(app) -> None:
+    with app.test_request_context("/"):
+        assert isinstance(session._get_current_object(), FlaskSession)
+        assert session.permanent is False
+        session["x"] = 1
+        assert session.modified
+
+
+def test_flask_login() -> None:
+    app = make_app()
+    login_manager = LoginManager(app)
+    login_manager.user_loader(User)
+
+    @app.post("/login")
+    def login():
+        session.regenerate()
+        login_user(User(request.args["uid"]))
+        return "ok"
+
+    @app.get("/me")
+    @login_required
+    def me():
+        return current_user.id
+
+    @app.post("/logout")
+    def logout():
+        logout_user()
+        return "ok"
+
+    client = app.test_client()
+    assert client.get("/me").status_code == 401
+    client.post("/login?uid=ada")
+    assert client.get("/me").text == "ada"
+    logged_in = client.get_cookie("session").value
+    client.post("/logout")
+    assert client.get("/me").status_code == 401
+    client.set_cookie("session", logged_in)  # replaying the logged-in cookie
+    assert client.get("/me").status_code == 401
