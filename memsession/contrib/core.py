@@ -450,7 +450,7 @@ class SessionManager:
         else:
             parts = [f"{cfg.cookie_name}={cookie.value}"]
             if cookie.expires is not None and permanent:
-                max_age = max(0, int(cookie.expires - self.cache.clock.wall()))
+                max_age = max(0, round(cookie.expires - self.cache.clock.wall()))
                 parts.append(f"Max-Age={max_age}")
                 parts.append("Expires=" + email.utils.formatdate(cookie.expires, usegmt=True))
         parts.append(f"Path={cfg.cookie_path}")
@@ -468,7 +468,7 @@ class SessionManager:
         """Seconds until ``cookie`` expires, for frameworks that take Max-Age."""
         if cookie.expires is None:
             return None
-        return max(0, int(cookie.expires - self.cache.clock.wall()))
+        return max(0, round(cookie.expires - self.cache.clock.wall()))
 
 
 def parse_cookie_header(header: str, name: str) -> list[str]:

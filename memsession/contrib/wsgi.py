@@ -1,0 +1,73 @@
+"""Sessions for any WSGI application: the session is ``environ["memsession.session"]``.
+
+::
+
+    from memsession.contrib.wsgi import SessionMiddleware
+    app = SessionMiddleware(app, secret_keys=["s3cret"], idle_timeout=1800)
+
+The session is saved when the application calls ``start_response`` (the
+cookie must go out with the headers), so changes made while the response body
+is being produced are not saved.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from ..session_cache import SessionCache
+from .core import Session, SessionManager, parse_cookie_header
+
+__all__ = ["ENVIRON_KEY", "SessionMiddleware", "get_session"]
+
+ENVIRON_KEY = "memsession.session"
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict, StartResponse], Iterable[bytes]]
+
+
+class SessionMiddleware:
+    """WSGI middleware. Options are ``WebConfig`` and cache ``Config`` fields.
+
+    Pass ``cache=`` to share a ``SessionCache`` (then no cache options), or
+    ``manager=`` to share a whole ``SessionManager``.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        cache: SessionCache | None = None,
+        manager: SessionManager | None = None,
+        environ_key: str = ENVIRON_KEY,
+        **options: Any,
+    ) -> None:
+        self.app = app
+        self.manager = manager if manager is not None else SessionManager.build(cache, **options)
+        self.environ_key = environ_key
+        self._cookie_name = self.manager.config.cookie_name
+
+    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        manager = self.manager
+        header = environ.get("HTTP_COOKIE", "")
+        values = parse_cookie_header(header, self._cookie_name) if header else []
+        session = manager.open(values)
+        environ[self.environ_key] = session
+
+        def session_start_response(status: str, headers: list, exc_info: Any = None) -> Any:
+            cookie = manager.save(session)
+            if cookie is not None:
+                headers = list(headers)
+                headers.append(("Set-Cookie", manager.set_cookie_header(cookie)))
+            if session.accessed:
+                headers = list(headers)
+                headers.append(("Vary", "Cookie"))
+            if exc_info is not None:
+                return start_response(status, headers, exc_info)
+            return start_response(status, headers)
+
+        return self.app(environ, session_start_response)
+
+
+def get_session(environ: dict, key: str = ENVIRON_KEY) -> Session:
+    """The request's session (``KeyError`` if the middleware is not installed)."""
+    return environ[key]
