@@ -23,6 +23,11 @@ def _gone(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
+def _client(url: str) -> httpx.Client:
+    # trust_env=False: straight to 127.0.0.1 even where http_proxy is set.
+    return httpx.Client(base_url=url, timeout=10, trust_env=False)
+
+
 # --- PostgreSQL ---------------------------------------------------------------------------
 
 
@@ -86,7 +91,7 @@ def test_postgres_missing_binaries_is_a_clear_error(monkeypatch: pytest.MonkeyPa
 
 def test_couch_database_and_document(couch_url: str) -> None:
     db = unique_name("docs")
-    with httpx.Client(base_url=couch_url, timeout=10) as client:
+    with _client(couch_url) as client:
         assert client.get("/").json()["version"]
         assert client.put(f"/{db}").status_code == 201
         created = client.put(f"/{db}/sess1", json={"data": {"user": "ann"}, "expires": 123})
@@ -98,10 +103,7 @@ def test_couch_database_and_document(couch_url: str) -> None:
 
 def test_couch_continuous_changes_feed(couch_url: str) -> None:
     db = unique_name("feed")
-    with (
-        httpx.Client(base_url=couch_url, timeout=10) as client,
-        httpx.Client(base_url=couch_url, timeout=10) as writer,
-    ):
+    with _client(couch_url) as client, _client(couch_url) as writer:
         assert client.put(f"/{db}").status_code == 201
         since = client.get(f"/{db}").json()["update_seq"]
         assert writer.put(f"/{db}/first", json={"n": 1}).status_code == 201
@@ -132,7 +134,7 @@ def test_couch_restart_keeps_url(couch_server: CouchServer) -> None:
     couch_server.restart()
     assert couch_server.url == url
     assert old_pid is not None and _gone(old_pid)
-    with httpx.Client(base_url=url, timeout=10) as client:
+    with _client(url) as client:
         assert client.get("/").status_code == 200
 
 
