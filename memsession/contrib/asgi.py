@@ -1,0 +1,114 @@
+"""ASGI middleware: the session in ``scope["session"]``, as Starlette's ``request.session``.
+
+::
+
+    from starlette.middleware import Middleware
+    from memsession.contrib.asgi import SessionMiddleware
+    app = Starlette(routes=..., middleware=[Middleware(SessionMiddleware, secret_key="...")])
+
+It takes Starlette's ``SessionMiddleware`` arguments (``secret_key``,
+``session_cookie``, ``max_age``, ``path``, ``same_site``, ``https_only``,
+``domain``) and memsession's own (``WebConfig`` and cache ``Config`` fields,
+``cache=``, ``manager=``). ``max_age`` becomes the idle timeout; ``None``
+makes the cookie a browser-session cookie.
+
+The event loop never waits: reading a fresh session is a dict lookup done in
+place; waiting for a newer copy from another worker and writing (which may
+reach a store) run in a worker thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, MutableMapping
+
+import anyio.to_thread
+
+from ..session_cache import SessionCache
+from .core import Session, SessionManager, parse_cookie_header
+
+__all__ = ["SessionMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_STARLETTE_DEFAULT_MAX_AGE = 14 * 24 * 3600
+
+
+class SessionMiddleware:
+    """Starlette-compatible session middleware backed by a ``SessionCache``."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        secret_key: str | bytes | None = None,
+        session_cookie: str = "session",
+        max_age: int | None = _STARLETTE_DEFAULT_MAX_AGE,
+        path: str = "/",
+        same_site: str = "lax",
+        https_only: bool = False,
+        domain: str | None = None,
+        *,
+        cache: SessionCache | None = None,
+        manager: SessionManager | None = None,
+        **options: Any,
+    ) -> None:
+        self.app = app
+        if manager is None:
+            if secret_key is not None:
+                options.setdefault("secret_keys", (str(secret_key),) if not isinstance(secret_key, bytes) else (secret_key,))
+            options.setdefault("cookie_name", session_cookie)
+            options.setdefault("cookie_path", path)
+            options.setdefault("cookie_samesite", same_site)
+            options.setdefault("cookie_secure", https_only)
+            options.setdefault("cookie_domain", domain)
+            if max_age is None:
+                options.setdefault("permanent", False)
+            elif cache is None:
+                options.setdefault("idle_timeout", max_age)
+            manager = SessionManager.build(cache, **options)
+        self.manager = manager
+        self._cookie_name = manager.config.cookie_name.encode("latin-1")
+
+    def _cookie_values(self, scope: Scope) -> list[str]:
+        values: list[str] = []
+        name = self.manager.config.cookie_name
+        for key, value in scope.get("headers") or ():
+            if key == b"cookie" and self._cookie_name in value:
+                values.extend(parse_cookie_header(value.decode("latin-1"), name))
+        return values
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        manager = self.manager
+        values = self._cookie_values(scope)
+        if values and manager.needs_catch_up(values):
+            session: Session = await anyio.to_thread.run_sync(manager.open, values)
+        else:
+            session = manager.open(values)
+        scope["session"] = session
+
+        async def send_with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                current = scope["session"]
+                if current is not session:
+                    # The app replaced the dict: save its content as this session's.
+                    session.clear()
+                    session.update(current)
+                if session.needs_write():
+                    cookie = await anyio.to_thread.run_sync(manager.save, session)
+                else:
+                    cookie = manager.save(session)
+                headers = list(message.get("headers") or ())
+                if cookie is not None:
+                    headers.append((b"set-cookie", manager.set_cookie_header(cookie).encode("latin-1")))
+                if session.accessed:
+                    headers.append((b"vary", b"Cookie"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)

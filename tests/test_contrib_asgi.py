@@ -1,0 +1,159 @@
+"""ASGI middleware: a real Starlette app through Starlette's TestClient."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import pytest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+with warnings.catch_warnings():
+    # Starlette 1.x prefers the httpx2 package; its test client works the same with httpx.
+    warnings.filterwarnings("ignore", message=".*install `httpx2`", category=UserWarning)
+    from starlette.testclient import TestClient
+
+from memsession import SessionCache
+from memsession.contrib.asgi import SessionMiddleware
+from memsession.session import Record
+
+SECRET = "asgi-test-secret"
+
+loop_threads: list[threading.Thread] = []
+
+
+async def read(request: Request) -> JSONResponse:
+    loop_threads.append(threading.current_thread())
+    return JSONResponse(dict(request.session))
+
+
+async def set_values(request: Request) -> PlainTextResponse:
+    request.session.update(await request.json())
+    return PlainTextResponse("ok")
+
+
+async def logout(request: Request) -> PlainTextResponse:
+    request.session.clear()
+    return PlainTextResponse("ok")
+
+
+async def replace(request: Request) -> PlainTextResponse:
+    request.scope["session"] = {"replaced": True}
+    return PlainTextResponse("ok")
+
+
+async def ws(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_json(dict(websocket.session))
+    await websocket.close()
+
+
+routes = [
+    Route("/", read),
+    Route("/set", set_values, methods=["POST"]),
+    Route("/logout", logout, methods=["POST"]),
+    Route("/replace", replace, methods=["POST"]),
+    WebSocketRoute("/ws", ws),
+]
+
+
+def make_app(**options: object) -> Starlette:
+    return Starlette(routes=routes, middleware=[Middleware(SessionMiddleware, **options)])
+
+
+@pytest.fixture
+def client():
+    with TestClient(make_app(secret_key=SECRET)) as client:
+        yield client
+
+
+def test_starlette_arguments_map_onto_memsession_options() -> None:
+    middleware = SessionMiddleware(
+        read, secret_key=SECRET, session_cookie="sid", max_age=600, path="/app", same_site="strict",
+        https_only=True, domain="example.org",
+    )
+    cfg = middleware.manager.config
+    assert (cfg.cookie_name, cfg.cookie_path, cfg.cookie_samesite, cfg.cookie_secure, cfg.cookie_domain) == (
+        "sid", "/app", "Strict", True, "example.org",
+    )
+    assert middleware.manager.cache.config.idle_timeout == 600
+    assert SessionMiddleware(read, secret_key=SECRET, max_age=None).manager.config.permanent is False
+
+
+def test_anonymous_requests_set_no_cookie(client) -> None:
+    response = client.get("/")
+    assert response.json() == {} and "set-cookie" not in response.headers
+
+
+def test_write_then_read(client) -> None:
+    response = client.post("/set", json={"user": "ada"})
+    header = response.headers["set-cookie"]
+    # Starlette's max_age (14 days) slides; memsession's absolute max_age (12 h) caps it.
+    assert "HttpOnly" in header and "SameSite=Lax" in header and "Max-Age=43200" in header
+    response = client.get("/")
+    assert response.json() == {"user": "ada"} and response.headers["vary"] == "Cookie"
+
+
+def test_logout_clears_and_the_old_cookie_is_dead(client) -> None:
+    client.post("/set", json={"user": "ada"})
+    old = client.cookies["session"]
+    response = client.post("/logout")
+    assert "Max-Age=0" in response.headers["set-cookie"]
+    client.cookies.clear()
+    client.cookies["session"] = old
+    assert client.get("/").json() == {}
+
+
+def test_replacing_the_session_dict_is_saved(client) -> None:
+    client.post("/set", json={"user": "ada"})
+    client.post("/replace")
+    assert client.get("/").json() == {"replaced": True}
+
+
+@pytest.mark.parametrize("bad", ["junk", "a" * 5000, "a.b.c"])
+def test_bad_cookie_is_a_fresh_session(client, bad) -> None:
+    client.post("/set", json={"user": "ada"})
+    client.cookies.clear()
+    response = client.get("/", headers={"cookie": f"session={bad}"})
+    assert response.status_code == 200 and response.json() == {}
+
+
+def test_websocket_sees_the_session(client) -> None:
+    client.post("/set", json={"user": "ada"})
+    with client.websocket_connect("/ws") as websocket:
+        assert websocket.receive_json() == {"user": "ada"}
+
+
+class SlowReplica(SessionCache):
+    """Records the thread ``wait_for`` ran in and delivers the record from a peer."""
+
+    def __init__(self, peer: SessionCache) -> None:
+        super().__init__()
+        self.peer = peer
+        self.wait_threads: list[threading.Thread] = []
+
+    def wait_for(self, sid: str, version: int, timeout: float) -> Record | None:
+        self.wait_threads.append(threading.current_thread())
+        remote = self.peer.record(sid)
+        if remote is not None:
+            self.apply(remote)
+        return self.record(sid)
+
+
+def test_waiting_for_another_worker_runs_off_the_event_loop() -> None:
+    worker_a = SessionCache()
+    worker_b = SlowReplica(worker_a)
+    with TestClient(make_app(secret_key=SECRET, cache=worker_a)) as a:
+        a.post("/set", json={"user": "ada"})
+        value = a.cookies["session"]
+    loop_threads.clear()
+    with TestClient(make_app(secret_key=SECRET, cache=worker_b)) as b:
+        b.cookies["session"] = value
+        assert b.get("/").json() == {"user": "ada"}
+    assert len(worker_b.wait_threads) == 1
+    assert worker_b.wait_threads[0] is not loop_threads[0]
