@@ -58,13 +58,13 @@ class Eviction(NamedTuple):
 
 
 class _Node:
-    """Per-entry timing; ``prev``/``next`` chain entries by max-age deadline."""
+    """Per-entry value and timing; ``prev``/``next`` chain entries by max-age deadline."""
 
-    __slots__ = ("key", "accessed", "deadline", "expires", "prev", "next")
+    __slots__ = ("key", "value", "deadline", "expires", "prev", "next")
 
-    def __init__(self, key: Any, accessed: float, deadline: float, expires: float) -> None:
+    def __init__(self, key: Any, value: Any, deadline: float, expires: float) -> None:
         self.key = key
-        self.accessed = accessed
+        self.value = value  # also in the Cache mapping; kept here so a read is one lookup
         self.deadline = deadline  # created + max_age
         self.expires = expires  # min(accessed + idle_timeout, deadline)
         self.prev: _Node | None = None
@@ -98,40 +98,56 @@ class ExpiringLRUCache(Cache):
         _check_timeout("idle_timeout", idle_timeout)
         _check_timeout("max_age", max_age)
         self.__idle = idle_timeout
+        self.__idle_or_inf = _INF if idle_timeout is None else float(idle_timeout)
         self.__max_age = max_age
         self.__timed = idle_timeout is not None or max_age is not None
         self.__timer = timer
+        # None when nothing expires: reads then never consult the clock, as in LRUCache
+        self.__read_timer = timer if self.__timed else None
         self.__nodes: OrderedDict[Any, _Node] = OrderedDict()  # LRU first
-        root = _Node(None, _INF, _INF, _INF)
+        root = _Node(None, None, _INF, _INF)
         root.prev = root.next = root
         self.__root = root  # max-age chain, earliest deadline first
         self.__late_deadlines: list[tuple[float, int, _Node]] = []
-        self.__late_idle: list[tuple[float, int, float, _Node]] = []
+        self.__late_idle: list[tuple[float, int, float, _Node]] = []  # (idle end, tiebreak, expires, node)
         self.__newest_access = -_INF
         self.__tiebreak = 0
         self.__evicting: list[Eviction] | None = None
 
     # -- reading -----------------------------------------------------------
 
-    def __getitem__(self, key: Any, cache_getitem: Callable[[Cache, Any], Any] = Cache.__getitem__) -> Any:
-        nodes = self.__nodes
+    def __getitem__(self, key: Any) -> Any:
         try:
-            node = nodes[key]
+            node = self.__nodes[key]
         except KeyError:
             return self.__missing__(key)
-        if self.__timed:
-            now = self.__timer()
+        timer = self.__read_timer
+        if timer is not None:
+            now = timer()
             if now >= node.expires:
                 return self.__missing__(key)
-            idle = self.__idle
-            if idle is not None:
-                node.accessed = now
-                end = now + idle
-                node.expires = end if end < node.deadline else node.deadline
-                if now > self.__newest_access:
-                    self.__newest_access = now
-        nodes.move_to_end(key)
-        return cache_getitem(self, key)
+            end = now + self.__idle_or_inf
+            node.expires = end if end < node.deadline else node.deadline
+            self.__newest_access = now
+        self.__nodes.move_to_end(key)
+        return node.value
+
+    def lookup(self, key: Any, now: float, default: Any = None) -> Any:
+        """Read ``key`` at time ``now`` (counting an access); ``default`` if absent or expired.
+
+        The facade's read path: no exception on a miss, and the caller's
+        clock reading is reused.
+        """
+        node = self.__nodes.get(key)
+        if node is None or now >= node.expires:
+            return default
+        if self.__timed:
+            end = now + self.__idle_or_inf
+            node.expires = end if end < node.deadline else node.deadline
+            if now > self.__newest_access:
+                self.__newest_access = now
+        self.__nodes.move_to_end(key)
+        return node.value
 
     def __contains__(self, key: object) -> bool:
         node = self.__nodes.get(key)
@@ -170,7 +186,7 @@ class ExpiringLRUCache(Cache):
         node = self.__nodes.get(key)
         if node is None or (self.__timed and self.__timer() >= node.expires):
             return default
-        return Cache.__getitem__(self, key)
+        return node.value
 
     def expires_at(self, key: Any) -> float | None:
         """Timer value at which ``key`` expires (``inf`` if never), or None if absent."""
@@ -219,26 +235,28 @@ class ExpiringLRUCache(Cache):
             deadline = node.deadline  # a replaced entry keeps its age
         else:
             deadline = (accessed if created is None or created > accessed else created) + max_age
-        idle_end = accessed + self.__idle if self.__idle is not None else _INF
+        idle_end = accessed + self.__idle_or_inf
         expires = idle_end if idle_end < deadline else deadline
         if node is None:
-            node = _Node(key, accessed, deadline, expires)
+            node = _Node(key, value, deadline, expires)
             nodes[key] = node
             if deadline != _INF:
                 self.__chain(node)
         else:
             nodes.move_to_end(key)
+            node.value = value
             if node.deadline != deadline:
                 self.__unchain(node)
                 node.deadline = deadline
                 self.__chain(node)
-            node.accessed = accessed
             node.expires = expires
         if accessed >= self.__newest_access:
             self.__newest_access = accessed
-        elif idle_end != _INF:
+        elif idle_end < deadline:
+            # Older than entries already at the MRU end: the idle sweep from the
+            # LRU end can't be relied on to reach it in time, so the heap does.
             self.__tiebreak += 1
-            heapq.heappush(self.__late_idle, (idle_end, self.__tiebreak, accessed, node))
+            heapq.heappush(self.__late_idle, (idle_end, self.__tiebreak, expires, node))
             self.__compact()
         return removed
 
@@ -314,18 +332,17 @@ class ExpiringLRUCache(Cache):
                 out.append(self.__drop(node, now))
         late_idle = self.__late_idle
         while late_idle and late_idle[0][0] <= now:
-            _, _, accessed, node = heapq.heappop(late_idle)
-            if nodes.get(node.key) is node and node.accessed == accessed and node.expires <= now:
+            node = heapq.heappop(late_idle)[3]
+            if nodes.get(node.key) is node and node.expires <= now:
                 out.append(self.__drop(node, now))
         return out
 
     def __drop(self, node: _Node, now: float) -> Eviction:
         key = node.key
-        value = Cache.__getitem__(self, key)
         Cache.__delitem__(self, key)
         del self.__nodes[key]
         self.__unchain(node)
-        return Eviction(key, value, EVICTED_MAX_AGE if node.deadline <= now else EVICTED_IDLE)
+        return Eviction(key, node.value, EVICTED_MAX_AGE if node.deadline <= now else EVICTED_IDLE)
 
     # -- the max-age chain -------------------------------------------------
 
@@ -367,7 +384,7 @@ class ExpiringLRUCache(Cache):
             heapq.heapify(self.__late_deadlines)
         if len(self.__late_idle) > limit:
             self.__late_idle = [
-                e for e in self.__late_idle if nodes.get(e[3].key) is e[3] and e[3].accessed == e[2]
+                e for e in self.__late_idle if nodes.get(e[3].key) is e[3] and e[3].expires == e[2]
             ]
             heapq.heapify(self.__late_idle)
 

@@ -180,8 +180,24 @@ def is_flat(data: Mapping[str, Any]) -> bool:
     return True
 
 
+def _copy_container(value: Any) -> Any:
+    if type(value) is dict:
+        return {k: _copy_container(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
+    return [_copy_container(v) if type(v) in _CONTAINERS else v for v in value]
+
+
+_CONTAINERS = frozenset((dict, list))
+
+
 def copy_data(record: Record) -> SessionData:
-    """A copy of the record's data the caller may mutate freely."""
-    if record.flat:
-        return dict(record.data)
-    return msgpack.unpackb(msgpack.packb(record.data, use_bin_type=True), raw=False)
+    """A copy of the record's data the caller may mutate freely.
+
+    Record data holds only dicts, lists and immutable scalars (``prepare_data``
+    turned tuples into lists), so copying the containers is a deep copy.
+    """
+    out = dict(record.data)
+    if not record.flat:
+        for key, value in out.items():
+            if type(value) in _CONTAINERS:
+                out[key] = _copy_container(value)
+    return out

@@ -33,6 +33,9 @@ from .session import (
 )
 
 if TYPE_CHECKING:
+    from persist.base import Store
+    from persist.writer import Persistence, PersistConfig
+
     from .bus.base import Bus
 
 __all__ = ["SessionCache"]
@@ -59,6 +62,8 @@ class SessionCache:
         clock: Clock = SYSTEM_CLOCK,
         origin: int | None = None,
         bus: Bus | None = None,
+        store: Store | None = None,
+        persistence: PersistConfig | None = None,
         **options: Any,
     ) -> None:
         self.config = cfg = Config.from_options(config, **options)
@@ -77,6 +82,14 @@ class SessionCache:
         self._hits = self._misses = 0  # attributes, not dict items: they are on the read path
         self._counts = dict.fromkeys(("invalid_ids", "sets", "touches", "destroys", "applied", "ignored"), 0)
         self._evicted = dict.fromkeys((EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE), 0)
+        #: Read-through and write-through/behind to ``store`` (``persist.writer``); None without a store.
+        self.persistence: Persistence | None = None
+        if store is not None:
+            from persist.writer import Persistence
+
+            self.persistence = Persistence(store, persistence, clock=clock)
+            if self.persistence.config.preload:
+                self.persistence.preload(self.apply, cfg.maxsize)
         #: Replication transport (``memsession.bus``); joins the bus before the constructor returns.
         self.bus = bus
         if bus is not None:
@@ -103,17 +116,23 @@ class SessionCache:
             if now >= self._next_sweep:
                 self._sweep_locked(now)
             if record is None:
-                if is_valid_sid(sid):
-                    self._misses += 1
-                else:
+                if not is_valid_sid(sid):
                     self._counts["invalid_ids"] += 1
+                    return None
+                self._misses += 1
+                if self.persistence is None or self._tombstone_locked(sid, now) is not None:
+                    return None
+            else:
+                self._hits += 1
+                wall = self.clock.wall()
+                if wall - record.accessed >= self._touch_interval:
+                    touched = self._touch_locked(record, wall)
+        if record is None:
+            record = self._read_through(sid)
+            if record is None:
                 return None
-            self._hits += 1
-            wall = self.clock.wall()
-            if wall - record.accessed >= self._touch_interval:
-                touched = self._touch_locked(record, wall)
         if touched is not None:
-            self._emit(touched)
+            self._emit(touched, touch=True)
         return dict(record.data) if record.flat else copy_data(record)
 
     def set(self, sid: str, data: Mapping[str, Any]) -> Record:
@@ -162,12 +181,17 @@ class SessionCache:
             try:
                 record = self._core[sid]
             except KeyError:
-                return False
-            wall = self.clock.wall()
-            if wall - record.accessed >= self.config.touch_interval:
-                touched = self._touch_locked(record, wall)
+                if self.persistence is None or self._tombstone_locked(sid, self.clock.monotonic()):
+                    return False
+                record = None
+            else:
+                wall = self.clock.wall()
+                if wall - record.accessed >= self.config.touch_interval:
+                    touched = self._touch_locked(record, wall)
+        if record is None:
+            return self._read_through(sid) is not None and self.touch(sid)
         if touched is not None:
-            self._emit(touched)
+            self._emit(touched, touch=True)
         return True
 
     def destroy(self, sid: str) -> bool:
@@ -245,6 +269,8 @@ class SessionCache:
             self.bus.close()
         with self._lock:
             self._closed = True
+        if self.persistence is not None:
+            self.persistence.close()
 
     @property
     def closed(self) -> bool:
@@ -269,6 +295,8 @@ class SessionCache:
             out["maxsize"] = self.config.maxsize
         if self.bus is not None:
             out["replication"] = self.bus.stats()
+        if self.persistence is not None:
+            out["persistence"] = self.persistence.stats()
         return out
 
     # -- records from elsewhere ----------------------------------------------
@@ -383,11 +411,27 @@ class SessionCache:
             return record
         return None
 
-    def _emit(self, record: Record) -> None:
-        """Hand a local change to replication and persistence (none in a bare cache)."""
+    def _emit(self, record: Record, touch: bool = False) -> None:
+        """Hand a local change to replication and persistence (none in a bare cache).
+
+        ``touch`` marks a coalesced access: persisted behind even in write-through.
+        """
         bus = self.bus
         if bus is not None:
             bus.publish(record)
+        if self.persistence is not None:
+            self.persistence.emit(record, touch=touch)
+
+    def _read_through(self, sid: str) -> Record | None:
+        """Bring ``sid`` from the store into memory; the live record, or None."""
+        assert self.persistence is not None
+        found = self.persistence.read(sid)
+        if found is None:
+            return None
+        self.apply(found)
+        with self._lock:
+            record = self._core.lookup(sid, self.clock.monotonic())
+        return record if record is not None and not record.deleted else None
 
     def _count_locked(self) -> int:
         # The core's own len() sweeps and would drop what it evicts unreported;

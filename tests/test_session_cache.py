@@ -69,7 +69,8 @@ def test_set_returns_the_new_record_with_a_newer_version_and_the_same_creation()
 def test_malformed_ids_miss_on_read_and_raise_on_write():
     cache, _ = make()
     assert cache.get("nope") is None and cache.get(None) is None  # type: ignore[arg-type]
-    assert cache.stats()["invalid_ids"] == 2
+    assert cache.get(["unhashable"]) is None  # type: ignore[arg-type]
+    assert cache.stats()["invalid_ids"] == 3
     with pytest.raises(InvalidSessionId):
         cache.set("x" * 10, {})
     with pytest.raises(InvalidSessionId):
