@@ -1,0 +1,392 @@
+"""Persistence behind a SessionCache: read-through, write-through, write-behind.
+
+``Persistence`` is what ``SessionCache(store=...)`` builds. It owns one
+writer thread and a queue of records not yet stored, coalesced by key (only
+the newest record of a key waits; ``persist.base.supersedes`` decides).
+
+Durability of each mode:
+
+* ``write_through``: ``set()`` and ``destroy()`` return only after the store
+  accepted the record. If the store fails, they raise the ``StoreError``
+  (the new value is already in memory and replicated) and the record stays
+  queued and is retried until the store takes it. Touches (sliding expiry)
+  are always written behind: a read never waits for, or fails on, the store.
+* ``write_behind``: every change is queued and written in batches every
+  ``flush_interval`` seconds, or as soon as ``flush_records`` keys wait. A
+  process that dies loses at most what was queued; ``close()`` flushes.
+
+Either way a store outage is logged (once when it starts, once when it ends),
+counted in ``stats()``, and retried with backoff; queued writes are never
+dropped while the process lives (``close()`` gives up after
+``close_timeout`` and logs how many records it could not write).
+
+Reads: a key that memory doesn't hold is looked up in the queue, then in the
+store (one ``load``, a primary-key read). Unknown keys are remembered for
+``negative_ttl`` seconds so a flood of bogus ids doesn't reach the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Callable, Literal
+
+from memsession.clock import SYSTEM_CLOCK, Clock
+from memsession.errors import ConfigError, StoreError
+from memsession.session import Record
+
+from .base import Store, supersedes
+
+__all__ = ["PersistConfig", "Persistence"]
+
+log = logging.getLogger("memsession.persist")
+
+WRITE_THROUGH = "write_through"
+WRITE_BEHIND = "write_behind"
+
+
+def _number(option: str, value: Any, *, allow_none: bool = False, allow_zero: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ConfigError(option, value, "must be a number")
+    if value < 0 or (value == 0 and not allow_zero) or value == float("inf"):
+        raise ConfigError(option, value, "must be finite and > 0" + (" (or 0)" if allow_zero else ""))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PersistConfig:
+    """How a SessionCache uses its store. Times are seconds."""
+
+    #: ``"write_through"`` (durable when set/destroy return) or ``"write_behind"`` (batched).
+    mode: Literal["write_through", "write_behind"] = WRITE_BEHIND
+    #: Write-behind: longest a change waits in the queue.
+    flush_interval: float = 0.05
+    #: Write-behind: write as soon as this many keys wait; also the largest batch.
+    flush_records: int = 1000
+    #: How long an id the store doesn't know is answered "unknown" without asking again; 0 disables.
+    negative_ttl: float = 1.0
+    #: Most ids remembered as unknown (oldest forgotten first).
+    negative_max: int = 10_000
+    #: First and longest pause between retries while the store is failing.
+    retry_min: float = 0.1
+    retry_max: float = 5.0
+    #: Purge expired sessions from the store this often (connect-pg-simple's pruneSessionInterval);
+    #: None leaves pruning to someone else (one pruner per store is enough).
+    prune_interval: float | None = None
+    #: ``close()`` keeps retrying queued writes this long before giving up.
+    close_timeout: float = 10.0
+    #: A miss memory can't serve while the store is down: ``"raise"`` the StoreError, or ``"miss"`` (None).
+    on_read_error: Literal["raise", "miss"] = "raise"
+    #: Load every live session from the store when the cache starts (up to ``maxsize``).
+    preload: bool = False
+    #: Close the store when the cache closes.
+    close_store: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in (WRITE_THROUGH, WRITE_BEHIND):
+            raise ConfigError("mode", self.mode, "must be 'write_through' or 'write_behind'")
+        _number("flush_interval", self.flush_interval)
+        _number("negative_ttl", self.negative_ttl, allow_zero=True)
+        _number("retry_min", self.retry_min)
+        _number("retry_max", self.retry_max)
+        _number("prune_interval", self.prune_interval, allow_none=True)
+        _number("close_timeout", self.close_timeout, allow_zero=True)
+        for option in ("flush_records", "negative_max"):
+            value = getattr(self, option)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(option, value, "must be an int >= 1")
+        if self.retry_max < self.retry_min:
+            raise ConfigError("retry_max", self.retry_max, "must be >= retry_min")
+        if self.on_read_error not in ("raise", "miss"):
+            raise ConfigError("on_read_error", self.on_read_error, "must be 'raise' or 'miss'")
+
+
+class Persistence:
+    """Queue, writer thread and read-through for one store. Thread-safe.
+
+    ``clock`` drives the negative cache and pruning (wall time for purge);
+    the writer thread waits in real time.
+    """
+
+    def __init__(self, store: Store, config: PersistConfig | None = None, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        if not isinstance(store, Store):
+            raise ConfigError("store", store, "must implement persist.base.Store")
+        self.store = store
+        self.config = cfg = config if config is not None else PersistConfig()
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: dict[str, Record] = {}
+        self._inflight: dict[str, Record] = {}
+        self._negative: OrderedDict[str, float] = OrderedDict()
+        self._stopping = False
+        self._closed = False
+        self._failing = False
+        self._next_prune = clock.monotonic() + cfg.prune_interval if cfg.prune_interval else None
+        self._counts = dict.fromkeys(
+            (
+                "saved",
+                "batches",
+                "write_through",
+                "write_errors",
+                "read_through",
+                "read_hits",
+                "read_misses",
+                "negative_hits",
+                "read_errors",
+                "purged",
+                "purge_errors",
+                "lost",
+            ),
+            0,
+        )
+        self._thread = threading.Thread(target=self._run, name="memsession-writer", daemon=True)
+        self._thread.start()
+
+    # -- writes ------------------------------------------------------------------
+
+    def emit(self, record: Record, *, touch: bool = False) -> None:
+        """Persist a local change according to the mode (see the module docstring)."""
+        key = record.key
+        if self._closed:
+            with self._lock:
+                self._counts["lost"] += 1
+            log.error("session change after the store was closed is not persisted")
+            return
+        if self.config.mode == WRITE_BEHIND or touch:
+            with self._lock:
+                self._negative.pop(key, None)
+                self._enqueue_locked(record)
+                if len(self._pending) >= self.config.flush_records:
+                    self._wake.notify()
+            return
+        with self._lock:
+            self._negative.pop(key, None)
+        try:
+            self.store.save([record])
+        except StoreError as exc:
+            with self._lock:
+                self._counts["write_errors"] += 1
+                self._enqueue_locked(record)
+                self._wake.notify()
+            self._outage(exc)
+            raise
+        with self._lock:
+            self._counts["write_through"] += 1
+            self._counts["saved"] += 1
+
+    def _enqueue_locked(self, record: Record) -> None:
+        old = self._pending.get(record.key)
+        if old is None or supersedes(record, old):
+            self._pending[record.key] = record
+
+    def flush(self) -> int:
+        """Write everything queued now, in this thread; return how many records were written.
+
+        Raises the store's error if it fails (the records stay queued).
+        """
+        written = 0
+        while True:
+            batch = self._take()
+            if not batch:
+                return written
+            self._save(batch)
+            written += len(batch)
+
+    def _take(self) -> list[Record]:
+        with self._lock:
+            if not self._pending:
+                return []
+            keys = list(islice(self._pending, self.config.flush_records))
+            batch = [self._pending.pop(k) for k in keys]
+            for record in batch:
+                self._inflight[record.key] = record
+            return batch
+
+    def _save(self, batch: list[Record]) -> None:
+        try:
+            self.store.save(batch)
+        except BaseException as exc:
+            with self._lock:
+                for record in batch:
+                    if self._inflight.get(record.key) is record:
+                        del self._inflight[record.key]
+                    self._enqueue_locked(record)
+                if isinstance(exc, StoreError):
+                    self._counts["write_errors"] += 1
+            raise
+        with self._lock:
+            for record in batch:
+                if self._inflight.get(record.key) is record:
+                    del self._inflight[record.key]
+            self._counts["saved"] += len(batch)
+            self._counts["batches"] += 1
+        self._recovered()
+
+    def _outage(self, exc: StoreError) -> None:
+        if not self._failing:
+            self._failing = True
+            log.warning("session store %s failing (%s); changes are queued and retried", self.store.name, exc)
+        else:
+            log.debug("session store %s still failing: %s", self.store.name, exc)
+
+    def _recovered(self) -> None:
+        if self._failing:
+            self._failing = False
+            log.warning("session store %s is back; %d records still queued", self.store.name, len(self._pending))
+
+    def _run(self) -> None:
+        cfg = self.config
+        backoff = cfg.retry_min
+        deadline: float | None = None
+        while True:
+            with self._lock:
+                if not self._stopping and len(self._pending) < cfg.flush_records:
+                    self._wake.wait(cfg.flush_interval)
+                stopping = self._stopping
+                if stopping and deadline is None:
+                    deadline = time.monotonic() + cfg.close_timeout
+            try:
+                self.flush()
+                backoff = cfg.retry_min
+            except StoreError as exc:
+                self._outage(exc)
+                if stopping and deadline is not None and time.monotonic() >= deadline:
+                    break
+                with self._lock:
+                    self._wake.wait(backoff)
+                backoff = min(backoff * 2, cfg.retry_max)
+                continue
+            except Exception:
+                log.exception("session writer failed unexpectedly; retrying")
+                with self._lock:
+                    self._wake.wait(backoff)
+                backoff = min(backoff * 2, cfg.retry_max)
+                continue
+            if stopping:
+                with self._lock:
+                    if not self._pending:
+                        break
+                continue
+            self._maybe_prune()
+
+    def _maybe_prune(self) -> None:
+        if self._next_prune is None or self.clock.monotonic() < self._next_prune:
+            return
+        assert self.config.prune_interval is not None
+        self._next_prune = self.clock.monotonic() + self.config.prune_interval
+        try:
+            purged = self.store.purge(self.clock.wall())
+        except StoreError as exc:
+            with self._lock:
+                self._counts["purge_errors"] += 1
+            log.warning("purging expired sessions from %s failed: %s", self.store.name, exc)
+            return
+        with self._lock:
+            self._counts["purged"] += purged
+
+    # -- reads -------------------------------------------------------------------
+
+    def read(self, key: str) -> Record | None:
+        """The newest record of ``key`` outside memory: queued, in flight, or stored.
+
+        None when the store doesn't know it (remembered ``negative_ttl``
+        seconds). A store failure is raised, or answered None when
+        ``on_read_error="miss"``; either way it is logged and counted.
+        """
+        cfg = self.config
+        with self._lock:
+            self._counts["read_through"] += 1
+            queued = self._pending.get(key) or self._inflight.get(key)
+            if queued is not None:
+                self._counts["read_hits"] += 1
+                return queued
+            until = self._negative.get(key)
+            if until is not None:
+                if until > self.clock.monotonic():
+                    self._counts["negative_hits"] += 1
+                    return None
+                del self._negative[key]
+        try:
+            record = self.store.load(key)
+        except StoreError as exc:
+            with self._lock:
+                self._counts["read_errors"] += 1
+            log.warning("reading session from %s failed: %s", self.store.name, exc)
+            if cfg.on_read_error == "raise":
+                raise
+            return None
+        with self._lock:
+            if record is None:
+                self._counts["read_misses"] += 1
+                if cfg.negative_ttl:
+                    self._negative[key] = self.clock.monotonic() + cfg.negative_ttl
+                    self._negative.move_to_end(key)
+                    while len(self._negative) > cfg.negative_max:
+                        self._negative.popitem(last=False)
+            else:
+                self._counts["read_hits"] += 1
+        return record
+
+    def forget(self, key: str) -> None:
+        """Drop ``key`` from the negative cache (it was written elsewhere)."""
+        with self._lock:
+            self._negative.pop(key, None)
+
+    def preload(self, apply: Callable[[Record], Any], limit: int) -> int:
+        """Feed up to ``limit`` live records from the store to ``apply``; return how many."""
+        count = 0
+        stream = self.store.load_all(self.clock.wall())
+        try:
+            for record in stream:
+                if count >= limit:
+                    break
+                apply(record)
+                count += 1
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        return count
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush the queue (retrying up to ``close_timeout``), stop the writer, close the store."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stopping = True
+            self._wake.notify_all()
+        self._thread.join()
+        with self._lock:
+            lost = len(self._pending)
+            self._counts["lost"] += lost
+        if lost:
+            log.error(
+                "closing with %d session changes the store %s did not accept; they are lost",
+                lost,
+                self.store.name,
+            )
+        if self.config.close_store:
+            self.store.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            out: dict[str, Any] = dict(self._counts)
+            out["store"] = self.store.name
+            out["mode"] = self.config.mode
+            out["queued"] = len(self._pending) + len(self._inflight)
+            out["failing"] = self._failing
+            out["negative"] = len(self._negative)
+            return out

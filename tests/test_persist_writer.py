@@ -1,0 +1,356 @@
+"""SessionCache(store=...): read-through, write-through, write-behind, negative cache, outages.
+
+The store here is a real JsonFileStore (in memory until it snapshots); the
+outage cases wrap it to fail on demand, since the logic under test is the
+queue's, not the server's (real server outages: test_persist_pg_wiring).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pytest
+
+from memsession import SessionCache
+from memsession.errors import ConfigError, SessionDestroyed, StoreUnavailable
+from memsession.session import Record, new_id
+from memsession.testing import FakeClock
+from persist.jsonfile import JsonFileStore
+from persist.writer import PersistConfig
+
+BEHIND_SLOW = PersistConfig(mode="write_behind", flush_interval=3600.0)
+
+
+class RecordingStore(JsonFileStore):
+    """A JsonFileStore that counts calls and can be switched off like a server."""
+
+    def __init__(self, path: Path, **options: Any) -> None:
+        super().__init__(path, save_interval=None, fsync=False, clock=FakeClock(), **options)
+        self.down = False
+        self.loads = 0
+        self.batches: list[int] = []
+        self.purges = 0
+
+    def _check(self, op: str) -> None:
+        if self.down:
+            raise StoreUnavailable("switched off", store=self.name, op=op)
+
+    def load(self, key: str) -> Record | None:
+        self._check("load")
+        self.loads += 1
+        return super().load(key)
+
+    def save(self, records: Sequence[Record]) -> int:
+        self._check("save")
+        self.batches.append(len(records))
+        return super().save(records)
+
+    def purge(self, now: float) -> int:
+        self._check("purge")
+        self.purges += 1
+        return super().purge(now)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RecordingStore:
+    return RecordingStore(tmp_path / "s.jsonl")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make_cache(store: RecordingStore, clock: FakeClock, config: PersistConfig | None = None, **options: Any):
+    return SessionCache(clock=clock, store=store, persistence=config, **options)
+
+
+def test_evicted_session_is_read_back(store: RecordingStore, clock: FakeClock) -> None:
+    with make_cache(store, clock, PersistConfig(mode="write_through"), maxsize=2) as cache:
+        sids = [new_id() for _ in range(3)]
+        for i, sid in enumerate(sids):
+            cache.set(sid, {"n": i})
+        assert sids[0] not in cache
+        assert cache.get(sids[0]) == {"n": 0}
+        assert sids[0] in cache
+        assert store.loads == 1
+        assert cache.stats()["persistence"]["read_hits"] == 1
+
+
+def test_cold_process_serves_stored_sessions(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "s.jsonl"
+    first = SessionCache(clock=clock, store=JsonFileStore(path, save_interval=None, clock=clock))
+    sids = [new_id() for _ in range(5)]
+    for sid in sids:
+        first.set(sid, {"sid": sid})
+    first.close()
+    with SessionCache(clock=clock, store=JsonFileStore(path, save_interval=None, clock=clock)) as cold:
+        assert len(cold) == 0
+        assert all(cold.get(sid) == {"sid": sid} for sid in sids)
+    preload = PersistConfig(preload=True)
+    with SessionCache(clock=clock, store=JsonFileStore(path, save_interval=None, clock=clock), persistence=preload) as warm:
+        assert len(warm) == 5
+
+
+def test_read_through_keeps_expiry(store: RecordingStore, clock: FakeClock) -> None:
+    with make_cache(store, clock, PersistConfig(mode="write_through"), idle_timeout=100, max_age=None) as cache:
+        sid = new_id()
+        cache.set(sid, {"a": 1})
+        cache.clear()
+        clock.advance(99)
+        assert cache.get(sid) == {"a": 1}
+        cache.clear()
+        clock.advance(2)
+        assert cache.get(sid) is None
+
+
+def test_write_through_saves_before_returning(store: RecordingStore, clock: FakeClock) -> None:
+    with make_cache(store, clock, PersistConfig(mode="write_through")) as cache:
+        sid = new_id()
+        record = cache.set(sid, {"a": 1})
+        assert store.load(sid) == record
+        cache.destroy(sid)
+        stored = store.load(sid)
+        assert stored is not None and stored.deleted
+
+
+def test_destroyed_session_read_back_stays_destroyed(store: RecordingStore, clock: FakeClock, tmp_path: Path) -> None:
+    sid = new_id()
+    with make_cache(store, clock, PersistConfig(mode="write_through")) as cache:
+        cache.set(sid, {"a": 1})
+        cache.destroy(sid)
+    again = RecordingStore(tmp_path / "s.jsonl")
+    with make_cache(again, clock) as cold:
+        assert cold.get(sid) is None
+        with pytest.raises(SessionDestroyed):
+            cold.set(sid, {"late": True})
+
+
+def test_write_behind_coalesces_by_key(store: RecordingStore, clock: FakeClock) -> None:
+    with make_cache(store, clock, BEHIND_SLOW) as cache:
+        sid, other = new_id(), new_id()
+        for i in range(100):
+            cache.set(sid, {"i": i})
+        cache.set(other, {})
+        assert store.load(sid) is None
+        assert cache.stats()["persistence"]["queued"] == 2
+        assert cache.persistence is not None and cache.persistence.flush() == 2
+        assert store.batches == [2]
+        stored = store.load(sid)
+        assert stored is not None and stored.data == {"i": 99}
+
+
+def test_write_behind_flushes_on_interval(store: RecordingStore) -> None:
+    with SessionCache(store=store, persistence=PersistConfig(flush_interval=0.01)) as cache:
+        sid = new_id()
+        cache.set(sid, {"a": 1})
+        wait_until(lambda: store.load(sid) is not None)
+
+
+def test_write_behind_flushes_when_enough_keys_wait(store: RecordingStore) -> None:
+    config = PersistConfig(flush_interval=3600.0, flush_records=10)
+    with SessionCache(store=store, persistence=config) as cache:
+        sids = [new_id() for _ in range(10)]
+        for sid in sids:
+            cache.set(sid, {})
+        wait_until(lambda: all(store.load(s) is not None for s in sids))
+
+
+def test_close_flushes_write_behind(store: RecordingStore, tmp_path: Path) -> None:
+    cache = SessionCache(store=store, persistence=BEHIND_SLOW)
+    sids = [new_id() for _ in range(50)]
+    for sid in sids:
+        cache.set(sid, {"sid": sid})
+    cache.close()
+    assert store.stats()["snapshots"] == 1
+    reopened = JsonFileStore(tmp_path / "s.jsonl", save_interval=None)
+    try:
+        assert all(reopened.load(s) is not None for s in sids)
+    finally:
+        reopened.close()
+
+
+def test_queued_write_is_read_before_the_store(store: RecordingStore, clock: FakeClock) -> None:
+    with make_cache(store, clock, BEHIND_SLOW, maxsize=1) as cache:
+        first, second = new_id(), new_id()
+        cache.set(first, {"n": 1})
+        cache.set(second, {"n": 2})
+        assert first not in cache
+        assert cache.get(first) == {"n": 1}
+        assert store.loads == 0
+
+
+def test_unknown_ids_are_cached_negatively(store: RecordingStore, clock: FakeClock) -> None:
+    with make_cache(store, clock, PersistConfig(negative_ttl=5.0)) as cache:
+        sid = new_id()
+        for _ in range(100):
+            assert cache.get(sid) is None
+        assert store.loads == 1
+        assert cache.stats()["persistence"]["negative_hits"] == 99
+        clock.advance(5.1)
+        assert cache.get(sid) is None
+        assert store.loads == 2
+        cache.set(sid, {"now": "known"})
+        cache.clear()
+        assert cache.get(sid) == {"now": "known"}
+
+
+def test_negative_cache_is_bounded(store: RecordingStore, clock: FakeClock) -> None:
+    with make_cache(store, clock, PersistConfig(negative_max=10)) as cache:
+        sids = [new_id() for _ in range(30)]
+        for sid in sids:
+            cache.get(sid)
+        assert cache.stats()["persistence"]["negative"] == 10
+        cache.get(sids[0])
+        assert store.loads == 31
+
+
+def test_malformed_ids_never_reach_the_store(store: RecordingStore, clock: FakeClock) -> None:
+    with make_cache(store, clock) as cache:
+        for bad in ("", "short", "x" * 43 + "!", "ü" * 43):
+            assert cache.get(bad) is None
+        assert store.loads == 0
+
+
+def test_write_through_outage_raises_and_retries(
+    store: RecordingStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = PersistConfig(mode="write_through", retry_min=0.01, retry_max=0.02)
+    with SessionCache(store=store, persistence=config) as cache:
+        sid = new_id()
+        store.down = True
+        with pytest.raises(StoreUnavailable):
+            cache.set(sid, {"a": 1})
+        assert cache.get(sid) == {"a": 1}
+        stats = cache.stats()["persistence"]
+        assert stats["write_errors"] >= 1 and stats["queued"] == 1
+        assert "failing" in caplog.text
+        store.down = False
+        wait_until(lambda: store.load(sid) is not None)
+        wait_until(lambda: cache.stats()["persistence"]["queued"] == 0)
+        assert "is back" in caplog.text
+
+
+def test_write_behind_outage_loses_nothing(store: RecordingStore) -> None:
+    config = PersistConfig(flush_interval=0.005, retry_min=0.01, retry_max=0.05)
+    with SessionCache(store=store, persistence=config) as cache:
+        store.down = True
+        sids = [new_id() for _ in range(200)]
+        for i, sid in enumerate(sids):
+            cache.set(sid, {"i": i})
+        wait_until(lambda: cache.stats()["persistence"]["write_errors"] >= 2)
+        assert all(cache.get(sid) is not None for sid in sids)
+        store.down = False
+        wait_until(lambda: all(store.load(s) is not None for s in sids))
+
+
+def test_touches_are_written_behind_and_never_fail_reads(store: RecordingStore, clock: FakeClock) -> None:
+    config = PersistConfig(mode="write_through", flush_interval=3600.0)
+    with make_cache(store, clock, config, touch_interval=10) as cache:
+        sid = new_id()
+        record = cache.set(sid, {"a": 1})
+        store.down = True
+        clock.advance(11)
+        assert cache.get(sid) == {"a": 1}
+        assert cache.touch(sid)
+        store.down = False
+        assert cache.persistence is not None and cache.persistence.flush() == 1
+        stored = store.load(sid)
+        assert stored is not None and stored.version == record.version and stored.accessed > record.accessed
+
+
+def test_read_error_raises_or_misses(store: RecordingStore, clock: FakeClock, tmp_path: Path) -> None:
+    sid = new_id()
+    with make_cache(store, clock) as cache:
+        store.down = True
+        with pytest.raises(StoreUnavailable):
+            cache.get(sid)
+        assert cache.stats()["persistence"]["read_errors"] == 1
+        store.down = False
+    other = RecordingStore(tmp_path / "other.jsonl")
+    with make_cache(other, clock, PersistConfig(on_read_error="miss")) as cache:
+        other.down = True
+        assert cache.get(sid) is None
+        other.down = False
+
+
+def test_touch_reads_through(store: RecordingStore, clock: FakeClock) -> None:
+    with make_cache(store, clock, PersistConfig(mode="write_through")) as cache:
+        sid = new_id()
+        cache.set(sid, {})
+        cache.clear()
+        assert cache.touch(sid)
+        assert sid in cache
+        assert not cache.touch(new_id())
+
+
+def test_close_gives_up_after_timeout(store: RecordingStore, caplog: pytest.LogCaptureFixture) -> None:
+    config = PersistConfig(flush_interval=3600.0, close_timeout=0.05, retry_min=0.01, retry_max=0.01)
+    cache = SessionCache(store=store, persistence=config)
+    cache.set(new_id(), {})
+    store.down = True
+    with caplog.at_level(logging.ERROR):
+        cache.close()
+    assert cache.stats()["persistence"]["lost"] == 1
+    assert "lost" in caplog.text
+
+
+def test_prune_interval_purges_the_store(store: RecordingStore) -> None:
+    config = PersistConfig(flush_interval=0.01, prune_interval=0.01)
+    with SessionCache(store=store, persistence=config):
+        wait_until(lambda: store.purges >= 2)
+
+
+def test_concurrent_requests(store: RecordingStore) -> None:
+    sids = [new_id() for _ in range(40)]
+    config = PersistConfig(flush_interval=0.002, flush_records=16)
+    with SessionCache(store=store, persistence=config, maxsize=8) as cache:
+        def worker(offset: int) -> None:
+            for round_ in range(50):
+                sid = sids[(offset + round_) % len(sids)]
+                cache.set(sid, {"by": offset, "round": round_})
+                cache.get(sids[(offset * 7 + round_) % len(sids)])
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert cache.persistence is not None
+        cache.persistence.flush()
+        for sid in sids:
+            assert cache.get(sid) == store.load(sid).data  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"mode": "sometimes"},
+        {"flush_interval": 0},
+        {"flush_records": 0},
+        {"negative_ttl": -1},
+        {"retry_min": 2.0, "retry_max": 1.0},
+        {"prune_interval": float("inf")},
+        {"on_read_error": "ignore"},
+    ],
+)
+def test_bad_options(options: dict) -> None:
+    with pytest.raises(ConfigError):
+        PersistConfig(**options)
+
+
+def test_store_must_implement_the_protocol() -> None:
+    with pytest.raises(ConfigError):
+        SessionCache(store=object())  # type: ignore[arg-type]
