@@ -1,0 +1,424 @@
+"""Django session engine: the checks of Django's own SessionTestsMixin, ported, plus the middleware.
+
+Django's session tests live in its source tree, not in the installed
+package, so the contract checks that apply to every backend are ported here
+(sync and async), followed by the ones that apply to server-side backends
+(``save(must_create)``, ``UpdateError``, ``clearsessions``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import django
+import pytest
+from django.conf import settings
+
+if not settings.configured:
+    settings.configure(
+        SECRET_KEY="django-test-secret",
+        INSTALLED_APPS=["django.contrib.sessions"],
+        MIDDLEWARE=["django.contrib.sessions.middleware.SessionMiddleware"],
+        SESSION_ENGINE="memsession.contrib.django",
+        ROOT_URLCONF=__name__,
+        DATABASES={},
+        USE_TZ=True,
+        MEMSESSION={"maxsize": 1000, "max_age": 3600},
+    )
+    django.setup()
+
+from django.contrib.sessions.backends.base import CreateError, UpdateError  # noqa: E402
+from django.core import management  # noqa: E402
+from django.http import HttpResponse, JsonResponse  # noqa: E402
+from django.test import Client, override_settings  # noqa: E402
+from django.urls import path  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+from memsession import SessionCache, is_valid_sid  # noqa: E402
+from memsession.contrib import django as backend  # noqa: E402
+from memsession.contrib.django import SessionStore, get_cache, set_cache  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    previous = set_cache(None)
+    yield
+    set_cache(previous)
+
+
+@pytest.fixture
+def session() -> SessionStore:
+    return SessionStore()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# -- SessionTestsMixin, ported ----------------------------------------------------------
+
+
+class TestSessionContract:
+    def test_new_session(self, session) -> None:
+        assert session.modified is False and session.accessed is False
+
+    def test_get_empty(self, session) -> None:
+        assert session.get("cat") is None
+
+    def test_store(self, session) -> None:
+        session["cat"] = "dog"
+        assert session.modified is True
+        assert session.pop("cat") == "dog"
+
+    def test_pop(self, session) -> None:
+        session["some key"] = "exists"
+        session.accessed = session.modified = False
+        assert session.pop("some key") == "exists"
+        assert session.accessed is True and session.modified is True
+        assert session.get("some key") is None
+
+    def test_pop_default(self, session) -> None:
+        assert session.pop("some key", "does not exist") == "does not exist"
+        assert session.accessed is True and session.modified is False
+
+    def test_pop_no_default_keyerror_raised(self, session) -> None:
+        with pytest.raises(KeyError):
+            session.pop("some key")
+
+    def test_setdefault(self, session) -> None:
+        assert session.setdefault("foo", "bar") == "bar"
+        assert session.setdefault("foo", "baz") == "bar"
+        assert session.accessed is True and session.modified is True
+
+    def test_update(self, session) -> None:
+        session.update({"update key": 1})
+        assert session.accessed is True and session.modified is True
+        assert session.get("update key") == 1
+
+    def test_has_key_keys_values_items(self, session) -> None:
+        session["x"] = 1
+        session.modified = session.accessed = False
+        assert "x" in session and list(session.keys()) == ["x"]
+        assert list(session.values()) == [1] and list(session.items()) == [("x", 1)]
+        assert session.accessed is True and session.modified is False
+
+    def test_clear(self, session) -> None:
+        session["x"] = 1
+        session.modified = session.accessed = False
+        session.clear()
+        assert list(session.items()) == []
+        assert session.accessed is True and session.modified is True
+
+    def test_save(self, session) -> None:
+        session.save()
+        assert session.exists(session.session_key) is True
+
+    def test_delete(self, session) -> None:
+        session.save()
+        session.delete(session.session_key)
+        assert session.exists(session.session_key) is False
+
+    def test_flush(self, session) -> None:
+        session["foo"] = "bar"
+        session.save()
+        prev_key = session.session_key
+        session.flush()
+        assert session.exists(prev_key) is False
+        assert session.session_key != prev_key and session.session_key is None
+        assert session.modified is True and session.accessed is True
+
+    def test_cycle(self, session) -> None:
+        session["a"], session["b"] = "c", "d"
+        session.save()
+        prev_key = session.session_key
+        prev_data = list(session.items())
+        session.cycle_key()
+        assert session.exists(prev_key) is False
+        assert session.session_key != prev_key
+        assert list(session.items()) == prev_data
+
+    def test_cycle_with_no_session_cache(self, session) -> None:
+        session["a"], session["b"] = "c", "d"
+        session.save()
+        prev_data = session.items()
+        session = SessionStore(session.session_key)
+        assert not hasattr(session, "_session_cache")
+        session.cycle_key()
+        assert sorted(session.items()) == sorted(prev_data)
+
+    def test_save_doesnt_clear_data(self, session) -> None:
+        session["a"] = "b"
+        session.save()
+        assert session["a"] == "b"
+
+    def test_invalid_key(self) -> None:
+        session = SessionStore("1")
+        session.save()
+        assert session.session_key != "1"
+        assert session.get("cat") is None
+        session.delete()
+        session.delete("1")
+
+    def test_session_key_validation(self, session) -> None:
+        session._session_key = ""
+        assert session.session_key is None
+        session._session_key = "1234567"
+        assert session.session_key is None
+        session._session_key = "12345678"
+        assert session.session_key == "12345678"
+
+    def test_session_key_is_read_only(self, session) -> None:
+        with pytest.raises(AttributeError):
+            session.session_key = session._get_new_session_key()
+
+    def test_new_keys_are_memsession_ids(self, session) -> None:
+        session["x"] = 1
+        session.save()
+        assert is_valid_sid(session.session_key)
+
+    def test_default_expiry(self, session) -> None:
+        assert session.get_expiry_age() == settings.SESSION_COOKIE_AGE
+        session.set_expiry(0)
+        assert session.get_expiry_age() == settings.SESSION_COOKIE_AGE
+
+    def test_custom_expiry_seconds(self, session) -> None:
+        modification = timezone.now()
+        session.set_expiry(10)
+        assert session.get_expiry_date(modification=modification) == modification + timedelta(seconds=10)
+        assert session.get_expiry_age(modification=modification) == 10
+
+    def test_custom_expiry_datetime(self, session) -> None:
+        modification = timezone.now()
+        session.set_expiry(modification + timedelta(seconds=10))
+        assert session.get_expiry_date(modification=modification) == modification + timedelta(seconds=10)
+        assert session.get_expiry_age(modification=modification) == 10
+
+    def test_custom_expiry_reset(self, session) -> None:
+        session.set_expiry(None)
+        session.set_expiry(10)
+        session.set_expiry(None)
+        assert session.get_expiry_age() == settings.SESSION_COOKIE_AGE
+
+    def test_get_expire_at_browser_close(self, session) -> None:
+        for at_close, expected in ((False, (False, True, False)), (True, (False, True, True))):
+            with override_settings(SESSION_EXPIRE_AT_BROWSER_CLOSE=at_close):
+                results = []
+                for value in (10, 0, None):
+                    session.set_expiry(value)
+                    results.append(session.get_expire_at_browser_close())
+                assert tuple(results) == expected
+
+    def test_decode(self, session) -> None:
+        data = {"a test key": "a test value"}
+        assert session.decode(session.encode(data)) == data
+
+    def test_actual_expiry(self, session) -> None:
+        session["foo"] = "bar"
+        session.set_expiry(-timedelta(seconds=10))
+        session.save()
+        old_key = session.session_key
+        new_session = SessionStore(old_key)
+        assert "foo" not in new_session
+        assert new_session.session_key is None
+        assert session.exists(old_key) is False
+
+    def test_session_load_does_not_create_record(self) -> None:
+        session = SessionStore("someunknownkey")
+        session.load()
+        assert session.session_key is None
+        assert session.exists(session.session_key) is False
+        session.delete()
+
+    def test_session_save_does_not_resurrect_session_logged_out_in_other_context(self) -> None:
+        s1 = SessionStore()
+        s1["test_data"] = "value1"
+        s1.save(must_create=True)
+        s2 = SessionStore(s1.session_key)
+        s2.delete()
+        s1["test_data"] = "value2"
+        with pytest.raises(UpdateError):
+            s1.save()
+        assert s1.exists(s1.session_key) is False
+
+    def test_must_create_refuses_an_existing_key(self, session) -> None:
+        session["a"] = 1
+        session.save()
+        other = SessionStore(session.session_key)
+        other["b"] = 2
+        with pytest.raises(CreateError):
+            other.save(must_create=True)
+
+    def test_an_unknown_key_is_never_adopted(self) -> None:
+        session = SessionStore("a" * 43)
+        session["x"] = 1
+        session.save()
+        assert session.session_key != "a" * 43 and session.exists("a" * 43) is False
+
+
+class TestSessionContractAsync:
+    def test_store_and_load(self, session) -> None:
+        async def scenario():
+            await session.aset("cat", "dog")
+            assert session.modified is True
+            await session.asave()
+            other = SessionStore(session.session_key)
+            assert await other.aget("cat") == "dog"
+            assert await other.aexists(session.session_key) is True
+
+        run(scenario())
+
+    def test_cycle_flush_delete(self, session) -> None:
+        async def scenario():
+            await session.aset("a", "c")
+            await session.asave()
+            prev_key = session.session_key
+            await session.acycle_key()
+            assert session.session_key != prev_key
+            assert await session.aexists(prev_key) is False
+            assert list(await session.aitems()) == [("a", "c")]
+            key = session.session_key
+            await session.asave()
+            await session.aflush()
+            assert await session.aexists(key) is False and session.session_key is None
+
+        run(scenario())
+
+    def test_asave_does_not_resurrect(self) -> None:
+        async def scenario():
+            s1 = SessionStore()
+            await s1.aset("test_data", "value1")
+            await s1.asave(must_create=True)
+            s2 = SessionStore(s1.session_key)
+            await s2.adelete()
+            await s1.aset("test_data", "value2")
+            with pytest.raises(UpdateError):
+                await s1.asave()
+
+        run(scenario())
+
+    def test_actual_expiry(self, session) -> None:
+        async def scenario():
+            await session.aset("foo", "bar")
+            await session.aset_expiry(-timedelta(seconds=10))
+            await session.asave()
+            new_session = SessionStore(session.session_key)
+            assert not await new_session.ahas_key("foo")
+
+        run(scenario())
+
+    def test_aclear_expired(self) -> None:
+        run(SessionStore.aclear_expired())
+
+
+# -- beyond Django's own backends ---------------------------------------------------------
+
+
+def test_overlapping_saves_of_different_keys_both_survive(session) -> None:
+    session["user"] = "ada"
+    session.save()
+    first, second = SessionStore(session.session_key), SessionStore(session.session_key)
+    first["a"] = first.get("a", 0) + 1
+    second["b"] = 2
+    del second["user"]
+    first.save()
+    second.save()
+    assert dict(SessionStore(session.session_key).items()) == {"a": 1, "b": 2}
+
+
+def test_settings_translate_into_the_cache() -> None:
+    cache = get_cache()
+    assert cache.config.maxsize == 1000 and cache.config.max_age == 3600
+    assert cache.config.idle_timeout == settings.SESSION_COOKIE_AGE
+
+
+def test_bad_memsession_setting_fails() -> None:
+    from memsession import ConfigError
+
+    with override_settings(MEMSESSION={"maxsize": 0}):
+        with pytest.raises(ConfigError):
+            SessionStore()
+    with override_settings(MEMSESSION={"nonsense": 1}):
+        with pytest.raises(ConfigError):
+            SessionStore()
+
+
+def test_set_cache_installs_another_cache() -> None:
+    cache = SessionCache(maxsize=5)
+    set_cache(cache)
+    session = SessionStore()
+    session["x"] = 1
+    session.save()
+    assert session.session_key in cache
+
+
+def test_clearsessions_command(session) -> None:
+    session["foo"] = "bar"
+    session.set_expiry(3600)
+    session.save()
+    past = SessionStore()
+    past["foo"] = "bar"
+    past.set_expiry(-3600)
+    past.save()
+    cache = get_cache()
+    assert cache.length() == 2
+    management.call_command("clearsessions")
+    assert cache.length() == 1 and session.session_key in cache
+
+
+# -- through Django's SessionMiddleware ---------------------------------------------------
+
+
+def login_view(request):
+    request.session.cycle_key()
+    request.session["user"] = request.GET["user"]
+    return HttpResponse("ok")
+
+
+def me_view(request):
+    return JsonResponse(dict(request.session.items()))
+
+
+def add_view(request):
+    request.session[request.GET["key"]] = 1
+    return HttpResponse("ok")
+
+
+def logout_view(request):
+    request.session.flush()
+    return HttpResponse("ok")
+
+
+urlpatterns = [
+    path("login", login_view),
+    path("me", me_view),
+    path("add", add_view),
+    path("logout", logout_view),
+]
+
+
+def test_middleware_login_read_logout() -> None:
+    client = Client()
+    response = client.get("/me")
+    assert response.json() == {} and "sessionid" not in response.cookies
+    response = client.get("/login?user=ada")
+    morsel = response.cookies["sessionid"]
+    assert morsel["httponly"] and morsel["samesite"] == "Lax" and is_valid_sid(morsel.value)
+    assert client.get("/me").json() == {"user": "ada"}
+    old = morsel.value
+    client.get("/logout")
+    assert client.get("/me").json() == {}
+    client.cookies["sessionid"] = old  # replayed after logout
+    assert client.get("/me").json() == {}
+
+
+def test_middleware_with_an_unknown_key_gives_a_fresh_session() -> None:
+    client = Client()
+    client.cookies["sessionid"] = "x" * 43
+    assert client.get("/me").json() == {}
+    response = client.get("/add?key=k")
+    assert response.cookies["sessionid"].value != "x" * 43
+
+
+def test_module_exposes_a_session_engine() -> None:
+    assert backend.SessionStore is SessionStore
