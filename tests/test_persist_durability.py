@@ -1,0 +1,233 @@
+"""What each write mode promises, checked against a real PostgreSQL and real crashes.
+
+- a PostgreSQL restart in the middle of a run: reads memory can serve keep
+  working, write-behind loses nothing, write-through works again at once;
+- a writer killed with SIGKILL: every write-through ``set()`` that returned
+  is in the table; a JSON snapshot is never left half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import psycopg
+import pytest
+
+from memsession import SessionCache
+from memsession.errors import StoreUnavailable
+from memsession.session import new_id
+from persist.jsonfile import read_snapshot
+from persist.postgres import PostgresStore
+from persist.writer import PersistConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def stored(url: str) -> dict[str, str]:
+    with psycopg.connect(url) as conn:
+        return dict(conn.execute('SELECT sid, sess::text FROM "memsession"').fetchall())
+
+
+def test_postgres_restart_mid_run(postgres_server, postgres_url: str) -> None:
+    # A short pool timeout, so the writer sees the outage rather than waiting it out.
+    behind = SessionCache(
+        store=PostgresStore(postgres_url, create_table=True, timeout=0.1),
+        persistence=PersistConfig(flush_interval=0.01, retry_min=0.05, retry_max=0.25),
+    )
+    through = SessionCache(
+        store=PostgresStore(postgres_url, create_table=True, timeout=1.0),
+        persistence=PersistConfig(mode="write_through"),
+    )
+    try:
+        early = new_id()
+        through.set(early, {"early": True})
+        written: dict[str, int] = {}
+        restart_error: list[BaseException] = []
+
+        def restart() -> None:
+            try:
+                postgres_server.restart()
+            except BaseException as exc:  # reported below
+                restart_error.append(exc)
+
+        restarter = threading.Thread(target=restart)
+        restarter.start()
+        i = 0
+        while restarter.is_alive() or i < 50:
+            sid = new_id()
+            behind.set(sid, {"i": i})
+            written[sid] = i
+            assert through.get(early) == {"early": True}
+            i += 1
+            time.sleep(0.001)
+        restarter.join()
+        assert not restart_error, restart_error
+        assert behind.stats()["persistence"]["write_errors"] >= 1, "the outage was never seen"
+
+        after = new_id()
+        through.set(after, {"after": True})
+        assert after in stored(postgres_url)
+
+        wait_until(lambda: behind.stats()["persistence"]["queued"] == 0)
+        rows = stored(postgres_url)
+        missing = [sid for sid in written if sid not in rows]
+        assert not missing, f"{len(missing)} of {len(written)} write-behind sessions lost"
+        assert all(rows[sid] == '{"i":%d}' % n for sid, n in written.items())
+    finally:
+        behind.close()
+        through.close()
+
+
+def test_write_through_during_outage_raises_then_recovers(postgres_server, postgres_url: str) -> None:
+    cache = SessionCache(
+        store=PostgresStore(postgres_url, create_table=True, timeout=0.1),
+        persistence=PersistConfig(mode="write_through", retry_min=0.05, retry_max=0.2),
+    )
+    try:
+        known = new_id()
+        cache.set(known, {"a": 1})
+        failed: list[str] = []
+        done = threading.Event()
+
+        def writer() -> None:
+            while not done.is_set():
+                sid = new_id()
+                try:
+                    cache.set(sid, {"late": True})
+                except StoreUnavailable:
+                    failed.append(sid)
+                time.sleep(0.002)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            postgres_server.restart()
+        finally:
+            done.set()
+            thread.join()
+        assert cache.get(known) == {"a": 1}
+        assert failed, "the outage was never seen"
+        # Refused while down: kept in memory, and written once the server was back.
+        assert all(cache.get(sid) == {"late": True} for sid in failed)
+        wait_until(lambda: cache.stats()["persistence"]["queued"] == 0)
+        rows = stored(postgres_url)
+        assert all(sid in rows for sid in failed)
+    finally:
+        cache.close()
+
+
+CHILD_PG = textwrap.dedent(
+    """
+    import sys
+    from memsession import SessionCache
+    from memsession.session import new_id
+    from persist.postgres import PostgresStore
+    from persist.writer import PersistConfig
+
+    cache = SessionCache(
+        store=PostgresStore(sys.argv[1], create_table=True),
+        persistence=PersistConfig(mode="write_through"),
+    )
+    i = 0
+    while True:
+        sid = new_id()
+        cache.set(sid, {"i": i})
+        print(sid, i, flush=True)
+        i += 1
+    """
+)
+
+
+def test_sigkill_keeps_every_acknowledged_write_through(postgres_url: str) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD_PG, postgres_url],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        text=True,
+    )
+    acknowledged: dict[str, str] = {}
+    try:
+        assert child.stdout is not None
+        while len(acknowledged) < 300:
+            line = child.stdout.readline()
+            assert line, f"writer exited early with {child.poll()}"
+            sid, i = line.split()
+            acknowledged[sid] = i
+        os.kill(child.pid, signal.SIGKILL)
+        for line in child.stdout:
+            sid, _, i = line.strip().partition(" ")
+            if i:
+                acknowledged[sid] = i
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    rows = stored(postgres_url)
+    missing = [sid for sid in acknowledged if sid not in rows]
+    assert not missing, f"{len(missing)} acknowledged writes lost"
+    assert all(rows[sid] == '{"i":%s}' % i for sid, i in acknowledged.items())
+
+
+CHILD_JSON = textwrap.dedent(
+    """
+    import sys
+    from memsession import SessionCache
+    from memsession.session import new_id
+    from persist.jsonfile import JsonFileStore
+
+    store = JsonFileStore(sys.argv[1], save_interval=0.005)
+    cache = SessionCache(store=store)
+    i = 0
+    while True:
+        cache.set(new_id(), {"i": i, "pad": "x" * 200})
+        if i % 500 == 0:
+            cache.persistence.flush()
+            print(store.snapshot(), flush=True)
+        i += 1
+    """
+)
+
+
+def test_sigkill_never_leaves_a_damaged_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.jsonl"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD_JSON, str(path)], stdout=subprocess.PIPE, cwd=ROOT, text=True
+    )
+    try:
+        assert child.stdout is not None
+        snapshots = 0
+        while snapshots < 6:
+            line = child.stdout.readline()
+            assert line, f"writer exited early with {child.poll()}"
+            snapshots += 1
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+    records = list(read_snapshot(str(path), 0.0))
+    assert len(records) >= 2500
+    assert all(r.data["pad"] == "x" * 200 for r in records)
+    leftovers = [p for p in os.listdir(tmp_path) if p != "sessions.jsonl"]
+    assert all(p.endswith(".tmp") for p in leftovers)
