@@ -38,7 +38,7 @@ from .config import _positive
 from .errors import BusError, ConfigError, WireError
 from .session import Record, wins
 
-__all__ = ["Hub", "HubConfig", "HubState", "default_runtime_dir", "run_hub"]
+__all__ = ["Hub", "HubConfig", "HubState", "default_runtime_dir", "query_snapshot", "query_stats", "run_hub"]
 
 log = logging.getLogger("memsession.hub")
 
@@ -520,3 +520,54 @@ class Hub:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+
+def _query(requests: str, op: str, until: str, keys: str | None, insecure: bool,
+           timeout: float) -> list[wire.Reply]:
+    import zmq
+
+    from . import security
+
+    curve = security.client_policy(HubConfig(keys=keys, insecure=insecure, publish=requests,
+                                             subscribe=requests, requests=requests), (requests,))
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.linger = 0
+        if curve is not None:
+            curve.client(sock)
+        sock.connect(requests)
+        sock.send_multipart(wire.encode_request(op, 1))
+        deadline = time.monotonic() + timeout
+        replies = []
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sock.poll(remaining * 1000, zmq.POLLIN):
+                raise BusError(f"no hub answered at {requests} within {timeout}s", endpoint=requests)
+            try:
+                reply = wire.decode_reply(sock.recv_multipart())
+            except WireError:
+                continue
+            if reply.rid == 1:
+                replies.append(reply)
+                if reply.op == until:
+                    return replies
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+def query_stats(
+    requests: str, *, keys: str | None = None, insecure: bool = False, timeout: float = 2.0
+) -> dict[str, Any]:
+    """Ask a running hub for its counters over its ROUTER; ``BusError`` if it does not answer."""
+    return _query(requests, wire.STATS, wire.STATS_REPLY, keys, insecure, timeout)[-1].body[0]
+
+
+def query_snapshot(
+    requests: str, *, keys: str | None = None, insecure: bool = False, timeout: float = 5.0
+) -> list[Record]:
+    """Every record a running hub holds (live sessions and tombstones)."""
+    replies = _query(requests, wire.SNAPSHOT, wire.END, keys, insecure, timeout)
+    return [r for reply in replies[:-1] for r in reply.body[0]]

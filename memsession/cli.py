@@ -1,0 +1,101 @@
+"""The ``memsession`` command: ``hub``, ``hub --stats``, ``keys``.
+
+Subcommands register themselves in ``COMMANDS``-style functions below so
+other ones (a sidecar, a status page) slot in next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Callable, Sequence
+
+from .errors import MemsessionError
+
+__all__ = ["build_parser", "main"]
+
+#: ``(name, help, add_arguments, run)`` for every subcommand.
+Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+
+def _hub_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime-dir", default="", help="directory for the ipc sockets (0700; default "
+                   "$XDG_RUNTIME_DIR/memsession or /tmp/memsession-UID)")
+    p.add_argument("--publish", default="", help="endpoint publishers connect to (XSUB), e.g. tcp://0.0.0.0:5561")
+    p.add_argument("--subscribe", default="", help="endpoint subscribers connect to (XPUB)")
+    p.add_argument("--requests", default="", help="endpoint for snapshots and reads (ROUTER)")
+    p.add_argument("--keys", default=None, help="CURVE keys directory (required for tcp)")
+    p.add_argument("--insecure", action="store_true", help="allow tcp without CURVE (logs a warning)")
+    p.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
+    p.add_argument("--sndhwm", type=int, default=100_000, help="per-subscriber queue, in messages")
+    p.add_argument("--stats", action="store_true", help="print a running hub's counters as JSON and exit")
+    p.add_argument("--log-level", default="INFO")
+
+
+def _hub(args: argparse.Namespace) -> int:
+    from .hub import HubConfig, query_stats, run_hub
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = HubConfig(
+        publish=args.publish, subscribe=args.subscribe, requests=args.requests,
+        runtime_dir=args.runtime_dir, keys=args.keys, insecure=args.insecure,
+        heartbeat=args.heartbeat, sndhwm=args.sndhwm,
+    )
+    if args.stats:
+        stats = query_stats(config.endpoints()[2], keys=args.keys, insecure=args.insecure)
+        print(json.dumps(stats, indent=2, sort_keys=True))
+        return 0
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    pub, sub, req = config.endpoints()
+    logging.getLogger("memsession.hub").info("publish=%s subscribe=%s requests=%s", pub, sub, req)
+    run_hub(config, stop=stop)
+    return 0
+
+
+def _keys_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("directory", help="where to write server/client key pairs and clients/")
+    p.add_argument("--force", action="store_true", help="replace existing keys")
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from .security import generate_keys
+
+    paths = generate_keys(args.directory, overwrite=args.force)
+    for name in sorted(paths):
+        print(f"{name}: {paths[name]}")
+    return 0
+
+
+COMMANDS: list[Command] = [
+    ("hub", "run a hub: XSUB/XPUB proxy, replica and snapshot server", _hub_arguments, _hub),
+    ("keys", "generate CURVE key pairs for tcp endpoints", _keys_arguments, _keys),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memsession", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text, add_arguments, run in COMMANDS:
+        p = sub.add_parser(name, help=help_text)
+        add_arguments(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except MemsessionError as exc:
+        print(f"memsession {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
