@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from typing import Iterable
+from collections.abc import Iterable
 
 from .errors import ConfigError, SignatureError
 from .session import SID_LENGTH, is_valid_sid

@@ -28,16 +28,16 @@ if not settings.configured:
     )
     django.setup()
 
-from django.contrib.sessions.backends.base import CreateError, UpdateError  # noqa: E402
-from django.core import management  # noqa: E402
-from django.http import HttpResponse, JsonResponse  # noqa: E402
-from django.test import Client, override_settings  # noqa: E402
-from django.urls import path  # noqa: E402
-from django.utils import timezone  # noqa: E402
+from django.contrib.sessions.backends.base import CreateError, UpdateError
+from django.core import management
+from django.http import HttpResponse, JsonResponse
+from django.test import Client, override_settings
+from django.urls import path
+from django.utils import timezone
 
-from memsession import SessionCache, is_valid_sid  # noqa: E402
-from memsession.contrib import django as backend  # noqa: E402
-from memsession.contrib.django import SessionStore, get_cache, set_cache  # noqa: E402
+from memsession import SessionCache, is_valid_sid
+from memsession.contrib import django as backend
+from memsession.contrib.django import SessionStore, get_cache, set_cache
 
 
 @pytest.fixture(autouse=True)
@@ -335,12 +335,10 @@ def test_settings_translate_into_the_cache() -> None:
 def test_bad_memsession_setting_fails() -> None:
     from memsession import ConfigError
 
-    with override_settings(MEMSESSION={"maxsize": 0}):
-        with pytest.raises(ConfigError):
-            SessionStore()
-    with override_settings(MEMSESSION={"nonsense": 1}):
-        with pytest.raises(ConfigError):
-            SessionStore()
+    with override_settings(MEMSESSION={"maxsize": 0}), pytest.raises(ConfigError):
+        SessionStore()
+    with override_settings(MEMSESSION={"nonsense": 1}), pytest.raises(ConfigError):
+        SessionStore()
 
 
 def test_set_cache_installs_another_cache() -> None:

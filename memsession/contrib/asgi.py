@@ -19,7 +19,8 @@ reach a store) run in a worker thread.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 import anyio.to_thread
 

@@ -26,8 +26,9 @@ import email.utils
 import logging
 import math
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from ..clock import version_wall_ms
 from ..config import Config

@@ -12,7 +12,8 @@ is being produced are not saved.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from ..session_cache import SessionCache
 from .core import Session, SessionManager, parse_cookie_header
