@@ -168,7 +168,9 @@ class HubState:
         self.epoch = epoch if epoch is not None else new_epoch(clock)
         self.limits = limits
         self.replica: dict[str, Record] = {}
-        self.tracker = SequenceTracker(strict=False)
+        # Strict: a stream first seen past seq 1 had messages the hub never got (it may have
+        # just restarted); asking that origin to resync costs one push and closes the hole.
+        self.tracker = SequenceTracker(strict=True)
         self.seq = 0
         self.started = clock.wall()
         self.counts = dict.fromkeys(

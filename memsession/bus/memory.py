@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 from .. import wire
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BusError
 from ..session import Record
 from .base import HELLO, REPAIR, RESYNC, BusConfig, ReplicaTarget, Replicator
@@ -24,10 +25,11 @@ __all__ = ["MemoryBus", "MemoryHub"]
 class MemoryHub:
     """An in-process hub: replica, snapshots and fan-out to every attached ``MemoryBus``."""
 
-    def __init__(self, *, state: Any = None) -> None:
+    def __init__(self, *, clock: Clock = SYSTEM_CLOCK, state: Any = None) -> None:
         from ..hub import HubState
 
-        self.state = state if state is not None else HubState()
+        self.clock = clock
+        self.state = state if state is not None else HubState(clock=clock)
         self.buses: list[MemoryBus] = []
         self.cut: set[int] = set()
         self._lock = threading.RLock()
@@ -64,7 +66,7 @@ class MemoryHub:
         from ..hub import HubState
 
         with self._lock:
-            self.state = HubState()
+            self.state = HubState(clock=self.clock)
 
     def partition(self, bus: MemoryBus) -> None:
         self.cut.add(id(bus))
@@ -89,7 +91,7 @@ class MemoryBus:
         if self._cache is not None:
             raise BusError("bus is already attached")
         self._cache = cache
-        self.replicator = Replicator(cache, self.config)
+        self.replicator = Replicator(cache, self.config, clock=getattr(cache, "clock", SYSTEM_CLOCK))
         with self.hub._lock:
             self.hub.buses.append(self)
             self.hub.deliver(self.replicator.hello(), self)

@@ -30,6 +30,7 @@ from collections import deque
 from typing import Any
 
 from .. import security, wire
+from ..clock import SYSTEM_CLOCK
 from ..errors import BusError, ConfigError, WireError
 from ..session import Record
 from .base import HELLO, REPAIR, RESYNC, BusConfig, ReplicaTarget, Replicator
@@ -143,7 +144,7 @@ class ZmqBus:
             raise BusError("bus is not attached to a cache")
         self._pid = os.getpid()
         self._ctx = zmq.Context()
-        self.replicator = Replicator(self._cache, self.config)
+        self.replicator = Replicator(self._cache, self.config, clock=getattr(self._cache, "clock", SYSTEM_CLOCK))
         self._stop = threading.Event()
         self._joined = threading.Event()
         self._threads = [

@@ -1,0 +1,273 @@
+"""Replication semantics through the in-memory twin (same frames and protocol objects as ZeroMQ)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memsession import SessionCache, wire
+from memsession.bus import BusConfig, MemoryBus, MemoryHub
+from memsession.bus.base import is_touch
+from memsession.errors import ConfigError, SessionDestroyed
+from memsession.session import Record, new_id
+from memsession.testing import FakeClock
+
+
+def state(records: list[Record]) -> dict[str, Any]:
+    return {r.key: (r.version, r.origin, r.deleted, r.data) for r in records}
+
+
+def hub_state(hub: MemoryHub) -> dict[str, Any]:
+    return state(list(hub.state.replica.values()))
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def hub(clock):
+    return MemoryHub(clock=clock)
+
+
+def cache(hub: MemoryHub, clock: FakeClock, **options: Any) -> SessionCache:
+    bus_options = {k: options.pop(k) for k in list(options) if k in ("mode",)}
+    return SessionCache(clock=clock, bus=MemoryBus(hub, **bus_options), **options)
+
+
+def test_sets_and_destroys_reach_every_replica_and_the_hub(hub, clock):
+    a, b, c = (cache(hub, clock) for _ in range(3))
+    sid = new_id()
+    a.set(sid, {"n": 1})
+    assert b.get(sid) == {"n": 1} and c.get(sid) == {"n": 1}
+    b.set(sid, {"n": 2})
+    assert a.get(sid) == {"n": 2}
+    c.destroy(sid)
+    assert a.get(sid) is None and b.get(sid) is None
+    with pytest.raises(SessionDestroyed):
+        a.set(sid, {"n": 3})
+    assert hub.state.replica[sid].deleted
+    assert state(a.records()) == state(b.records()) == state(c.records()) == hub_state(hub)
+
+
+def test_a_late_update_never_undoes_a_destroy(hub, clock):
+    a, b = cache(hub, clock), cache(hub, clock)
+    sid = new_id()
+    old = a.set(sid, {"n": 1})
+    b.destroy(sid)
+    late = Record(sid, {"n": 9}, old.version + 10**9, 12345, old.created, old.accessed, old.expires + 100)
+    b.bus.receive(wire.encode_set(late, 12345, 1, 1, 0))
+    hub.deliver(wire.encode_set(late, 12345, 1, 2, 0))
+    assert a.get(sid) is None and b.get(sid) is None and hub.state.replica[sid].deleted
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3)), min_size=2, max_size=12))
+def test_concurrent_writes_converge_whatever_the_delivery_order(writes):
+    """Each replica receives the same writes in its own order; all end on the same winner."""
+    clock = FakeClock()
+    sid = new_id()
+    records = []
+    used = set()
+    for i, (writer, tick) in enumerate(writes):
+        clock.advance(tick * 0.0005)
+        if (int(clock.wall() * 1000), tick, writer) in used:
+            continue  # a writer never issues the same version twice
+        used.add((int(clock.wall() * 1000), tick, writer))
+        records.append(Record(sid, {"w": writer, "i": i}, (int(clock.wall() * 1000) << 16) + tick,
+                              writer + 1, clock.wall(), clock.wall(), clock.wall() + 3600))
+    replicas = [SessionCache(clock=clock) for _ in range(3)]
+    orders = [records, list(reversed(records)), records[1::2] + records[::2]]
+    for replica, order in zip(replicas, orders):
+        for r in order:
+            replica.apply(r)
+    winner = max(records, key=lambda r: (r.version, r.origin))
+    assert all(r.record(sid).data == winner.data for r in replicas)
+
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["set", "get", "destroy", "cut", "heal", "advance"]),
+        st.integers(0, 2),  # which replica
+        st.integers(0, 4),  # which session
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops)
+def test_replicas_converge_after_partitions_heal(steps):
+    clock = FakeClock()
+    hub = MemoryHub(clock=clock)
+    caches = [SessionCache(clock=clock, bus=MemoryBus(hub), touch_interval=5) for _ in range(3)]
+    sids = [new_id() for _ in range(5)]
+    for step, (op, who, which) in enumerate(steps):
+        c, sid = caches[who], sids[which]
+        if op == "set":
+            try:
+                c.set(sid, {"step": step, "by": who})
+            except SessionDestroyed:
+                pass
+        elif op == "get":
+            c.get(sid)
+        elif op == "destroy":
+            c.destroy(sid)
+        elif op == "cut":
+            hub.partition(c.bus)
+        elif op == "heal":
+            hub.heal(c.bus)
+        else:
+            clock.advance(3)
+    for c in caches:
+        hub.heal(c.bus)
+    hub.beat()
+    hub.beat()
+    expected = hub_state(hub)
+    for c in caches:
+        assert state(c.records()) == expected
+
+
+def test_touches_are_coalesced_and_slide_remote_expiry(hub, clock):
+    a, b = cache(hub, clock, touch_interval=60), cache(hub, clock, touch_interval=60)
+    sid = new_id()
+    a.set(sid, {"n": 1})
+    published = a.bus.stats()["published"]
+    for _ in range(50):
+        clock.advance(1)
+        a.get(sid)
+    assert a.bus.stats()["published"] == published  # 50 reads inside the interval: no traffic
+    clock.advance(15)
+    a.get(sid)
+    assert a.bus.stats()["published"] == published + 1
+    assert b.record(sid).accessed == a.record(sid).accessed == clock.wall()
+    assert b.record(sid).version == a.record(sid).version
+    assert hub.state.replica[sid].accessed == clock.wall()
+
+
+def test_is_touch_tells_sets_from_touches(clock):
+    c = SessionCache(clock=clock, touch_interval=1)
+    sid = new_id()
+    record = c.set(sid, {})
+    assert not is_touch(record)
+    clock.advance(2)
+    c.get(sid)
+    assert is_touch(c.record(sid))
+
+
+def test_a_joining_replica_starts_from_the_hub_snapshot(hub, clock):
+    a = cache(hub, clock)
+    sids = [new_id() for _ in range(5)]
+    for i, sid in enumerate(sids):
+        a.set(sid, {"i": i})
+    a.destroy(sids[0])
+    late = cache(hub, clock)
+    assert state(late.records()) == state(a.records())
+    assert late.stats()["replication"]["repairs"] == 1
+
+
+def test_a_partitioned_replica_detects_the_gap_at_the_next_heartbeat_and_repairs(hub, clock):
+    a, b = cache(hub, clock), cache(hub, clock)
+    sid = new_id()
+    hub.partition(b.bus)
+    a.set(sid, {"missed": True})
+    hub.heal(b.bus)
+    assert b.get(sid) is None  # not yet known: nothing arrived
+    hub.beat()
+    assert b.get(sid) == {"missed": True}
+    stats = b.stats()["replication"]
+    assert stats["gaps"] == 1 and stats["repairs"] == 2
+
+
+def test_the_hub_asks_for_a_resync_when_it_lost_a_message(hub, clock):
+    a, b = cache(hub, clock), cache(hub, clock)
+    lost, later = new_id(), new_id()
+    record = a.set(lost, {"n": 1})
+    # Simulate the hub's capture queue losing message 2 of a's stream: b gets it, the hub does not.
+    record = Record(lost, {"n": 2}, record.version + 1, a.origin, record.created, record.accessed, record.expires)
+    a.apply(record)
+    b.bus.receive(a.bus.replicator.outgoing(record))
+    assert hub.state.replica[lost].data == {"n": 1}
+    a.set(later, {"n": 3})  # seq 3: the hub sees the gap, asks a to resync, a pushes, the hub relays
+    assert hub.state.replica[lost].data == {"n": 2}
+    assert hub.state.counts["resyncs_sent"] == 1 and a.bus.stats()["resyncs"] == 1
+    assert state(a.records()) == state(b.records()) == hub_state(hub)
+
+
+def test_hub_restart_new_epoch_workers_push_and_resnapshot(hub, clock):
+    a, b = cache(hub, clock), cache(hub, clock)
+    sids = [new_id() for _ in range(4)]
+    for sid in sids:
+        a.set(sid, {"by": "a"})
+    hub.restart()
+    assert hub.state.replica == {}
+    b.set(sids[0], {"by": "b"})  # made while the new hub knows nothing yet
+    hub.beat()
+    assert {sid: hub.state.replica[sid].data["by"] for sid in sids} == {
+        sids[0]: "b", sids[1]: "a", sids[2]: "a", sids[3]: "a"
+    }
+    assert state(a.records()) == state(b.records()) == hub_state(hub)
+    assert a.bus.stats()["hub_restarts"] == 1
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [b"ms1s", b"\x00garbage"],
+        [b"ms2s", b"\x90"],
+        [b"ms1s"],
+        [b"nope", b"nope"],
+        wire.encode_set(Record("k", {"a": 1}, 1, 1, 1.0, 1.0, 2.0), 1, 1, 1, 1)[:1] + [b"\x95\x01"],
+    ],
+)
+def test_bad_frames_are_dropped_counted_and_change_nothing(hub, clock, frames):
+    a = cache(hub, clock)
+    sid = new_id()
+    a.set(sid, {"n": 1})
+    before = state(a.records())
+    assert a.bus.receive(frames) == "dropped"
+    hub.deliver(frames)
+    assert state(a.records()) == before
+    assert a.stats()["replication"]["dropped"] == {"malformed": 2}  # once direct, once via the hub
+    assert hub.state.dropped == {"malformed": 1}
+
+
+def test_fetch_reads_through_the_hub(hub, clock):
+    a, b = cache(hub, clock), cache(hub, clock)
+    sid = new_id()
+    a.set(sid, {"n": 1})
+    assert b.bus.fetch(sid).data == {"n": 1}
+    assert b.bus.fetch(new_id()) is None
+
+
+def test_wait_for_returns_a_recent_enough_copy_or_none(hub, clock):
+    a, b = cache(hub, clock), cache(hub, clock)
+    sid = new_id()
+    record = a.set(sid, {"n": 1})
+    assert b.wait_for(sid, record.version, timeout=0).data == {"n": 1}
+    hub.partition(b.bus)
+    newer = a.set(sid, {"n": 2})
+    assert b.wait_for(sid, newer.version, timeout=0.01) is None  # never stale: unknown instead
+    hub.heal(b.bus)
+    assert b.wait_for(sid, newer.version, timeout=0).data == {"n": 2}  # read through the hub
+
+
+def test_bus_config_is_checked_at_construction():
+    with pytest.raises(ConfigError):
+        BusConfig(mode="sometimes")
+    with pytest.raises(ConfigError):
+        BusConfig(heartbeat=1.0, silence=0.5)
+    with pytest.raises(ConfigError):
+        BusConfig(queue_size=0)
+    with pytest.raises(ConfigError):
+        BusConfig(fault_drop_rate=1.0)
+
+
+def test_closing_the_cache_closes_the_bus(hub, clock):
+    a = cache(hub, clock)
+    a.close()
+    assert a.bus not in hub.buses

@@ -1,0 +1,222 @@
+"""The wire format: every op round-trips, and nothing but WireError comes out of bad frames."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memsession import wire
+from memsession.errors import WireError
+from memsession.session import Record, is_flat
+
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20), st.binary(max_size=20),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
+datas = st.dictionaries(st.text(max_size=10), json_values, max_size=6)
+times = st.floats(min_value=0, max_value=4e9, allow_nan=False)
+u64 = st.integers(0, 2**64 - 1)
+keys = st.text(min_size=1, max_size=64)
+
+
+@st.composite
+def records(draw, deleted=None):
+    dead = draw(st.booleans()) if deleted is None else deleted
+    data = {} if dead else draw(datas)
+    size = 0 if dead else len(msgpack.packb(data, use_bin_type=True))
+    return Record(draw(keys), data, draw(u64), draw(st.integers(1, 2**63 - 1)), draw(times), draw(times),
+                  draw(times), dead, is_flat(data), size)
+
+
+def same(a: Record, b: Record) -> bool:
+    return a == b and a.flat == b.flat and a.size == b.size
+
+
+header = st.tuples(st.integers(1, 2**63 - 1), u64, st.integers(1, 2**64 - 1), u64)
+
+
+@given(records(deleted=False), header)
+def test_set_round_trips(record, h):
+    msg = wire.decode(wire.encode_set(record, *h))
+    assert (msg.op, msg.origin, msg.epoch, msg.seq, msg.sent_us) == (wire.SET, *h)
+    assert same(msg.body, record)
+
+
+@given(records(deleted=True), header)
+def test_destroy_round_trips(record, h):
+    msg = wire.decode(wire.encode_record_message(record, *h))
+    assert msg.op == wire.DESTROY and same(msg.body, record)
+
+
+@given(records(deleted=False), header)
+def test_touch_and_invalidate_carry_key_version_origin(record, h):
+    touch = wire.decode(wire.encode_touch(record, *h))
+    assert touch.body == (record.key, record.version, record.origin, record.accessed, record.expires)
+    inval = wire.decode(wire.encode_invalidate(record, *h))
+    assert inval.body == (record.key, record.version, record.origin, False)
+
+
+@given(header, st.booleans())
+def test_heartbeats_hello_and_resync(h, hub):
+    beat = wire.decode(wire.encode_heartbeat(*h, hub=hub))
+    assert beat.op == (wire.HUB_BEAT if hub else wire.HEARTBEAT) and beat.seq == h[2] and beat.body is None
+    hello = wire.decode(wire.encode_hello(h[0], h[1], 42, h[3]))
+    assert hello.op == wire.HELLO and hello.body == 42 and hello.seq == 0
+    resync = wire.decode(wire.encode_resync(h[0], h[1], 7, h[3]))
+    assert resync.op == wire.RESYNC and resync.body == 7
+
+
+@given(st.lists(records(), max_size=5), st.integers(0, 2**32))
+def test_chunks_pushes_and_records_round_trip(batch, rid):
+    lists = [wire.record_to_list(r) for r in batch]
+    for op in (wire.CHUNK, wire.PUSH):
+        reply = wire.decode_reply(wire.encode_request(op, rid, lists))
+        assert reply.op == op and reply.rid == rid
+        assert all(same(a, b) for a, b in zip(reply.body[0], batch)) and len(reply.body[0]) == len(batch)
+    if batch:
+        got = wire.decode_reply(wire.encode_request(wire.RECORD, rid, lists[0])).body[0]
+        assert same(got, batch[0])
+    assert wire.decode_reply(wire.encode_request(wire.RECORD, rid, None)).body == (None,)
+
+
+def test_end_get_ack_stats_round_trip():
+    end = wire.decode_reply(wire.encode_request(wire.END, 3, 99, [[5, 6, 7], [8, 9, 10]], 2, 1500))
+    assert end.body == (99, {5: (6, 7), 8: (9, 10)}, 2, 1500)
+    assert wire.decode_reply(wire.encode_request(wire.GET, 4, "k")).body == ("k",)
+    assert wire.decode_reply(wire.encode_request(wire.ACK, 5, 12)).body == (12,)
+    assert wire.decode_reply(wire.encode_request(wire.SNAPSHOT, 6)).body == ()
+    assert wire.decode_reply(wire.encode_request(wire.STATS_REPLY, 7, {"a": 1})).body == ({"a": 1},)
+
+
+def test_tuples_come_back_as_lists_and_nested_data_is_not_flat():
+    record = Record("k", {"t": [1, 2], "d": {"x": None}}, 5, 1, 1.0, 1.0, 2.0, False, False, 0)
+    body = wire.decode(wire.encode_set(record, 1, 1, 1, 1)).body
+    assert body.data == {"t": [1, 2], "d": {"x": None}} and body.flat is False
+
+
+# -- what must be refused -------------------------------------------------------------------
+
+GOOD = Record("key", {"a": 1}, 10, 2, 1.0, 1.0, 5.0, False, True, 0)
+
+
+def bad(frames, limits=wire.DEFAULT_LIMITS):
+    with pytest.raises(WireError):
+        wire.decode(frames, limits)
+
+
+def test_wrong_frame_counts_and_types():
+    topic, payload = wire.encode_set(GOOD, 1, 1, 1, 1)
+    bad([topic])
+    bad([topic, payload, b""])
+    bad([])
+    bad(["ms1s", payload])
+
+
+def test_other_protocol_version_or_unknown_op():
+    _, payload = wire.encode_set(GOOD, 1, 1, 1, 1)
+    bad([b"ms2s", payload])
+    bad([b"ms1?", payload])
+    bad([b"xx", payload])
+
+
+def test_truncated_payloads_are_refused():
+    topic, payload = wire.encode_set(GOOD, 1, 1, 1, 1)
+    for cut in range(len(payload)):
+        bad([topic, payload[:cut]])
+
+
+def test_oversized_frames_and_data_are_refused():
+    big = Record("key", {"a": "x" * 5000}, 10, 2, 1.0, 1.0, 5.0, False, True, 0)
+    frames = wire.encode_set(big, 1, 1, 1, 1)
+    bad(frames, wire.Limits(max_frame=1000))
+    bad(frames, wire.Limits(max_data=1000))
+    long_key = Record("k" * 300, {}, 10, 2, 1.0, 1.0, 5.0, False, True, 0)
+    bad(wire.encode_set(long_key, 1, 1, 1, 1))
+
+
+def pack(*items):
+    return msgpack.packb(list(items), use_bin_type=True)
+
+
+DATA = msgpack.packb({"a": 1})
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pack(1, 1, 0, 1, "key", 10, 2, 1.0, 1.0, 5.0, DATA),  # data message without a seq
+        pack(1, 1, 1, 1, "key", -10, 2, 1.0, 1.0, 5.0, DATA),  # negative version
+        pack(1, 1, 1, 1, "key", 10, 2, "1.0", 1.0, 5.0, DATA),  # time as str
+        pack(1, 1, 1, 1, "key", 10, 2, float("nan"), 1.0, 5.0, DATA),  # NaN time
+        pack(1, 1, 1, 1, 5, 10, 2, 1.0, 1.0, 5.0, DATA),  # key not str
+        pack(1, 1, 1, 1, "", 10, 2, 1.0, 1.0, 5.0, DATA),  # empty key
+        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, {"a": 1}),  # data not bin
+        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb([1])),  # data not a map
+        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, b"\xc1"),  # data undecodable
+        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": float("inf")})),
+        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": {"b": float("nan")}})),
+        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({1: 2}, strict_types=False)),
+        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": msgpack.ExtType(1, b"x")})),
+        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0),  # too few fields
+        pack(1, 1, 1),  # truncated header
+        msgpack.packb({"not": "an array"}),
+        msgpack.packb(msgpack.ExtType(5, b"pickle-ish")),
+        b"\x93\x01",  # array header promising more than there is
+    ],
+)
+def test_malformed_set_payloads_are_refused(payload):
+    bad([b"ms1s", payload])
+
+
+def test_deeply_nested_data_is_refused():
+    nested: object = 1
+    for _ in range(40):
+        nested = [nested]
+    bad([b"ms1s", pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": nested}))])
+
+
+def test_bad_requests_are_refused():
+    for frames in (
+        [b"ms1S", pack()],
+        [b"ms1S", pack("rid")],
+        [b"ms1E", pack(1, 2, [[1, 2]], 0, 0)],
+        [b"ms1C", pack(1, [[1, 2, 3]])],
+        [b"ms1R", pack(1, ["k", 1, 1, 1.0, 1.0, 1.0, "yes", b"\x80"])],
+        [b"ms1s", pack(1)],
+    ):
+        with pytest.raises(WireError):
+            wire.decode_reply(frames)
+    with pytest.raises(WireError):
+        wire.decode_reply([b"ms1C", pack(1, [wire.record_to_list(GOOD)] * 3)], wire.Limits(max_records=2))
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=4), st.binary(max_size=200))
+def test_random_frames_raise_only_wire_error(topic, payload):
+    for decoder in (wire.decode, wire.decode_reply):
+        try:
+            decoder([wire.PROTOCOL + topic[:1], payload])
+            decoder([topic, payload])
+        except WireError:
+            pass
+
+
+@settings(max_examples=300)
+@given(records(), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4))
+def test_mutated_frames_raise_only_wire_error_or_decode_cleanly(record, flips):
+    topic, payload = wire.encode_record_message(record, 1, 2, 3, 4)
+    mutated = bytearray(payload)
+    for pos, value in flips:
+        mutated[pos % len(mutated)] = value
+    try:
+        msg = wire.decode([topic, bytes(mutated)])
+    except WireError:
+        return
+    assert isinstance(msg.body, Record) and isinstance(msg.body.data, dict)
