@@ -16,7 +16,8 @@ import secrets
 import sys
 import time
 import tracemalloc
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from cachetools import LRUCache, TTLCache
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 
 def ns_per_op(run: Callable[[Sequence[object]], None], keys: Sequence[object], repeat: int = 5) -> float:

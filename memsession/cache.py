@@ -30,7 +30,8 @@ from __future__ import annotations
 import heapq
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Iterator, NamedTuple, TypeVar
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, NamedTuple, TypeVar
 
 from cachetools import Cache
 
@@ -60,7 +61,7 @@ class Eviction(NamedTuple):
 class _Node:
     """Per-entry value and timing; ``prev``/``next`` chain entries by max-age deadline."""
 
-    __slots__ = ("key", "value", "deadline", "expires", "prev", "next")
+    __slots__ = ("deadline", "expires", "key", "next", "prev", "value")
 
     def __init__(self, key: Any, value: Any, deadline: float, expires: float) -> None:
         self.key = key
@@ -127,7 +128,7 @@ class ExpiringLRUCache(Cache):
             if now >= node.expires:
                 return self.__missing__(key)
             end = now + self.__idle_or_inf
-            node.expires = end if end < node.deadline else node.deadline
+            node.expires = min(node.deadline, end)
             self.__newest_access = now
         self.__nodes.move_to_end(key)
         return node.value
@@ -143,9 +144,8 @@ class ExpiringLRUCache(Cache):
             return default
         if self.__timed:
             end = now + self.__idle_or_inf
-            node.expires = end if end < node.deadline else node.deadline
-            if now > self.__newest_access:
-                self.__newest_access = now
+            node.expires = min(node.deadline, end)
+            self.__newest_access = max(self.__newest_access, now)
         self.__nodes.move_to_end(key)
         return node.value
 
@@ -236,7 +236,7 @@ class ExpiringLRUCache(Cache):
         else:
             deadline = (accessed if created is None or created > accessed else created) + max_age
         idle_end = accessed + self.__idle_or_inf
-        expires = idle_end if idle_end < deadline else deadline
+        expires = min(deadline, idle_end)
         if node is None:
             node = _Node(key, value, deadline, expires)
             nodes[key] = node
@@ -323,8 +323,10 @@ class ExpiringLRUCache(Cache):
                 break
             out.append(self.__drop(node, now))
         root = self.__root
-        while root.next is not root and root.next.deadline <= now:
-            out.append(self.__drop(root.next, now))
+        head = root.next
+        while head is not None and head is not root and head.deadline <= now:
+            out.append(self.__drop(head, now))
+            head = root.next
         late = self.__late_deadlines
         while late and late[0][0] <= now:
             node = heapq.heappop(late)[2]
@@ -351,7 +353,7 @@ class ExpiringLRUCache(Cache):
         root = self.__root
         after = root.prev
         steps = 0
-        while after is not root and after.deadline > node.deadline:
+        while after is not None and after is not root and after.deadline > node.deadline:
             steps += 1
             if steps > _WALK_LIMIT:
                 node.prev = node.next = None
@@ -360,9 +362,10 @@ class ExpiringLRUCache(Cache):
                 self.__compact()
                 return
             after = after.prev
+        assert after is not None and after.next is not None  # the chain is a closed ring
         node.prev = after
         node.next = after.next
-        after.next.prev = node  # type: ignore[union-attr]
+        after.next.prev = node
         after.next = node
 
     @staticmethod

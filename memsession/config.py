@@ -62,9 +62,9 @@ class Config:
     def from_options(cls, config: Config | None = None, **options: Any) -> Config:
         """``config`` with ``options`` overriding it; unknown names are a ConfigError."""
         known = {f.name for f in fields(cls)}
-        for name in options:
+        for name, value in options.items():
             if name not in known:
-                raise ConfigError(name, options[name], f"unknown option; known: {', '.join(sorted(known))}")
+                raise ConfigError(name, value, f"unknown option; known: {', '.join(sorted(known))}")
         if config is None:
             return cls(**options)
         base = {f.name: getattr(config, f.name) for f in fields(cls)}

@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 import msgpack
 
@@ -69,7 +70,7 @@ def compute_expires(
     """``min(accessed + idle_timeout, created + max_age)``; ``inf`` when neither is set."""
     idle_end = accessed + idle_timeout if idle_timeout is not None else math.inf
     age_end = created + max_age if max_age is not None else math.inf
-    return idle_end if idle_end < age_end else age_end
+    return min(age_end, idle_end)
 
 
 @dataclass(frozen=True, slots=True)

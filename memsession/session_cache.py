@@ -207,7 +207,7 @@ class SessionCache:
             wall = self.clock.wall()
             old: Record | None = self._core.peek(sid)
             existed = old is not None
-            if existed:
+            if old is not None:
                 self._remove_locked(sid, old)
             tombstone = Record(
                 sid,

@@ -139,7 +139,7 @@ def test_expired_entries_miss_before_they_are_removed():
 
 
 def test_insert_reports_size_evictions_least_recently_used_first():
-    cache, clock = make(maxsize=2)
+    cache, _ = make(maxsize=2)
     cache["a"], cache["b"] = 1, 2
     cache["a"]
     assert cache.insert("c", 3) == [Eviction("b", 2, EVICTED_SIZE)]
