@@ -330,11 +330,16 @@ class Replicator:
             if apply(record):
                 changed += 1
         self.tracker.splice(vector)
-        self.hub_epoch = hub_epoch
         self.counts["snapshot_records"] += n
         self.counts["repairs"] += 1
         self.repair_due = False
         self.repair_reason = ""
+        if self.hub_epoch is not None and hub_epoch != self.hub_epoch:
+            # A snapshot from a hub we had not heard beat yet: it restarted and may lack our state.
+            self.counts["hub_restarts"] += 1
+            log.warning("hub restarted (epoch %x -> %x); repairing", self.hub_epoch, hub_epoch)
+            self._need_repair("hub restart")
+        self.hub_epoch = hub_epoch
         return changed
 
     def stats(self) -> dict[str, Any]:

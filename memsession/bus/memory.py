@@ -133,6 +133,8 @@ class MemoryBus:
         end = replies[-1]
         hub_epoch, vector, _chunks, _count = end.body
         rep.install_snapshot((r for reply in replies[:-1] for r in reply.body[0]), vector, hub_epoch)
+        if rep.repair_due and not push:  # the snapshot came from a restarted hub
+            self.repair(push=True)
 
     def push_state(self) -> None:
         assert self._cache is not None
