@@ -134,7 +134,8 @@ def json_default(value: Any) -> Any:
 
 _SAFE_INT = (1 << 53) - 1
 _INT = "$int"
-_TAGS = (_BYTES, _DICT, _INT)
+_FLOAT = "$float"
+_TAGS = (_BYTES, _DICT, _INT, _FLOAT)
 
 
 def _is_tag_like(value: dict[str, Any]) -> bool:
@@ -148,8 +149,11 @@ def _escape(value: Any, safe_ints: bool) -> Any:
         return {_DICT: out} if _is_tag_like(value) else out
     if kind is list or kind is tuple:
         return [_escape(v, safe_ints) for v in value]
-    if safe_ints and kind is int and not -_SAFE_INT <= value <= _SAFE_INT:
-        return {_INT: str(value)}
+    if safe_ints:
+        if kind is int and not -_SAFE_INT <= value <= _SAFE_INT:
+            return {_INT: str(value)}
+        if kind is float and value.is_integer():
+            return {_FLOAT: repr(value)}
     return value
 
 
@@ -157,9 +161,10 @@ def jsonable_data(data: SessionData, flat: bool | None = None, *, safe_ints: boo
     """Session data ready for ``orjson.dumps(..., default=json_default)``.
 
     Flat data (the common case) is returned as is, or wrapped when it would
-    read as a tag; only nested data is walked. ``safe_ints`` tags integers
-    beyond 2**53 as ``{"$int": "<decimal>"}`` for servers that parse JSON
-    numbers as doubles (JavaScript).
+    read as a tag; only nested data is walked. ``safe_ints`` is for servers
+    that parse JSON numbers as doubles (JavaScript): integers beyond 2**53
+    become ``{"$int": "<decimal>"}`` and whole floats (``1.0``, ``-0.0``),
+    which such a server would write back as integers, ``{"$float": "1.0"}``.
     """
     if safe_ints:
         return _escape(data, True)
@@ -188,6 +193,8 @@ def _unescape(value: Any) -> Any:
                 return {k: _unescape(v) for k, v in inner.items()}
             if _INT in value:
                 return int(value[_INT])
+            if _FLOAT in value:
+                return float(value[_FLOAT])
         return {k: _unescape(v) for k, v in value.items()}
     if kind is list:
         return [_unescape(v) for v in value]

@@ -140,6 +140,8 @@ class StoreContract:
             "tiny": 5e-324,
             "huge": 1.7976931348623157e308,
             "third": 1 / 3,
+            "whole_float": 2.0,
+            "neg_zero": -0.0,
             "true": True,
             "false": False,
             "none": None,
@@ -152,10 +154,11 @@ class StoreContract:
             "tag_like_bytes": {"$bytes": "AAAA"},
             "tag_like_dict": {"$dict": {"x": 1}},
             "tag_like_int": {"$int": "5"},
+            "tag_like_float": {"$float": "1.0"},
             "dollar_keys": {"$set": 1, "$bytes": "x", "$dict": 2},
             "$top": "dollar key at top level",
         }
-        flat = {"s": "x", "i": 1, "f": 2.5, "b": b"\x00", "n": None, "big": (1 << 64) - 1}
+        flat = {"s": "x", "i": 1, "f": 2.5, "whole": 3.0, "b": b"\x00", "n": None, "big": (1 << 64) - 1}
         tag_top = {"$bytes": "not bytes"}
         records = [
             make_test_record(_key("nested"), data),
@@ -174,6 +177,8 @@ class StoreContract:
                 assert loaded.size == record.size
                 for name, value in record.data.items():
                     assert type(loaded.data[name]) is type(value), name
+                if "neg_zero" in record.data:
+                    assert math.copysign(1.0, loaded.data["neg_zero"]) == -1.0
 
     def test_unicode_round_trips(self, store: Store, reopen: Callable[[Store], Store]) -> None:
         data = {

@@ -1,0 +1,546 @@
+"""CouchStore: one CouchDB document per session, over CouchDB 3's HTTP API with httpx.
+
+A session document::
+
+    {"_id": "<prefix><key>", "_rev": "...", "type": "memsession",
+     "data": {...},            encode_data with safe_ints: exact through JavaScript servers too
+     "version": "<decimal>",   64-bit ints as strings: JSON numbers may be doubles
+     "origin": "<decimal>",
+     "created": 1763900000.123, "accessed": ..., "expires": ...,   wall seconds;
+                                                  no "expires" when it never expires
+     "deleted": false}         our tombstone (a live CouchDB document)
+
+``save`` reads the current revisions of a batch (``_all_docs``), writes the
+records that ``supersede`` what is stored with ``_bulk_docs``, and on a
+``_rev`` conflict (another writer got there first) reads and decides again,
+so the newer version always ends up stored. A Mango index on ``expires``
+serves ``purge``. ``CouchFollower`` follows ``_changes`` and feeds other
+hosts' writes into a local SessionCache (``cache.apply``).
+
+Credentials in the URL are moved to HTTP basic auth and never appear in
+reprs, logs or errors. Every response body is read with a size limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Iterable, Iterator, Sequence
+from urllib.parse import quote
+
+import orjson
+
+from memsession.clock import SYSTEM_CLOCK, Clock
+from memsession.errors import ConfigError, StoreError, StoreUnavailable
+from memsession.session import Record
+
+from .base import check_open, coalesce, decode_data, json_default, jsonable_data, make_record, supersedes
+
+try:
+    import httpx
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError("CouchStore needs httpx: pip install 'memsession[couchdb]'") from exc
+
+__all__ = ["CouchFollower", "CouchStore"]
+
+log = logging.getLogger("memsession.persist")
+
+_NAME = "couchdb"
+_DDOC = "memsession"
+_INDEX = "expires"
+
+
+def _split_url(url: str) -> tuple[httpx.URL, tuple[str, str] | None]:
+    """The database URL without credentials, and the credentials."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ConfigError("url", "<hidden>", f"not a URL: {type(exc).__name__}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError("url", parsed.copy_with(username=None, password=None), "must be an http(s) URL")
+    auth = None
+    if parsed.username or parsed.password:
+        auth = (parsed.username, parsed.password)
+        parsed = parsed.copy_with(username=None, password=None)
+    if parsed.path.strip("/") == "":
+        raise ConfigError("url", parsed, "must name the database: http://host:5984/<database>")
+    if not parsed.path.endswith("/"):
+        parsed = parsed.copy_with(path=parsed.path + "/")
+    return parsed, auth
+
+
+class CouchStore:
+    """Sessions in a CouchDB database (session-pouchdb-store's counterpart).
+
+    Pass ``url`` (the database's URL, ``http[s]://[user:password@]host:5984/db``)
+    or ``client``, an ``httpx.Client`` whose ``base_url`` is the database and
+    which carries your auth, TLS and proxy settings (you close it). With
+    ``create=True`` the database and the ``expires`` index are created if
+    missing. ``prefix`` is put before every key to make the document id
+    (CouchDB reserves ids that start with ``_``). ``max_response_bytes``
+    bounds every response read; ``page_size`` the documents per request;
+    ``conflict_retries`` how often a batch is re-read after ``_rev`` conflicts.
+    """
+
+    name = _NAME
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: httpx.Client | None = None,
+        create: bool = True,
+        prefix: str = "s:",
+        timeout: float = 10.0,
+        page_size: int = 1000,
+        purge_batch: int = 1000,
+        conflict_retries: int = 10,
+        max_response_bytes: int = 64 << 20,
+        verify: bool | str = True,
+        trust_env: bool = True,
+    ) -> None:
+        if (url is None) == (client is None):
+            raise ConfigError("url", url, "pass exactly one of url and client")
+        if not isinstance(prefix, str) or not prefix or prefix.startswith("_"):
+            raise ConfigError("prefix", prefix, "must be a non-empty string not starting with '_'")
+        for option, value in (
+            ("page_size", page_size),
+            ("purge_batch", purge_batch),
+            ("conflict_retries", conflict_retries),
+            ("max_response_bytes", max_response_bytes),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(option, value, "must be an int >= 1")
+        self.prefix = prefix
+        self.page_size = page_size
+        self.purge_batch = purge_batch
+        self.conflict_retries = conflict_retries
+        self.max_response_bytes = max_response_bytes
+        self._closed = False
+        self._owns_client = client is None
+        if client is None:
+            assert url is not None
+            base, auth = _split_url(url)
+            client = httpx.Client(base_url=base, auth=auth, timeout=timeout, verify=verify, trust_env=trust_env)
+        self.client = client
+        self.url = str(client.base_url)
+        if create:
+            try:
+                self.create()
+            except BaseException:
+                self.close()
+                raise
+
+    def __repr__(self) -> str:
+        return f"CouchStore({self.url!r})"
+
+    # -- HTTP ----------------------------------------------------------------------
+
+    def _request(
+        self,
+        op: str,
+        method: str,
+        path: str,
+        *,
+        ok: tuple[int, ...] = (200, 201, 202),
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+    ) -> tuple[int, Any]:
+        check_open(self._closed, _NAME, op)
+        content = None
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            content = orjson.dumps(body, default=json_default)
+            headers["Content-Type"] = "application/json"
+        try:
+            with self.client.stream(method, path, params=params, content=content, headers=headers) as response:
+                status = response.status_code
+                chunks = []
+                size = 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > self.max_response_bytes:
+                        raise StoreError(
+                            f"CouchDB {op}: response larger than {self.max_response_bytes} bytes",
+                            store=_NAME,
+                            op=op,
+                        )
+                    chunks.append(chunk)
+        except httpx.TransportError as exc:
+            raise StoreUnavailable(f"CouchDB {op} failed: {type(exc).__name__}: {exc}", store=_NAME, op=op) from exc
+        raw = b"".join(chunks)
+        try:
+            payload = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError as exc:
+            raise StoreError(f"CouchDB {op}: response is not JSON (HTTP {status})", store=_NAME, op=op) from exc
+        if status in ok:
+            return status, payload
+        reason = payload.get("reason") if isinstance(payload, dict) else None
+        error = payload.get("error") if isinstance(payload, dict) else None
+        message = f"CouchDB {op}: HTTP {status} {error or ''} {reason or ''}".strip()
+        if status >= 500 or status == 429:
+            raise StoreUnavailable(message, store=_NAME, op=op)
+        raise StoreError(message, store=_NAME, op=op)
+
+    def create(self) -> None:
+        """Create the database and the Mango index on ``expires`` if missing."""
+        self._request("create", "PUT", "", ok=(201, 202, 412))
+        self._request(
+            "create",
+            "POST",
+            "_index",
+            body={"index": {"fields": [_INDEX]}, "name": _INDEX, "ddoc": _DDOC, "type": "json"},
+        )
+
+    # -- documents -------------------------------------------------------------------
+
+    def doc_id(self, key: str) -> str:
+        return self.prefix + key
+
+    def _doc(self, record: Record) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "_id": self.prefix + record.key,
+            "type": "memsession",
+            "data": jsonable_data(record.data, record.flat, safe_ints=True),
+            "version": str(record.version),
+            "origin": str(record.origin),
+            "created": record.created,
+            "accessed": record.accessed,
+            "deleted": record.deleted,
+        }
+        if record.expires != float("inf"):
+            doc["expires"] = record.expires
+        return doc
+
+    def _record(self, doc: Any) -> Record:
+        try:
+            doc_id = doc["_id"]
+            if not doc_id.startswith(self.prefix):
+                raise ValueError(f"id {doc_id!r} lacks the prefix {self.prefix!r}")
+            version, origin = doc["version"], doc["origin"]
+            if type(version) is not str or type(origin) is not str:
+                raise ValueError("version and origin must be decimal strings")
+            return make_record(
+                doc_id[len(self.prefix) :],
+                decode_data(doc["data"]),
+                int(version),
+                int(origin),
+                doc["created"],
+                doc["accessed"],
+                doc.get("expires"),
+                doc.get("deleted", False),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            shown = doc.get("_id") if isinstance(doc, dict) else None
+            raise StoreError(f"CouchDB document {shown!r} is not a session: {exc}", store=_NAME, op="load") from exc
+
+    def _current(self, op: str, ids: list[str], include_docs: bool) -> dict[str, dict[str, Any]]:
+        """``{id: row}`` for the ids that exist (not deleted)."""
+        _, payload = self._request(
+            op,
+            "POST",
+            "_all_docs",
+            params={"include_docs": "true"} if include_docs else None,
+            body={"keys": ids},
+        )
+        out = {}
+        for row in payload.get("rows", ()):
+            value = row.get("value")
+            if "error" in row or not isinstance(value, dict) or value.get("deleted"):
+                continue
+            out[row["key"]] = row
+        return out
+
+    # -- the Store protocol ----------------------------------------------------------
+
+    def load(self, key: str) -> Record | None:
+        status, doc = self._request("load", "GET", quote(self.prefix + key, safe=""), ok=(200, 404))
+        if status == 404:
+            return None
+        return self._record(doc)
+
+    def load_all(self, now: float) -> Iterator[Record]:
+        check_open(self._closed, _NAME, "load_all")
+        return self._pages(now)
+
+    def _pages(self, now: float) -> Iterator[Record]:
+        start = orjson.dumps(self.prefix).decode()
+        end = orjson.dumps(self.prefix + "\ufff0").decode()
+        skip = 0
+        while True:
+            params = {
+                "include_docs": "true",
+                "startkey": start,
+                "endkey": end,
+                "limit": self.page_size,
+                "skip": skip,
+            }
+            _, payload = self._request("load_all", "GET", "_all_docs", params=params)
+            rows = payload.get("rows", [])
+            for row in rows:
+                record = self._record(row["doc"])
+                if record.expires > now:
+                    yield record
+            if len(rows) < self.page_size:
+                return
+            start = orjson.dumps(rows[-1]["id"]).decode()
+            skip = 1
+
+    def save(self, records: Sequence[Record]) -> int:
+        check_open(self._closed, _NAME, "save")
+        batch = list(coalesce(records).values())
+        written = 0
+        for begin in range(0, len(batch), self.page_size):
+            written += self._save_page(batch[begin : begin + self.page_size])
+        return written
+
+    def _save_page(self, page: list[Record]) -> int:
+        remaining = {self.prefix + r.key: r for r in page}
+        written = 0
+        for _ in range(self.conflict_retries):
+            current = self._current("save", list(remaining), include_docs=True)
+            docs = []
+            for doc_id, record in list(remaining.items()):
+                row = current.get(doc_id)
+                if row is not None and not supersedes(record, self._record(row["doc"])):
+                    del remaining[doc_id]
+                    continue
+                doc = self._doc(record)
+                if row is not None:
+                    doc["_rev"] = row["value"]["rev"]
+                docs.append(doc)
+            if not docs:
+                return written
+            _, results = self._request("save", "POST", "_bulk_docs", body={"docs": docs})
+            for result in results:
+                doc_id = result.get("id")
+                if result.get("ok"):
+                    written += 1
+                    remaining.pop(doc_id, None)
+                elif result.get("error") != "conflict":
+                    raise StoreError(
+                        f"CouchDB save of {doc_id!r}: {result.get('error')} {result.get('reason', '')}".strip(),
+                        store=_NAME,
+                        op="save",
+                    )
+            if not remaining:
+                return written
+        raise StoreUnavailable(
+            f"CouchDB save: {len(remaining)} documents still conflicting after {self.conflict_retries} tries",
+            store=_NAME,
+            op="save",
+        )
+
+    def _remove(self, op: str, revs: dict[str, str]) -> int:
+        if not revs:
+            return 0
+        docs = [{"_id": doc_id, "_rev": rev, "_deleted": True} for doc_id, rev in revs.items()]
+        _, results = self._request(op, "POST", "_bulk_docs", body={"docs": docs})
+        removed = 0
+        for result in results:
+            if result.get("ok"):
+                removed += 1
+            elif result.get("error") != "conflict":
+                raise StoreError(
+                    f"CouchDB {op} of {result.get('id')!r}: {result.get('error')}", store=_NAME, op=op
+                )
+        return removed
+
+    def delete(self, keys: Iterable[str]) -> int:
+        check_open(self._closed, _NAME, "delete")
+        ids = list(dict.fromkeys(self.prefix + k for k in keys))
+        removed = 0
+        for begin in range(0, len(ids), self.page_size):
+            page = ids[begin : begin + self.page_size]
+            for _ in range(self.conflict_retries):
+                current = self._current("delete", page, include_docs=False)
+                if not current:
+                    break
+                revs = {doc_id: row["value"]["rev"] for doc_id, row in current.items()}
+                done = self._remove("delete", revs)
+                removed += done
+                if done == len(revs):
+                    break
+                page = list(revs)
+        return removed
+
+    def purge(self, now: float) -> int:
+        """Delete expired documents found through the ``expires`` index, ``purge_batch`` at a time.
+
+        A document updated between the query and the delete (a conflict) is
+        left for the next purge.
+        """
+        check_open(self._closed, _NAME, "purge")
+        total = 0
+        while True:
+            _, payload = self._request(
+                "purge",
+                "POST",
+                "_find",
+                body={
+                    "selector": {_INDEX: {"$gte": 0, "$lte": now}},
+                    "fields": ["_id", "_rev"],
+                    "limit": self.purge_batch,
+                    "use_index": [_DDOC, _INDEX],
+                },
+            )
+            docs = [d for d in payload.get("docs", ()) if d.get("_id", "").startswith(self.prefix)]
+            removed = self._remove("purge", {d["_id"]: d["_rev"] for d in docs})
+            total += removed
+            if len(payload.get("docs", ())) < self.purge_batch or removed == 0:
+                return total
+
+    def close(self) -> None:
+        """Close the HTTP client the store made (a client passed in stays open). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_client:
+            self.client.close()
+
+
+class CouchFollower:
+    """Follows a CouchStore's ``_changes`` feed and hands every change to ``on_record``.
+
+    The PouchDB session store's realtime synchronisation: run one per
+    process with ``on_record=cache.apply`` and sessions written by other
+    hosts reach this one's memory. Uses the continuous feed with heartbeats
+    (``heartbeat`` seconds); on any error it logs, waits (``retry_min`` up
+    to ``retry_max``) and reconnects from the last sequence it saw
+    (``since``, also readable while running). Starts at ``since="now"``:
+    what was written before is read through on demand.
+
+    A change whose document was deleted at the CouchDB level (purged or
+    ``delete()``d) is handed over as a tombstone that expires at once, so
+    the session is evicted here without blocking its id. An exception from
+    ``on_record`` is logged and counted; the follower goes on.
+    """
+
+    def __init__(
+        self,
+        store: CouchStore,
+        on_record: Callable[[Record], Any],
+        *,
+        since: str | int = "now",
+        heartbeat: float = 1.0,
+        retry_min: float = 0.1,
+        retry_max: float = 5.0,
+        max_line_bytes: int = 8 << 20,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if not heartbeat > 0:
+            raise ConfigError("heartbeat", heartbeat, "must be > 0 seconds")
+        self.store = store
+        self.on_record = on_record
+        self.since: str | int = since
+        self.heartbeat = heartbeat
+        self.retry_min = retry_min
+        self.retry_max = retry_max
+        self.max_line_bytes = max_line_bytes
+        self.clock = clock
+        self.counts = dict.fromkeys(("changes", "records", "deletions", "errors", "reconnects", "skipped"), 0)
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> CouchFollower:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="memsession-couch-changes", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop following; returns within about ``heartbeat`` seconds. Idempotent."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> CouchFollower:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        backoff = self.retry_min
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._follow()
+                    backoff = self.retry_min
+                except Exception as exc:
+                    self.connected.clear()
+                    if self._stop.is_set():
+                        break
+                    self.counts["errors"] += 1
+                    log.warning(
+                        "following CouchDB changes failed (%s: %s); reconnecting in %.1fs",
+                        type(exc).__name__,
+                        exc,
+                        backoff,
+                    )
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, self.retry_max)
+                else:
+                    self.counts["reconnects"] += 1
+        finally:
+            self.connected.clear()
+
+    def _follow(self) -> None:
+        params = {
+            "feed": "continuous",
+            "include_docs": "true",
+            "heartbeat": int(self.heartbeat * 1000),
+            "since": self.since,
+        }
+        # Identity: gzip-encoded continuous feeds stall on some servers.
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
+        # The store's client (thread-safe); the read timeout only has to outlast a heartbeat.
+        timeout = httpx.Timeout(10.0, read=self.heartbeat * 5 + 5)
+        client = self.store.client
+        with client.stream("GET", "_changes", params=params, headers=headers, timeout=timeout) as response:
+            if response.status_code != 200:
+                response.read()
+                raise StoreUnavailable(f"_changes answered HTTP {response.status_code}", store=_NAME, op="changes")
+            self.connected.set()
+            buffer = b""
+            for chunk in response.iter_bytes():
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        if not self._handle(orjson.loads(line)):
+                            return
+                if len(buffer) > self.max_line_bytes:
+                    raise StoreError(f"_changes line over {self.max_line_bytes} bytes", store=_NAME, op="changes")
+                if self._stop.is_set():
+                    return
+
+    def _handle(self, change: Any) -> bool:
+        """Apply one line of the feed; False when the feed says it ended."""
+        if not isinstance(change, dict):
+            return True
+        if "last_seq" in change and "id" not in change:
+            self.since = change["last_seq"]
+            return False
+        doc_id = change.get("id", "")
+        seq = change.get("seq", self.since)
+        self.counts["changes"] += 1
+        if not isinstance(doc_id, str) or not doc_id.startswith(self.store.prefix):
+            self.since = seq
+            self.counts["skipped"] += 1
+            return True
+        try:
+            if change.get("deleted"):
+                now = self.clock.wall()
+                key = doc_id[len(self.store.prefix) :]
+                self.on_record(Record(key, {}, 0, 0, now, now, now, True))
+                self.counts["deletions"] += 1
+            else:
+                self.on_record(self.store._record(change.get("doc")))
+                self.counts["records"] += 1
+        except Exception:
+            self.counts["errors"] += 1
+            log.exception("applying CouchDB change of %r failed; going on", doc_id)
+        self.since = seq
+        return True

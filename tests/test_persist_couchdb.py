@@ -1,0 +1,268 @@
+"""CouchStore against a real CouchDB-API server (pouchdb-server): the store contract and more."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import httpx
+import pytest
+
+from memsession import SessionCache
+from memsession.errors import ConfigError, StoreError, StoreUnavailable
+from memsession.session import Record, new_id
+from persist.couchdb import CouchFollower, CouchStore
+from persist.testing import T0, StoreContract, make_test_record
+from persist.writer import PersistConfig
+from tests.servers import free_port
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def db_url(couch_url: str, unique_name: Callable[..., str]) -> str:
+    return f"{couch_url}/{unique_name('sessions')}"
+
+
+def open_store(url: str, **options) -> CouchStore:
+    return CouchStore(url, trust_env=False, **options)
+
+
+class TestCouchContract(StoreContract):
+    @pytest.fixture
+    def make_store(self, db_url: str):
+        return lambda: open_store(db_url)
+
+
+class TestCouchSmallPagesContract(StoreContract):
+    """Pages and purge batches far smaller than the data, so every loop turns."""
+
+    batch_size = 1500
+
+    @pytest.fixture
+    def make_store(self, db_url: str):
+        return lambda: open_store(db_url, page_size=64, purge_batch=50, prefix="session/")
+
+
+def test_credentials_go_to_basic_auth_and_stay_hidden(couch_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    url = couch_url.replace("http://", "http://admin:s3cret-pw@") + "/creds"
+    store = open_store(url, create=False)
+    try:
+        request = store.client.build_request("GET", "")
+        assert "s3cret" not in str(request.url) and "admin" not in str(request.url)
+        assert isinstance(store.client.auth, httpx.BasicAuth)
+        assert "s3cret" not in repr(store) and "s3cret" not in store.url
+        # The server knows no such user: the refusal proves the credentials were sent.
+        with pytest.raises(StoreError) as info:
+            store.load("k")
+        assert "401" in str(info.value) and "s3cret" not in str(info.value)
+        assert not isinstance(info.value, StoreUnavailable)
+        assert "s3cret" not in caplog.text
+    finally:
+        store.close()
+
+
+def test_passed_client_is_used_and_left_open(db_url: str) -> None:
+    with httpx.Client(base_url=db_url + "/", trust_env=False) as client:
+        store = CouchStore(client=client)
+        store.save([make_test_record("k")])
+        store.close()
+        assert not client.is_closed
+        assert client.get("s%3Ak").json()["type"] == "memsession"
+
+
+def test_documents_are_readable_json(db_url: str) -> None:
+    store = open_store(db_url)
+    try:
+        store.save([make_test_record("k", {"user": "ada", "big": 1 << 60}, version=(1 << 62) + 1)])
+        doc = store.client.get("s%3Ak").json()
+        assert doc["data"] == {"user": "ada", "big": {"$int": str(1 << 60)}}
+        assert doc["version"] == str((1 << 62) + 1)
+        assert doc["expires"] == T0 + 3600
+    finally:
+        store.close()
+
+
+def test_purge_uses_the_expires_index(db_url: str) -> None:
+    store = open_store(db_url)
+    try:
+        explain = store.client.post(
+            "_explain", json={"selector": {"expires": {"$gte": 0, "$lte": T0}}, "use_index": ["memsession", "expires"]}
+        ).json()
+        assert explain["index"]["ddoc"] == "_design/memsession"
+    finally:
+        store.close()
+
+
+def test_conflicting_writers_keep_the_newest(db_url: str) -> None:
+    a, b = open_store(db_url), open_store(db_url)
+    try:
+        a.save([make_test_record("k", {"w": 1}, version=1)])
+        # b's view of the revision goes stale between its read and its write:
+        # a real conflict on _bulk_docs, resolved by re-reading.
+        original = b._current
+        calls = []
+
+        def stale_then_fresh(op, ids, include_docs):
+            current = original(op, ids, include_docs)
+            if not calls:
+                a.save([make_test_record("k", {"w": 2}, version=2)])
+            calls.append(op)
+            return current
+
+        b._current = stale_then_fresh  # type: ignore[method-assign]
+        assert b.save([make_test_record("k", {"w": 3}, version=3)]) == 1
+        assert len(calls) == 2
+        loaded = a.load("k")
+        assert loaded is not None and loaded.data == {"w": 3}
+        calls.clear()
+        assert b.save([make_test_record("k", {"w": 0}, version=0)]) == 0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_unreachable_server() -> None:
+    with pytest.raises(StoreUnavailable):
+        open_store(f"http://127.0.0.1:{free_port()}/db", timeout=1.0)
+
+
+def test_foreign_document_is_a_store_error(db_url: str) -> None:
+    store = open_store(db_url)
+    try:
+        store.client.put("s%3Aforeign", json={"hello": "world"})
+        with pytest.raises(StoreError, match="not a session"):
+            store.load("foreign")
+    finally:
+        store.close()
+
+
+def test_response_size_limit(db_url: str) -> None:
+    store = open_store(db_url, max_response_bytes=2000)
+    try:
+        store.save([make_test_record("big", {"x": "y" * 3000})])
+        with pytest.raises(StoreError, match="larger than 2000 bytes"):
+            store.load("big")
+        with pytest.raises(StoreError, match="larger than 2000 bytes"):
+            store.save([make_test_record("big", {"x": "z"}, version=2 << 40)])
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {},
+        {"url": "ftp://host/db"},
+        {"url": "http://127.0.0.1:5984/"},
+        {"url": "http://127.0.0.1:5984/db", "prefix": "_x"},
+        {"url": "http://127.0.0.1:5984/db", "page_size": 0},
+    ],
+)
+def test_bad_options(args: dict) -> None:
+    with pytest.raises(ConfigError):
+        CouchStore(create=False, **args)
+
+
+def test_follower_feeds_other_hosts_writes_into_the_cache(db_url: str) -> None:
+    here = SessionCache(store=open_store(db_url), persistence=PersistConfig(mode="write_through"))
+    there = SessionCache(store=open_store(db_url), persistence=PersistConfig(mode="write_through"))
+    assert here.persistence is not None
+    follower = CouchFollower(here.persistence.store, here.apply, heartbeat=0.2).start()  # type: ignore[arg-type]
+    try:
+        assert follower.connected.wait(10)
+        sid = new_id()
+        there.set(sid, {"from": "there"})
+        wait_until(lambda: sid in here)
+        assert here.get(sid) == {"from": "there"}
+        there.set(sid, {"from": "there", "n": 2})
+        wait_until(lambda: here.get(sid) == {"from": "there", "n": 2})
+        there.destroy(sid)
+        wait_until(lambda: sid not in here)
+        assert here.get(sid) is None
+        record = here.record(sid)
+        assert record is not None and record.deleted
+    finally:
+        follower.stop()
+        here.close()
+        there.close()
+
+
+def test_follower_evicts_documents_deleted_in_couchdb(db_url: str) -> None:
+    store = open_store(db_url)
+    cache = SessionCache(store=store)
+    follower = CouchFollower(store, cache.apply, heartbeat=0.2).start()
+    try:
+        assert follower.connected.wait(10)
+        sid = new_id()
+        cache.set(sid, {"a": 1})
+        assert cache.persistence is not None
+        cache.persistence.flush()
+        other = open_store(db_url)
+        try:
+            assert other.delete([sid]) == 1
+        finally:
+            other.close()
+        wait_until(lambda: sid not in cache)
+        assert follower.counts["deletions"] == 1
+        cache.set(sid, {"again": True})  # the eviction does not block the id
+    finally:
+        follower.stop()
+        cache.close()
+
+
+def test_follower_survives_bad_records_and_keeps_its_place(db_url: str) -> None:
+    store = open_store(db_url)
+    seen: list[Record] = []
+
+    def on_record(record: Record) -> None:
+        if record.key == "boom":
+            raise RuntimeError("application error")
+        seen.append(record)
+
+    follower = CouchFollower(store, on_record, heartbeat=0.2).start()
+    try:
+        assert follower.connected.wait(10)
+        store.save([make_test_record("boom")])
+        store.client.put("s%3Aforeign", json={"not": "a session"})
+        store.save([make_test_record("fine")])
+        wait_until(lambda: [r.key for r in seen] == ["fine"])
+        assert follower.counts["errors"] == 2
+        since = follower.since
+        assert since != "now"
+    finally:
+        follower.stop()
+    restarted = CouchFollower(store, on_record, since=since, heartbeat=0.2).start()
+    try:
+        store.save([make_test_record("later")])
+        wait_until(lambda: [r.key for r in seen] == ["fine", "later"])
+    finally:
+        restarted.stop()
+        store.close()
+
+
+def test_follower_reconnects_after_server_restart(couch_server, unique_name) -> None:
+    """pouchdb-server runs in memory, so a restart loses the data: the follower must come back anyway."""
+    url = f"{couch_server.url}/{unique_name('restart')}"
+    store = open_store(url)
+    seen: list[str] = []
+    follower = CouchFollower(store, lambda r: seen.append(r.key), heartbeat=0.2, retry_min=0.05, retry_max=0.2)
+    follower.start()
+    try:
+        assert follower.connected.wait(10)
+        couch_server.restart()
+        wait_until(lambda: follower.counts["errors"] + follower.counts["reconnects"] >= 1)
+        store.create()
+        follower.since = 0
+        wait_until(lambda: follower.connected.is_set())
+        store.save([make_test_record("after-restart")])
+        wait_until(lambda: "after-restart" in seen)
+    finally:
+        follower.stop()
+        store.close()
