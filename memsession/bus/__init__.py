@@ -9,6 +9,6 @@ from __future__ import annotations
 from .base import Bus, BusConfig, Replicator
 from .memory import MemoryBus, MemoryHub
 from .sequence import SequenceTracker
-from .zmq_bus import ZmqBus
+from .zmq import ZmqBus
 
 __all__ = ["Bus", "BusConfig", "MemoryBus", "MemoryHub", "Replicator", "SequenceTracker", "ZmqBus"]
