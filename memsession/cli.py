@@ -78,10 +78,16 @@ COMMANDS: list[Command] = [
 ]
 
 
+def _persist_commands() -> list[Command]:
+    from persist.commands import COMMANDS as persist_commands
+
+    return list(persist_commands)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memsession", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text, add_arguments, run in COMMANDS:
+    for name, help_text, add_arguments, run in [*COMMANDS, *_persist_commands()]:
         p = sub.add_parser(name, help=help_text)
         add_arguments(p)
         p.set_defaults(run=run)

@@ -1,0 +1,361 @@
+"""gunicorn hooks: every worker shares every session, and nothing is lost on restart.
+
+In ``gunicorn.conf.py``::
+
+    from memsession.contrib.gunicorn import GunicornHooks
+
+    workers = 4
+    GunicornHooks(store="file:///var/lib/myapp/sessions.json").install(globals())
+
+and in the app, take the process's cache from the helper (with Flask,
+``MemSession(app)`` alone also works: the hooks find its cache)::
+
+    from memsession.contrib.gunicorn import session_cache
+    MemSession(app, cache=session_cache())
+
+Two shapes:
+
+* **Embedded** (the default): ``on_starting`` spawns ``memsession sidecar``
+  (a hub that loads, writes behind and prunes the store; a JSON file unless
+  ``store=`` says otherwise) as a child of the master, on ipc sockets in a
+  fresh private directory, and waits until it answers. A watchdog thread in
+  the master restarts it if it dies; ``on_exit`` stops it with SIGTERM (it
+  flushes the store) and removes the directory. The sidecar also exits by
+  itself if the master disappears.
+* **External sidecar**: ``GunicornHooks(bus={"runtime_dir": ...})`` (or
+  ``publish``/``subscribe``/``requests``/``keys`` for tcp + CURVE) connects
+  the workers to a sidecar started on its own (systemd, another host).
+
+In each worker: ``post_fork`` gives caches made before the fork (``--preload``)
+a fresh origin id and their own bus, and lets caches made after it
+(``session_cache()`` at import time, the default without ``--preload``) be
+born with one. ``post_worker_init`` blocks until every cache has applied its
+hub snapshot (at most ``join_timeout`` seconds; past that it logs an error and
+serves from memory while the bus keeps trying), so a worker takes requests
+only once it holds the same sessions as the others. ``worker_exit`` lets the
+bus send what is queued and closes the caches. ``--reload`` re-forks workers
+from the same master, so the same hooks apply.
+
+Outside gunicorn (tests, the Flask dev server) ``session_cache()`` returns a
+plain in-process ``SessionCache``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable, MutableMapping, Sequence
+
+from ..config import Config
+from ..errors import BusError, ConfigError
+from ..session_cache import SessionCache
+
+__all__ = ["GunicornHooks", "session_cache"]
+
+log = logging.getLogger("memsession.gunicorn")
+
+HOOKS = ("on_starting", "post_fork", "post_worker_init", "worker_exit", "on_exit")
+
+#: Bus options for caches in this process: set in a worker by ``post_fork``.
+_bus_options: dict[str, Any] | None = None
+#: Caches made by ``session_cache()`` in this process (inherited by workers with ``--preload``).
+_caches: list[SessionCache] = []
+_caches_lock = threading.Lock()
+#: The embedded sidecar of this master, once ``on_starting`` ran (kept across SIGHUP reloads).
+_embedded: _EmbeddedSidecar | None = None
+
+
+def session_cache(config: Config | None = None, **options: Any) -> SessionCache:
+    """This process's shared ``SessionCache`` (made on first call; options must not change).
+
+    In a gunicorn worker under ``GunicornHooks`` it replicates over the hub;
+    in the master (``--preload``) it gets its bus in each worker after the
+    fork; anywhere else it is a plain in-process cache.
+    """
+    wanted = Config.from_options(config, **options)
+    with _caches_lock:
+        if _caches:
+            cache = _caches[0]
+            if cache.config != wanted:
+                raise ConfigError("session_cache", options, "this process's cache was made with other options")
+            return cache
+        bus = _new_bus() if _bus_options is not None else None
+        cache = SessionCache(wanted, bus=bus)
+        _caches.append(cache)
+        return cache
+
+
+def _new_bus() -> Any:
+    from ..bus import ZmqBus
+
+    assert _bus_options is not None
+    return ZmqBus(**_bus_options)
+
+
+def _attach(cache: SessionCache) -> None:
+    """Give a cache made before the fork its own identity and bus in this worker."""
+    if cache.bus is not None:
+        return
+    cache.origin = secrets.randbits(63) or 1  # forked copies must never share an origin
+    bus = _new_bus()
+    cache.bus = bus
+    bus.attach(cache)
+
+
+class _EmbeddedSidecar:
+    """The sidecar process spawned by the master, and its watchdog."""
+
+    def __init__(self, argv: list[str], requests: str, runtime_dir: str, owns_dir: bool,
+                 start_timeout: float, stop_timeout: float) -> None:
+        self.argv = argv
+        self.requests = requests
+        self.runtime_dir = runtime_dir
+        self.owns_dir = owns_dir
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._watchdog: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._spawn()
+        self._watchdog = threading.Thread(target=self._watch, name="memsession-sidecar-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _spawn(self) -> None:
+        from persist.commands import wait_ready
+
+        with self._lock:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
+            proc = self.proc
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if proc.poll() is not None:
+                raise BusError(f"memsession sidecar exited with code {proc.returncode} at start "
+                               f"({' '.join(self.argv)})", endpoint=self.requests)
+            try:
+                wait_ready(self.requests, min(0.5, max(0.05, deadline - time.monotonic())))
+                break
+            except BusError:
+                if time.monotonic() >= deadline:
+                    self._terminate(proc)
+                    raise BusError(f"memsession sidecar did not answer within {self.start_timeout:.0f}s",
+                                   endpoint=self.requests) from None
+        log.info("memsession sidecar pid %d serving at %s", proc.pid, self.requests)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            proc = self.proc
+            if proc is None or proc.poll() is None:
+                continue
+            if self._stop.is_set():
+                return
+            self.restarts += 1
+            log.error("memsession sidecar pid %d died (code %s); restarting it", proc.pid, proc.returncode)
+            try:
+                self._spawn()
+            except BusError as exc:
+                log.error("restarting the memsession sidecar failed: %s; retrying", exc)
+
+    def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                log.error("memsession sidecar pid %d did not stop in %.0fs; killing it", proc.pid, self.stop_timeout)
+                proc.kill()
+                proc.wait(5)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watchdog is not None:
+            self._watchdog.join(self.start_timeout + 5)
+        with self._lock:
+            proc, self.proc = self.proc, None
+        if proc is not None:
+            self._terminate(proc)
+        if self.owns_dir:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+class GunicornHooks:
+    """Server hooks for ``gunicorn.conf.py``; ``install(globals())`` puts them in place.
+
+    ``store``: where the embedded sidecar keeps sessions (a URL, see
+    ``persist.url``; default ``sessions.json`` in the working directory).
+    ``bus``: options of an external sidecar's endpoints (``runtime_dir``, or
+    ``publish``/``subscribe``/``requests`` with ``keys``); when given,
+    nothing is spawned. ``sidecar_args``: extra ``memsession sidecar``
+    arguments (``["--flush-interval", "0.05", "--http", "127.0.0.1:9108"]``).
+    ``bus_options``: extra ``BusConfig`` options for the workers' buses.
+    """
+
+    def __init__(
+        self,
+        store: str | None = None,
+        *,
+        bus: dict[str, Any] | None = None,
+        runtime_dir: str | None = None,
+        sidecar_args: Sequence[str] = (),
+        bus_options: dict[str, Any] | None = None,
+        join_timeout: float = 10.0,
+        start_timeout: float = 30.0,
+        stop_timeout: float = 20.0,
+    ) -> None:
+        if bus is not None and (store is not None or runtime_dir is not None or sidecar_args):
+            raise ConfigError("bus", bus, "an external sidecar is configured on its own; drop store/runtime_dir")
+        self.store = store or "sessions.json"
+        self.external = bus
+        self.runtime_dir = runtime_dir
+        self.sidecar_args = list(sidecar_args)
+        self.bus_options = dict(bus_options or {})
+        self.join_timeout = join_timeout
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        if bus is None:
+            from persist.url import store_kind
+
+            store_kind(self.store)  # an unknown scheme fails now, not at on_starting
+
+    def install(self, namespace: MutableMapping[str, Any]) -> GunicornHooks:
+        """Define the hooks in a config module's namespace, running any hook already there first."""
+        for name in HOOKS:
+            ours = getattr(self, name)
+            theirs = namespace.get(name)
+            namespace[name] = ours if theirs is None else _chain(theirs, ours)
+        return self
+
+    # -- master ---------------------------------------------------------------------------
+
+    def _sidecar_argv(self, runtime_dir: str) -> list[str]:
+        from persist.url import file_path, store_kind
+
+        store = self.store
+        if store_kind(store) == "file":
+            store = "file://" + file_path(store)  # the sidecar may not share our cwd forever
+        return [sys.executable, "-m", "memsession", "sidecar", "--store", store, "--runtime-dir", runtime_dir,
+                "--parent-pid", str(os.getpid()), *self.sidecar_args]
+
+    def on_starting(self, server: Any) -> None:
+        global _bus_options, _embedded
+        from ..hub import HubConfig
+
+        if self.external is not None:
+            _bus_options = {**self.bus_options, **self.external}
+            self._check_external()
+            _bus_options = None  # the master itself never replicates
+            return
+        if _embedded is not None:
+            return  # already running (a second on_starting never happens; be safe)
+        owns_dir = self.runtime_dir is None
+        runtime_dir = self.runtime_dir or tempfile.mkdtemp(prefix="memsession-")
+        requests = HubConfig(runtime_dir=runtime_dir).endpoints()[2]
+        sidecar = _EmbeddedSidecar(self._sidecar_argv(runtime_dir), requests, runtime_dir, owns_dir,
+                                   self.start_timeout, self.stop_timeout)
+        try:
+            sidecar.start()
+        except BaseException:
+            if owns_dir:
+                shutil.rmtree(runtime_dir, ignore_errors=True)
+            raise
+        _embedded = sidecar
+
+    def _check_external(self) -> None:
+        from persist.commands import wait_ready
+
+        from ..bus import ZmqBus
+
+        config = ZmqBus(**_bus_options).config  # type: ignore[arg-type]
+        try:
+            wait_ready(config.requests, self.join_timeout, keys=config.keys, insecure=config.insecure)
+        except BusError as exc:
+            log.error("memsession sidecar not reachable (%s); workers serve from memory and join once it is", exc)
+
+    def on_exit(self, server: Any) -> None:
+        global _embedded
+        sidecar, _embedded = _embedded, None
+        if sidecar is not None:
+            sidecar.stop()
+
+    # -- workers --------------------------------------------------------------------------
+
+    def _worker_bus_options(self) -> dict[str, Any]:
+        if self.external is not None:
+            return {**self.bus_options, **self.external}
+        if _embedded is None:
+            raise BusError("the memsession sidecar is not running (on_starting did not run?)")
+        return {**self.bus_options, "runtime_dir": _embedded.runtime_dir}
+
+    def post_fork(self, server: Any, worker: Any) -> None:
+        global _bus_options, _embedded
+        _bus_options = self._worker_bus_options()
+        _embedded = None  # the master's; never stop it from a worker
+        with _caches_lock:
+            inherited = list(_caches)
+        for cache in inherited:
+            _attach(cache)
+
+    def post_worker_init(self, worker: Any) -> None:
+        with _caches_lock:
+            caches = list(_caches)
+        if not caches:
+            found = _flask_cache(getattr(worker, "wsgi", None))
+            if found is not None:
+                if found.bus is None:
+                    _attach(found)
+                with _caches_lock:
+                    _caches.append(found)
+                caches = [found]
+        if not caches:
+            log.warning("no memsession cache found in this worker: call "
+                        "memsession.contrib.gunicorn.session_cache() in the app")
+            return
+        deadline = time.monotonic() + self.join_timeout
+        for cache in caches:
+            bus = cache.bus
+            wait = getattr(bus, "wait_joined", None)
+            if wait is not None and not wait(max(0.0, deadline - time.monotonic())):
+                log.error("worker %d: no hub snapshot within %.0fs; serving from memory while the bus retries",
+                          os.getpid(), self.join_timeout)
+
+    def worker_exit(self, server: Any, worker: Any) -> None:
+        with _caches_lock:
+            caches = list(_caches)
+            _caches.clear()
+        for cache in caches:
+            bus = cache.bus
+            if bus is not None:
+                deadline = time.monotonic() + 2.0
+                while bus.stats().get("queued", 0) and time.monotonic() < deadline:
+                    time.sleep(0.005)  # the sender thread drains the queue; a short bounded wait
+            cache.close()
+
+
+def _chain(first: Callable[..., Any], second: Callable[..., Any]) -> Callable[..., Any]:
+    def hook(*args: Any) -> None:
+        first(*args)
+        second(*args)
+
+    hook.__name__ = getattr(second, "__name__", "hook")
+    return hook
+
+
+def _flask_cache(app: Any) -> SessionCache | None:
+    """The cache of a Flask app set up with ``MemSession(app)``, if that is what ``app`` is."""
+    extensions = getattr(app, "extensions", None)
+    if not isinstance(extensions, dict):
+        return None
+    manager = extensions.get("memsession")
+    cache = getattr(manager, "cache", None)
+    return cache if isinstance(cache, SessionCache) else None

@@ -1,0 +1,190 @@
+"""The ``memsession sidecar`` and ``memsession status`` subcommands (registered by ``memsession.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from typing import Any
+
+__all__ = ["COMMANDS", "format_status"]
+
+
+def _endpoint_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime-dir", default="", help="directory of the ipc sockets (0700; default "
+                   "$XDG_RUNTIME_DIR/memsession or /tmp/memsession-UID)")
+    p.add_argument("--publish", default="", help="endpoint publishers connect to (XSUB), e.g. tcp://0.0.0.0:5561")
+    p.add_argument("--subscribe", default="", help="endpoint subscribers connect to (XPUB)")
+    p.add_argument("--requests", default="", help="endpoint for snapshots, reads and stats (ROUTER)")
+    p.add_argument("--keys", default=None, help="CURVE keys directory (required for tcp)")
+    p.add_argument("--insecure", action="store_true", help="allow tcp without CURVE (logs a warning)")
+
+
+def _sidecar_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", required=True, help="file:///path/sessions.json, postgresql://..., couchdb://...")
+    _endpoint_arguments(p)
+    p.add_argument("--heartbeat", type=float, default=1.0, help="seconds between hub heartbeats")
+    p.add_argument("--flush-interval", type=float, default=0.1,
+                   help="longest a change waits before it is written (the write-behind loss window)")
+    p.add_argument("--batch-size", type=int, default=2000, help="records per store write")
+    p.add_argument("--queue-limit", type=int, default=1_000_000,
+                   help="most keys waiting for the store while it is down")
+    p.add_argument("--prune-interval", type=float, default=60.0,
+                   help="seconds between purges of expired sessions from the store (0: never)")
+    p.add_argument("--close-timeout", type=float, default=10.0,
+                   help="on SIGTERM, keep retrying queued writes this long")
+    p.add_argument("--save-interval", type=float, default=1.0,
+                   help="file store only: seconds between snapshots of the JSON file")
+    p.add_argument("--table", default=None, help="PostgreSQL: table name (default memsession)")
+    p.add_argument("--schema", default=None, help="PostgreSQL: schema name")
+    p.add_argument("--no-create-table", action="store_true", help="PostgreSQL: don't create the table if missing")
+    p.add_argument("--http", default=None, metavar="HOST:PORT",
+                   help="serve /health (JSON) and /metrics (Prometheus) here, e.g. 127.0.0.1:9108")
+    p.add_argument("--parent-pid", type=int, default=None,
+                   help="exit (after flushing) when this process is no longer the parent")
+    p.add_argument("--ready-file", default=None, help="write this file once the sidecar serves requests")
+    p.add_argument("--log-level", default="INFO")
+
+
+def _hub_config(args: argparse.Namespace, **extra: Any) -> Any:
+    from memsession.hub import HubConfig
+
+    return HubConfig(
+        publish=args.publish, subscribe=args.subscribe, requests=args.requests,
+        runtime_dir=args.runtime_dir, keys=args.keys, insecure=args.insecure, **extra,
+    )
+
+
+def store_options(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    if kind == "file":
+        return {"save_interval": args.save_interval or None}
+    if kind == "postgres":
+        out: dict[str, Any] = {"create_table": not args.no_create_table}
+        if args.table:
+            out["table"] = args.table
+        if args.schema:
+            out["schema"] = args.schema
+        return out
+    return {}
+
+
+def _sidecar(args: argparse.Namespace) -> int:
+    from .sidecar import Sidecar, SidecarConfig
+    from .url import open_store, redact, store_kind
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log = logging.getLogger("memsession.sidecar")
+    config = SidecarConfig(
+        flush_interval=args.flush_interval, batch_size=args.batch_size, queue_limit=args.queue_limit,
+        prune_interval=args.prune_interval or None, close_timeout=args.close_timeout,
+        http=args.http, parent_pid=args.parent_pid,
+    )
+    hub = _hub_config(args, heartbeat=args.heartbeat)
+    pub, sub, req = hub.endpoints()  # a bad endpoint or runtime dir fails here, before the store opens
+    kind = store_kind(args.store)
+    store = open_store(args.store, **store_options(kind, args))
+    sidecar = Sidecar(store, hub, config)
+    stop = threading.Event()
+    sidecar.install_signal_handlers(stop)
+    ready = threading.Event()
+    log.info("store=%s publish=%s subscribe=%s requests=%s", redact(args.store), pub, sub, req)
+    if args.ready_file:
+        def announce() -> None:
+            while not ready.wait(0.1):
+                if stop.is_set():
+                    return
+            with open(args.ready_file, "w") as f:
+                f.write(json.dumps({"requests": req, "http": sidecar.http_address}))
+
+        threading.Thread(target=announce, daemon=True).start()
+    sidecar.run(stop, ready)
+    return 0
+
+
+def _status_arguments(p: argparse.ArgumentParser) -> None:
+    _endpoint_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the raw counters as JSON")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer")
+
+
+def _age(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)) or seconds < 0:
+        return "never"
+    return f"{seconds:.1f}s ago"
+
+
+def format_status(stats: dict[str, Any], requests: str) -> str:
+    """A hub's or sidecar's counters as a short human-readable report."""
+    role = stats.get("role", "hub")
+    lines = [
+        f"{role} at {requests}",
+        f"  epoch        {stats.get('epoch', 0):x}   up {stats.get('uptime', 0):.0f}s",
+        f"  peers seen   {stats.get('streams', 0)} publisher streams",
+        f"  sessions     {stats.get('sessions', 0)} live, {stats.get('tombstones', 0)} tombstones",
+        f"  bus          {stats.get('received', 0)} received, {stats.get('applied', 0)} applied, "
+        f"{stats.get('gaps', 0)} gaps, lag p50 {stats.get('lag_ms_p50')} ms / p99 {stats.get('lag_ms_p99')} ms",
+    ]
+    dropped = stats.get("dropped") or {}
+    if dropped:
+        lines.append("  dropped      " + ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items())))
+    persist = stats.get("persist")
+    if isinstance(persist, dict):
+        state = "FAILING" if persist.get("failing") else "ok"
+        lines += [
+            f"  store        {stats.get('store', '?')}: {state}",
+            f"  queue        {persist.get('depth', 0)} keys waiting (limit {persist.get('limit', 0)}), "
+            f"oldest unwritten change {persist.get('unwritten_age_s', 0):.2f}s old",
+            f"  last flush   {_age(persist.get('last_flush_age_s'))}; {persist.get('saved', 0)} records in "
+            f"{persist.get('batches', 0)} batches, {persist.get('coalesced', 0)} coalesced",
+            f"  errors       {persist.get('write_errors', 0)} write, {persist.get('purge_errors', 0)} purge, "
+            f"{persist.get('overflows', 0)} overflows, {persist.get('lost', 0)} lost",
+        ]
+        if persist.get("last_error"):
+            lines.append(f"  last error   {persist['last_error']}")
+        lines.append(f"  pruned       {persist.get('purged', 0)} expired sessions from the store")
+    return "\n".join(lines)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from memsession.errors import BusError
+    from memsession.hub import query_stats
+
+    hub = _hub_config(args)
+    requests = hub.endpoints()[2]
+    try:
+        stats = query_stats(requests, keys=args.keys, insecure=args.insecure, timeout=args.timeout)
+    except BusError as exc:
+        print(f"memsession status: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+    else:
+        print(format_status(stats, requests))
+    persist = stats.get("persist")
+    return 3 if isinstance(persist, dict) and persist.get("failing") else 0
+
+
+def wait_ready(requests: str, timeout: float, *, keys: str | None = None, insecure: bool = False) -> dict[str, Any]:
+    """Poll a hub's stats until it answers (``BusError`` after ``timeout``)."""
+    from memsession.errors import BusError
+    from memsession.hub import query_stats
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return query_stats(requests, keys=keys, insecure=insecure, timeout=max(0.05, min(0.5, left)))
+        except BusError:
+            if time.monotonic() >= deadline:
+                raise
+
+
+COMMANDS = [
+    ("sidecar", "run a sidecar: a hub that loads, writes behind and prunes a session store",
+     _sidecar_arguments, _sidecar),
+    ("status", "print a running hub's or sidecar's state (epoch, peers, sessions, queue, errors)",
+     _status_arguments, _status),
+]
