@@ -1,0 +1,19 @@
+"""WSGI entry point. gunicorn imports it in each worker after forking, so the
+worker's session cache (and its bus sockets) are born in the worker."""
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
+
+from django.core.wsgi import get_wsgi_application  # noqa: E402
+
+from memsession import SessionCache  # noqa: E402
+from memsession.bus import ZmqBus  # noqa: E402
+from memsession.contrib.django import set_cache  # noqa: E402
+
+application = get_wsgi_application()
+set_cache(
+    SessionCache(
+        idle_timeout=30 * 60, max_age=8 * 3600, bus=ZmqBus(runtime_dir=os.environ["MEMSESSION_RUNTIME_DIR"])
+    )
+)
