@@ -450,7 +450,10 @@ class Sidecar:
 
     def _start_http(self, address: str) -> None:
         host, port = parse_http(address)
-        self._http = serve_http(host, port, self.current_stats)
+        try:
+            self._http = serve_http(host, port, self.current_stats)
+        except OSError as exc:
+            raise ConfigError("http", address, f"cannot listen: {exc.strerror}") from exc
         self.http_address = self._http.server_address[:2]  # type: ignore[assignment]
         log.info("health and metrics on http://%s:%d/ (/health, /metrics)", *self.http_address)  # type: ignore[str-format]
 

@@ -1,0 +1,235 @@
+"""The sidecar: a hub that loads, writes behind and prunes a store, with real sockets and stores."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from memsession import SessionCache, ZmqBus
+from memsession.errors import ConfigError
+from memsession.hub import HubConfig
+from memsession.session import Record, new_id
+from persist.jsonfile import JsonFileStore, read_snapshot
+from persist.sidecar import Sidecar, SidecarConfig, SidecarState, parse_http, prometheus_text
+from persist.url import file_path, open_store, redact, store_kind
+from tests.sidecars import SidecarProcess, http_port, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+FAST_BUS = {"heartbeat": 0.2, "silence": 0.7, "request_timeout": 3.0}
+
+
+# -- pure parts ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [("file:///tmp/s.json", "file"), ("sessions.json", "file"), ("file:rel.json", "file"),
+     ("postgresql://u@h/db", "postgres"), ("postgres://h/db", "postgres"),
+     ("couchdb://h:5984/db", "couchdb"), ("https://h/db", "couchdb")],
+)
+def test_store_kind(url: str, kind: str) -> None:
+    assert store_kind(url) == kind
+
+
+def test_store_url_errors_and_redaction() -> None:
+    with pytest.raises(ConfigError):
+        store_kind("redis://localhost")
+    with pytest.raises(ConfigError):
+        store_kind("")
+    with pytest.raises(ConfigError):
+        file_path("file://otherhost/x.json")
+    assert file_path("file:///a/b.json") == "/a/b.json"
+    assert redact("postgresql://app:s3cret@db:5432/x") == "postgresql://app:***@db:5432/x"
+    assert "s3cret" not in redact("https://admin:s3cret@couch/db")
+    assert redact("postgresql://db/x") == "postgresql://db/x"
+
+
+def test_open_store_file(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path}/s.json", save_interval=None)
+    try:
+        assert isinstance(store, JsonFileStore)
+        assert store.path == f"{tmp_path}/s.json"
+    finally:
+        store.close()
+
+
+def test_config_is_checked() -> None:
+    for bad in ({"flush_interval": 0}, {"batch_size": 0}, {"queue_limit": True}, {"http": "nope"},
+                {"retry_min": 2.0, "retry_max": 1.0}):
+        with pytest.raises(ConfigError):
+            SidecarConfig(**bad)  # type: ignore[arg-type]
+    assert parse_http(":9108") == ("127.0.0.1", 9108)
+
+
+def test_state_queues_what_the_replica_applies() -> None:
+    state = SidecarState(store_name="test")
+    wall = state.clock.wall()
+    a1 = Record("a", {"n": 1}, 10, 1, wall, wall, wall + 60)
+    a2 = Record("a", {"n": 2}, 11, 1, wall, wall, wall + 60)
+    assert state.merge(a2)
+    assert not state.merge(a1)  # older: the replica and the queue ignore it
+    assert state.queue.get("a") == a2
+    assert state.warm([Record("b", {}, 5, 1, wall, wall, wall + 60)]) == 1
+    assert "b" in state.replica and state.queue.get("b") is None  # loaded from the store: nothing to write
+    stats = state.stats()
+    assert stats["role"] == "sidecar" and stats["persist"]["depth"] == 1
+    assert stats["persist"]["warm_loaded"] == 1
+
+
+def test_prometheus_text() -> None:
+    text = prometheus_text({"sessions": 3, "epoch": 7, "role": "sidecar", "dropped": {"malformed": 2},
+                            "persist": {"depth": 4, "failing": False, "last_error": "x"}, "lag_ms_p50": None})
+    lines = set(text.splitlines())
+    assert "memsession_sessions 3" in lines
+    assert 'memsession_dropped{reason="malformed"} 2' in lines
+    assert "memsession_persist_depth 4" in lines
+    assert "memsession_persist_failing 0" in lines
+    assert 'memsession_info{role="sidecar"} 1' in lines
+    assert not any("lag_ms_p50" in line or "last_error" in line for line in lines)
+
+
+# -- a sidecar in this process, real sockets, JSON file store ------------------------------
+
+
+@pytest.fixture
+def runtime_dir() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="ms-sc-") as d:
+        yield d
+
+
+def _cache(runtime_dir: str) -> SessionCache:
+    return SessionCache(bus=ZmqBus(runtime_dir=runtime_dir, **FAST_BUS), touch_interval=3600)
+
+
+def test_writes_behind_flushes_on_stop_and_warm_starts(tmp_path: Path, runtime_dir: str) -> None:
+    path = tmp_path / "sessions.json"
+    hub = HubConfig(runtime_dir=runtime_dir, heartbeat=0.2)
+    store = JsonFileStore(path, save_interval=None)
+    sids = [new_id() for _ in range(50)]
+    with Sidecar(store, hub, SidecarConfig(flush_interval=0.02)) as sidecar:
+        with _cache(runtime_dir) as cache:
+            for i, sid in enumerate(sids):
+                cache.set(sid, {"i": i})
+            cache.destroy(sids[0])
+            wait_until(lambda: all(store.load(s) is not None for s in sids), 10, "writes to reach the store")
+            wait_until(lambda: store.load(sids[0]).deleted, 10, "the tombstone to reach the store")  # type: ignore[union-attr]
+            stats = sidecar.current_stats()
+            assert stats["persist"]["saved"] >= len(sids)
+            assert stats["persist"]["depth"] == 0
+    # Stopped: the file holds everything (the store was closed by the sidecar, which snapshots).
+    saved = {r.key: r for r in read_snapshot(str(path), time.time())}
+    assert saved[sids[0]].deleted
+    assert all(saved[s].data == {"i": i} for i, s in enumerate(sids) if i)
+
+    # A new sidecar starts warm: a worker that joins gets every session in its snapshot.
+    with Sidecar(JsonFileStore(path, save_interval=None), hub, SidecarConfig()) as sidecar:
+        assert sidecar.state.persist_counts["warm_loaded"] == len(sids)
+        with _cache(runtime_dir) as cache:
+            assert cache.bus.wait_joined(5)  # type: ignore[union-attr]
+            assert cache.get(sids[1]) == {"i": 1}
+            assert cache.get(sids[0]) is None
+            assert len(cache) == len(sids) - 1
+
+
+def test_flush_on_stop_writes_what_waited(tmp_path: Path, runtime_dir: str) -> None:
+    path = tmp_path / "sessions.json"
+    store = JsonFileStore(path, save_interval=None)
+    sidecar = Sidecar(store, HubConfig(runtime_dir=runtime_dir), SidecarConfig(flush_interval=60.0,
+                                                                               batch_size=10_000))
+    sidecar.start()
+    try:
+        with _cache(runtime_dir) as cache:
+            sid = new_id()
+            cache.set(sid, {"late": True})
+            wait_until(lambda: sidecar.state.replica.get(sid) is not None, 5, "the hub to apply the write")
+            assert store.load(sid) is None  # the flush interval has not passed
+    finally:
+        sidecar.stop()
+    assert sidecar.state.persist_counts["unwritten_at_exit"] == 0
+    assert [r.data for r in read_snapshot(str(path), time.time())] == [{"late": True}]
+
+
+def test_prunes_expired_sessions_from_the_store(tmp_path: Path, runtime_dir: str) -> None:
+    store = JsonFileStore(tmp_path / "s.json", save_interval=None)
+    now = time.time()
+    live = Record(new_id(), {"x": 1}, 1, 1, now, now, now + 3600)
+    store.save([live, Record(new_id(), {"x": 2}, 1, 1, now - 100, now - 100, now + 0.3)])
+    config = SidecarConfig(prune_interval=0.1)
+    with Sidecar(store, HubConfig(runtime_dir=runtime_dir), config) as sidecar:
+        wait_until(lambda: sidecar.state.persist_counts["purged"] == 1, 10, "the expired session to be purged")
+        assert [r.key for r in store.load_all(time.time() - 1000)] == [live.key]
+
+
+# -- the command, against PostgreSQL ---------------------------------------------------------
+
+
+def _pg_rows(url: str) -> dict[str, tuple[int, bool]]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        try:
+            rows = conn.execute("SELECT sid, version, deleted FROM memsession").fetchall()
+        except psycopg.errors.UndefinedTable:
+            return {}
+    return {sid: (version, deleted) for sid, version, deleted in rows}
+
+
+@pytest.mark.zmq
+def test_command_postgres_http_status_and_sigterm_flush(postgres_url: str) -> None:
+    port = http_port()
+    sidecar = SidecarProcess(postgres_url, "--flush-interval", "30", "--http", f"127.0.0.1:{port}",
+                             "--prune-interval", "0.2")
+    with sidecar:
+        cache = _cache(sidecar.runtime_dir)
+        try:
+            sids = [new_id() for _ in range(20)]
+            versions = {sid: cache.set(sid, {"n": i}).version for i, sid in enumerate(sids)}
+            wait_until(lambda: sidecar.stats()["sessions"] == len(sids), 10, "the sidecar to hold every session")
+            assert _pg_rows(postgres_url) == {}  # 30 s flush interval: nothing written yet
+
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=5) as http:
+                health = http.get("/health")
+                assert health.status_code == 200
+                body = health.json()
+                assert body["ok"] is True and body["role"] == "sidecar" and body["store"] == "postgres"
+                assert body["persist"]["depth"] == len(sids)
+                metrics = http.get("/metrics").text
+                assert f"memsession_persist_depth {len(sids)}" in metrics.splitlines()
+                assert http.get("/nope").status_code == 404
+
+            status = subprocess.run(
+                [sys.executable, "-m", "memsession", "status", "--runtime-dir", sidecar.runtime_dir],
+                capture_output=True, text=True, timeout=30,
+            )
+            assert status.returncode == 0, status.stderr
+            assert "sidecar at ipc://" in status.stdout
+            assert f"{len(sids)} live" in status.stdout
+            assert f"{len(sids)} keys waiting" in status.stdout
+            raw = subprocess.run(
+                [sys.executable, "-m", "memsession", "status", "--runtime-dir", sidecar.runtime_dir, "--json"],
+                capture_output=True, text=True, timeout=30,
+            )
+            assert json.loads(raw.stdout)["persist"]["depth"] == len(sids)
+
+            started = time.monotonic()
+            assert sidecar.terminate(timeout=30) == 0
+            assert time.monotonic() - started < 15
+            assert _pg_rows(postgres_url) == {sid: (versions[sid], False) for sid in sids}
+            assert "all changes written to postgres" in sidecar.tail(200)
+        finally:
+            cache.close()
+
+    gone = subprocess.run(
+        [sys.executable, "-m", "memsession", "status", "--runtime-dir", sidecar.runtime_dir, "--timeout", "0.3"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert gone.returncode == 1 and "no hub answered" in gone.stderr
