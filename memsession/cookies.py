@@ -72,7 +72,8 @@ class CookieSigner:
         self.max_size = max_size
 
     def _mac(self, key: bytes, payload: bytes) -> str:
-        digest = hmac.new(key, payload, hashlib.sha256).digest()
+        # hmac.digest is the one-shot C path: several times faster than hmac.new().
+        digest = hmac.digest(key, payload, "sha256")
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
     def sign(self, sid: str, version: int) -> str:

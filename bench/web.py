@@ -1,0 +1,189 @@
+"""End-to-end web benchmark: the same tiny app under gunicorn (2 workers), several session backends.
+
+``python -m bench.web [--duration 5] [--connections 16] [--chart bench/web.png] [--quick]``
+
+Flask with memsession (a hub and each worker's cache, the embedded setup),
+Flask's signed-cookie sessions, Flask-Session on Redis (a redis-server this
+benchmark starts) and no session at all; Django with memsession and with
+Django's ``cached_db`` (local-memory cache over SQLite). Each app serves a
+session-read route and a session-write route; wrk drives each one for a
+fixed time from 127.0.0.1 with a logged-in cookie. Prints req/s and p50/p99
+latency with the ratios the targets are stated in, and draws a PNG chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bench.table import render, verdict
+from tests.servers import RedisServer
+from tests.webservers import Hub, WebServer
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS = 2
+
+#: (label, framework, BENCH_SESSION, gunicorn target)
+VARIANTS = [
+    ("memsession", "flask", "memsession", "bench.web_flask:app"),
+    ("flask cookie", "flask", "cookie", "bench.web_flask:app"),
+    ("flask-session redis", "flask", "redis", "bench.web_flask:app"),
+    ("no session", "flask", "none", "bench.web_flask:app"),
+    ("django memsession", "django", "memsession", "bench.web_django:application"),
+    ("django cached_db", "django", "cached_db", "bench.web_django:application"),
+]
+ROUTES = ("read", "write")
+
+
+@dataclass
+class Result:
+    label: str
+    route: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def run_wrk(url: str, cookie: str | None, duration: float, connections: int) -> tuple[float, float, float, int]:
+    """``(req/s, p50 ms, p99 ms, non-2xx + socket errors)`` from one wrk run."""
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "5s", url]
+    if cookie:
+        argv[1:1] = ["-H", f"Cookie: {cookie}"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    if m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out):
+        errors += int(m.group(1))
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        errors += sum(int(g) for g in m.groups())
+    return rps, p50, p99, errors
+
+
+def logged_in_cookie(base: str) -> str | None:
+    """One write, to get the session cookie every request then carries."""
+    with httpx.Client(base_url=base, timeout=10, trust_env=False) as client:
+        response = client.get("/write")
+        response.raise_for_status()
+        jar = [f"{name}={value}" for name, value in client.cookies.items()]
+    return "; ".join(jar) or None
+
+
+def bench_variant(label: str, framework: str, kind: str, target: str, env: dict[str, str],
+                  duration: float, connections: int) -> list[Result]:
+    env = {**env, "BENCH_SESSION": kind}
+    results = []
+    with WebServer("gunicorn", target, workers=WORKERS, env=env, probe="/read") as server:
+        cookie = logged_in_cookie(server.url)
+        # A short warm-up so every worker has imported, joined and served once.
+        run_wrk(server.url + "/read", cookie, 1, connections)
+        for route in ROUTES:
+            rps, p50, p99, errors = run_wrk(f"{server.url}/{route}", cookie, duration, connections)
+            results.append(Result(label, route, rps, p50, p99, errors))
+            print(f"  {label:22s} {route:5s} {rps:9.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
+                  + (f"  ERRORS {errors}" if errors else ""), flush=True)
+    return results
+
+
+def migrate(env: dict[str, str]) -> None:
+    code = "import bench.web_django; from django.core.management import call_command; call_command('migrate', verbosity=0)"
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, **env, "PYTHONPATH": str(ROOT),
+                   "BENCH_SESSION": "cached_db"}, check=True, timeout=120, cwd=ROOT)
+
+
+def draw(results: list[Result], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [v[0] for v in VARIANTS if any(r.label == v[0] for r in results)]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.38
+    for i, route in enumerate(ROUTES):
+        values = [next((r.rps for r in results if r.label == lab and r.route == route), 0.0) for lab in labels]
+        xs = [x + (i - 0.5) * width for x in range(len(labels))]
+        bars = ax.bar(xs, values, width, label=f"session {route}")
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, rotation=15)
+    ax.set_ylabel("requests/s (higher is better)")
+    ax.set_title(f"Same app under gunicorn, {WORKERS} sync workers, wrk on 127.0.0.1")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(results: list[Result]) -> str:
+    def rps(label: str, route: str) -> float:
+        return next((r.rps for r in results if r.label == label and r.route == route), float("nan"))
+
+    rows = [[r.label, r.route, r.rps, r.p50_ms, r.p99_ms, r.errors] for r in results]
+    table = render("web benchmark", ["backend", "route", "req/s", "p50 ms", "p99 ms", "errors"], rows)
+    checks = [
+        ("read: memsession / no session", rps("memsession", "read") / rps("no session", "read"), 0.95),
+        ("read: memsession / flask-session redis",
+         rps("memsession", "read") / rps("flask-session redis", "read"), 1.5),
+        ("write: memsession / flask-session redis",
+         rps("memsession", "write") / rps("flask-session redis", "write"), 1.3),
+        ("read: memsession / flask cookie", rps("memsession", "read") / rps("flask cookie", "read"), None),
+        ("read: django memsession / cached_db",
+         rps("django memsession", "read") / rps("django cached_db", "read"), None),
+        ("write: django memsession / cached_db",
+         rps("django memsession", "write") / rps("django cached_db", "write"), None),
+    ]
+    ratio_rows = [[name, ratio, "" if target is None else f">= {target}",
+                   "" if target is None else verdict(ratio >= target)] for name, ratio, target in checks]
+    return table + "\n\n" + render("ratios (same run)", ["ratio", "value", "target", ""], ratio_rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.web", description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of load per route (default 5)")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
+    parser.add_argument("--chart", type=Path, default=ROOT / "bench" / "web.png", help="PNG output")
+    parser.add_argument("--quick", action="store_true", help="2 s per route")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk not found (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
+    duration = 2.0 if args.quick else args.duration
+    results: list[Result] = []
+    tmp = tempfile.mkdtemp(prefix="ms-bench-web-")
+    try:
+        with Hub() as hub, RedisServer() as redis_server:
+            env = {"MEMSESSION_RUNTIME_DIR": hub.runtime_dir, "BENCH_REDIS_URL": redis_server.url,
+                   "BENCH_DB": os.path.join(tmp, "db.sqlite3")}
+            migrate(env)
+            for label, framework, kind, target in VARIANTS:
+                results += bench_variant(label, framework, kind, target, env, duration, args.connections)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    print(report(results))
+    draw(results, args.chart)
+    print(f"\nchart: {args.chart}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The Flask app of the web benchmark; ``BENCH_SESSION`` picks the session backend.
+
+``memsession`` (each worker's cache joined to the hub in ``MEMSESSION_RUNTIME_DIR``),
+``cookie`` (Flask's signed-cookie sessions), ``redis`` (Flask-Session on the
+server in ``BENCH_REDIS_URL``) or ``none`` (the same routes, no session).
+"""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask, session
+
+KIND = os.environ.get("BENCH_SESSION", "none")
+
+app = Flask(__name__)
+app.config["SECRET_KEY"] = "bench-secret"
+
+if KIND == "memsession":
+    from memsession import SessionCache
+    from memsession.bus import ZmqBus
+    from memsession.contrib.flask import MemSession
+
+    MemSession(app, cache=SessionCache(bus=ZmqBus(runtime_dir=os.environ["MEMSESSION_RUNTIME_DIR"])))
+elif KIND == "redis":
+    import redis
+    from flask_session import Session
+
+    app.config.update(SESSION_TYPE="redis", SESSION_REDIS=redis.Redis.from_url(os.environ["BENCH_REDIS_URL"]))
+    Session(app)
+elif KIND not in ("cookie", "none"):
+    raise SystemExit(f"unknown BENCH_SESSION={KIND!r}")
+
+if KIND == "none":
+
+    @app.get("/read")
+    def read():
+        return "0"
+
+    @app.get("/write")
+    def write():
+        return "1"
+
+else:
+
+    @app.get("/read")
+    def read():
+        return str(session.get("n", 0))
+
+    @app.get("/write")
+    def write():
+        session["n"] = session.get("n", 0) + 1
+        return str(session["n"])
