@@ -36,13 +36,13 @@ if not settings.configured:
         }[KIND],
     )
 
-import django  # noqa: E402
+import django
 
 django.setup()
 
-from django.core.wsgi import get_wsgi_application  # noqa: E402
-from django.http import HttpResponse  # noqa: E402
-from django.urls import path  # noqa: E402
+from django.core.wsgi import get_wsgi_application
+from django.http import HttpResponse
+from django.urls import path
 
 
 def read(request):

@@ -5,11 +5,11 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
 
-from django.core.wsgi import get_wsgi_application  # noqa: E402
+from django.core.wsgi import get_wsgi_application
 
-from memsession import SessionCache  # noqa: E402
-from memsession.bus import ZmqBus  # noqa: E402
-from memsession.contrib.django import set_cache  # noqa: E402
+from memsession import SessionCache
+from memsession.bus import ZmqBus
+from memsession.contrib.django import set_cache
 
 application = get_wsgi_application()
 set_cache(

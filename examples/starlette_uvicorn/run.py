@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _launch import main  # noqa: E402
+from _launch import main
 
 if __name__ == "__main__":
     sys.exit(main(
