@@ -70,6 +70,7 @@ def _answers(url: str) -> bool:
 
 
 def _hub_answers(runtime_dir: str) -> bool:
+    from memsession import MemsessionError
     from memsession.hub import HubConfig, query_stats
 
     requests = HubConfig(runtime_dir=runtime_dir).endpoints()[2]
@@ -77,7 +78,7 @@ def _hub_answers(runtime_dir: str) -> bool:
         return False
     try:
         return query_stats(requests, timeout=1.0) is not None
-    except Exception:  # not up yet: the caller polls again until its deadline
+    except (MemsessionError, OSError):  # not up yet: the caller polls again until its deadline
         return False
 
 
