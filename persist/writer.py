@@ -121,6 +121,7 @@ class Persistence:
         self.clock = clock
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
+        self._settled = threading.Condition(self._lock)
         self._pending: dict[str, Record] = {}
         self._inflight: dict[str, Record] = {}
         self._negative: OrderedDict[str, float] = OrderedDict()
@@ -186,17 +187,24 @@ class Persistence:
             self._pending[record.key] = record
 
     def flush(self) -> int:
-        """Write everything queued now, in this thread; return how many records were written.
+        """Write everything queued now; return how many records this call wrote.
 
-        Raises the store's error if it fails (the records stay queued).
+        Returns once nothing is queued or in flight (a batch the writer thread
+        is saving is waited for). Raises the store's error if it fails (the
+        records stay queued).
         """
         written = 0
         while True:
             batch = self._take()
-            if not batch:
-                return written
-            self._save(batch)
-            written += len(batch)
+            if batch:
+                self._save(batch)
+                written += len(batch)
+                continue
+            with self._lock:
+                while self._inflight and not self._pending:
+                    self._settled.wait()
+                if not self._pending:
+                    return written
 
     def _take(self) -> list[Record]:
         with self._lock:
@@ -219,6 +227,7 @@ class Persistence:
                     self._enqueue_locked(record)
                 if isinstance(exc, StoreError):
                     self._counts["write_errors"] += 1
+                self._settled.notify_all()
             raise
         with self._lock:
             for record in batch:
@@ -226,6 +235,7 @@ class Persistence:
                     del self._inflight[record.key]
             self._counts["saved"] += len(batch)
             self._counts["batches"] += 1
+            self._settled.notify_all()
         self._recovered()
 
     def _outage(self, exc: StoreError) -> None:
