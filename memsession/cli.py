@@ -1,4 +1,4 @@
-"""The ``memsession`` command: ``hub``, ``hub --stats``, ``keys``.
+"""The ``memsession`` command: ``hub``, ``hub --stats``, ``keys``, ``ddl``.
 
 Subcommands register themselves in ``COMMANDS``-style functions below so
 other ones (a sidecar, a status page) slot in next to them.
@@ -14,7 +14,7 @@ import sys
 import threading
 from typing import Callable, Sequence
 
-from .errors import MemsessionError
+from .errors import ConfigError, MemsessionError
 
 __all__ = ["build_parser", "main"]
 
@@ -72,9 +72,31 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ddl_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--schema", default=None, help="schema of the sessions table (default: the search path)")
+    p.add_argument("--table", default="memsession", help="table name (default: memsession)")
+    p.add_argument("--column", action="append", default=[], metavar="FIELD=NAME",
+                   help="rename a column, e.g. --column key=session_id (fields: key data version origin "
+                        "created accessed expires deleted); repeatable")
+
+
+def _ddl(args: argparse.Namespace) -> int:
+    from persist.postgres import ddl
+
+    columns = {}
+    for item in args.column:
+        field, sep, name = item.partition("=")
+        if not sep:
+            raise ConfigError("--column", item, "expected FIELD=NAME")
+        columns[field] = name
+    sys.stdout.write(ddl(args.schema, args.table, columns))
+    return 0
+
+
 COMMANDS: list[Command] = [
     ("hub", "run a hub: XSUB/XPUB proxy, replica and snapshot server", _hub_arguments, _hub),
     ("keys", "generate CURVE key pairs for tcp endpoints", _keys_arguments, _keys),
+    ("ddl", "print the PostgreSQL DDL of the sessions table", _ddl_arguments, _ddl),
 ]
 
 

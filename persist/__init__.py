@@ -1,1 +1,45 @@
-"""Persistence for memsession: one store protocol, three adapters, the sidecar."""
+"""Persistence for memsession: one store protocol, three adapters, the sidecar.
+
+``Store`` is the protocol (``persist.base``), ``StoreContract`` in
+``persist.testing`` the test suite every adapter passes. Adapters:
+``JsonFileStore``, ``PostgresStore`` (needs ``memsession[postgres]``),
+``CouchStore`` and ``CouchFollower`` (need ``memsession[couchdb]``); the last
+three are imported on first use so a missing extra only fails when asked for.
+``PersistConfig`` sets how a ``SessionCache(store=...)`` uses its store.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .base import Store, supersedes
+from .jsonfile import JsonFileStore
+from .writer import PersistConfig, Persistence
+
+if TYPE_CHECKING:
+    from .couchdb import CouchFollower, CouchStore
+    from .postgres import PostgresStore
+
+__all__ = [
+    "CouchFollower",
+    "CouchStore",
+    "JsonFileStore",
+    "PersistConfig",
+    "Persistence",
+    "PostgresStore",
+    "Store",
+    "supersedes",
+]
+
+_LAZY = {"PostgresStore": ".postgres", "CouchStore": ".couchdb", "CouchFollower": ".couchdb"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'persist' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -145,3 +145,14 @@ def test_two_stores_on_one_table_keep_the_newest(postgres_url: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_ddl_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from memsession.cli import main
+
+    assert main(["ddl"]) == 0
+    assert capsys.readouterr().out == ddl()
+    assert main(["ddl", "--schema", "app", "--table", "s", "--column", "key=id", "--column", "data=body"]) == 0
+    assert capsys.readouterr().out == ddl("app", "s", {"key": "id", "data": "body"})
+    assert main(["ddl", "--column", "key"]) == 2
+    assert main(["ddl", "--column", "nope=x"]) == 2
