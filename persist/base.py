@@ -40,7 +40,9 @@ __all__ = [
     "jsonable_data",
     "make_record",
     "record_from_dict",
+    "record_from_json",
     "record_to_dict",
+    "record_to_json",
     "supersedes",
 ]
 
@@ -291,6 +293,22 @@ def record_from_dict(obj: Any, data: SessionData) -> Record:
         obj.get("e"),
         obj.get("x", False),
     )
+
+
+def record_to_json(record: Record) -> bytes:
+    """One record as one JSON object (bytes): for stores that keep a record in one value."""
+    obj = record_to_dict(record)
+    obj["d"] = jsonable_data(record.data, record.flat)
+    return orjson.dumps(obj, default=json_default)
+
+
+def record_from_json(raw: bytes | str) -> Record:
+    """Inverse of ``record_to_json``; ``ValueError`` if ``raw`` is not one."""
+    try:
+        obj = orjson.loads(raw)
+        return record_from_dict(obj, decode_data(obj["d"], raw))
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"not a stored record: {exc}") from exc
 
 
 def check_open(closed: bool, store: str, op: str) -> None:

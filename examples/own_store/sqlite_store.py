@@ -1,0 +1,95 @@
+"""A session store for another database in a few dozen lines: SQLite.
+
+The same shape fits any database with transactions or compare-and-set
+(MongoDB, Redis with WATCH/MULTI, DynamoDB, ...): keep each record as one
+JSON value, write a record only if it ``supersedes`` the stored one, and
+translate the driver's errors into memsession's at the boundary.
+``tests/test_persist_own_store.py`` proves it with the public contract suite.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from typing import Iterable, Iterator, Sequence
+
+from memsession.errors import StoreClosed, StoreError
+from memsession.session import Record
+from persist.base import coalesce, record_from_json, record_to_json, supersedes
+
+
+class SqliteStore:
+    name = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.RLock()  # one connection: one thread (and transaction) at a time
+        self._closed = False
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS sessions (key TEXT PRIMARY KEY, record BLOB, expires REAL)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS sessions_expires ON sessions (expires)")
+
+    def _sql(self, op: str, query: str, params: Sequence[object] = ()) -> list[tuple]:
+        with self._lock:
+            if self._closed:
+                raise StoreClosed("sqlite store is closed", store=self.name, op=op)
+            try:
+                return self._db.execute(query, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"sqlite {op} failed: {exc}", store=self.name, op=op) from exc
+
+    def load(self, key: str) -> Record | None:
+        rows = self._sql("load", "SELECT record FROM sessions WHERE key = ?", [key])
+        return record_from_json(rows[0][0]) if rows else None
+
+    def load_all(self, now: float) -> Iterator[Record]:
+        self._sql("load_all", "SELECT 1")  # raises StoreClosed now, not at first next()
+        return self._pages(now)
+
+    def _pages(self, now: float) -> Iterator[Record]:
+        after = ""
+        while rows := self._sql(
+            "load_all",
+            "SELECT key, record FROM sessions WHERE key > ? AND expires > ? ORDER BY key LIMIT 500",
+            [after, now],
+        ):
+            yield from (record_from_json(raw) for _, raw in rows)
+            after = rows[-1][0]
+
+    def save(self, records: Sequence[Record]) -> int:
+        written = 0
+        with self._lock:  # read-compare-write in one transaction: no writer slips in between
+            self._sql("save", "BEGIN IMMEDIATE")
+            try:
+                for record in coalesce(records).values():
+                    if supersedes(record, self.load(record.key)):
+                        self._sql(
+                            "save",
+                            "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?)",
+                            [record.key, record_to_json(record), record.expires],
+                        )
+                        written += 1
+            except BaseException:
+                self._sql("save", "ROLLBACK")
+                raise
+            self._sql("save", "COMMIT")
+        return written
+
+    def delete(self, keys: Iterable[str]) -> int:
+        return sum(len(self._sql("delete", "DELETE FROM sessions WHERE key = ? RETURNING 1", [k])) for k in set(keys))
+
+    def purge(self, now: float) -> int:
+        total = 0
+        while batch := self._sql(
+            "purge",
+            "DELETE FROM sessions WHERE key IN (SELECT key FROM sessions WHERE expires <= ? LIMIT 1000) RETURNING 1",
+            [now],
+        ):
+            total += len(batch)
+        return total
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()

@@ -1,0 +1,28 @@
+"""The README's "write your own store" example passes the public contract suite."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from memsession import SessionCache, new_id
+from persist.testing import StoreContract
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "own_store"))
+from sqlite_store import SqliteStore  # noqa: E402
+
+
+class TestSqliteStoreContract(StoreContract):
+    @pytest.fixture
+    def make_store(self, tmp_path: Path):
+        return lambda: SqliteStore(str(tmp_path / "sessions.db"))
+
+
+def test_it_plugs_into_a_session_cache(tmp_path: Path) -> None:
+    sid = new_id()
+    with SessionCache(store=SqliteStore(str(tmp_path / "s.db"))) as cache:
+        cache.set(sid, {"user": "ada"})
+    with SessionCache(store=SqliteStore(str(tmp_path / "s.db"))) as cold:
+        assert cold.get(sid) == {"user": "ada"}
