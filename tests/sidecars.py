@@ -128,12 +128,16 @@ class Gunicorn(Process):
         return self.proc.pid
 
     def children(self) -> list[int]:
-        """Pids of the master's direct children (workers and the embedded sidecar)."""
+        """Pids of the master's direct children (workers and the embedded sidecar), from every thread."""
+        out: list[int] = []
         try:
-            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
-                return [int(p) for p in f.read().split()]
+            tasks = os.listdir(f"/proc/{self.pid}/task")
         except OSError:
-            return []
+            return out
+        for task in tasks:
+            with contextlib.suppress(OSError), open(f"/proc/{self.pid}/task/{task}/children") as f:
+                out.extend(int(p) for p in f.read().split())
+        return sorted(set(out))
 
     def terminate(self, timeout: float = 30.0) -> int:
         assert self.proc is not None

@@ -1,0 +1,148 @@
+"""The gunicorn hooks with real gunicorn: embedded sidecar, 4 workers sharing sessions, restarts.
+
+The config under test is the shipped example (``examples/sidecar/gunicorn.conf.py``).
+Servers listen on 127.0.0.1, are bounded in time, and are stopped by the pid
+they were started with.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from memsession.contrib.gunicorn import GunicornHooks, session_cache
+from memsession.errors import ConfigError
+from memsession.hub import HubConfig, query_stats
+from persist.jsonfile import read_snapshot
+from tests.sidecars import Gunicorn, client, cmdline, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.zmq, pytest.mark.timeout(180)]
+
+CONFIG = "examples/sidecar/gunicorn.conf.py"
+APP = "examples.sidecar.app:app"
+COOKIE = "session"
+
+
+def gunicorn(store: Path, *extra: str, app: str = APP, workers: int = 4) -> Gunicorn:
+    """An unstarted server (``with`` starts and stops it)."""
+    return Gunicorn(CONFIG, app, *extra, env={"MEMSESSION_STORE": str(store), "WORKERS": str(workers)})
+
+
+def login(url: str, user: str) -> str:
+    with client(url) as c:
+        response = c.post("/login", params={"user": user})
+        assert response.status_code == 200
+        return response.cookies[COOKIE]
+
+
+def me(url: str, cookie: str) -> dict:
+    with client(url, [(COOKIE, cookie)]) as c:
+        response = c.get("/me")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+def workers_seen(url: str, cookie: str, want: int, expect: dict, timeout: float = 30.0) -> set[int]:
+    """Read the session from many connections at once until ``want`` workers answered; all must agree."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    with ThreadPoolExecutor(8) as pool:
+        while len(seen) < want and time.monotonic() < deadline:
+            for body in pool.map(lambda _: me(url, cookie), range(16)):
+                assert body["session"] == expect, body
+                seen.add(body.get("worker") or body["pid"])
+    return seen
+
+
+def test_hooks_check_their_options() -> None:
+    with pytest.raises(ConfigError):
+        GunicornHooks(store="redis://localhost")
+    with pytest.raises(ConfigError):
+        GunicornHooks(store="x.json", bus={"runtime_dir": "/tmp/x"})
+    namespace: dict = {"post_fork": lambda server, worker: calls.append("theirs")}
+    calls: list[str] = []
+    hooks = GunicornHooks(bus={"runtime_dir": "/nonexistent"}).install(namespace)
+    assert {"on_starting", "post_fork", "post_worker_init", "worker_exit", "on_exit"} <= set(namespace)
+    assert namespace["on_exit"] == hooks.on_exit
+
+
+def test_session_cache_outside_gunicorn_is_plain_and_shared() -> None:
+    cache = session_cache()
+    try:
+        assert cache.bus is None
+        assert session_cache() is cache
+        with pytest.raises(ConfigError):
+            session_cache(maxsize=7)
+    finally:
+        cache.close()
+        from memsession.contrib import gunicorn
+
+        gunicorn._caches.clear()
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["fork-then-import", "preload"])
+def test_embedded_four_workers_share_one_session_and_keep_it_across_restarts(tmp_path: Path, preload: bool) -> None:
+    store = tmp_path / "sessions.json"
+    extra = ("--preload",) if preload else ()
+    with gunicorn(store, *extra) as server:
+        children = wait_until(lambda: len(server.children()) == 5 and server.children(), 30, "4 workers + sidecar")
+        sidecars = [pid for pid in children if "memsession sidecar" in cmdline(pid)]
+        assert len(sidecars) == 1, [cmdline(p) for p in children]
+
+        # Writes from whichever worker, read back by every worker (read-your-writes over the cookie).
+        with client(server.url) as c:
+            assert c.post("/login", params={"user": "alice"}).status_code == 200
+            assert len(workers_seen(server.url, c.cookies[COOKIE], 4, {"user": "alice"})) == 4
+            writers = set()
+            for i in range(30):
+                response = c.post("/set", params={"key": f"k{i}", "value": str(i)})
+                assert response.status_code == 200
+                writers.add(response.json()["worker"])
+                body = c.get("/me").json()
+                assert body["session"].get(f"k{i}") == str(i), (response.json(), body, server.tail(30))
+            cookie = c.cookies[COOKIE]
+        expect = {"user": "alice", **{f"k{i}": str(i) for i in range(30)}}
+        assert len(workers_seen(server.url, cookie, 4, expect)) == 4
+        assert server.terminate() == 0
+
+    # Stopped: the sidecar flushed the file; a new server serves the same session.
+    saved = [r for r in read_snapshot(str(store), time.time()) if not r.deleted and r.data.get("user") == "alice"]
+    assert [r.data for r in saved] == [expect]
+    with gunicorn(store, *extra) as server:
+        assert me(server.url, cookie)["session"] == expect
+        server.terminate()
+
+
+def test_finds_the_cache_of_a_plain_flask_app(tmp_path: Path) -> None:
+    # tests.e2e_apps.flask_app builds MemSession(app, cache=SessionCache()) without a bus:
+    # post_worker_init finds that cache and joins it to the embedded sidecar.
+    with gunicorn(tmp_path / "s.json", app="tests.e2e_apps.flask_app:app", workers=3) as server:
+        cookie = login(server.url, "bob")
+        assert len(workers_seen(server.url, cookie, 3, {"user": "bob"})) == 3
+
+
+def test_embedded_sidecar_is_restarted_when_it_dies(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    with gunicorn(tmp_path / "s.json", workers=2) as server:
+        cookie = login(server.url, "carol")
+        sidecar = next(pid for pid in server.children() if "memsession sidecar" in cmdline(pid))
+        os.kill(sidecar, signal.SIGKILL)
+        # Workers keep serving from memory while the master brings a new sidecar up.
+        assert me(server.url, cookie)["session"] == {"user": "carol"}
+        wait_until(
+            lambda: [p for p in server.children() if "memsession sidecar" in cmdline(p) and p != sidecar],
+            15, "the master to start a new sidecar",
+        )
+        # The workers push their sessions to the new sidecar (a new hub epoch), which stores them.
+        new = next(p for p in server.children() if "memsession sidecar" in cmdline(p) and p != sidecar)
+        args = cmdline(new).split()
+        requests = HubConfig(runtime_dir=args[args.index("--runtime-dir") + 1]).endpoints()[2]
+        wait_until(lambda: query_stats(requests)["sessions"] >= 1, 15, "the workers to repair the new sidecar")
+        assert server.terminate() == 0
+    saved = [r.data for r in read_snapshot(str(tmp_path / "s.json"), time.time()) if not r.deleted]
+    assert {"user": "carol"} in saved
