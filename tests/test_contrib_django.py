@@ -420,3 +420,81 @@ def test_middleware_with_an_unknown_key_gives_a_fresh_session() -> None:
 
 def test_module_exposes_a_session_engine() -> None:
     assert backend.SessionStore is SessionStore
+
+
+# -- read-your-writes across workers (memsession's SessionMiddleware) -------------------
+
+RYW_MIDDLEWARE = ["memsession.contrib.django.SessionMiddleware"]
+
+
+class Replica(SessionCache):
+    """Another worker's cache: ``wait_for`` brings records from a peer, as the bus would."""
+
+    def __init__(self, peer: SessionCache, **options: object) -> None:
+        super().__init__(**options)
+        self.peer = peer
+        self.waits: list[tuple[str, int, float]] = []
+
+    def wait_for(self, sid, version, timeout):
+        self.waits.append((sid, version, timeout))
+        remote = self.peer.record(sid)
+        if remote is not None:
+            self.apply(remote)
+        return self.record(sid)
+
+
+@override_settings(MIDDLEWARE=RYW_MIDDLEWARE)
+def test_companion_cookie_carries_the_last_write() -> None:
+    from memsession.cookies import CookieSigner
+
+    client = Client()
+    response = client.get("/login?user=ada")
+    sid = response.cookies["sessionid"].value
+    companion = response.cookies["sessionid_v"]
+    assert companion["httponly"] and companion["max-age"] == response.cookies["sessionid"]["max-age"]
+    signer = CookieSigner([settings.SECRET_KEY], salt="memsession.django.version")
+    assert signer.unsign(companion.value) == (sid, get_cache().record(sid).version)
+    response = client.get("/logout")
+    assert response.cookies["sessionid_v"].value == "" and response.cookies["sessionid"].value == ""
+
+
+@override_settings(MIDDLEWARE=RYW_MIDDLEWARE)
+def test_a_worker_behind_waits_for_the_users_last_write() -> None:
+    worker_a = SessionCache(idle_timeout=3600)
+    worker_b = Replica(worker_a, idle_timeout=3600)
+    client = Client()
+    set_cache(worker_a)
+    client.get("/login?user=ada")
+    set_cache(worker_b)
+    assert client.get("/me").json() == {"user": "ada"}
+    sid = client.cookies["sessionid"].value
+    assert [w[:2] for w in worker_b.waits] == [(sid, worker_a.record(sid).version)]
+    assert worker_b.waits[0][2] == 0.1
+    # B now holds the last write: the next request doesn't wait.
+    client.get("/me")
+    assert len(worker_b.waits) == 1
+
+
+def test_without_the_companion_cookie_a_worker_cannot_know_it_is_behind() -> None:
+    worker_a = SessionCache(idle_timeout=3600)
+    worker_b = Replica(worker_a, idle_timeout=3600)
+    client = Client()
+    set_cache(worker_a)
+    client.get("/login?user=ada")
+    set_cache(worker_b)
+    assert client.get("/me").json() == {}
+    assert worker_b.waits == []
+
+
+@override_settings(MIDDLEWARE=RYW_MIDDLEWARE)
+def test_a_forged_companion_cookie_is_ignored() -> None:
+    worker_a = SessionCache(idle_timeout=3600)
+    worker_b = Replica(worker_a, idle_timeout=3600)
+    client = Client()
+    set_cache(worker_a)
+    client.get("/login?user=ada")
+    value = client.cookies["sessionid_v"].value
+    client.cookies["sessionid_v"] = value[:-1] + ("A" if value[-1] != "A" else "B")
+    set_cache(worker_b)
+    assert client.get("/me").json() == {}
+    assert worker_b.waits == []

@@ -37,7 +37,9 @@ from ..errors import ConfigError, SessionDestroyed, SignatureError
 from ..session import Record, SessionData, copy_data, new_id
 from ..session_cache import SessionCache
 
-__all__ = ["Cookie", "Session", "SessionManager", "WebConfig", "diff", "parse_cookie_header"]
+__all__ = [
+    "Cookie", "Session", "SessionManager", "WebConfig", "catch_up", "diff", "is_stale", "parse_cookie_header",
+]
 
 log = logging.getLogger("memsession.web")
 
@@ -46,6 +48,31 @@ _TOKEN_BAD = frozenset(' \t\r\n"(),/:;<=>?@[\\]{}')
 _MISSING = object()
 #: A write older than this (seconds) is not waited for: the bus delivers in milliseconds.
 _RECENT_WRITE = 5.0
+
+
+def is_stale(record: Record | None, version: int) -> bool:
+    """Whether ``record`` is older than a write of ``version`` (a tombstone never is)."""
+    return record is None or (not record.deleted and record.version < version)
+
+
+def catch_up(cache: SessionCache, sid: str, version: int, timeout: float) -> Record | None:
+    """The newest record of ``sid`` this process can get, waiting up to ``timeout`` for ``version``.
+
+    Uses ``cache.wait_for`` (a replicated cache: wait for the bus, then read
+    through the hub or store); a cache without it can't learn of newer writes.
+    """
+    wait_for = getattr(cache, "wait_for", None)
+    if wait_for is None:
+        return cache.record(sid)
+    if cache.clock.wall() - version_wall_ms(version) / 1000.0 > _RECENT_WRITE:
+        # Replication has long had its chance: read through now. An old
+        # cookie replayed in a loop thus never holds a worker for the timeout.
+        timeout = 0.0
+    record: Record | None = wait_for(sid, version, timeout)
+    if record is not None and is_stale(record, version):
+        # Best effort by design: an older copy beats an error page. Logged.
+        log.warning("served an older copy of a session after waiting %.3fs", timeout)
+    return record
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -321,22 +348,15 @@ class SessionManager:
 
     @staticmethod
     def _is_stale(record: Record | None, version: int) -> bool:
-        return record is None or (not record.deleted and record.version < version)
+        return is_stale(record, version)
 
     def _catch_up(self, sid: str, version: int) -> Record | None:
         if self._wait_for is None:
             return self.cache.record(sid)
         self._counts["waits"] += 1
-        timeout = self.config.consistency_timeout
-        if self.cache.clock.wall() - version_wall_ms(version) / 1000.0 > _RECENT_WRITE:
-            # Replication has long had its chance: read through now. An old
-            # cookie replayed in a loop thus never holds a worker for the timeout.
-            timeout = 0.0
-        record: Record | None = self._wait_for(sid, version, timeout)
-        if record is not None and not record.deleted and record.version < version:
-            # Best effort by design: an older copy beats an error page. Counted.
+        record = catch_up(self.cache, sid, version, self.config.consistency_timeout)
+        if is_stale(record, version) and record is not None:
             self._counts["stale_reads"] += 1
-            log.warning("served an older copy of a session after waiting %.3fs", self.config.consistency_timeout)
         return record
 
     def _session_from(self, record: Record | None, version: int, session_class: type[Session]) -> Session:

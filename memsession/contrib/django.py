@@ -20,6 +20,14 @@ the lifetime Django gives a session from its last save; ``max_age`` to none.
 
 One ``SessionCache`` per process, built from settings on first use;
 ``set_cache()`` installs another (one with a bus or a store, say).
+
+Read-your-writes across workers: replace Django's
+``django.contrib.sessions.middleware.SessionMiddleware`` with
+``memsession.contrib.django.SessionMiddleware``. It behaves the same and adds
+a signed companion cookie (``<SESSION_COOKIE_NAME>_v``) carrying the version
+of the session's last write, so a worker whose copy is older waits (up to
+``MEMSESSION["consistency_timeout"]`` seconds, default 0.1) for it. The
+session cookie itself stays the bare session key, as Django apps expect.
 """
 
 from __future__ import annotations
@@ -28,16 +36,19 @@ import threading
 from datetime import datetime, timezone
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
+from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
 
 from ..clock import version_wall_ms
-from ..errors import ConfigError, SessionDestroyed
+from ..cookies import CookieSigner
+from ..errors import ConfigError, SessionDestroyed, SignatureError
 from ..session import Record, copy_data, is_valid_sid, new_id
 from ..session_cache import SessionCache
-from .core import diff
+from .core import WebConfig, catch_up, diff, is_stale
 
-__all__ = ["SessionStore", "get_cache", "set_cache"]
+__all__ = ["SessionMiddleware", "SessionStore", "get_cache", "set_cache"]
 
 _setup_lock = threading.Lock()
 # Serialises read-newest/merge/write between this process's threads.
@@ -45,14 +56,22 @@ _write_lock = threading.Lock()
 _cache: SessionCache | None = None
 
 
-def _cache_from_settings() -> SessionCache:
+def _settings() -> tuple[dict[str, Any], float]:
+    """``(cache options, consistency_timeout)`` from ``settings.MEMSESSION``."""
     options = getattr(settings, "MEMSESSION", None) or {}
     if not isinstance(options, dict):
         raise ConfigError("MEMSESSION", options, "must be a dict of memsession cache options")
     options = dict(options)
+    timeout = options.pop("consistency_timeout", 0.1)
+    # Checked the same way as the other integrations' option.
+    WebConfig(secret_keys=("-",), consistency_timeout=timeout)
     options.setdefault("idle_timeout", settings.SESSION_COOKIE_AGE)
     options.setdefault("max_age", None)
-    return SessionCache(**options)
+    return options, timeout
+
+
+def _cache_from_settings() -> SessionCache:
+    return SessionCache(**_settings()[0])
 
 
 def get_cache() -> SessionCache:
@@ -86,7 +105,17 @@ class SessionStore(SessionBase):
         self._cache = get_cache()
         # The data as loaded; a save writes only what differs from it.
         self._base: dict[str, Any] | None = None
+        #: Version of the user's last write, from the companion cookie (0: unknown).
+        self.min_version = 0
+        #: The record this request's last save wrote.
+        self.written: Record | None = None
         super().__init__(session_key)
+
+    def _current(self, sid: str) -> Record | None:
+        record = self._cache.record(sid)
+        if self.min_version and is_stale(record, self.min_version):
+            record = catch_up(self._cache, sid, self.min_version, _settings()[1])
+        return record
 
     def _get_new_session_key(self) -> str:
         return new_id()
@@ -96,7 +125,7 @@ class SessionStore(SessionBase):
 
     def load(self) -> dict[str, Any]:
         sid = self.session_key
-        record = self._cache.record(sid) if sid else None
+        record = self._current(sid) if sid else None
         if record is None or record.deleted:
             self._session_key = None
             return {}
@@ -149,6 +178,7 @@ class SessionStore(SessionBase):
             except SessionDestroyed as exc:
                 raise (CreateError if must_create else UpdateError) from exc
         self._base = record.data
+        self.written = record
 
     def delete(self, session_key: str | None = None) -> None:
         if session_key is None:
@@ -164,6 +194,9 @@ class SessionStore(SessionBase):
     # Reads are memory lookups: no thread hop. Writes keep SessionBase's
     # sync_to_async, since a cache with a store may write through.
     async def aload(self) -> dict[str, Any]:
+        sid = self.session_key
+        if sid and self.min_version and is_stale(self._cache.record(sid), self.min_version):
+            return await sync_to_async(self.load)()  # waiting must not block the event loop
         return self.load()
 
     async def aexists(self, session_key: str | None) -> bool:
@@ -189,3 +222,57 @@ class SessionStore(SessionBase):
     @classmethod
     async def aclear_expired(cls) -> None:
         cls.clear_expired()
+
+
+class SessionMiddleware(DjangoSessionMiddleware):
+    """Django's ``SessionMiddleware`` plus read-your-writes across workers.
+
+    A signed companion cookie carries the session id and the version of its
+    last write; a worker whose copy is older waits for that write before the
+    view reads the session. A bad or foreign companion cookie is ignored.
+    """
+
+    def __init__(self, get_response: Any) -> None:
+        super().__init__(get_response)
+        self.version_cookie = settings.SESSION_COOKIE_NAME + "_v"
+        secrets = (settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", ()))
+        self.signer = CookieSigner(secrets, salt="memsession.django.version")
+
+    def process_request(self, request: Any) -> None:
+        super().process_request(request)
+        session = request.session
+        value = request.COOKIES.get(self.version_cookie)
+        if not value or not isinstance(session, SessionStore) or not session.session_key:
+            return
+        try:
+            sid, version = self.signer.unsign(value)
+        except SignatureError:
+            return
+        if sid == session.session_key:
+            session.min_version = version
+
+    def process_response(self, request: Any, response: Any) -> Any:
+        response = super().process_response(request, response)
+        session = getattr(request, "session", None)
+        name = settings.SESSION_COOKIE_NAME
+        if not isinstance(session, SessionStore) or name not in response.cookies:
+            return response
+        morsel = response.cookies[name]
+        if not morsel.value:
+            response.delete_cookie(
+                self.version_cookie, path=settings.SESSION_COOKIE_PATH,
+                domain=settings.SESSION_COOKIE_DOMAIN, samesite=settings.SESSION_COOKIE_SAMESITE,
+            )
+        elif session.written is not None and session.written.key == morsel.value:
+            max_age = morsel["max-age"]
+            response.set_cookie(
+                self.version_cookie,
+                self.signer.sign(session.written.key, session.written.version),
+                max_age=int(max_age) if max_age != "" else None,
+                path=settings.SESSION_COOKIE_PATH,
+                domain=settings.SESSION_COOKIE_DOMAIN,
+                secure=settings.SESSION_COOKIE_SECURE,
+                httponly=True,
+                samesite=settings.SESSION_COOKIE_SAMESITE,
+            )
+        return response
