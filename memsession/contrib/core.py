@@ -239,7 +239,7 @@ class Session(dict):  # type: ignore[type-arg]
         self.modified = True
         self._cleared = True
 
-    def __ior__(self, other: Any) -> Session:  # type: ignore[override]
+    def __ior__(self, other: Any) -> Session:  # type: ignore[override,misc]
         self.update(other)
         return self
 
@@ -498,7 +498,7 @@ def parse_cookie_header(header: str, name: str) -> list[str]:
     Browsers may send one name several times (different paths or domains);
     callers try each and keep the first that verifies.
     """
-    values = []
+    values: list[str] = []
     if name not in header:
         return values
     for part in header.split(";"):

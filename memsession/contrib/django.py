@@ -143,7 +143,7 @@ class SessionStore(SessionBase):
 
     def create(self) -> None:
         while True:
-            self._session_key = self._get_new_session_key()
+            self._session_key = self._get_new_session_key()  # type: ignore[assignment]
             try:
                 self.save(must_create=True)
             except CreateError:
