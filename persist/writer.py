@@ -28,6 +28,7 @@ store (one ``load``, a primary-key read). Unknown keys are remembered for
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -146,13 +147,25 @@ class Persistence:
             ),
             0,
         )
+        self._pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="memsession-writer", daemon=True)
         self._thread.start()
+
+    def _check_process(self, op: str) -> None:
+        # A forked child has no writer thread and shares the parent's connections.
+        if os.getpid() != self._pid:
+            raise StoreError(
+                "this SessionCache's store was opened before a fork; make the cache (and its store) "
+                "in the process that uses it, e.g. in gunicorn's post_fork",
+                store=self.store.name,
+                op=op,
+            )
 
     # -- writes ------------------------------------------------------------------
 
     def emit(self, record: Record, *, touch: bool = False) -> None:
         """Persist a local change according to the mode (see the module docstring)."""
+        self._check_process("save")
         key = record.key
         if self._closed:
             with self._lock:
@@ -309,6 +322,7 @@ class Persistence:
         seconds). A store failure is raised, or answered None when
         ``on_read_error="miss"``; either way it is logged and counted.
         """
+        self._check_process("load")
         cfg = self.config
         with self._lock:
             self._counts["read_through"] += 1

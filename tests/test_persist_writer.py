@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -354,3 +355,34 @@ def test_bad_options(options: dict) -> None:
 def test_store_must_implement_the_protocol() -> None:
     with pytest.raises(ConfigError):
         SessionCache(store=object())  # type: ignore[arg-type]
+
+
+def test_a_cache_inherited_through_fork_refuses_to_persist(store: RecordingStore) -> None:
+    import os
+
+    cache = SessionCache(store=store)
+    try:
+        read, write = os.pipe()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about fork() with threads running: that hazard is the point here.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: report what set() and get() do, then leave at once
+            try:
+                outcome = []
+                for call in (lambda: cache.set(new_id(), {}), lambda: cache.get(new_id())):
+                    try:
+                        call()
+                        outcome.append("ok")
+                    except Exception as exc:  # reported to the parent
+                        outcome.append(type(exc).__name__ + ("/fork" if "fork" in str(exc) else ""))
+                os.write(write, ",".join(outcome).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            answer = pipe.read().decode()
+        os.waitpid(pid, 0)
+        assert answer == "StoreError/fork,StoreError/fork"
+    finally:
+        cache.close()
