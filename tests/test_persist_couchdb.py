@@ -14,7 +14,7 @@ from memsession.session import Record, new_id
 from persist.couchdb import CouchFollower, CouchStore
 from persist.testing import T0, StoreContract, make_test_record
 from persist.writer import PersistConfig
-from tests.servers import free_port
+from tests.servers import CouchServer, free_port
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -247,16 +247,24 @@ def test_follower_survives_bad_records_and_keeps_its_place(db_url: str) -> None:
         store.close()
 
 
-def test_follower_reconnects_after_server_restart(couch_server, unique_name) -> None:
-    """pouchdb-server runs in memory, so a restart loses the data: the follower must come back anyway."""
-    url = f"{couch_server.url}/{unique_name('restart')}"
+def test_follower_reconnects_after_server_restart(
+    couch_server: CouchServer, unique_name: Callable[..., str], request: pytest.FixtureRequest
+) -> None:
+    """pouchdb-server runs in memory, so a restart loses the data: the follower must come back anyway.
+
+    A server of this test's own (restarting the shared one would wipe other tests' databases).
+    """
+    own = CouchServer()
+    request.addfinalizer(own.stop)
+    own.start()
+    url = f"{own.url}/{unique_name('restart')}"
     store = open_store(url)
     seen: list[str] = []
     follower = CouchFollower(store, lambda r: seen.append(r.key), heartbeat=0.2, retry_min=0.05, retry_max=0.2)
     follower.start()
     try:
         assert follower.connected.wait(10)
-        couch_server.restart()
+        own.restart()
         wait_until(lambda: follower.counts["errors"] + follower.counts["reconnects"] >= 1)
         store.create()
         follower.since = 0

@@ -27,8 +27,20 @@ from memsession.session import new_id
 from persist.jsonfile import read_snapshot
 from persist.postgres import PostgresStore
 from persist.writer import PersistConfig
+from tests.servers import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def private_postgres(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> PostgresServer:
+    """A cluster of this test's own, so restarting it disturbs no other test.
+
+    Depends on the shared server so it is skipped (or failed, in CI) exactly when that one is.
+    """
+    server = PostgresServer("restart")
+    request.addfinalizer(server.stop)
+    return server.start()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -44,7 +56,8 @@ def stored(url: str) -> dict[str, str]:
         return dict(conn.execute('SELECT sid, sess::text FROM "memsession"').fetchall())
 
 
-def test_postgres_restart_mid_run(postgres_server, postgres_url: str) -> None:
+def test_postgres_restart_mid_run(private_postgres: PostgresServer) -> None:
+    postgres_server, postgres_url = private_postgres, private_postgres.url
     # A short pool timeout, so the writer sees the outage rather than waiting it out.
     behind = SessionCache(
         store=PostgresStore(postgres_url, create_table=True, timeout=0.1),
@@ -94,7 +107,8 @@ def test_postgres_restart_mid_run(postgres_server, postgres_url: str) -> None:
         through.close()
 
 
-def test_write_through_during_outage_raises_then_recovers(postgres_server, postgres_url: str) -> None:
+def test_write_through_during_outage_raises_then_recovers(private_postgres: PostgresServer) -> None:
+    postgres_server, postgres_url = private_postgres, private_postgres.url
     cache = SessionCache(
         store=PostgresStore(postgres_url, create_table=True, timeout=0.1),
         persistence=PersistConfig(mode="write_through", retry_min=0.05, retry_max=0.2),
