@@ -267,6 +267,19 @@ class PostgresStore:
             ),
             guard=guard,
         )
+        # One record (write-through): plain parameters, no JSON batch to unpack.
+        self._sql_upsert_one = sql.SQL(
+            "INSERT INTO {t} AS s ({cols}) VALUES (%s, %s::text::json, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {guard}"
+        ).format(
+            t=t,
+            cols=cols,
+            key=c("key"),
+            sets=sql.SQL(", ").join(
+                sql.SQL("{} = {}").format(c(f), ec(f)) for f in _FIELDS if f != "key"
+            ),
+            guard=guard,
+        )
         self._sql_load = sql.SQL("SELECT {cols} FROM {t} WHERE {key} = %s").format(
             cols=select_cols, t=t, key=c("key")
         )
@@ -279,7 +292,7 @@ class PostgresStore:
             " LIMIT %s FOR UPDATE SKIP LOCKED)"
         ).format(t=t, key=c("key"), exp=c("expires"))
         # Rendered once: composing identifiers on every call costs more than the query.
-        for name in ("_sql_upsert", "_sql_load", "_sql_page", "_sql_delete", "_sql_purge"):
+        for name in ("_sql_upsert", "_sql_upsert_one", "_sql_load", "_sql_page", "_sql_delete", "_sql_purge"):
             setattr(self, name, getattr(self, name).as_string(None))
 
     def _run(self, op: str, work: Callable[[psycopg.Connection[Any]], T]) -> T:
@@ -359,6 +372,17 @@ class PostgresStore:
         check_open(self._closed, _NAME, "save")
         if not records:
             return 0
+        if len(records) == 1:
+            r = records[0]
+            one = [
+                r.key, encode_data(r.data, r.flat).decode(), r.version, r.origin,
+                r.created, r.accessed, r.expires, r.deleted,
+            ]
+
+            def work_one(conn: psycopg.Connection[Any]) -> int:
+                return conn.execute(self._sql_upsert_one, one).rowcount
+
+            return self._run("save", work_one)
         rows = []
         for record in coalesce(records).values():
             row = record_to_dict(record)
