@@ -11,7 +11,9 @@ rule (``memsession.session.wins``) with two cases a store needs:
   copy, so sliding expiry survives a restart;
 * a tombstone whose ``expires`` is at or before the new record's ``accessed``
   was already dead when the new write happened, so the new record replaces it
-  (as it would in a cache, where the dead tombstone is long swept away).
+  (as it would in a cache, where the dead tombstone is long swept away). This
+  is the one case where the outcome depends on arrival order: a dead
+  tombstone forgets what it had beaten, as a swept one does.
 
 Session data is JSON-like plus ``bytes``. Stores that keep JSON use
 ``encode_data`` / ``decode_data``: bytes become ``{"$bytes": "<base64>"}``
