@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -179,6 +180,22 @@ def read_snapshot(path: str, now: float, *, max_line_bytes: int = 8 << 20) -> It
             raise StoreCorrupt(path, f"data after the trailer on line {lineno}", store=_NAME)
 
 
+def _lock_file(path: str) -> int | None:
+    """Hold an exclusive lock on ``<folder>/.<name>.lock``; ConfigError if another process holds it."""
+    if sys.platform == "win32":  # pragma: no cover - no flock; one owner per file is then up to you
+        return None
+    import fcntl
+
+    folder, name = os.path.split(os.path.abspath(path))
+    fd = os.open(os.path.join(folder, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError("path", path, "the file is in use by another JsonFileStore (one owner per file)") from None
+    return fd
+
+
 class JsonFileStore:
     """Sessions kept in a dict here and snapshotted to ``path`` (memorystore's saveFile).
 
@@ -188,6 +205,10 @@ class JsonFileStore:
     start on a damaged file (``StoreCorrupt`` names it and what is wrong, the
     file is left untouched); ``"move_aside"`` renames it to
     ``<path>.corrupt-<time>``, logs a warning and starts empty.
+
+    One store owns a file: a second one on the same path (in any process)
+    fails at construction, since two writers would overwrite each other's
+    snapshots. Several processes share sessions through the sidecar instead.
     """
 
     name = _NAME
@@ -210,6 +231,7 @@ class JsonFileStore:
         folder = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(folder):
             raise ConfigError("path", self.path, f"folder {folder} does not exist")
+        self._lock_fd = _lock_file(self.path)
         self.save_interval = save_interval
         self.clock = clock
         self._fsync = fsync
@@ -227,12 +249,14 @@ class JsonFileStore:
             pass
         except StoreCorrupt:
             if on_corrupt == "raise":
+                self._unlock()
                 raise
             aside = f"{self.path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
             os.replace(self.path, aside)
             log.warning("session file %s is damaged; moved it to %s and started empty", self.path, aside)
             self._records.clear()
         except OSError as exc:
+            self._unlock()
             raise StoreError(f"can't read {self.path}: {exc}", store=_NAME, op="load") from exc
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -330,6 +354,12 @@ class JsonFileStore:
         finally:
             with self._lock:
                 self._closed = True
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -122,7 +122,7 @@ def test_no_temp_files_left_behind(tmp_path: Path) -> None:
     store.snapshot()
     store.save([make_test_record("more")])
     store.close()
-    assert sorted(os.listdir(tmp_path)) == ["s.jsonl"]
+    assert sorted(os.listdir(tmp_path)) == [".s.jsonl.lock", "s.jsonl"]
 
 
 def test_failed_write_keeps_previous_file_and_changes(tmp_path: Path) -> None:
@@ -192,3 +192,24 @@ def test_options_are_checked(tmp_path: Path) -> None:
         JsonFileStore(tmp_path / "s", on_corrupt="ignore")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         JsonFileStore(tmp_path / "missing-dir" / "s")
+
+
+def test_one_store_per_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    first = JsonFileStore(path, save_interval=None)
+    try:
+        with pytest.raises(ConfigError, match="in use"):
+            JsonFileStore(path, save_interval=None)
+    finally:
+        first.close()
+    second = JsonFileStore(path, save_interval=None)
+    second.close()
+
+
+def test_refused_file_releases_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b"garbage")
+    with pytest.raises(StoreCorrupt):
+        JsonFileStore(path, save_interval=None)
+    path.unlink()
+    JsonFileStore(path, save_interval=None).close()
