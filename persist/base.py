@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import base64
 import math
-from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 from msgpack import packb as _packb

@@ -26,7 +26,8 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Literal
 
 import msgpack
 import orjson

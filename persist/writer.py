@@ -28,13 +28,15 @@ store (one ``load``, a primary-key read). Unknown keys are remembered for
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from memsession.clock import SYSTEM_CLOCK, Clock
 from memsession.errors import ConfigError, StoreError
@@ -53,7 +55,7 @@ WRITE_BEHIND = "write_behind"
 def _number(option: str, value: Any, *, allow_none: bool = False, allow_zero: bool = False) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ConfigError(option, value, "must be a number")
     if value < 0 or (value == 0 and not allow_zero) or value == float("inf"):
         raise ConfigError(option, value, "must be finite and > 0" + (" (or 0)" if allow_zero else ""))

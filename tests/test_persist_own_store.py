@@ -11,7 +11,7 @@ from memsession import SessionCache, new_id
 from persist.testing import StoreContract
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "own_store"))
-from sqlite_store import SqliteStore  # noqa: E402
+from sqlite_store import SqliteStore
 
 
 class TestSqliteStoreContract(StoreContract):
