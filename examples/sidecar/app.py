@@ -36,12 +36,12 @@ def login():
 @app.post("/set")
 def set_value():
     session[request.args["key"]] = request.args["value"]
-    return jsonify(worker=os.getpid())
+    return jsonify(worker=os.getpid(), session=dict(session))
 
 
 @app.get("/me")
 def me():
-    return jsonify(worker=os.getpid(), session=dict(session))
+    return jsonify(worker=os.getpid(), sid=getattr(session, "sid", None), session=dict(session))
 
 
 @app.post("/logout")
