@@ -156,3 +156,26 @@ def test_ddl_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == ddl("app", "s", {"key": "id", "data": "body"})
     assert main(["ddl", "--column", "key"]) == 2
     assert main(["ddl", "--column", "nope=x"]) == 2
+
+
+def test_session_cache_over_postgres(postgres_url: str) -> None:
+    """Evicted sessions come back from the table; a cold process serves them; unknown ids are cached."""
+    from memsession import SessionCache, new_id
+    from persist.writer import PersistConfig
+
+    sids = [new_id() for _ in range(3)]
+    config = PersistConfig(mode="write_through", negative_ttl=60.0)
+    with SessionCache(store=PostgresStore(postgres_url, create_table=True), persistence=config, maxsize=2) as cache:
+        for i, sid in enumerate(sids):
+            cache.set(sid, {"n": i, "b": b"\x00"})
+        assert sids[0] not in cache
+        assert cache.get(sids[0]) == {"n": 0, "b": b"\x00"}
+        unknown = new_id()
+        assert cache.get(unknown) is None and cache.get(unknown) is None
+        stats = cache.stats()["persistence"]
+        assert stats["read_hits"] == 1 and stats["read_misses"] == 1 and stats["negative_hits"] == 1
+        cache.destroy(sids[1])
+    with SessionCache(store=PostgresStore(postgres_url), persistence=PersistConfig(preload=True)) as cold:
+        assert len(cold) == 2
+        assert cold.get(sids[2]) == {"n": 2, "b": b"\x00"}
+        assert cold.get(sids[1]) is None
