@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "HybridClock", "SystemClock", "SYSTEM_CLOCK", "version_wall_ms"]
+__all__ = ["SYSTEM_CLOCK", "Clock", "HybridClock", "SystemClock", "version_wall_ms"]
 
 #: Bits of a version given to the logical counter; the rest is wall milliseconds.
 COUNTER_BITS = 16
@@ -75,8 +75,7 @@ class HybridClock:
     def observe(self, version: int) -> None:
         """Move past a version seen from elsewhere."""
         with self._lock:
-            if version > self._last:
-                self._last = version
+            self._last = max(self._last, version)
 
     @property
     def last(self) -> int:

@@ -73,12 +73,14 @@ def compute_expires(
     return min(age_end, idle_end)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
     """One version of one session, as it lives in caches, on the bus and in stores.
 
-    ``data`` belongs to the record and must not be mutated; ``copy_data`` hands
-    callers a copy. ``deleted`` marks a tombstone (``data`` is then empty).
+    Records are never changed after they are made: a change is a new record
+    (``touched`` for an access). They are not frozen only because a frozen
+    dataclass takes five times as long to build, on every write. ``data``
+    belongs to the record too; ``copy_data`` hands callers a copy. ``deleted`` marks a tombstone (``data`` is then empty).
     ``version`` is a hybrid-logical-clock value and ``origin`` the writer's
     id; ``wins`` orders two records of the same key.
     """
@@ -147,6 +149,43 @@ def _check_value(value: Any, path: str, depth: int) -> None:
     )
 
 
+def _is_allowed(value: Any, depth: int) -> bool:
+    """Fast check of one value; ``_check_value`` then says what is wrong and where."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None or kind is bytes:
+        return True
+    if kind is int:
+        return _INT_MIN <= value <= _INT_MAX
+    if kind is float:
+        return value - value == 0.0  # false for inf and nan
+    if depth >= _MAX_DEPTH:
+        return False
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not _is_allowed(item, depth + 1):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        for item in value:
+            if not _is_allowed(item, depth + 1):
+                return False
+        return True
+    return False
+
+
+_COPIED = frozenset((dict, list, tuple))
+
+
+def _copy_value(value: Any) -> Any:
+    """Deep copy of an allowed value; tuples become lists."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _copy_value(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_copy_value(v) for v in value]
+    return value
+
+
 def prepare_data(data: Mapping[str, Any], max_bytes: int) -> tuple[SessionData, int, bool]:
     """Validate session data and take a private copy of it.
 
@@ -154,7 +193,7 @@ def prepare_data(data: Mapping[str, Any], max_bytes: int) -> tuple[SessionData, 
     ``TypeError``) naming the key path of the first bad value, or
     ``SessionTooLarge``. Tuples come back as lists, as they would from JSON.
     """
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise SessionDataError("session", data, "session data must be a mapping")
     flat = True
     for key, value in data.items():
@@ -163,14 +202,16 @@ def prepare_data(data: Mapping[str, Any], max_bytes: int) -> tuple[SessionData, 
         kind = type(value)
         if kind is str or kind is bool or value is None or kind is bytes:
             continue
-        if kind is not int and kind is not float:
+        if kind is dict or kind is list or kind is tuple:
             flat = False
-        _check_value(value, f"session[{key!r}]", 1)
-    blob = msgpack.packb(data if type(data) is dict else dict(data), use_bin_type=True)
-    if len(blob) > max_bytes:
-        raise SessionTooLarge(len(blob), max_bytes)
-    copy = dict(data) if flat else msgpack.unpackb(blob, raw=False)
-    return copy, len(blob), flat
+        if not _is_allowed(value, 1):
+            _check_value(value, f"session[{key!r}]", 1)  # raises, naming the path
+    size = len(msgpack.packb(data if type(data) is dict else dict(data), use_bin_type=True))
+    if size > max_bytes:
+        raise SessionTooLarge(size, max_bytes)
+    if flat:
+        return dict(data), size, True
+    return {k: _copy_value(v) if type(v) in _COPIED else v for k, v in data.items()}, size, False
 
 
 def is_flat(data: Mapping[str, Any]) -> bool:
