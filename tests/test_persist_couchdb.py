@@ -274,3 +274,15 @@ def test_follower_reconnects_after_server_restart(
     finally:
         follower.stop()
         store.close()
+
+
+def test_https_url_with_credentials_is_accepted() -> None:
+    store = CouchStore("https://user:pa%40ss@couch.example.invalid:6984/my%20sessions", create=False)
+    try:
+        assert store.url == "https://couch.example.invalid:6984/my%20sessions/"
+        request = store.client.build_request("GET", "")
+        sent = next(store.client.auth.auth_flow(request))
+        assert sent.headers["authorization"] == httpx.BasicAuth("user", "pa@ss")._auth_header
+        assert "pa" not in repr(store) and "pa" not in str(sent.url)
+    finally:
+        store.close()
