@@ -168,3 +168,47 @@ def client(base_url: str, cookies: Sequence[tuple[str, str]] = ()) -> httpx.Clie
 
 def http_port() -> int:
     return free_port()
+
+
+class Readers:
+    """Parallel GETs with a session cookie over fresh connections, from a few long-lived clients.
+
+    Making an httpx client costs milliseconds (TLS context); reusing a few
+    without keep-alive still spreads requests over the workers.
+    """
+
+    def __init__(self, base_url: str, threads: int = 8, cookie_name: str = "session") -> None:
+        import queue
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.cookie_name = cookie_name
+        self._clients: queue.SimpleQueue[httpx.Client] = queue.SimpleQueue()
+        self._all = [client(base_url) for _ in range(threads)]
+        for c in self._all:
+            self._clients.put(c)
+        self._pool = ThreadPoolExecutor(threads)
+
+    def _get(self, path: str, cookie: str) -> dict[str, Any]:
+        c = self._clients.get()
+        try:
+            c.cookies.clear()
+            response = c.get(path, headers={"Cookie": f"{self.cookie_name}={cookie}"})
+            assert response.status_code == 200, response.text
+            return response.json()  # type: ignore[no-any-return]
+        finally:
+            c.cookies.clear()
+            self._clients.put(c)
+
+    def many(self, path: str, cookie: str, n: int) -> list[dict[str, Any]]:
+        return list(self._pool.map(lambda _: self._get(path, cookie), range(n)))
+
+    def close(self) -> None:
+        self._pool.shutdown()
+        for c in self._all:
+            c.close()
+
+    def __enter__(self) -> Readers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

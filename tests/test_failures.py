@@ -20,7 +20,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import pytest
 
 from persist.postgres import PostgresStore
 from tests.servers import PostgresServer
-from tests.sidecars import Gunicorn, SidecarProcess, client, cmdline, wait_until
+from tests.sidecars import Gunicorn, Readers, SidecarProcess, client, cmdline, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.zmq, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -132,16 +131,9 @@ class Load:
             assert not t.is_alive(), "a load thread did not stop"
 
 
-def read_everywhere(url: str, cookie: str, reads: int = 24) -> tuple[set[int], list[dict]]:
+def read_everywhere(readers: Readers, cookie: str, reads: int = 16) -> tuple[set[int], list[dict]]:
     """Read one session over many parallel connections: the workers that answered and what they said."""
-    def one(_: int) -> dict:
-        with client(url, [(COOKIE, cookie)]) as c:
-            response = c.get("/me")
-            assert response.status_code == 200, response.text
-            return response.json()
-
-    with ThreadPoolExecutor(8) as pool:
-        bodies = list(pool.map(one, range(reads)))
+    bodies = readers.many("/me", cookie, reads)
     return {b["worker"] for b in bodies}, [b["session"] for b in bodies]
 
 
@@ -180,14 +172,15 @@ def test_sigkill_a_worker_under_load(tmp_path: Path) -> None:
 
         # Every session, read from every worker (the replacement included), is what its owner last wrote.
         seen_replacement = False
-        for sid, data in load.model.items():
-            workers, answers = read_everywhere(server.url, load.cookies[sid])
-            assert all(a == data for a in answers), (sid, data, answers)
-            seen_replacement |= replacement in workers
-        if not seen_replacement:  # it may simply not have been picked: ask until it is
-            sid = next(iter(load.model))
-            wait_until(lambda: replacement in read_everywhere(server.url, load.cookies[sid])[0], 30,
-                       "the replacement worker to answer")
+        with Readers(server.url) as readers:
+            for sid, data in load.model.items():
+                workers, answers = read_everywhere(readers, load.cookies[sid])
+                assert all(a == data for a in answers), (sid, data, answers)
+                seen_replacement |= replacement in workers
+            if not seen_replacement:  # it may simply not have been picked: ask until it is
+                sid = next(iter(load.model))
+                wait_until(lambda: replacement in read_everywhere(readers, load.cookies[sid])[0], 30,
+                           "the replacement worker to answer")
         assert victim not in workers_of(server)
 
 
@@ -229,13 +222,10 @@ def quiesced(sidecar: SidecarProcess, load: Load, postgres_url: str) -> None:
         time.sleep(0.1)
         left = differences()
     assert not left, f"{len(left)} sessions differ in the database: {list(left.items())[:3]}"
-    for sid, data in load.model.items():
-        _, answers = read_everywhere(sidecar_web_url(load), load.cookies[sid], reads=9)
-        assert all(a == data for a in answers), (sid, data, answers)
-
-
-def sidecar_web_url(load: Load) -> str:
-    return load.url
+    with Readers(load.url) as readers:
+        for sid, data in load.model.items():
+            _, answers = read_everywhere(readers, load.cookies[sid], reads=9)
+            assert all(a == data for a in answers), (sid, data, answers)
 
 
 def test_sigkill_the_sidecar_under_load(sidecar: SidecarProcess, web: Gunicorn, postgres_url: str) -> None:

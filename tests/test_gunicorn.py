@@ -8,7 +8,6 @@ they were started with.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from memsession.contrib.gunicorn import GunicornHooks, session_cache
 from memsession.errors import ConfigError
 from memsession.hub import HubConfig, query_stats
 from persist.jsonfile import read_snapshot
-from tests.sidecars import Gunicorn, client, cmdline, wait_until
+from tests.sidecars import Gunicorn, Readers, client, cmdline, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.zmq, pytest.mark.timeout(180)]
 
@@ -49,9 +48,9 @@ def workers_seen(url: str, cookie: str, want: int, expect: dict, timeout: float 
     """Read the session from many connections at once until ``want`` workers answered; all must agree."""
     seen: set[int] = set()
     deadline = time.monotonic() + timeout
-    with ThreadPoolExecutor(8) as pool:
+    with Readers(url) as readers:
         while len(seen) < want and time.monotonic() < deadline:
-            for body in pool.map(lambda _: me(url, cookie), range(16)):
+            for body in readers.many("/me", cookie, 16):
                 assert body["session"] == expect, body
                 seen.add(body.get("worker") or body["pid"])
     return seen
@@ -130,6 +129,7 @@ def test_embedded_sidecar_is_restarted_when_it_dies(tmp_path: Path) -> None:
 
     with gunicorn(tmp_path / "s.json", workers=2) as server:
         cookie = login(server.url, "carol")
+        assert len(workers_seen(server.url, cookie, 2, {"user": "carol"})) == 2  # replicated before the kill
         sidecar = next(pid for pid in server.children() if "memsession sidecar" in cmdline(pid))
         os.kill(sidecar, signal.SIGKILL)
         # Workers keep serving from memory while the master brings a new sidecar up.
