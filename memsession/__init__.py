@@ -18,6 +18,7 @@ from .errors import (
     StoreClosed,
     StoreCorrupt,
     StoreError,
+    StoreRejected,
     StoreUnavailable,
     WireError,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "StoreClosed",
     "StoreCorrupt",
     "StoreError",
+    "StoreRejected",
     "StoreUnavailable",
     "SystemClock",
     "WireError",

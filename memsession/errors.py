@@ -18,6 +18,7 @@ boundary where they happen (``raise ... from exc``) so callers catch one tree::
     └── StoreError                         persistence failure         .store .op
         ├── StoreUnavailable               server down/unreachable
         ├── StoreCorrupt                   unreadable data on disk     .path .reason
+        ├── StoreRejected                  the store refuses records   .keys
         └── StoreClosed                    used after close()
 
 Errors that double as built-in types (``ValueError``, ``TypeError``) do so
@@ -42,6 +43,7 @@ __all__ = [
     "StoreClosed",
     "StoreCorrupt",
     "StoreError",
+    "StoreRejected",
     "StoreUnavailable",
     "WireError",
 ]
@@ -149,6 +151,18 @@ class StoreCorrupt(StoreError):
         super().__init__(f"{path}: {reason}", store=store, op="load")
         self.path = path
         self.reason = reason
+
+
+class StoreRejected(StoreError):
+    """The store refused records themselves (too large, failed validation): retrying won't help.
+
+    ``keys`` names the refused records when the store says which; ``None``
+    when it refused a batch without saying (callers then split the batch).
+    """
+
+    def __init__(self, message: str, *, keys: list[str] | None = None, store: str = "", op: str = "") -> None:
+        super().__init__(message, store=store, op=op)
+        self.keys = keys
 
 
 class StoreClosed(StoreError):

@@ -83,8 +83,10 @@ class Store(Protocol):
         ``supersedes`` the stored one, so a stale writer never overwrites a
         newer session, whatever order batches from several writers land in.
         A batch may hold several records of one key; the winner is kept.
-        Either the whole batch is applied or the call raises (a batch that
-        raised may be retried as is: the guard makes saving idempotent).
+        A batch that raised may be retried as is: the guard makes saving
+        idempotent. ``StoreRejected`` means the store refused records
+        themselves (``keys`` says which, if it can; the others may have been
+        written): retrying those won't help.
         """
 
     def delete(self, keys: Iterable[str]) -> int:

@@ -32,7 +32,7 @@ from urllib.parse import quote
 import orjson
 
 from memsession.clock import SYSTEM_CLOCK, Clock
-from memsession.errors import ConfigError, StoreError, StoreUnavailable
+from memsession.errors import ConfigError, StoreError, StoreRejected, StoreUnavailable
 from memsession.session import Record
 
 from .base import check_open, coalesce, decode_data, json_default, jsonable_data, make_record, supersedes
@@ -291,11 +291,20 @@ class CouchStore:
         check_open(self._closed, _NAME, "save")
         batch = list(coalesce(records).values())
         written = 0
+        refused: list[str] = []
         for begin in range(0, len(batch), self.page_size):
-            written += self._save_page(batch[begin : begin + self.page_size])
+            written += self._save_page(batch[begin : begin + self.page_size], refused)
+        if refused:
+            raise StoreRejected(
+                f"CouchDB refused {len(refused)} of {len(batch)} documents (wrote {written})",
+                keys=refused,
+                store=_NAME,
+                op="save",
+            )
         return written
 
-    def _save_page(self, page: list[Record]) -> int:
+    def _save_page(self, page: list[Record], refused: list[str]) -> int:
+        """Write one page; documents the server refuses (not conflicts) go to ``refused``."""
         remaining = {self.prefix + r.key: r for r in page}
         written = 0
         for _ in range(self.conflict_retries):
@@ -319,11 +328,13 @@ class CouchStore:
                     written += 1
                     remaining.pop(doc_id, None)
                 elif result.get("error") != "conflict":
-                    raise StoreError(
-                        f"CouchDB save of {doc_id!r}: {result.get('error')} {result.get('reason', '')}".strip(),
-                        store=_NAME,
-                        op="save",
-                    )
+                    record = remaining.pop(doc_id, None)
+                    if record is None:
+                        raise StoreError(f"CouchDB save: result for an unknown document ({result.get('error')})",
+                                         store=_NAME, op="save")
+                    log.warning("CouchDB refused a session document: %s %s", result.get("error"),
+                                result.get("reason", ""))
+                    refused.append(record.key)
             if not remaining:
                 return written
         raise StoreUnavailable(
@@ -342,9 +353,7 @@ class CouchStore:
             if result.get("ok"):
                 removed += 1
             elif result.get("error") != "conflict":
-                raise StoreError(
-                    f"CouchDB {op} of {result.get('id')!r}: {result.get('error')}", store=_NAME, op=op
-                )
+                raise StoreError(f"CouchDB {op} of a document: {result.get('error')}", store=_NAME, op=op)
         return removed
 
     def delete(self, keys: Iterable[str]) -> int:

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from memsession.errors import ConfigError, StoreError, StoreUnavailable
+from memsession.errors import ConfigError, StoreError, StoreRejected, StoreUnavailable
 from memsession.session import Record
 
 from .base import check_open, coalesce, decode_data, encode_data, make_record, record_to_dict
@@ -142,6 +142,13 @@ def ddl(schema: str | None = None, table: str = "memsession", columns: Mapping[s
     """The DDL that ``create_table=True`` runs, as SQL text (also shipped as ``persist/schema.sql``)."""
     names = TableNames.build(schema, table, columns)
     return "".join(stmt.as_string(None) + ";\n" for stmt in _ddl_statements(names))
+
+
+def _reason(exc: psycopg.Error) -> str:
+    """The error's primary message: its DETAIL may quote a whole row, session data included."""
+    diag = getattr(exc, "diag", None)
+    primary = diag.message_primary if diag is not None else None
+    return primary or str(exc).split("\n", 1)[0]
 
 
 class PostgresStore:
@@ -296,7 +303,7 @@ class PostgresStore:
         for name in ("_sql_upsert", "_sql_upsert_one", "_sql_load", "_sql_page", "_sql_delete", "_sql_purge"):
             setattr(self, name, getattr(self, name).as_string(None))
 
-    def _run(self, op: str, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+    def _run(self, op: str, work: Callable[[psycopg.Connection[Any]], T], keys: list[str] | None = None) -> T:
         """Run ``work`` on a pooled connection; on a broken one, again on the next.
 
         Connections are not checked before use (that would cost a round trip
@@ -316,9 +323,14 @@ class PostgresStore:
                 if attempt < attempts and not self._closed:
                     log.info("PostgreSQL %s failed on a broken connection; retrying on another", op)
                     continue
-                raise StoreUnavailable(f"PostgreSQL {op} failed: {exc}", store=_NAME, op=op) from exc
+                raise StoreUnavailable(f"PostgreSQL {op} failed: {_reason(exc)}", store=_NAME, op=op) from exc
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                # The rows themselves were refused (a constraint, a value): retrying won't help.
+                raise StoreRejected(
+                    f"PostgreSQL refused the {op}: {_reason(exc)}", keys=keys, store=_NAME, op=op
+                ) from exc
             except psycopg.Error as exc:
-                raise StoreError(f"PostgreSQL {op} failed: {exc}", store=_NAME, op=op) from exc
+                raise StoreError(f"PostgreSQL {op} failed: {_reason(exc)}", store=_NAME, op=op) from exc
         raise AssertionError("unreachable")
 
     def create_table(self) -> None:
@@ -383,7 +395,7 @@ class PostgresStore:
             def work_one(conn: psycopg.Connection[Any]) -> int:
                 return conn.execute(self._sql_upsert_one, one).rowcount
 
-            return self._run("save", work_one)
+            return self._run("save", work_one, keys=[r.key])
         rows = []
         for record in coalesce(records).values():
             row = record_to_dict(record)

@@ -18,7 +18,10 @@ Durability of each mode:
 Either way a store outage is logged (once when it starts, once when it ends),
 counted in ``stats()``, and retried with backoff; queued writes are never
 dropped while the process lives (``close()`` gives up after
-``close_timeout`` and logs how many records it could not write).
+``close_timeout`` and logs how many records it could not write). The one
+exception: a record the store refuses as such (``StoreRejected``: too
+large, failing a constraint) is dropped, logged and counted as
+``rejected``, so it can't hold back the sessions queued behind it.
 
 Reads: a key that memory doesn't hold is looked up in the queue, then in the
 store (one ``load``, a primary-key read). Unknown keys are remembered for
@@ -39,7 +42,7 @@ from itertools import islice
 from typing import Any, Literal
 
 from memsession.clock import SYSTEM_CLOCK, Clock
-from memsession.errors import ConfigError, StoreError
+from memsession.errors import ConfigError, StoreError, StoreRejected
 from memsession.session import Record
 
 from .base import Store, supersedes
@@ -145,6 +148,7 @@ class Persistence:
                 "read_errors",
                 "purged",
                 "purge_errors",
+                "rejected",
                 "lost",
             ),
             0,
@@ -185,6 +189,10 @@ class Persistence:
             self._negative.pop(key, None)
         try:
             self.store.save([record])
+        except StoreRejected:
+            with self._lock:
+                self._counts["rejected"] += 1
+            raise
         except StoreError as exc:
             with self._lock:
                 self._counts["write_errors"] += 1
@@ -231,15 +239,44 @@ class Persistence:
                 self._inflight[record.key] = record
             return batch
 
-    def _save(self, batch: list[Record]) -> None:
+    def _save_isolating(self, batch: list[Record], refused: set[str]) -> None:
+        """Save ``batch``; records the store refuses are left out (into ``refused``), the rest written.
+
+        One refused record must not hold back every session queued behind it:
+        when the store names them they are dropped, otherwise the batch is
+        split in halves until they are found.
+        """
         try:
             self.store.save(batch)
+            return
+        except StoreRejected as exc:
+            named = set(exc.keys or ()) & {r.key for r in batch}
+            if named or len(batch) == 1:
+                dropped = named or {batch[0].key}
+                refused |= dropped
+                log.error(
+                    "session store %s refused %d session record(s); dropped: %s", self.store.name, len(dropped), exc
+                )
+                rest = [r for r in batch if r.key not in dropped]
+                if rest:
+                    self._save_isolating(rest, refused)
+                return
+        middle = len(batch) // 2
+        self._save_isolating(batch[:middle], refused)
+        self._save_isolating(batch[middle:], refused)
+
+    def _save(self, batch: list[Record]) -> None:
+        refused: set[str] = set()
+        try:
+            self._save_isolating(batch, refused)
         except BaseException as exc:
             with self._lock:
+                self._counts["rejected"] += len(refused)
                 for record in batch:
                     if self._inflight.get(record.key) is record:
                         del self._inflight[record.key]
-                    self._enqueue_locked(record)
+                    if record.key not in refused:
+                        self._enqueue_locked(record)
                 if isinstance(exc, StoreError):
                     self._counts["write_errors"] += 1
                 self._settled.notify_all()
@@ -248,7 +285,8 @@ class Persistence:
             for record in batch:
                 if self._inflight.get(record.key) is record:
                     del self._inflight[record.key]
-            self._counts["saved"] += len(batch)
+            self._counts["rejected"] += len(refused)
+            self._counts["saved"] += len(batch) - len(refused)
             self._counts["batches"] += 1
             self._settled.notify_all()
         self._recovered()

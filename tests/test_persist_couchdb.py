@@ -286,3 +286,23 @@ def test_https_url_with_credentials_is_accepted() -> None:
         assert "pa" not in repr(store) and "pa" not in str(sent.url)
     finally:
         store.close()
+
+
+def test_documents_the_server_refuses_are_named(db_url: str) -> None:
+    """A validate_doc_update function refuses some documents; the others are written."""
+    from memsession import StoreRejected
+
+    store = open_store(db_url)
+    try:
+        validate = "function (doc) { if (doc.data && doc.data.poison) { throw({forbidden: 'no poison'}); } }"
+        response = store.client.put("_design/guard", json={"validate_doc_update": validate})
+        assert response.status_code in (201, 202), response.text
+        good = [make_test_record(f"g{i}") for i in range(5)]
+        bad = make_test_record("bad", {"poison": True})
+        with pytest.raises(StoreRejected) as info:
+            store.save([*good[:2], bad, *good[2:]])
+        assert info.value.keys == ["bad"]
+        assert all(store.load(r.key) == r for r in good)
+        assert store.load("bad") is None
+    finally:
+        store.close()

@@ -179,3 +179,28 @@ def test_session_cache_over_postgres(postgres_url: str) -> None:
         assert len(cold) == 2
         assert cold.get(sids[2]) == {"n": 2, "b": b"\x00"}
         assert cold.get(sids[1]) is None
+
+
+def test_refused_rows_are_named_and_do_not_block_the_rest(postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    from memsession import SessionCache, StoreRejected, new_id
+    from persist.writer import PersistConfig
+
+    store = PostgresStore(postgres_url, create_table=True)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("""ALTER TABLE memsession ADD CONSTRAINT no_poison CHECK (sess::text NOT LIKE '%poison%')""")
+    with pytest.raises(StoreRejected) as info:
+        store.save([make_test_record("one", {"poison": "secret-value"})])
+    assert info.value.keys == ["one"] and "secret-value" not in str(info.value)
+    with pytest.raises(StoreRejected) as info:
+        store.save([make_test_record("a", {"poison": 1}), make_test_record("b")])
+    assert info.value.keys is None and store.load("b") is None
+    with SessionCache(store=store, persistence=PersistConfig(flush_interval=3600.0)) as cache:
+        sids = [new_id() for _ in range(30)]
+        for i, sid in enumerate(sids):
+            cache.set(sid, {"poison": "secret-value"} if i == 11 else {"i": i})
+        assert cache.persistence is not None
+        cache.persistence.flush()
+        assert cache.stats()["persistence"]["rejected"] == 1
+        with psycopg.connect(postgres_url) as conn:
+            assert conn.execute("SELECT count(*) FROM memsession").fetchone() == (29,)
+    assert "secret-value" not in caplog.text

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from memsession import SessionCache
-from memsession.errors import ConfigError, SessionDestroyed, StoreUnavailable
+from memsession.errors import ConfigError, SessionDestroyed, StoreRejected, StoreUnavailable
 from memsession.session import Record, new_id
 from memsession.testing import FakeClock
 from persist.jsonfile import JsonFileStore
@@ -387,3 +387,40 @@ def test_a_cache_inherited_through_fork_refuses_to_persist(store: RecordingStore
         assert answer == "StoreError/fork,StoreError/fork"
     finally:
         cache.close()
+
+
+class RefusingStore(RecordingStore):
+    """Refuses records whose data holds "poison", naming them or not, as real stores do."""
+
+    def __init__(self, path: Path, *, name_them: bool) -> None:
+        super().__init__(path)
+        self.name_them = name_them
+
+    def save(self, records: Sequence[Record]) -> int:
+        bad = [r.key for r in records if "poison" in r.data]
+        if bad:
+            raise StoreRejected("refused", keys=bad if self.name_them else None, store=self.name, op="save")
+        return super().save(records)
+
+
+@pytest.mark.parametrize("name_them", [True, False])
+def test_a_refused_record_does_not_hold_back_the_queue(tmp_path: Path, name_them: bool) -> None:
+    store = RefusingStore(tmp_path / "s.jsonl", name_them=name_them)
+    with SessionCache(store=store, persistence=BEHIND_SLOW) as cache:
+        sids = [new_id() for _ in range(40)]
+        for i, sid in enumerate(sids):
+            cache.set(sid, {"poison": True} if i in (3, 17) else {"i": i})
+        assert cache.persistence is not None
+        cache.persistence.flush()
+        assert all((store.load(sid) is None) == (i in (3, 17)) for i, sid in enumerate(sids))
+        stats = cache.stats()["persistence"]
+        assert stats["rejected"] == 2 and stats["queued"] == 0 and stats["saved"] == 38
+
+
+def test_write_through_raises_a_refusal_without_queueing(tmp_path: Path) -> None:
+    store = RefusingStore(tmp_path / "s.jsonl", name_them=True)
+    with SessionCache(store=store, persistence=PersistConfig(mode="write_through")) as cache:
+        with pytest.raises(StoreRejected):
+            cache.set(new_id(), {"poison": 1})
+        stats = cache.stats()["persistence"]
+        assert stats["rejected"] == 1 and stats["queued"] == 0
