@@ -265,7 +265,7 @@ def make_record(
 ) -> Record:
     """A Record from stored fields, checking their types (stored data is untrusted)."""
     if type(key) is not str or not key:
-        raise ValueError(f"bad key {key!r}")
+        raise ValueError(f"bad key of type {type(key).__name__}")
     if type(version) is not int or type(origin) is not int:
         raise ValueError("version and origin must be integers")
     if type(deleted) is not bool:

@@ -217,7 +217,7 @@ class CouchStore:
         try:
             doc_id = doc["_id"]
             if not doc_id.startswith(self.prefix):
-                raise ValueError(f"id {doc_id!r} lacks the prefix {self.prefix!r}")
+                raise ValueError(f"the id lacks the prefix {self.prefix!r}")
             version, origin = doc["version"], doc["origin"]
             if type(version) is not str or type(origin) is not str:
                 raise ValueError("version and origin must be decimal strings")
@@ -232,8 +232,8 @@ class CouchStore:
                 doc.get("deleted", False),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            shown = doc.get("_id") if isinstance(doc, dict) else None
-            raise StoreError(f"CouchDB document {shown!r} is not a session: {exc}", store=_NAME, op="load") from exc
+            # No id in the message: session ids must not reach logs.
+            raise StoreError(f"a CouchDB document is not a session: {exc}", store=_NAME, op="load") from exc
 
     def _current(self, op: str, ids: list[str], include_docs: bool) -> dict[str, dict[str, Any]]:
         """``{id: row}`` for the ids that exist (not deleted)."""
@@ -551,6 +551,6 @@ class CouchFollower:
                 self.counts["records"] += 1
         except Exception:
             self.counts["errors"] += 1
-            log.exception("applying CouchDB change of %r failed; going on", doc_id)
+            log.exception("applying a CouchDB change failed; going on")
         self.since = seq
         return True

@@ -355,7 +355,8 @@ class PostgresStore:
                 key, decode_data(orjson.loads(text), text), version, origin, created, accessed, expires, deleted
             )
         except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
-            raise StoreError(f"row {key!r} can't be read: {exc}", store=_NAME, op="load") from exc
+            # No key in the message: session ids must not reach logs.
+            raise StoreError(f"a stored row can't be read: {exc}", store=_NAME, op="load") from exc
 
     def load(self, key: str) -> Record | None:
         def work(conn: psycopg.Connection[Any]) -> tuple[Any, ...] | None:
