@@ -358,7 +358,7 @@ class Persistence:
     def read(self, key: str) -> Record | None:
         """The newest record of ``key`` outside memory: queued, in flight, or stored.
 
-        None when the store doesn't know it (remembered ``negative_ttl``
+        None when the store doesn't know it or holds only an expired copy (remembered ``negative_ttl``
         seconds). A store failure is raised, or answered None when
         ``on_read_error="miss"``; either way it is logged and counted.
         """
@@ -385,6 +385,8 @@ class Persistence:
             if cfg.on_read_error == "raise":
                 raise
             return None
+        if record is not None and record.expires <= self.clock.wall():
+            record = None  # expired but not purged yet: as good as unknown, and remembered as such
         with self._lock:
             if record is None:
                 self._counts["read_misses"] += 1

@@ -424,3 +424,14 @@ def test_write_through_raises_a_refusal_without_queueing(tmp_path: Path) -> None
             cache.set(new_id(), {"poison": 1})
         stats = cache.stats()["persistence"]
         assert stats["rejected"] == 1 and stats["queued"] == 0
+
+
+def test_expired_stored_sessions_are_cached_negatively(store: RecordingStore, clock: FakeClock) -> None:
+    with make_cache(store, clock, PersistConfig(mode="write_through"), idle_timeout=10, max_age=None) as cache:
+        sid = new_id()
+        cache.set(sid, {"a": 1})
+        clock.advance(11)
+        cache.prune()
+        for _ in range(5):
+            assert cache.get(sid) is None
+        assert store.loads == 1
