@@ -42,7 +42,7 @@ from typing import Any, Callable
 from memsession.clock import SYSTEM_CLOCK, Clock
 from memsession.config import _positive
 from memsession.errors import BusError, ConfigError, MemsessionError, StoreError
-from memsession.hub import HubConfig, HubState, merge_into, query_stats, run_hub
+from memsession.hub import HubConfig, HubState, merge_into, run_hub
 from memsession.session import Record
 
 from .base import Store
@@ -120,6 +120,8 @@ class SidecarState(HubState):
         self.last_flush: float | None = None
         self.last_error = ""
         self.failing = False
+        #: ``stats()`` as of the last second, computed in the hub thread (the HTTP endpoint serves it).
+        self.published_stats: dict[str, Any] | None = None
         self.persist_counts = dict.fromkeys(
             ("warm_loaded", "write_errors", "rewrites", "rewritten", "purged", "purge_errors",
              "unwritten_at_exit"),
@@ -163,6 +165,12 @@ class SidecarState(HubState):
             out["unwritten_age_s"] = 0.0 if self.dirty_since is None else round(wall - self.dirty_since, 3)
             out["last_error"] = self.last_error
         return out
+
+    def prune(self) -> int:
+        """The hub thread's once-a-second chore; also refreshes ``published_stats`` for other threads."""
+        pruned = super().prune()
+        self.published_stats = self.stats()
+        return pruned
 
     def stats(self) -> dict[str, Any]:
         out = super().stats()
@@ -444,9 +452,11 @@ class Sidecar:
     # -- HTTP ------------------------------------------------------------------------------
 
     def current_stats(self) -> dict[str, Any]:
-        """The hub's counters, asked over its own request socket (computed in the hub thread)."""
-        hub = self.hub_config
-        return query_stats(hub.endpoints()[2], keys=hub.keys, insecure=hub.insecure, timeout=2.0)
+        """The counters as the hub thread last published them (at most a second old)."""
+        stats = self.state.published_stats
+        if stats is None:
+            raise BusError("the sidecar is not serving yet")
+        return stats
 
     def _start_http(self, address: str) -> None:
         host, port = parse_http(address)

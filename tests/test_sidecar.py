@@ -122,9 +122,9 @@ def test_writes_behind_flushes_on_stop_and_warm_starts(tmp_path: Path, runtime_d
             cache.destroy(sids[0])
             wait_until(lambda: all(store.load(s) is not None for s in sids), 10, "writes to reach the store")
             wait_until(lambda: store.load(sids[0]).deleted, 10, "the tombstone to reach the store")  # type: ignore[union-attr]
-            stats = sidecar.current_stats()
-            assert stats["persist"]["saved"] >= len(sids)
-            assert stats["persist"]["depth"] == 0
+            stats = sidecar.state.persistence_stats()
+            assert stats["saved"] >= len(sids)
+            assert stats["depth"] == 0
     # Stopped: the file holds everything (the store was closed by the sidecar, which snapshots).
     saved = {r.key: r for r in read_snapshot(str(path), time.time())}
     assert saved[sids[0]].deleted
@@ -197,7 +197,9 @@ def test_command_postgres_http_status_and_sigterm_flush(postgres_url: str) -> No
             assert _pg_rows(postgres_url) == {}  # 30 s flush interval: nothing written yet
 
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=5) as http:
-                health = http.get("/health")
+                # The endpoint serves what the hub thread published (refreshed every second).
+                health = wait_until(lambda: (r := http.get("/health")).json().get("sessions") == len(sids) and r,
+                                    10, "/health to show every session")
                 assert health.status_code == 200
                 body = health.json()
                 assert body["ok"] is True and body["role"] == "sidecar" and body["store"] == "postgres"
