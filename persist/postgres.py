@@ -165,7 +165,10 @@ class PostgresStore:
     schemaName/tableName); ``create_table=True`` creates schema, table and
     index if missing (connect-pg-simple's createTableIfMissing).
     ``purge_batch`` bounds how many rows one purge statement deletes.
-    ``timeout`` bounds the wait for a pooled connection per operation.
+    ``timeout`` bounds the wait for a pooled connection per operation and
+    ``statement_timeout`` (seconds, None: the server's setting) every
+    statement on the store's own connections, so a stuck server can't stall
+    the writer forever.
     """
 
     name = _NAME
@@ -183,6 +186,7 @@ class PostgresStore:
         max_size: int = 4,
         connect_timeout: float = 10.0,
         timeout: float = 5.0,
+        statement_timeout: float | None = 30.0,
         page_size: int = 1000,
         purge_batch: int = 1000,
         environ: Mapping[str, str] | None = None,
@@ -200,11 +204,19 @@ class PostgresStore:
                 conninfo = (os.environ if environ is None else environ).get("DATABASE_URL")
             if not conninfo:
                 raise ConfigError("conninfo", None, "pass conninfo or pool, or set DATABASE_URL")
+            configure = None
+            if statement_timeout is not None:
+                milliseconds = max(1, int(statement_timeout * 1000))
+
+                def configure(conn: psycopg.Connection[Any]) -> None:
+                    conn.execute(f"SET statement_timeout = {milliseconds}")
+
             pool = ConnectionPool(
                 conninfo,
                 min_size=min_size,
                 max_size=max_size,
                 kwargs={"autocommit": True},
+                configure=configure,
                 timeout=timeout,
                 name="memsession",
                 open=False,

@@ -430,9 +430,12 @@ class Persistence:
             self._closed = True
             self._stopping = True
             self._wake.notify_all()
-        self._thread.join()
+        # Bounded: a store call that hangs must not hang the process's shutdown.
+        self._thread.join(self.config.close_timeout + 5.0)
+        if self._thread.is_alive():
+            log.error("session writer still busy with the store %s after close_timeout", self.store.name)
         with self._lock:
-            lost = len(self._pending)
+            lost = len(self._pending) + len(self._inflight)
             self._counts["lost"] += lost
         if lost:
             log.error(

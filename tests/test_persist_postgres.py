@@ -204,3 +204,12 @@ def test_refused_rows_are_named_and_do_not_block_the_rest(postgres_url: str, cap
         with psycopg.connect(postgres_url) as conn:
             assert conn.execute("SELECT count(*) FROM memsession").fetchone() == (29,)
     assert "secret-value" not in caplog.text
+
+
+def test_statement_timeout_is_set_on_the_stores_connections(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url, statement_timeout=2.5)
+    try:
+        with store.pool.connection() as conn:
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("2500ms",)
+    finally:
+        store.close()
