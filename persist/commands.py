@@ -116,6 +116,10 @@ def _age(seconds: Any) -> str:
     return f"{seconds:.1f}s ago"
 
 
+def _ms(value: Any) -> str:
+    return f"{value:.3f} ms" if isinstance(value, (int, float)) else "-"
+
+
 def format_status(stats: dict[str, Any], requests: str) -> str:
     """A hub's or sidecar's counters as a short human-readable report."""
     role = stats.get("role", "hub")
@@ -125,7 +129,7 @@ def format_status(stats: dict[str, Any], requests: str) -> str:
         f"  peers seen   {stats.get('streams', 0)} publisher streams",
         f"  sessions     {stats.get('sessions', 0)} live, {stats.get('tombstones', 0)} tombstones",
         f"  bus          {stats.get('received', 0)} received, {stats.get('applied', 0)} applied, "
-        f"{stats.get('gaps', 0)} gaps, lag p50 {stats.get('lag_ms_p50')} ms / p99 {stats.get('lag_ms_p99')} ms",
+        f"{stats.get('gaps', 0)} gaps, lag p50 {_ms(stats.get('lag_ms_p50'))} / p99 {_ms(stats.get('lag_ms_p99'))}",
     ]
     dropped = stats.get("dropped") or {}
     if dropped:
@@ -152,8 +156,8 @@ def _status(args: argparse.Namespace) -> int:
     from memsession.errors import BusError
     from memsession.hub import query_stats
 
-    hub = _hub_config(args)
-    requests = hub.endpoints()[2]
+    # Only the ROUTER is asked: --requests alone is enough (tcp, another host).
+    requests = args.requests or _hub_config(args).endpoints()[2]
     try:
         stats = query_stats(requests, keys=args.keys, insecure=args.insecure, timeout=args.timeout)
     except BusError as exc:

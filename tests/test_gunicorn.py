@@ -146,3 +146,16 @@ def test_embedded_sidecar_is_restarted_when_it_dies(tmp_path: Path) -> None:
         assert server.terminate() == 0
     saved = [r.data for r in read_snapshot(str(tmp_path / "s.json"), time.time()) if not r.deleted]
     assert {"user": "carol"} in saved
+
+
+def test_two_host_example_with_curve_keys() -> None:
+    # examples/sidecar/two_hosts.py: a sidecar on tcp with CURVE, two gunicorns on "two hosts".
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "examples/sidecar/two_hosts.py", "--demo"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "written on host A, read on host B" in result.stdout
+    assert "{'cart': '3', 'user': 'alice'}" in result.stdout
+    assert "sidecar at tcp://127.0.0.1:" in result.stdout
