@@ -184,8 +184,18 @@ class CouchStore:
         raise StoreError(message, store=_NAME, op=op)
 
     def create(self) -> None:
-        """Create the database and the Mango index on ``expires`` if missing."""
-        self._request("create", "PUT", "", ok=(201, 202, 412))
+        """Create the database and the Mango index on ``expires`` if missing.
+
+        Looks before it writes, so a user who may use but not create an
+        existing database (a member, not an admin) passes.
+        """
+        status, _ = self._request("create", "GET", "", ok=(200, 404))
+        if status == 404:
+            self._request("create", "PUT", "", ok=(201, 202, 412))
+        _, listing = self._request("create", "GET", "_index")
+        for index in listing.get("indexes", ()) if isinstance(listing, dict) else ():
+            if index.get("ddoc") == f"_design/{_DDOC}" and index.get("name") == _INDEX:
+                return
         self._request(
             "create",
             "POST",

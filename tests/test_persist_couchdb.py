@@ -306,3 +306,13 @@ def test_documents_the_server_refuses_are_named(db_url: str) -> None:
         assert store.load("bad") is None
     finally:
         store.close()
+
+
+def test_opening_an_existing_database_only_reads(db_url: str) -> None:
+    """A database member (not admin) can open an existing store: nothing is created twice."""
+    open_store(db_url).close()
+    seen: list[str] = []
+    hooks = {"request": [lambda request: seen.append(request.method)]}
+    with httpx.Client(base_url=db_url + "/", trust_env=False, event_hooks=hooks) as client:
+        CouchStore(client=client).close()
+    assert seen == ["GET", "GET"]
