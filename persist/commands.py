@@ -43,6 +43,9 @@ def _sidecar_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-create-table", action="store_true", help="PostgreSQL: don't create the table if missing")
     p.add_argument("--http", default=None, metavar="HOST:PORT",
                    help="serve /health (JSON) and /metrics (Prometheus) here, e.g. 127.0.0.1:9108")
+    p.add_argument("--ack", default="", metavar="ENDPOINT",
+                   help="acknowledged-writes endpoint (default: ack.sock next to ipc sockets; none for tcp)")
+    p.add_argument("--no-ack", action="store_true", help="don't serve acknowledged writes")
     p.add_argument("--parent-pid", type=int, default=None,
                    help="exit (after flushing) when this process is no longer the parent")
     p.add_argument("--ready-file", default=None, help="write this file once the sidecar serves requests")
@@ -80,7 +83,7 @@ def _sidecar(args: argparse.Namespace) -> int:
     config = SidecarConfig(
         flush_interval=args.flush_interval, batch_size=args.batch_size, queue_limit=args.queue_limit,
         prune_interval=args.prune_interval or None, close_timeout=args.close_timeout,
-        http=args.http, parent_pid=args.parent_pid,
+        http=args.http, parent_pid=args.parent_pid, ack=None if args.no_ack else args.ack,
     )
     hub = _hub_config(args, heartbeat=args.heartbeat)
     pub, sub, req = hub.endpoints()  # a bad endpoint or runtime dir fails here, before the store opens

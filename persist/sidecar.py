@@ -37,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from memsession.clock import SYSTEM_CLOCK, Clock
 from memsession.config import _positive
@@ -74,6 +74,9 @@ class SidecarConfig:
     http: str | None = None
     #: Exit (flushing) when this process is no longer our parent (the gunicorn master died).
     parent_pid: int | None = None
+    #: Acknowledged mode's endpoint (``persist.ack``): "" = ``ack.sock`` next to ipc endpoints
+    #: (none for tcp unless given), None = off.
+    ack: str | None = ""
 
     def __post_init__(self) -> None:
         _positive("flush_interval", self.flush_interval)
@@ -252,6 +255,27 @@ class Sidecar:
         self._writer: threading.Thread | None = None
         self._http: ThreadingHTTPServer | None = None
         self.http_address: tuple[str, int] | None = None
+        self.ack_endpoint = self._ack_endpoint()
+        self._ack_ctx: Any = None
+        self._ack_auth: Any = None
+        self._ack_stop = threading.Event()
+        self._ack_thread: threading.Thread | None = None
+        self._ack_done = f"inproc://memsession-ack-done-{id(self):x}"
+        self._ack_push: Any = None
+
+    def _ack_endpoint(self) -> str | None:
+        ack = self.config.ack
+        if ack is None:
+            return None
+        if ack:
+            return ack
+        hub = self.hub_config
+        if hub.publish and not hub.publish.startswith("ipc://"):
+            return None
+        from .ack import default_ack_endpoint
+
+        requests = hub.endpoints()[2]
+        return default_ack_endpoint(os.path.dirname(requests[len("ipc://"):]))
 
     # -- running ------------------------------------------------------------------------
 
@@ -268,6 +292,8 @@ class Sidecar:
             self._writer.start()
             if cfg.http is not None:
                 self._start_http(cfg.http)
+            if self.ack_endpoint is not None:
+                self._start_acks(self.ack_endpoint)
             if cfg.parent_pid is not None:
                 threading.Thread(target=self._watch_parent, args=(stop,), name="memsession-sidecar-parent",
                                  daemon=True).start()
@@ -285,6 +311,16 @@ class Sidecar:
         if self._writer is not None:
             self._writer.join(self.config.close_timeout + 30)
             self._writer = None
+        self._ack_stop.set()
+        if self._ack_thread is not None:
+            self._ack_thread.join(10)
+            self._ack_thread = None
+        if self._ack_auth is not None:
+            self._ack_auth.stop()
+            self._ack_auth = None
+        if self._ack_ctx is not None:
+            self._ack_ctx.term()
+            self._ack_ctx = None
         try:
             self.store.close()
         except MemsessionError as exc:
@@ -356,6 +392,7 @@ class Sidecar:
                 state.last_flush = self.clock.wall()
                 if not len(state.queue):
                     state.dirty_since = None
+            self._stored(batch)
             self._recovered()
 
     def _rewrite(self) -> bool:
@@ -377,7 +414,44 @@ class Sidecar:
                 return False
             with state.lock:
                 state.persist_counts["rewritten"] += len(records[start:start + size])
+            self._stored(records[start:start + size])
         return True
+
+    def _stored(self, batch: Sequence[Record]) -> None:
+        """Tell the ack thread what the store took (from the writer thread, over its own socket)."""
+        if self._ack_ctx is None:
+            return
+        import msgpack
+        import zmq
+
+        if self._ack_push is None:
+            self._ack_push = self._ack_ctx.socket(zmq.PUSH)
+            self._ack_push.linger = 0
+            self._ack_push.connect(self._ack_done)
+        self._ack_push.send(msgpack.packb([[r.key, r.version, r.origin, r.accessed, r.deleted] for r in batch]))
+
+    def _start_acks(self, endpoint: str) -> None:
+        import zmq
+
+        from memsession import security
+
+        from .ack import serve_acks
+
+        self._ack_ctx = zmq.Context()
+        secure = security.server_policy(self.hub_config, (endpoint,))
+        if secure is not None:
+            self._ack_auth = secure.start_authenticator(self._ack_ctx)
+        ready = threading.Event()
+        errors: list[BaseException] = []
+        self._ack_thread = threading.Thread(
+            target=serve_acks, name="memsession-sidecar-ack",
+            args=(self._ack_ctx, endpoint, self._ack_done, self._ack_stop, ready, self.state.wake, secure),
+            kwargs={"errors": errors}, daemon=True,
+        )
+        self._ack_thread.start()
+        if not ready.wait(10) or errors:
+            raise BusError(f"the ack socket could not bind {endpoint}: {errors[:1]}", endpoint=endpoint)
+        log.info("acknowledged writes on %s", endpoint)
 
     def _failed(self, op: str, exc: Exception) -> None:
         state = self.state
@@ -440,6 +514,9 @@ class Sidecar:
             if next_prune is not None and ok and time.monotonic() >= next_prune:
                 self._prune()
                 next_prune = time.monotonic() + cfg.prune_interval  # type: ignore[operator]
+        if self._ack_push is not None:
+            self._ack_push.close(linger=0)
+            self._ack_push = None
         with state.lock:
             left = len(state.queue)
             state.persist_counts["unwritten_at_exit"] = left
