@@ -338,6 +338,37 @@ def run_hub(
     state = state or HubState(limits=config.limits)
     pub_ep, sub_ep, req_ep = config.endpoints()
     secure = security.server_policy(config, (pub_ep, sub_ep, req_ep))
+    lock = _lock_ipc_dirs((pub_ep, sub_ep, req_ep))
+    try:
+        _run(config, stop, ready, state, pub_ep, sub_ep, req_ep, secure)
+    finally:
+        for fd in lock:
+            os.close(fd)
+    return state
+
+
+def _lock_ipc_dirs(endpoints: tuple[str, ...]) -> list[int]:
+    """Hold ``hub.lock`` in every ipc directory: binding ipc would silently steal a live hub's sockets."""
+    import fcntl
+
+    fds: list[int] = []
+    for directory in sorted({os.path.dirname(e[6:]) or "." for e in endpoints if e.startswith("ipc://")}):
+        fd = os.open(os.path.join(directory, "hub.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            for held in fds:
+                os.close(held)
+            raise BusError(f"another hub is running in {directory}", endpoint=endpoints[0]) from exc
+        fds.append(fd)
+    return fds
+
+
+def _run(config: HubConfig, stop: threading.Event, ready: threading.Event | None, state: HubState,
+         pub_ep: str, sub_ep: str, req_ep: str, secure: Any) -> None:
+    import zmq
+
     ctx = zmq.Context()
     auth = None
     tag = f"{os.getpid()}-{state.hub_id:x}"
@@ -417,7 +448,6 @@ def run_hub(
         if auth is not None:
             auth.stop()
         ctx.term()
-    return state
 
 
 def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: threading.Event | None,

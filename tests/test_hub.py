@@ -1,0 +1,182 @@
+"""The hub: its pure state (merge, snapshots, resync, prune) and its runner, CLI and key handling."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from memsession import wire
+from memsession.cli import main
+from memsession.errors import BusError, ConfigError
+from memsession.hub import Hub, HubConfig, HubState, merge_into, query_snapshot, query_stats
+from memsession.security import CurveClient, CurveServer, client_policy, generate_keys, server_policy
+from memsession.session import Record
+from memsession.testing import FakeClock
+
+NOW = 1_700_000_000.0
+
+
+def rec(key="k", version=10, origin=1, data=None, accessed=NOW, expires=NOW + 100, deleted=False):
+    return Record(key, {} if deleted else (data or {"v": version}), version, origin, NOW, accessed, expires, deleted)
+
+
+@pytest.fixture
+def state():
+    return HubState(clock=FakeClock(wall=NOW), hub_id=99, epoch=5)
+
+
+def test_merge_rule_matches_the_cache():
+    replica: dict[str, Record] = {}
+    assert merge_into(replica, rec(version=10), NOW)
+    assert not merge_into(replica, rec(version=9), NOW)  # older
+    assert merge_into(replica, rec(version=10, origin=2), NOW)  # same version, higher origin
+    assert not merge_into(replica, rec(version=10, origin=2), NOW)  # same record again
+    assert merge_into(replica, rec(version=10, origin=2, accessed=NOW + 5), NOW)  # a touch
+    assert merge_into(replica, rec(version=3, deleted=True), NOW)  # a tombstone beats any live record
+    assert not merge_into(replica, rec(version=50), NOW)  # and nothing live comes back
+    assert replica["k"].deleted
+    assert not merge_into(replica, rec(key="x", expires=NOW - 1), NOW)  # born expired: not kept
+    merge_into(replica, rec(key="y"), NOW)
+    assert merge_into(replica, rec(key="y", version=11, expires=NOW - 1), NOW) and "y" not in replica
+
+
+def test_bus_messages_are_merged_and_gaps_ask_for_a_resync(state):
+    assert state.on_bus(wire.encode_set(rec(), 7, 1, 1, 0)) == []
+    assert state.replica["k"].data == {"v": 10}
+    assert state.on_bus(wire.encode_set(rec(version=11), 7, 1, 1, 0)) == []  # duplicate seq
+    assert state.counts["duplicates"] == 1
+    out = state.on_bus(wire.encode_set(rec(version=12), 7, 1, 3, 0))  # seq 2 lost
+    assert len(out) == 1 and wire.decode(out[0]).op == wire.RESYNC and wire.decode(out[0]).body == 7
+    assert state.on_bus(wire.encode_heartbeat(7, 1, 5, 0)) == []  # rate-limited while the push is due
+    assert state.counts["gaps"] == 2 and state.counts["resyncs_sent"] == 1
+
+
+def test_touch_messages_slide_only_the_matching_version(state):
+    state.on_bus(wire.encode_set(rec(), 7, 1, 1, 0))
+    state.on_bus(wire.encode_touch(rec(accessed=NOW + 30, expires=NOW + 130), 7, 1, 2, 0))
+    assert state.replica["k"].accessed == NOW + 30
+    state.on_bus(wire.encode_touch(rec(version=9, accessed=NOW + 60), 7, 1, 3, 0))
+    assert state.replica["k"].accessed == NOW + 30
+
+
+def test_own_relays_hellos_and_bad_frames_are_not_merged(state):
+    state.on_bus(wire.encode_set(rec(), 99, 5, 1, 0))
+    state.on_bus(wire.encode_hello(7, 1, 1234, 0))
+    state.on_bus([b"ms1s", b"\xc1"])
+    assert state.replica == {} and state.dropped == {"malformed": 1}
+
+
+def test_snapshot_is_chunked_and_carries_the_sequence_vector(state):
+    for i in range(2500):
+        state.merge(rec(key=f"k{i}"))
+    state.on_bus(wire.encode_set(rec(key="z"), 7, 1, 1, 0))
+    frames = list(state.snapshot(42))
+    replies = [wire.decode_reply(f) for f in frames]
+    assert [r.op for r in replies] == ["C", "C", "C", "E"]
+    hub_epoch, vector, chunks, count = replies[-1].body
+    assert hub_epoch == 5 and chunks == 3 and count == 2501
+    assert vector == {7: (1, 1), 99: (5, 0)}
+    assert sum(len(r.body[0]) for r in replies[:-1]) == 2501
+
+
+def test_push_merges_and_relays_only_what_changed(state):
+    state.merge(rec(key="a", version=10))
+    batch = [wire.record_to_list(r) for r in (rec(key="a", version=5), rec(key="b", version=6))]
+    replies, relays = state.on_request(wire.encode_request(wire.PUSH, 1, batch))
+    assert wire.decode_reply(replies[0]).body == (1,)
+    assert [wire.decode(f).body.key for f in relays] == ["b"]
+    assert wire.decode(relays[0]).origin == 99 and wire.decode(relays[0]).seq == 1
+
+
+def test_get_and_stats_requests(state):
+    state.merge(rec(key="a"))
+    (reply,), _ = state.on_request(wire.encode_request(wire.GET, 3, "a"))
+    assert wire.decode_reply(reply).body[0].key == "a"
+    (reply,), _ = state.on_request(wire.encode_request(wire.GET, 4, "nope"))
+    assert wire.decode_reply(reply).body == (None,)
+    (reply,), _ = state.on_request(wire.encode_request(wire.STATS, 5))
+    stats = wire.decode_reply(reply).body[0]
+    assert stats["sessions"] == 1 and stats["gets"] == 2 and stats["epoch"] == 5
+    assert state.on_request([b"ms1S", b"junk"]) == ([], [])
+
+
+def test_prune_drops_expired_sessions_and_lapsed_tombstones():
+    clock = FakeClock(wall=NOW)
+    state = HubState(clock=clock)
+    state.merge(rec(key="a", expires=NOW + 10))
+    state.merge(rec(key="b", deleted=True, expires=NOW + 20))
+    state.merge(rec(key="c", expires=NOW + 30))
+    clock.advance(25)
+    assert state.prune() == 2 and list(state.replica) == ["c"]
+
+
+def test_hub_config_checks_and_private_runtime_dir(tmp_path):
+    with pytest.raises(ConfigError):
+        HubConfig(publish="tcp://127.0.0.1:1")  # all three or none
+    with pytest.raises(ConfigError):
+        HubConfig(publish="udp://x", subscribe="udp://y", requests="udp://z")
+    with pytest.raises(ConfigError):
+        HubConfig(runtime_dir=str(tmp_path / ("x" * 120))).endpoints()
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    os.chmod(shared, 0o755)
+    with pytest.raises(ConfigError, match="group or others"):
+        HubConfig(runtime_dir=str(shared)).endpoints()
+    pub, sub, req = HubConfig(runtime_dir=str(tmp_path / "rt")).endpoints()
+    assert pub.startswith("ipc://") and stat.S_IMODE(os.stat(tmp_path / "rt").st_mode) == 0o700
+
+
+@pytest.mark.zmq
+def test_hub_thread_serves_stats_and_snapshots_and_refuses_a_taken_endpoint(tmp_path):
+    rt = str(tmp_path / "rt")
+    with Hub(runtime_dir=rt) as hub:
+        req = hub.endpoints[2]
+        assert query_stats(req)["sessions"] == 0
+        assert query_snapshot(req) == []
+        with pytest.raises(BusError):
+            Hub(runtime_dir=rt).start()
+    with pytest.raises(BusError):
+        query_stats(req, timeout=0.2)
+
+
+@pytest.mark.zmq
+def test_cli_hub_stats_and_keys(tmp_path, capsys):
+    rt = str(tmp_path / "rt")
+    with Hub(runtime_dir=rt):
+        assert main(["hub", "--runtime-dir", rt, "--stats"]) == 0
+    assert '"sessions": 0' in capsys.readouterr().out
+    assert main(["keys", str(tmp_path / "keys")]) == 0
+    assert main(["keys", str(tmp_path / "keys")]) == 2  # refuses to overwrite
+    assert "exists" in capsys.readouterr().err
+    assert main(["hub", "--publish", "tcp://127.0.0.1:1", "--subscribe", "tcp://127.0.0.1:2",
+                 "--requests", "tcp://127.0.0.1:3"]) == 2
+    assert "CURVE" in capsys.readouterr().err
+
+
+class Opts:
+    def __init__(self, keys=None, insecure=False):
+        self.keys = keys
+        self.insecure = insecure
+
+
+def test_curve_policy(tmp_path, caplog):
+    tcp = ("tcp://127.0.0.1:5000",)
+    assert server_policy(Opts(), ("ipc:///tmp/x",)) is None
+    with pytest.raises(ConfigError, match="CURVE"):
+        server_policy(Opts(), tcp)
+    with pytest.raises(ConfigError, match="CURVE"):
+        client_policy(Opts(), tcp)
+    assert server_policy(Opts(insecure=True), tcp) is None
+    assert "WITHOUT encryption" in caplog.text
+    with pytest.raises(ConfigError, match="cannot read"):
+        server_policy(Opts(keys=str(tmp_path / "missing")), tcp)
+    paths = generate_keys(str(tmp_path / "keys"))
+    assert stat.S_IMODE(os.stat(paths["server_secret"]).st_mode) == 0o600
+    assert not [n for n in os.listdir(tmp_path / "keys" / "clients") if n.endswith("secret")]
+    assert isinstance(server_policy(Opts(keys=str(tmp_path / "keys")), tcp), CurveServer)
+    assert isinstance(client_policy(Opts(keys=str(tmp_path / "keys")), tcp), CurveClient)
+    os.remove(tmp_path / "keys" / "clients" / "client.key")
+    with pytest.raises(ConfigError, match="no \\*.key"):
+        CurveServer(str(tmp_path / "keys"))
