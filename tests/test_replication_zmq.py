@@ -346,3 +346,149 @@ def _free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def _poll(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_random_and_mutated_frames_never_crash_a_worker_or_change_its_data(cluster, runtime_dir):
+    import zmq
+
+    from memsession import wire
+    from memsession.session import Record
+
+    (worker,) = cluster.spawn(1)
+    run_ops([worker], 100)
+    before = worker.call(("state", None))
+    rng = random.Random(7)
+    foreign = [Record(new_id(), {"x": i, "l": [i, "s"]}, 10**17 + i, 5, 1.0, 1.0, 4e9) for i in range(20)]
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    try:
+        pub.connect(f"ipc://{runtime_dir}/pub.sock")
+
+        def garbage_dropped() -> bool:
+            pub.send_multipart([b"ms1s", b"\xc1 not msgpack"])
+            return bool(worker.call(("stats", None))["replication"]["dropped"].get("malformed"))
+
+        _poll(garbage_dropped, 10, "the worker to see injected frames")
+        for i in range(1500):
+            kind = i % 5
+            if kind == 0:
+                frames = [rng.randbytes(rng.randrange(6)), rng.randbytes(rng.randrange(300))]
+            elif kind == 1:
+                frames = [b"ms1" + bytes([rng.choice(b"sdtihHyr")]), rng.randbytes(rng.randrange(300))]
+            elif kind == 2:
+                topic, payload = wire.encode_record_message(rng.choice(foreign), 77, 1, i + 1, 0)
+                frames = [topic, payload[: rng.randrange(len(payload))]]
+            elif kind == 3:
+                topic, payload = wire.encode_record_message(rng.choice(foreign), 77, 1, i + 1, 0)
+                mutated = bytearray(payload)
+                for _ in range(rng.randrange(1, 4)):
+                    mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+                frames = [topic, bytes(mutated)]
+            else:
+                frames = [b"ms1s"] * rng.randrange(0, 5)
+            if frames:
+                pub.send_multipart(frames)
+    finally:
+        pub.close(linger=0)
+        ctx.term()
+    stats = _poll(lambda: (s := worker.call(("stats", None))["replication"])["dropped"]["malformed"] > 300 and s,
+                  10, "the frames to be dropped")
+    after = worker.call(("state", None))
+    assert {k: after[k] for k in before} == before
+    assert worker.proc.is_alive() and stats["dropped"]["malformed"] > 300
+    assert cluster.hub.stats()["dropped"]["malformed"] > 300
+    run_ops([worker], 10)  # still serving
+
+
+def test_a_publisher_without_the_right_curve_key_never_reaches_the_cache(tmp_path):
+    import zmq
+
+    from memsession import wire
+    from memsession.security import generate_keys
+    from memsession.session import Record
+
+    keys, rogue_keys = str(tmp_path / "keys"), str(tmp_path / "rogue")
+    generate_keys(keys)
+    generate_keys(rogue_keys)
+    eps = [f"tcp://127.0.0.1:{p}" for p in _free_ports(3)]
+    hub = HubProcess(["--publish", eps[0], "--subscribe", eps[1], "--requests", eps[2], "--keys", keys],
+                     eps[2], keys=keys).start()
+    opts = {"publish": eps[0], "subscribe": eps[1], "requests": eps[2], "keys": keys, **FAST}
+    worker = Worker(opts, [new_id()], 1)
+    forged = Record(new_id(), {"admin": True}, 10**17, 5, 1.0, 1.0, 4e9)
+    ctx = zmq.Context()
+    from memsession.security import CurveClient
+
+    rogues = []
+    try:
+        plain = ctx.socket(zmq.PUB)
+        wrong = ctx.socket(zmq.PUB)
+        CurveClient(rogue_keys).client(wrong)  # a real key pair, just not an allowed one
+        rogues = [plain, wrong]
+        for sock in rogues:
+            sock.connect(eps[0])
+        legit = new_id()
+        worker.call(("set", (legit, {"ok": 1})))
+        deadline = time.monotonic() + 1.5
+        seq = 0
+        while time.monotonic() < deadline:
+            seq += 1
+            for sock in rogues:
+                sock.send_multipart(wire.encode_set(forged, 5, 1, seq, 0))
+            time.sleep(0.01)
+        assert worker.call(("get", forged.key)) is None
+        assert forged.key not in hub.snapshot() and legit in hub.snapshot()
+    finally:
+        for sock in rogues:
+            sock.close(linger=0)
+        ctx.term()
+        worker.stop()
+        hub.stop()
+
+
+def _fork_main(conn: Any, runtime_dir: str, sid_parent: str, sid_child: str) -> None:
+    from memsession import SessionCache, ZmqBus
+
+    cache = SessionCache(bus=ZmqBus(runtime_dir=runtime_dir, **FAST))
+    cache.set(sid_parent, {"who": "parent"})
+    parent_origin = cache.origin
+    pid = os.fork()
+    if pid == 0:  # child: same cache object, fresh bus
+        ok = cache.origin != parent_origin
+        cache.set(sid_child, {"who": "child"})
+        deadline = time.monotonic() + 10
+        while cache.bus.stats()["queued"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # let the PUB flush its pipe before the process goes (linger is 0)
+        os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 10
+    while cache.get(sid_child) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    _, status = os.waitpid(pid, 0)
+    conn.send((cache.get(sid_child), os.waitstatus_to_exitcode(status)))
+    cache.close()
+
+
+def test_a_process_forked_after_using_the_bus_gets_a_fresh_one(cluster, runtime_dir):
+    conn, child = SPAWN.Pipe()
+    proc = SPAWN.Process(target=_fork_main, args=(child, runtime_dir, new_id(), new_id()))
+    proc.start()
+    child.close()
+    try:
+        assert conn.poll(30), "forking process did not report"
+        data, code = conn.recv()
+        assert code == 0 and data == {"who": "child"}
+    finally:
+        proc.join(10)
+        conn.close()
