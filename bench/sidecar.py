@@ -256,6 +256,8 @@ def recovery(pg_url: str, sessions: int) -> dict[str, float]:
             pubs.all("fill", sessions // 2)
             wait(lambda: sidecar.stats(timeout=10)["sessions"] >= sessions, 120, "the sidecar to hold everything")
             wait(lambda: sidecar.stats(timeout=10)["persist"]["depth"] == 0, 300, "everything to be stored")
+            # Every worker holds every session (its bus backlog is drained) before the kill.
+            wait(lambda: all(c == sessions for c in pubs.all("count")), 300, "workers to hold everything")
             repairs_before = [s.get("repairs", 0) for s in pubs.all("stats")]
             assert sidecar.proc is not None
             os.kill(sidecar.proc.pid, signal.SIGKILL)
