@@ -57,7 +57,7 @@ def _publisher(conn: Any, runtime_dir: str, seed: int) -> None:
                 end = time.monotonic() + seconds
                 while time.monotonic() < end:
                     for _ in range(200):
-                        cache.set(keys[n % nkeys], {"n": n, "user": "u%d" % (n % 997), "csrf": "x" * 32})
+                        cache.set(keys[n % nkeys], {"n": n, "user": f"u{n % 997}", "csrf": "x" * 32})
                         n += 1
                 conn.send(n)
             elif cmd == "fresh":
@@ -66,12 +66,12 @@ def _publisher(conn: Any, runtime_dir: str, seed: int) -> None:
                 end = time.monotonic() + seconds
                 while time.monotonic() < end:
                     for _ in range(200):
-                        cache.set(new_id(), {"n": n, "user": "u%d" % (n % 997), "csrf": "x" * 32})
+                        cache.set(new_id(), {"n": n, "user": f"u{n % 997}", "csrf": "x" * 32})
                         n += 1
                 conn.send(n)
             elif cmd == "fill":
                 for i in range(arg):
-                    cache.set(new_id(), {"i": i, "user": "u%d" % i, "csrf": "y" * 32})
+                    cache.set(new_id(), {"i": i, "user": f"u{i}", "csrf": "y" * 32})
                 conn.send(len(cache))
             elif cmd == "probe":
                 record = cache.set(new_id(), {"probe": time.time()})
@@ -151,7 +151,7 @@ def records(n: int, prefix: str = "") -> list[Any]:
     from memsession.session import Record, new_id
 
     now = time.time()
-    return [Record(prefix + new_id()[len(prefix):], {"n": i, "user": "u%d" % (i % 997), "csrf": "x" * 32},
+    return [Record(prefix + new_id()[len(prefix):], {"n": i, "user": f"u{i % 997}", "csrf": "x" * 32},
                    (int(now * 1000) << 16) + i, 1, now, now, now + 3600) for i in range(n)]
 
 
@@ -172,8 +172,8 @@ def ingest(store_url: str, label: str, seconds: float, hot_keys: int, pg_url: st
                 counts = pubs.all(shape, (seconds, hot_keys) if shape == "hot" else seconds)
                 wait(lambda: all(pubs.all("drained")), 60, "publishers to drain")
                 sent_s = time.monotonic() - t0
-                wait(lambda: sidecar.stats(timeout=10)["received"] - before["received"] >= sum(counts) * 0.999,
-                     120, "the sidecar to receive everything")
+                target = before["received"] + sum(counts) * 0.999
+                wait(lambda t=target: sidecar.stats(timeout=10)["received"] >= t, 120, "the sidecar to receive everything")
                 applied_s = time.monotonic() - t0
                 wait(lambda: sidecar.stats(timeout=10)["persist"]["depth"] == 0, 300, "the queue to drain")
                 persisted_s = time.monotonic() - t0

@@ -23,7 +23,8 @@ calls and moves batches to the store. Rules:
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from memsession.errors import ConfigError
 from memsession.session import Record
@@ -98,7 +99,7 @@ class WriteQueue:
     def take(self, n: int) -> list[Record]:
         """Remove and return up to ``n`` records, oldest first."""
         pending = self._pending
-        out = []
+        out: list[Record] = []
         while pending and len(out) < n:
             out.append(pending.popitem(last=False)[1])
         return out

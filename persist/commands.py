@@ -131,8 +131,8 @@ def format_status(stats: dict[str, Any], requests: str) -> str:
         f"  epoch        {stats.get('epoch', 0):x}   up {stats.get('uptime', 0):.0f}s",
         f"  peers seen   {stats.get('streams', 0)} publisher streams",
         f"  sessions     {stats.get('sessions', 0)} live, {stats.get('tombstones', 0)} tombstones",
-        f"  bus          {stats.get('received', 0)} received, {stats.get('applied', 0)} applied, "
-        f"{stats.get('gaps', 0)} gaps, lag p50 {_ms(stats.get('lag_ms_p50'))} / p99 {_ms(stats.get('lag_ms_p99'))}",
+        (f"  bus          {stats.get('received', 0)} received, {stats.get('applied', 0)} applied, "
+         f"{stats.get('gaps', 0)} gaps, lag p50 {_ms(stats.get('lag_ms_p50'))} / p99 {_ms(stats.get('lag_ms_p99'))}"),
     ]
     dropped = stats.get("dropped") or {}
     if dropped:
@@ -142,12 +142,12 @@ def format_status(stats: dict[str, Any], requests: str) -> str:
         state = "FAILING" if persist.get("failing") else "ok"
         lines += [
             f"  store        {stats.get('store', '?')}: {state}",
-            f"  queue        {persist.get('depth', 0)} keys waiting (limit {persist.get('limit', 0)}), "
-            f"oldest unwritten change {persist.get('unwritten_age_s', 0):.2f}s old",
-            f"  last flush   {_age(persist.get('last_flush_age_s'))}; {persist.get('saved', 0)} records in "
-            f"{persist.get('batches', 0)} batches, {persist.get('coalesced', 0)} coalesced",
-            f"  errors       {persist.get('write_errors', 0)} write, {persist.get('purge_errors', 0)} purge, "
-            f"{persist.get('overflows', 0)} overflows, {persist.get('lost', 0)} lost",
+            (f"  queue        {persist.get('depth', 0)} keys waiting (limit {persist.get('limit', 0)}), "
+             f"oldest unwritten change {persist.get('unwritten_age_s', 0):.2f}s old"),
+            (f"  last flush   {_age(persist.get('last_flush_age_s'))}; {persist.get('saved', 0)} records in "
+             f"{persist.get('batches', 0)} batches, {persist.get('coalesced', 0)} coalesced"),
+            (f"  errors       {persist.get('write_errors', 0)} write, {persist.get('purge_errors', 0)} purge, "
+             f"{persist.get('overflows', 0)} overflows, {persist.get('lost', 0)} lost"),
         ]
         if persist.get("last_error"):
             lines.append(f"  last error   {persist['last_error']}")

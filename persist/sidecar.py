@@ -35,9 +35,10 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from memsession.clock import SYSTEM_CLOCK, Clock
 from memsession.config import _positive
@@ -332,7 +333,7 @@ class Sidecar:
         def target() -> None:
             try:
                 self.run(self._stop, self._ready)
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 (handed to the caller of start/stop)
                 self._error.append(exc)
                 self._ready.set()
 
@@ -382,7 +383,7 @@ class Sidecar:
                     return True
             try:
                 self.store.save(batch)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (logged, counted, retried: the writer never dies)
                 with state.lock:
                     state.queue.failed(batch)
                 self._failed("save", exc)
@@ -407,7 +408,7 @@ class Sidecar:
         for start in range(0, len(records), size):
             try:
                 self.store.save(records[start:start + size])
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (logged, counted, retried)
                 with state.lock:
                     state.queue.rewrite_due = True
                 self._failed("rewrite", exc)
@@ -478,7 +479,7 @@ class Sidecar:
         state = self.state
         try:
             purged = self.store.purge(self.clock.wall())
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (logged and counted; pruning retries next interval)
             with state.lock:
                 state.persist_counts["purge_errors"] += 1
             log.warning("purging expired sessions from %s failed: %s", state.store_name, exc)
@@ -541,15 +542,16 @@ class Sidecar:
             self._http = serve_http(host, port, self.current_stats)
         except OSError as exc:
             raise ConfigError("http", address, f"cannot listen: {exc.strerror}") from exc
-        self.http_address = self._http.server_address[:2]  # type: ignore[assignment]
-        log.info("health and metrics on http://%s:%d/ (/health, /metrics)", *self.http_address)  # type: ignore[str-format]
+        bound_host, bound_port = self._http.server_address[:2]
+        self.http_address = (str(bound_host), int(bound_port))
+        log.info("health and metrics on http://%s:%d/ (/health, /metrics)", *self.http_address)
 
 
 def serve_http(host: str, port: int, stats: Callable[[], dict[str, Any]]) -> ThreadingHTTPServer:
     """A tiny HTTP server in a daemon thread: ``/health`` (JSON) and ``/metrics`` (Prometheus text)."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path not in ("/health", "/metrics", "/"):
                 self._reply(404, "text/plain", b"not found\n")
@@ -574,7 +576,7 @@ def serve_http(host: str, port: int, stats: Callable[[], dict[str, Any]]) -> Thr
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             log.debug("http %s", format % args)
 
     server = ThreadingHTTPServer((host, port), Handler)

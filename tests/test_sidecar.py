@@ -210,7 +210,7 @@ def test_command_postgres_http_status_and_sigterm_flush(postgres_url: str) -> No
 
             status = subprocess.run(
                 [sys.executable, "-m", "memsession", "status", "--runtime-dir", sidecar.runtime_dir],
-                capture_output=True, text=True, timeout=30,
+                check=False, capture_output=True, text=True, timeout=30,
             )
             assert status.returncode == 0, status.stderr
             assert "sidecar at ipc://" in status.stdout
@@ -218,7 +218,7 @@ def test_command_postgres_http_status_and_sigterm_flush(postgres_url: str) -> No
             assert f"{len(sids)} keys waiting" in status.stdout
             raw = subprocess.run(
                 [sys.executable, "-m", "memsession", "status", "--runtime-dir", sidecar.runtime_dir, "--json"],
-                capture_output=True, text=True, timeout=30,
+                check=False, capture_output=True, text=True, timeout=30,
             )
             assert json.loads(raw.stdout)["persist"]["depth"] == len(sids)
 
@@ -232,6 +232,6 @@ def test_command_postgres_http_status_and_sigterm_flush(postgres_url: str) -> No
 
     gone = subprocess.run(
         [sys.executable, "-m", "memsession", "status", "--runtime-dir", sidecar.runtime_dir, "--timeout", "0.3"],
-        capture_output=True, text=True, timeout=30,
+        check=False, capture_output=True, text=True, timeout=30,
     )
     assert gone.returncode == 1 and "no hub answered" in gone.stderr

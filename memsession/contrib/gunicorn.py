@@ -52,7 +52,8 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
+from typing import Any
 
 from ..config import Config
 from ..errors import BusError, ConfigError
