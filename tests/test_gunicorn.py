@@ -159,3 +159,44 @@ def test_two_host_example_with_curve_keys() -> None:
     assert "written on host A, read on host B" in result.stdout
     assert "{'cart': '3', 'user': 'alice'}" in result.stdout
     assert "sidecar at tcp://127.0.0.1:" in result.stdout
+
+
+def test_acknowledged_mode_against_an_external_sidecar(postgres_url: str) -> None:
+    # The sidecar flushes only every 30 s; in acknowledged mode a response means "in PostgreSQL".
+    from persist.postgres import PostgresStore
+    from tests.sidecars import SidecarProcess
+
+    with SidecarProcess(postgres_url, "--flush-interval", "30") as sidecar:
+        env = {"MEMSESSION_RUNTIME_DIR": sidecar.runtime_dir, "WORKERS": "2", "MEMSESSION_ACKNOWLEDGED": "1"}
+        with Gunicorn("examples/sidecar/gunicorn.external.conf.py", APP, env=env) as server, \
+                client(server.url) as c:
+            store = PostgresStore(postgres_url)
+            try:
+                assert c.post("/login", params={"user": "dora"}).status_code == 200
+                for i in range(5):
+                    assert c.post("/set", params={"key": "step", "value": str(i)}).status_code == 200
+                    sid = c.get("/me").json()["sid"]
+                    stored = store.load(sid)  # no polling: the response came after the acknowledgement
+                    assert stored is not None and stored.data == {"user": "dora", "step": str(i)}
+            finally:
+                store.close()
+
+
+def test_reload_replaces_workers_and_keeps_sessions(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    shutil.copy("examples/sidecar/app.py", tmp_path / "reload_app.py")
+    env = {"MEMSESSION_STORE": str(tmp_path / "s.json"), "WORKERS": "2"}
+    server = Gunicorn(CONFIG, "reload_app:app", "--reload", "--pythonpath", str(tmp_path), env=env)
+    with server:
+        workers = wait_until(lambda: len(server.children()) == 3 and server.children(), 30, "2 workers + sidecar")
+        old = {p for p in workers if "memsession sidecar" not in cmdline(p)}
+        cookie = login(server.url, "erin")
+        assert len(workers_seen(server.url, cookie, 2, {"user": "erin"})) == 2
+        later = time.time() + 5
+        os.utime(tmp_path / "reload_app.py", (later, later))  # the reloader sees a changed file
+        wait_until(lambda: not old & set(server.children()) and len(server.children()) == 3, 60,
+                   "every worker to be replaced")
+        new = workers_seen(server.url, cookie, 2, {"user": "erin"})  # the new workers joined with a snapshot
+        assert len(new) == 2 and not new & old

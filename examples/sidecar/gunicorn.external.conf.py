@@ -30,4 +30,11 @@ if os.environ.get("MEMSESSION_PUBLISH"):
 else:
     bus = {"runtime_dir": os.environ.get("MEMSESSION_RUNTIME_DIR", "")}
 
-GunicornHooks(bus=bus, bus_options={"heartbeat": 0.5, "silence": 1.6, "request_timeout": 1.0}).install(globals())
+GunicornHooks(
+    bus=bus,
+    bus_options={"heartbeat": 0.5, "silence": 1.6, "request_timeout": 1.0},
+    # MEMSESSION_ACKNOWLEDGED=1: a request that changed its session returns only once the
+    # sidecar has it in the database (over tcp, also set MEMSESSION_ACK to the sidecar's --ack).
+    acknowledged=os.environ.get("MEMSESSION_ACKNOWLEDGED") == "1",
+    ack_endpoint=os.environ.get("MEMSESSION_ACK") or None,
+).install(globals())

@@ -67,6 +67,8 @@ HOOKS = ("on_starting", "post_fork", "post_worker_init", "worker_exit", "on_exit
 
 #: Bus options for caches in this process: set in a worker by ``post_fork``.
 _bus_options: dict[str, Any] | None = None
+#: ``SidecarAckStore`` options when saves wait for the sidecar's acknowledgement (``acknowledged=True``).
+_ack_options: dict[str, Any] | None = None
 #: Caches made by ``session_cache()`` in this process (inherited by workers with ``--preload``).
 _caches: list[SessionCache] = []
 _caches_lock = threading.Lock()
@@ -88,8 +90,16 @@ def session_cache(config: Config | None = None, **options: Any) -> SessionCache:
             if cache.config != wanted:
                 raise ConfigError("session_cache", options, "this process's cache was made with other options")
             return cache
-        bus = _new_bus() if _bus_options is not None else None
-        cache = SessionCache(wanted, bus=bus)
+        if _bus_options is None:
+            cache = SessionCache(wanted)
+        elif _ack_options is None:
+            cache = SessionCache(wanted, bus=_new_bus())
+        else:
+            from persist.ack import SidecarAckStore
+            from persist.writer import PersistConfig
+
+            cache = SessionCache(wanted, bus=_new_bus(), store=SidecarAckStore(**_ack_options),
+                                 persistence=PersistConfig(mode="write_through"))
         _caches.append(cache)
         return cache
 
@@ -106,6 +116,12 @@ def _attach(cache: SessionCache) -> None:
     if cache.bus is not None:
         return
     cache.origin = secrets.randbits(63) or 1  # forked copies must never share an origin
+    if _ack_options is not None and cache.persistence is None:
+        from persist.ack import SidecarAckStore
+        from persist.writer import PersistConfig, Persistence
+
+        cache.persistence = Persistence(SidecarAckStore(**_ack_options), PersistConfig(mode="write_through"),
+                                        clock=cache.clock)
     bus = _new_bus()
     cache.bus = bus
     bus.attach(cache)
@@ -200,6 +216,8 @@ class GunicornHooks:
     nothing is spawned. ``sidecar_args``: extra ``memsession sidecar``
     arguments (``["--flush-interval", "0.05", "--http", "127.0.0.1:9108"]``).
     ``bus_options``: extra ``BusConfig`` options for the workers' buses.
+    ``acknowledged=True``: a save returns only once the sidecar has stored it
+    (``persist.ack``; over tcp give the sidecar's ``ack_endpoint``).
     """
 
     def __init__(
@@ -213,6 +231,9 @@ class GunicornHooks:
         join_timeout: float = 10.0,
         start_timeout: float = 30.0,
         stop_timeout: float = 20.0,
+        acknowledged: bool = False,
+        ack_endpoint: str | None = None,
+        ack_timeout: float = 5.0,
     ) -> None:
         if bus is not None and (store is not None or runtime_dir is not None or sidecar_args):
             raise ConfigError("bus", bus, "an external sidecar is configured on its own; drop store/runtime_dir")
@@ -224,6 +245,11 @@ class GunicornHooks:
         self.join_timeout = join_timeout
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.acknowledged = acknowledged
+        self.ack_endpoint = ack_endpoint
+        self.ack_timeout = ack_timeout
+        if acknowledged and bus is not None and not bus.get("runtime_dir") and not ack_endpoint:
+            raise ConfigError("ack_endpoint", ack_endpoint, "acknowledged mode over tcp needs the sidecar's ack endpoint")
         if bus is None:
             from persist.url import store_kind
 
@@ -298,9 +324,23 @@ class GunicornHooks:
             raise BusError("the memsession sidecar is not running (on_starting did not run?)")
         return {**self.bus_options, "runtime_dir": _embedded.runtime_dir}
 
+    def _worker_ack_options(self, bus: dict[str, Any]) -> dict[str, Any] | None:
+        if not self.acknowledged:
+            return None
+        options: dict[str, Any] = {"timeout": self.ack_timeout, "keys": bus.get("keys"),
+                                   "insecure": bool(bus.get("insecure", False))}
+        if bus.get("runtime_dir"):
+            options["runtime_dir"] = bus["runtime_dir"]
+        else:
+            options["requests"] = bus["requests"]
+        if self.ack_endpoint:
+            options["ack"] = self.ack_endpoint
+        return options
+
     def post_fork(self, server: Any, worker: Any) -> None:
-        global _bus_options, _embedded
+        global _bus_options, _embedded, _ack_options
         _bus_options = self._worker_bus_options()
+        _ack_options = self._worker_ack_options(_bus_options)
         _embedded = None  # the master's; never stop it from a worker
         with _caches_lock:
             inherited = list(_caches)
