@@ -235,3 +235,28 @@ def test_command_postgres_http_status_and_sigterm_flush(postgres_url: str) -> No
         check=False, capture_output=True, text=True, timeout=30,
     )
     assert gone.returncode == 1 and "no hub answered" in gone.stderr
+
+
+def test_writes_behind_to_couchdb(couch_url: str, runtime_dir: str) -> None:
+    from persist.couchdb import CouchStore
+
+    from tests.servers import unique_name
+
+    url = f"{couch_url}/{unique_name('sidecar')}"
+    with Sidecar(CouchStore(url, trust_env=False), HubConfig(runtime_dir=runtime_dir),
+                 SidecarConfig(flush_interval=0.02)), _cache(runtime_dir) as cache:
+        sids = [new_id() for _ in range(30)]
+        for i, sid in enumerate(sids):
+            cache.set(sid, {"i": i, "b": b"\x00bytes"})
+        cache.destroy(sids[0])
+        check = CouchStore(url, trust_env=False)
+        try:
+            def stored() -> bool:
+                records = {r.key: r for r in check.load_all(time.time())}
+                return records.get(sids[0]) is not None and records[sids[0]].deleted and all(
+                    records.get(s) is not None and records[s].data == {"i": i, "b": b"\x00bytes"}
+                    for i, s in enumerate(sids) if i)
+
+            wait_until(stored, 20, "every change to reach CouchDB")
+        finally:
+            check.close()
