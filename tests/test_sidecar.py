@@ -239,7 +239,6 @@ def test_command_postgres_http_status_and_sigterm_flush(postgres_url: str) -> No
 
 def test_writes_behind_to_couchdb(couch_url: str, runtime_dir: str) -> None:
     from persist.couchdb import CouchStore
-
     from tests.servers import unique_name
 
     url = f"{couch_url}/{unique_name('sidecar')}"
