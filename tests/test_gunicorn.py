@@ -17,6 +17,7 @@ from memsession.errors import ConfigError
 from memsession.hub import HubConfig, query_stats
 from persist.jsonfile import read_snapshot
 from tests.sidecars import Gunicorn, Readers, client, cmdline, wait_until
+from tests.webservers import ProcessError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.zmq, pytest.mark.timeout(180)]
 
@@ -200,3 +201,50 @@ def test_reload_replaces_workers_and_keeps_sessions(tmp_path: Path) -> None:
                    "every worker to be replaced")
         new = workers_seen(server.url, cookie, 2, {"user": "erin"})  # the new workers joined with a snapshot
         assert len(new) == 2 and not new & old
+
+
+def test_sighup_reload_keeps_the_sidecar_and_the_sessions(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    with gunicorn(tmp_path / "s.json", workers=2) as server:
+        wait_until(lambda: len(server.children()) == 3, 30, "2 workers + sidecar")
+        sidecar = [p for p in server.children() if "memsession sidecar" in cmdline(p)]
+        old = set(server.children()) - set(sidecar)
+        cookie = login(server.url, "fay")
+        assert len(workers_seen(server.url, cookie, 2, {"user": "fay"})) == 2
+        os.kill(server.pid, signal.SIGHUP)  # gunicorn re-reads its config and replaces the workers
+        wait_until(lambda: not old & set(server.children()) and len(server.children()) == 3, 60,
+                   "new workers after SIGHUP")
+        assert [p for p in server.children() if "memsession sidecar" in cmdline(p)] == sidecar
+        assert len(workers_seen(server.url, cookie, 2, {"user": "fay"})) == 2
+
+
+def test_master_killed_the_sidecar_flushes_and_exits(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    store = tmp_path / "s.json"
+    with gunicorn(store, workers=2) as server:
+        sidecar = wait_until(lambda: [p for p in server.children() if "memsession sidecar" in cmdline(p)], 30,
+                             "the sidecar")[0]
+        cookie = login(server.url, "gus")
+        assert me(server.url, cookie)["session"] == {"user": "gus"}
+        os.kill(server.pid, signal.SIGKILL)  # no on_exit: the sidecar notices its parent is gone
+        wait_until(lambda: not os.path.exists(f"/proc/{sidecar}") or "memsession" not in cmdline(sidecar), 30,
+                   "the orphaned sidecar to exit")
+        assert any(r.data == {"user": "gus"} for r in read_snapshot(str(store), time.time()))
+
+
+def test_a_corrupt_session_file_stops_gunicorn_at_start(tmp_path: Path) -> None:
+    store = tmp_path / "s.json"
+    store.write_text('{"format": "memsession-sessions", "version": 1, "count": 1}\n{"k": broken\n')
+    server = gunicorn(store)
+    try:
+        with pytest.raises(ProcessError) as failure:
+            server.start(timeout=60)
+        assert "exited" in str(failure.value)
+        assert str(store) in server.tail(80)  # the error names the file
+        assert store.read_text().endswith("broken\n")  # and leaves it alone
+    finally:
+        server.stop()
