@@ -209,6 +209,29 @@ def loss_window(pubs: Publishers, pg_url: str, probes: int) -> list[float]:
     return out
 
 
+def acked_latency(pg_url: str, n: int) -> tuple[float, float]:
+    """p50/p99 seconds of ``set()`` in acknowledged mode (returns once the row is in PostgreSQL)."""
+    from memsession import SessionCache, ZmqBus
+    from memsession.session import new_id
+    from persist.ack import SidecarAckStore
+    from persist.writer import PersistConfig
+    from tests.sidecars import SidecarProcess
+
+    with SidecarProcess(pg_url, "--log-level", "WARNING", "--prune-interval", "0") as sidecar:
+        cache = SessionCache(bus=ZmqBus(runtime_dir=sidecar.runtime_dir, **FAST_BUS),
+                             store=SidecarAckStore(runtime_dir=sidecar.runtime_dir),
+                             persistence=PersistConfig(mode="write_through"))
+        try:
+            times = []
+            for i in range(n):
+                t0 = time.perf_counter()
+                cache.set(new_id(), {"i": i, "user": "u", "csrf": "z" * 32})
+                times.append(time.perf_counter() - t0)
+        finally:
+            cache.close()
+    return pct(times, 50), pct(times, 99)
+
+
 # -- 2. PostgreSQL's own rate --------------------------------------------------------------
 
 
@@ -317,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"CouchDB-API server not available, skipped: {str(exc).splitlines()[0]}", file=sys.stderr)
         print(render(f"\nsidecar ingest ({seconds:.0f} s per shape, 2 publisher processes)",
                      ["store, load", "offered/s", "applied/s", "persisted/s", "drain s"], rows))
+
+        acked = acked_latency(fresh_db(), 200 if args.quick else 1000)
+        print(render("\nacknowledged mode: set() returns once the row is in PostgreSQL",
+                     ["", "p50 ms", "p99 ms"], [["set() latency, one client", acked[0] * 1000, acked[1] * 1000]]))
 
         save_rate, copy_rate = pg_ceiling(fresh_db(), ceiling_rows)
         pg_rows = [r for r in rows if r[0] == "PostgreSQL, fresh keys"]
