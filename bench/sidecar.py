@@ -167,17 +167,17 @@ def ingest(store_url: str, label: str, seconds: float, hot_keys: int, pg_url: st
         pubs = Publishers(sidecar.runtime_dir)
         try:
             for shape in ("hot", "fresh"):
-                before = sidecar.stats(timeout=10)
+                before = sidecar.stats(timeout=30)
                 t0 = time.monotonic()
                 counts = pubs.all(shape, (seconds, hot_keys) if shape == "hot" else seconds)
                 wait(lambda: all(pubs.all("drained")), 60, "publishers to drain")
                 sent_s = time.monotonic() - t0
                 target = before["received"] + sum(counts) * 0.999
-                wait(lambda t=target: sidecar.stats(timeout=10)["received"] >= t, 120, "the sidecar to receive everything")
+                wait(lambda t=target: sidecar.stats(timeout=30)["received"] >= t, 120, "the sidecar to receive everything")
                 applied_s = time.monotonic() - t0
-                wait(lambda: sidecar.stats(timeout=10)["persist"]["depth"] == 0, 300, "the queue to drain")
+                wait(lambda: sidecar.stats(timeout=30)["persist"]["depth"] == 0, 300, "the queue to drain")
                 persisted_s = time.monotonic() - t0
-                after = sidecar.stats(timeout=10)
+                after = sidecar.stats(timeout=30)
                 applied = after["applied"] - before["applied"]
                 saved = after["persist"]["saved"] - before["persist"]["saved"]
                 rows.append([f"{label}, {shape} keys", sum(counts) / sent_s, applied / applied_s, saved / persisted_s,
@@ -277,8 +277,8 @@ def recovery(pg_url: str, sessions: int) -> dict[str, float]:
         pubs = Publishers(sidecar.runtime_dir)
         try:
             pubs.all("fill", sessions // 2)
-            wait(lambda: sidecar.stats(timeout=10)["sessions"] >= sessions, 120, "the sidecar to hold everything")
-            wait(lambda: sidecar.stats(timeout=10)["persist"]["depth"] == 0, 300, "everything to be stored")
+            wait(lambda: sidecar.stats(timeout=30)["sessions"] >= sessions, 120, "the sidecar to hold everything")
+            wait(lambda: sidecar.stats(timeout=30)["persist"]["depth"] == 0, 300, "everything to be stored")
             # Every worker holds every session (its bus backlog is drained) before the kill.
             wait(lambda: all(c == sessions for c in pubs.all("count")), 300, "workers to hold everything")
             repairs_before = [s.get("repairs", 0) for s in pubs.all("stats")]
@@ -289,12 +289,12 @@ def recovery(pg_url: str, sessions: int) -> dict[str, float]:
             t0 = time.monotonic()
             sidecar.start(timeout=120)
             serving = time.monotonic() - t0
-            warm = sidecar.stats(timeout=10)["persist"]["warm_loaded"]
+            warm = sidecar.stats(timeout=30)["persist"]["warm_loaded"]
 
             def converged() -> bool:
                 stats = pubs.all("stats")
                 repaired = all(s.get("repairs", 0) > b for s, b in zip(stats, repairs_before))
-                return repaired and sidecar.stats(timeout=10)["sessions"] == sessions and \
+                return repaired and sidecar.stats(timeout=30)["sessions"] == sessions and \
                     all(c == sessions for c in pubs.all("count"))
 
             wait(converged, 120, "workers to repair the new sidecar")
