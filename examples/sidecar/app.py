@@ -41,6 +41,8 @@ def set_value():
 
 @app.get("/me")
 def me():
+    # The session id is shown so the demo and the failure tests can find the session in the
+    # store; a real app should never echo it.
     return jsonify(worker=os.getpid(), sid=getattr(session, "sid", None), session=dict(session))
 
 
