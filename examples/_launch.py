@@ -1,8 +1,9 @@
-"""Shared by the web examples: run a hub and a multi-worker server, then serve or demo.
+"""Shared by the web examples: run a multi-worker server, then serve or demo.
 
-Every example's ``run.py`` calls ``main()``: it starts ``memsession hub`` on
-private ipc sockets, then the server with ``MEMSESSION_RUNTIME_DIR`` pointing
-at them (each worker joins the hub when it imports the app), and either
+Every example's ``run.py`` calls ``main()``: it starts the server (under
+gunicorn the hooks in its ``gunicorn.conf.py`` start the sidecar; for uvicorn
+``main`` first starts ``memsession hub`` on private ipc sockets named by
+``MEMSESSION_RUNTIME_DIR``; each worker joins when it imports the app), and either
 serves until Ctrl-C or, with ``--demo``, runs a short client that shows one
 session shared by every worker, and stops. Everything listens on 127.0.0.1
 and is stopped by the pid it was started with.
@@ -37,15 +38,19 @@ def _free_port() -> int:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
+    # SIGTERM to the server alone: gunicorn's master stops its workers and the
+    # sidecar itself (which flushes the store). The group is only swept after.
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.kill(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _wait(what: str, ready, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -112,24 +117,37 @@ def demo(base: str, workers: int) -> None:
 
 
 def main(
-    server_argv: Sequence[str], *, workers: int, probe: str = "/whoami", argv: Sequence[str] | None = None
+    server_argv: Sequence[str],
+    *,
+    workers: int,
+    hub: bool = True,
+    probe: str = "/whoami",
+    argv: Sequence[str] | None = None,
 ) -> int:
-    """Run ``server_argv`` (with ``{port}`` filled in) next to a hub; serve or ``--demo``."""
+    """Run ``server_argv`` (``{port}`` filled in), next to a hub unless the server brings its own."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--demo", action="store_true", help="run the demo client, then stop")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     args = parser.parse_args(argv)
     port = args.port or _free_port()
     runtime_dir = tempfile.mkdtemp(prefix="memsession-example-")
-    env = {**os.environ, "MEMSESSION_RUNTIME_DIR": runtime_dir, "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "MEMSESSION_RUNTIME_DIR": runtime_dir,
+        "MEMSESSION_STORE": os.path.join(runtime_dir, "sessions.json"),
+        "BIND": f"127.0.0.1:{port}",
+        "PYTHONPATH": str(ROOT),
+    }
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        hub = subprocess.Popen(
-            [sys.executable, "-m", "memsession.cli", "hub", "--runtime-dir", runtime_dir, "--log-level", "WARNING"],
-            env=env, start_new_session=True,
-        )
-        procs.append(hub)
-        _wait("hub", lambda: _hub_answers(runtime_dir), hub)
+        if hub:
+            hub_proc = subprocess.Popen(
+                [sys.executable, "-m", "memsession.cli", "hub", "--runtime-dir", runtime_dir,
+                 "--log-level", "WARNING"],
+                env=env, start_new_session=True,
+            )
+            procs.append(hub_proc)
+            _wait("hub", lambda: _hub_answers(runtime_dir), hub_proc)
         server = subprocess.Popen(
             [part.format(port=port) for part in server_argv], env=env, start_new_session=True,
             cwd=Path(sys.argv[0]).resolve().parent,

@@ -11,8 +11,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _launch import main
 
 if __name__ == "__main__":
-    sys.exit(main(
-        [sys.executable, "-m", "gunicorn", "--workers", "4", "--bind", "127.0.0.1:{port}", "--log-level", "warning",
-         "wsgi:application"],
-        workers=4,
-    ))
+    sys.exit(main([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:application"], workers=4, hub=False))

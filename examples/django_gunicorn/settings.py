@@ -6,11 +6,11 @@ SECRET_KEY = os.environ.get("SECRET_KEY", "change-me: examples only")
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 INSTALLED_APPS = ["django.contrib.sessions"]
-MIDDLEWARE = ["django.contrib.sessions.middleware.SessionMiddleware"]
+# memsession's SessionMiddleware is Django's plus read-your-writes across workers.
+MIDDLEWARE = ["memsession.contrib.django.SessionMiddleware"]
 ROOT_URLCONF = "urls"
 DATABASES: dict = {}
 USE_TZ = True
 
 SESSION_ENGINE = "memsession.contrib.django"
-SESSION_COOKIE_AGE = 30 * 60  # memsession's idle timeout follows it
-MEMSESSION = {"max_age": 8 * 3600, "maxsize": 100_000}
+SESSION_COOKIE_AGE = 30 * 60  # the cookie's age; wsgi.py gives the cache the same idle timeout

@@ -1,5 +1,7 @@
-"""WSGI entry point. gunicorn imports it in each worker after forking, so the
-worker's session cache (and its bus sockets) are born in the worker."""
+"""WSGI entry point: ``gunicorn -c gunicorn.conf.py wsgi:application`` (from this directory).
+
+gunicorn imports it in each worker after forking, so the worker's session
+cache (and its bus sockets) are born in the worker."""
 
 import os
 
@@ -7,13 +9,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
 
 from django.core.wsgi import get_wsgi_application
 
-from memsession import SessionCache
-from memsession.bus import ZmqBus
 from memsession.contrib.django import set_cache
+from memsession.contrib.gunicorn import session_cache
 
 application = get_wsgi_application()
-set_cache(
-    SessionCache(
-        idle_timeout=30 * 60, max_age=8 * 3600, bus=ZmqBus(runtime_dir=os.environ["MEMSESSION_RUNTIME_DIR"])
-    )
-)
+# The worker's cache, joined to the sidecar gunicorn.conf.py's hooks start.
+set_cache(session_cache(idle_timeout=30 * 60, max_age=8 * 3600))

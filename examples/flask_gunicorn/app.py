@@ -1,7 +1,9 @@
 """Flask on gunicorn with sessions in every worker's memory.
 
-Each worker builds its SessionCache when it imports this module (gunicorn
-imports the app after forking), joined to the hub that ``run.py`` started.
+    gunicorn -c gunicorn.conf.py app:app      (from this directory)
+
+``session_cache()`` is the worker's cache, joined to the sidecar that
+gunicorn.conf.py's hooks start (outside gunicorn: a plain in-process cache).
 """
 
 from __future__ import annotations
@@ -10,17 +12,14 @@ import os
 
 from flask import Flask, request, session
 
-from memsession import SessionCache
-from memsession.bus import ZmqBus
 from memsession.contrib.flask import MemSession
+from memsession.contrib.gunicorn import session_cache
 
 app = Flask(__name__)
 app.config.update(
     SECRET_KEY=os.environ.get("SECRET_KEY", "change-me: examples only"),
-    PERMANENT_SESSION_LIFETIME=30 * 60,  # idle timeout
-    MEMSESSION_MAX_AGE=8 * 3600,  # absolute lifetime
 )
-MemSession(app, cache=SessionCache(bus=ZmqBus(runtime_dir=os.environ["MEMSESSION_RUNTIME_DIR"])))
+MemSession(app, cache=session_cache(idle_timeout=30 * 60, max_age=8 * 3600))
 
 
 @app.get("/whoami")
