@@ -1,0 +1,384 @@
+"""Replication benchmark: memsession's bus against raw pyzmq and Redis pub/sub, in one run.
+
+``python -m bench.replication [--quick]``
+
+Two processes (a sender and a receiver) and, for the ZeroMQ rows, one
+``memsession hub`` process whose XSUB/XPUB proxy carries both memsession's
+messages and the raw pyzmq baseline. Redis is a ``redis-server`` started on
+127.0.0.1 for the run, driven with redis-py ``publish`` / ``pubsub``.
+
+Every message carries a 1 KB payload and its send time (CLOCK_MONOTONIC is
+system-wide on Linux, so send and receive times compare across processes).
+
+* latency: one-way publish -> applied/received, p50 and p99, paced at 1k and
+  10k messages/s;
+* throughput: the sender goes flat out; delivered messages per second from the
+  first send to the last receipt (losses are shown, not hidden);
+* set cost: ``SessionCache.set`` on the sender with the bus attached (publish
+  is a queue append) against a cache with no bus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from bench.table import render, verdict
+
+SPAWN = multiprocessing.get_context("spawn")
+PAYLOAD = 1000
+_STAMP = struct.Struct("<qq")  # index, send time (ns)
+
+
+# -- receivers -----------------------------------------------------------------------
+
+
+def _collect(conn: Any, n: int, poll: Any) -> None:
+    """Drive ``poll() -> list[(index, sent_ns)]`` until n arrived or 3 s pass without progress."""
+    lat: list[int] = []
+    seen = 0
+    warm_told = False
+    first = last = 0
+    idle_deadline = time.monotonic() + 30
+    conn.send("ready")
+    while seen < n and time.monotonic() < idle_deadline:
+        for index, sent in poll():
+            now = time.monotonic_ns()
+            if index < 0:
+                if not warm_told:
+                    conn.send("warm")
+                    warm_told = True
+                continue
+            if not first:
+                first = now
+            last = now
+            seen += 1
+            lat.append(now - sent)
+            idle_deadline = time.monotonic() + 3
+    conn.send({"latency_ns": lat, "received": seen, "first": first, "last": last})
+
+
+def _receiver(kind: str, conn: Any, target: str, n: int, run: int) -> None:
+    if kind == "memsession":
+        from memsession import SessionCache, ZmqBus
+
+        arrived: list[tuple[int, int]] = []
+
+        class Probe(SessionCache):
+            def apply(self, record: Any) -> bool:
+                changed = super().apply(record)
+                if changed and record.data.get("run") == run:  # not what the join snapshot brought
+                    arrived.append((record.data["i"], record.data["t"]))
+                return changed
+
+        cache = Probe(bus=ZmqBus(runtime_dir=target))
+
+        def poll() -> list[tuple[int, int]]:
+            time.sleep(0.0002)
+            out = arrived[:]
+            del arrived[: len(out)]
+            return out
+
+        try:
+            _collect(conn, n, poll)
+        finally:
+            cache.close()
+    elif kind == "zmq":
+        import zmq
+
+        ctx = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.rcvhwm = 100_000
+        sub.setsockopt(zmq.SUBSCRIBE, b"raw")
+        sub.connect(f"ipc://{target}/sub.sock")
+
+        def poll() -> list[tuple[int, int]]:
+            out = []
+            if sub.poll(50):
+                while True:
+                    try:
+                        _, body = sub.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    out.append(_STAMP.unpack_from(body))
+            return out
+
+        try:
+            _collect(conn, n, poll)
+        finally:
+            sub.close(linger=0)
+            ctx.term()
+    else:
+        import redis
+
+        client = redis.Redis.from_url(target)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe("bench")
+
+        def poll() -> list[tuple[int, int]]:
+            out = []
+            msg = pubsub.get_message(timeout=0.05)
+            while msg is not None:
+                out.append(_STAMP.unpack_from(msg["data"]))
+                msg = pubsub.get_message(timeout=0)
+            return out
+
+        try:
+            _collect(conn, n, poll)
+        finally:
+            pubsub.close()
+            client.close()
+
+
+# -- senders ------------------------------------------------------------------------------
+
+
+def _sender(kind: str, conn: Any, target: str, n: int, rate: float | None, run: int) -> None:
+    pad = b"x" * (PAYLOAD - _STAMP.size)
+    cleanup: list[Any] = []
+    if kind == "memsession":
+        from memsession import SessionCache, ZmqBus
+        from memsession.session import new_id
+
+        cache = SessionCache(bus=ZmqBus(runtime_dir=target))
+        cleanup.append(cache.close)
+        sids = [new_id() for _ in range(1000)]
+        text = "x" * (PAYLOAD - 40)
+
+        def send(i: int) -> None:
+            cache.set(sids[i % 1000], {"i": i, "t": time.monotonic_ns(), "run": run, "pad": text})
+
+        def drain() -> None:
+            deadline = time.monotonic() + 30
+            while cache.bus.stats()["queued"] and time.monotonic() < deadline:
+                time.sleep(0.001)
+    elif kind == "zmq":
+        import zmq
+
+        ctx = zmq.Context()
+        pub = ctx.socket(zmq.PUB)
+        pub.sndhwm = 100_000
+        pub.connect(f"ipc://{target}/pub.sock")
+        cleanup += [lambda: pub.close(linger=1000), ctx.term]
+
+        def send(i: int) -> None:
+            pub.send_multipart([b"raw", _STAMP.pack(i, time.monotonic_ns()) + pad])
+
+        def drain() -> None:
+            pass
+    else:
+        import redis
+
+        client = redis.Redis.from_url(target)
+        cleanup.append(client.close)
+
+        def send(i: int) -> None:
+            client.publish("bench", _STAMP.pack(i, time.monotonic_ns()) + pad)
+
+        def drain() -> None:
+            pass
+
+    try:
+        conn.send("ready")
+        while not conn.poll(0.01):
+            send(-1)  # warm-up until the receiver has seen one (slow joiners)
+        conn.recv()
+        start = time.perf_counter_ns()
+        if rate is None:
+            for i in range(n):
+                send(i)
+        else:
+            gap = 1e9 / rate
+            t0 = time.perf_counter_ns()
+            for i in range(n):
+                target_ns = t0 + i * gap
+                while time.perf_counter_ns() < target_ns:
+                    time.sleep(0)  # idle like a server between requests: let other threads run
+                send(i)
+        call_ns = (time.perf_counter_ns() - start) / n
+        drain()
+        conn.send({"call_ns": call_ns})
+    finally:
+        for fn in reversed(cleanup):
+            fn()
+
+
+def run_pair(kind: str, target: str, n: int, rate: float | None) -> dict[str, Any]:
+    rconn, rchild = SPAWN.Pipe()
+    sconn, schild = SPAWN.Pipe()
+    run = int.from_bytes(os.urandom(6), "big")
+    receiver = SPAWN.Process(target=_receiver, args=(kind, rchild, target, n, run))
+    sender = SPAWN.Process(target=_sender, args=(kind, schild, target, n, rate, run))
+    receiver.start()
+    try:
+        assert rconn.poll(60) and rconn.recv() == "ready"
+        sender.start()
+        assert sconn.poll(60) and sconn.recv() == "ready"
+        assert rconn.poll(60) and rconn.recv() == "warm"
+        sconn.send("go")
+        assert rconn.poll(300), f"{kind} receiver did not finish"
+        result = rconn.recv()
+        assert sconn.poll(60)
+        result.update(sconn.recv())
+        return result
+    finally:
+        for proc in (sender, receiver):
+            if proc.pid is not None:
+                proc.join(30)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+
+
+def pct(values: list[int], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))] / 1000.0
+
+
+def set_cost(runtime_dir: str, n: int) -> tuple[float, float]:
+    """Nanoseconds per ``set`` without a bus and with one attached (this process, real hub)."""
+    from memsession import SessionCache, ZmqBus
+    from memsession.session import new_id
+
+    sids = [new_id() for _ in range(1000)]
+    data = {"user": 42, "pad": "x" * 960}
+
+    def per_set(cache: SessionCache) -> float:
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter_ns()
+            for i in range(n):
+                cache.set(sids[i % 1000], data)
+            best = min(best, (time.perf_counter_ns() - start) / n)
+            deadline = time.monotonic() + 30
+            while cache.bus is not None and cache.bus.stats()["queued"] and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return best
+
+    plain = SessionCache()
+    bare = per_set(plain)
+    plain.close()
+    with SessionCache(bus=ZmqBus(runtime_dir=runtime_dir)) as replicated:
+        wired = per_set(replicated)
+    return bare, wired
+
+
+def _start_redis() -> tuple[Any, str]:
+    try:
+        from tests.servers import RedisServer
+    except ImportError:
+        RedisServer = None  # noqa: N806
+    if RedisServer is not None:
+        server = RedisServer().start()
+        return server, server.url
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise SystemExit("redis-server not found (apt-get install -y redis-server)")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(port), "--save", ""],
+                            stdout=subprocess.DEVNULL)
+    import redis
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis(port=port).ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.replication", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer messages")
+    args = parser.parse_args(argv)
+    scale = 0.2 if args.quick else 1.0
+    n_paced = {1000: int(3000 * scale), 10_000: int(20_000 * scale)}
+    n_blast = int(50_000 * scale)
+
+    tmp = tempfile.mkdtemp(prefix="msb-")
+    runtime_dir = os.path.join(tmp, "rt")
+    hub = subprocess.Popen([sys.executable, "-m", "memsession", "hub", "--runtime-dir", runtime_dir,
+                            "--log-level", "WARNING"])
+    redis_server, redis_url = _start_redis()
+    try:
+        from memsession.hub import query_stats
+
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                query_stats(f"ipc://{runtime_dir}/req.sock", timeout=0.5)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+        targets = {"memsession": runtime_dir, "zmq": runtime_dir, "redis": redis_url}
+        kinds = ["memsession", "zmq", "redis"]
+        lat_rows = []
+        results: dict[tuple[str, Any], dict[str, Any]] = {}
+        for rate, n in n_paced.items():
+            for kind in kinds:
+                r = run_pair(kind, targets[kind], n, rate)
+                results[kind, rate] = r
+                lat_rows.append([f"{kind} @ {rate:,}/s", r["received"], n,
+                                 pct(r["latency_ns"], 50), pct(r["latency_ns"], 99)])
+        print(render("One-way propagation, 1 KB payload (microseconds)",
+                     ["sender -> receiver", "received", "sent", "p50 us", "p99 us"], lat_rows))
+        thr_rows = []
+        for kind in kinds:
+            r = run_pair(kind, targets[kind], n_blast, None)
+            span = max(r["last"] - r["first"], 1) / 1e9
+            r["per_s"] = r["received"] / span if r["received"] > 1 else 0.0
+            results[kind, None] = r
+            thr_rows.append([kind, r["received"], n_blast, r["per_s"], r["call_ns"] / 1000])
+        print()
+        print(render("Sustained throughput, 1 KB payload, sender flat out",
+                     ["system", "received", "sent", "delivered/s", "send call us"], thr_rows))
+        bare, wired = set_cost(runtime_dir, int(20_000 * scale))
+        ms, raw, red = (results[k, None]["per_s"] for k in kinds)
+        p50 = {k: pct(results[k, 10_000]["latency_ns"], 50) for k in kinds}
+        p99_ms = pct(results["memsession", 10_000]["latency_ns"], 99)
+        rows = [
+            ["throughput vs raw pyzmq", f"{ms / raw:.2f}x" if raw else "n/a", ">= 0.50x",
+             verdict(bool(raw) and ms / raw >= 0.5)],
+            ["throughput vs Redis pub/sub", f"{ms / red:.2f}x" if red else "n/a", ">= 5x",
+             verdict(bool(red) and ms / red >= 5)],
+            ["p99 @ 10k/s (us)", f"{p99_ms:.0f}", "< 1000", verdict(p99_ms < 1000)],
+            ["p50 @ 10k/s vs raw pyzmq", f"{p50['memsession'] / p50['zmq']:.2f}x", "<= 2x",
+             verdict(p50["memsession"] <= 2 * p50["zmq"])],
+            ["set() with bus (us)", f"{wired / 1000:.2f} (no bus {bare / 1000:.2f})", "< 10",
+             verdict(wired < 10_000)],
+        ]
+        print()
+        print(render("Targets (issue 3)", ["measure", "value", "target", ""], rows))
+    finally:
+        hub.terminate()
+        hub.wait(10)
+        if hasattr(redis_server, "stop"):
+            redis_server.stop()
+        else:
+            redis_server.terminate()
+            redis_server.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
