@@ -175,7 +175,7 @@ class HubState:
         self.started = clock.wall()
         self.counts = dict.fromkeys(
             ("received", "applied", "ignored", "duplicates", "gaps", "resyncs_sent", "snapshots",
-             "gets", "pushes", "pushed_records", "relayed", "pruned"),
+             "gets", "pushes", "pushed_records", "writes", "relayed", "pruned"),
             0,
         )
         self.dropped: dict[str, int] = {}
@@ -235,7 +235,7 @@ class HubState:
                 self.merge(old.touched(accessed, expires))
             else:
                 self.counts["ignored"] += 1
-        else:  # INVALIDATE: the value travels by PUSH; nothing to merge here
+        else:  # INVALIDATE: the value came by WRITE, acknowledged before this was sent
             self.counts["ignored"] += 1
         if verdict == GAP:
             self.counts["gaps"] += 1
@@ -290,6 +290,10 @@ class HubState:
                 if self.merge(record):
                     relays.append(self.relay(record))
             return [wire.encode_request(wire.ACK, req.rid, len(relays))], relays
+        if req.op == wire.WRITE:
+            self.counts["writes"] += 1
+            changed = sum(1 for record in req.body[0] if self.merge(record))
+            return [wire.encode_request(wire.ACK, req.rid, changed)], []
         if req.op == wire.STATS:
             return [wire.encode_request(wire.STATS_REPLY, req.rid, self.stats())], []
         self._drop("not a request", WireError(req.op))

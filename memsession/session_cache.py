@@ -92,6 +92,8 @@ class SessionCache:
                 self.persistence.preload(self.apply, cfg.maxsize)
         #: Replication transport (``memsession.bus``); joins the bus before the constructor returns.
         self.bus = bus
+        #: ``invalidate`` mode: receivers drop copies, so a miss is read through the hub.
+        self._bus_reads = bus is not None and bool(getattr(bus, "reads_through", False))
         if bus is not None:
             bus.attach(self)
 
@@ -120,7 +122,9 @@ class SessionCache:
                     self._counts["invalid_ids"] += 1
                     return None
                 self._misses += 1
-                if self.persistence is None or self._tombstone_locked(sid, now) is not None:
+                if (self.persistence is None and not self._bus_reads) or self._tombstone_locked(
+                    sid, now
+                ) is not None:
                     return None
             else:
                 self._hits += 1
@@ -181,7 +185,9 @@ class SessionCache:
             try:
                 record = self._core[sid]
             except KeyError:
-                if self.persistence is None or self._tombstone_locked(sid, self.clock.monotonic()):
+                if (self.persistence is None and not self._bus_reads) or self._tombstone_locked(
+                    sid, self.clock.monotonic()
+                ):
                     return False
                 record = None
             else:
@@ -423,9 +429,10 @@ class SessionCache:
             self.persistence.emit(record, touch=touch)
 
     def _read_through(self, sid: str) -> Record | None:
-        """Bring ``sid`` from the store into memory; the live record, or None."""
-        assert self.persistence is not None
-        found = self.persistence.read(sid)
+        """Bring ``sid`` from the hub (invalidate mode) or the store into memory; the live record, or None."""
+        found = self.bus.fetch(sid) if self._bus_reads and self.bus is not None else None
+        if found is None and self.persistence is not None:
+            found = self.persistence.read(sid)
         if found is None:
             return None
         self.apply(found)

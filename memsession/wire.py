@@ -49,7 +49,11 @@ frames; ``rid`` is the requester's request id, echoed in every reply:
                    every stream the hub had applied when it cut the snapshot
     G  GET         rid, key
     R  RECORD      rid, record or nil
-    P  PUSH        rid, [record, ...]          (a worker hands the hub its state)
+    P  PUSH        rid, [record, ...]          (a worker hands the hub its state; the hub
+                                                relays on the bus whatever changed its replica)
+    W  WRITE       rid, [record, ...]          (``invalidate`` mode: values go to the hub
+                                                here, acknowledged before the INVALIDATE is
+                                                published; not relayed)
     A  ACK         rid, changed
     Q  STATS       rid
     T  STATS REPLY rid, {name: number or {name: number}}
@@ -113,10 +117,11 @@ END = "E"
 GET = "G"
 RECORD = "R"
 PUSH = "P"
+WRITE = "W"
 ACK = "A"
 STATS = "Q"
 STATS_REPLY = "T"
-REQUEST_OPS = frozenset((SNAPSHOT, GET, PUSH, STATS))
+REQUEST_OPS = frozenset((SNAPSHOT, GET, PUSH, WRITE, STATS))
 REPLY_OPS = frozenset((CHUNK, END, RECORD, ACK, STATS_REPLY))
 
 _TOPICS = {op: PROTOCOL + op.encode() for op in BUS_OPS | REQUEST_OPS | REPLY_OPS}
@@ -252,7 +257,7 @@ def encode_resync(origin: int, epoch: int, target: int, sent_us: int) -> list[by
 
 
 def encode_request(op: str, rid: int, *fields: Any) -> list[bytes]:
-    """A request or reply frame pair: ``op`` is one of S C E G R P A Q T."""
+    """A request or reply frame pair: ``op`` is one of S C E G R P W A Q T."""
     if op not in REQUEST_OPS and op not in REPLY_OPS:
         raise ValueError(f"not a request/reply op: {op!r}")
     return [_TOPICS[op], _packb([rid, *fields], use_bin_type=True)]
@@ -467,7 +472,7 @@ def decode_reply(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Re
         if n:
             raise WireError(f"{op} carries no fields")
         body = ()
-    elif op in (CHUNK, PUSH):
+    elif op in (CHUNK, PUSH, WRITE):
         if n != 1:
             raise WireError(f"{op} needs a record list")
         body = (_records(rest[0], limits),)

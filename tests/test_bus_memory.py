@@ -271,3 +271,38 @@ def test_closing_the_cache_closes_the_bus(hub, clock):
     a = cache(hub, clock)
     a.close()
     assert a.bus not in hub.buses
+
+
+def test_invalidate_mode_sends_key_and_version_and_reads_through_the_hub(hub, clock):
+    a, b = cache(hub, clock, mode="invalidate"), cache(hub, clock, mode="invalidate")
+    sid = new_id()
+    a.set(sid, {"n": 1})
+    assert b.record(sid) is None  # only the key and version travelled
+    assert hub.state.replica[sid].data == {"n": 1}  # the value went to the hub first
+    assert b.get(sid) == {"n": 1}  # read through on first use
+    a.set(sid, {"n": 2})
+    assert b.record(sid) is None  # the older copy was dropped, not updated
+    assert b.get(sid) == {"n": 2}
+    assert b.stats()["misses"] == 2
+    a.destroy(sid)  # tombstones always travel whole: a destroy is never read through
+    assert b.record(sid).deleted and b.get(sid) is None
+
+
+def test_invalidate_mode_sends_the_value_when_the_hub_cannot_take_it(hub, clock):
+    a, b = cache(hub, clock, mode="invalidate"), cache(hub, clock, mode="invalidate")
+    sid = new_id()
+    hub.partition(a.bus)
+    a.set(sid, {"n": 1})
+    assert a.bus.stats()["write_failures"] == 1
+    hub.heal(a.bus)
+    hub.beat()  # b sees a's stream jump; repair brings what the hub has (a pushes on resync)
+    assert b.get(sid) == {"n": 1}
+
+
+def test_invalidate_mode_frames(clock):
+    c = SessionCache(clock=clock)
+    rep = __import__("memsession.bus.base", fromlist=["Replicator"]).Replicator(c, BusConfig(mode="invalidate"))
+    record = c.set(new_id(), {"n": 1})
+    assert rep.needs_write(record)
+    assert wire.decode(rep.outgoing(record)).op == wire.INVALIDATE
+    assert wire.decode(rep.outgoing(record, full=True)).op == wire.SET

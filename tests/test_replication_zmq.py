@@ -492,3 +492,17 @@ def test_a_process_forked_after_using_the_bus_gets_a_fresh_one(cluster, runtime_
     finally:
         proc.join(10)
         conn.close()
+
+
+def test_invalidate_mode_between_processes_reads_the_newest_value_through_the_hub(cluster):
+    a, b = cluster.spawn(2, mode="invalidate")
+    sid = new_id()
+    for n in range(1, 6):
+        a.call(("set", (sid, {"n": n})))
+        # Each INVALIDATE is published only after the hub acknowledged the value:
+        # once b has dropped its copy, its next read must see n or later, never older.
+        got = _poll(lambda: (v := b.call(("get", sid))) is not None and v["n"] >= n and v, 5, f"value {n}")
+        assert got["n"] == n
+    stats = b.call(("stats", None))
+    assert stats["misses"] >= 1 and stats["replication"]["mode"] == "invalidate"
+    assert cluster.hub.stats()["writes"] == 5

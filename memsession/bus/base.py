@@ -131,6 +131,9 @@ class Bus(Protocol):
     def publish(self, record: Record) -> None:
         """Send a local change to every other replica; best-effort, never blocks."""
 
+    #: True in ``invalidate`` mode: a miss in the cache is read through the hub with ``fetch``.
+    reads_through: bool
+
     def fetch(self, key: str, timeout: float | None = None) -> Record | None:
         """Read ``key`` through the hub (read-your-writes, invalidate mode); None if unknown or unreachable."""
 
@@ -182,7 +185,7 @@ class Replicator:
         self.nonce = secrets.randbits(62)
         self.counts = dict.fromkeys(
             ("published", "queue_dropped", "received", "applied", "ignored", "duplicates",
-             "gaps", "repairs", "hub_restarts", "resyncs", "snapshot_records"),
+             "gaps", "repairs", "hub_restarts", "resyncs", "snapshot_records", "write_failures"),
             0,
         )
         self.dropped: dict[str, int] = {}
@@ -191,15 +194,23 @@ class Replicator:
 
     # -- sending ----------------------------------------------------------------
 
-    def outgoing(self, record: Record) -> list[bytes]:
-        """Frames for one local change, numbered next in our stream."""
+    def needs_write(self, record: Record) -> bool:
+        """In ``invalidate`` mode a new value goes to the hub (WRITE) before its INVALIDATE."""
+        return self.config.mode == "invalidate" and not record.deleted and not is_touch(record)
+
+    def outgoing(self, record: Record, *, full: bool = False) -> list[bytes]:
+        """Frames for one local change, numbered next in our stream.
+
+        ``full`` sends the value even in ``invalidate`` mode (the hub did not
+        acknowledge the WRITE, so receivers must not be sent to read it there).
+        """
         self.seq += 1
         sent = int(self.clock.wall() * 1_000_000)
         if record.deleted:
             frames = wire.encode_destroy(record, self.origin, self.epoch, self.seq, sent)
         elif is_touch(record):
             frames = wire.encode_touch(record, self.origin, self.epoch, self.seq, sent)
-        elif self.config.mode == "invalidate":
+        elif self.config.mode == "invalidate" and not full:
             frames = wire.encode_invalidate(record, self.origin, self.epoch, self.seq, sent)
         else:
             frames = wire.encode_set(record, self.origin, self.epoch, self.seq, sent)

@@ -86,6 +86,7 @@ class MemoryBus:
         self._cache: ReplicaTarget | None = None
         self._closed = False
         self._lock = threading.RLock()
+        self.reads_through = self.config.mode == "invalidate"
 
     def attach(self, cache: ReplicaTarget) -> None:
         if self._cache is not None:
@@ -100,8 +101,16 @@ class MemoryBus:
     def publish(self, record: Record) -> None:
         if self._closed or self.replicator is None:
             return
+        rep = self.replicator
+        written = True
+        if rep.needs_write(record):
+            written = id(self) not in self.hub.cut
+            if written:
+                self.hub.request(wire.encode_request(wire.WRITE, 1, [wire.record_to_list(record)]))
+            else:
+                rep.counts["write_failures"] += 1
         with self._lock:
-            frames = self.replicator.outgoing(record)
+            frames = rep.outgoing(record, full=not written)
         self.hub.deliver(frames, self)
 
     def beat(self) -> None:

@@ -78,6 +78,7 @@ class ZmqBus:
         self._rid = 0
         self._rid_lock = threading.Lock()
         self._sent_hello = 0
+        self.reads_through = config.mode == "invalidate"
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (b := ref()) is not None and b._after_fork())
 
@@ -192,6 +193,7 @@ class ZmqBus:
 
         pub = self._socket(zmq.PUB)
         pub.sndhwm = self.config.sndhwm
+        writer = self._socket(zmq.DEALER) if self.config.mode == "invalidate" else None
         rep = self.replicator
         assert rep is not None
         queue = self._queue
@@ -203,17 +205,21 @@ class ZmqBus:
         heartbeat = self.config.heartbeat
         try:
             pub.connect(self.config.publish)
+            if writer is not None:
+                writer.connect(self.config.requests)
             next_beat = time.monotonic()
             while True:
                 while queue:
-                    item = queue.popleft()
-                    if type(item) is Record:
-                        frames = rep.outgoing(item)
-                        if drop_rate and rng.random() < drop_rate:
-                            continue
-                    else:
-                        frames = item
-                    send(frames)
+                    batch = [queue.popleft() for _ in range(min(len(queue), _PUSH_BATCH))]
+                    written = self._write(writer, batch) if writer is not None else False
+                    for item in batch:
+                        if type(item) is Record:
+                            frames = rep.outgoing(item, full=not written)
+                            if drop_rate and rng.random() < drop_rate:
+                                continue
+                        else:
+                            frames = item
+                        send(frames)
                 if stop.is_set():
                     break
                 now = time.monotonic()
@@ -229,6 +235,23 @@ class ZmqBus:
             log.error("bus sender stopped: %s", exc)
         finally:
             pub.close(linger=0)
+            if writer is not None:
+                writer.close(linger=0)
+
+    def _write(self, writer: Any, batch: list[Any]) -> bool:
+        """``invalidate`` mode: hand new values to the hub and wait for its ACK before announcing them."""
+        rep = self.replicator
+        assert rep is not None
+        values = [wire.record_to_list(r) for r in batch if type(r) is Record and rep.needs_write(r)]
+        if not values:
+            return True
+        rid = self._next_rid()
+        writer.send_multipart(wire.encode_request(wire.WRITE, rid, values))
+        if self._collect(writer, rid, wire.ACK, time.monotonic() + self.config.request_timeout) is None:
+            rep.counts["write_failures"] += 1
+            log.warning("hub did not acknowledge %d writes; sending the values on the bus instead", len(values))
+            return False
+        return True
 
     def _receiver(self) -> None:
         import zmq
