@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.zmq, pytest.mark.ti
 
 SERVERS = {
     "gunicorn-flask": ("gunicorn", "tests.e2e_apps.flask_app:app", 4, "session"),
+    "gunicorn-flask-embedded": ("gunicorn", "tests.e2e_apps.flask_embedded:app", 4, "session"),
     "gunicorn-django": ("gunicorn", "tests.e2e_apps.django_app:application", 4, "sessionid"),
     "uvicorn-starlette": ("uvicorn", "tests.e2e_apps.starlette_app:app", 3, "session"),
 }
@@ -31,9 +32,18 @@ def hub() -> Iterator[Hub]:
 
 
 @pytest.fixture(scope="module", params=sorted(SERVERS))
-def server(request: pytest.FixtureRequest, hub: Hub) -> Iterator[WebServer]:
+def server(
+    request: pytest.FixtureRequest, hub: Hub, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WebServer]:
     kind, target, workers, cookie = SERVERS[request.param]
-    with WebServer(kind, target, workers=workers, env={"MEMSESSION_RUNTIME_DIR": hub.runtime_dir}) as running:
+    if request.param.endswith("-embedded"):
+        # The embedded default: gunicorn's hooks start and stop their own sidecar.
+        store = tmp_path_factory.mktemp("store") / "sessions.json"
+        server = WebServer(kind, target, workers=workers, env={"MEMSESSION_STORE": str(store)},
+                           config="tests/e2e_apps/gunicorn_embedded.conf.py")
+    else:
+        server = WebServer(kind, target, workers=workers, env={"MEMSESSION_RUNTIME_DIR": hub.runtime_dir})
+    with server as running:
         running.cookie_name = cookie  # type: ignore[attr-defined]
         yield running
 

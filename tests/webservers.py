@@ -68,8 +68,10 @@ class Process:
         if proc is None:
             return
         if proc.poll() is None:
+            # SIGTERM to the process alone: a gunicorn master stops its workers
+            # and its hooks' sidecar itself. The group is swept after.
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.kill(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -124,13 +126,14 @@ class WebServer(Process):
     """A WSGI/ASGI server on a free 127.0.0.1 port, ready once ``probe`` answers."""
 
     def __init__(self, kind: str, target: str, *, workers: int = 1, threads: int = 1,
-                 env: dict[str, str] | None = None, probe: str = "/me") -> None:
+                 env: dict[str, str] | None = None, probe: str = "/me", config: str | None = None) -> None:
         self.port = free_port()
         self.probe = probe
         bind = f"127.0.0.1:{self.port}"
         if kind == "gunicorn":
             argv = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
-                    "--threads", str(threads), "--graceful-timeout", "3", "--log-level", "warning", target]
+                    "--threads", str(threads), "--graceful-timeout", "3", "--log-level", "warning",
+                    *(["--config", config] if config else []), target]
         elif kind == "uvicorn":
             argv = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port),
                     "--workers", str(workers), "--log-level", "warning", "--no-access-log", target]

@@ -1,0 +1,7 @@
+"""gunicorn settings for the end-to-end tests of the embedded default: the hooks start the sidecar."""
+
+import os
+
+from memsession.contrib.gunicorn import GunicornHooks
+
+GunicornHooks(store=os.environ["MEMSESSION_STORE"]).install(globals())
