@@ -464,7 +464,15 @@ def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: thr
     next_beat = time.monotonic()
     next_prune = time.monotonic() + 1.0
     recv_feed = feed.recv_multipart
-    on_bus = state.on_bus
+
+    def on_bus(frames: list[bytes]) -> list[list[bytes]]:
+        try:
+            return state.on_bus(frames)
+        except Exception as exc:  # a hub that dies on one message takes every worker's repairs with it
+            log.exception("hub failed on a bus message")
+            state._drop("error", exc)
+            return []
+
     send = out.send_multipart
     if ready is not None:
         ready.set()
@@ -504,7 +512,12 @@ def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: thr
                                 send(outgoing)
                         except zmq.Again:
                             break
-                replies, publish = state.on_request(body)
+                try:
+                    replies, publish = state.on_request(body)
+                except Exception as exc:
+                    log.exception("hub failed on a request")
+                    state._drop("error", exc)
+                    continue
                 for outgoing in publish:
                     send(outgoing)
                 try:

@@ -290,7 +290,12 @@ class ZmqBus:
                         frames = recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    verdict = receive(frames)
+                    try:
+                        verdict = receive(frames)
+                    except Exception as exc:  # replication is best-effort: never lose the receiver
+                        log.exception("failed to apply a bus message")
+                        rep.drop("error", exc)
+                        continue
                     if verdict == HELLO:
                         hello_seen = True
                     elif verdict == RESYNC:
