@@ -2,7 +2,8 @@
 
 ``python -m bench.web [--duration 3] [--rounds 3] [--connections 16] [--chart bench/web.png] [--quick]``
 
-Flask with memsession (a hub and each worker's cache, the embedded setup),
+Flask with memsession (the embedded default: gunicorn hooks run a sidecar with
+a JSON file store, each worker's cache joins it),
 Flask's signed-cookie sessions, Flask-Session on Redis (a redis-server this
 benchmark starts) and no session at all; Django with memsession and with
 Django's ``cached_db`` (local-memory cache over SQLite). Each app serves a
@@ -29,7 +30,7 @@ import httpx
 
 from bench.table import render, verdict
 from tests.servers import RedisServer
-from tests.webservers import Hub, WebServer
+from tests.webservers import WebServer
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 2
@@ -90,7 +91,7 @@ def logged_in_cookie(base: str) -> str | None:
     return "; ".join(jar) or None
 
 
-def bench_all(env: dict[str, str], duration: float, connections: int, rounds: int) -> list[Result]:
+def bench_all(env: dict[str, str], tmp: str, duration: float, connections: int, rounds: int) -> list[Result]:
     """Every variant's server up at once; rounds interleave them and the best round counts.
 
     The machine is shared: interleaving spreads other load over all variants
@@ -99,12 +100,17 @@ def bench_all(env: dict[str, str], duration: float, connections: int, rounds: in
     best: dict[tuple[str, str], Result] = {}
     with contextlib.ExitStack() as stack:
         servers = []
-        for label, _framework, kind, target in VARIANTS:
+        for label, framework, kind, target in VARIANTS:
             server_env = {**env, "BENCH_SESSION": kind}
+            config = None
             if kind == "memsession":
-                # A hub per app, so one app's writes never reach the other's workers.
-                server_env["MEMSESSION_RUNTIME_DIR"] = stack.enter_context(Hub()).runtime_dir
-            server = stack.enter_context(WebServer("gunicorn", target, workers=WORKERS, env=server_env, probe="/read"))
+                # The embedded default, a sidecar per app (so one app's writes
+                # never reach the other's workers), its store in a temp dir.
+                server_env["MEMSESSION_STORE"] = os.path.join(tmp, f"{framework}-sessions.json")
+                config = str(ROOT / "bench" / "web_gunicorn.py")
+            server = stack.enter_context(
+                WebServer("gunicorn", target, workers=WORKERS, env=server_env, probe="/read", config=config)
+            )
             cookie = logged_in_cookie(server.url)
             # A short warm-up so every worker has imported, joined and served once.
             run_wrk(server.url + "/read", cookie, 1, connections)
@@ -192,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         with RedisServer() as redis_server:
             env = {"BENCH_REDIS_URL": redis_server.url, "BENCH_DB": os.path.join(tmp, "db.sqlite3")}
             migrate(env)
-            results = bench_all(env, duration, args.connections, 1 if args.quick else args.rounds)
+            results = bench_all(env, tmp, duration, args.connections, 1 if args.quick else args.rounds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print()

@@ -1,7 +1,7 @@
 """Settings, views and WSGI app of the Django web benchmark (``bench.web_django:application``).
 
-``BENCH_SESSION`` is ``memsession`` (each worker's cache joined to the hub in
-``MEMSESSION_RUNTIME_DIR``) or ``cached_db`` (Django's cache-backed database
+``BENCH_SESSION`` is ``memsession`` (the embedded default: ``bench/web_gunicorn.py``'s
+hooks run a sidecar) or ``cached_db`` (Django's cache-backed database
 sessions: per-worker local-memory cache in front of SQLite in ``BENCH_DB``).
 """
 
@@ -58,9 +58,8 @@ urlpatterns = [path("read", read), path("write", write)]
 
 application = get_wsgi_application()
 
-if KIND == "memsession" and os.environ.get("MEMSESSION_RUNTIME_DIR"):
-    from memsession import SessionCache
-    from memsession.bus import ZmqBus
+if KIND == "memsession":
     from memsession.contrib.django import set_cache
+    from memsession.contrib.gunicorn import session_cache
 
-    set_cache(SessionCache(idle_timeout=14 * 24 * 3600, bus=ZmqBus(runtime_dir=os.environ["MEMSESSION_RUNTIME_DIR"])))
+    set_cache(session_cache(idle_timeout=settings.SESSION_COOKIE_AGE, max_age=None))

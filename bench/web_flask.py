@@ -1,6 +1,6 @@
 """The Flask app of the web benchmark; ``BENCH_SESSION`` picks the session backend.
 
-``memsession`` (each worker's cache joined to the hub in ``MEMSESSION_RUNTIME_DIR``),
+``memsession`` (the embedded default: ``bench/web_gunicorn.py``'s hooks run a sidecar),
 ``cookie`` (Flask's signed-cookie sessions), ``redis`` (Flask-Session on the
 server in ``BENCH_REDIS_URL``) or ``none`` (the same routes, no session).
 """
@@ -17,11 +17,10 @@ app = Flask(__name__)
 app.config["SECRET_KEY"] = "bench-secret"
 
 if KIND == "memsession":
-    from memsession import SessionCache
-    from memsession.bus import ZmqBus
     from memsession.contrib.flask import MemSession
+    from memsession.contrib.gunicorn import session_cache
 
-    MemSession(app, cache=SessionCache(bus=ZmqBus(runtime_dir=os.environ["MEMSESSION_RUNTIME_DIR"])))
+    MemSession(app, cache=session_cache())
 elif KIND == "redis":
     import redis
     from flask_session import Session
