@@ -27,8 +27,9 @@ import stat
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from . import wire
 from .bus.base import new_epoch, percentiles
@@ -334,7 +335,6 @@ def run_hub(
     Creates its own context and sockets, binds the three endpoints (raising
     ``BusError`` if one is taken) and closes everything on the way out.
     """
-    import zmq
 
     from . import security
 
@@ -486,7 +486,7 @@ def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: thr
             state.prune()
             next_prune = now + 1.0
         timeout = max(0.0, min(next_beat, next_prune) - time.monotonic())
-        events = dict(poller.poll(min(timeout, 0.2) * 1000))
+        events = dict(poller.poll(int(min(timeout, 0.2) * 1000)))
         if feed in events:
             for _ in range(1000):  # bounded batch, then look at requests again
                 try:
@@ -542,7 +542,7 @@ class Hub:
         def target() -> None:
             try:
                 run_hub(self.config, stop=self._stop, ready=self._ready, state=self.state)
-            except BaseException as exc:
+            except Exception as exc:  # noqa: BLE001 - handed to start(), which raises it in the caller
                 self._error.append(exc)
                 self._ready.set()
 
@@ -592,7 +592,7 @@ def _query(requests: str, op: str, until: str, keys: str | None, insecure: bool,
         replies = []
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sock.poll(remaining * 1000, zmq.POLLIN):
+            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
                 raise BusError(f"no hub answered at {requests} within {timeout}s", endpoint=requests)
             try:
                 reply = wire.decode_reply(sock.recv_multipart())

@@ -124,7 +124,7 @@ def test_hub_config_checks_and_private_runtime_dir(tmp_path):
     os.chmod(shared, 0o755)
     with pytest.raises(ConfigError, match="group or others"):
         HubConfig(runtime_dir=str(shared)).endpoints()
-    pub, sub, req = HubConfig(runtime_dir=str(tmp_path / "rt")).endpoints()
+    pub, _sub, _req = HubConfig(runtime_dir=str(tmp_path / "rt")).endpoints()
     assert pub.startswith("ipc://") and stat.S_IMODE(os.stat(tmp_path / "rt").st_mode) == 0o700
 
 

@@ -173,9 +173,8 @@ def cluster(runtime_dir):
     workers: list[Worker] = []
 
     class Cluster:
-        sids = [new_id() for _ in range(60)]
-
         def __init__(self) -> None:
+            self.sids = [new_id() for _ in range(60)]
             self.hub = hub
             self.workers = workers
             self.options = {"runtime_dir": runtime_dir, **FAST}
@@ -501,7 +500,7 @@ def test_invalidate_mode_between_processes_reads_the_newest_value_through_the_hu
         a.call(("set", (sid, {"n": n})))
         # Each INVALIDATE is published only after the hub acknowledged the value:
         # once b has dropped its copy, its next read must see n or later, never older.
-        got = _poll(lambda: (v := b.call(("get", sid))) is not None and v["n"] >= n and v, 5, f"value {n}")
+        got = _poll(lambda n=n: (v := b.call(("get", sid))) is not None and v["n"] >= n and v, 5, f"value {n}")
         assert got["n"] == n
     stats = b.call(("stats", None))
     assert stats["misses"] >= 1 and stats["replication"]["mode"] == "invalidate"

@@ -77,10 +77,16 @@ class ZmqBus:
         self._queue_dropped = 0
         self._rid = 0
         self._rid_lock = threading.Lock()
-        self._sent_hello = 0
+        self._sent_hello = 0.0
         self.reads_through = config.mode == "invalidate"
         ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (b := ref()) is not None and b._after_fork())
+
+        def after_fork_in_child() -> None:
+            bus = ref()
+            if bus is not None:
+                bus._after_fork()
+
+        os.register_at_fork(after_in_child=after_fork_in_child)
 
     # -- Bus protocol ---------------------------------------------------------------
 
@@ -325,7 +331,7 @@ class ZmqBus:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._stop.is_set():
                 return None
-            if not dealer.poll(min(remaining, 0.1) * 1000, zmq.POLLIN):
+            if not dealer.poll(int(min(remaining, 0.1) * 1000) + 1, zmq.POLLIN):
                 continue
             try:
                 reply = wire.decode_reply(dealer.recv_multipart(), self.config.limits)
