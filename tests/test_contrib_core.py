@@ -493,3 +493,22 @@ def test_parse_cookie_header() -> None:
 def test_diff() -> None:
     assert diff({"a": 1, "b": [1], "c": 0}, {"a": 1, "b": [1, 2], "d": None}) == ({"b": [1, 2], "d": None}, ["c"])
     assert diff({"a": 1}, {"a": 1.0}) == ({"a": 1.0}, [])
+
+
+class TestStoreBehindTheCache:
+    def test_a_restarted_process_finds_sessions_in_its_store(self, tmp_path) -> None:
+        from persist.jsonfile import JsonFileStore
+        from persist.writer import PersistConfig
+
+        path = tmp_path / "sessions.json"
+        before = SessionCache(store=JsonFileStore(path), persistence=PersistConfig(mode="write_through"))
+        value = login(SessionManager(before, WebConfig(secret_keys=SECRET)), user="ada", cart=[1])
+        before.close()
+        after = SessionCache(store=JsonFileStore(path))
+        sid = CookieSigner([SECRET]).unsign(value)[0]
+        assert after.record(sid) is None  # not in memory: only the store has it
+        manager = SessionManager(after, WebConfig(secret_keys=SECRET))
+        assert manager.needs_catch_up(value)  # async callers read through in a thread
+        session = manager.open(value)
+        assert session == {"user": "ada", "cart": [1]} and session.sid == sid
+        after.close()

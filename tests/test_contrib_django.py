@@ -498,3 +498,21 @@ def test_a_forged_companion_cookie_is_ignored() -> None:
     set_cache(worker_b)
     assert client.get("/me").json() == {}
     assert worker_b.waits == []
+
+
+def test_a_restarted_process_finds_sessions_in_its_store(tmp_path) -> None:
+    from persist.jsonfile import JsonFileStore
+    from persist.writer import PersistConfig
+
+    path = tmp_path / "sessions.json"
+    before = SessionCache(store=JsonFileStore(path), persistence=PersistConfig(mode="write_through"))
+    set_cache(before)
+    session = SessionStore()
+    session["user"] = "ada"
+    session.save()
+    before.close()
+    after = SessionCache(store=JsonFileStore(path))
+    set_cache(after)
+    assert SessionStore(session.session_key).get("user") == "ada"
+    assert run(SessionStore(session.session_key).aget("user")) == "ada"
+    after.close()

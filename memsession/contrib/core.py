@@ -38,7 +38,8 @@ from ..session import Record, SessionData, copy_data, new_id
 from ..session_cache import SessionCache
 
 __all__ = [
-    "Cookie", "Session", "SessionManager", "WebConfig", "catch_up", "diff", "is_stale", "parse_cookie_header",
+    "Cookie", "Session", "SessionManager", "WebConfig", "catch_up", "current_record", "diff", "is_stale",
+    "parse_cookie_header",
 ]
 
 log = logging.getLogger("memsession.web")
@@ -53,6 +54,19 @@ _RECENT_WRITE = 5.0
 def is_stale(record: Record | None, version: int) -> bool:
     """Whether ``record`` is older than a write of ``version`` (a tombstone never is)."""
     return record is None or (not record.deleted and record.version < version)
+
+
+def current_record(cache: SessionCache, sid: str) -> Record | None:
+    """The record this process holds for ``sid``, read through on a miss.
+
+    ``record`` only peeks at memory; on a miss ``get`` reads through the
+    cache's store (or the hub, in ``invalidate`` mode) when it has one, so a
+    restarted process still finds sessions its store holds.
+    """
+    record = cache.record(sid)
+    if record is None and cache.get(sid) is not None:
+        record = cache.record(sid)
+    return record
 
 
 def catch_up(cache: SessionCache, sid: str, version: int, timeout: float) -> Record | None:
@@ -315,7 +329,7 @@ class SessionManager:
         if verified is None:
             return session_class(had_cookie=True)
         sid, version = verified
-        record = self.cache.record(sid)
+        record = current_record(self.cache, sid)
         if self._is_stale(record, version):
             record = self._catch_up(sid, version)
         return self._session_from(record, version, session_class)
@@ -334,8 +348,8 @@ class SessionManager:
         return None
 
     def needs_catch_up(self, cookie_value: str | Sequence[str] | None) -> bool:
-        """Whether ``open`` would wait for a newer copy (async callers then open in a thread)."""
-        if not cookie_value or self._wait_for is None:
+        """Whether ``open`` may wait or do I/O (a newer copy, a read through): async callers then use a thread."""
+        if not cookie_value:
             return False
         values = (cookie_value,) if isinstance(cookie_value, str) else cookie_value
         for value in values:

@@ -46,7 +46,7 @@ from ..cookies import CookieSigner
 from ..errors import ConfigError, SessionDestroyed, SignatureError
 from ..session import Record, copy_data, is_valid_sid, new_id
 from ..session_cache import SessionCache
-from .core import WebConfig, catch_up, diff, is_stale
+from .core import WebConfig, catch_up, current_record, diff, is_stale
 
 __all__ = ["SessionMiddleware", "SessionStore", "get_cache", "set_cache"]
 
@@ -112,7 +112,7 @@ class SessionStore(SessionBase):
         super().__init__(session_key)
 
     def _current(self, sid: str) -> Record | None:
-        record = self._cache.record(sid)
+        record = current_record(self._cache, sid) if is_valid_sid(sid) else None
         if self.min_version and is_stale(record, self.min_version):
             record = catch_up(self._cache, sid, self.min_version, _settings()[1])
         return record
@@ -195,8 +195,9 @@ class SessionStore(SessionBase):
     # sync_to_async, since a cache with a store may write through.
     async def aload(self) -> dict[str, Any]:
         sid = self.session_key
-        if sid and self.min_version and is_stale(self._cache.record(sid), self.min_version):
-            return await sync_to_async(self.load)()  # waiting must not block the event loop
+        if sid and is_stale(self._cache.record(sid), self.min_version):
+            # A wait for a newer copy or a read through the store: not on the event loop.
+            return await sync_to_async(self.load)()
         return self.load()
 
     async def aexists(self, session_key: str | None) -> bool:
