@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import random
 import sys
 import tempfile
 import time
@@ -209,6 +210,36 @@ def loss_window(pubs: Publishers, pg_url: str, probes: int) -> list[float]:
     return out
 
 
+def file_window(probes: int) -> list[float]:
+    """Seconds from ``set()`` to the session being in the JSON file (flush interval + snapshot interval)."""
+    from persist.jsonfile import read_snapshot
+    from tests.sidecars import SidecarProcess
+
+    out: list[float] = []
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "sessions.json")
+        with SidecarProcess(f"file://{path}", "--log-level", "WARNING", "--prune-interval", "0") as sidecar:
+            pubs = Publishers(sidecar.runtime_dir, n=1)
+            try:
+                rng = random.Random(1)
+                for _ in range(probes):
+                    time.sleep(rng.random())  # probes land at random phases of the snapshot cycle
+                    key, sent = pubs.one("probe")
+                    while True:
+                        try:
+                            if any(r.key == key for r in read_snapshot(path, time.time())):
+                                break
+                        except FileNotFoundError:
+                            pass
+                        if time.time() - sent > 10:
+                            raise RuntimeError("probe never reached the file")
+                        time.sleep(0.005)
+                    out.append(time.time() - sent)
+            finally:
+                pubs.close()
+    return out
+
+
 def acked_latency(pg_url: str, n: int) -> tuple[float, float]:
     """p50/p99 seconds of ``set()`` in acknowledged mode (returns once the row is in PostgreSQL)."""
     from memsession import SessionCache, ZmqBus
@@ -341,6 +372,11 @@ def main(argv: list[str] | None = None) -> int:
         print(render(f"\nsidecar ingest ({seconds:.0f} s per shape, 2 publisher processes)",
                      ["store, load", "offered/s", "applied/s", "persisted/s", "drain s"], rows))
 
+        in_file = file_window(10 if args.quick else 20)
+        print(render("\nembedded default: set() -> session in the JSON file (0.1 s flush + 1 s snapshot)",
+                     ["", "p50 ms", "p99 ms", "max ms"],
+                     [["write-behind window, JSON file", pct(in_file, 50) * 1000, pct(in_file, 99) * 1000,
+                       max(in_file) * 1000]]))
         acked = acked_latency(fresh_db(), 200 if args.quick else 1000)
         print(render("\nacknowledged mode: set() returns once the row is in PostgreSQL",
                      ["", "p50 ms", "p99 ms"], [["set() latency, one client", acked[0] * 1000, acked[1] * 1000]]))
