@@ -124,7 +124,9 @@ class SidecarState(HubState):
         self.last_flush: float | None = None
         self.last_error = ""
         self.failing = False
-        #: ``stats()`` as of the last second, computed in the hub thread (the HTTP endpoint serves it).
+        #: ``stats()`` as of the last second, computed in the hub thread when ``publish_stats`` is set
+        #: (the HTTP endpoint serves it; stats cost O(sessions), so only when someone reads them).
+        self.publish_stats = False
         self.published_stats: dict[str, Any] | None = None
         self.persist_counts = dict.fromkeys(
             ("warm_loaded", "write_errors", "rewrites", "rewritten", "purged", "purge_errors",
@@ -173,7 +175,8 @@ class SidecarState(HubState):
     def prune(self) -> int:
         """The hub thread's once-a-second chore; also refreshes ``published_stats`` for other threads."""
         pruned = super().prune()
-        self.published_stats = self.stats()
+        if self.publish_stats:
+            self.published_stats = self.stats()
         return pruned
 
     def stats(self) -> dict[str, Any]:
@@ -538,6 +541,7 @@ class Sidecar:
 
     def _start_http(self, address: str) -> None:
         host, port = parse_http(address)
+        self.state.publish_stats = True
         try:
             self._http = serve_http(host, port, self.current_stats)
         except OSError as exc:
