@@ -75,9 +75,10 @@ def client():
 def test_starlette_arguments_map_onto_memsession_options() -> None:
     middleware = SessionMiddleware(
         read, secret_key=SECRET, session_cookie="sid", max_age=600, path="/app", same_site="strict",
-        https_only=True, domain="example.org",
+        https_only=True, domain="example.org", partitioned=True,
     )
     cfg = middleware.manager.config
+    assert cfg.cookie_partitioned
     assert (cfg.cookie_name, cfg.cookie_path, cfg.cookie_samesite, cfg.cookie_secure, cfg.cookie_domain) == (
         "sid", "/app", "Strict", True, "example.org",
     )

@@ -126,6 +126,7 @@ class TestWebConfig:
             ({"secret_keys": (SECRET,), "cookie_name": "a b"}, "cookie_name"),
             ({"secret_keys": (SECRET,), "consistency_timeout": -1}, "consistency_timeout"),
             ({"secret_keys": (SECRET,), "cookie_path": "x"}, "cookie_path"),
+            ({"secret_keys": (SECRET,), "cookie_partitioned": True}, "cookie_partitioned"),
         ],
     )
     def test_bad_options_fail_at_construction(self, options, option) -> None:
@@ -397,6 +398,10 @@ class TestExpiryInTheCookie:
         header = manager.set_cookie_header(Cookie("v", clock.wall() + 100))
         assert header.startswith("session=v; Max-Age=100; Expires=")
         assert header.endswith("; Path=/; Domain=example.org; Secure; HttpOnly; SameSite=Lax")
+        partitioned = SessionManager(
+            cache, WebConfig(secret_keys=SECRET, cookie_secure=True, cookie_partitioned=True)
+        ).set_cookie_header(Cookie("v"))
+        assert partitioned.endswith("; Secure; HttpOnly; SameSite=Lax; Partitioned")
         deleted = manager.set_cookie_header(Cookie(None))
         assert deleted.startswith("session=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT")
 

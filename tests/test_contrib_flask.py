@@ -169,6 +169,7 @@ def test_flask_config_names_are_honoured() -> None:
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_DOMAIN="example.org",
         SESSION_COOKIE_PATH="/app",
+        SESSION_COOKIE_PARTITIONED=True,
         PERMANENT_SESSION_LIFETIME=timedelta(minutes=5),
         MEMSESSION_MAXSIZE=10,
         MEMSESSION_MAX_AGE=600,
@@ -181,7 +182,7 @@ def test_flask_config_names_are_honoured() -> None:
     response = app.test_client().post("/set", json={"a": 1}, base_url="https://example.org/app")
     header = response.headers["Set-Cookie"]
     assert header.startswith("sid=")
-    for flag in ("Secure", "SameSite=Strict", "Domain=example.org", "Path=/app"):
+    for flag in ("Secure", "SameSite=Strict", "Domain=example.org", "Path=/app", "Partitioned"):
         assert flag in header
 
 

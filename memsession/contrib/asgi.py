@@ -8,7 +8,7 @@
 
 It takes Starlette's ``SessionMiddleware`` arguments (``secret_key``,
 ``session_cookie``, ``max_age``, ``path``, ``same_site``, ``https_only``,
-``domain``) and memsession's own (``WebConfig`` and cache ``Config`` fields,
+``domain``, ``partitioned``) and memsession's own (``WebConfig`` and cache ``Config`` fields,
 ``cache=``, ``manager=``). ``max_age`` becomes the idle timeout; ``None``
 makes the cookie a browser-session cookie.
 
@@ -51,6 +51,7 @@ class SessionMiddleware:
         same_site: str = "lax",
         https_only: bool = False,
         domain: str | None = None,
+        partitioned: bool = False,
         *,
         cache: SessionCache | None = None,
         manager: SessionManager | None = None,
@@ -65,6 +66,7 @@ class SessionMiddleware:
             options.setdefault("cookie_samesite", same_site)
             options.setdefault("cookie_secure", https_only)
             options.setdefault("cookie_domain", domain)
+            options.setdefault("cookie_partitioned", partitioned)
             if max_age is None:
                 options.setdefault("permanent", False)
             elif cache is None:

@@ -106,6 +106,8 @@ class WebConfig:
     cookie_httponly: bool = True
     #: "Lax", "Strict", "None" (needs ``cookie_secure``) or None to omit.
     cookie_samesite: str | None = "Lax"
+    #: CHIPS: a cookie partitioned by top-level site (needs ``cookie_secure``).
+    cookie_partitioned: bool = False
     #: The cookie carries Max-Age/Expires from the session's expiry; False
     #: makes it a browser-session cookie (the server still expires it).
     permanent: bool = True
@@ -135,6 +137,8 @@ class WebConfig:
             if samesite == "None" and not self.cookie_secure:
                 raise ConfigError("cookie_samesite", self.cookie_samesite, "SameSite=None needs cookie_secure")
             object.__setattr__(self, "cookie_samesite", samesite)
+        if self.cookie_partitioned and not self.cookie_secure:
+            raise ConfigError("cookie_partitioned", True, "a partitioned cookie needs cookie_secure")
         t = self.consistency_timeout
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
             raise ConfigError("consistency_timeout", t, "must be a finite number >= 0")
@@ -497,6 +501,8 @@ class SessionManager:
             parts.append("HttpOnly")
         if cfg.cookie_samesite:
             parts.append(f"SameSite={cfg.cookie_samesite}")
+        if cfg.cookie_partitioned:
+            parts.append("Partitioned")
         return "; ".join(parts)
 
     def max_age(self, cookie: Cookie) -> int | None:

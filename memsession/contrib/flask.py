@@ -16,6 +16,7 @@ Settings read once from ``app.config`` (Flask's and Flask-Session's names):
 ``SESSION_COOKIE_DOMAIN``, ``SESSION_COOKIE_PATH`` (default
 ``APPLICATION_ROOT``), ``SESSION_COOKIE_HTTPONLY``, ``SESSION_COOKIE_SECURE``,
 ``SESSION_COOKIE_SAMESITE`` (default ``"Lax"``, safer than Flask's None),
+``SESSION_COOKIE_PARTITIONED``,
 ``SESSION_PERMANENT`` (default True, as in Flask-Session),
 ``SESSION_REFRESH_EACH_REQUEST``, ``PERMANENT_SESSION_LIFETIME`` (the idle
 timeout). memsession's own options are ``MEMSESSION_<NAME>`` for every cache
@@ -66,6 +67,7 @@ def config_from_flask(config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         "cookie_httponly": bool(config.get("SESSION_COOKIE_HTTPONLY", True)),
         "cookie_secure": bool(config.get("SESSION_COOKIE_SECURE", False)),
         "cookie_samesite": config.get("SESSION_COOKIE_SAMESITE") or "Lax",
+        "cookie_partitioned": bool(config.get("SESSION_COOKIE_PARTITIONED", False)),
         "permanent": bool(config.get("SESSION_PERMANENT", True)),
         "refresh_each_request": bool(config.get("SESSION_REFRESH_EACH_REQUEST", True)),
     }
@@ -113,6 +115,7 @@ class MemSessionInterface(SessionInterface):
                 secure=cfg.cookie_secure,
                 httponly=cfg.cookie_httponly,
                 samesite=cfg.cookie_samesite,
+                partitioned=cfg.cookie_partitioned,
             )
             return
         permanent = cfg.permanent or session.permanent
@@ -126,6 +129,7 @@ class MemSessionInterface(SessionInterface):
             secure=cfg.cookie_secure,
             httponly=cfg.cookie_httponly,
             samesite=cfg.cookie_samesite,
+            partitioned=cfg.cookie_partitioned,
         )
 
 
