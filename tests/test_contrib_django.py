@@ -40,9 +40,14 @@ from memsession.contrib import django as backend
 from memsession.contrib.django import SessionStore, get_cache, set_cache
 
 
+CACHE_OPTIONS = {"maxsize": 1000, "max_age": 3600, "idle_timeout": 1209600}
+
+
 @pytest.fixture(autouse=True)
 def fresh_cache():
-    previous = set_cache(None)
+    # A cache per test: building one from settings would make the process's
+    # shared cache (memsession.contrib.gunicorn.session_cache), kept for good.
+    previous = set_cache(SessionCache(**CACHE_OPTIONS))
     yield
     set_cache(previous)
 
@@ -326,15 +331,20 @@ def test_overlapping_saves_of_different_keys_both_survive(session) -> None:
     assert dict(SessionStore(session.session_key).items()) == {"a": 1, "b": 2}
 
 
-def test_settings_translate_into_the_cache() -> None:
-    cache = get_cache()
-    assert cache.config.maxsize == 1000 and cache.config.max_age == 3600
-    assert cache.config.idle_timeout == settings.SESSION_COOKIE_AGE
+def test_settings_translate_into_cache_options() -> None:
+    options, timeout = backend._settings()
+    assert options == {**CACHE_OPTIONS, "idle_timeout": settings.SESSION_COOKIE_AGE}
+    assert timeout == 0.1
+    with override_settings(MEMSESSION={"consistency_timeout": 0.5}):
+        assert backend._settings()[1] == 0.5
 
 
 def test_bad_memsession_setting_fails() -> None:
     from memsession import ConfigError
 
+    set_cache(None)
+    with override_settings(MEMSESSION={"consistency_timeout": -1}), pytest.raises(ConfigError):
+        SessionStore()
     with override_settings(MEMSESSION={"maxsize": 0}), pytest.raises(ConfigError):
         SessionStore()
     with override_settings(MEMSESSION={"nonsense": 1}), pytest.raises(ConfigError):

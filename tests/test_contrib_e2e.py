@@ -21,6 +21,7 @@ SERVERS = {
     "gunicorn-flask": ("gunicorn", "tests.e2e_apps.flask_app:app", 4, "session"),
     "gunicorn-flask-embedded": ("gunicorn", "tests.e2e_apps.flask_embedded:app", 4, "session"),
     "gunicorn-django": ("gunicorn", "tests.e2e_apps.django_app:application", 4, "sessionid"),
+    "gunicorn-django-embedded": ("gunicorn", "tests.e2e_apps.django_app:application", 4, "sessionid"),
     "uvicorn-starlette": ("uvicorn", "tests.e2e_apps.starlette_app:app", 3, "session"),
 }
 

@@ -13,4 +13,5 @@ DATABASES: dict = {}
 USE_TZ = True
 
 SESSION_ENGINE = "memsession.contrib.django"
-SESSION_COOKIE_AGE = 30 * 60  # the cookie's age; wsgi.py gives the cache the same idle timeout
+SESSION_COOKIE_AGE = 30 * 60  # also memsession's idle timeout
+MEMSESSION = {"max_age": 8 * 3600}  # absolute lifetime, however active

@@ -9,9 +9,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
 
 from django.core.wsgi import get_wsgi_application
 
-from memsession.contrib.django import set_cache
-from memsession.contrib.gunicorn import session_cache
+from memsession.contrib.django import get_cache
 
 application = get_wsgi_application()
-# The worker's cache, joined to the sidecar gunicorn.conf.py's hooks start.
-set_cache(session_cache(idle_timeout=30 * 60, max_age=8 * 3600))
+# Build the worker's session cache now (from settings.MEMSESSION), so it joins
+# the sidecar that gunicorn.conf.py's hooks start before the worker serves.
+get_cache()

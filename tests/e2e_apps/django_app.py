@@ -1,7 +1,8 @@
 """The Django app of the end-to-end tests: ``tests.e2e_apps.django_app:application``.
 
 Uses memsession's SessionMiddleware, so the companion cookie gives
-read-your-writes across workers.
+read-your-writes across workers. With ``MEMSESSION_RUNTIME_DIR`` it joins that
+hub; otherwise it relies on the settings alone (the embedded default).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from django.core.wsgi import get_wsgi_application
 from django.http import JsonResponse
 from django.urls import path
 
-from memsession.contrib.django import set_cache
+from memsession.contrib.django import get_cache, set_cache
 
 from . import worker_cache
 
@@ -59,4 +60,7 @@ def logout(request):
 urlpatterns = [path("me", me), path("login", login), path("write", write), path("logout", logout)]
 
 application = get_wsgi_application()
-set_cache(worker_cache())
+if os.environ.get("MEMSESSION_RUNTIME_DIR"):
+    set_cache(worker_cache())  # joined to the test's own hub
+else:
+    get_cache()  # under GunicornHooks: built now, so the worker joins the sidecar before serving
