@@ -39,7 +39,6 @@ from memsession import SessionCache, is_valid_sid
 from memsession.contrib import django as backend
 from memsession.contrib.django import SessionStore, get_cache, set_cache
 
-
 CACHE_OPTIONS = {"maxsize": 1000, "max_age": 3600, "idle_timeout": 1209600}
 
 
