@@ -209,7 +209,7 @@ def quiesced(sidecar: SidecarProcess, load: Load, postgres_url: str) -> None:
         return p["depth"] == 0 and not p["failing"] and not p["rewrite_due"]
 
     try:
-        wait_until(sidecar_done, 30, "the sidecar to write everything")
+        wait_until(sidecar_done, 60, "the sidecar to write everything")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{sidecar.stats()['persist']}\n{sidecar.tail(30)}") from None
     def differences() -> dict:
@@ -241,7 +241,10 @@ def test_sigkill_the_sidecar_under_load(sidecar: SidecarProcess, web: Gunicorn, 
     sidecar.start()
     assert sidecar.stats()["persist"]["warm_loaded"] > 0  # it reloaded what it had written
     # Every worker notices the new epoch and repairs: it pushes its state and takes a snapshot.
-    wait_until(lambda: sidecar.stats()["pushes"] >= 3, 30, "the 3 workers to push their sessions")
+    try:
+        wait_until(lambda: sidecar.stats()["pushes"] >= 3, 60, "the 3 workers to push their sessions")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{sidecar.stats()}\n{web.tail(60)}") from None
     with load.lock:
         load.strict = True
     repaired_at = load.requests
