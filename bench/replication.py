@@ -41,8 +41,8 @@ _STAMP = struct.Struct("<qq")  # index, send time (ns)
 # -- receivers -----------------------------------------------------------------------
 
 
-def _collect(conn: Any, n: int, poll: Any) -> None:
-    """Drive ``poll() -> list[(index, sent_ns)]`` until n arrived or 3 s pass without progress."""
+def _collect(conn: Any, n: int, poll: Any, extra: Any = dict) -> None:
+    """Drive ``poll() -> [(index, sent_ns[, received_ns])]`` until n arrived or 3 s pass without progress."""
     lat: list[int] = []
     seen = 0
     warm_told = False
@@ -50,8 +50,8 @@ def _collect(conn: Any, n: int, poll: Any) -> None:
     idle_deadline = time.monotonic() + 30
     conn.send("ready")
     while seen < n and time.monotonic() < idle_deadline:
-        for index, sent in poll():
-            now = time.monotonic_ns()
+        for index, sent, *at in poll():
+            now = at[0] if at else time.monotonic_ns()
             if index < 0:
                 if not warm_told:
                     conn.send("warm")
@@ -63,32 +63,36 @@ def _collect(conn: Any, n: int, poll: Any) -> None:
             seen += 1
             lat.append(now - sent)
             idle_deadline = time.monotonic() + 3
-    conn.send({"latency_ns": lat, "received": seen, "first": first, "last": last})
+    conn.send({"latency_ns": lat, "received": seen, "first": first, "last": last, **extra()})
 
 
 def _receiver(kind: str, conn: Any, target: str, n: int, run: int) -> None:
     if kind == "memsession":
         from memsession import SessionCache, ZmqBus
 
-        arrived: list[tuple[int, int]] = []
+        arrived: list[tuple[int, int, int]] = []  # index, sent, applied (ns)
 
         class Probe(SessionCache):
             def apply(self, record: Any) -> bool:
                 changed = super().apply(record)
                 if changed and record.data.get("run") == run:  # not what the join snapshot brought
-                    arrived.append((record.data["i"], record.data["t"]))
+                    arrived.append((record.data["i"], record.data["t"], time.monotonic_ns()))
                 return changed
 
         cache = Probe(bus=ZmqBus(runtime_dir=target))
 
-        def poll() -> list[tuple[int, int]]:
+        def poll() -> list[tuple[int, int, int]]:
             time.sleep(0.0002)
             out = arrived[:]
             del arrived[: len(out)]
             return out
 
+        def extra() -> dict[str, Any]:
+            rep = cache.stats()["replication"]
+            return {k: rep[k] for k in ("gaps", "repairs", "snapshot_records", "dropped")}
+
         try:
-            _collect(conn, n, poll)
+            _collect(conn, n, poll, extra)
         finally:
             cache.close()
     elif kind == "zmq":
@@ -200,8 +204,9 @@ def _sender(kind: str, conn: Any, target: str, n: int, rate: float | None, run: 
             t0 = time.perf_counter_ns()
             for i in range(n):
                 target_ns = t0 + i * gap
-                while time.perf_counter_ns() < target_ns:
-                    time.sleep(0)  # idle like a server between requests: let other threads run
+                delay = target_ns - time.perf_counter_ns()
+                if delay > 0:
+                    time.sleep(delay / 1e9)  # idle like a server between requests; late sends go at once
                 send(i)
         call_ns = (time.perf_counter_ns() - start) / n
         drain()
@@ -277,7 +282,7 @@ def _start_redis() -> tuple[Any, str]:
     try:
         from tests.servers import RedisServer
     except ImportError:
-        RedisServer = None  # noqa: N806
+        RedisServer = None
     if RedisServer is not None:
         server = RedisServer().start()
         return server, server.url
@@ -338,19 +343,23 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_pair(kind, targets[kind], n, rate)
                 results[kind, rate] = r
                 lat_rows.append([f"{kind} @ {rate:,}/s", r["received"], n,
-                                 pct(r["latency_ns"], 50), pct(r["latency_ns"], 99)])
+                                 pct(r["latency_ns"], 50), pct(r["latency_ns"], 99), r.get("gaps", "-"),
+                                 r.get("repairs", "-")])
         print(render("One-way propagation, 1 KB payload (microseconds)",
-                     ["sender -> receiver", "received", "sent", "p50 us", "p99 us"], lat_rows))
+                     ["sender -> receiver", "received", "sent", "p50 us", "p99 us", "gaps", "repairs"],
+                     lat_rows))
         thr_rows = []
         for kind in kinds:
             r = run_pair(kind, targets[kind], n_blast, None)
             span = max(r["last"] - r["first"], 1) / 1e9
             r["per_s"] = r["received"] / span if r["received"] > 1 else 0.0
             results[kind, None] = r
-            thr_rows.append([kind, r["received"], n_blast, r["per_s"], r["call_ns"] / 1000])
+            thr_rows.append([kind, r["received"], n_blast, r["per_s"], r["call_ns"] / 1000, r.get("gaps", "-"),
+                             r.get("repairs", "-")])
         print()
         print(render("Sustained throughput, 1 KB payload, sender flat out",
-                     ["system", "received", "sent", "delivered/s", "send call us"], thr_rows))
+                     ["system", "received", "sent", "delivered/s", "send call us", "gaps", "repairs"],
+                     thr_rows))
         bare, wired = set_cost(runtime_dir, int(20_000 * scale))
         ms, raw, red = (results[k, None]["per_s"] for k in kinds)
         p50 = {k: pct(results[k, 10_000]["latency_ns"], 50) for k in kinds}

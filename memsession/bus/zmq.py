@@ -240,7 +240,8 @@ class ZmqBus:
         except zmq.ZMQError as exc:
             log.error("bus sender stopped: %s", exc)
         finally:
-            pub.close(linger=0)
+            # An orderly close flushes what is already in the PUB's pipe; a dead hub costs at most this.
+            pub.close(linger=500)
             if writer is not None:
                 writer.close(linger=0)
 
