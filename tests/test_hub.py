@@ -180,3 +180,13 @@ def test_curve_policy(tmp_path, caplog):
     os.remove(tmp_path / "keys" / "clients" / "client.key")
     with pytest.raises(ConfigError, match="no \\*.key"):
         CurveServer(str(tmp_path / "keys"))
+
+
+def test_a_bus_with_tcp_endpoints_and_missing_keys_fails_at_construction(tmp_path):
+    from memsession import ZmqBus
+
+    eps = {"publish": "tcp://127.0.0.1:1", "subscribe": "tcp://127.0.0.1:2", "requests": "tcp://127.0.0.1:3"}
+    with pytest.raises(ConfigError, match="CURVE"):
+        ZmqBus(**eps)
+    with pytest.raises(ConfigError, match="cannot read"):
+        ZmqBus(**eps, keys=str(tmp_path / "nowhere"))

@@ -67,6 +67,10 @@ def _worker(conn: Any, bus_options: dict[str, Any], sids: list[str], seed: int) 
                 conn.send(("set", record.version))
             elif cmd == "get":
                 conn.send(("get", cache.get(arg)))
+            elif cmd == "wait_for":
+                sid, version = arg
+                record = cache.wait_for(sid, version, timeout=0.05)
+                conn.send(("wait_for", None if record is None else record.data))
             elif cmd == "state":
                 conn.send(("state", _state(cache.records())))
             elif cmd == "stats":
@@ -323,10 +327,10 @@ def test_tcp_with_curve(tmp_path):
     hub = HubProcess(["--publish", eps[0], "--subscribe", eps[1], "--requests", eps[2], "--keys", keys],
                      eps[2], keys=keys).start()
     opts = {"publish": eps[0], "subscribe": eps[1], "requests": eps[2], "keys": keys, **FAST}
-    sids = [new_id() for _ in range(30)]
-    workers = [Worker(opts, sids, seed) for seed in range(2)]
+    sids = [new_id() for _ in range(60)]
+    workers = [Worker(opts, sids, seed) for seed in range(4)]
     try:
-        run_ops(workers, 100)
+        run_ops(workers, 200)
         wait_converged(workers, hub)
     finally:
         for w in workers:
@@ -505,3 +509,12 @@ def test_invalidate_mode_between_processes_reads_the_newest_value_through_the_hu
     stats = b.call(("stats", None))
     assert stats["misses"] >= 1 and stats["replication"]["mode"] == "invalidate"
     assert cluster.hub.stats()["writes"] == 5
+
+
+def test_read_your_writes_in_another_process(cluster):
+    a, b = cluster.spawn(2)
+    sid = new_id()
+    version = a.call(("set", (sid, {"cart": 3})))
+    # b either already has it from the bus or reads it through the hub: never an older copy.
+    assert b.call(("wait_for", (sid, version))) == {"cart": 3}
+    assert b.call(("wait_for", (sid, version + 1))) is None  # nothing that recent exists anywhere
