@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import wire
@@ -100,7 +100,6 @@ class HubConfig:
     keys: str | None = None
     insecure: bool = False
     limits: wire.Limits = wire.DEFAULT_LIMITS
-    _resolved: tuple[str, str, str] = field(default=("", "", ""), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _positive("heartbeat", self.heartbeat)
@@ -564,7 +563,7 @@ class Hub:
             self._thread.join(10)
             self._thread = None
 
-    def __enter__(self) -> Hub:
+    def __enter__(self) -> Hub:  # noqa: PYI034 - Hub is not meant to be subclassed
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -17,7 +17,7 @@ from .. import wire
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BusError
 from ..session import Record
-from .base import HELLO, REPAIR, RESYNC, BusConfig, ReplicaTarget, Replicator
+from .base import REPAIR, RESYNC, BusConfig, ReplicaTarget, Replicator
 
 __all__ = ["MemoryBus", "MemoryHub"]
 
@@ -127,8 +127,6 @@ class MemoryBus:
             self.repair(push=push)
         elif verdict == RESYNC:
             self.push_state()
-        elif verdict == HELLO:
-            pass
         return verdict
 
     def repair(self, *, push: bool = False) -> None:
