@@ -295,7 +295,6 @@ def test_hub_killed_and_restarted_workers_keep_serving_and_converge(cluster):
     wait_converged(workers, cluster.hub)
 
 
-@pytest.mark.slow
 def test_a_stopped_subscriber_overflows_its_queue_and_recovers(runtime_dir):
     hub = HubProcess(["--runtime-dir", runtime_dir, "--sndhwm", "20"], f"ipc://{runtime_dir}/req.sock").start()
     sids = [new_id() for _ in range(300)]
