@@ -30,6 +30,8 @@ __all__ = ["CookieSigner"]
 _MAC_LENGTH = 43  # 32 bytes base64url without padding
 _MAX_VERSION_HEX = 16  # versions are unsigned 64-bit
 _HEX = frozenset("0123456789abcdef")
+#: Most verified values remembered (about 20 MB at the limit).
+_VERIFIED_MAX = 100_000
 #: sid, two dots, version, mac: the longest value this codec ever produces.
 LONGEST_VALUE = SID_LENGTH + 2 + _MAX_VERSION_HEX + _MAC_LENGTH
 
@@ -70,6 +72,10 @@ class CookieSigner:
         # Derive once: per-request work is then one HMAC with a fixed key.
         self._keys = [hmac.new(s, label, hashlib.sha256).digest() for s in secrets]
         self.max_size = max_size
+        # Values that verified, so a returning cookie costs a dict lookup, not
+        # an HMAC: a value that verified once verifies for this signer's life.
+        # Only values carrying a valid MAC get in, so junk can't flush it out.
+        self._verified: dict[str, tuple[str, int]] = {}
 
     def _mac(self, key: bytes, payload: bytes) -> str:
         # hmac.digest is the one-shot C path: several times faster than hmac.new().
@@ -83,6 +89,9 @@ class CookieSigner:
 
     def unsign(self, value: str) -> tuple[str, int]:
         """``(sid, version)`` from a cookie value, or ``SignatureError`` saying why not."""
+        known = self._verified.get(value) if type(value) is str else None
+        if known is not None:
+            return known
         if not isinstance(value, str):
             raise SignatureError("cookie value is not a string")
         if len(value) > self.max_size:
@@ -103,5 +112,9 @@ class CookieSigner:
         mac_bytes = mac.encode("ascii")
         for key in self._keys:
             if hmac.compare_digest(self._mac(key, payload).encode("ascii"), mac_bytes):
-                return sid, int(version_hex, 16)
+                verified = (sid, int(version_hex, 16))
+                if len(self._verified) >= _VERIFIED_MAX:
+                    self._verified.clear()  # crude but bounded; refills at one HMAC per value
+                self._verified[value] = verified
+                return verified
         raise SignatureError("cookie signature does not match")

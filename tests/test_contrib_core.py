@@ -85,6 +85,15 @@ class TestCookieSigner:
         with pytest.raises(SignatureError, match=reason):
             signer.unsign(mangle(signer.sign(new_id(), 99)))
 
+    def test_remembering_verified_values_never_lets_a_changed_one_through(self) -> None:
+        signer = CookieSigner([SECRET])
+        value = signer.sign(new_id(), 7)
+        assert signer.unsign(value) == signer.unsign(value)
+        with pytest.raises(SignatureError):
+            signer.unsign(value[:-1] + ("A" if value[-1] != "A" else "B"))
+        with pytest.raises(SignatureError):
+            CookieSigner(["another-secret"]).unsign(value)
+
     def test_a_bumped_version_does_not_verify(self) -> None:
         signer = CookieSigner([SECRET])
         sid, _, mac = signer.sign(new_id(), 0x10).split(".")
@@ -360,6 +369,16 @@ class TestExpiryInTheCookie:
         cookie = manager.save(session)
         assert cookie is not None and cookie.expires == pytest.approx(first + 120)
         assert cookie.expires == cache.record(session.sid).expires
+
+    def test_a_session_only_read_stays_alive_past_the_idle_timeout(self, clock) -> None:
+        cache = SessionCache(clock=clock, idle_timeout=1800, max_age=None, touch_interval=60)
+        manager = SessionManager(cache, WebConfig(secret_keys=SECRET))
+        value = login(manager, user="ada")
+        for _ in range(25):  # 2,500 s of reads every 100 s; idle_timeout is 1,800 s
+            clock.advance(100)
+            assert manager.open(value) == {"user": "ada"}
+        clock.advance(1801)
+        assert manager.open(value) == {}
 
     def test_absolute_max_age_caps_the_cookie(self, manager, cache, clock) -> None:
         value = login(manager, user="ada")

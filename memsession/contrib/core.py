@@ -383,12 +383,13 @@ class SessionManager:
             # which gets a new id if it is ever stored. The old id is never reused.
             return session_class(had_cookie=True)
         sid = record.key
-        wall = self.cache.clock.wall()
-        # The cache propagates an access at most once per touch_interval; the
-        # cookie's expiry is refreshed exactly when that happens.
-        refresh = self.config.refresh_each_request and wall - record.accessed >= self.cache.config.touch_interval
-        if not self.cache.touch(sid):
+        # An access is propagated (and slides the idle expiry everywhere) at
+        # most once per touch_interval; between those, a read only looks the
+        # session up, and the cookie's expiry is refreshed when a touch is due.
+        refresh = self.cache.clock.wall() - record.accessed >= self.cache.config.touch_interval
+        if refresh and not self.cache.touch(sid):
             return session_class(had_cookie=True)
+        refresh = refresh and self.config.refresh_each_request
         return session_class(
             copy_data(record), sid=sid, version=max(record.version, version), base=record.data,
             had_cookie=True, refresh=refresh,
