@@ -70,8 +70,9 @@ carry on.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -79,10 +80,10 @@ from .errors import WireError
 from .session import Record, is_flat
 
 __all__ = [
+    "PROTOCOL",
     "Limits",
     "Message",
     "Reply",
-    "PROTOCOL",
     "decode",
     "decode_reply",
     "encode_destroy",

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .. import wire
 from ..clock import SYSTEM_CLOCK, Clock, version_wall_ms
@@ -22,7 +23,7 @@ from ..errors import ConfigError, WireError
 from ..session import Record
 from .sequence import DUP, GAP, SequenceTracker
 
-__all__ = ["Bus", "BusConfig", "Replicator", "ReplicaTarget", "new_epoch", "percentiles"]
+__all__ = ["Bus", "BusConfig", "ReplicaTarget", "Replicator", "new_epoch", "percentiles"]
 
 log = logging.getLogger("memsession.bus")
 

@@ -9,7 +9,7 @@ drives it directly.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 __all__ = ["DUP", "GAP", "NEW", "OK", "SequenceTracker"]
 
