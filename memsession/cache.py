@@ -382,7 +382,9 @@ class ExpiringLRUCache(Cache):
         nodes = self.__nodes
         if len(self.__late_deadlines) > limit:
             self.__late_deadlines = [
-                e for e in self.__late_deadlines if nodes.get(e[2].key) is e[2] and e[2].prev is None
+                e
+                for e in self.__late_deadlines
+                if nodes.get(e[2].key) is e[2] and e[2].prev is None and e[0] == e[2].deadline
             ]
             heapq.heapify(self.__late_deadlines)
         if len(self.__late_idle) > limit:

@@ -358,7 +358,8 @@ class SessionCache:
                 record,
                 old,
                 now,
-                created=now - (wall - record.created),
+                # the same creation keeps the same deadline: recomputing it would drift by rounding
+                created=None if old is not None and old.created == record.created else now - (wall - record.created),
                 accessed=now - (wall - record.accessed),
             )
             self._counts["applied"] += 1

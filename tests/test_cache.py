@@ -238,3 +238,12 @@ def test_timer_is_read_once_per_operation():
     reads.clear()
     cache.insert("b", 2)
     assert len(reads) == 1
+
+
+def test_repeated_arrivals_of_one_entry_keep_bookkeeping_small():
+    """Re-inserting a late entry with a new deadline leaves no live-looking stale heap entries."""
+    cache, clock = make(maxsize=100, idle=1000, age=10000)
+    now = clock()
+    for i in range(5000):
+        cache.insert(i % 10, i, created=now - 5000 - (i % 7) * 1e-9, accessed=now - 1)
+    assert len(cache._ExpiringLRUCache__late_deadlines) <= 2 * 10 + 1024 + 1

@@ -402,3 +402,16 @@ def test_many_threads_hammering_one_cache_keep_it_consistent():
     assert stats["sessions"] == len(live) <= 500
     assert stats["bytes"] == sum(len(msgpack.packb(d)) for d in live.values())
     assert stats["hits"] + stats["misses"] > 0
+
+
+def test_repeated_remote_updates_keep_the_entry_age_exactly():
+    cache, clock = make(idle_timeout=1000, max_age=600)
+    sid = new_id()
+    wall = clock.wall()
+    for version in range(1, 200):
+        clock.advance(0.01)
+        assert cache.apply(remote(cache, sid, {"v": version}, version=version, created=wall - 300))
+    clock.advance(300 - 200 * 0.01 - 0.001)
+    assert cache.get(sid) == {"v": 199}
+    clock.advance(0.01)
+    assert cache.get(sid) is None
