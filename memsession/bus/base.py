@@ -186,7 +186,7 @@ class Replicator:
         self.nonce = secrets.randbits(62)
         self.counts = dict.fromkeys(
             ("published", "queue_dropped", "received", "applied", "ignored", "duplicates",
-             "gaps", "repairs", "hub_restarts", "resyncs", "snapshot_records", "write_failures"),
+             "gaps", "repairs", "hub_restarts", "stale_hub_beats", "resyncs", "snapshot_records", "write_failures"),
             0,
         )
         self.dropped: dict[str, int] = {}
@@ -301,6 +301,11 @@ class Replicator:
         return REPAIR
 
     def _hub_beat(self, msg: wire.Message) -> str:
+        if self.hub_epoch is not None and msg.epoch < self.hub_epoch:
+            # A straggler from a hub that has since been replaced (epochs grow with start
+            # time): taking it for another restart would flip back and repair again.
+            self.counts["stale_hub_beats"] += 1
+            return SKIPPED
         now = self.clock.monotonic()
         previous = self.last_hub_beat
         self.last_hub_beat = now
@@ -346,6 +351,8 @@ class Replicator:
         self.counts["repairs"] += 1
         self.repair_due = False
         self.repair_reason = ""
+        if self.hub_epoch is not None and hub_epoch < self.hub_epoch:
+            return changed  # cut by a hub that has since been replaced: keep the newer epoch
         if self.hub_epoch is not None and hub_epoch != self.hub_epoch:
             # A snapshot from a hub we had not heard beat yet: it restarted and may lack our state.
             self.counts["hub_restarts"] += 1

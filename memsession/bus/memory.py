@@ -17,7 +17,7 @@ from .. import wire
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BusError
 from ..session import Record
-from .base import REPAIR, RESYNC, BusConfig, ReplicaTarget, Replicator
+from .base import REPAIR, RESYNC, BusConfig, ReplicaTarget, Replicator, new_epoch
 
 __all__ = ["MemoryBus", "MemoryHub"]
 
@@ -66,7 +66,10 @@ class MemoryHub:
         from ..hub import HubState
 
         with self._lock:
-            self.state = HubState(clock=self.clock)
+            # A restarted process starts later and so draws a higher epoch; under a
+            # clock that stands still the twin must keep that order itself.
+            epoch = max(new_epoch(self.clock), self.state.epoch + (1 << 12))
+            self.state = HubState(clock=self.clock, epoch=epoch)
 
     def partition(self, bus: MemoryBus) -> None:
         self.cut.add(id(bus))
