@@ -272,34 +272,23 @@ class PostgresStore:
         # server's): far cheaper than binding eight arrays value by value. Data
         # rides as a string of JSON, so escapes like \u0000 reach the column as
         # written (the server refuses to de-escape them).
+        # The version guard, shared by the batch and the single-record statement.
+        on_conflict = sql.SQL(" ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {guard}").format(
+            key=c("key"),
+            sets=sql.SQL(", ").join(sql.SQL("{} = {}").format(c(f), ec(f)) for f in _FIELDS if f != "key"),
+            guard=guard,
+        )
         self._sql_upsert = sql.SQL(
             "INSERT INTO {t} AS s ({cols})"
             " SELECT b.k, b.d::json, b.v, b.o, b.c, b.a, coalesce(b.e, 'Infinity'::float8), b.x"
             " FROM json_to_recordset(%s::json)"
             " AS b(k text, d text, v bigint, o bigint, c float8, a float8, e float8, x boolean)"
-            " ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {guard}"
-        ).format(
-            t=t,
-            cols=cols,
-            key=c("key"),
-            sets=sql.SQL(", ").join(
-                sql.SQL("{} = {}").format(c(f), ec(f)) for f in _FIELDS if f != "key"
-            ),
-            guard=guard,
-        )
+            "{on_conflict}"
+        ).format(t=t, cols=cols, on_conflict=on_conflict)
         # One record (write-through): plain parameters, no JSON batch to unpack.
         self._sql_upsert_one = sql.SQL(
-            "INSERT INTO {t} AS s ({cols}) VALUES (%s, %s::text::json, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {guard}"
-        ).format(
-            t=t,
-            cols=cols,
-            key=c("key"),
-            sets=sql.SQL(", ").join(
-                sql.SQL("{} = {}").format(c(f), ec(f)) for f in _FIELDS if f != "key"
-            ),
-            guard=guard,
-        )
+            "INSERT INTO {t} AS s ({cols}) VALUES (%s, %s::text::json, %s, %s, %s, %s, %s, %s){on_conflict}"
+        ).format(t=t, cols=cols, on_conflict=on_conflict)
         self._sql_load = sql.SQL("SELECT {cols} FROM {t} WHERE {key} = %s").format(
             cols=select_cols, t=t, key=c("key")
         )
