@@ -118,7 +118,7 @@ def _tmp_base() -> str | None:
 
 # --- registry of running servers, for the exit/signal safety net ---------------------------
 
-_live: set[Server] = set()
+_live: set[Any] = set()  # anything with stop() and _owner_pid: servers, and tests.webservers.Process
 _live_lock = threading.RLock()  # RLock: the signal handler may run while the main thread holds it
 _handlers_installed = False
 
@@ -135,6 +135,18 @@ def stop_all() -> None:
     for server in servers:
         with contextlib.suppress(Exception):
             server.stop()
+
+
+def track(thing: Any) -> None:
+    """Put a child process holder (``stop()``, ``_owner_pid``) under the exit/signal safety net."""
+    _install_safety_net()
+    with _live_lock:
+        _live.add(thing)
+
+
+def untrack(thing: Any) -> None:
+    with _live_lock:
+        _live.discard(thing)
 
 
 def _on_signal(signum: int, frame: Any) -> None:

@@ -20,7 +20,7 @@ import httpx
 
 from memsession.errors import BusError
 from memsession.hub import HubConfig, query_stats
-from tests.servers import free_port
+from tests.servers import free_port, untrack
 from tests.webservers import Process
 
 T = TypeVar("T")
@@ -76,11 +76,13 @@ class SidecarProcess(Process):
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
         self.proc = None
+        untrack(self)
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait; return the exit code (the log stays for inspection)."""
         assert self.proc is not None
         proc, self.proc = self.proc, None
+        untrack(self)
         os.kill(proc.pid, signal.SIGTERM)
         return proc.wait(timeout)
 
@@ -142,6 +144,7 @@ class Gunicorn(Process):
     def terminate(self, timeout: float = 30.0) -> int:
         assert self.proc is not None
         proc, self.proc = self.proc, None
+        untrack(self)
         os.kill(proc.pid, signal.SIGTERM)
         code = proc.wait(timeout)
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -172,3 +173,49 @@ def test_unique_names_are_valid_and_distinct() -> None:
     names = {unique_name("x") for _ in range(100)}
     assert len(names) == 100
     assert all(n.replace("_", "").isalnum() and n == n.lower() for n in names)
+
+
+def test_child_processes_are_stopped_when_the_test_run_is_killed(tmp_path):
+    """A harness process lives in its own session; a SIGTERM to the test run must still end it."""
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys, time\n"
+        "from tests.webservers import Process\n"
+        "p = Process([sys.executable, '-c', 'import time; time.sleep(120)'], name='orphan').start()\n"
+        "print(p.proc.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    runner = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=str(Path(__file__).resolve().parent.parent),
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )
+    try:
+        child = int(runner.stdout.readline())
+        assert _alive(child)
+        runner.terminate()  # SIGTERM, as a CI timeout or a Ctrl-C'd shell would send
+        runner.wait(20)
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "the harness child outlived the killed test run"
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+        runner.stdout.close()
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    finally:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)

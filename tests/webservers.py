@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import free_port
+from tests.servers import free_port, track, untrack
 
 ROOT = Path(__file__).resolve().parent.parent
 _POLL = 0.05
@@ -46,6 +46,10 @@ class Process:
                 self.argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
+        # In its own session it would outlive a pytest killed from outside: the
+        # safety net stops it on exit and on SIGTERM/SIGHUP.
+        self._owner_pid = os.getpid()
+        track(self)
         return self
 
     def tail(self, lines: int = 40) -> str:
@@ -65,6 +69,7 @@ class Process:
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None
+        untrack(self)
         if proc is None:
             return
         if proc.poll() is None:
