@@ -44,6 +44,8 @@ log = logging.getLogger("memsession")
 
 #: How often (monotonic seconds) reads sweep expired sessions and tombstones.
 _SWEEP_EVERY = 1.0
+#: How long a read waits for the hub while a gap is repaired (the hub is up; a GET takes well under 1 ms).
+_REVALIDATE_TIMEOUT = 0.25
 
 
 class SessionCache:
@@ -80,7 +82,17 @@ class SessionCache:
         self._bytes = 0
         self._touch_interval = cfg.touch_interval
         self._hits = self._misses = 0  # attributes, not dict items: they are on the read path
-        self._counts = dict.fromkeys(("invalid_ids", "sets", "touches", "destroys", "applied", "ignored"), 0)
+        self._counts = dict.fromkeys(
+            ("invalid_ids", "sets", "touches", "destroys", "applied", "ignored", "clears",
+             "revalidated", "unverified"),
+            0,
+        )
+        #: The clear watermark: nothing written at or before this version is held or accepted.
+        self.cleared = 0
+        #: Set while the bus repairs a gap: a hit is checked with the hub before it is served.
+        self._repairing = False
+        self._verified: set[str] = set()
+        self._hub_unreachable = False
         self._evicted = dict.fromkeys((EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE), 0)
         #: Read-through and write-through/behind to ``store`` (``persist.writer``); None without a store.
         self.persistence: Persistence | None = None
@@ -133,6 +145,10 @@ class SessionCache:
                     touched = self._touch_locked(record, wall)
         if record is None:
             record = self._read_through(sid)
+            if record is None:
+                return None
+        elif self._repairing and sid not in self._verified:
+            record = self._revalidate(sid, record)
             if record is None:
                 return None
         if touched is not None:
@@ -257,7 +273,25 @@ class SessionCache:
             return iter([sid for sid in iter(self._core)])
 
     def clear(self) -> None:
-        """Forget every session held here (tombstones stay: destroyed stays destroyed)."""
+        """End every session everywhere: here, on every replica and in the store.
+
+        What goes is every session (and tombstone) last written at or before
+        this moment's version; that version stays behind as a watermark, so
+        no late write from before the clear brings a session back. Sessions
+        written after the clear, anywhere, are kept.
+        """
+        with self._lock:
+            self._check_open()
+            version = self.hlc.now()
+            self._clear_locked(version)
+        self._emit_clear(version)
+
+    def evict_all(self) -> None:
+        """Drop every session from this process's memory only (tombstones stay).
+
+        Nothing is ended: other replicas and the store keep their copies, and
+        a read brings a session back through the store or the hub.
+        """
         with self._lock:
             self._check_open()
             self._core.clear()
@@ -325,6 +359,9 @@ class SessionCache:
         with self._lock:
             self._check_open()
             self.hlc.observe(record.version)
+            if record.version <= self.cleared:
+                self._counts["ignored"] += 1
+                return False
             now = self.clock.monotonic()
             wall = self.clock.wall()
             sid = record.key
@@ -392,6 +429,36 @@ class SessionCache:
             self._counts["applied"] += 1
             return True
 
+    def apply_clear(self, version: int) -> bool:
+        """Merge a clear that came from elsewhere; True if it raised the watermark.
+
+        Drops every session and tombstone at or below ``version`` and tells
+        the store (if any) to do the same: clearing is idempotent, so every
+        replica repeating it costs little and survives the clearing process dying.
+        """
+        with self._lock:
+            self._check_open()
+            self.hlc.observe(version)
+            if version <= self.cleared:
+                return False
+            self._clear_locked(version)
+        if self.persistence is not None:
+            self.persistence.clear(version)
+        return True
+
+    def begin_repair(self) -> None:
+        """The bus lost messages: check each entry with the hub before serving it, until ``end_repair``."""
+        with self._lock:
+            self._verified = set()
+            self._hub_unreachable = False
+            self._repairing = True
+
+    def end_repair(self) -> None:
+        """The bus spliced in a snapshot: what is held here is as fresh as the hub's."""
+        with self._lock:
+            self._repairing = False
+            self._verified = set()
+
     def wait_for(self, sid: str, version: int, timeout: float = 0.05) -> Record | None:
         """Read-your-writes: the record for ``sid`` once it is at least ``version``.
 
@@ -429,6 +496,43 @@ class SessionCache:
         if self.persistence is not None:
             self.persistence.emit(record, touch=touch)
 
+    def _emit_clear(self, version: int) -> None:
+        bus = self.bus
+        if bus is not None:
+            from .bus.base import Clear
+
+            bus.publish(Clear(version))
+        if self.persistence is not None:
+            self.persistence.clear(version)
+
+    def _revalidate(self, sid: str, record: Record) -> Record | None:
+        """During a gap repair: bring ``sid`` up to the hub's copy before serving it.
+
+        The lost messages may have changed or ended this session. If the hub
+        does not answer, the local copy is served and counted as
+        ``unverified`` (logged once per repair); later reads in the same
+        repair don't wait again.
+        """
+        bus = self.bus
+        if bus is None or self._hub_unreachable:
+            self._counts["unverified"] += 1
+            return record
+        answered, fetched = bus.lookup(sid, timeout=_REVALIDATE_TIMEOUT)
+        if not answered:
+            with self._lock:
+                if not self._hub_unreachable:
+                    self._hub_unreachable = True
+                    log.warning("hub did not answer a revalidation during a repair; serving local copies")
+                self._counts["unverified"] += 1
+            return record
+        if fetched is not None:
+            self.apply(fetched)
+        with self._lock:
+            self._verified.add(sid)
+            self._counts["revalidated"] += 1
+            current: Record | None = self._core.lookup(sid, self.clock.monotonic())
+        return current if current is not None and not current.deleted else None
+
     def _read_through(self, sid: str) -> Record | None:
         """Bring ``sid`` from the hub (invalidate mode) or the store into memory; the live record, or None."""
         found = self.bus.fetch(sid) if self._bus_reads and self.bus is not None else None
@@ -440,6 +544,17 @@ class SessionCache:
         with self._lock:
             record = self._core.lookup(sid, self.clock.monotonic())
         return record if record is not None and not record.deleted else None
+
+    def _clear_locked(self, version: int) -> None:
+        self.cleared = version
+        self._counts["clears"] += 1
+        core = self._core
+        doomed = [(sid, r) for sid in list(core) if (r := core.peek(sid)) is not None and r.version <= version]
+        for sid, old in doomed:
+            self._remove_locked(sid, old)
+        tombstones = self._tombstones
+        for sid in [sid for sid, (tomb, _) in tombstones.items() if tomb.version <= version]:
+            del tombstones[sid]
 
     def _count_locked(self) -> int:
         # The core's own len() sweeps and would drop what it evicts unreported;

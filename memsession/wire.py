@@ -27,6 +27,10 @@ publisher's stream header ``origin, epoch, seq, sent_us``:
     i   INVALIDATE key, version, rorigin, deleted
                    (``invalidate`` mode: receivers drop any older copy and
                    read through on next use)
+    c   CLEAR      version
+                   (every session whose last write has a version at or
+                   below ``version`` is gone, everywhere; receivers keep it
+                   as a watermark and refuse anything at or below it)
     h   HEARTBEAT  (nothing; ``seq`` is the last data seq sent)
     H   HUB BEAT   (nothing; ``origin`` is the hub id, ``epoch`` the hub's
                    epoch: a new epoch means the hub restarted)
@@ -35,7 +39,7 @@ publisher's stream header ``origin, epoch, seq, sent_us``:
     r   RESYNC     target origin  (``seq`` 0; the hub saw a gap in that
                    origin's stream and asks it to push its state)
 
-s, d, t and i are data messages: each publisher numbers them 1, 2, 3... per
+s, d, t, i and c are data messages: each publisher numbers them 1, 2, 3... per
 ``(origin, epoch)``; the epoch is random per bus start, so a restarted process
 starts a new stream. Subscribers track the last seq per origin; a jump is a gap.
 
@@ -44,13 +48,15 @@ frames; ``rid`` is the requester's request id, echoed in every reply:
 
     S  SNAPSHOT    rid
     C  CHUNK       rid, [record, ...]          (0 or more, up to 1000 records)
-    E  END         rid, hub_epoch, vector, chunks, records
+    E  END         rid, hub_epoch, vector, chunks, records, cleared
                    ``vector`` is [[origin, epoch, seq], ...]: the last seq of
-                   every stream the hub had applied when it cut the snapshot
+                   every stream the hub had applied when it cut the snapshot;
+                   ``cleared`` the hub's clear watermark (0: never cleared)
     G  GET         rid, key
     R  RECORD      rid, record or nil
-    P  PUSH        rid, [record, ...]          (a worker hands the hub its state; the hub
-                                                relays on the bus whatever changed its replica)
+    P  PUSH        rid, [record, ...], cleared (a worker hands the hub its state and clear
+                                                watermark; the hub relays on the bus whatever
+                                                changed its replica)
     W  WRITE       rid, [record, ...]          (``invalidate`` mode: values go to the hub
                                                 here, acknowledged before the INVALIDATE is
                                                 published; not relayed)
@@ -86,6 +92,7 @@ __all__ = [
     "Reply",
     "decode",
     "decode_reply",
+    "encode_clear",
     "encode_destroy",
     "encode_heartbeat",
     "encode_hello",
@@ -105,12 +112,13 @@ SET = "s"
 DESTROY = "d"
 TOUCH = "t"
 INVALIDATE = "i"
+CLEAR = "c"
 HEARTBEAT = "h"
 HUB_BEAT = "H"
 HELLO = "y"
 RESYNC = "r"
-DATA_OPS = frozenset((SET, DESTROY, TOUCH, INVALIDATE))
-BUS_OPS = frozenset((SET, DESTROY, TOUCH, INVALIDATE, HEARTBEAT, HUB_BEAT, HELLO, RESYNC))
+DATA_OPS = frozenset((SET, DESTROY, TOUCH, INVALIDATE, CLEAR))
+BUS_OPS = frozenset((SET, DESTROY, TOUCH, INVALIDATE, CLEAR, HEARTBEAT, HUB_BEAT, HELLO, RESYNC))
 
 SNAPSHOT = "S"
 CHUNK = "C"
@@ -236,6 +244,10 @@ def encode_invalidate(record: Record, origin: int, epoch: int, seq: int, sent_us
         use_bin_type=True,
     )
     return [_TOPICS[INVALIDATE], payload]
+
+
+def encode_clear(version: int, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
+    return [_TOPICS[CLEAR], _packb([origin, epoch, seq, sent_us, version])]
 
 
 def encode_record_message(record: Record, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
@@ -438,6 +450,10 @@ def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
         if n != 4 or type(rest[3]) is not bool:
             raise WireError("INVALIDATE needs key, version, origin, deleted")
         body = (_key(rest[0], limits), _int(rest[1], "version"), _int(rest[2], "origin", _I64_MIN, _U64), rest[3])
+    elif op == CLEAR:
+        if n != 1:
+            raise WireError("CLEAR needs a version")
+        body = _int(rest[0], "version", 1)
     elif op in (HEARTBEAT, HUB_BEAT):
         if n:
             raise WireError("heartbeat carries no fields")
@@ -473,13 +489,17 @@ def decode_reply(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Re
         if n:
             raise WireError(f"{op} carries no fields")
         body = ()
-    elif op in (CHUNK, PUSH, WRITE):
+    elif op in (CHUNK, WRITE):
         if n != 1:
             raise WireError(f"{op} needs a record list")
         body = (_records(rest[0], limits),)
+    elif op == PUSH:
+        if n != 2:
+            raise WireError("PUSH needs a record list and a clear watermark")
+        body = (_records(rest[0], limits), _int(rest[1], "cleared"))
     elif op == END:
-        if n != 4:
-            raise WireError("END needs hub_epoch, vector, chunks, records")
+        if n != 5:
+            raise WireError("END needs hub_epoch, vector, chunks, records, cleared")
         vector = rest[1]
         if type(vector) is not list or len(vector) > limits.max_records:
             raise WireError("vector must be an array")
@@ -488,7 +508,10 @@ def decode_reply(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Re
             if type(entry) is not list or len(entry) != 3:
                 raise WireError("vector entries are [origin, epoch, seq]")
             vec[_int(entry[0], "origin", _I64_MIN, _U64)] = (_int(entry[1], "epoch"), _int(entry[2], "seq"))
-        body = (_int(rest[0], "hub_epoch"), vec, _int(rest[2], "chunks"), _int(rest[3], "records"))
+        body = (
+            _int(rest[0], "hub_epoch"), vec, _int(rest[2], "chunks"), _int(rest[3], "records"),
+            _int(rest[4], "cleared"),
+        )
     elif op == GET:
         if n != 1:
             raise WireError("GET needs a key")

@@ -91,7 +91,7 @@ def test_concurrent_writes_converge_whatever_the_delivery_order(writes):
 
 ops = st.lists(
     st.tuples(
-        st.sampled_from(["set", "get", "destroy", "cut", "heal", "advance"]),
+        st.sampled_from(["set", "get", "destroy", "cut", "heal", "advance", "clear"]),
         st.integers(0, 2),  # which replica
         st.integers(0, 4),  # which session
     ),
@@ -121,6 +121,8 @@ def test_replicas_converge_after_partitions_heal(steps):
             hub.partition(c.bus)
         elif op == "heal":
             hub.heal(c.bus)
+        elif op == "clear":
+            c.clear()
         else:
             clock.advance(3)
     for c in caches:
@@ -130,6 +132,7 @@ def test_replicas_converge_after_partitions_heal(steps):
     expected = hub_state(hub)
     for c in caches:
         assert state(c.records()) == expected
+        assert c.cleared == hub.state.cleared
 
 
 def test_touches_are_coalesced_and_slide_remote_expiry(hub, clock):
@@ -306,3 +309,102 @@ def test_invalidate_mode_frames(clock):
     assert rep.needs_write(record)
     assert wire.decode(rep.outgoing(record)).op == wire.INVALIDATE
     assert wire.decode(rep.outgoing(record, full=True)).op == wire.SET
+
+
+# -- clear ------------------------------------------------------------------------------------
+
+
+def test_clear_ends_every_session_on_every_replica_and_the_hub(hub, clock):
+    a, b, c = (cache(hub, clock) for _ in range(3))
+    sids = [new_id() for _ in range(6)]
+    for i, sid in enumerate(sids):
+        (a, b, c)[i % 3].set(sid, {"i": i})
+    b.destroy(sids[0])
+    b.clear()
+    for replica in (a, b, c):
+        assert len(replica) == 0 and replica.records() == [] and replica.cleared == b.cleared
+    assert hub.state.replica == {} and hub.state.cleared == b.cleared
+    clock.advance(1)
+    a.set(sids[1], {"after": True})  # a write after the clear is an ordinary write
+    assert c.get(sids[1]) == {"after": True}
+    assert state(a.records()) == state(b.records()) == state(c.records()) == hub_state(hub)
+
+
+def test_a_write_from_before_the_clear_arriving_after_it_stays_out(hub, clock):
+    a, b = cache(hub, clock), cache(hub, clock)
+    sid = new_id()
+    early = Record(sid, {"early": 1}, a.hlc.now(), 4242, clock.wall(), clock.wall(), clock.wall() + 60)
+    clock.advance(1)
+    b.clear()
+    hub.deliver(wire.encode_set(early, 4242, 1, 1, 0))  # written before the clear, delivered after it
+    assert a.get(sid) is None and b.get(sid) is None and sid not in hub.state.replica
+
+
+def test_a_replica_that_missed_the_clear_catches_up_through_the_snapshot(hub, clock):
+    a, b = cache(hub, clock), cache(hub, clock)
+    sid = new_id()
+    a.set(sid, {"n": 1})
+    hub.partition(b.bus)
+    a.clear()
+    assert b.get(sid) == {"n": 1}  # b has not heard yet
+    hub.heal(b.bus)
+    hub.beat()  # a's heartbeat shows b the gap; the snapshot carries the watermark
+    assert b.get(sid) is None and b.cleared == a.cleared
+
+
+def test_a_restarted_hub_learns_the_clear_back_from_the_workers(hub, clock):
+    a, b = cache(hub, clock), cache(hub, clock)
+    kept = new_id()
+    a.set(new_id(), {"n": 1})
+    a.clear()
+    clock.advance(1)
+    b.set(kept, {"n": 2})
+    hub.restart()
+    hub.beat()
+    assert hub.state.cleared == a.cleared
+    assert hub_state(hub) == state(a.records()) == state(b.records())
+    assert list(hub.state.replica) == [kept]
+
+
+# -- reads while a gap is repaired --------------------------------------------------------------
+
+
+def test_while_a_gap_is_repaired_reads_are_checked_with_the_hub(hub, clock):
+    a, b = cache(hub, clock), cache(hub, clock)
+    changed, ended, quiet = new_id(), new_id(), new_id()
+    for sid in (changed, ended, quiet):
+        a.set(sid, {"v": 1})
+    b.bus.hold_repairs = True
+    hub.partition(b.bus)
+    a.set(changed, {"v": 2})
+    a.destroy(ended)
+    hub.heal(b.bus)
+    assert b.get(changed) == {"v": 1}  # nothing says anything is missing yet: unavoidable
+    hub.beat()  # the gap is known; the snapshot has not landed
+    rep = b.stats()["replication"]
+    assert rep["repair_due"] and rep["gaps"] == 1
+    assert b.get(changed) == {"v": 2}
+    assert b.get(ended) is None
+    assert b.get(quiet) == {"v": 1}
+    stats = b.stats()
+    assert stats["revalidated"] == 3 and stats["unverified"] == 0
+    b.get(changed)
+    assert b.stats()["revalidated"] == 3  # checked once per repair
+    b.bus.run_repairs()
+    b.get(quiet)
+    assert b.stats()["revalidated"] == 3  # repaired: local reads again
+    assert state(a.records()) == state(b.records()) == hub_state(hub)
+
+
+def test_if_the_hub_does_not_answer_during_a_repair_local_copies_are_served_and_counted(hub, clock):
+    a, b = cache(hub, clock), cache(hub, clock)
+    sid = new_id()
+    a.set(sid, {"v": 1})
+    b.bus.hold_repairs = True
+    hub.partition(b.bus)
+    a.set(new_id(), {"v": 1})
+    hub.heal(b.bus)
+    hub.beat()
+    hub.partition(b.bus)  # the hub is unreachable before the repair could run
+    assert b.get(sid) == {"v": 1} and b.get(sid) == {"v": 1}
+    assert b.stats()["unverified"] == 2 and b.stats()["revalidated"] == 0

@@ -110,10 +110,10 @@ def test_read_through_keeps_expiry(store: RecordingStore, clock: FakeClock) -> N
     with make_cache(store, clock, PersistConfig(mode="write_through"), idle_timeout=100, max_age=None) as cache:
         sid = new_id()
         cache.set(sid, {"a": 1})
-        cache.clear()
+        cache.evict_all()
         clock.advance(99)
         assert cache.get(sid) == {"a": 1}
-        cache.clear()
+        cache.evict_all()
         clock.advance(2)
         assert cache.get(sid) is None
 
@@ -205,7 +205,7 @@ def test_unknown_ids_are_cached_negatively(store: RecordingStore, clock: FakeClo
         assert cache.get(sid) is None
         assert store.loads == 2
         cache.set(sid, {"now": "known"})
-        cache.clear()
+        cache.evict_all()
         assert cache.get(sid) == {"now": "known"}
 
 
@@ -292,7 +292,7 @@ def test_touch_reads_through(store: RecordingStore, clock: FakeClock) -> None:
     with make_cache(store, clock, PersistConfig(mode="write_through")) as cache:
         sid = new_id()
         cache.set(sid, {})
-        cache.clear()
+        cache.evict_all()
         assert cache.touch(sid)
         assert sid in cache
         assert not cache.touch(new_id())

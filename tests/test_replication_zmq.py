@@ -67,6 +67,11 @@ def _worker(conn: Any, bus_options: dict[str, Any], sids: list[str], seed: int) 
                 conn.send(("set", record.version))
             elif cmd == "get":
                 conn.send(("get", cache.get(arg)))
+            elif cmd == "clear":
+                cache.clear()
+                conn.send(("clear", cache.cleared))
+            elif cmd == "cleared":
+                conn.send(("cleared", cache.cleared))
             elif cmd == "wait_for":
                 sid, version = arg
                 record = cache.wait_for(sid, version, timeout=0.05)
@@ -216,7 +221,12 @@ def wait_converged(workers: list[Worker], hub: HubProcess | None, timeout: float
         if time.monotonic() > deadline:
             keys = set().union(*states)
             diff = [k for k in keys if len({repr(s.get(k)) for s in states}) > 1]
-            raise AssertionError(f"replicas still differ on {len(diff)} keys after {timeout}s: {diff[:5]}")
+            detail = {k: [s.get(k, (None,))[:3] for s in states] for k in diff[:3]}
+            for w in workers:  # shown with the failure: what each replica saw
+                print(f"worker {w.origin:x}:", w.call(("stats", None)), file=sys.stderr)
+            if hub is not None:
+                print("hub:", hub.stats(), file=sys.stderr)
+            raise AssertionError(f"replicas still differ on {len(diff)} keys after {timeout}s: {detail}")
         time.sleep(0.05)
 
 
@@ -293,6 +303,40 @@ def test_hub_killed_and_restarted_workers_keep_serving_and_converge(cluster):
         assert time.monotonic() < deadline, [(s["hub_restarts"], s["repairs"]) for s in stats]
         time.sleep(0.05)
     wait_converged(workers, cluster.hub)
+
+
+def test_a_clear_among_concurrent_writes_converges_everywhere(cluster):
+    workers = cluster.spawn(4, fault_drop_rate=0.05)
+    run_ops(workers, 150)
+    for w in workers[1:]:
+        w.conn.send(("ops", 150))  # the others keep writing while one clears
+    watermark = workers[0].call(("clear", None))
+    for w in workers[1:]:
+        w.call(None, timeout=60)
+    run_ops(workers, 50)
+    state = wait_converged(workers, cluster.hub)
+    assert all(version > watermark for version, *_ in state.values())
+    deadline = time.monotonic() + 10
+    while [w.call(("cleared", None)) for w in workers] != [watermark] * 4:
+        assert time.monotonic() < deadline, "a worker never learned the clear"
+        time.sleep(0.05)
+    assert cluster.hub.stats()["cleared"] == watermark
+
+
+def test_a_restarted_hub_learns_the_clear_from_the_workers(cluster):
+    workers = cluster.spawn(2)
+    run_ops(workers, 100)
+    watermark = workers[1].call(("clear", None))
+    wait_converged(workers, cluster.hub)
+    cluster.hub.kill()
+    cluster.hub.start()
+    deadline = time.monotonic() + 15
+    while cluster.hub.stats()["cleared"] != watermark:
+        assert time.monotonic() < deadline, "the new hub never learned the clear"
+        time.sleep(0.1)
+    run_ops(workers, 50)
+    state = wait_converged(workers, cluster.hub)
+    assert all(version > watermark for version, *_ in state.values())
 
 
 def test_a_stopped_subscriber_overflows_its_queue_and_recovers(runtime_dir):

@@ -133,16 +133,47 @@ def test_prune_drops_expired_and_reports_how_many():
     assert cache.stats()["expired"] == 4
 
 
-def test_clear_forgets_sessions_but_not_tombstones():
+def test_evict_all_forgets_sessions_here_but_not_tombstones():
     cache, _ = make()
     live, dead = new_id(), new_id()
     cache.set(live, {"x": 1})
     cache.set(dead, {"x": 1})
     cache.destroy(dead)
-    cache.clear()
+    cache.evict_all()
     assert cache.length() == 0 and cache.stats()["bytes"] == 0
+    assert cache.cleared == 0  # nothing was ended: a copy from elsewhere is still welcome
     with pytest.raises(SessionDestroyed):
         cache.set(dead, {"x": 1})
+
+
+def test_clear_ends_everything_so_far_and_refuses_late_copies_of_it():
+    cache, clock = make()
+    live, dead = new_id(), new_id()
+    before = cache.set(live, {"x": 1})
+    cache.set(dead, {"x": 1})
+    cache.destroy(dead)
+    cache.clear()
+    assert cache.length() == 0 and cache.stats()["bytes"] == 0 and cache.stats()["tombstones"] == 0
+    assert cache.cleared > before.version and cache.stats()["clears"] == 1
+    assert not cache.apply(before)  # a late copy of a cleared session does not come back
+    assert cache.get(live) is None
+    # the clear's watermark replaces the tombstones: the id may be used again, by a new write
+    clock.advance(1)
+    after = cache.set(dead, {"y": 2})
+    assert after.version > cache.cleared and cache.get(dead) == {"y": 2}
+
+
+def test_a_remote_clear_keeps_what_was_written_after_it():
+    cache, clock = make()
+    old, new = new_id(), new_id()
+    first = cache.set(old, {"a": 1})
+    clock.advance(1)
+    second = cache.set(new, {"b": 2})
+    assert cache.apply_clear(first.version)
+    assert cache.get(old) is None and cache.get(new) == {"b": 2}
+    assert not cache.apply_clear(first.version - 1)  # the watermark never goes down
+    assert cache.cleared == first.version
+    assert cache.apply_clear(second.version) and len(cache) == 0
 
 
 # -- tombstones -------------------------------------------------------------------

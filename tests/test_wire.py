@@ -76,10 +76,11 @@ def test_heartbeats_hello_and_resync(h, hub):
 @given(st.lists(records(), max_size=5), st.integers(0, 2**32))
 def test_chunks_pushes_and_records_round_trip(batch, rid):
     lists = [wire.record_to_list(r) for r in batch]
-    for op in (wire.CHUNK, wire.PUSH):
-        reply = wire.decode_reply(wire.encode_request(op, rid, lists))
+    for op, extra in ((wire.CHUNK, ()), (wire.PUSH, (rid + 1,))):
+        reply = wire.decode_reply(wire.encode_request(op, rid, lists, *extra))
         assert reply.op == op and reply.rid == rid
         assert all(same(a, b) for a, b in zip(reply.body[0], batch)) and len(reply.body[0]) == len(batch)
+        assert reply.body[1:] == extra
     if batch:
         got = wire.decode_reply(wire.encode_request(wire.RECORD, rid, lists[0])).body[0]
         assert same(got, batch[0])
@@ -87,12 +88,40 @@ def test_chunks_pushes_and_records_round_trip(batch, rid):
 
 
 def test_end_get_ack_stats_round_trip():
-    end = wire.decode_reply(wire.encode_request(wire.END, 3, 99, [[5, 6, 7], [8, 9, 10]], 2, 1500))
-    assert end.body == (99, {5: (6, 7), 8: (9, 10)}, 2, 1500)
+    end = wire.decode_reply(wire.encode_request(wire.END, 3, 99, [[5, 6, 7], [8, 9, 10]], 2, 1500, 77))
+    assert end.body == (99, {5: (6, 7), 8: (9, 10)}, 2, 1500, 77)
     assert wire.decode_reply(wire.encode_request(wire.GET, 4, "k")).body == ("k",)
     assert wire.decode_reply(wire.encode_request(wire.ACK, 5, 12)).body == (12,)
     assert wire.decode_reply(wire.encode_request(wire.SNAPSHOT, 6)).body == ()
     assert wire.decode_reply(wire.encode_request(wire.STATS_REPLY, 7, {"a": 1})).body == ({"a": 1},)
+
+
+@given(header, st.integers(1, 2**64 - 1))
+def test_clear_round_trips_as_a_numbered_data_message(h, version):
+    msg = wire.decode(wire.encode_clear(version, *h))
+    assert msg.op == wire.CLEAR and msg.op in wire.DATA_OPS
+    assert (msg.origin, msg.epoch, msg.seq, msg.sent_us) == h and msg.body == version
+
+
+@pytest.mark.parametrize("fields", [[], [0], [-1], ["7"], [1.5], [None], [1, 2], [True]])
+def test_clear_with_a_bad_version_is_refused(fields):
+    payload = msgpack.packb([1, 1, 1, 1, *fields])
+    bad([b"ms1c", payload])
+
+
+@pytest.mark.parametrize(
+    "op, fields",
+    [
+        (wire.PUSH, [[]]),  # the watermark is not optional
+        (wire.PUSH, [[], -1]),
+        (wire.PUSH, [[], "0"]),
+        (wire.END, [1, [], 0, 0]),
+        (wire.END, [1, [], 0, 0, None]),
+    ],
+)
+def test_push_and_end_without_a_proper_watermark_are_refused(op, fields):
+    with pytest.raises(WireError):
+        wire.decode_reply(wire.encode_request(op, 1, *fields))
 
 
 def test_tuples_come_back_as_lists_and_nested_data_is_not_flat():

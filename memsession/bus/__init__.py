@@ -6,9 +6,9 @@ bus is attached to a cache.
 
 from __future__ import annotations
 
-from .base import Bus, BusConfig, Replicator
+from .base import Bus, BusConfig, Clear, Replicator
 from .memory import MemoryBus, MemoryHub
 from .sequence import SequenceTracker
 from .zmq import ZmqBus
 
-__all__ = ["Bus", "BusConfig", "MemoryBus", "MemoryHub", "Replicator", "SequenceTracker", "ZmqBus"]
+__all__ = ["Bus", "BusConfig", "Clear", "MemoryBus", "MemoryHub", "Replicator", "SequenceTracker", "ZmqBus"]

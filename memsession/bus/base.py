@@ -14,7 +14,7 @@ import secrets
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .. import wire
 from ..clock import SYSTEM_CLOCK, Clock, version_wall_ms
@@ -23,7 +23,7 @@ from ..errors import ConfigError, WireError
 from ..session import Record
 from .sequence import DUP, GAP, SequenceTracker
 
-__all__ = ["Bus", "BusConfig", "ReplicaTarget", "Replicator", "new_epoch", "percentiles"]
+__all__ = ["Bus", "BusConfig", "Clear", "ReplicaTarget", "Replicator", "new_epoch", "percentiles"]
 
 log = logging.getLogger("memsession.bus")
 
@@ -104,18 +104,35 @@ class BusConfig:
             raise ConfigError("fault_drop_rate", self.fault_drop_rate, "must be in [0, 1)")
 
 
+class Clear(NamedTuple):
+    """A cluster-wide clear: every session last written at or before ``version`` is gone."""
+
+    version: int
+
+
 class ReplicaTarget(Protocol):
     """What a bus needs from the cache it feeds (``SessionCache`` provides it)."""
 
     origin: int
 
+    #: The clear watermark: nothing at or below this version is held or accepted (0: never cleared).
+    cleared: int
+
     def apply(self, record: Record) -> bool: ...
+
+    def apply_clear(self, version: int) -> bool: ...
 
     def record(self, sid: str) -> Record | None: ...
 
     def records(self) -> list[Record]: ...
 
     def discard(self, sid: str, version: int, origin: int) -> bool: ...
+
+    def begin_repair(self) -> None:
+        """Messages were lost: until ``end_repair``, check entries with the hub before serving them."""
+
+    def end_repair(self) -> None:
+        """A snapshot has been spliced in: local entries are trustworthy again."""
 
 
 @runtime_checkable
@@ -129,14 +146,17 @@ class Bus(Protocol):
     def attach(self, cache: ReplicaTarget) -> None:
         """Bind to the cache and start replicating (join: subscribe, snapshot)."""
 
-    def publish(self, record: Record) -> None:
-        """Send a local change to every other replica; best-effort, never blocks."""
+    def publish(self, record: Record | Clear) -> None:
+        """Send a local change (or a ``Clear``) to every other replica; best-effort, never blocks."""
 
     #: True in ``invalidate`` mode: a miss in the cache is read through the hub with ``fetch``.
     reads_through: bool
 
     def fetch(self, key: str, timeout: float | None = None) -> Record | None:
         """Read ``key`` through the hub (read-your-writes, invalidate mode); None if unknown or unreachable."""
+
+    def lookup(self, key: str, timeout: float | None = None) -> tuple[bool, Record | None]:
+        """``(answered, record)``: like ``fetch``, but tells "the hub does not know it" from "no answer"."""
 
     def stats(self) -> dict[str, Any]:
         """Replication counters (a fresh dict)."""
@@ -199,7 +219,7 @@ class Replicator:
         """In ``invalidate`` mode a new value goes to the hub (WRITE) before its INVALIDATE."""
         return self.config.mode == "invalidate" and not record.deleted and not is_touch(record)
 
-    def outgoing(self, record: Record, *, full: bool = False) -> list[bytes]:
+    def outgoing(self, record: Record | Clear, *, full: bool = False) -> list[bytes]:
         """Frames for one local change, numbered next in our stream.
 
         ``full`` sends the value even in ``invalidate`` mode (the hub did not
@@ -207,7 +227,9 @@ class Replicator:
         """
         self.seq += 1
         sent = int(self.clock.wall() * 1_000_000)
-        if record.deleted:
+        if type(record) is Clear:
+            frames = wire.encode_clear(record.version, self.origin, self.epoch, self.seq, sent)
+        elif record.deleted:
             frames = wire.encode_destroy(record, self.origin, self.epoch, self.seq, sent)
         elif is_touch(record):
             frames = wire.encode_touch(record, self.origin, self.epoch, self.seq, sent)
@@ -284,6 +306,8 @@ class Replicator:
                 and accessed > local.accessed
                 and cache.apply(local.touched(accessed, expires))
             )
+        elif op == wire.CLEAR:
+            changed = cache.apply_clear(body)
         else:  # INVALIDATE
             key, version, origin, _deleted = body
             changed = cache.discard(key, version, origin)
@@ -298,6 +322,11 @@ class Replicator:
     def _need_repair(self, reason: str) -> str:
         self.repair_due = True
         self.repair_reason = reason
+        if reason == "gap":
+            # Lost messages may have changed any key; the hub still has them, so reads
+            # check with it until the snapshot lands. (After a hub restart or a silence
+            # the hub is not the one to ask: it lost state or can't be reached.)
+            self.cache.begin_repair()
         return REPAIR
 
     def _hub_beat(self, msg: wire.Message) -> str:
@@ -336,10 +365,16 @@ class Replicator:
     # -- repair -----------------------------------------------------------------
 
     def install_snapshot(
-        self, records: Iterable[Record], vector: Mapping[int, tuple[int, int]], hub_epoch: int
+        self, records: Iterable[Record], vector: Mapping[int, tuple[int, int]], hub_epoch: int, cleared: int = 0
     ) -> int:
-        """Merge a hub snapshot and adopt its sequence vector; return how many records changed ours."""
+        """Merge a hub snapshot and adopt its sequence vector; return how many records changed ours.
+
+        The snapshot's clear watermark goes first: a clear we missed must not
+        leave behind what it removed at the hub.
+        """
         changed = 0
+        if cleared and self.cache.apply_clear(cleared):
+            changed += 1
         apply = self.cache.apply
         n = 0
         for record in records:
@@ -351,6 +386,7 @@ class Replicator:
         self.counts["repairs"] += 1
         self.repair_due = False
         self.repair_reason = ""
+        self.cache.end_repair()
         if self.hub_epoch is not None and hub_epoch < self.hub_epoch:
             return changed  # cut by a hub that has since been replaced: keep the newer epoch
         if self.hub_epoch is not None and hub_epoch != self.hub_epoch:

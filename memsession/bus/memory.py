@@ -5,7 +5,9 @@
 publish order, so tests are deterministic. ``partition``/``heal`` cut a bus
 off (its messages and everyone's messages to it are lost) to exercise gap
 detection and repair; ``beat`` sends heartbeats, which real buses send on a
-timer. Single-process apps can use one hub and one bus per cache.
+timer. ``hold_repairs`` keeps a detected repair pending until ``run_repairs``,
+to observe what a process serves while a real one waits for its snapshot.
+Single-process apps can use one hub and one bus per cache.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from .. import wire
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BusError
 from ..session import Record
-from .base import REPAIR, RESYNC, BusConfig, ReplicaTarget, Replicator, new_epoch
+from .base import REPAIR, RESYNC, BusConfig, Clear, ReplicaTarget, Replicator, new_epoch
 
 __all__ = ["MemoryBus", "MemoryHub"]
 
@@ -58,6 +60,8 @@ class MemoryHub:
         """Every bus and the hub send one heartbeat."""
         with self._lock:
             self.deliver(self.state.heartbeat())
+            for frames in self.state.owed_resyncs():
+                self.deliver(frames)
             for bus in list(self.buses):
                 bus.beat()
 
@@ -90,6 +94,8 @@ class MemoryBus:
         self._closed = False
         self._lock = threading.RLock()
         self.reads_through = self.config.mode == "invalidate"
+        #: Leave detected repairs pending (``run_repairs`` runs them), as a snapshot in flight would.
+        self.hold_repairs = False
 
     def attach(self, cache: ReplicaTarget) -> None:
         if self._cache is not None:
@@ -101,12 +107,12 @@ class MemoryBus:
             self.hub.deliver(self.replicator.hello(), self)
             self.repair()
 
-    def publish(self, record: Record) -> None:
+    def publish(self, record: Record | Clear) -> None:
         if self._closed or self.replicator is None:
             return
         rep = self.replicator
         written = True
-        if rep.needs_write(record):
+        if type(record) is Record and rep.needs_write(record):
             written = id(self) not in self.hub.cut
             if written:
                 self.hub.request(wire.encode_request(wire.WRITE, 1, [wire.record_to_list(record)]))
@@ -125,12 +131,17 @@ class MemoryBus:
         if self._closed or rep is None:
             return "closed"
         verdict = rep.receive(frames)
-        if verdict == REPAIR:
-            push = rep.repair_reason in ("hub restart", "silence")
-            self.repair(push=push)
+        if verdict == REPAIR and not self.hold_repairs:
+            self.run_repairs()
         elif verdict == RESYNC:
             self.push_state()
         return verdict
+
+    def run_repairs(self) -> None:
+        """Run the repair the replicator asked for, if any."""
+        rep = self.replicator
+        if rep is not None and rep.repair_due:
+            self.repair(push=rep.repair_reason in ("hub restart", "silence"))
 
     def repair(self, *, push: bool = False) -> None:
         rep = self.replicator
@@ -141,21 +152,24 @@ class MemoryBus:
             self.push_state()
         replies = self.hub.request(wire.encode_request(wire.SNAPSHOT, 1))
         end = replies[-1]
-        hub_epoch, vector, _chunks, _count = end.body
-        rep.install_snapshot((r for reply in replies[:-1] for r in reply.body[0]), vector, hub_epoch)
+        hub_epoch, vector, _chunks, _count, cleared = end.body
+        rep.install_snapshot((r for reply in replies[:-1] for r in reply.body[0]), vector, hub_epoch, cleared)
         if rep.repair_due and not push:  # the snapshot came from a restarted hub
             self.repair(push=True)
 
     def push_state(self) -> None:
         assert self._cache is not None
         batch = [wire.record_to_list(r) for r in self._cache.records()]
-        self.hub.request(wire.encode_request(wire.PUSH, 1, batch))
+        self.hub.request(wire.encode_request(wire.PUSH, 1, batch, self._cache.cleared))
 
     def fetch(self, key: str, timeout: float | None = None) -> Record | None:
+        return self.lookup(key, timeout)[1]
+
+    def lookup(self, key: str, timeout: float | None = None) -> tuple[bool, Record | None]:
         if id(self) in self.hub.cut:
-            return None
+            return False, None
         (reply,) = self.hub.request(wire.encode_request(wire.GET, 1, key))
-        return reply.body[0]
+        return True, reply.body[0]
 
     def stats(self) -> dict[str, Any]:
         return self.replicator.stats() if self.replicator is not None else {}

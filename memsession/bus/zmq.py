@@ -33,7 +33,7 @@ from .. import security, wire
 from ..clock import SYSTEM_CLOCK
 from ..errors import BusError, ConfigError, WireError
 from ..session import Record
-from .base import HELLO, REPAIR, RESYNC, BusConfig, ReplicaTarget, Replicator
+from .base import HELLO, REPAIR, RESYNC, BusConfig, Clear, ReplicaTarget, Replicator
 
 __all__ = ["ZmqBus"]
 
@@ -99,7 +99,7 @@ class ZmqBus:
             log.warning("no hub answered at %s within %.1fs; replicating once it does",
                         self.config.requests, self.config.request_timeout)
 
-    def publish(self, record: Record) -> None:
+    def publish(self, record: Record | Clear) -> None:
         if self._closed:
             return
         if self._pid != os.getpid():
@@ -112,10 +112,13 @@ class ZmqBus:
         self._wake.set()
 
     def fetch(self, key: str, timeout: float | None = None) -> Record | None:
+        return self.lookup(key, timeout)[1]
+
+    def lookup(self, key: str, timeout: float | None = None) -> tuple[bool, Record | None]:
         reply = self._request(wire.GET, key, timeout=timeout)
         if reply is None:
-            return None
-        return reply[0].body[0]
+            return False, None
+        return True, reply[0].body[0]
 
     def hub_stats(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The hub's own counters, or None if it does not answer."""
@@ -219,7 +222,7 @@ class ZmqBus:
                     batch = [queue.popleft() for _ in range(min(len(queue), _PUSH_BATCH))]
                     written = self._write(writer, batch) if writer is not None else False
                     for item in batch:
-                        if type(item) is Record:
+                        if type(item) is Record or type(item) is Clear:
                             frames = rep.outgoing(item, full=not written)
                             if drop_rate and rng.random() < drop_rate:
                                 continue
@@ -359,12 +362,12 @@ class ZmqBus:
             log.warning("snapshot request to %s timed out", self.config.requests)
             return False
         end = replies[-1]
-        hub_epoch, vector, chunks, count = end.body
+        hub_epoch, vector, chunks, count, cleared = end.body
         records = [r for reply in replies[:-1] for r in reply.body[0]]
         if len(replies) - 1 != chunks or len(records) != count:
             rep.drop("incomplete snapshot")
             return False
-        changed = rep.install_snapshot(records, vector, hub_epoch)
+        changed = rep.install_snapshot(records, vector, hub_epoch, cleared)
         log.info("snapshot of %d sessions from hub %x applied (%d changed here)", count, hub_epoch, changed)
         return True
 
@@ -376,7 +379,7 @@ class ZmqBus:
         for start in range(0, max(len(records), 1), _PUSH_BATCH):
             batch = [wire.record_to_list(r) for r in records[start:start + _PUSH_BATCH]]
             rid = self._next_rid()
-            dealer.send_multipart(wire.encode_request(wire.PUSH, rid, batch))
+            dealer.send_multipart(wire.encode_request(wire.PUSH, rid, batch, cache.cleared))
             if self._collect(dealer, rid, wire.ACK, time.monotonic() + self.config.request_timeout) is None:
                 log.warning("push of local state to %s timed out", self.config.requests)
                 return False
