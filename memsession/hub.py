@@ -44,6 +44,8 @@ __all__ = ["Hub", "HubConfig", "HubState", "default_runtime_dir", "query_snapsho
 log = logging.getLogger("memsession.hub")
 
 CHUNK_RECORDS = 1000
+#: Seconds between two resync requests to one origin (its push takes a moment to arrive).
+_RESYNC_SPACING = 0.5
 #: ipc socket paths longer than this are refused by the OS.
 MAX_IPC_PATH = 107
 
@@ -168,6 +170,8 @@ class HubState:
         self.epoch = epoch if epoch is not None else new_epoch(clock)
         self.limits = limits
         self.replica: dict[str, Record] = {}
+        #: Clear watermark: nothing written at or before this version is kept or accepted.
+        self.cleared = 0
         # Strict: a stream first seen past seq 1 had messages the hub never got (it may have
         # just restarted); asking that origin to resync costs one push and closes the hole.
         self.tracker = SequenceTracker(strict=True)
@@ -175,12 +179,13 @@ class HubState:
         self.started = clock.wall()
         self.counts = dict.fromkeys(
             ("received", "applied", "ignored", "duplicates", "gaps", "resyncs_sent", "snapshots",
-             "gets", "pushes", "pushed_records", "writes", "relayed", "pruned"),
+             "gets", "pushes", "pushed_records", "writes", "relayed", "pruned", "clears"),
             0,
         )
         self.dropped: dict[str, int] = {}
         self.lag_ms: list[float] = []
         self._last_resync: dict[int, float] = {}
+        self._owed: set[int] = set()
 
     def _drop(self, reason: str, exc: Exception) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
@@ -190,18 +195,41 @@ class HubState:
         return int(self.clock.wall() * 1_000_000)
 
     def merge(self, record: Record) -> bool:
-        changed = merge_into(self.replica, record, self.clock.wall())
+        changed = record.version > self.cleared and merge_into(self.replica, record, self.clock.wall())
         self.counts["applied" if changed else "ignored"] += 1
         return changed
 
+    def clear(self, version: int) -> bool:
+        """Raise the clear watermark to ``version``, dropping everything at or below it; True if raised."""
+        if version <= self.cleared:
+            return False
+        self.cleared = version
+        self.counts["clears"] += 1
+        replica = self.replica
+        for key in [k for k, r in replica.items() if r.version <= version]:
+            del replica[key]
+        return True
+
     def _resync(self, origin: int) -> list[list[bytes]]:
         now = self.clock.monotonic()
-        if now - self._last_resync.get(origin, -1e9) < 0.5:
-            return []  # one request is enough while the push is on its way
+        if now - self._last_resync.get(origin, -1e9) < _RESYNC_SPACING:
+            # A push is probably on its way, but it may have been cut before this loss:
+            # owe the origin another request once the spacing has passed (``owed_resyncs``).
+            self._owed.add(origin)
+            return []
+        self._owed.discard(origin)
         self._last_resync[origin] = now
         self.counts["resyncs_sent"] += 1
         log.info("gap in the stream of origin %x; asking it to resync", origin)
         return [wire.encode_resync(self.hub_id, self.epoch, origin, self._now_us())]
+
+    def owed_resyncs(self) -> list[list[bytes]]:
+        """Resync requests held back by the spacing whose time has come (the runner polls this)."""
+        if not self._owed:
+            return []
+        now = self.clock.monotonic()
+        due = [o for o in self._owed if now - self._last_resync.get(o, -1e9) >= _RESYNC_SPACING]
+        return [frames for origin in due for frames in self._resync(origin)]
 
     def on_bus(self, frames: list[bytes]) -> list[list[bytes]]:
         """One message from the capture socket; returns frames to publish."""
@@ -235,6 +263,8 @@ class HubState:
                 self.merge(old.touched(accessed, expires))
             else:
                 self.counts["ignored"] += 1
+        elif op == wire.CLEAR:
+            self.clear(msg.body)
         else:  # INVALIDATE: the value came by WRITE, acknowledged before this was sent
             self.counts["ignored"] += 1
         if verdict == GAP:
@@ -247,6 +277,12 @@ class HubState:
         self.seq += 1
         self.counts["relayed"] += 1
         return wire.encode_record_message(record, self.hub_id, self.epoch, self.seq, self._now_us())
+
+    def relay_clear(self, version: int) -> list[bytes]:
+        """Frames that republish a clear on the hub's own stream."""
+        self.seq += 1
+        self.counts["relayed"] += 1
+        return wire.encode_clear(version, self.hub_id, self.epoch, self.seq, self._now_us())
 
     def heartbeat(self) -> list[bytes]:
         return wire.encode_heartbeat(self.hub_id, self.epoch, self.seq, self._now_us(), hub=True)
@@ -264,7 +300,7 @@ class HubState:
             yield wire.encode_request(
                 wire.CHUNK, rid, [wire.record_to_list(r) for r in live[start:start + CHUNK_RECORDS]]
             )
-        yield wire.encode_request(wire.END, rid, self.epoch, vector, chunks, len(live))
+        yield wire.encode_request(wire.END, rid, self.epoch, vector, chunks, len(live), self.cleared)
 
     def on_request(self, frames: list[bytes]) -> tuple[list[list[bytes]], list[list[bytes]]]:
         """One request; returns ``(replies, frames to publish)``."""
@@ -285,7 +321,11 @@ class HubState:
         if req.op == wire.PUSH:
             self.counts["pushes"] += 1
             relays = []
-            for record in req.body[0]:
+            records, cleared = req.body
+            if self.clear(cleared):
+                # A clear this hub never saw (it restarted since): others may have missed it too.
+                relays.append(self.relay_clear(cleared))
+            for record in records:
                 self.counts["pushed_records"] += 1
                 if self.merge(record):
                     relays.append(self.relay(record))
@@ -314,6 +354,7 @@ class HubState:
         out["sessions"] = sum(1 for r in self.replica.values() if not r.deleted)
         out["tombstones"] = sum(1 for r in self.replica.values() if r.deleted)
         out["streams"] = len(self.tracker)
+        out["cleared"] = self.cleared
         out["epoch"] = self.epoch
         out["uptime"] = round(self.clock.wall() - self.started, 3)
         lag = percentiles(self.lag_ms)
@@ -484,6 +525,8 @@ def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: thr
         if now >= next_prune:
             state.prune()
             next_prune = now + 1.0
+        for outgoing in state.owed_resyncs():
+            send(outgoing)
         timeout = max(0.0, min(next_beat, next_prune) - time.monotonic())
         events = dict(poller.poll(int(min(timeout, 0.2) * 1000)))
         if feed in events:

@@ -304,7 +304,7 @@ class SidecarAckStore:
 
         if not records:
             return 0
-        self._hub(wire.PUSH, [wire.record_to_list(r) for r in records], until=wire.ACK)
+        self._hub(wire.PUSH, [wire.record_to_list(r) for r in records], 0, until=wire.ACK)
         ctx, rid = self._context()
         sock = self._socket(ctx, self.ack)
         try:
@@ -346,6 +346,17 @@ class SidecarAckStore:
 
     def purge(self, now: float) -> int:
         return 0  # the sidecar prunes
+
+    def clear(self, version: int) -> int:
+        """Hand the clear to the sidecar (a PUSH carrying only the watermark); returns once it took it.
+
+        The sidecar's writer applies it to its store; how many rows that removes
+        is not known here, so this returns 0.
+        """
+        from memsession import wire
+
+        self._hub(wire.PUSH, [], version, until=wire.ACK)
+        return 0
 
     def close(self) -> None:
         with self._lock:

@@ -18,6 +18,10 @@ calls and moves batches to the store. Rules:
   ``rewrite_due`` is set, live records are not queued (``deferred``); only if
   tombstones alone fill the queue is the oldest one dropped, counted as
   ``lost``.
+* **Clear.** ``clear(version)`` drops queued records at or below ``version``
+  (the store's own clear removes and refuses them anyway; writing them first
+  would only be wasted work) and remembers the highest clear the store has
+  not taken yet, which the runner applies before the next batch.
 """
 
 from __future__ import annotations
@@ -44,9 +48,11 @@ class WriteQueue:
         self._pending: OrderedDict[str, Record] = OrderedDict()
         #: Set by an overflow; cleared by ``start_rewrite``.
         self.rewrite_due = False
+        #: The highest clear watermark the store has not confirmed yet (0: none).
+        self.clear_due = 0
         self.counts = dict.fromkeys(
             ("queued", "coalesced", "stale", "overflows", "overflowed", "deferred", "lost",
-             "saved", "batches", "failed_batches"),
+             "saved", "batches", "failed_batches", "cleared"),
             0,
         )
 
@@ -129,6 +135,20 @@ class WriteQueue:
             pending[record.key] = record
             pending.move_to_end(record.key, last=False)
 
+    def clear(self, version: int) -> None:
+        """A clear at ``version``: drop what it covers and owe the store that clear."""
+        pending = self._pending
+        covered = [k for k, r in pending.items() if r.version <= version]
+        for key in covered:
+            del pending[key]
+        self.counts["cleared"] += len(covered)
+        self.clear_due = max(self.clear_due, version)
+
+    def clear_done(self, version: int) -> None:
+        """The store took the clear at ``version`` (a higher one may have arrived meanwhile)."""
+        if self.clear_due <= version:
+            self.clear_due = 0
+
     def start_rewrite(self) -> None:
         """The runner is about to write the whole replica: new changes queue normally again."""
         self.rewrite_due = False
@@ -138,4 +158,5 @@ class WriteQueue:
         out["depth"] = len(self._pending)
         out["limit"] = self.limit
         out["rewrite_due"] = self.rewrite_due
+        out["clear_due"] = self.clear_due
         return out

@@ -130,7 +130,7 @@ class SidecarState(HubState):
         self.published_stats: dict[str, Any] | None = None
         self.persist_counts = dict.fromkeys(
             ("warm_loaded", "write_errors", "rewrites", "rewritten", "purged", "purge_errors",
-             "unwritten_at_exit"),
+             "unwritten_at_exit", "clears"),
             0,
         )
 
@@ -160,6 +160,16 @@ class SidecarState(HubState):
             if full:
                 self.wake.set()
         return changed
+
+    def clear(self, version: int) -> bool:
+        raised = super().clear(version)
+        if raised:
+            with self.lock:
+                self.queue.clear(version)
+                if self.dirty_since is None:
+                    self.dirty_since = self.clock.wall()
+            self.wake.set()
+        return raised
 
     def persistence_stats(self) -> dict[str, Any]:
         with self.lock:
@@ -378,6 +388,8 @@ class Sidecar:
     def flush(self) -> bool:
         """Write everything queued now (this thread); False if the store failed."""
         state = self.state
+        if not self._clear_store():
+            return False
         while True:
             with state.lock:
                 batch = state.queue.take(self.config.batch_size)
@@ -398,6 +410,25 @@ class Sidecar:
                     state.dirty_since = None
             self._stored(batch)
             self._recovered()
+
+    def _clear_store(self) -> bool:
+        """Apply a clear the store has not taken yet (before any batch written after it)."""
+        state = self.state
+        with state.lock:
+            version = state.queue.clear_due
+        if not version:
+            return True
+        try:
+            removed = self.store.clear(version)
+        except Exception as exc:  # noqa: BLE001 (logged, counted, retried: the writer never dies)
+            self._failed("clear", exc)
+            return False
+        with state.lock:
+            state.queue.clear_done(version)
+            state.persist_counts["clears"] += 1
+        log.info("cleared %d sessions from %s (watermark %d)", removed, state.store_name, version)
+        self._recovered()
+        return True
 
     def _rewrite(self) -> bool:
         """After an overflow: write every record the replica holds (the store's guard skips old ones)."""

@@ -51,6 +51,12 @@ def test_bus_messages_are_merged_and_gaps_ask_for_a_resync(state):
     assert len(out) == 1 and wire.decode(out[0]).op == wire.RESYNC and wire.decode(out[0]).body == 7
     assert state.on_bus(wire.encode_heartbeat(7, 1, 5, 0)) == []  # rate-limited while the push is due
     assert state.counts["gaps"] == 2 and state.counts["resyncs_sent"] == 1
+    # ...but not forgotten: the push may have been cut before that second loss
+    assert state.owed_resyncs() == []
+    state.clock.advance(0.5)
+    (owed,) = state.owed_resyncs()
+    assert wire.decode(owed).op == wire.RESYNC and wire.decode(owed).body == 7
+    assert state.owed_resyncs() == [] and state.counts["resyncs_sent"] == 2
 
 
 def test_touch_messages_slide_only_the_matching_version(state):
@@ -75,7 +81,8 @@ def test_snapshot_is_chunked_and_carries_the_sequence_vector(state):
     frames = list(state.snapshot(42))
     replies = [wire.decode_reply(f) for f in frames]
     assert [r.op for r in replies] == ["C", "C", "C", "E"]
-    hub_epoch, vector, chunks, count = replies[-1].body
+    hub_epoch, vector, chunks, count, cleared = replies[-1].body
+    assert cleared == 0
     assert hub_epoch == 5 and chunks == 3 and count == 2501
     assert vector == {7: (1, 1), 99: (5, 0)}
     assert sum(len(r.body[0]) for r in replies[:-1]) == 2501
@@ -84,7 +91,7 @@ def test_snapshot_is_chunked_and_carries_the_sequence_vector(state):
 def test_push_merges_and_relays_only_what_changed(state):
     state.merge(rec(key="a", version=10))
     batch = [wire.record_to_list(r) for r in (rec(key="a", version=5), rec(key="b", version=6))]
-    replies, relays = state.on_request(wire.encode_request(wire.PUSH, 1, batch))
+    replies, relays = state.on_request(wire.encode_request(wire.PUSH, 1, batch, 0))
     assert wire.decode_reply(replies[0]).body == (1,)
     assert [wire.decode(f).body.key for f in relays] == ["b"]
     assert wire.decode(relays[0]).origin == 99 and wire.decode(relays[0]).seq == 1
@@ -190,3 +197,42 @@ def test_a_bus_with_tcp_endpoints_and_missing_keys_fails_at_construction(tmp_pat
         ZmqBus(**eps)
     with pytest.raises(ConfigError, match="cannot read"):
         ZmqBus(**eps, keys=str(tmp_path / "nowhere"))
+
+
+# -- clear --------------------------------------------------------------------------------
+
+
+def test_a_clear_on_the_bus_empties_the_replica_up_to_its_version_and_refuses_older_writes(state):
+    for key, version in (("old", 10), ("dead", 11), ("new", 30)):
+        state.merge(rec(key=key, version=version, deleted=key == "dead"))
+    assert state.on_bus(wire.encode_clear(20, 7, 1, 1, 0)) == []
+    assert sorted(state.replica) == ["new"] and state.cleared == 20
+    assert not state.merge(rec(key="late", version=19))  # written before the clear, arriving after it
+    assert state.merge(rec(key="after", version=21))
+    state.on_bus(wire.encode_clear(15, 7, 1, 2, 0))  # an older clear lowers nothing
+    assert state.cleared == 20 and sorted(state.replica) == ["after", "new"]
+    assert state.stats()["cleared"] == 20 and state.stats()["clears"] == 1
+
+
+def test_snapshots_carry_the_watermark_and_pushes_bring_it_back_after_a_restart(state):
+    state.merge(rec(key="a", version=10))
+    state.on_bus(wire.encode_clear(20, 7, 1, 1, 0))
+    *_, end = [wire.decode_reply(f) for f in state.snapshot(1)]
+    assert end.body[4] == 20 and end.body[3] == 0
+    restarted = HubState(clock=FakeClock(wall=NOW), hub_id=100, epoch=6)
+    batch = [wire.record_to_list(r) for r in (rec(key="a", version=10), rec(key="b", version=25))]
+    replies, relays = restarted.on_request(wire.encode_request(wire.PUSH, 2, batch, 20))
+    assert restarted.cleared == 20 and sorted(restarted.replica) == ["b"]
+    # the clear is relayed first (others may have missed it too), then what changed
+    assert [wire.decode(f).op for f in relays] == [wire.CLEAR, wire.SET]
+    assert wire.decode(relays[0]).body == 20
+    # pushing the same watermark again relays no clear
+    _, relays = restarted.on_request(wire.encode_request(wire.PUSH, 3, [], 20))
+    assert relays == []
+
+
+def test_get_does_not_return_what_a_clear_removed(state):
+    state.merge(rec(key="a", version=10))
+    state.on_bus(wire.encode_clear(20, 7, 1, 1, 0))
+    (reply,), _ = state.on_request(wire.encode_request(wire.GET, 3, "a"))
+    assert wire.decode_reply(reply).body == (None,)

@@ -32,6 +32,22 @@ def test_coalesces_by_key_newest_wins() -> None:
     assert [r.key for r in q.take(10)] == ["a", "b"]  # oldest key first
 
 
+def test_clear_drops_what_it_covers_and_is_owed_to_the_store() -> None:
+    q = WriteQueue()
+    for key, version in (("a", 1), ("b", 5), ("c", 9)):
+        q.add(rec(key, version))
+    q.clear(5)
+    assert [r.key for r in q.take(10)] == ["c"]
+    assert q.clear_due == 5 and q.counts["cleared"] == 2
+    q.clear(3)  # an older clear lowers nothing
+    assert q.clear_due == 5
+    q.clear(7)
+    q.clear_done(5)  # the store took 5 while 7 arrived: 7 is still owed
+    assert q.clear_due == 7 and q.stats()["clear_due"] == 7
+    q.clear_done(7)
+    assert q.clear_due == 0
+
+
 def test_touch_replaces_same_version() -> None:
     q = WriteQueue()
     q.add(rec("a", 5, accessed=5.0))
