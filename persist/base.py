@@ -19,6 +19,12 @@ Session data is JSON-like plus ``bytes``. Stores that keep JSON use
 ``encode_data`` / ``decode_data``: bytes become ``{"$bytes": "<base64>"}``
 and a user dict that would read as such a tag is wrapped as ``{"$dict": ...}``,
 so every value round-trips exactly.
+
+A clear leaves a watermark behind: the version at or below
+which every record is gone. Saves of records at or below it are ignored, so a
+clear and a late batch from another writer give the same result in either
+order: the clear commutes with every save, and a cleared session never comes
+back. ``cleared_by`` is the one comparison every store makes.
 """
 
 from __future__ import annotations
@@ -31,11 +37,15 @@ from typing import Any, Protocol, runtime_checkable
 import orjson
 from msgpack import packb as _packb
 
-from memsession.errors import StoreClosed, StoreCorrupt
+from memsession.errors import ConfigError, StoreClosed, StoreCorrupt
 from memsession.session import Record, SessionData, is_flat
 
 __all__ = [
+    "MAX_VERSION",
+    "WATERMARK_KEY",
     "Store",
+    "check_clear_version",
+    "cleared_by",
     "coalesce",
     "decode_data",
     "encode_data",
@@ -102,6 +112,30 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release connections and files; write what is pending. Idempotent."""
+
+
+#: Highest version a store must keep: versions are signed 64-bit (``HybridClock``).
+MAX_VERSION = (1 << 63) - 1
+
+#: Key (or document id) of the watermark where a store keeps it among the records.
+#: The colon keeps it out of the session ids memsession issues (base64url).
+WATERMARK_KEY = "memsession:cleared"
+
+
+def cleared_by(record: Record, watermark: int) -> bool:
+    """Whether a clear at ``watermark`` removed ``record`` (and refuses it from now on).
+
+    Versions start above 0, so watermark 0 means "never cleared".
+    """
+    return record.version <= watermark
+
+
+def check_clear_version(version: object, store: str = "") -> int:
+    """``version`` if it can be a clear's watermark, else ``ConfigError`` naming the store."""
+    if type(version) is not int or not 0 <= version <= MAX_VERSION:
+        where = f" ({store} store)" if store else ""
+        raise ConfigError("version", version, f"must be an int in [0, 2**63 - 1]{where}")
+    return version
 
 
 def supersedes(new: Record, old: Record | None) -> bool:

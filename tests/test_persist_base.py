@@ -9,9 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from memsession.errors import ConfigError
 from memsession.session import Record, prepare_data, wins
 from memsession.testing import session_data
 from persist.base import (
+    MAX_VERSION,
+    check_clear_version,
+    cleared_by,
     coalesce,
     decode_data,
     encode_data,
@@ -129,3 +133,23 @@ def test_record_json_round_trip_keeps_infinity_and_bytes() -> None:
 def test_make_record_checks_stored_fields(fields) -> None:
     with pytest.raises(ValueError):
         make_record(*fields)
+
+
+def test_cleared_by_covers_the_watermark_itself() -> None:
+    assert cleared_by(make_test_record("k", version=5), 5)
+    assert cleared_by(make_test_record("k", version=4, deleted=True), 5)
+    assert not cleared_by(make_test_record("k", version=6), 5)
+    assert not cleared_by(make_test_record("k", version=1), 0)  # 0: never cleared
+
+
+@pytest.mark.parametrize("good", [0, 1, 1 << 40, MAX_VERSION])
+def test_clear_versions_in_range_pass(good: int) -> None:
+    assert check_clear_version(good) == good
+
+
+@pytest.mark.parametrize("bad", [-1, MAX_VERSION + 1, True, False, 1.0, "1", None])
+def test_clear_versions_out_of_range_are_config_errors(bad: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        check_clear_version(bad, "mine")
+    assert info.value.option == "version" and "mine" in str(info.value)
+    assert isinstance(info.value, ValueError)
