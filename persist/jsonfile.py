@@ -8,7 +8,8 @@ snapshot" (every ``save_interval`` seconds, and on ``close()``).
 
 File format, one JSON value per line (UTF-8)::
 
-    {"format": "memsession-sessions", "version": 1, "count": N, "written": <wall seconds>}
+    {"format": "memsession-sessions", "version": 1, "count": N, "written": <wall seconds>,
+     "cleared": <watermark>}
     {"k": key, "v": version, "o": origin, "c": created, "a": accessed,
      "e": expires | null, "x": deleted, "d": data}          N lines, one per record
     {"end": N}
@@ -16,6 +17,10 @@ File format, one JSON value per line (UTF-8)::
 ``e`` is null when the session never expires; ``d`` is ``encode_data``'s JSON
 (bytes tagged). The trailer makes truncation detectable. Expired records are
 left out when writing and skipped when loading; expiries are kept exactly.
+``cleared`` is the clear watermark (``persist.base.Store.clear``); a file
+without it (written before clears existed) reads as 0, never cleared. Adding
+it kept format version 1: the records a clear removed are not in the file, so
+an older reader only misses the guard against late writes.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Literal
+from typing import IO, Any, Literal, NamedTuple
 
 import msgpack
 import orjson
@@ -37,7 +42,10 @@ from memsession.errors import ConfigError, StoreCorrupt, StoreError
 from memsession.session import Record
 
 from .base import (
+    check_clear_version,
     check_open,
+    cleared_by,
+    coalesce,
     decode_data,
     json_default,
     jsonable_data,
@@ -46,7 +54,15 @@ from .base import (
     supersedes,
 )
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "JsonFileStore", "read_snapshot", "write_snapshot"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "JsonFileStore",
+    "Snapshot",
+    "open_snapshot",
+    "read_snapshot",
+    "write_snapshot",
+]
 
 log = logging.getLogger("memsession.persist")
 
@@ -64,15 +80,28 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_snapshot(path: str, records: Iterable[Record], now: float, *, fsync: bool = True) -> int:
-    """Atomically replace ``path`` with the unexpired ``records``; return how many were written."""
-    live = [r for r in records if r.expires > now]
+def write_snapshot(
+    path: str, records: Iterable[Record], now: float, *, fsync: bool = True, cleared: int = 0
+) -> int:
+    """Atomically replace ``path`` with the unexpired ``records`` and the watermark ``cleared``.
+
+    Returns how many records were written; records at or below ``cleared`` are left out.
+    """
+    live = [r for r in records if r.expires > now and not cleared_by(r, cleared)]
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(
-                orjson.dumps({"format": FORMAT, "version": FORMAT_VERSION, "count": len(live), "written": now})
+                orjson.dumps(
+                    {
+                        "format": FORMAT,
+                        "version": FORMAT_VERSION,
+                        "count": len(live),
+                        "written": now,
+                        "cleared": cleared,
+                    }
+                )
                 + b"\n"
             )
             dumps = orjson.dumps
@@ -100,14 +129,25 @@ def write_snapshot(path: str, records: Iterable[Record], now: float, *, fsync: b
     return len(live)
 
 
-def read_snapshot(path: str, now: float, *, max_line_bytes: int = 8 << 20) -> Iterator[Record]:
-    """The unexpired records of a snapshot file, streamed.
+class Snapshot(NamedTuple):
+    """An open snapshot file: its header's watermark and its records, streamed."""
+
+    #: The clear watermark (0: never cleared).
+    cleared: int
+    #: The unexpired records above the watermark; reading them to the end closes the file.
+    records: Iterator[Record]
+
+
+def open_snapshot(path: str, now: float, *, max_line_bytes: int = 8 << 20) -> Snapshot:
+    """Read a snapshot's header now and its records as they are iterated.
 
     Raises ``StoreCorrupt`` naming the file and the line when anything is
     wrong (bad header, other format version, bad record, missing trailer,
-    count mismatch); ``FileNotFoundError`` if there is no file.
+    count mismatch), the header's faults at once; ``FileNotFoundError`` if
+    there is no file.
     """
-    with open(path, "rb") as f:
+    f = open(path, "rb")  # noqa: SIM115 - the records iterator owns it and closes it
+    try:
         header_line = f.readline(max_line_bytes + 1)
         if not header_line:
             raise StoreCorrupt(path, "file is empty (no header line)", store=_NAME)
@@ -123,7 +163,24 @@ def read_snapshot(path: str, now: float, *, max_line_bytes: int = 8 << 20) -> It
                 f"line 1: format version {header.get('version')!r}; this memsession reads {FORMAT_VERSION}",
                 store=_NAME,
             )
-        count = header.get("count")
+        cleared = header.get("cleared", 0)
+        if type(cleared) is not int or cleared < 0:
+            raise StoreCorrupt(path, f"line 1: clear watermark {cleared!r} is not an int >= 0", store=_NAME)
+    except BaseException:
+        f.close()
+        raise
+    return Snapshot(cleared, _records(f, path, header.get("count"), cleared, now, max_line_bytes))
+
+
+def read_snapshot(path: str, now: float, *, max_line_bytes: int = 8 << 20) -> Iterator[Record]:
+    """The unexpired records of a snapshot file above its watermark, streamed (see ``open_snapshot``)."""
+    yield from open_snapshot(path, now, max_line_bytes=max_line_bytes).records
+
+
+def _records(
+    f: IO[bytes], path: str, count: Any, cleared: int, now: float, max_line_bytes: int
+) -> Iterator[Record]:
+    with f:
         seen = 0
         lineno = 1
         loads = orjson.loads
@@ -171,7 +228,8 @@ def read_snapshot(path: str, now: float, *, max_line_bytes: int = 8 << 20) -> It
             except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
                 raise StoreCorrupt(path, f"line {lineno}: bad record ({exc})", store=_NAME) from exc
             seen += 1
-            if record.expires > now:
+            # Belt and braces: a file never holds cleared records, unless edited by hand.
+            if record.expires > now and not cleared_by(record, cleared):
                 yield record
         if obj.get("end") != seen or count != seen:
             raise StoreCorrupt(
@@ -239,12 +297,18 @@ class JsonFileStore:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._records: dict[str, Record] = {}
+        #: The clear watermark; raised only, written with the records.
+        self._cleared = 0
         self._changes = 0
         self._closed = False
         self.snapshots = 0
         self.snapshot_errors = 0
         try:
-            for record in read_snapshot(self.path, clock.wall(), max_line_bytes=max_line_bytes):
+            snapshot = open_snapshot(self.path, clock.wall(), max_line_bytes=max_line_bytes)
+            # Kept even if a record turns out damaged: a watermark read is one more
+            # guard against resurrection, whatever happens to the records.
+            self._cleared = snapshot.cleared
+            for record in snapshot.records:
                 self._records[record.key] = record
         except FileNotFoundError:
             pass
@@ -270,25 +334,48 @@ class JsonFileStore:
 
     def load(self, key: str) -> Record | None:
         check_open(self._closed, _NAME, "load")
-        return self._records.get(key)
+        record = self._records.get(key)
+        return None if record is None or cleared_by(record, self._cleared) else record
 
     def load_all(self, now: float) -> Iterator[Record]:
         check_open(self._closed, _NAME, "load_all")
         with self._lock:
             records = list(self._records.values())
-        return (r for r in records if r.expires > now)
+            cleared = self._cleared
+        return (r for r in records if r.expires > now and not cleared_by(r, cleared))
 
     def save(self, records: Sequence[Record]) -> int:
         written = 0
         with self._lock:
             check_open(self._closed, _NAME, "save")
             stored = self._records
-            for record in records:
-                if supersedes(record, stored.get(record.key)):
-                    stored[record.key] = record
+            cleared = self._cleared
+            # The winner per key first, then the watermark: as the other stores do, so
+            # a batch lands the same whether a clear came before or after it.
+            for key, record in coalesce(records).items():
+                if not cleared_by(record, cleared) and supersedes(record, stored.get(key)):
+                    stored[key] = record
                     written += 1
             self._changes += written
         return written
+
+    def clear(self, version: int) -> int:
+        """Drop records at or below ``version``, raise the watermark and write the file at once.
+
+        The snapshot is written before returning (only if something changed):
+        unlike a save, a clear lost in a crash would bring sessions back.
+        """
+        check_clear_version(version, _NAME)
+        with self._lock:
+            check_open(self._closed, _NAME, "clear")
+            raised = version > self._cleared
+            self._cleared = max(self._cleared, version)
+            gone = [k for k, r in self._records.items() if cleared_by(r, version)]
+            for key in gone:
+                del self._records[key]
+            self._changes += len(gone) + raised
+        self._snapshot(force=False)
+        return len(gone)
 
     def delete(self, keys: Iterable[str]) -> int:
         removed = 0
@@ -322,8 +409,9 @@ class JsonFileStore:
                 changes = self._changes
                 self._changes = 0
                 records = list(self._records.values())
+                cleared = self._cleared
             try:
-                count = write_snapshot(self.path, records, self.clock.wall(), fsync=self._fsync)
+                count = write_snapshot(self.path, records, self.clock.wall(), fsync=self._fsync, cleared=cleared)
             except BaseException as exc:
                 with self._lock:
                     self._changes += changes
@@ -365,6 +453,7 @@ class JsonFileStore:
     def stats(self) -> dict[str, Any]:
         return {
             "records": len(self._records),
+            "cleared": self._cleared,
             "unsaved_changes": self._changes,
             "snapshots": self.snapshots,
             "snapshot_errors": self.snapshot_errors,

@@ -12,7 +12,14 @@ import orjson
 import pytest
 
 from memsession.errors import ConfigError, StoreCorrupt
-from persist.jsonfile import FORMAT, FORMAT_VERSION, JsonFileStore, read_snapshot, write_snapshot
+from persist.jsonfile import (
+    FORMAT,
+    FORMAT_VERSION,
+    JsonFileStore,
+    open_snapshot,
+    read_snapshot,
+    write_snapshot,
+)
 from persist.testing import T0, StoreContract, make_test_record
 
 
@@ -213,3 +220,88 @@ def test_refused_file_releases_the_lock(tmp_path: Path) -> None:
         JsonFileStore(path, save_interval=None)
     path.unlink()
     JsonFileStore(path, save_interval=None).close()
+
+
+# -- clear: the watermark in the file -----------------------------------------------
+
+
+def test_clear_writes_the_watermark_into_the_header_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    store = JsonFileStore(path, save_interval=None, clock=FakeClock())
+    try:
+        store.save([make_test_record("old", version=100), make_test_record("new", version=300)])
+        assert store.clear(200) == 1
+        header = orjson.loads(path.read_bytes().splitlines()[0])
+        assert header["cleared"] == 200 and header["count"] == 1
+        assert [r.key for r in read_snapshot(str(path), T0)] == ["new"]
+        assert store.stats()["cleared"] == 200
+        mtime = path.stat().st_mtime_ns
+        assert store.clear(150) == 0
+        assert path.stat().st_mtime_ns == mtime  # nothing changed: not rewritten
+    finally:
+        store.close()
+
+
+def test_file_without_a_watermark_reads_as_never_cleared(tmp_path: Path) -> None:
+    """Files written before clears existed have no "cleared" in the header."""
+    path = tmp_path / "s.jsonl"
+    records = _write(path, 2)
+    lines = path.read_bytes().splitlines(keepends=True)
+    header = orjson.loads(lines[0])
+    del header["cleared"]
+    path.write_bytes(orjson.dumps(header) + b"\n" + b"".join(lines[1:]))
+    snapshot = open_snapshot(str(path), T0)
+    assert snapshot.cleared == 0
+    assert list(snapshot.records) == records
+    store = JsonFileStore(path, save_interval=None, clock=FakeClock())
+    try:
+        assert store.stats()["cleared"] == 0
+        assert store.load("k0") == records[0]
+        assert store.save([make_test_record("low", version=1)]) == 1
+    finally:
+        store.close()
+
+
+def test_records_below_the_watermark_in_the_file_are_not_loaded(tmp_path: Path) -> None:
+    """Belt and braces: a hand-edited file can't bring a cleared session back."""
+    path = tmp_path / "s.jsonl"
+    old, new = make_test_record("old", version=100), make_test_record("new", version=300)
+    write_snapshot(str(path), [old, new], T0)
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b'"cleared":0', b'"cleared":200', 1))
+    assert [r.key for r in read_snapshot(str(path), T0)] == ["new"]
+    store = JsonFileStore(path, save_interval=None, clock=FakeClock())
+    try:
+        assert store.load("old") is None and store.load("new") == new
+        assert store.save([old]) == 0
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("bad", [b"-1", b"true", b"1.5", b'"200"', b"null"])
+def test_bad_watermark_is_refused(tmp_path: Path, bad: bytes) -> None:
+    path = tmp_path / "s.jsonl"
+    _write(path)
+    path.write_bytes(path.read_bytes().replace(b'"cleared":0', b'"cleared":' + bad, 1))
+    with pytest.raises(StoreCorrupt, match="line 1: clear watermark"):
+        JsonFileStore(path, save_interval=None)
+
+
+def test_write_snapshot_leaves_out_cleared_records(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    records = [make_test_record("a", version=10), make_test_record("b", version=20)]
+    assert write_snapshot(str(path), records, T0, cleared=10) == 1
+    snapshot = open_snapshot(str(path), T0)
+    assert snapshot.cleared == 10 and [r.key for r in snapshot.records] == ["b"]
+
+
+def test_moved_aside_file_keeps_its_readable_watermark(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    write_snapshot(str(path), [make_test_record("a", version=300)], T0, cleared=200)
+    path.write_bytes(path.read_bytes().replace(b'{"end":1}', b'{"end":5}'))
+    store = JsonFileStore(path, save_interval=None, on_corrupt="move_aside", clock=FakeClock())
+    try:
+        assert store.load("a") is None
+        assert store.save([make_test_record("b", version=150)]) == 0
+    finally:
+        store.close()
