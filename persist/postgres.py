@@ -15,12 +15,21 @@ plus an index on ``expires`` for purging. Times are stored as float8 so they
 come back bit for bit; ``json`` (not ``jsonb``) keeps the text as written.
 
 Writes are one statement per batch (``INSERT ... SELECT FROM
-json_to_recordset(<the batch as one JSON array>) ON CONFLICT DO UPDATE ...
-WHERE <guard>``): the guard is ``persist.base.supersedes``
+json_to_recordset(<the batch as one JSON array>) WHERE <above the watermark>
+ON CONFLICT DO UPDATE ... WHERE <guard>``): the guard is ``persist.base.supersedes``
 in SQL, so a stale writer never overwrites a newer session. Every operation is
 idempotent, so one that fails on a connection broken by a server restart is
 retried on the next pooled connection; if the server stays down the call raises
 ``StoreUnavailable`` and the caller's queue keeps the write.
+
+The clear watermark lives in the same table, in one reserved row (key
+``persist.base.WATERMARK_KEY``, which no session id can be): ``version`` holds
+the watermark, ``expires`` is infinite and ``deleted`` true, and every
+statement here leaves the row out of what it reads, deletes or purges. One
+table keeps the DDL users run unchanged; the row appears at the first clear.
+Every save compares its records with the row in the same statement, and
+``clear`` raises the row and deletes under a table lock that waits for saves in
+flight (see ``clear``), so no save can slip a cleared record in.
 """
 
 from __future__ import annotations
@@ -37,7 +46,16 @@ import orjson
 from memsession.errors import ConfigError, StoreError, StoreRejected, StoreUnavailable
 from memsession.session import Record
 
-from .base import check_open, coalesce, decode_data, encode_data, make_record, record_to_dict
+from .base import (
+    WATERMARK_KEY,
+    check_clear_version,
+    check_open,
+    coalesce,
+    decode_data,
+    encode_data,
+    make_record,
+    record_to_dict,
+)
 
 try:
     import psycopg
@@ -252,6 +270,11 @@ class PostgresStore:
         )
         s = sql.Identifier("s")
         e = sql.Identifier("excluded")
+        reserved = sql.Literal(WATERMARK_KEY)
+        # No reserved row yet: never cleared. Read once per statement (an InitPlan).
+        watermark = sql.SQL("coalesce((SELECT {v} FROM {t} WHERE {key} = {r}), 0)").format(
+            v=c("version"), t=t, key=c("key"), r=reserved
+        )
 
         def sc(f: str) -> sql.Composed:
             return sql.SQL("{}.{}").format(s, c(f))
@@ -278,30 +301,65 @@ class PostgresStore:
             sets=sql.SQL(", ").join(sql.SQL("{} = {}").format(c(f), ec(f)) for f in _FIELDS if f != "key"),
             guard=guard,
         )
+        # Records at or below the watermark are left out by the statement itself
+        # (the batch is coalesced first, as ``save`` documents).
         self._sql_upsert = sql.SQL(
             "INSERT INTO {t} AS s ({cols})"
             " SELECT b.k, b.d::json, b.v, b.o, b.c, b.a, coalesce(b.e, 'Infinity'::float8), b.x"
             " FROM json_to_recordset(%s::json)"
             " AS b(k text, d text, v bigint, o bigint, c float8, a float8, e float8, x boolean)"
-            "{on_conflict}"
-        ).format(t=t, cols=cols, on_conflict=on_conflict)
-        # One record (write-through): plain parameters, no JSON batch to unpack.
+            " WHERE b.v > {watermark}{on_conflict}"
+        ).format(t=t, cols=cols, watermark=watermark, on_conflict=on_conflict)
+        # One record (write-through): plain parameters, no JSON batch to unpack; the
+        # version comes twice, the second time for the watermark test.
         self._sql_upsert_one = sql.SQL(
-            "INSERT INTO {t} AS s ({cols}) VALUES (%s, %s::text::json, %s, %s, %s, %s, %s, %s){on_conflict}"
-        ).format(t=t, cols=cols, on_conflict=on_conflict)
-        self._sql_load = sql.SQL("SELECT {cols} FROM {t} WHERE {key} = %s").format(
-            cols=select_cols, t=t, key=c("key")
+            "INSERT INTO {t} AS s ({cols}) SELECT %s, %s::text::json, %s, %s, %s, %s, %s, %s"
+            " WHERE %s > {watermark}{on_conflict}"
+        ).format(t=t, cols=cols, watermark=watermark, on_conflict=on_conflict)
+        # Reads leave out what a clear covers (belt and braces: saves already do),
+        # the reserved row included, since its version is the watermark itself.
+        self._sql_load = sql.SQL("SELECT {cols} FROM {t} WHERE {key} = %s AND {v} > {watermark}").format(
+            cols=select_cols, t=t, key=c("key"), v=c("version"), watermark=watermark
         )
         self._sql_page = sql.SQL(
-            "SELECT {cols} FROM {t} WHERE {key} > %s AND {exp} > %s ORDER BY {key} LIMIT %s"
-        ).format(cols=select_cols, t=t, key=c("key"), exp=c("expires"))
-        self._sql_delete = sql.SQL("DELETE FROM {t} WHERE {key} = ANY(%s)").format(t=t, key=c("key"))
+            "SELECT {cols} FROM {t} WHERE {key} > %s AND {exp} > %s AND {key} <> {r} AND {v} > {watermark}"
+            " ORDER BY {key} LIMIT %s"
+        ).format(
+            cols=select_cols, t=t, key=c("key"), exp=c("expires"), r=reserved, v=c("version"), watermark=watermark
+        )
+        self._sql_delete = sql.SQL("DELETE FROM {t} WHERE {key} = ANY(%s) AND {key} <> {r}").format(
+            t=t, key=c("key"), r=reserved
+        )
         self._sql_purge = sql.SQL(
-            "DELETE FROM {t} WHERE {key} IN (SELECT {key} FROM {t} WHERE {exp} <= %s"
+            "DELETE FROM {t} WHERE {key} IN (SELECT {key} FROM {t} WHERE {exp} <= %s AND {key} <> {r}"
             " LIMIT %s FOR UPDATE SKIP LOCKED)"
-        ).format(t=t, key=c("key"), exp=c("expires"))
+        ).format(t=t, key=c("key"), exp=c("expires"), r=reserved)
+        # SHARE ROW EXCLUSIVE conflicts with every INSERT/UPDATE/DELETE (and itself), not
+        # with reads. A save's watermark subquery sees the snapshot its statement started
+        # with; without the lock, a save that started before a clear committed could
+        # insert a cleared record after the clear's DELETE had looked. With it, the clear
+        # waits for saves in flight (its DELETE then sees their rows), and saves that come
+        # later wait for the clear and take their snapshot after it committed.
+        self._sql_clear_lock = sql.SQL("LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE").format(t=t)
+        self._sql_watermark = sql.SQL("SELECT {watermark}").format(watermark=watermark)
+        now = sql.SQL("extract(epoch FROM clock_timestamp())::float8")
+        self._sql_clear_raise = sql.SQL(
+            "INSERT INTO {t} AS s ({cols}) VALUES ({r}, '{{}}', %s, 0, {now}, {now}, 'Infinity', true)"
+            " ON CONFLICT ({key}) DO UPDATE SET {v} = greatest({sv}, {ev}),"
+            " {a} = CASE WHEN {ev} > {sv} THEN {ea} ELSE {sa} END"
+            " RETURNING {v}"
+        ).format(
+            t=t, cols=cols, r=reserved, now=now, key=c("key"), v=c("version"),
+            sv=sc("version"), ev=ec("version"), a=c("accessed"), ea=ec("accessed"), sa=sc("accessed"),
+        )
+        self._sql_clear_delete = sql.SQL("DELETE FROM {t} WHERE {v} <= %s AND {key} <> {r}").format(
+            t=t, v=c("version"), key=c("key"), r=reserved
+        )
         # Rendered once: composing identifiers on every call costs more than the query.
-        for name in ("_sql_upsert", "_sql_upsert_one", "_sql_load", "_sql_page", "_sql_delete", "_sql_purge"):
+        for name in (
+            "_sql_upsert", "_sql_upsert_one", "_sql_load", "_sql_page", "_sql_delete", "_sql_purge",
+            "_sql_clear_lock", "_sql_watermark", "_sql_clear_raise", "_sql_clear_delete",
+        ):
             setattr(self, name, getattr(self, name).as_string(None))
 
     def _run(self, op: str, work: Callable[[psycopg.Connection[Any]], T], keys: list[str] | None = None) -> T:
@@ -391,7 +449,7 @@ class PostgresStore:
             r = records[0]
             one = [
                 r.key, encode_data(r.data, r.flat).decode(), r.version, r.origin,
-                r.created, r.accessed, r.expires, r.deleted,
+                r.created, r.accessed, r.expires, r.deleted, r.version,
             ]
 
             def work_one(conn: psycopg.Connection[Any]) -> int:
@@ -432,6 +490,43 @@ class PostgresStore:
             total += count
             if count < self.purge_batch:
                 return total
+
+    def clear(self, version: int) -> int:
+        """Raise the watermark row and delete what it covers, in one transaction.
+
+        The table lock (see ``_prepare_sql``) holds every write, not reads,
+        until the transaction ends: a clear of a large table pauses saves for
+        as long as its DELETE takes. A clear the stored watermark already
+        covers returns 0 after one read, without the lock: every replica
+        repeats a clear, and the first one did the work (atomically).
+        """
+        check_open(self._closed, _NAME, "clear")
+        version = check_clear_version(version, _NAME)
+
+        def work(conn: psycopg.Connection[Any]) -> int:
+            with conn.transaction():
+                return self._clear_in(conn, version)
+
+        return self._run("clear", work)
+
+    def _clear_in(self, conn: psycopg.Connection[Any], version: int) -> int:
+        """The clear's statements, in the caller's transaction on ``conn``."""
+        if self._watermark_in(conn) >= version:
+            return 0
+        conn.execute(self._sql_clear_lock)
+        # Again under the lock: another clear may have got there while this one waited.
+        if self._watermark_in(conn) >= version:
+            return 0
+        row = conn.execute(self._sql_clear_raise, [version]).fetchone()
+        assert row is not None
+        # The stored watermark, which may be higher than ``version``: anything at or
+        # below it that a writer without the guard slipped in goes too.
+        return conn.execute(self._sql_clear_delete, [row[0]]).rowcount
+
+    def _watermark_in(self, conn: psycopg.Connection[Any]) -> int:
+        row = conn.execute(self._sql_watermark).fetchone()
+        assert row is not None
+        return int(row[0])
 
     def close(self) -> None:
         """Close the pool the store made (a pool passed in stays open). Idempotent."""

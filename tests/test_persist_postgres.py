@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from memsession.errors import ConfigError, StoreError, StoreUnavailable
+from memsession.session import is_valid_sid
+from persist.base import WATERMARK_KEY
 from persist.postgres import PostgresStore, ddl
 from persist.testing import T0, StoreContract, make_test_record
-from tests.servers import free_port
+from tests.servers import PostgresServer, free_port
 
 
 class TestPostgresContract(StoreContract):
@@ -211,5 +217,198 @@ def test_statement_timeout_is_set_on_the_stores_connections(postgres_url: str) -
     try:
         with store.pool.connection() as conn:
             assert conn.execute("SHOW statement_timeout").fetchone() == ("2500ms",)
+    finally:
+        store.close()
+
+
+# -- clear: the watermark row ---------------------------------------------------------
+
+
+def _waiting_on_locks(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def _in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except BaseException as exc:  # handed to the test
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def test_watermark_is_one_reserved_row(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url, create_table=True)
+    try:
+        store.save([make_test_record("k", version=300)])
+        store.clear(200)
+        store.clear(100)
+        with psycopg.connect(postgres_url) as conn:
+            rows = conn.execute("SELECT sid, version, expire, deleted, sess::text FROM memsession ORDER BY sid").fetchall()
+        assert rows == [("k", 300, T0 + 3600, False, '{"user":"k"}'), (WATERMARK_KEY, 200, math.inf, True, "{}")]
+        assert not is_valid_sid(WATERMARK_KEY)
+        assert [r.key for r in store.load_all(0.0)] == ["k"]
+        assert store.load(WATERMARK_KEY) is None
+        assert store.delete([WATERMARK_KEY]) == 0
+        assert store.purge(math.inf) == 1  # the session; the row has expire = Infinity too
+        assert store.save([make_test_record("late", version=200)]) == 0
+    finally:
+        store.close()
+
+
+def test_watermark_survives_a_server_restart(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> None:
+    own = PostgresServer("clear")
+    request.addfinalizer(own.stop)
+    own.start()
+    store = PostgresStore(own.url, create_table=True)
+    try:
+        store.save([make_test_record("old", version=100)])
+        assert store.clear(200) == 1
+        own.restart()
+        assert store.save([make_test_record("old", version=150)]) == 0
+        assert store.load("old") is None
+    finally:
+        store.close()
+
+
+def test_rows_below_the_watermark_are_never_read(postgres_url: str) -> None:
+    """Belt and braces: a row a guard-less writer slipped in stays invisible; the next higher clear removes it."""
+    store = PostgresStore(postgres_url, create_table=True)
+    try:
+        store.clear(200)
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO memsession VALUES ('sneaky', '{}', 150, 1, 0, 0, 'Infinity', false)"
+            )
+        assert store.load("sneaky") is None
+        assert list(store.load_all(0.0)) == []
+        assert store.clear(200) == 0  # already covered: no lock, no scan
+        assert store.clear(250) == 1
+    finally:
+        store.close()
+
+
+def test_clear_waits_for_a_save_in_flight_and_removes_its_rows(postgres_url: str) -> None:
+    """A save that read the old watermark commits after the clear began: the clear still removes its rows."""
+    store = PostgresStore(postgres_url, create_table=True, max_size=4)
+    try:
+        store.save([make_test_record("held", version=50)])
+        old = [make_test_record(f"old{i}", version=100 + i) for i in range(50)]
+        with psycopg.connect(postgres_url) as holder:
+            # The save blocks on this row lock after it has inserted its new rows, uncommitted.
+            holder.execute("SELECT 1 FROM memsession WHERE sid = 'held' FOR UPDATE")
+            saving, saved = _in_thread(lambda: store.save([*old, make_test_record("held", version=60)]))
+            _wait_for(lambda: _waiting_on_locks(postgres_url) == 1)
+            clearing, cleared = _in_thread(lambda: store.clear(200))
+            _wait_for(lambda: _waiting_on_locks(postgres_url) == 2)
+            holder.commit()
+            saving.join(20)
+            clearing.join(20)
+        assert saved == [51] and cleared == [51]
+        assert list(store.load_all(0.0)) == []
+        with psycopg.connect(postgres_url) as conn:
+            assert conn.execute("SELECT count(*) FROM memsession WHERE version <= 200").fetchone() == (1,)
+    finally:
+        store.close()
+
+
+def test_saves_during_a_clear_wait_and_see_the_new_watermark(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url, create_table=True, max_size=4)
+    try:
+        store.save([make_test_record("held", version=50)])
+        with psycopg.connect(postgres_url) as holder:
+            # The clear blocks on this row in its DELETE, holding its table lock.
+            holder.execute("SELECT 1 FROM memsession WHERE sid = 'held' FOR UPDATE")
+            clearing, cleared = _in_thread(lambda: store.clear(200))
+            _wait_for(lambda: _waiting_on_locks(postgres_url) == 1)
+            batch = [make_test_record(f"old{i}", version=100 + i) for i in range(20)]
+            saving, saved = _in_thread(lambda: store.save(batch))
+            one, saved_one = _in_thread(lambda: store.save([make_test_record("one", version=199)]))
+            newer, saved_newer = _in_thread(lambda: store.save([make_test_record("newer", version=201)]))
+            _wait_for(lambda: _waiting_on_locks(postgres_url) == 4)
+            holder.commit()
+            for thread in (clearing, saving, one, newer):
+                thread.join(20)
+        assert cleared == [1] and saved == [0] and saved_one == [0] and saved_newer == [1]
+        assert [r.key for r in store.load_all(0.0)] == ["newer"]
+    finally:
+        store.close()
+
+
+def test_concurrent_clears_and_late_saves_leave_nothing_cleared(postgres_url: str) -> None:
+    """Two stores on one table, one saving old records while the other clears: no error, no deadlock, nothing left.
+
+    A smoke test: the two tests above pin the interleavings themselves.
+    """
+    saver = PostgresStore(postgres_url, create_table=True)
+    clearer = PostgresStore(postgres_url, create_table=True)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def save_old() -> None:
+        n = 0
+        try:
+            while not stop.is_set():
+                saver.save([make_test_record(f"k{n}-{i}", version=1 + (n * 7 + i) % 1000) for i in range(200)])
+                n += 1
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=save_old)
+    thread.start()
+    try:
+        for watermark in range(100, 1100, 100):
+            clearer.clear(watermark)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors, errors
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM memsession WHERE version <= 1000 AND sid <> %s", [WATERMARK_KEY]
+        ).fetchone() == (0,)
+    saver.close()
+    clearer.close()
+
+
+def test_bad_clear_version_is_a_config_error(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url, create_table=True)
+    try:
+        with pytest.raises(ConfigError) as info:
+            store.clear(-5)
+        assert info.value.option == "version" and "postgres" in str(info.value)
+    finally:
+        store.close()
+
+
+def test_a_repeated_clear_takes_no_lock(postgres_url: str) -> None:
+    """Every replica repeats a clear: once the watermark covers it, writers are not held up."""
+    # A clear that waited for the lock would time out (StoreUnavailable) within seconds.
+    store = PostgresStore(postgres_url, create_table=True, max_size=1, statement_timeout=1.0)
+    try:
+        store.clear(200)
+        with psycopg.connect(postgres_url) as writer:
+            writer.execute("INSERT INTO memsession VALUES ('w', '{}', 300, 1, 0, 0, 'Infinity', false)")
+            # The writer's transaction holds ROW EXCLUSIVE: a clear that locked would wait.
+            assert store.clear(200) == 0 and store.clear(150) == 0
+            writer.rollback()
     finally:
         store.close()
