@@ -17,6 +17,26 @@ so the newer version always ends up stored. A Mango index on ``expires``
 serves ``purge``. ``CouchFollower`` follows ``_changes`` and feeds other
 hosts' writes into a local SessionCache (``cache.apply``).
 
+The clear watermark is one more document, outside the session prefix (so
+``load_all``, ``purge``, ``delete`` and the follower's sessions never include
+it) and without ``expires``::
+
+    {"_id": "memsession:cleared", "type": "memsession-watermark",
+     "version": "<decimal>",   the watermark
+     "swept": "<decimal>"}     the highest watermark whose deletions finished
+
+CouchDB has no transactions, so the order of steps carries the guarantee.
+``clear`` raises the watermark first, then deletes what it covers, then
+records the sweep as done; a clear that ``swept`` covers does nothing more
+(every replica repeats a clear), one it doesn't scans again. ``save``
+reads the watermark in the same ``_all_docs`` request as the revisions it
+decides on, and once more after writing: if a clear raised it meanwhile, the
+save deletes what it wrote at or below it. Either that second read sees the
+new watermark, or the write happened before the watermark rose and so before
+the clear's scan, which deletes it. A cleared document that exists for a
+moment is never returned: ``load`` and ``load_all`` compare with the
+watermark too.
+
 Credentials in the URL are moved to HTTP basic auth and never appear in
 reprs, logs or errors. Every response body is read with a size limit.
 """
@@ -35,7 +55,19 @@ from memsession.clock import SYSTEM_CLOCK, Clock
 from memsession.errors import ConfigError, StoreError, StoreRejected, StoreUnavailable
 from memsession.session import Record
 
-from .base import check_open, coalesce, decode_data, json_default, jsonable_data, make_record, supersedes
+from .base import (
+    MAX_VERSION,
+    WATERMARK_KEY,
+    check_clear_version,
+    check_open,
+    cleared_by,
+    coalesce,
+    decode_data,
+    json_default,
+    jsonable_data,
+    make_record,
+    supersedes,
+)
 
 try:
     import httpx
@@ -49,6 +81,7 @@ log = logging.getLogger("memsession.persist")
 _NAME = "couchdb"
 _DDOC = "memsession"
 _INDEX = "expires"
+_WATERMARK_PATH = quote(WATERMARK_KEY, safe="")
 
 
 def _split_url(url: str) -> tuple[httpx.URL, tuple[str, str] | None]:
@@ -78,7 +111,8 @@ class CouchStore:
     which carries your auth, TLS and proxy settings (you close it). With
     ``create=True`` the database and the ``expires`` index are created if
     missing. ``prefix`` is put before every key to make the document id
-    (CouchDB reserves ids that start with ``_``). ``max_response_bytes``
+    (CouchDB reserves ids that start with ``_``; the watermark's id,
+    ``memsession:cleared``, must not start with it). ``max_response_bytes``
     bounds every response read; ``page_size`` the documents per request;
     ``conflict_retries`` how often a batch is re-read after ``_rev`` conflicts.
     """
@@ -104,6 +138,8 @@ class CouchStore:
             raise ConfigError("url", url, "pass exactly one of url and client")
         if not isinstance(prefix, str) or not prefix or prefix.startswith("_"):
             raise ConfigError("prefix", prefix, "must be a non-empty string not starting with '_'")
+        if WATERMARK_KEY.startswith(prefix):
+            raise ConfigError("prefix", prefix, f"must not be the start of {WATERMARK_KEY!r}, the watermark's id")
         for option, value in (
             ("page_size", page_size),
             ("purge_batch", purge_batch),
@@ -264,17 +300,37 @@ class CouchStore:
 
     # -- the Store protocol ----------------------------------------------------------
 
+    @staticmethod
+    def _watermark_of(doc: Any, field: str = "version") -> int:
+        value = doc.get(field, "0" if field == "swept" else None) if isinstance(doc, dict) else None
+        if type(value) is not str or not value.isdecimal() or int(value) > MAX_VERSION:
+            raise StoreError("the clear watermark document can't be read", store=_NAME, op="load")
+        return int(value)
+
+    def _watermark(self, op: str) -> int:
+        """The stored watermark (0: never cleared)."""
+        status, doc = self._request(op, "GET", _WATERMARK_PATH, ok=(200, 404))
+        return 0 if status == 404 else self._watermark_of(doc)
+
     def load(self, key: str) -> Record | None:
-        status, doc = self._request("load", "GET", quote(self.prefix + key, safe=""), ok=(200, 404))
-        if status == 404:
+        # One request for the document and the watermark: as cheap as a GET.
+        doc_id = self.prefix + key
+        current = self._current("load", [doc_id, WATERMARK_KEY], include_docs=True)
+        row = current.get(doc_id)
+        if row is None:
             return None
-        return self._record(doc)
+        record = self._record(row["doc"])
+        mark = current.get(WATERMARK_KEY)
+        if mark is not None and cleared_by(record, self._watermark_of(mark["doc"])):
+            return None
+        return record
 
     def load_all(self, now: float) -> Iterator[Record]:
         check_open(self._closed, _NAME, "load_all")
         return self._pages(now)
 
     def _pages(self, now: float) -> Iterator[Record]:
+        watermark = self._watermark("load_all")
         start = orjson.dumps(self.prefix).decode()
         end = orjson.dumps(self.prefix + "\ufff0").decode()
         skip = 0
@@ -290,7 +346,7 @@ class CouchStore:
             rows = payload.get("rows", [])
             for row in rows:
                 record = self._record(row["doc"])
-                if record.expires > now:
+                if record.expires > now and not cleared_by(record, watermark):
                     yield record
             if len(rows) < self.page_size:
                 return
@@ -300,27 +356,51 @@ class CouchStore:
     def save(self, records: Sequence[Record]) -> int:
         check_open(self._closed, _NAME, "save")
         batch = list(coalesce(records).values())
-        written = 0
+        written: dict[str, tuple[str, Record]] = {}
         refused: list[str] = []
+        floor = MAX_VERSION
         for begin in range(0, len(batch), self.page_size):
-            written += self._save_page(batch[begin : begin + self.page_size], refused)
+            floor = min(floor, self._save_page(batch[begin : begin + self.page_size], refused, written))
+        if written:
+            self._undo_cleared(written, floor)
         if refused:
             raise StoreRejected(
-                f"CouchDB refused {len(refused)} of {len(batch)} documents (wrote {written})",
+                f"CouchDB refused {len(refused)} of {len(batch)} documents (wrote {len(written)})",
                 keys=refused,
                 store=_NAME,
                 op="save",
             )
-        return written
+        return len(written)
 
-    def _save_page(self, page: list[Record], refused: list[str]) -> int:
-        """Write one page; documents the server refuses (not conflicts) go to ``refused``."""
+    def _undo_cleared(self, written: dict[str, tuple[str, Record]], floor: int) -> None:
+        """Delete what this save wrote at or below a watermark raised since it decided (see the module doc)."""
+        watermark = self._watermark("save")
+        if watermark <= floor:
+            return
+        late = {doc_id: rev for doc_id, (rev, record) in written.items() if cleared_by(record, watermark)}
+        # A conflict means a newer write replaced ours; whoever made it checks in turn.
+        self._remove("save", late)
+        for doc_id in late:
+            del written[doc_id]
+
+    def _save_page(self, page: list[Record], refused: list[str], written: dict[str, tuple[str, Record]]) -> int:
+        """Write one page; return the lowest watermark it decided by.
+
+        What it wrote goes to ``written`` (doc id to new revision and record),
+        documents the server refuses (not conflicts) to ``refused``.
+        """
         remaining = {self.prefix + r.key: r for r in page}
-        written = 0
+        floor = MAX_VERSION
         for _ in range(self.conflict_retries):
-            current = self._current("save", list(remaining), include_docs=True)
+            current = self._current("save", [*remaining, WATERMARK_KEY], include_docs=True)
+            mark = current.pop(WATERMARK_KEY, None)
+            watermark = 0 if mark is None else self._watermark_of(mark["doc"])
+            floor = min(floor, watermark)
             docs = []
             for doc_id, record in list(remaining.items()):
+                if cleared_by(record, watermark):
+                    del remaining[doc_id]
+                    continue
                 row = current.get(doc_id)
                 if row is not None and not supersedes(record, self._record(row["doc"])):
                     del remaining[doc_id]
@@ -330,13 +410,14 @@ class CouchStore:
                     doc["_rev"] = row["value"]["rev"]
                 docs.append(doc)
             if not docs:
-                return written
+                return floor
             _, results = self._request("save", "POST", "_bulk_docs", body={"docs": docs})
             for result in results:
                 doc_id = result.get("id")
                 if result.get("ok"):
-                    written += 1
-                    remaining.pop(doc_id, None)
+                    done = remaining.pop(doc_id, None)
+                    if done is not None:
+                        written[doc_id] = (result.get("rev"), done)
                 elif result.get("error") != "conflict":
                     record = remaining.pop(doc_id, None)
                     if record is None:
@@ -346,7 +427,7 @@ class CouchStore:
                                 result.get("reason", ""))
                     refused.append(record.key)
             if not remaining:
-                return written
+                return floor
         raise StoreUnavailable(
             f"CouchDB save: {len(remaining)} documents still conflicting after {self.conflict_retries} tries",
             store=_NAME,
@@ -410,6 +491,101 @@ class CouchStore:
             if len(payload.get("docs", ())) < self.purge_batch or removed == 0:
                 return total
 
+    def clear(self, version: int) -> int:
+        """Raise the watermark document, then delete what it covers, ``purge_batch`` documents at a time.
+
+        The scan reads ``_all_docs`` in id order (a Mango range on ``_id``
+        would compare ids by collation rather than by code point and could
+        skip some). If it stops midway, the watermark already hides what is
+        left from every read, and a retry finishes the work.
+        """
+        check_open(self._closed, _NAME, "clear")
+        watermark, swept = self._raise_watermark(check_clear_version(version, _NAME), "version")
+        if swept >= version:
+            return 0
+        removed = self._sweep(watermark)
+        self._raise_watermark(watermark, "swept")
+        return removed
+
+    def _sweep(self, watermark: int) -> int:
+        """Delete every session document at or below ``watermark``; return how many went."""
+        end = orjson.dumps(self.prefix + "\ufff0").decode()
+        after: str | None = None
+        total = 0
+        while True:
+            # Inclusive of ``after`` (it may be gone by now, so skip=1 could skip another).
+            limit = self.purge_batch + (after is not None)
+            params = {
+                "include_docs": "true",
+                "startkey": orjson.dumps(self.prefix if after is None else after).decode(),
+                "endkey": end,
+                "limit": limit,
+            }
+            _, payload = self._request("clear", "GET", "_all_docs", params=params)
+            rows = payload.get("rows", [])
+            docs = {row["id"]: row["doc"] for row in rows if row["id"] != after and isinstance(row.get("doc"), dict)}
+            total += self._remove_cleared(docs, watermark)
+            if len(rows) < limit:
+                return total
+            after = rows[-1]["id"]
+
+    def _raise_watermark(self, version: int, field: str) -> tuple[int, int]:
+        """Make the document's ``field`` ("version" or "swept") at least ``version``.
+
+        Returns the stored watermark and sweep mark as they then are.
+        """
+        for _ in range(self.conflict_retries):
+            status, doc = self._request("clear", "GET", _WATERMARK_PATH, ok=(200, 404))
+            stored = {"version": 0, "swept": 0}
+            if status == 200:
+                stored = {name: self._watermark_of(doc, name) for name in stored}
+            if stored[field] >= version:
+                return stored["version"], stored["swept"]
+            stored[field] = version
+            body: dict[str, Any] = {"_id": WATERMARK_KEY, "type": "memsession-watermark"}
+            body.update((name, str(value)) for name, value in stored.items())
+            if status == 200:
+                body["_rev"] = doc["_rev"]
+            status, _ = self._request("clear", "PUT", _WATERMARK_PATH, ok=(201, 202, 409), body=body)
+            if status != 409:
+                return stored["version"], stored["swept"]
+        raise StoreUnavailable(
+            f"CouchDB clear: the watermark still conflicting after {self.conflict_retries} tries",
+            store=_NAME,
+            op="clear",
+        )
+
+    @staticmethod
+    def _cleared_doc(doc: dict[str, Any], watermark: int) -> bool:
+        version = doc.get("version")
+        # Not a session document (another application's): not ours to delete.
+        return type(version) is str and version.isdecimal() and int(version) <= watermark
+
+    def _remove_cleared(self, docs: dict[str, dict[str, Any]], watermark: int) -> int:
+        revs = {doc_id: doc["_rev"] for doc_id, doc in docs.items() if self._cleared_doc(doc, watermark)}
+        removed = 0
+        for _ in range(self.conflict_retries):
+            if not revs:
+                return removed
+            done = self._remove("clear", revs)
+            removed += done
+            if done == len(revs):
+                return removed
+            # Conflicts: another writer changed some; delete those still covered.
+            current = self._current("clear", list(revs), include_docs=True)
+            revs = {
+                doc_id: row["doc"]["_rev"]
+                for doc_id, row in current.items()
+                if self._cleared_doc(row["doc"], watermark)
+            }
+        if not revs:
+            return removed
+        raise StoreUnavailable(
+            f"CouchDB clear: {len(revs)} documents still conflicting after {self.conflict_retries} tries",
+            store=_NAME,
+            op="clear",
+        )
+
     def close(self) -> None:
         """Close the HTTP client the store made (a client passed in stays open). Idempotent."""
         if self._closed:
@@ -432,8 +608,13 @@ class CouchFollower:
 
     A change whose document was deleted at the CouchDB level (purged or
     ``delete()``d) is handed over as a tombstone that expires at once, so
-    the session is evicted here without blocking its id. An exception from
-    ``on_record`` is logged and counted; the follower goes on.
+    the session is evicted here without blocking its id; its version is just
+    above the watermark (``watermark``, read at each connect and followed),
+    the lowest one a cache still accepts. The clear
+    watermark's document is never handed over as a session: a raised
+    watermark goes to ``on_clear`` (e.g. the cache's ``apply_clear``), if
+    given, as an int. An exception from a callback is logged and counted;
+    the follower goes on.
     """
 
     def __init__(
@@ -441,6 +622,7 @@ class CouchFollower:
         store: CouchStore,
         on_record: Callable[[Record], Any],
         *,
+        on_clear: Callable[[int], Any] | None = None,
         since: str | int = "now",
         heartbeat: float = 1.0,
         retry_min: float = 0.1,
@@ -452,13 +634,18 @@ class CouchFollower:
             raise ConfigError("heartbeat", heartbeat, "must be > 0 seconds")
         self.store = store
         self.on_record = on_record
+        self.on_clear = on_clear
+        #: The highest clear watermark seen (0: never cleared).
+        self.watermark = 0
         self.since: str | int = since
         self.heartbeat = heartbeat
         self.retry_min = retry_min
         self.retry_max = retry_max
         self.max_line_bytes = max_line_bytes
         self.clock = clock
-        self.counts = dict.fromkeys(("changes", "records", "deletions", "errors", "reconnects", "skipped"), 0)
+        self.counts = dict.fromkeys(
+            ("changes", "records", "deletions", "clears", "errors", "reconnects", "skipped"), 0
+        )
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -517,6 +704,8 @@ class CouchFollower:
         headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
         # The store's client (thread-safe); the read timeout only has to outlast a heartbeat.
         timeout = httpx.Timeout(10.0, read=self.heartbeat * 5 + 5)
+        # Clears made while the feed was not followed (before ``since``) count too.
+        self.watermark = max(self.watermark, self.store._watermark("changes"))
         client = self.store.client
         with client.stream("GET", "_changes", params=params, headers=headers, timeout=timeout) as response:
             if response.status_code != 200:
@@ -546,6 +735,18 @@ class CouchFollower:
         doc_id = change.get("id", "")
         seq = change.get("seq", self.since)
         self.counts["changes"] += 1
+        if doc_id == WATERMARK_KEY and not change.get("deleted"):
+            try:
+                version = self.store._watermark_of(change.get("doc"))
+                self.watermark = max(self.watermark, version)
+                if self.on_clear is not None:
+                    self.on_clear(version)
+                self.counts["clears"] += 1
+            except Exception:
+                self.counts["errors"] += 1
+                log.exception("applying a CouchDB clear failed; going on")
+            self.since = seq
+            return True
         if not isinstance(doc_id, str) or not doc_id.startswith(self.store.prefix):
             self.since = seq
             self.counts["skipped"] += 1
@@ -554,7 +755,7 @@ class CouchFollower:
             if change.get("deleted"):
                 now = self.clock.wall()
                 key = doc_id[len(self.store.prefix) :]
-                self.on_record(Record(key, {}, 0, 0, now, now, now, True))
+                self.on_record(Record(key, {}, self.watermark + 1, 0, now, now, now, True))
                 self.counts["deletions"] += 1
             else:
                 self.on_record(self.store._record(change.get("doc")))

@@ -10,7 +10,8 @@ import pytest
 
 from memsession import SessionCache
 from memsession.errors import ConfigError, StoreError, StoreUnavailable
-from memsession.session import Record, new_id
+from memsession.session import Record, is_valid_sid, new_id
+from persist.base import WATERMARK_KEY
 from persist.couchdb import CouchFollower, CouchStore
 from persist.testing import T0, StoreContract, make_test_record
 from persist.writer import PersistConfig
@@ -163,6 +164,8 @@ def test_response_size_limit(db_url: str) -> None:
         {"url": "http://127.0.0.1:5984/"},
         {"url": "http://127.0.0.1:5984/db", "prefix": "_x"},
         {"url": "http://127.0.0.1:5984/db", "page_size": 0},
+        {"url": "http://127.0.0.1:5984/db", "prefix": "memsession:"},
+        {"url": "http://127.0.0.1:5984/db", "prefix": "m"},
     ],
 )
 def test_bad_options(args: dict) -> None:
@@ -316,3 +319,146 @@ def test_opening_an_existing_database_only_reads(db_url: str) -> None:
     with httpx.Client(base_url=db_url + "/", trust_env=False, event_hooks=hooks) as client:
         CouchStore(client=client).close()
     assert seen == ["GET", "GET"]
+
+
+# -- clear: the watermark document ---------------------------------------------------
+
+WATERMARK_PATH = "memsession%3Acleared"
+
+
+def test_watermark_document_is_outside_the_sessions(db_url: str) -> None:
+    store = open_store(db_url)
+    try:
+        store.save([make_test_record("old", version=100), make_test_record("new", version=300)])
+        assert store.clear(200) == 1
+        doc = store.client.get(WATERMARK_PATH).json()
+        assert {k: doc[k] for k in ("_id", "type", "version", "swept")} == {
+            "_id": WATERMARK_KEY,
+            "type": "memsession-watermark",
+            "version": "200",
+            "swept": "200",
+        }
+        assert "expires" not in doc and not doc["_id"].startswith(store.prefix)
+        assert not is_valid_sid(WATERMARK_KEY)
+        assert [r.key for r in store.load_all(0.0)] == ["new"]
+        assert store.purge(T0 + 10**9) == 1
+        assert store.client.get(WATERMARK_PATH).status_code == 200
+    finally:
+        store.close()
+
+
+def test_documents_below_the_watermark_are_never_read(db_url: str) -> None:
+    """Belt and braces: a document another writer slipped in stays invisible."""
+    store = open_store(db_url)
+    try:
+        store.clear(200)
+        sneaky = store._doc(make_test_record("sneaky", version=150))
+        assert store.client.put("s%3Asneaky", json=sneaky).status_code == 201
+        assert store.load("sneaky") is None
+        assert list(store.load_all(0.0)) == []
+        assert store.clear(250) == 1
+    finally:
+        store.close()
+
+
+def test_a_save_that_raced_a_clear_takes_back_what_it_wrote(db_url: str) -> None:
+    """The watermark rises between a save's read and its write: the save deletes its late documents."""
+    saver, clearer = open_store(db_url), open_store(db_url)
+    try:
+        saver.save([make_test_record("existing", version=50)])
+        original = saver._current
+        calls: list[str] = []
+
+        def clear_after_reading(op: str, ids: list[str], include_docs: bool) -> dict:
+            current = original(op, ids, include_docs)
+            if op == "save" and not calls:
+                calls.append(op)
+                # Deletes "existing" and finds nothing else: the new documents aren't written yet.
+                assert clearer.clear(200) == 1
+            return current
+
+        saver._current = clear_after_reading  # type: ignore[method-assign]
+        late = [make_test_record("late", version=150), make_test_record("existing", version=60)]
+        fresh = make_test_record("fresh", version=250)
+        assert saver.save([*late, fresh]) == 1
+        assert saver.client.get("s%3Alate").status_code == 404
+        assert saver.client.get("s%3Aexisting").status_code == 404
+        assert clearer.load("fresh") == fresh
+    finally:
+        saver.close()
+        clearer.close()
+
+
+def test_clear_sweeps_in_batches_and_a_repeat_does_not_scan(db_url: str) -> None:
+    requests: list[str] = []
+    hooks = {"request": [lambda request: requests.append(f"{request.method} {request.url.path}")]}
+    with httpx.Client(base_url=db_url + "/", trust_env=False, event_hooks=hooks) as client:
+        # One database, so one watermark: the second round works above the first.
+        for batch, base in ((1, 100), (7, 200)):
+            store = CouchStore(client=client, purge_batch=batch, prefix=f"b{batch}/")
+            records = [make_test_record(f"k{i:03}", version=base + i) for i in range(40)]
+            store.save(records)
+            assert store.clear(base + 24) == 25
+            assert sorted(r.version for r in store.load_all(0.0)) == list(range(base + 25, base + 40))
+        requests.clear()
+        assert store.clear(150) == 0
+        assert requests == [f"GET {store.client.base_url.path}{WATERMARK_KEY}"]
+
+
+def test_an_interrupted_clear_is_finished_by_the_next(db_url: str) -> None:
+    """The watermark rose but the sweep never ran (the process died): a repeat sweeps."""
+    store = open_store(db_url)
+    try:
+        store.save([make_test_record("old", version=100)])
+        store._raise_watermark(200, "version")  # the first step of a clear, alone
+        assert store.load("old") is None
+        assert store.client.get("s%3Aold").status_code == 200
+        assert store.clear(150) == 1
+        assert store.client.get("s%3Aold").status_code == 404
+        assert store.clear(200) == 0
+    finally:
+        store.close()
+
+
+def test_follower_hands_clears_to_on_clear_never_as_sessions(db_url: str) -> None:
+    store = open_store(db_url)
+    seen: list[Record] = []
+    clears: list[int] = []
+    follower = CouchFollower(store, seen.append, on_clear=clears.append, heartbeat=0.2).start()
+    try:
+        assert follower.connected.wait(10)
+        store.save([make_test_record("before", version=100)])
+        store.clear(200)
+        store.save([make_test_record("after", version=300)])
+        wait_until(lambda: [r.key for r in seen] == ["before", "before", "after"])
+        assert [r.deleted for r in seen] == [False, True, False]
+        assert clears and set(clears) == {200}
+        assert follower.watermark == 200 and follower.counts["clears"] == len(clears)
+        # The eviction of a swept document sits just above the watermark, where caches accept it.
+        assert seen[1].version == 201
+    finally:
+        follower.stop()
+        store.close()
+
+
+def test_follower_eviction_after_a_clear_reaches_the_cache(db_url: str) -> None:
+    store = open_store(db_url)
+    store.clear(1)  # a clear made before this process started
+    cache = SessionCache(store=store)
+    follower = CouchFollower(store, cache.apply, heartbeat=0.2).start()
+    try:
+        assert follower.connected.wait(10)
+        assert follower.watermark == 1
+        sid = new_id()
+        cache.set(sid, {"a": 1})
+        assert cache.persistence is not None
+        cache.persistence.flush()
+        other = open_store(db_url)
+        try:
+            assert other.delete([sid]) == 1
+        finally:
+            other.close()
+        wait_until(lambda: sid not in cache)
+    finally:
+        follower.stop()
+        cache.close()
