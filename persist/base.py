@@ -1,6 +1,6 @@
 """The store protocol every persistence adapter implements, and what they share.
 
-A store keeps ``Record``s by key. Six methods, each with the semantics below;
+A store keeps ``Record``s by key. Seven methods, each with the semantics below;
 ``persist.testing.StoreContract`` checks them for any implementation.
 
 The version guard (``supersedes``) is the one rule every store applies when
@@ -20,7 +20,7 @@ Session data is JSON-like plus ``bytes``. Stores that keep JSON use
 and a user dict that would read as such a tag is wrapped as ``{"$dict": ...}``,
 so every value round-trips exactly.
 
-A clear leaves a watermark behind: the version at or below
+A clear (``Store.clear``) leaves a watermark behind: the version at or below
 which every record is gone. Saves of records at or below it are ignored, so a
 clear and a late batch from another writer give the same result in either
 order: the clear commutes with every save, and a cleared session never comes
@@ -108,6 +108,25 @@ class Store(Protocol):
         Returns how many went. Works in bounded batches so a large purge never
         holds a lock on the whole store; a store that expires records on its
         own may return 0.
+        """
+
+    def clear(self, version: int) -> int:
+        """Remove every record (tombstones included) whose ``version`` is at or below ``version``.
+
+        Returns how many went. Also records ``version`` as the store's
+        watermark, durably (it survives ``close()`` and a server restart) and
+        only ever raised (a lower one keeps the higher), so that from then on:
+
+        * ``save`` ignores, and does not count, any record at or below the
+          watermark, whether its key is stored or not: a clear and a late
+          batch land in the same state in either order;
+        * ``load`` and ``load_all`` never return such a record;
+        * ``purge`` and ``delete`` never remove the watermark, and nothing
+          that counts sessions counts it.
+
+        ``version`` must be an int in ``[0, MAX_VERSION]`` (``check_clear_version``;
+        ``ConfigError``, a ``ValueError``, otherwise). A clear that raised may be
+        retried as is.
         """
 
     def close(self) -> None:

@@ -13,7 +13,9 @@ each test (a fresh file, table or database)::
         def make_store(self, tmp_path):
             return lambda: MyStore(tmp_path / "sessions.db")
 
-Stores the suite makes are closed at the end of each test.
+Stores the suite makes are closed at the end of each test. Reopening (for
+the durability checks, ``clear``'s watermark among them) closes a store and
+calls ``make_store`` again.
 """
 
 from __future__ import annotations
@@ -413,7 +415,142 @@ class StoreContract:
             lambda: store.save([record]),
             lambda: store.delete([record.key]),
             lambda: store.purge(T0),
+            lambda: store.clear(1),
         ):
             with pytest.raises(StoreClosed) as info:
                 call()
             assert info.value.store == store.name
+
+    # -- clear: the watermark ------------------------------------------------------
+
+    def test_clear_removes_records_and_tombstones_at_or_below_the_version(self, store: Store) -> None:
+        below = make_test_record(_key("below"), version=100)
+        at = make_test_record(_key("at"), version=200)
+        tomb = make_test_record(_key("tomb"), version=150, deleted=True)
+        above = make_test_record(_key("above"), version=201)
+        tomb_above = make_test_record(_key("tomb-above"), version=300, deleted=True)
+        forever = make_test_record(_key("forever"), version=50, expires=math.inf)
+        store.save([below, at, tomb, above, tomb_above, forever])
+        assert store.clear(200) == 4
+        for gone in (below, at, tomb, forever):
+            assert store.load(gone.key) is None
+        assert store.load(above.key) == above and store.load(tomb_above.key) == tomb_above
+        assert sorted(r.key for r in store.load_all(0.0)) == sorted([above.key, tomb_above.key])
+        assert store.clear(200) == 0
+
+    def test_clear_of_an_empty_store(self, store: Store) -> None:
+        assert store.clear(0) == 0
+        assert store.clear(500) == 0
+        assert list(store.load_all(0.0)) == []
+
+    def test_clear_at_zero_clears_nothing(self, store: Store) -> None:
+        record = make_test_record(_key(1), version=1)
+        store.save([record])
+        assert store.clear(0) == 0
+        assert store.load(record.key) == record
+        assert store.save([make_test_record(_key(2), version=1)]) == 1
+
+    def test_save_after_clear_ignores_records_at_or_below_the_watermark(self, store: Store) -> None:
+        kept = make_test_record(_key("kept"), {"v": 300}, version=300)
+        store.save([kept, make_test_record(_key("old"), version=100)])
+        store.clear(200)
+        late_new_key = make_test_record(_key("new"), version=150)
+        late_at = make_test_record(_key("at"), version=200)
+        late_old_key = make_test_record(_key("old"), version=180)
+        # A tombstone beats a newer live record, but not once a clear covers it.
+        late_tomb = make_test_record(_key("kept"), version=120, deleted=True)
+        assert store.save([late_new_key]) == 0
+        assert store.save([late_at, late_old_key, late_tomb]) == 0
+        for key in (late_new_key.key, late_at.key, late_old_key.key):
+            assert store.load(key) is None
+        assert store.load(kept.key) == kept
+        fresh = make_test_record(_key("old"), {"v": 201}, version=201)
+        mixed = [make_test_record(_key("mixed-old"), version=199), fresh]
+        assert store.save(mixed) == 1
+        assert store.load(_key("mixed-old")) is None and store.load(fresh.key) == fresh
+        assert sorted(r.key for r in store.load_all(0.0)) == sorted([kept.key, fresh.key])
+
+    def test_touch_of_a_cleared_session_does_not_bring_it_back(self, store: Store) -> None:
+        record = make_test_record(_key(1), version=100)
+        store.save([record])
+        store.clear(100)
+        assert store.save([record.touched(T0 + 60, T0 + 3660)]) == 0
+        assert store.load(record.key) is None
+
+    def test_clear_and_a_late_batch_commute(self, store: Store) -> None:
+        """The same batch saved before or after a clear leaves the same records."""
+
+        def batch(side: str) -> list[Record]:
+            def make(name: str, version: int, n: int = 0, deleted: bool = False) -> Record:
+                return make_test_record(_key(f"{side}-{name}"), {"n": n}, version=version, deleted=deleted)
+
+            return [
+                make("old", 90),
+                make("new", 110),
+                make("dup", 80, 1),
+                make("dup", 120, 2),
+                # The batch's winner for "mixed" is the tombstone, cleared whichever way.
+                make("mixed", 130),
+                make("mixed", 95, deleted=True),
+                make("tomb", 105, deleted=True),
+            ]
+
+        store.save(batch("before"))
+        assert store.clear(100) == 2  # "old" and the "mixed" tombstone
+        store.save(batch("after"))
+        before = {r.key.replace("before-", ""): r for r in store.load_all(0.0) if "before-" in r.key}
+        after = {r.key.replace("after-", ""): r for r in store.load_all(0.0) if "after-" in r.key}
+        assert sorted(before) == sorted(after) == sorted(_key(n) for n in ("new", "dup", "tomb"))
+        for key, record in before.items():
+            assert (record.version, record.data, record.deleted) == (
+                after[key].version,
+                after[key].data,
+                after[key].deleted,
+            )
+
+    def test_watermark_only_rises(self, store: Store) -> None:
+        store.save([make_test_record(_key("a"), version=250)])
+        assert store.clear(300) == 1
+        store.save([make_test_record(_key("b"), version=150)])
+        assert store.clear(100) == 0
+        assert store.save([make_test_record(_key("c"), version=200)]) == 0
+        assert store.save([make_test_record(_key("d"), version=300)]) == 0
+        assert store.save([make_test_record(_key("e"), version=301)]) == 1
+        assert [r.key for r in store.load_all(0.0)] == [_key("e")]
+
+    def test_watermark_survives_reopen(self, store: Store, reopen: Callable[[Store], Store]) -> None:
+        kept = make_test_record(_key("kept"), version=500)
+        store.save([make_test_record(_key("old"), version=100), kept])
+        store.clear(200)
+        again = reopen(store)
+        assert again.load(_key("old")) is None
+        assert again.save([make_test_record(_key("old"), version=150)]) == 0
+        assert again.save([make_test_record(_key("late"), version=200)]) == 0
+        assert again.load(_key("old")) is None and again.load(_key("late")) is None
+        assert [r.key for r in again.load_all(0.0)] == [kept.key]
+        assert again.clear(100) == 0
+        third = reopen(again)
+        assert third.save([make_test_record(_key("late"), version=199)]) == 0
+        assert third.save([make_test_record(_key("late"), version=201)]) == 1
+
+    def test_purge_and_delete_keep_the_watermark(self, store: Store) -> None:
+        store.save([make_test_record(_key("a"), version=100)])
+        store.clear(200)
+        store.save([make_test_record(_key(i), version=300, expires=T0 + i) for i in range(3)])
+        # Far in the future: every record is expired, the watermark is not a record.
+        assert store.purge(T0 + 10**9) == 3
+        assert store.purge(T0 + 10**9) == 0
+        assert list(store.load_all(0.0)) == []
+        assert store.save([make_test_record(_key("b"), version=150)]) == 0
+        store.save([make_test_record(_key("c"), version=300)])
+        assert store.delete([_key("c"), _key("b")]) == 1
+        assert store.save([make_test_record(_key("c"), version=190)]) == 0
+        assert list(store.load_all(0.0)) == []
+
+    @pytest.mark.parametrize("bad", [-1, True, 1.0, "7", None, 1 << 63])
+    def test_clear_refuses_a_bad_version(self, store: Store, bad: Any) -> None:
+        record = make_test_record(_key(1), version=100)
+        store.save([record])
+        with pytest.raises(ValueError):
+            store.clear(bad)
+        assert store.load(record.key) == record

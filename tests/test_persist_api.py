@@ -23,7 +23,7 @@ def test_all_is_pinned_and_importable() -> None:
 def test_adapters_are_stores(tmp_path) -> None:
     for name in ("JsonFileStore", "PostgresStore", "CouchStore"):
         cls = getattr(persist, name)
-        assert all(callable(getattr(cls, m)) for m in ("load", "load_all", "save", "delete", "purge", "close"))
+        assert all(callable(getattr(cls, m)) for m in ("load", "load_all", "save", "delete", "purge", "clear", "close"))
     store = persist.JsonFileStore(tmp_path / "s.jsonl", save_interval=None)
     try:
         assert isinstance(store, persist.Store)

@@ -2,8 +2,9 @@
 
 The same shape fits any database with transactions or compare-and-set
 (MongoDB, Redis with WATCH/MULTI, DynamoDB, ...): keep each record as one
-JSON value, write a record only if it ``supersedes`` the stored one, and
-translate the driver's errors into memsession's at the boundary.
+JSON value, write a record only if it ``supersedes`` the stored one and is
+not ``cleared_by`` the clear watermark (kept in the same transaction's reach),
+and translate the driver's errors into memsession's at the boundary.
 ``tests/test_persist_own_store.py`` proves it with the public contract suite.
 """
 
@@ -12,10 +13,21 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 from memsession.errors import StoreClosed, StoreError
 from memsession.session import Record
-from persist.base import coalesce, record_from_json, record_to_json, supersedes
+from persist.base import (
+    check_clear_version,
+    cleared_by,
+    coalesce,
+    record_from_json,
+    record_to_json,
+    supersedes,
+)
+
+#: Rows above the watermark (none yet: 0). Reads filter too, belt and braces.
+ABOVE = "version > (SELECT coalesce(max(version), 0) FROM watermark)"
 
 
 class SqliteStore:
@@ -26,8 +38,15 @@ class SqliteStore:
         self._lock = threading.RLock()  # one connection: one thread (and transaction) at a time
         self._closed = False
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS sessions (key TEXT PRIMARY KEY, record BLOB, expires REAL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS sessions"
+            " (key TEXT PRIMARY KEY, record BLOB, expires REAL, version INTEGER)"
+        )
         self._db.execute("CREATE INDEX IF NOT EXISTS sessions_expires ON sessions (expires)")
+        # One row at most: the clear watermark.
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS watermark (id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER)"
+        )
 
     def _sql(self, op: str, query: str, params: Sequence[object] = ()) -> list[tuple]:
         with self._lock:
@@ -38,8 +57,19 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"sqlite {op} failed: {exc}", store=self.name, op=op) from exc
 
+    @contextmanager
+    def _transaction(self, op: str) -> Iterator[None]:
+        with self._lock:  # read-compare-write in one transaction: no writer slips in between
+            self._sql(op, "BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._sql(op, "ROLLBACK")
+                raise
+            self._sql(op, "COMMIT")
+
     def load(self, key: str) -> Record | None:
-        rows = self._sql("load", "SELECT record FROM sessions WHERE key = ?", [key])
+        rows = self._sql("load", f"SELECT record FROM sessions WHERE key = ? AND {ABOVE}", [key])
         return record_from_json(rows[0][0]) if rows else None
 
     def load_all(self, now: float) -> Iterator[Record]:
@@ -50,7 +80,8 @@ class SqliteStore:
         after = ""
         while rows := self._sql(
             "load_all",
-            "SELECT key, record FROM sessions WHERE key > ? AND expires > ? ORDER BY key LIMIT 500",
+            f"SELECT key, record FROM sessions WHERE key > ? AND expires > ? AND {ABOVE}"
+            " ORDER BY key LIMIT 500",
             [after, now],
         ):
             yield from (record_from_json(raw) for _, raw in rows)
@@ -58,22 +89,28 @@ class SqliteStore:
 
     def save(self, records: Sequence[Record]) -> int:
         written = 0
-        with self._lock:  # read-compare-write in one transaction: no writer slips in between
-            self._sql("save", "BEGIN IMMEDIATE")
-            try:
-                for record in coalesce(records).values():
-                    if supersedes(record, self.load(record.key)):
-                        self._sql(
-                            "save",
-                            "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?)",
-                            [record.key, record_to_json(record), record.expires],
-                        )
-                        written += 1
-            except BaseException:
-                self._sql("save", "ROLLBACK")
-                raise
-            self._sql("save", "COMMIT")
+        with self._transaction("save"):
+            (cleared,) = self._sql("save", "SELECT coalesce(max(version), 0) FROM watermark")[0]
+            for record in coalesce(records).values():
+                if not cleared_by(record, cleared) and supersedes(record, self.load(record.key)):
+                    self._sql(
+                        "save",
+                        "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)",
+                        [record.key, record_to_json(record), record.expires, record.version],
+                    )
+                    written += 1
         return written
+
+    def clear(self, version: int) -> int:
+        check_clear_version(version, self.name)
+        with self._transaction("clear"):
+            self._sql(
+                "clear",
+                "INSERT INTO watermark VALUES (0, ?)"
+                " ON CONFLICT (id) DO UPDATE SET version = max(version, excluded.version)",
+                [version],
+            )
+            return len(self._sql("clear", "DELETE FROM sessions WHERE version <= ? RETURNING 1", [version]))
 
     def delete(self, keys: Iterable[str]) -> int:
         return sum(len(self._sql("delete", "DELETE FROM sessions WHERE key = ? RETURNING 1", [k])) for k in set(keys))
