@@ -26,6 +26,14 @@ large, failing a constraint) is dropped, logged and counted as
 Reads: a key that memory doesn't hold is looked up in the queue, then in the
 store (one ``load``, a primary-key read). Unknown keys are remembered for
 ``negative_ttl`` seconds so a flood of bogus ids doesn't reach the store.
+
+Clears (``clear``, after the cache's own): queued records the clear covers are
+dropped, the store is told at once (``Store.clear``), and if it fails the
+writer thread retries before its next batch, as for saves; ``close()`` too.
+Reads and preloads never hand back a record the clear covers, even one a
+batch in flight still holds. Since the store's clear commutes with saves,
+what was in flight needs nothing more. The negative cache needs nothing
+either: an id the store didn't know is not brought back by a clear.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ from memsession.clock import SYSTEM_CLOCK, Clock
 from memsession.errors import ConfigError, StoreError, StoreRejected
 from memsession.session import Record
 
-from .base import Store, supersedes
+from .base import Store, check_clear_version, cleared_by, supersedes
 
 __all__ = ["PersistConfig", "Persistence"]
 
@@ -53,6 +61,7 @@ log = logging.getLogger("memsession.persist")
 
 WRITE_THROUGH = "write_through"
 WRITE_BEHIND = "write_behind"
+_METHODS = ("load", "load_all", "save", "delete", "purge", "clear", "close")
 
 
 def _number(option: str, value: Any, *, allow_none: bool = False, allow_zero: bool = False) -> None:
@@ -121,7 +130,10 @@ class Persistence:
 
     def __init__(self, store: Store, config: PersistConfig | None = None, *, clock: Clock = SYSTEM_CLOCK) -> None:
         if not isinstance(store, Store):
-            raise ConfigError("store", store, "must implement persist.base.Store")
+            # Name what is missing: a store written before a method was added fails here, at start.
+            missing = ", ".join(m for m in ("name", *_METHODS) if not hasattr(store, m))
+            reason = "must implement persist.base.Store"
+            raise ConfigError("store", store, f"{reason}; missing: {missing}" if missing else reason)
         self.store = store
         self.config = cfg = config if config is not None else PersistConfig()
         self.clock = clock
@@ -134,6 +146,12 @@ class Persistence:
         self._stopping = False
         self._closed = False
         self._failing = False
+        #: The highest clear this process knows of: nothing at or below it is queued or read back.
+        self._cleared = 0
+        #: The highest clear the store confirmed, and one it still owes (0: none).
+        self._store_cleared = 0
+        self._clear_due = 0
+        self._clearing = False  # one store.clear at a time: a repeat could scan a whole database again
         self._next_prune = clock.monotonic() + cfg.prune_interval if cfg.prune_interval else None
         self._counts = dict.fromkeys(
             (
@@ -148,6 +166,8 @@ class Persistence:
                 "read_errors",
                 "purged",
                 "purge_errors",
+                "clears",
+                "clear_errors",
                 "rejected",
                 "lost",
             ),
@@ -205,17 +225,80 @@ class Persistence:
             self._counts["saved"] += 1
 
     def _enqueue_locked(self, record: Record) -> None:
+        if cleared_by(record, self._cleared):
+            return  # the store would ignore it anyway
         old = self._pending.get(record.key)
         if old is None or supersedes(record, old):
             self._pending[record.key] = record
 
+    def clear(self, version: int) -> None:
+        """Make a clear at ``version`` (an HLC version) stick in the store; the cache has cleared itself.
+
+        Drops queued records at or below ``version`` and calls
+        ``store.clear(version)`` now. Store trouble is logged, counted
+        (``clear_errors``) and never raised: the writer thread retries the
+        highest clear still owed before its next batch. A clear the store
+        already took, or already owes, costs nothing. ``ConfigError`` if
+        ``version`` is not an int in ``[0, 2**63 - 1]``.
+        """
+        version = check_clear_version(version, self.store.name)
+        self._check_process("clear")
+        with self._lock:
+            if self._closed:
+                self._counts["clear_errors"] += 1
+                log.error("clear (watermark %d) after the store %s was closed is not persisted",
+                          version, self.store.name)
+                return
+            if version > self._cleared:
+                self._cleared = version
+                for key in [k for k, r in self._pending.items() if cleared_by(r, version)]:
+                    del self._pending[key]
+            if version <= max(self._store_cleared, self._clear_due):
+                return
+            self._clear_due = version
+        try:
+            self._apply_clear()
+        except StoreError:
+            with self._lock:
+                self._wake.notify()
+
+    def _apply_clear(self) -> None:
+        """Hand the store the clear it owes, if any; raise its error (the clear stays owed)."""
+        with self._lock:
+            while self._clearing:
+                self._settled.wait()
+            version = self._clear_due
+            if not version:
+                return
+            self._clearing = True
+        try:
+            removed = self.store.clear(version)
+        except StoreError as exc:
+            with self._lock:
+                self._counts["clear_errors"] += 1
+            self._outage(exc)
+            raise
+        else:
+            with self._lock:
+                self._counts["clears"] += 1
+                self._store_cleared = max(self._store_cleared, version)
+                if self._clear_due <= version:
+                    self._clear_due = 0
+        finally:
+            with self._lock:
+                self._clearing = False
+                self._settled.notify_all()
+        log.info("cleared %d sessions from %s (watermark %d)", removed, self.store.name, version)
+        self._recovered()
+
     def flush(self) -> int:
-        """Write everything queued now; return how many records this call wrote.
+        """Write everything queued now (a clear the store owes first); return how many records it wrote.
 
         Returns once nothing is queued or in flight (a batch the writer thread
         is saving is waited for). Raises the store's error if it fails (the
-        records stay queued).
+        records, and the clear, stay queued).
         """
+        self._apply_clear()
         written = 0
         while True:
             batch = self._take()
@@ -333,7 +416,7 @@ class Persistence:
                 continue
             if stopping:
                 with self._lock:
-                    if not self._pending:
+                    if not self._pending and not self._clear_due:
                         break
                 continue
             self._maybe_prune()
@@ -367,7 +450,8 @@ class Persistence:
         with self._lock:
             self._counts["read_through"] += 1
             queued = self._pending.get(key) or self._inflight.get(key)
-            if queued is not None:
+            # A batch in flight may still hold what a clear covers: ask the store instead.
+            if queued is not None and not cleared_by(queued, self._cleared):
                 self._counts["read_hits"] += 1
                 return queued
             until = self._negative.get(key)
@@ -385,8 +469,10 @@ class Persistence:
             if cfg.on_read_error == "raise":
                 raise
             return None
-        if record is not None and record.expires <= self.clock.wall():
-            record = None  # expired but not purged yet: as good as unknown, and remembered as such
+        if record is not None and (record.expires <= self.clock.wall() or cleared_by(record, self._cleared)):
+            # Expired but not purged yet, or read just before a clear reached the store:
+            # as good as unknown, and remembered as such.
+            record = None
         with self._lock:
             if record is None:
                 self._counts["read_misses"] += 1
@@ -412,6 +498,8 @@ class Persistence:
             for record in stream:
                 if count >= limit:
                     break
+                if cleared_by(record, self._cleared):
+                    continue
                 apply(record)
                 count += 1
         finally:
@@ -437,6 +525,14 @@ class Persistence:
         with self._lock:
             lost = len(self._pending) + len(self._inflight)
             self._counts["lost"] += lost
+            clear_due = self._clear_due
+        if clear_due:
+            log.error(
+                "closing before the store %s took the clear at watermark %d; "
+                "it may still return sessions that clear ended",
+                self.store.name,
+                clear_due,
+            )
         if lost:
             log.error(
                 "closing with %d session changes the store %s did not accept; they are lost",
@@ -458,4 +554,6 @@ class Persistence:
             out["queued"] = len(self._pending) + len(self._inflight)
             out["failing"] = self._failing
             out["negative"] = len(self._negative)
+            out["cleared"] = self._cleared
+            out["clear_due"] = self._clear_due
             return out

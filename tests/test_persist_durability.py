@@ -24,9 +24,11 @@ import pytest
 from memsession import SessionCache
 from memsession.errors import StoreUnavailable
 from memsession.session import new_id
+from persist.base import WATERMARK_KEY
 from persist.jsonfile import read_snapshot
 from persist.postgres import PostgresStore
-from persist.writer import PersistConfig
+from persist.testing import make_test_record
+from persist.writer import PersistConfig, Persistence
 from tests.servers import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,3 +247,26 @@ def test_sigkill_never_leaves_a_damaged_snapshot(tmp_path: Path) -> None:
     assert all(r.data["pad"] == "x" * 200 for r in records)
     leftovers = [p for p in os.listdir(tmp_path) if p not in ("sessions.jsonl", ".sessions.jsonl.lock")]
     assert all(p.endswith(".tmp") for p in leftovers)
+
+
+def test_clear_while_postgres_is_down_is_applied_when_it_returns(private_postgres: PostgresServer) -> None:
+    postgres_server, postgres_url = private_postgres, private_postgres.url
+    store = PostgresStore(postgres_url, create_table=True, timeout=0.1)
+    persistence = Persistence(store, PersistConfig(flush_interval=0.01, retry_min=0.05, retry_max=0.25))
+    try:
+        store.save([make_test_record("old", version=100), make_test_record("new", version=300)])
+        # Halt and relaunch the same cluster (same port, same data).
+        postgres_server._halt()
+        postgres_server._running = False
+        try:
+            persistence.clear(200)  # store trouble is never raised
+            stats = persistence.stats()
+            assert stats["clear_errors"] >= 1 and stats["clear_due"] == 200
+        finally:
+            postgres_server._launch()
+            postgres_server._running = True
+        wait_until(lambda: persistence.stats()["clear_due"] == 0)
+        assert persistence.stats()["clears"] == 1
+        assert set(stored(postgres_url)) == {"new", WATERMARK_KEY}
+    finally:
+        persistence.close()

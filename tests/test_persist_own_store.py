@@ -1,4 +1,4 @@
-"""The README's "write your own store" example passes the public contract suite."""
+"""The README's "write your own store" example passes the public contract suite, clear included."""
 
 from __future__ import annotations
 
@@ -26,3 +26,16 @@ def test_it_plugs_into_a_session_cache(tmp_path: Path) -> None:
         cache.set(sid, {"user": "ada"})
     with SessionCache(store=SqliteStore(str(tmp_path / "s.db"))) as cold:
         assert cold.get(sid) == {"user": "ada"}
+
+
+def test_a_clear_reaches_it(tmp_path: Path) -> None:
+    ended, kept = new_id(), new_id()
+    with SessionCache(store=SqliteStore(str(tmp_path / "s.db"))) as cache:
+        cache.set(ended, {"user": "ada"})
+        assert cache.persistence is not None
+        cache.persistence.flush()
+        cache.clear()
+        cache.set(kept, {"user": "grace"})
+    with SessionCache(store=SqliteStore(str(tmp_path / "s.db"))) as cold:
+        assert cold.get(ended) is None
+        assert cold.get(kept) == {"user": "grace"}

@@ -22,7 +22,8 @@ from memsession.errors import ConfigError, SessionDestroyed, StoreRejected, Stor
 from memsession.session import Record, new_id
 from memsession.testing import FakeClock
 from persist.jsonfile import JsonFileStore
-from persist.writer import PersistConfig
+from persist.testing import make_test_record
+from persist.writer import PersistConfig, Persistence
 
 BEHIND_SLOW = PersistConfig(mode="write_behind", flush_interval=3600.0)
 
@@ -33,12 +34,18 @@ class RecordingStore(JsonFileStore):
     def __init__(self, path: Path, **options: Any) -> None:
         super().__init__(path, save_interval=None, fsync=False, clock=FakeClock(), **options)
         self.down = False
+        self.clear_down = False  # only clear() fails
         self.loads = 0
         self.batches: list[int] = []
         self.purges = 0
+        self.clears: list[int] = []
+        self.calls: list[str] = []
+        #: While set, save() waits here (a batch held in flight).
+        self.gate: threading.Event | None = None
+        self.saving = threading.Event()
 
     def _check(self, op: str) -> None:
-        if self.down:
+        if self.down or (op == "clear" and self.clear_down):
             raise StoreUnavailable("switched off", store=self.name, op=op)
 
     def load(self, key: str) -> Record | None:
@@ -49,7 +56,17 @@ class RecordingStore(JsonFileStore):
     def save(self, records: Sequence[Record]) -> int:
         self._check("save")
         self.batches.append(len(records))
+        self.calls.append("save")
+        if self.gate is not None:
+            self.saving.set()
+            self.gate.wait(10)
         return super().save(records)
+
+    def clear(self, version: int) -> int:
+        self._check("clear")
+        self.clears.append(version)
+        self.calls.append("clear")
+        return super().clear(version)
 
     def purge(self, now: float) -> int:
         self._check("purge")
@@ -435,3 +452,179 @@ def test_expired_stored_sessions_are_cached_negatively(store: RecordingStore, cl
         for _ in range(5):
             assert cache.get(sid) is None
         assert store.loads == 1
+
+
+# -- clear -------------------------------------------------------------------------------
+
+OUTAGE = PersistConfig(flush_interval=0.005, retry_min=0.01, retry_max=0.02)
+
+
+@pytest.fixture
+def persistence(store: RecordingStore, clock: FakeClock):
+    p = Persistence(store, BEHIND_SLOW, clock=clock)
+    yield p
+    p.close()
+
+
+def test_clear_drops_queued_records_it_covers(store: RecordingStore, persistence: Persistence) -> None:
+    old, at, new = (make_test_record(k, version=v) for k, v in (("old", 100), ("at", 200), ("new", 300)))
+    for record in (old, at, new):
+        persistence.emit(record)
+    persistence.clear(200)
+    assert store.clears == [200]
+    assert persistence.stats()["queued"] == 1
+    assert persistence.read("old") is None and persistence.read("at") is None
+    assert persistence.flush() == 1
+    assert store.load("new") == new and store.load("old") is None
+    persistence.emit(make_test_record("late", version=150))
+    assert persistence.stats()["queued"] == 0
+
+
+def test_clear_reaches_the_store_at_once_and_once(store: RecordingStore, persistence: Persistence) -> None:
+    store.save([make_test_record("old", version=100), make_test_record("new", version=300)])
+    persistence.clear(200)
+    assert store.load("old") is None and store.load("new") is not None
+    persistence.clear(200)
+    persistence.clear(150)
+    persistence.clear(0)
+    assert store.clears == [200]
+    stats = persistence.stats()
+    assert (stats["clears"], stats["clear_errors"], stats["cleared"], stats["clear_due"]) == (1, 0, 200, 0)
+
+
+def test_clear_is_retried_after_an_outage_before_the_next_batch(
+    store: RecordingStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.save([make_test_record("old", version=100)])
+    with SessionCache(store=store, persistence=OUTAGE) as cache:
+        assert cache.persistence is not None
+        store.down = True
+        cache.persistence.emit(make_test_record("new", version=300))
+        cache.persistence.clear(200)  # never raises store trouble
+        stats = cache.stats()["persistence"]
+        assert stats["clear_errors"] >= 1 and stats["clear_due"] == 200 and stats["clears"] == 0
+        assert "failing" in caplog.text
+        wait_until(lambda: cache.stats()["persistence"]["clear_errors"] >= 3)  # the writer retries
+        store.calls.clear()
+        store.down = False
+        wait_until(lambda: cache.stats()["persistence"]["queued"] == 0)
+        stats = cache.stats()["persistence"]
+        assert stats["clears"] == 1 and stats["clear_due"] == 0
+        assert store.calls[:2] == ["clear", "save"]
+        assert store.load("old") is None and store.load("new") is not None
+        assert "is back" in caplog.text
+
+
+def test_a_higher_clear_replaces_one_still_owed(store: RecordingStore, persistence: Persistence) -> None:
+    store.clear_down = True
+    persistence.clear(100)
+    persistence.clear(300)
+    persistence.clear(200)
+    assert persistence.stats()["clear_due"] == 300
+    store.clear_down = False
+    persistence.flush()
+    assert store.clears == [300]
+    assert persistence.stats()["clear_due"] == 0
+
+
+def test_reads_never_return_what_a_clear_covers(store: RecordingStore, persistence: Persistence) -> None:
+    stored = make_test_record("stored", version=100)
+    store.save([stored, make_test_record("kept", version=300)])
+    store.clear_down = True  # the store still holds "stored"
+    persistence.clear(200)
+    assert store.load("stored") == stored
+    assert persistence.read("stored") is None
+    assert persistence.read("kept") is not None
+    applied: list[Record] = []
+    assert persistence.preload(applied.append, 10) == 1
+    assert [r.key for r in applied] == ["kept"]
+    store.clear_down = False
+
+
+def test_a_batch_in_flight_during_a_clear_is_not_read_back(store: RecordingStore, persistence: Persistence) -> None:
+    flying = make_test_record("flying", version=100)
+    persistence.emit(flying)
+    store.gate = threading.Event()
+    flusher = threading.Thread(target=persistence.flush)
+    flusher.start()
+    try:
+        assert store.saving.wait(10)
+        assert persistence.read("flying") == flying  # in flight, not cleared yet
+        persistence.clear(200)
+        assert persistence.read("flying") is None
+    finally:
+        store.gate.set()
+        flusher.join(10)
+    assert store.load("flying") is None  # the store's watermark refused the late batch
+
+
+def test_close_writes_a_clear_still_owed(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    store = RecordingStore(path)
+    store.save([make_test_record("old", version=100)])
+    p = Persistence(store, OUTAGE)
+    store.clear_down = True
+    p.clear(200)
+    assert p.stats()["clear_due"] == 200
+    store.clear_down = False
+    p.close()
+    assert store.clears == [200] and p.stats()["clear_due"] == 0
+    reopened = JsonFileStore(path, save_interval=None)
+    try:
+        assert reopened.load("old") is None
+        assert reopened.save([make_test_record("late", version=150)]) == 0
+    finally:
+        reopened.close()
+
+
+def test_close_says_when_a_clear_could_not_be_written(
+    store: RecordingStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    p = Persistence(store, PersistConfig(close_timeout=0.05, retry_min=0.01, retry_max=0.01))
+    store.clear_down = True
+    p.clear(200)
+    with caplog.at_level(logging.ERROR):
+        p.close()
+    assert "clear at watermark 200" in caplog.text
+    p.clear(300)
+    assert p.stats()["clear_errors"] >= 2
+    assert "after the store" in caplog.text
+
+
+def test_clear_refuses_a_bad_version(persistence: Persistence) -> None:
+    for bad in (-1, True, 2.0, "1", 1 << 63):
+        with pytest.raises(ConfigError):
+            persistence.clear(bad)  # type: ignore[arg-type]
+
+
+def test_a_store_without_clear_fails_at_start(tmp_path: Path) -> None:
+    class OldStore:
+        name = "old"
+
+        def load(self, key: str) -> None: ...
+        def load_all(self, now: float) -> Any: ...
+        def save(self, records: Any) -> int: ...
+        def delete(self, keys: Any) -> int: ...
+        def purge(self, now: float) -> int: ...
+        def close(self) -> None: ...
+
+    with pytest.raises(ConfigError, match="missing: clear"):
+        Persistence(OldStore())  # type: ignore[arg-type]
+
+
+def test_cache_clear_ends_sessions_in_the_store_too(tmp_path: Path, clock: FakeClock) -> None:
+    """``SessionCache.clear`` reaches the store: a cold process does not bring the sessions back."""
+    path = tmp_path / "s.jsonl"
+    sids = [new_id() for _ in range(3)]
+    with SessionCache(clock=clock, store=JsonFileStore(path, save_interval=None, clock=clock)) as cache:
+        for sid in sids:
+            cache.set(sid, {"sid": sid})
+        assert cache.persistence is not None
+        cache.persistence.flush()
+        cache.clear()
+        later = new_id()
+        cache.set(later, {"later": True})
+        assert cache.stats()["persistence"]["clears"] == 1
+    with SessionCache(clock=clock, store=JsonFileStore(path, save_interval=None, clock=clock)) as cold:
+        assert all(cold.get(sid) is None for sid in sids)
+        assert cold.get(later) == {"later": True}
