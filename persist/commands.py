@@ -134,6 +134,8 @@ def format_status(stats: dict[str, Any], requests: str) -> str:
         (f"  bus          {stats.get('received', 0)} received, {stats.get('applied', 0)} applied, "
          f"{stats.get('gaps', 0)} gaps, lag p50 {_ms(stats.get('lag_ms_p50'))} / p99 {_ms(stats.get('lag_ms_p99'))}"),
     ]
+    if stats.get("cleared"):
+        lines.append(f"  cleared      every session at or below version {stats['cleared']}")
     dropped = stats.get("dropped") or {}
     if dropped:
         lines.append("  dropped      " + ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items())))
@@ -149,6 +151,11 @@ def format_status(stats: dict[str, Any], requests: str) -> str:
             (f"  errors       {persist.get('write_errors', 0)} write, {persist.get('purge_errors', 0)} purge, "
              f"{persist.get('overflows', 0)} overflows, {persist.get('lost', 0)} lost"),
         ]
+        clears, due = persist.get("clears", 0), persist.get("clear_due", 0)
+        if clears or due:
+            # An owed clear means the store may still hand back sessions a clear ended.
+            owed = f"; one owed, watermark {due}" if due else ""
+            lines.append(f"  clears       {clears} applied to the store{owed}")
         if persist.get("last_error"):
             lines.append(f"  last error   {persist['last_error']}")
         lines.append(f"  pruned       {persist.get('purged', 0)} expired sessions from the store")
