@@ -33,7 +33,7 @@ from typing import Any
 
 from . import wire
 from .bus.base import new_epoch, percentiles
-from .bus.sequence import GAP, SequenceTracker
+from .bus.sequence import DUP, GAP, SequenceTracker
 from .clock import SYSTEM_CLOCK, Clock
 from .config import _positive
 from .errors import BusError, ConfigError, WireError
@@ -246,31 +246,40 @@ class HubState:
                 self.counts["gaps"] += 1
                 return self._resync(msg.origin)
             return []
-        verdict = self.tracker.observe(msg.origin, msg.epoch, msg.seq)
-        if verdict == "dup":
-            self.counts["duplicates"] += 1
-            return []
-        self.counts["received"] += 1
+        items = msg.body if op == wire.BATCH else ((op, msg.body),)
         if len(self.lag_ms) >= 4096:
             del self.lag_ms[:2048]
-        self.lag_ms.append(self.clock.wall() * 1000 - msg.sent_us / 1000)
+        lag = self.clock.wall() * 1000 - msg.sent_us / 1000
+        observe = self.tracker.observe
+        gap = False
+        for i, (item_op, body) in enumerate(items):
+            verdict = observe(msg.origin, msg.epoch, msg.seq + i)
+            if verdict == DUP:
+                self.counts["duplicates"] += 1
+                continue
+            self.counts["received"] += 1
+            self.lag_ms.append(lag)
+            self._apply(item_op, body)
+            gap = gap or verdict == GAP
+        if gap:
+            self.counts["gaps"] += 1
+            return self._resync(msg.origin)
+        return []
+
+    def _apply(self, op: str, body: Any) -> None:
         if op == wire.SET or op == wire.DESTROY:
-            self.merge(msg.body)
+            self.merge(body)
         elif op == wire.TOUCH:
-            key, version, origin, accessed, expires = msg.body
+            key, version, origin, accessed, expires = body
             old = self.replica.get(key)
             if old is not None and not old.deleted and (old.version, old.origin) == (version, origin):
                 self.merge(old.touched(accessed, expires))
             else:
                 self.counts["ignored"] += 1
         elif op == wire.CLEAR:
-            self.clear(msg.body)
+            self.clear(body)
         else:  # INVALIDATE: the value came by WRITE, acknowledged before this was sent
             self.counts["ignored"] += 1
-        if verdict == GAP:
-            self.counts["gaps"] += 1
-            return self._resync(msg.origin)
-        return []
 
     def relay(self, record: Record) -> list[bytes]:
         """Frames that republish ``record`` on the hub's own stream."""

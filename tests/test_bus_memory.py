@@ -128,6 +128,7 @@ def test_replicas_converge_after_partitions_heal(steps):
     for c in caches:
         hub.heal(c.bus)
     hub.beat()
+    clock.advance(1)  # past the hub's spacing between two resync requests to one worker
     hub.beat()
     expected = hub_state(hub)
     for c in caches:
@@ -408,3 +409,35 @@ def test_if_the_hub_does_not_answer_during_a_repair_local_copies_are_served_and_
     hub.partition(b.bus)  # the hub is unreachable before the repair could run
     assert b.get(sid) == {"v": 1} and b.get(sid) == {"v": 1}
     assert b.stats()["unverified"] == 2 and b.stats()["revalidated"] == 0
+
+
+# -- batches ------------------------------------------------------------------------------------
+
+
+def test_a_batch_is_numbered_like_the_messages_it_holds(hub, clock):
+    a, b = cache(hub, clock), cache(hub, clock)
+    sender = a.bus.replicator
+    records = [Record(new_id(), {"i": i}, a.hlc.now(), a.origin, clock.wall(), clock.wall(), clock.wall() + 60)
+               for i in range(5)]
+    frames = sender.outgoing_batch(records)
+    assert wire.decode(frames).op == wire.BATCH and sender.seq == 5
+    assert b.bus.receive(frames) == "applied"
+    assert all(b.get(r.key) == r.data for r in records)
+    assert b.bus.receive(frames) == "skipped"  # every item already seen
+    stats = b.stats()["replication"]
+    assert stats["received"] == 5 and stats["duplicates"] == 5 and stats["gaps"] == 0
+    sender.outgoing(records[0])  # seq 6, lost
+    later = sender.outgoing_batch(records[:2])  # seq 7-8: the gap shows in the batch
+    b.bus.receive(later)  # the twin repairs at once
+    assert b.stats()["replication"]["gaps"] == 1
+
+
+def test_the_hub_merges_every_item_of_a_batch(hub, clock):
+    a = cache(hub, clock)
+    records = [Record(new_id(), {"i": i}, a.hlc.now(), a.origin, clock.wall(), clock.wall(), clock.wall() + 60)
+               for i in range(3)]
+    r0 = records[0]
+    tomb = Record(r0.key, {}, a.hlc.now(), a.origin, r0.created, clock.wall(), clock.wall() + 60, True)
+    hub.deliver(a.bus.replicator.outgoing_batch([*records, tomb]))
+    assert sorted(hub.state.replica) == sorted(r.key for r in records)
+    assert hub.state.replica[records[0].key].deleted and hub.state.counts["received"] == 4

@@ -124,6 +124,23 @@ def test_push_and_end_without_a_proper_watermark_are_refused(op, fields):
         wire.decode_reply(wire.encode_request(op, 1, *fields))
 
 
+def _items(records):
+    return [("d", wire.destroy_fields(r)) if r.deleted else ("s", wire.set_fields(r)) for r in records]
+
+
+batch_header = st.tuples(st.integers(1, 2**63 - 1), u64, st.integers(1, 2**64 - 8), u64)
+
+
+@given(st.lists(records(), min_size=1, max_size=6), batch_header)
+def test_batch_round_trips_every_item_in_order(batch, h):
+    msg = wire.decode(wire.encode_batch(_items(batch) + [("c", [9])], *h))
+    assert msg.op == wire.BATCH and (msg.origin, msg.epoch, msg.seq, msg.sent_us) == h
+    *changes, (last_op, last_body) = msg.body
+    assert [op for op, _ in changes] == [wire.DESTROY if r.deleted else wire.SET for r in batch]
+    assert all(same(body, r) for (_, body), r in zip(changes, batch))
+    assert (last_op, last_body) == (wire.CLEAR, 9)
+
+
 def test_tuples_come_back_as_lists_and_nested_data_is_not_flat():
     record = Record("k", {"t": [1, 2], "d": {"x": None}}, 5, 1, 1.0, 1.0, 2.0, False, False, 0)
     body = wire.decode(wire.encode_set(record, 1, 1, 1, 1)).body
@@ -240,12 +257,36 @@ def test_random_frames_raise_only_wire_error(topic, payload):
 @settings(max_examples=300)
 @given(records(), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4))
 def test_mutated_frames_raise_only_wire_error_or_decode_cleanly(record, flips):
-    topic, payload = wire.encode_record_message(record, 1, 2, 3, 4)
-    mutated = bytearray(payload)
-    for pos, value in flips:
-        mutated[pos % len(mutated)] = value
-    try:
-        msg = wire.decode([topic, bytes(mutated)])
-    except WireError:
-        return
-    assert isinstance(msg.body, Record) and isinstance(msg.body.data, dict)
+    for topic, payload in (wire.encode_record_message(record, 1, 2, 3, 4),
+                           wire.encode_batch(_items([record, record]), 1, 2, 3, 4)):
+        mutated = bytearray(payload)
+        for pos, value in flips:
+            mutated[pos % len(mutated)] = value
+        try:
+            msg = wire.decode([topic, bytes(mutated)])
+        except WireError:
+            continue
+        bodies = [body for _, body in msg.body] if msg.op == wire.BATCH else [msg.body]
+        assert all(isinstance(b, Record) and isinstance(b.data, dict) for b in bodies)
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [],  # nothing to number
+        "s",
+        [[]],
+        [["x", 1]],  # unknown op
+        [["h"]],  # a heartbeat is not a data message
+        [[b"s", *wire.set_fields(GOOD)]],  # op must be a str
+        [["s", *wire.set_fields(GOOD)[:-1]]],  # truncated item
+        [["s", *wire.set_fields(GOOD)], ["c", 0]],  # one bad item spoils the batch
+    ],
+)
+def test_malformed_batches_are_refused(items):
+    bad([b"ms1b", msgpack.packb([1, 1, 1, 1, items], use_bin_type=True)])
+
+
+def test_a_batch_without_a_sequence_number_or_past_the_last_one_is_refused():
+    bad(wire.encode_batch(_items([GOOD]), 1, 1, 0, 1))
+    bad(wire.encode_batch(_items([GOOD, GOOD]), 1, 1, 2**64 - 1, 1))
