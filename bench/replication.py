@@ -73,8 +73,9 @@ def _receiver(kind: str, conn: Any, target: str, n: int, run: int) -> None:
         arrived: list[tuple[int, int, int]] = []  # index, sent, applied (ns)
 
         class Probe(SessionCache):
-            def apply(self, record: Any) -> bool:
-                changed = super().apply(record)
+            # The one funnel of apply() and apply_many(): the moment a change is merged here.
+            def _apply_locked(self, record: Any, now: float, wall: float) -> bool:
+                changed = super()._apply_locked(record, now, wall)
                 if changed and record.data.get("run") == run:  # not what the join snapshot brought
                     arrived.append((record.data["i"], record.data["t"], time.monotonic_ns()))
                 return changed

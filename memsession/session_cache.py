@@ -359,48 +359,61 @@ class SessionCache:
         with self._lock:
             self._check_open()
             self.hlc.observe(record.version)
-            if record.version <= self.cleared:
-                self._counts["ignored"] += 1
-                return False
+            return self._apply_locked(record, self.clock.monotonic(), self.clock.wall())
+
+    def apply_many(self, records: list[Record]) -> int:
+        """``apply`` for a run of records under one lock and one clock reading; how many changed."""
+        if not records:
+            return 0
+        with self._lock:
+            self._check_open()
+            self.hlc.observe(max(r.version for r in records))
             now = self.clock.monotonic()
             wall = self.clock.wall()
-            sid = record.key
-            tomb = self._tombstone_locked(sid, now)
-            if tomb is not None:
-                if record.deleted and wins(record, tomb):
-                    self._bury_locked(record, now)
-                    return True
-                self._counts["ignored"] += 1
-                return False
-            old: Record | None = self._core.peek(sid)
-            if record.deleted:
-                if old is not None:
-                    self._remove_locked(sid, old)
+            apply = self._apply_locked
+            return sum(1 for r in records if apply(r, now, wall))
+
+    def _apply_locked(self, record: Record, now: float, wall: float) -> bool:
+        if record.version <= self.cleared:
+            self._counts["ignored"] += 1
+            return False
+        sid = record.key
+        tomb = self._tombstone_locked(sid, now) if self._tombstones else None
+        if tomb is not None:
+            if record.deleted and wins(record, tomb):
                 self._bury_locked(record, now)
-                self._counts["applied"] += 1
                 return True
-            if old is not None and (record.version, record.origin) == (old.version, old.origin):
-                if record.accessed <= old.accessed:
-                    self._counts["ignored"] += 1
-                    return False
-            elif not wins(record, old):
-                self._counts["ignored"] += 1
-                return False
-            if record.expires <= wall:
-                if old is not None:
-                    self._remove_locked(sid, old)
-                self._counts["ignored"] += 1
-                return old is not None
-            self._store_locked(
-                record,
-                old,
-                now,
-                # the same creation keeps the same deadline: recomputing it would drift by rounding
-                created=None if old is not None and old.created == record.created else now - (wall - record.created),
-                accessed=now - (wall - record.accessed),
-            )
+            self._counts["ignored"] += 1
+            return False
+        old: Record | None = self._core.peek(sid)
+        if record.deleted:
+            if old is not None:
+                self._remove_locked(sid, old)
+            self._bury_locked(record, now)
             self._counts["applied"] += 1
             return True
+        if old is not None and record.version == old.version and record.origin == old.origin:
+            if record.accessed <= old.accessed:
+                self._counts["ignored"] += 1
+                return False
+        elif not wins(record, old):
+            self._counts["ignored"] += 1
+            return False
+        if record.expires <= wall:
+            if old is not None:
+                self._remove_locked(sid, old)
+            self._counts["ignored"] += 1
+            return old is not None
+        self._store_locked(
+            record,
+            old,
+            now,
+            # the same creation keeps the same deadline: recomputing it would drift by rounding
+            created=None if old is not None and old.created == record.created else now - (wall - record.created),
+            accessed=now - (wall - record.accessed),
+        )
+        self._counts["applied"] += 1
+        return True
 
     # -- internals (call with the lock held) -----------------------------------
 

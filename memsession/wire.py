@@ -90,7 +90,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from .errors import WireError
-from .session import Record, is_flat
+from .session import Record
 
 __all__ = [
     "PROTOCOL",
@@ -111,6 +111,8 @@ __all__ = [
     "encode_resync",
     "encode_set",
     "encode_touch",
+    "is_own",
+    "own_prefix",
     "record_from_list",
     "record_to_list",
 ]
@@ -191,6 +193,7 @@ class Reply(NamedTuple):
 # -- encoding ------------------------------------------------------------------
 
 _packb = msgpack.packb
+_unpackb = msgpack.unpackb
 
 
 def _pack_data(data: dict[str, Any]) -> bytes:
@@ -287,6 +290,25 @@ def encode_request(op: str, rid: int, *fields: Any) -> list[bytes]:
 # -- decoding ------------------------------------------------------------------
 
 
+def own_prefix(origin: int, epoch: int) -> bytes:
+    """What every payload of stream ``(origin, epoch)`` starts with after its array header."""
+    return _packb(origin) + _packb(epoch)
+
+
+def is_own(frames: Sequence[bytes], prefix: bytes) -> bool:
+    """True for a message of our own stream (``own_prefix``) other than HELLO, without decoding it.
+
+    A subscriber gets its own messages back from the hub; skipping them here
+    saves decoding every change this process made. Every bus payload is an
+    array of at most 15 items, so its header is one fixarray byte.
+    """
+    if len(frames) != 2 or frames[0] == _TOPICS[HELLO]:
+        return False
+    payload = frames[1]
+    return bool(payload) and payload[0] & 0xF0 == 0x90 and payload.startswith(prefix, 1)
+
+
+
 def _unpack(frame: bytes, limits: Limits) -> list[Any]:
     if len(frame) > limits.max_frame:
         raise WireError(f"frame of {len(frame)} bytes exceeds {limits.max_frame}")
@@ -377,33 +399,40 @@ def _data(blob: Any, limits: Limits) -> tuple[dict[str, Any], int, bool]:
     if len(blob) > limits.max_data:
         raise WireError("data exceeds max_data")
     try:
-        data = msgpack.unpackb(
-            blob, raw=False, strict_map_key=True, max_ext_len=0,
-        )
+        data = _unpackb(blob, raw=False, strict_map_key=True, max_ext_len=0)
     except Exception as exc:
         raise WireError(f"undecodable data ({type(exc).__name__})") from exc
     if type(data) is not dict:
         raise WireError("data must be a map")
-    flat = is_flat(data)
-    if flat:
-        for k, v in data.items():
-            if type(k) is not str:
-                raise WireError("data keys must be str")
-            if type(v) is float and not math.isfinite(v):
-                raise WireError("non-finite float in data")
-    else:
-        _check_json(data, 0, limits)
-    return data, len(blob), flat
+    # One pass for the common flat session; anything nested gets the full recursive check.
+    for k, v in data.items():
+        kind = type(v)
+        if type(k) is not str:
+            raise WireError("data keys must be str")
+        if kind is dict or kind is list:
+            _check_json(data, 0, limits)
+            return data, len(blob), False
+        if kind is float and v - v != 0.0:  # inf - inf and nan - nan are nan
+            raise WireError("non-finite float in data")
+    return data, len(blob), True
 
 
 def _record(fields: Sequence[Any], deleted: bool, blob: Any, limits: Limits) -> Record:
     key, version, rorigin, created, accessed, expires = fields
-    key = _key(key, limits)
-    version = _int(version, "version")
-    rorigin = _int(rorigin, "origin", _I64_MIN, _U64)
-    created = _time(created, "created")
-    accessed = _time(accessed, "accessed")
-    expires = _time(expires, "expires")
+    # Inline checks: this runs for every change on every hop (the helpers name the bad field).
+    if type(key) is not str or not 0 < len(key) <= limits.max_key:
+        _key(key, limits)
+    if type(version) is not int or not 0 <= version <= _U64:
+        _int(version, "version")
+    if type(rorigin) is not int or not _I64_MIN <= rorigin <= _U64:
+        _int(rorigin, "origin", _I64_MIN, _U64)
+    if (
+        type(created) is not float or type(accessed) is not float or type(expires) is not float
+        or created != created or accessed != accessed or expires != expires  # NaN
+    ):
+        created = _time(created, "created")
+        accessed = _time(accessed, "accessed")
+        expires = _time(expires, "expires")
     if deleted:
         if blob is not None and blob != b"\x80":
             raise WireError("tombstone carries data")

@@ -290,3 +290,21 @@ def test_malformed_batches_are_refused(items):
 def test_a_batch_without_a_sequence_number_or_past_the_last_one_is_refused():
     bad(wire.encode_batch(_items([GOOD]), 1, 1, 0, 1))
     bad(wire.encode_batch(_items([GOOD, GOOD]), 1, 1, 2**64 - 1, 1))
+
+
+@given(records(), header)
+def test_own_messages_are_recognised_without_decoding(record, h):
+    origin, epoch, seq, sent = h
+    mine = wire.own_prefix(origin, epoch)
+    for frames in (
+        wire.encode_record_message(record, origin, epoch, seq, sent),
+        wire.encode_heartbeat(origin, epoch, seq, sent),
+        wire.encode_clear(7, origin, epoch, seq, sent),
+        wire.encode_batch(_items([record]), origin, epoch, 1, sent),
+    ):
+        assert wire.is_own(frames, mine)
+        assert not wire.is_own(frames, wire.own_prefix(origin, epoch ^ 1))
+        assert not wire.is_own(frames, wire.own_prefix(origin ^ 1, epoch))
+    # a process waits for its own hello: that one is never skipped
+    assert not wire.is_own(wire.encode_hello(origin, epoch, 5, sent), mine)
+    assert not wire.is_own([b"ms1s", b""], mine) and not wire.is_own([b"ms1s"], mine)

@@ -121,6 +121,8 @@ class ReplicaTarget(Protocol):
 
     def apply(self, record: Record) -> bool: ...
 
+    def apply_many(self, records: list[Record]) -> int: ...
+
     def apply_clear(self, version: int) -> bool: ...
 
     def record(self, sid: str) -> Record | None: ...
@@ -197,6 +199,7 @@ class Replicator:
         self.origin = cache.origin
         self.clock = clock
         self.epoch = epoch if epoch is not None else new_epoch(clock)
+        self._own = wire.own_prefix(self.origin, self.epoch)
         self.seq = 0
         self.tracker = SequenceTracker(strict=True)
         self.hub_epoch: int | None = None
@@ -270,6 +273,8 @@ class Replicator:
 
     def receive(self, frames: list[bytes]) -> str:
         """Handle one bus message; the return value tells the transport what to do."""
+        if wire.is_own(frames, self._own):
+            return OWN
         try:
             msg = wire.decode(frames, self.config.limits)
         except WireError as exc:
@@ -314,16 +319,25 @@ class Replicator:
         outcome = IGNORED
         gap_at = 0
         received = 0
+        run: list[Record] = []  # consecutive sets and destroys, merged under one lock
         for i, (op, body) in enumerate(msg.body):
             verdict = observe(origin, epoch, seq + i)
             if verdict == DUP:
                 self.counts["duplicates"] += 1
                 continue
             received += 1
-            if merge(op, body):
-                outcome = APPLIED
             if verdict == GAP:
                 gap_at = seq + i
+            if op == wire.SET or op == wire.DESTROY:
+                run.append(body)
+                continue
+            if run and self._merge_run(run):
+                outcome = APPLIED
+            run = []
+            if merge(op, body):
+                outcome = APPLIED
+        if run and self._merge_run(run):
+            outcome = APPLIED
         self.counts["received"] += received
         self.lag_ms.extend([lag] * received)  # every item waited since the batch was sent
         if gap_at:
@@ -352,6 +366,12 @@ class Replicator:
             changed = cache.discard(key, version, origin)
         self.counts["applied" if changed else "ignored"] += 1
         return changed
+
+    def _merge_run(self, records: list[Record]) -> bool:
+        changed = self.cache.apply_many(records)
+        self.counts["applied"] += changed
+        self.counts["ignored"] += len(records) - changed
+        return changed > 0
 
     def _gap(self, where: str) -> str:
         self.counts["gaps"] += 1

@@ -104,8 +104,7 @@ class ZmqBus:
     def publish(self, record: Record | Clear) -> None:
         if self._closed:
             return
-        if self._pid != os.getpid():
-            self._start()
+        # No getpid() check here (a system call per change): a fork runs _after_fork in the child.
         queue = self._queue
         if len(queue) >= self.config.queue_size:
             self._queue_dropped += 1
@@ -207,6 +206,9 @@ class ZmqBus:
 
         pub = self._socket(zmq.PUB)
         pub.sndhwm = self.config.sndhwm
+        # Copy batches into ZeroMQ (a memcpy) rather than lend them zero-copy: lending a large
+        # frame starts pyzmq's garbage thread, which competes with the request threads.
+        pub.copy_threshold = self.config.limits.max_frame
         writer = self._socket(zmq.DEALER) if self.config.mode == "invalidate" else None
         rep = self.replicator
         assert rep is not None
