@@ -7,7 +7,7 @@ import threading
 
 import msgpack
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -446,3 +446,21 @@ def test_repeated_remote_updates_keep_the_entry_age_exactly():
     assert cache.get(sid) == {"v": 200}
     clock.advance(0.02)  # 300.01 s: max_age reached, not a moment later
     assert cache.get(sid) is None
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 6), st.integers(1, 3), st.booleans(),
+                          st.integers(-5, 30)), max_size=25))
+def test_apply_many_ends_where_one_at_a_time_ends(specs):
+    sids = [new_id() for _ in range(4)]
+    clock = FakeClock()
+    records = [
+        Record(sids[k], {} if dead else {"v": v, "o": o}, v, o, clock.wall(), clock.wall(),
+               clock.wall() + life, dead)
+        for k, v, o, dead, life in specs
+    ]
+    one, many = SessionCache(clock=clock), SessionCache(clock=clock)
+    changed = [one.apply(r) for r in records]
+    assert many.apply_many(records) == sum(changed)
+    assert {r.key: r for r in one.records()} == {r.key: r for r in many.records()}
+    assert one.stats()["applied"] == many.stats()["applied"]
