@@ -195,18 +195,21 @@ class HubState:
         return int(self.clock.wall() * 1_000_000)
 
     def merge(self, record: Record) -> bool:
-        changed = record.version > self.cleared and merge_into(self.replica, record, self.clock.wall())
+        # The watermark holds back live records only (tombstones: see SessionCache._apply_locked).
+        changed = (record.deleted or record.version > self.cleared) and merge_into(
+            self.replica, record, self.clock.wall()
+        )
         self.counts["applied" if changed else "ignored"] += 1
         return changed
 
     def clear(self, version: int) -> bool:
-        """Raise the clear watermark to ``version``, dropping everything at or below it; True if raised."""
+        """Raise the clear watermark to ``version``, dropping the live sessions at or below it; True if raised."""
         if version <= self.cleared:
             return False
         self.cleared = version
         self.counts["clears"] += 1
         replica = self.replica
-        for key in [k for k, r in replica.items() if r.version <= version]:
+        for key in [k for k, r in replica.items() if r.version <= version and not r.deleted]:
             del replica[key]
         return True
 

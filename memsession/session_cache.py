@@ -275,10 +275,11 @@ class SessionCache:
     def clear(self) -> None:
         """End every session everywhere: here, on every replica and in the store.
 
-        What goes is every session (and tombstone) last written at or before
-        this moment's version; that version stays behind as a watermark, so
-        no late write from before the clear brings a session back. Sessions
-        written after the clear, anywhere, are kept.
+        What goes is every session last written at or before this moment's
+        version; that version stays behind as a watermark, so no late write
+        from before the clear brings a session back. Sessions written after
+        the clear, anywhere, are kept. Tombstones stay until they lapse:
+        destroyed stays destroyed.
         """
         with self._lock:
             self._check_open()
@@ -374,7 +375,9 @@ class SessionCache:
             return sum(1 for r in records if apply(r, now, wall))
 
     def _apply_locked(self, record: Record, now: float, wall: float) -> bool:
-        if record.version <= self.cleared:
+        if record.version <= self.cleared and not record.deleted:
+            # Tombstones pass: one may already have beaten a newer live copy somewhere, and
+            # "a tombstone beats any live version" must hold alike on every replica.
             self._counts["ignored"] += 1
             return False
         sid = record.key
@@ -445,7 +448,7 @@ class SessionCache:
     def apply_clear(self, version: int) -> bool:
         """Merge a clear that came from elsewhere; True if it raised the watermark.
 
-        Drops every session and tombstone at or below ``version`` and tells
+        Drops every live session at or below ``version`` and tells
         the store (if any) to do the same: clearing is idempotent, so every
         replica repeating it costs little and survives the clearing process dying.
         """
@@ -559,15 +562,13 @@ class SessionCache:
         return record if record is not None and not record.deleted else None
 
     def _clear_locked(self, version: int) -> None:
+        """Raise the watermark and drop the live sessions it covers; tombstones stay until they lapse."""
         self.cleared = version
         self._counts["clears"] += 1
         core = self._core
         doomed = [(sid, r) for sid in list(core) if (r := core.peek(sid)) is not None and r.version <= version]
         for sid, old in doomed:
             self._remove_locked(sid, old)
-        tombstones = self._tombstones
-        for sid in [sid for sid, (tomb, _) in tombstones.items() if tomb.version <= version]:
-            del tombstones[sid]
 
     def _count_locked(self) -> int:
         # The core's own len() sweeps and would drop what it evicts unreported;

@@ -18,10 +18,11 @@ calls and moves batches to the store. Rules:
   ``rewrite_due`` is set, live records are not queued (``deferred``); only if
   tombstones alone fill the queue is the oldest one dropped, counted as
   ``lost``.
-* **Clear.** ``clear(version)`` drops queued records at or below ``version``
-  (the store's own clear removes and refuses them anyway; writing them first
-  would only be wasted work) and remembers the highest clear the store has
-  not taken yet, which the runner applies before the next batch.
+* **Clear.** ``clear(version)`` drops queued live records at or below
+  ``version`` (the store's own clear removes and refuses them anyway; writing
+  them first would only be wasted work) and remembers the highest clear the
+  store has not taken yet, which the runner applies before the next batch.
+  Queued tombstones stay: a clear never ends a tombstone.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ class WriteQueue:
     def clear(self, version: int) -> None:
         """A clear at ``version``: drop what it covers and owe the store that clear."""
         pending = self._pending
-        covered = [k for k, r in pending.items() if r.version <= version]
+        covered = [k for k, r in pending.items() if r.version <= version and not r.deleted]
         for key in covered:
             del pending[key]
         self.counts["cleared"] += len(covered)

@@ -206,11 +206,12 @@ def test_a_clear_on_the_bus_empties_the_replica_up_to_its_version_and_refuses_ol
     for key, version in (("old", 10), ("dead", 11), ("new", 30)):
         state.merge(rec(key=key, version=version, deleted=key == "dead"))
     assert state.on_bus(wire.encode_clear(20, 7, 1, 1, 0)) == []
-    assert sorted(state.replica) == ["new"] and state.cleared == 20
+    assert sorted(state.replica) == ["dead", "new"] and state.cleared == 20  # tombstones stay
     assert not state.merge(rec(key="late", version=19))  # written before the clear, arriving after it
+    assert state.merge(rec(key="late-end", version=19, deleted=True))  # a tombstone always counts
     assert state.merge(rec(key="after", version=21))
     state.on_bus(wire.encode_clear(15, 7, 1, 2, 0))  # an older clear lowers nothing
-    assert state.cleared == 20 and sorted(state.replica) == ["after", "new"]
+    assert state.cleared == 20 and sorted(state.replica) == ["after", "dead", "late-end", "new"]
     assert state.stats()["cleared"] == 20 and state.stats()["clears"] == 1
 
 

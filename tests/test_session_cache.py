@@ -153,14 +153,42 @@ def test_clear_ends_everything_so_far_and_refuses_late_copies_of_it():
     cache.set(dead, {"x": 1})
     cache.destroy(dead)
     cache.clear()
-    assert cache.length() == 0 and cache.stats()["bytes"] == 0 and cache.stats()["tombstones"] == 0
+    assert cache.length() == 0 and cache.stats()["bytes"] == 0
     assert cache.cleared > before.version and cache.stats()["clears"] == 1
     assert not cache.apply(before)  # a late copy of a cleared session does not come back
     assert cache.get(live) is None
-    # the clear's watermark replaces the tombstones: the id may be used again, by a new write
+    # tombstones outlive a clear: destroyed stays destroyed
+    assert cache.stats()["tombstones"] == 1
+    with pytest.raises(SessionDestroyed):
+        cache.set(dead, {"y": 2})
     clock.advance(1)
-    after = cache.set(dead, {"y": 2})
-    assert after.version > cache.cleared and cache.get(dead) == {"y": 2}
+    assert cache.set(live, {"y": 2}).version > cache.cleared  # a new write after the clear
+
+
+def test_a_tombstone_below_the_watermark_still_beats_a_newer_live_copy():
+    """Whatever order a clear, a destroy and a later write arrive in, replicas agree."""
+    clock = FakeClock()
+    sid = new_id()
+    writer, other = SessionCache(clock=clock), SessionCache(clock=clock)
+    other.destroy(sid)
+    tomb = other.record(sid)
+    clearing = SessionCache(clock=clock)
+    clock.advance(0.01)
+    clearing.clear()
+    clock.advance(0.01)
+    live = writer.set(sid, {"after": "clear"})
+    assert tomb.version < clearing.cleared < live.version
+    orders = [[tomb, "clear", live], [live, tomb, "clear"], ["clear", live, tomb], [live, "clear", tomb]]
+    outcomes = set()
+    for order in orders:
+        replica = SessionCache(clock=clock)
+        for item in order:
+            if item == "clear":
+                replica.apply_clear(clearing.cleared)
+            else:
+                replica.apply(item)
+        outcomes.add(repr(replica.record(sid)))
+    assert outcomes == {repr(tomb)}
 
 
 def test_a_remote_clear_keeps_what_was_written_after_it():
