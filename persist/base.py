@@ -21,10 +21,14 @@ and a user dict that would read as such a tag is wrapped as ``{"$dict": ...}``,
 so every value round-trips exactly.
 
 A clear (``Store.clear``) leaves a watermark behind: the version at or below
-which every record is gone. Saves of records at or below it are ignored, so a
-clear and a late batch from another writer give the same result in either
-order: the clear commutes with every save, and a cleared session never comes
-back. ``cleared_by`` is the one comparison every store makes.
+which every live record is gone. Saves of live records at or below it are
+ignored, so a clear and a late batch from another writer give the same result
+in either order: the clear commutes with every save, and a cleared session
+never comes back. Tombstones are outside the watermark's reach, whatever their
+version: a tombstone beats any live version, so one at or below the watermark
+may already have beaten a live record above it, and removing it would bring
+that session back. They stay (and are saved) as usual until they lapse and
+``purge`` removes them. ``cleared_by`` is the one comparison every store makes.
 """
 
 from __future__ import annotations
@@ -75,6 +79,8 @@ class Store(Protocol):
     def load(self, key: str) -> Record | None:
         """The stored record for ``key`` (a tombstone included), or None.
 
+        None too for a live record the watermark covers (see ``clear``).
+
         Returns what was stored, even if it has expired: the caller decides
         with its own clock.
         """
@@ -82,6 +88,7 @@ class Store(Protocol):
     def load_all(self, now: float) -> Iterator[Record]:
         """Every record (tombstones included) whose ``expires`` is after ``now``.
 
+        Live records the watermark covers are left out (see ``clear``).
         Streamed in pages: memory use does not grow with the store's size.
         Order is unspecified.
         """
@@ -111,16 +118,22 @@ class Store(Protocol):
         """
 
     def clear(self, version: int) -> int:
-        """Remove every record (tombstones included) whose ``version`` is at or below ``version``.
+        """Remove every live record (not a tombstone) whose ``version`` is at or below ``version``.
 
-        Returns how many went. Also records ``version`` as the store's
-        watermark, durably (it survives ``close()`` and a server restart) and
-        only ever raised (a lower one keeps the higher), so that from then on:
+        Returns how many went. Tombstones stay, whatever their version, until
+        they lapse and ``purge`` removes them: a tombstone beats any live
+        version, so one at or below ``version`` may have beaten a live record
+        above it, which would come back without it. Also records ``version``
+        as the store's watermark, durably (it survives ``close()`` and a server
+        restart) and only ever raised (a lower one keeps the higher), so that
+        from then on (``cleared_by`` says which records it covers):
 
-        * ``save`` ignores, and does not count, any record at or below the
-          watermark, whether its key is stored or not: a clear and a late
-          batch land in the same state in either order;
-        * ``load`` and ``load_all`` never return such a record;
+        * ``save`` ignores, and does not count, any live record at or below
+          the watermark, whether its key is stored or not: a clear and a late
+          batch land in the same state in either order. A tombstone is saved
+          under the usual version guard, whatever its version;
+        * ``load`` and ``load_all`` never return such a live record; they
+          return tombstones as usual;
         * ``purge`` and ``delete`` never remove the watermark, and nothing
           that counts sessions counts it.
 
@@ -144,9 +157,10 @@ WATERMARK_KEY = "memsession:cleared"
 def cleared_by(record: Record, watermark: int) -> bool:
     """Whether a clear at ``watermark`` removed ``record`` (and refuses it from now on).
 
+    Only live records: a tombstone is never cleared (see the module docstring).
     Versions start above 0, so watermark 0 means "never cleared".
     """
-    return record.version <= watermark
+    return not record.deleted and record.version <= watermark
 
 
 def check_clear_version(version: object, store: str = "") -> int:

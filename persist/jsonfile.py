@@ -19,8 +19,9 @@ File format, one JSON value per line (UTF-8)::
 left out when writing and skipped when loading; expiries are kept exactly.
 ``cleared`` is the clear watermark (``persist.base.Store.clear``); a file
 without it (written before clears existed) reads as 0, never cleared. Adding
-it kept format version 1: the records a clear removed are not in the file, so
-an older reader only misses the guard against late writes.
+it kept format version 1: the live records a clear removed are not in the
+file (its tombstones are, as a clear keeps them), so an older reader only
+misses the guard against late writes.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def write_snapshot(
 ) -> int:
     """Atomically replace ``path`` with the unexpired ``records`` and the watermark ``cleared``.
 
-    Returns how many records were written; records at or below ``cleared`` are left out.
+    Returns how many records were written; live records ``cleared`` covers
+    (``cleared_by``) are left out, tombstones kept.
     """
     live = [r for r in records if r.expires > now and not cleared_by(r, cleared)]
     folder = os.path.dirname(os.path.abspath(path))
@@ -134,7 +136,7 @@ class Snapshot(NamedTuple):
 
     #: The clear watermark (0: never cleared).
     cleared: int
-    #: The unexpired records above the watermark; reading them to the end closes the file.
+    #: The unexpired records the watermark does not cover; reading them to the end closes the file.
     records: Iterator[Record]
 
 
@@ -173,7 +175,7 @@ def open_snapshot(path: str, now: float, *, max_line_bytes: int = 8 << 20) -> Sn
 
 
 def read_snapshot(path: str, now: float, *, max_line_bytes: int = 8 << 20) -> Iterator[Record]:
-    """The unexpired records of a snapshot file above its watermark, streamed (see ``open_snapshot``)."""
+    """The unexpired records of a snapshot file its watermark does not cover, streamed (see ``open_snapshot``)."""
     yield from open_snapshot(path, now, max_line_bytes=max_line_bytes).records
 
 
@@ -228,7 +230,7 @@ def _records(
             except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
                 raise StoreCorrupt(path, f"line {lineno}: bad record ({exc})", store=_NAME) from exc
             seen += 1
-            # Belt and braces: a file never holds cleared records, unless edited by hand.
+            # Belt and braces: a file never holds cleared live records, unless edited by hand.
             if record.expires > now and not cleared_by(record, cleared):
                 yield record
         if obj.get("end") != seen or count != seen:
@@ -350,8 +352,9 @@ class JsonFileStore:
             check_open(self._closed, _NAME, "save")
             stored = self._records
             cleared = self._cleared
-            # The winner per key first, then the watermark: as the other stores do, so
-            # a batch lands the same whether a clear came before or after it.
+            # The winner per key first, then the watermark (which lets tombstones through):
+            # as the other stores do, so a batch lands the same whether a clear came
+            # before or after it.
             for key, record in coalesce(records).items():
                 if not cleared_by(record, cleared) and supersedes(record, stored.get(key)):
                     stored[key] = record
@@ -360,9 +363,10 @@ class JsonFileStore:
         return written
 
     def clear(self, version: int) -> int:
-        """Drop records at or below ``version``, raise the watermark and write the file at once.
+        """Drop live records at or below ``version``, raise the watermark and write the file at once.
 
-        The snapshot is written before returning (only if something changed):
+        Tombstones stay, whatever their version, until they lapse. The
+        snapshot is written before returning (only if something changed):
         unlike a save, a clear lost in a crash would bring sessions back.
         """
         check_clear_version(version, _NAME)

@@ -135,11 +135,17 @@ def test_make_record_checks_stored_fields(fields) -> None:
         make_record(*fields)
 
 
-def test_cleared_by_covers_the_watermark_itself() -> None:
+def test_cleared_by_covers_live_records_up_to_the_watermark_itself() -> None:
     assert cleared_by(make_test_record("k", version=5), 5)
-    assert cleared_by(make_test_record("k", version=4, deleted=True), 5)
+    assert cleared_by(make_test_record("k", version=4), 5)
     assert not cleared_by(make_test_record("k", version=6), 5)
     assert not cleared_by(make_test_record("k", version=1), 0)  # 0: never cleared
+
+
+@pytest.mark.parametrize("version", [1, 5, 6])
+def test_cleared_by_never_covers_a_tombstone(version: int) -> None:
+    """A tombstone beats any live version, so one at or below a clear may guard a session above it."""
+    assert not cleared_by(make_test_record("k", version=version, deleted=True), 5)
 
 
 @pytest.mark.parametrize("good", [0, 1, 1 << 40, MAX_VERSION])

@@ -229,11 +229,17 @@ def test_clear_writes_the_watermark_into_the_header_at_once(tmp_path: Path) -> N
     path = tmp_path / "s.jsonl"
     store = JsonFileStore(path, save_interval=None, clock=FakeClock())
     try:
-        store.save([make_test_record("old", version=100), make_test_record("new", version=300)])
+        store.save(
+            [
+                make_test_record("old", version=100),
+                make_test_record("tomb", version=150, deleted=True),
+                make_test_record("new", version=300),
+            ]
+        )
         assert store.clear(200) == 1
         header = orjson.loads(path.read_bytes().splitlines()[0])
-        assert header["cleared"] == 200 and header["count"] == 1
-        assert [r.key for r in read_snapshot(str(path), T0)] == ["new"]
+        assert header["cleared"] == 200 and header["count"] == 2
+        assert sorted(r.key for r in read_snapshot(str(path), T0)) == ["new", "tomb"]
         assert store.stats()["cleared"] == 200
         mtime = path.stat().st_mtime_ns
         assert store.clear(150) == 0
@@ -262,18 +268,20 @@ def test_file_without_a_watermark_reads_as_never_cleared(tmp_path: Path) -> None
         store.close()
 
 
-def test_records_below_the_watermark_in_the_file_are_not_loaded(tmp_path: Path) -> None:
-    """Belt and braces: a hand-edited file can't bring a cleared session back."""
+def test_live_records_below_the_watermark_in_the_file_are_not_loaded(tmp_path: Path) -> None:
+    """Belt and braces: a hand-edited file can't bring a cleared session back; its tombstones still count."""
     path = tmp_path / "s.jsonl"
     old, new = make_test_record("old", version=100), make_test_record("new", version=300)
-    write_snapshot(str(path), [old, new], T0)
+    tomb = make_test_record("tomb", version=150, deleted=True)
+    write_snapshot(str(path), [old, tomb, new], T0)
     raw = path.read_bytes()
     path.write_bytes(raw.replace(b'"cleared":0', b'"cleared":200', 1))
-    assert [r.key for r in read_snapshot(str(path), T0)] == ["new"]
+    assert [r.key for r in read_snapshot(str(path), T0)] == ["tomb", "new"]
     store = JsonFileStore(path, save_interval=None, clock=FakeClock())
     try:
-        assert store.load("old") is None and store.load("new") == new
+        assert store.load("old") is None and store.load("new") == new and store.load("tomb") == tomb
         assert store.save([old]) == 0
+        assert store.save([make_test_record("tomb", version=300)]) == 0
     finally:
         store.close()
 
@@ -287,12 +295,16 @@ def test_bad_watermark_is_refused(tmp_path: Path, bad: bytes) -> None:
         JsonFileStore(path, save_interval=None)
 
 
-def test_write_snapshot_leaves_out_cleared_records(tmp_path: Path) -> None:
+def test_write_snapshot_leaves_out_cleared_live_records_and_keeps_tombstones(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
-    records = [make_test_record("a", version=10), make_test_record("b", version=20)]
-    assert write_snapshot(str(path), records, T0, cleared=10) == 1
+    records = [
+        make_test_record("a", version=10),
+        make_test_record("t", version=5, deleted=True),
+        make_test_record("b", version=20),
+    ]
+    assert write_snapshot(str(path), records, T0, cleared=10) == 2
     snapshot = open_snapshot(str(path), T0)
-    assert snapshot.cleared == 10 and [r.key for r in snapshot.records] == ["b"]
+    assert snapshot.cleared == 10 and [r.key for r in snapshot.records] == ["t", "b"]
 
 
 def test_moved_aside_file_keeps_its_readable_watermark(tmp_path: Path) -> None:
@@ -303,5 +315,6 @@ def test_moved_aside_file_keeps_its_readable_watermark(tmp_path: Path) -> None:
     try:
         assert store.load("a") is None
         assert store.save([make_test_record("b", version=150)]) == 0
+        assert store.save([make_test_record("b", version=150, deleted=True)]) == 1
     finally:
         store.close()

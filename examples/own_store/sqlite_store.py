@@ -3,8 +3,8 @@
 The same shape fits any database with transactions or compare-and-set
 (MongoDB, Redis with WATCH/MULTI, DynamoDB, ...): keep each record as one
 JSON value, write a record only if it ``supersedes`` the stored one and is
-not ``cleared_by`` the clear watermark (kept in the same transaction's reach),
-and translate the driver's errors into memsession's at the boundary.
+not ``cleared_by`` the clear watermark (kept in the same transaction's reach;
+it covers live records only, never tombstones), and translate the driver's errors into memsession's at the boundary.
 ``tests/test_persist_own_store.py`` proves it with the public contract suite.
 """
 
@@ -26,8 +26,9 @@ from persist.base import (
     supersedes,
 )
 
-#: Rows above the watermark (none yet: 0). Reads filter too, belt and braces.
-ABOVE = "version > (SELECT coalesce(max(version), 0) FROM watermark)"
+#: Rows the clear watermark (none yet: 0) does not cover: ``cleared_by`` in SQL, negated.
+#: Tombstones never are. Reads filter too, belt and braces.
+NOT_CLEARED = "NOT (NOT deleted AND version <= (SELECT coalesce(max(version), 0) FROM watermark))"
 
 
 class SqliteStore:
@@ -40,7 +41,7 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS sessions"
-            " (key TEXT PRIMARY KEY, record BLOB, expires REAL, version INTEGER)"
+            " (key TEXT PRIMARY KEY, record BLOB, expires REAL, version INTEGER, deleted INTEGER)"
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS sessions_expires ON sessions (expires)")
         # One row at most: the clear watermark.
@@ -69,7 +70,7 @@ class SqliteStore:
             self._sql(op, "COMMIT")
 
     def load(self, key: str) -> Record | None:
-        rows = self._sql("load", f"SELECT record FROM sessions WHERE key = ? AND {ABOVE}", [key])
+        rows = self._sql("load", f"SELECT record FROM sessions WHERE key = ? AND {NOT_CLEARED}", [key])
         return record_from_json(rows[0][0]) if rows else None
 
     def load_all(self, now: float) -> Iterator[Record]:
@@ -80,7 +81,7 @@ class SqliteStore:
         after = ""
         while rows := self._sql(
             "load_all",
-            f"SELECT key, record FROM sessions WHERE key > ? AND expires > ? AND {ABOVE}"
+            f"SELECT key, record FROM sessions WHERE key > ? AND expires > ? AND {NOT_CLEARED}"
             " ORDER BY key LIMIT 500",
             [after, now],
         ):
@@ -95,8 +96,8 @@ class SqliteStore:
                 if not cleared_by(record, cleared) and supersedes(record, self.load(record.key)):
                     self._sql(
                         "save",
-                        "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)",
-                        [record.key, record_to_json(record), record.expires, record.version],
+                        "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?)",
+                        [record.key, record_to_json(record), record.expires, record.version, record.deleted],
                     )
                     written += 1
         return written
@@ -110,7 +111,10 @@ class SqliteStore:
                 " ON CONFLICT (id) DO UPDATE SET version = max(version, excluded.version)",
                 [version],
             )
-            return len(self._sql("clear", "DELETE FROM sessions WHERE version <= ? RETURNING 1", [version]))
+            # Live rows only: a tombstone may have beaten a live write above the watermark.
+            return len(
+                self._sql("clear", "DELETE FROM sessions WHERE NOT deleted AND version <= ? RETURNING 1", [version])
+            )
 
     def delete(self, keys: Iterable[str]) -> int:
         return sum(len(self._sql("delete", "DELETE FROM sessions WHERE key = ? RETURNING 1", [k])) for k in set(keys))
