@@ -15,7 +15,7 @@ plus an index on ``expires`` for purging. Times are stored as float8 so they
 come back bit for bit; ``json`` (not ``jsonb``) keeps the text as written.
 
 Writes are one statement per batch (``INSERT ... SELECT FROM
-json_to_recordset(<the batch as one JSON array>) WHERE <above the watermark>
+json_to_recordset(<the batch as one JSON array>) WHERE <not cleared>
 ON CONFLICT DO UPDATE ... WHERE <guard>``): the guard is ``persist.base.supersedes``
 in SQL, so a stale writer never overwrites a newer session. Every operation is
 idempotent, so one that fails on a connection broken by a server restart is
@@ -27,9 +27,11 @@ The clear watermark lives in the same table, in one reserved row (key
 the watermark, ``expires`` is infinite and ``deleted`` true, and every
 statement here leaves the row out of what it reads, deletes or purges. One
 table keeps the DDL users run unchanged; the row appears at the first clear.
-Every save compares its records with the row in the same statement, and
-``clear`` raises the row and deletes under a table lock that waits for saves in
-flight (see ``clear``), so no save can slip a cleared record in.
+Every save compares its records with the row in the same statement
+(``persist.base.cleared_by`` in SQL: ``NOT deleted AND version <= watermark``;
+tombstones always pass), and ``clear`` raises the row and deletes the live rows
+it covers under a table lock that waits for saves in flight (see ``clear``), so
+no save can slip a cleared live record in.
 """
 
 from __future__ import annotations
@@ -276,6 +278,10 @@ class PostgresStore:
             v=c("version"), t=t, key=c("key"), r=reserved
         )
 
+        def cleared(deleted: sql.Composable, version: sql.Composable) -> sql.Composed:
+            """``persist.base.cleared_by`` in SQL: live and at or below the watermark."""
+            return sql.SQL("(NOT {d} AND {v} <= {w})").format(d=deleted, v=version, w=watermark)
+
         def sc(f: str) -> sql.Composed:
             return sql.SQL("{}.{}").format(s, c(f))
 
@@ -301,32 +307,36 @@ class PostgresStore:
             sets=sql.SQL(", ").join(sql.SQL("{} = {}").format(c(f), ec(f)) for f in _FIELDS if f != "key"),
             guard=guard,
         )
-        # Records at or below the watermark are left out by the statement itself
-        # (the batch is coalesced first, as ``save`` documents).
+        # Live records at or below the watermark are left out by the statement itself
+        # (the batch is coalesced first, as ``save`` documents); tombstones never are.
         self._sql_upsert = sql.SQL(
             "INSERT INTO {t} AS s ({cols})"
             " SELECT b.k, b.d::json, b.v, b.o, b.c, b.a, coalesce(b.e, 'Infinity'::float8), b.x"
             " FROM json_to_recordset(%s::json)"
             " AS b(k text, d text, v bigint, o bigint, c float8, a float8, e float8, x boolean)"
-            " WHERE b.v > {watermark}{on_conflict}"
-        ).format(t=t, cols=cols, watermark=watermark, on_conflict=on_conflict)
-        # One record (write-through): plain parameters, no JSON batch to unpack; the
-        # version comes twice, the second time for the watermark test.
+            " WHERE NOT {cleared}{on_conflict}"
+        ).format(t=t, cols=cols, cleared=cleared(sql.SQL("b.x"), sql.SQL("b.v")), on_conflict=on_conflict)
+        # One record (write-through): plain parameters, no JSON batch to unpack; deleted
+        # and version come twice, the second time for the watermark test.
         self._sql_upsert_one = sql.SQL(
             "INSERT INTO {t} AS s ({cols}) SELECT %s, %s::text::json, %s, %s, %s, %s, %s, %s"
-            " WHERE %s > {watermark}{on_conflict}"
-        ).format(t=t, cols=cols, watermark=watermark, on_conflict=on_conflict)
-        # Reads leave out what a clear covers (belt and braces: saves already do),
-        # the reserved row included, since its version is the watermark itself.
-        self._sql_load = sql.SQL("SELECT {cols} FROM {t} WHERE {key} = %s AND {v} > {watermark}").format(
-            cols=select_cols, t=t, key=c("key"), v=c("version"), watermark=watermark
+            " WHERE NOT {cleared}{on_conflict}"
+        ).format(
+            t=t,
+            cols=cols,
+            cleared=cleared(sql.SQL("%s::boolean"), sql.SQL("%s::bigint")),
+            on_conflict=on_conflict,
+        )
+        # Reads leave out the live rows a clear covers (belt and braces: saves already
+        # do) and the reserved row, a tombstone-shaped row that is no session.
+        not_cleared = sql.SQL("NOT {}").format(cleared(c("deleted"), c("version")))
+        self._sql_load = sql.SQL("SELECT {cols} FROM {t} WHERE {key} = %s AND {key} <> {r} AND {nc}").format(
+            cols=select_cols, t=t, key=c("key"), r=reserved, nc=not_cleared
         )
         self._sql_page = sql.SQL(
-            "SELECT {cols} FROM {t} WHERE {key} > %s AND {exp} > %s AND {key} <> {r} AND {v} > {watermark}"
+            "SELECT {cols} FROM {t} WHERE {key} > %s AND {exp} > %s AND {key} <> {r} AND {nc}"
             " ORDER BY {key} LIMIT %s"
-        ).format(
-            cols=select_cols, t=t, key=c("key"), exp=c("expires"), r=reserved, v=c("version"), watermark=watermark
-        )
+        ).format(cols=select_cols, t=t, key=c("key"), exp=c("expires"), r=reserved, nc=not_cleared)
         self._sql_delete = sql.SQL("DELETE FROM {t} WHERE {key} = ANY(%s) AND {key} <> {r}").format(
             t=t, key=c("key"), r=reserved
         )
@@ -352,9 +362,11 @@ class PostgresStore:
             t=t, cols=cols, r=reserved, now=now, key=c("key"), v=c("version"),
             sv=sc("version"), ev=ec("version"), a=c("accessed"), ea=ec("accessed"), sa=sc("accessed"),
         )
-        self._sql_clear_delete = sql.SQL("DELETE FROM {t} WHERE {v} <= %s AND {key} <> {r}").format(
-            t=t, v=c("version"), key=c("key"), r=reserved
-        )
+        # Live rows only: a tombstone at or below the watermark may have beaten a live
+        # write above it, which would come back without it.
+        self._sql_clear_delete = sql.SQL(
+            "DELETE FROM {t} WHERE NOT {d} AND {v} <= %s AND {key} <> {r}"
+        ).format(t=t, d=c("deleted"), v=c("version"), key=c("key"), r=reserved)
         # Rendered once: composing identifiers on every call costs more than the query.
         for name in (
             "_sql_upsert", "_sql_upsert_one", "_sql_load", "_sql_page", "_sql_delete", "_sql_purge",
@@ -449,7 +461,7 @@ class PostgresStore:
             r = records[0]
             one = [
                 r.key, encode_data(r.data, r.flat).decode(), r.version, r.origin,
-                r.created, r.accessed, r.expires, r.deleted, r.version,
+                r.created, r.accessed, r.expires, r.deleted, r.deleted, r.version,
             ]
 
             def work_one(conn: psycopg.Connection[Any]) -> int:
@@ -492,7 +504,9 @@ class PostgresStore:
                 return total
 
     def clear(self, version: int) -> int:
-        """Raise the watermark row and delete what it covers, in one transaction.
+        """Raise the watermark row and delete the live rows it covers, in one transaction.
+
+        Tombstones stay, whatever their version, until a purge removes them.
 
         The table lock (see ``_prepare_sql``) holds every write, not reads,
         until the transaction ends: a clear of a large table pauses saves for
@@ -519,8 +533,8 @@ class PostgresStore:
             return 0
         row = conn.execute(self._sql_clear_raise, [version]).fetchone()
         assert row is not None
-        # The stored watermark, which may be higher than ``version``: anything at or
-        # below it that a writer without the guard slipped in goes too.
+        # The stored watermark, which may be higher than ``version``: any live row at
+        # or below it that a writer without the guard slipped in goes too.
         return conn.execute(self._sql_clear_delete, [row[0]]).rowcount
 
     def _watermark_in(self, conn: psycopg.Connection[Any]) -> int:

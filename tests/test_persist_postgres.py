@@ -289,49 +289,64 @@ def test_watermark_survives_a_server_restart(postgres_server: PostgresServer, re
         store.close()
 
 
-def test_rows_below_the_watermark_are_never_read(postgres_url: str) -> None:
-    """Belt and braces: a row a guard-less writer slipped in stays invisible; the next higher clear removes it."""
+def test_live_rows_below_the_watermark_are_never_read(postgres_url: str) -> None:
+    """Belt and braces: a live row a guard-less writer slipped in stays invisible; the next higher clear removes it.
+
+    A tombstone below the watermark is read as usual, and no clear removes it.
+    """
     store = PostgresStore(postgres_url, create_table=True)
     try:
         store.clear(200)
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute(
-                "INSERT INTO memsession VALUES ('sneaky', '{}', 150, 1, 0, 0, 'Infinity', false)"
+                "INSERT INTO memsession VALUES ('sneaky', '{}', 150, 1, 0, 0, 'Infinity', false),"
+                " ('tomb', '{}', 150, 1, 0, 0, 'Infinity', true)"
             )
         assert store.load("sneaky") is None
-        assert list(store.load_all(0.0)) == []
+        tomb = store.load("tomb")
+        assert tomb is not None and tomb.deleted and tomb.version == 150
+        assert list(store.load_all(0.0)) == [tomb]
         assert store.clear(200) == 0  # already covered: no lock, no scan
         assert store.clear(250) == 1
+        assert store.load("tomb") == tomb
     finally:
         store.close()
 
 
-def test_clear_waits_for_a_save_in_flight_and_removes_its_rows(postgres_url: str) -> None:
-    """A save that read the old watermark commits after the clear began: the clear still removes its rows."""
+def test_clear_waits_for_a_save_in_flight_and_removes_its_live_rows(postgres_url: str) -> None:
+    """A save that read the old watermark commits after the clear began: the clear still removes its live rows.
+
+    The tombstones the save wrote stay.
+    """
     store = PostgresStore(postgres_url, create_table=True, max_size=4)
     try:
         store.save([make_test_record("held", version=50)])
         old = [make_test_record(f"old{i}", version=100 + i) for i in range(50)]
+        tombs = [make_test_record(f"tomb{i}", version=100 + i, deleted=True) for i in range(5)]
         with psycopg.connect(postgres_url) as holder:
             # The save blocks on this row lock after it has inserted its new rows, uncommitted.
             holder.execute("SELECT 1 FROM memsession WHERE sid = 'held' FOR UPDATE")
-            saving, saved = _in_thread(lambda: store.save([*old, make_test_record("held", version=60)]))
+            saving, saved = _in_thread(lambda: store.save([*old, *tombs, make_test_record("held", version=60)]))
             _wait_for(lambda: _waiting_on_locks(postgres_url) == 1)
             clearing, cleared = _in_thread(lambda: store.clear(200))
             _wait_for(lambda: _waiting_on_locks(postgres_url) == 2)
             holder.commit()
             saving.join(20)
             clearing.join(20)
-        assert saved == [51] and cleared == [51]
-        assert list(store.load_all(0.0)) == []
+        assert saved == [56] and cleared == [51]
+        assert sorted(store.load_all(0.0), key=lambda r: r.key) == tombs
         with psycopg.connect(postgres_url) as conn:
-            assert conn.execute("SELECT count(*) FROM memsession WHERE version <= 200").fetchone() == (1,)
+            assert conn.execute("SELECT count(*) FROM memsession WHERE version <= 200").fetchone() == (6,)
+            assert conn.execute(
+                "SELECT count(*) FROM memsession WHERE version <= 200 AND NOT deleted"
+            ).fetchone() == (0,)
     finally:
         store.close()
 
 
 def test_saves_during_a_clear_wait_and_see_the_new_watermark(postgres_url: str) -> None:
-    store = PostgresStore(postgres_url, create_table=True, max_size=4)
+    """Live records below the new watermark are ignored; tombstones below it are written, batched or one."""
+    store = PostgresStore(postgres_url, create_table=True, max_size=5)
     try:
         store.save([make_test_record("held", version=50)])
         with psycopg.connect(postgres_url) as holder:
@@ -340,34 +355,45 @@ def test_saves_during_a_clear_wait_and_see_the_new_watermark(postgres_url: str) 
             clearing, cleared = _in_thread(lambda: store.clear(200))
             _wait_for(lambda: _waiting_on_locks(postgres_url) == 1)
             batch = [make_test_record(f"old{i}", version=100 + i) for i in range(20)]
+            batch.append(make_test_record("batch-tomb", version=120, deleted=True))
             saving, saved = _in_thread(lambda: store.save(batch))
             one, saved_one = _in_thread(lambda: store.save([make_test_record("one", version=199)]))
+            tomb, saved_tomb = _in_thread(lambda: store.save([make_test_record("tomb", version=150, deleted=True)]))
             newer, saved_newer = _in_thread(lambda: store.save([make_test_record("newer", version=201)]))
-            _wait_for(lambda: _waiting_on_locks(postgres_url) == 4)
+            _wait_for(lambda: _waiting_on_locks(postgres_url) == 5)
             holder.commit()
-            for thread in (clearing, saving, one, newer):
+            for thread in (clearing, saving, one, tomb, newer):
                 thread.join(20)
-        assert cleared == [1] and saved == [0] and saved_one == [0] and saved_newer == [1]
-        assert [r.key for r in store.load_all(0.0)] == ["newer"]
+        assert cleared == [1] and saved == [1] and saved_one == [0] and saved_tomb == [1] and saved_newer == [1]
+        assert sorted(r.key for r in store.load_all(0.0)) == ["batch-tomb", "newer", "tomb"]
     finally:
         store.close()
 
 
 def test_concurrent_clears_and_late_saves_leave_nothing_cleared(postgres_url: str) -> None:
-    """Two stores on one table, one saving old records while the other clears: no error, no deadlock, nothing left.
+    """Two stores on one table, one saving old records while the other clears: no error, no deadlock.
 
-    A smoke test: the two tests above pin the interleavings themselves.
+    No live record below the last watermark is left, and every tombstone is. A
+    smoke test: the two tests above pin the interleavings themselves.
     """
     saver = PostgresStore(postgres_url, create_table=True)
     clearer = PostgresStore(postgres_url, create_table=True)
     stop = threading.Event()
     errors: list[BaseException] = []
+    tombstones = 0
 
     def save_old() -> None:
+        nonlocal tombstones
         n = 0
         try:
             while not stop.is_set():
-                saver.save([make_test_record(f"k{n}-{i}", version=1 + (n * 7 + i) % 1000) for i in range(200)])
+                saver.save(
+                    [
+                        make_test_record(f"k{n}-{i}", version=1 + (n * 7 + i) % 1000, deleted=i % 10 == 0)
+                        for i in range(200)
+                    ]
+                )
+                tombstones += 20
                 n += 1
         except BaseException as exc:  # reported below
             errors.append(exc)
@@ -381,10 +407,14 @@ def test_concurrent_clears_and_late_saves_leave_nothing_cleared(postgres_url: st
         stop.set()
         thread.join(30)
     assert not errors, errors
+    assert tombstones
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute(
-            "SELECT count(*) FROM memsession WHERE version <= 1000 AND sid <> %s", [WATERMARK_KEY]
+            "SELECT count(*) FROM memsession WHERE version <= 1000 AND NOT deleted"
         ).fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM memsession WHERE deleted AND sid <> %s", [WATERMARK_KEY]
+        ).fetchone() == (tombstones,)
     saver.close()
     clearer.close()
 
