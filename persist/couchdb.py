@@ -25,17 +25,22 @@ it) and without ``expires``::
      "version": "<decimal>",   the watermark
      "swept": "<decimal>"}     the highest watermark whose deletions finished
 
+The watermark covers live sessions only (``persist.base.cleared_by``: a
+document with ``"deleted": false`` and a version at or below it); our
+tombstones stay until they lapse and are saved whatever their version.
 CouchDB has no transactions, so the order of steps carries the guarantee.
-``clear`` raises the watermark first, then deletes what it covers, then
-records the sweep as done; a clear that ``swept`` covers does nothing more
-(every replica repeats a clear), one it doesn't scans again. ``save``
-reads the watermark in the same ``_all_docs`` request as the revisions it
-decides on, and once more after writing: if a clear raised it meanwhile, the
-save deletes what it wrote at or below it. Either that second read sees the
-new watermark, or the write happened before the watermark rose and so before
-the clear's scan, which deletes it. A cleared document that exists for a
-moment is never returned: ``load`` and ``load_all`` compare with the
-watermark too.
+``clear`` raises the watermark first, then deletes the live sessions it
+covers, then records the sweep as done; a clear that ``swept`` covers does
+nothing more (every replica repeats a clear), one it doesn't scans again.
+``save`` reads the watermark in the same ``_all_docs`` request as the
+revisions it decides on, and once more after writing: if a clear raised it
+meanwhile, the save deletes the live sessions it wrote at or below it. Either
+that second read sees the new watermark, or the write happened before the
+watermark rose and so before the clear's scan, which deletes it. A cleared
+document that exists for a moment is never returned: ``load`` and
+``load_all`` compare with the watermark too. A tombstone that replaces a live
+document the sweep is about to delete makes that delete conflict; the sweep
+reads the document again and leaves the tombstone.
 
 Credentials in the URL are moved to HTTP basic auth and never appear in
 reprs, logs or errors. Every response body is read with a size limit.
@@ -82,6 +87,9 @@ _NAME = "couchdb"
 _DDOC = "memsession"
 _INDEX = "expires"
 _WATERMARK_PATH = quote(WATERMARK_KEY, safe="")
+#: Version of the tombstones ``CouchFollower`` hands over for documents gone from CouchDB:
+#: below every real write (versions start above 0), so they never outrank a real tombstone.
+_EVICTION_VERSION = 0
 
 
 def _split_url(url: str) -> tuple[httpx.URL, tuple[str, str] | None]:
@@ -373,7 +381,10 @@ class CouchStore:
         return len(written)
 
     def _undo_cleared(self, written: dict[str, tuple[str, Record]], floor: int) -> None:
-        """Delete what this save wrote at or below a watermark raised since it decided (see the module doc)."""
+        """Delete the live records this save wrote at or below a watermark raised since it decided.
+
+        See the module docstring; tombstones are never taken back.
+        """
         watermark = self._watermark("save")
         if watermark <= floor:
             return
@@ -492,9 +503,10 @@ class CouchStore:
                 return total
 
     def clear(self, version: int) -> int:
-        """Raise the watermark document, then delete what it covers, ``purge_batch`` documents at a time.
+        """Raise the watermark document, then delete the live sessions it covers, ``purge_batch`` at a time.
 
-        The scan reads ``_all_docs`` in id order (a Mango range on ``_id``
+        Tombstones stay, whatever their version, until a purge removes them
+        once they lapse. The scan reads ``_all_docs`` in id order (a Mango range on ``_id``
         would compare ids by collation rather than by code point and could
         skip some). If it stops midway, the watermark already hides what is
         left from every read, and a retry finishes the work.
@@ -508,7 +520,7 @@ class CouchStore:
         return removed
 
     def _sweep(self, watermark: int) -> int:
-        """Delete every session document at or below ``watermark``; return how many went."""
+        """Delete every live session document at or below ``watermark``; return how many went."""
         end = orjson.dumps(self.prefix + "\ufff0").decode()
         after: str | None = None
         total = 0
@@ -557,9 +569,13 @@ class CouchStore:
 
     @staticmethod
     def _cleared_doc(doc: dict[str, Any], watermark: int) -> bool:
+        """``cleared_by`` on a stored document, without decoding its data."""
         version = doc.get("version")
         # Not a session document (another application's): not ours to delete.
-        return type(version) is str and version.isdecimal() and int(version) <= watermark
+        if type(version) is not str or not version.isdecimal():
+            return False
+        # A tombstone is never cleared; a document whose flag is not a boolean is not ours.
+        return doc.get("deleted", False) is False and int(version) <= watermark
 
     def _remove_cleared(self, docs: dict[str, dict[str, Any]], watermark: int) -> int:
         revs = {doc_id: doc["_rev"] for doc_id, doc in docs.items() if self._cleared_doc(doc, watermark)}
@@ -606,15 +622,19 @@ class CouchFollower:
     (``since``, also readable while running). Starts at ``since="now"``:
     what was written before is read through on demand.
 
-    A change whose document was deleted at the CouchDB level (purged or
-    ``delete()``d) is handed over as a tombstone that expires at once, so
-    the session is evicted here without blocking its id; its version is just
-    above the watermark (``watermark``, read at each connect and followed),
-    the lowest one a cache still accepts. The clear
+    Our tombstones (documents with ``"deleted": true``) are handed over
+    like any session, whatever their version: a cache takes them below its
+    clear watermark too. A change whose document was deleted at the CouchDB
+    level (purged, ``delete()``d, or a live session a clear swept) is handed
+    over as a tombstone that expires at once, so the session is evicted here
+    without blocking its id. Its ``(version, origin)`` is ``(0, 0)``, below
+    every real write: it removes any live copy (a tombstone beats every live
+    version) but never replaces a tombstone the cache holds, so a destroy the
+    cache kept through a clear keeps blocking a late live write. The clear
     watermark's document is never handed over as a session: a raised
     watermark goes to ``on_clear`` (e.g. the cache's ``apply_clear``), if
-    given, as an int. An exception from a callback is logged and counted;
-    the follower goes on.
+    given, as an int, and to ``watermark`` (also read at each connect). An
+    exception from a callback is logged and counted; the follower goes on.
     """
 
     def __init__(
@@ -755,7 +775,7 @@ class CouchFollower:
             if change.get("deleted"):
                 now = self.clock.wall()
                 key = doc_id[len(self.store.prefix) :]
-                self.on_record(Record(key, {}, self.watermark + 1, 0, now, now, now, True))
+                self.on_record(Record(key, {}, _EVICTION_VERSION, 0, now, now, now, True))
                 self.counts["deletions"] += 1
             else:
                 self.on_record(self.store._record(change.get("doc")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -347,16 +348,19 @@ def test_watermark_document_is_outside_the_sessions(db_url: str) -> None:
         store.close()
 
 
-def test_documents_below_the_watermark_are_never_read(db_url: str) -> None:
-    """Belt and braces: a document another writer slipped in stays invisible."""
+def test_live_documents_below_the_watermark_are_never_read(db_url: str) -> None:
+    """Belt and braces: a live document another writer slipped in stays invisible; a tombstone is read and kept."""
     store = open_store(db_url)
     try:
         store.clear(200)
         sneaky = store._doc(make_test_record("sneaky", version=150))
         assert store.client.put("s%3Asneaky", json=sneaky).status_code == 201
+        tomb = make_test_record("tomb", version=150, deleted=True)
+        assert store.client.put("s%3Atomb", json=store._doc(tomb)).status_code == 201
         assert store.load("sneaky") is None
-        assert list(store.load_all(0.0)) == []
+        assert list(store.load_all(0.0)) == [tomb]
         assert store.clear(250) == 1
+        assert store.load("tomb") == tomb
     finally:
         store.close()
 
@@ -380,10 +384,12 @@ def test_a_save_that_raced_a_clear_takes_back_what_it_wrote(db_url: str) -> None
         saver._current = clear_after_reading  # type: ignore[method-assign]
         late = [make_test_record("late", version=150), make_test_record("existing", version=60)]
         fresh = make_test_record("fresh", version=250)
-        assert saver.save([*late, fresh]) == 1
+        late_tomb = make_test_record("late-tomb", version=150, deleted=True)
+        assert saver.save([*late, fresh, late_tomb]) == 2
         assert saver.client.get("s%3Alate").status_code == 404
         assert saver.client.get("s%3Aexisting").status_code == 404
         assert clearer.load("fresh") == fresh
+        assert clearer.load("late-tomb") == late_tomb  # a tombstone is never taken back
     finally:
         saver.close()
         clearer.close()
@@ -403,6 +409,30 @@ def test_clear_sweeps_in_batches_and_a_repeat_does_not_scan(db_url: str) -> None
         requests.clear()
         assert store.clear(150) == 0
         assert requests == [f"GET {store.client.base_url.path}{WATERMARK_KEY}"]
+
+
+def test_clear_sweep_leaves_tombstones_even_one_that_replaced_a_document_it_read(db_url: str) -> None:
+    """A tombstone written between the sweep's read and its delete makes the delete conflict: it stays."""
+    clearer, writer = open_store(db_url), open_store(db_url)
+    try:
+        kept = make_test_record("kept", version=100, deleted=True)
+        clearer.save([make_test_record(k, version=100) for k in ("a", "b", "racing")] + [kept])
+        racing_tomb = make_test_record("racing", version=110, deleted=True)
+        original = clearer._remove
+
+        def destroy_before_deleting(op: str, revs: dict[str, str]) -> int:
+            if op == "clear" and "s:racing" in revs and writer.load("racing") != racing_tomb:
+                assert writer.save([racing_tomb]) == 1
+            return original(op, revs)
+
+        clearer._remove = destroy_before_deleting  # type: ignore[method-assign]
+        assert clearer.clear(200) == 2
+        assert writer.load("a") is None and writer.load("b") is None
+        assert writer.load("racing") == racing_tomb and writer.load("kept") == kept
+        assert sorted(r.key for r in writer.load_all(0.0)) == ["kept", "racing"]
+    finally:
+        clearer.close()
+        writer.close()
 
 
 def test_an_interrupted_clear_is_finished_by_the_next(db_url: str) -> None:
@@ -429,13 +459,17 @@ def test_follower_hands_clears_to_on_clear_never_as_sessions(db_url: str) -> Non
         assert follower.connected.wait(10)
         store.save([make_test_record("before", version=100)])
         store.clear(200)
+        late_tomb = make_test_record("late-tomb", version=150, deleted=True)
+        store.save([late_tomb])
         store.save([make_test_record("after", version=300)])
-        wait_until(lambda: [r.key for r in seen] == ["before", "before", "after"])
-        assert [r.deleted for r in seen] == [False, True, False]
+        wait_until(lambda: [r.key for r in seen] == ["before", "before", "late-tomb", "after"])
+        assert [r.deleted for r in seen] == [False, True, True, False]
         assert clears and set(clears) == {200}
         assert follower.watermark == 200 and follower.counts["clears"] == len(clears)
-        # The eviction of a swept document sits just above the watermark, where caches accept it.
-        assert seen[1].version == 201
+        # The eviction of a swept document sits below every real write: it never outranks a tombstone.
+        assert (seen[1].version, seen[1].origin) == (0, 0)
+        # A tombstone below the watermark is handed over as stored.
+        assert seen[2] == late_tomb
     finally:
         follower.stop()
         store.close()
@@ -459,6 +493,40 @@ def test_follower_eviction_after_a_clear_reaches_the_cache(db_url: str) -> None:
         finally:
             other.close()
         wait_until(lambda: sid not in cache)
+    finally:
+        follower.stop()
+        cache.close()
+
+
+def test_follower_eviction_never_replaces_a_tombstone_a_clear_kept(db_url: str) -> None:
+    """A destroy from before a clear keeps blocking a late live write, even once CouchDB drops the document."""
+    store = open_store(db_url)
+    cache = SessionCache(store=store)
+    follower = CouchFollower(store, cache.apply, on_clear=cache.apply_clear, heartbeat=0.2).start()
+    try:
+        assert follower.connected.wait(10)
+        assert cache.persistence is not None
+        sid = new_id()
+        cache.set(sid, {"a": 1})
+        live = cache.record(sid)
+        cache.destroy(sid)
+        tomb = cache.record(sid)
+        assert live is not None and tomb is not None and tomb.deleted
+        cache.persistence.flush()
+        cache.clear()
+        assert cache.record(sid) == tomb
+        assert store.load(sid) == tomb  # the store's clear kept it too
+        other = open_store(db_url)
+        try:
+            assert other.delete([sid]) == 1
+        finally:
+            other.close()
+        wait_until(lambda: follower.counts["deletions"] == 1)
+        assert cache.record(sid) == tomb
+        # A write that lost to the destroy arrives late, above the clear's watermark.
+        late = dataclasses.replace(live, data={"late": True}, version=cache.cleared + 1)
+        assert not cache.apply(late)
+        assert sid not in cache and cache.get(sid) is None
     finally:
         follower.stop()
         cache.close()
