@@ -27,13 +27,15 @@ Reads: a key that memory doesn't hold is looked up in the queue, then in the
 store (one ``load``, a primary-key read). Unknown keys are remembered for
 ``negative_ttl`` seconds so a flood of bogus ids doesn't reach the store.
 
-Clears (``clear``, after the cache's own): queued records the clear covers are
-dropped, the store is told at once (``Store.clear``), and if it fails the
-writer thread retries before its next batch, as for saves; ``close()`` too.
-Reads and preloads never hand back a record the clear covers, even one a
-batch in flight still holds. Since the store's clear commutes with saves,
-what was in flight needs nothing more. The negative cache needs nothing
-either: an id the store didn't know is not brought back by a clear.
+Clears (``clear``, after the cache's own): queued live records the clear
+covers are dropped (``cleared_by``); queued tombstones stay and are written,
+whatever their version, since a clear never removes a tombstone. The store is
+told at once (``Store.clear``), and if it fails the writer thread retries
+before its next batch, as for saves; ``close()`` too. Reads and preloads never
+hand back a live record the clear covers, even one a batch in flight still
+holds. Since the store's clear commutes with saves, what was in flight needs
+nothing more. The negative cache needs nothing either: an id the store didn't
+know is not brought back by a clear.
 """
 
 from __future__ import annotations
@@ -226,7 +228,7 @@ class Persistence:
 
     def _enqueue_locked(self, record: Record) -> None:
         if cleared_by(record, self._cleared):
-            return  # the store would ignore it anyway
+            return  # a live record the store would ignore anyway; tombstones go on
         old = self._pending.get(record.key)
         if old is None or supersedes(record, old):
             self._pending[record.key] = record
@@ -234,8 +236,8 @@ class Persistence:
     def clear(self, version: int) -> None:
         """Make a clear at ``version`` (an HLC version) stick in the store; the cache has cleared itself.
 
-        Drops queued records at or below ``version`` and calls
-        ``store.clear(version)`` now. Store trouble is logged, counted
+        Drops queued live records at or below ``version`` (queued tombstones
+        are still written) and calls ``store.clear(version)`` now. Store trouble is logged, counted
         (``clear_errors``) and never raised: the writer thread retries the
         highest clear still owed before its next batch. A clear the store
         already took, or already owes, costs nothing. ``ConfigError`` if
@@ -450,7 +452,7 @@ class Persistence:
         with self._lock:
             self._counts["read_through"] += 1
             queued = self._pending.get(key) or self._inflight.get(key)
-            # A batch in flight may still hold what a clear covers: ask the store instead.
+            # A batch in flight may still hold a live record a clear covers: ask the store instead.
             if queued is not None and not cleared_by(queued, self._cleared):
                 self._counts["read_hits"] += 1
                 return queued

@@ -466,18 +466,43 @@ def persistence(store: RecordingStore, clock: FakeClock):
     p.close()
 
 
-def test_clear_drops_queued_records_it_covers(store: RecordingStore, persistence: Persistence) -> None:
+def test_clear_drops_queued_live_records_it_covers_and_keeps_tombstones(
+    store: RecordingStore, persistence: Persistence
+) -> None:
     old, at, new = (make_test_record(k, version=v) for k, v in (("old", 100), ("at", 200), ("new", 300)))
-    for record in (old, at, new):
+    tomb = make_test_record("tomb", version=150, deleted=True)
+    for record in (old, at, new, tomb):
         persistence.emit(record)
     persistence.clear(200)
     assert store.clears == [200]
-    assert persistence.stats()["queued"] == 1
+    assert persistence.stats()["queued"] == 2
     assert persistence.read("old") is None and persistence.read("at") is None
-    assert persistence.flush() == 1
-    assert store.load("new") == new and store.load("old") is None
+    assert persistence.read("tomb") == tomb
+    assert persistence.flush() == 2
+    assert store.load("new") == new and store.load("old") is None and store.load("tomb") == tomb
     persistence.emit(make_test_record("late", version=150))
     assert persistence.stats()["queued"] == 0
+    late_tomb = make_test_record("late", version=150, deleted=True)
+    persistence.emit(late_tomb)
+    assert persistence.stats()["queued"] == 1
+    assert persistence.flush() == 1
+    assert store.load("late") == late_tomb
+
+
+def test_a_late_tombstone_below_the_clear_still_beats_a_stored_session_above_it(
+    store: RecordingStore, persistence: Persistence
+) -> None:
+    """The destroy happened before the clear, yet after the write it beats: destroyed stays destroyed."""
+    above = make_test_record("s", version=300)
+    store.save([above])
+    persistence.clear(200)
+    tomb = make_test_record("s", version=150, deleted=True)
+    persistence.emit(tomb)
+    persistence.flush()
+    assert store.load("s") == tomb
+    persistence.emit(above)  # a late copy from another writer
+    persistence.flush()
+    assert store.load("s") == tomb and persistence.read("s") == tomb
 
 
 def test_clear_reaches_the_store_at_once_and_once(store: RecordingStore, persistence: Persistence) -> None:
@@ -527,23 +552,29 @@ def test_a_higher_clear_replaces_one_still_owed(store: RecordingStore, persisten
     assert persistence.stats()["clear_due"] == 0
 
 
-def test_reads_never_return_what_a_clear_covers(store: RecordingStore, persistence: Persistence) -> None:
+def test_reads_never_return_a_live_record_a_clear_covers(store: RecordingStore, persistence: Persistence) -> None:
     stored = make_test_record("stored", version=100)
-    store.save([stored, make_test_record("kept", version=300)])
+    tomb = make_test_record("tomb", version=100, deleted=True)
+    store.save([stored, tomb, make_test_record("kept", version=300)])
     store.clear_down = True  # the store still holds "stored"
     persistence.clear(200)
     assert store.load("stored") == stored
     assert persistence.read("stored") is None
     assert persistence.read("kept") is not None
+    assert persistence.read("tomb") == tomb
     applied: list[Record] = []
-    assert persistence.preload(applied.append, 10) == 1
-    assert [r.key for r in applied] == ["kept"]
+    assert persistence.preload(applied.append, 10) == 2
+    assert sorted(r.key for r in applied) == ["kept", "tomb"]
     store.clear_down = False
 
 
-def test_a_batch_in_flight_during_a_clear_is_not_read_back(store: RecordingStore, persistence: Persistence) -> None:
+def test_a_live_record_in_flight_during_a_clear_is_not_read_back(
+    store: RecordingStore, persistence: Persistence
+) -> None:
     flying = make_test_record("flying", version=100)
+    tomb = make_test_record("tomb", version=100, deleted=True)
     persistence.emit(flying)
+    persistence.emit(tomb)
     store.gate = threading.Event()
     flusher = threading.Thread(target=persistence.flush)
     flusher.start()
@@ -552,10 +583,12 @@ def test_a_batch_in_flight_during_a_clear_is_not_read_back(store: RecordingStore
         assert persistence.read("flying") == flying  # in flight, not cleared yet
         persistence.clear(200)
         assert persistence.read("flying") is None
+        assert persistence.read("tomb") == tomb
     finally:
         store.gate.set()
         flusher.join(10)
-    assert store.load("flying") is None  # the store's watermark refused the late batch
+    assert store.load("flying") is None  # the store's watermark refused the late live record
+    assert store.load("tomb") == tomb  # and let the tombstone through
 
 
 def test_close_writes_a_clear_still_owed(tmp_path: Path) -> None:
@@ -616,9 +649,12 @@ def test_cache_clear_ends_sessions_in_the_store_too(tmp_path: Path, clock: FakeC
     """``SessionCache.clear`` reaches the store: a cold process does not bring the sessions back."""
     path = tmp_path / "s.jsonl"
     sids = [new_id() for _ in range(3)]
+    destroyed = new_id()
     with SessionCache(clock=clock, store=JsonFileStore(path, save_interval=None, clock=clock)) as cache:
         for sid in sids:
             cache.set(sid, {"sid": sid})
+        cache.set(destroyed, {"gone": True})
+        cache.destroy(destroyed)
         assert cache.persistence is not None
         cache.persistence.flush()
         cache.clear()
@@ -628,3 +664,7 @@ def test_cache_clear_ends_sessions_in_the_store_too(tmp_path: Path, clock: FakeC
     with SessionCache(clock=clock, store=JsonFileStore(path, save_interval=None, clock=clock)) as cold:
         assert all(cold.get(sid) is None for sid in sids)
         assert cold.get(later) == {"later": True}
+        assert cold.persistence is not None
+        tomb = cold.persistence.store.load(destroyed)  # the clear kept the destroy
+        assert tomb is not None and tomb.deleted
+        assert cold.get(destroyed) is None
