@@ -347,7 +347,7 @@ class PostgresStore:
         # SHARE ROW EXCLUSIVE conflicts with every INSERT/UPDATE/DELETE (and itself), not
         # with reads. A save's watermark subquery sees the snapshot its statement started
         # with; without the lock, a save that started before a clear committed could
-        # insert a cleared record after the clear's DELETE had looked. With it, the clear
+        # insert a cleared live record after the clear's DELETE had looked. With it, the clear
         # waits for saves in flight (its DELETE then sees their rows), and saves that come
         # later wait for the clear and take their snapshot after it committed.
         self._sql_clear_lock = sql.SQL("LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE").format(t=t)

@@ -148,7 +148,7 @@ class Persistence:
         self._stopping = False
         self._closed = False
         self._failing = False
-        #: The highest clear this process knows of: nothing at or below it is queued or read back.
+        #: The highest clear this process knows of: no live record at or below it is queued or read back.
         self._cleared = 0
         #: The highest clear the store confirmed, and one it still owes (0: none).
         self._store_cleared = 0
