@@ -31,6 +31,7 @@ __all__ = [
     "is_valid_sid",
     "new_id",
     "prepare_data",
+    "prepare_packed",
     "wins",
 ]
 
@@ -187,9 +188,16 @@ def _copy_value(value: Any) -> Any:
 
 
 def prepare_data(data: Mapping[str, Any], max_bytes: int) -> tuple[SessionData, int, bool]:
+    """``prepare_packed`` with the serialized size instead of the serialized bytes."""
+    copy, packed, flat = prepare_packed(data, max_bytes)
+    return copy, len(packed), flat
+
+
+def prepare_packed(data: Mapping[str, Any], max_bytes: int) -> tuple[SessionData, bytes, bool]:
     """Validate session data and take a private copy of it.
 
-    Returns ``(copy, serialized_size, flat)``. Raises ``SessionDataError`` (a
+    Returns ``(copy, serialized, flat)``: ``serialized`` is the msgpack form
+    the size limit is measured on (the bus sends these very bytes). Raises ``SessionDataError`` (a
     ``TypeError``) naming the key path of the first bad value, or
     ``SessionTooLarge``. Tuples come back as lists, as they would from JSON.
     """
@@ -206,12 +214,12 @@ def prepare_data(data: Mapping[str, Any], max_bytes: int) -> tuple[SessionData, 
             flat = False
         if not _is_allowed(value, 1):
             _check_value(value, f"session[{key!r}]", 1)  # raises, naming the path
-    size = len(msgpack.packb(data if type(data) is dict else dict(data), use_bin_type=True))
-    if size > max_bytes:
-        raise SessionTooLarge(size, max_bytes)
+    packed = msgpack.packb(data if type(data) is dict else dict(data), use_bin_type=True)
+    if len(packed) > max_bytes:
+        raise SessionTooLarge(len(packed), max_bytes)
     if flat:
-        return dict(data), size, True
-    return {k: _copy_value(v) if type(v) in _COPIED else v for k, v in data.items()}, size, False
+        return dict(data), packed, True
+    return {k: _copy_value(v) if type(v) in _COPIED else v for k, v in data.items()}, packed, False
 
 
 def is_flat(data: Mapping[str, Any]) -> bool:

@@ -28,7 +28,7 @@ from .session import (
     compute_expires,
     copy_data,
     is_valid_sid,
-    prepare_data,
+    prepare_packed,
     wins,
 )
 
@@ -163,7 +163,7 @@ class SessionCache:
         ``SessionDestroyed`` if the id was destroyed and its tombstone lives.
         """
         check_sid(sid)
-        copy, size, flat = prepare_data(data, self.config.max_session_bytes)
+        copy, packed, flat = prepare_packed(data, self.config.max_session_bytes)
         with self._lock:
             self._check_open()
             now = self.clock.monotonic()
@@ -182,11 +182,11 @@ class SessionCache:
                 compute_expires(created, wall, self.config.idle_timeout, self.config.max_age),
                 False,
                 flat,
-                size,
+                len(packed),
             )
             self._store_locked(record, old, now)
             self._counts["sets"] += 1
-        self._emit(record)
+        self._emit(record, packed=packed)
         return record
 
     def touch(self, sid: str) -> bool:
@@ -501,14 +501,15 @@ class SessionCache:
             return record
         return None
 
-    def _emit(self, record: Record, touch: bool = False) -> None:
+    def _emit(self, record: Record, touch: bool = False, packed: bytes | None = None) -> None:
         """Hand a local change to replication and persistence (none in a bare cache).
 
         ``touch`` marks a coalesced access: persisted behind even in write-through.
+        ``packed`` is ``record.data`` already serialized (the bus need not do it again).
         """
         bus = self.bus
         if bus is not None:
-            bus.publish(record)
+            bus.publish(record, packed)
         if self.persistence is not None:
             self.persistence.emit(record, touch=touch)
 

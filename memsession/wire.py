@@ -213,9 +213,10 @@ def record_to_list(record: Record) -> list[Any]:
     ]
 
 
-def set_fields(record: Record) -> list[Any]:
+def set_fields(record: Record, packed: bytes | None = None) -> list[Any]:
+    """``packed``: ``record.data`` already serialized by the writer, if it has it."""
     return [record.key, record.version, record.origin, record.created, record.accessed, record.expires,
-            _pack_data(record.data)]
+            _pack_data(record.data) if packed is None else packed]
 
 
 def destroy_fields(record: Record) -> list[Any]:

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memsession.errors import InvalidSessionId, SessionDataError, SessionTooLarge
+from memsession import wire
 from memsession.session import (
     SID_LENGTH,
     Record,
@@ -19,6 +20,7 @@ from memsession.session import (
     is_valid_sid,
     new_id,
     prepare_data,
+    prepare_packed,
     wins,
 )
 from memsession.testing import session_data
@@ -54,6 +56,9 @@ def test_allowed_data_round_trips_as_a_private_copy(data):
     record = Record("k", copy, 1, 1, 0.0, 0.0, 1.0, flat=flat, size=size)
     out = copy_data(record)
     assert out == copy and out is not copy
+    # the bytes the size is measured on are the ones the bus sends for this copy
+    _, packed, _ = prepare_packed(data, 1 << 20)
+    assert len(packed) == size and packed == wire.set_fields(record)[-1]
 
 
 def test_tuples_come_back_as_lists_as_from_json():

@@ -111,6 +111,10 @@ class Clear(NamedTuple):
     version: int
 
 
+#: What a transport queues for sending: a record, a record with its data already packed, or a clear.
+Outgoing = Record | tuple[Record, bytes] | Clear
+
+
 class ReplicaTarget(Protocol):
     """What a bus needs from the cache it feeds (``SessionCache`` provides it)."""
 
@@ -149,8 +153,11 @@ class Bus(Protocol):
     def attach(self, cache: ReplicaTarget) -> None:
         """Bind to the cache and start replicating (join: subscribe, snapshot)."""
 
-    def publish(self, record: Record | Clear) -> None:
-        """Send a local change (or a ``Clear``) to every other replica; best-effort, never blocks."""
+    def publish(self, record: Record | Clear, packed: bytes | None = None) -> None:
+        """Send a local change (or a ``Clear``) to every other replica; best-effort, never blocks.
+
+        ``packed`` is the record's data already serialized with msgpack, if the caller has it.
+        """
 
     #: True in ``invalidate`` mode: a miss in the cache is read through the hub with ``fetch``.
     reads_through: bool
@@ -223,7 +230,7 @@ class Replicator:
         """In ``invalidate`` mode a new value goes to the hub (WRITE) before its INVALIDATE."""
         return self.config.mode == "invalidate" and not record.deleted and not is_touch(record)
 
-    def outgoing(self, record: Record | Clear, *, full: bool = False) -> list[bytes]:
+    def outgoing(self, record: Outgoing, *, full: bool = False) -> list[bytes]:
         """Frames for one local change, numbered next in our stream.
 
         ``full`` sends the value even in ``invalidate`` mode (the hub did not
@@ -234,7 +241,7 @@ class Replicator:
         self.counts["published"] += 1
         return wire.encode_message(op, self.origin, self.epoch, self.seq, int(self.clock.wall() * 1_000_000), fields)
 
-    def outgoing_batch(self, records: Sequence[Record | Clear], *, full: bool = False) -> list[bytes]:
+    def outgoing_batch(self, records: Sequence[Outgoing], *, full: bool = False) -> list[bytes]:
         """One BATCH message for several local changes (numbered consecutively), or a plain one for one."""
         if len(records) == 1:
             return self.outgoing(records[0], full=full)
@@ -244,16 +251,20 @@ class Replicator:
         self.counts["published"] += len(records)
         return wire.encode_batch(items, self.origin, self.epoch, first, int(self.clock.wall() * 1_000_000))
 
-    def _item(self, record: Record | Clear, full: bool) -> tuple[str, list[Any]]:
-        if type(record) is Clear:
-            return wire.CLEAR, [record.version]
+    def _item(self, item: Outgoing, full: bool) -> tuple[str, list[Any]]:
+        if type(item) is Clear:
+            return wire.CLEAR, [item.version]
+        packed = None
+        if type(item) is tuple:
+            item, packed = item
+        record: Record = item  # type: ignore[assignment]
         if record.deleted:
             return wire.DESTROY, wire.destroy_fields(record)
         if is_touch(record):
             return wire.TOUCH, wire.touch_fields(record)
         if self.config.mode == "invalidate" and not full:
             return wire.INVALIDATE, wire.invalidate_fields(record)
-        return wire.SET, wire.set_fields(record)
+        return wire.SET, wire.set_fields(record, packed)
 
     def heartbeat(self) -> list[bytes]:
         return wire.encode_heartbeat(self.origin, self.epoch, self.seq, int(self.clock.wall() * 1_000_000))

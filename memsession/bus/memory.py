@@ -107,7 +107,7 @@ class MemoryBus:
             self.hub.deliver(self.replicator.hello(), self)
             self.repair()
 
-    def publish(self, record: Record | Clear) -> None:
+    def publish(self, record: Record | Clear, packed: bytes | None = None) -> None:
         if self._closed or self.replicator is None:
             return
         rep = self.replicator

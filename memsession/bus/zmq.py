@@ -101,7 +101,7 @@ class ZmqBus:
             log.warning("no hub answered at %s within %.1fs; replicating once it does",
                         self.config.requests, self.config.request_timeout)
 
-    def publish(self, record: Record | Clear) -> None:
+    def publish(self, record: Record | Clear, packed: bytes | None = None) -> None:
         if self._closed:
             return
         # No getpid() check here (a system call per change): a fork runs _after_fork in the child.
@@ -109,7 +109,7 @@ class ZmqBus:
         if len(queue) >= self.config.queue_size:
             self._queue_dropped += 1
             return
-        queue.append(record)
+        queue.append(record if packed is None else (record, packed))
         if len(queue) == 1:
             # Only the first change after the sender drained needs to wake it; later ones
             # join the batch it is about to take (it re-checks the queue before waiting).
@@ -260,7 +260,8 @@ class ZmqBus:
         """``invalidate`` mode: hand new values to the hub and wait for its ACK before announcing them."""
         rep = self.replicator
         assert rep is not None
-        values = [wire.record_to_list(r) for r in batch if type(r) is Record and rep.needs_write(r)]
+        records = [item[0] if type(item) is tuple else item for item in batch]
+        values = [wire.record_to_list(r) for r in records if type(r) is Record and rep.needs_write(r)]
         if not values:
             return True
         rid = self._next_rid()
