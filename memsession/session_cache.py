@@ -76,6 +76,9 @@ class SessionCache:
             cfg.maxsize, cfg.idle_timeout, cfg.max_age, timer=clock.monotonic
         )
         self._lock = threading.Lock()
+        #: Notified when a merged record may be what a ``wait_for`` is waiting for.
+        self._arrived = threading.Condition(self._lock)
+        self._waiters = 0
         self._tombstones: OrderedDict[str, tuple[Record, float]] = OrderedDict()
         self._next_sweep = clock.monotonic() + _SWEEP_EVERY
         self._closed = False
@@ -394,6 +397,8 @@ class SessionCache:
                 self._remove_locked(sid, old)
             self._bury_locked(record, now)
             self._counts["applied"] += 1
+            if self._waiters:
+                self._arrived.notify_all()
             return True
         if old is not None and record.version == old.version and record.origin == old.origin:
             if record.accessed <= old.accessed:
@@ -416,6 +421,8 @@ class SessionCache:
             accessed=now - (wall - record.accessed),
         )
         self._counts["applied"] += 1
+        if self._waiters:
+            self._arrived.notify_all()
         return True
 
     # -- internals (call with the lock held) -----------------------------------
@@ -478,25 +485,41 @@ class SessionCache:
     def wait_for(self, sid: str, version: int, timeout: float = 0.05) -> Record | None:
         """Read-your-writes: the record for ``sid`` once it is at least ``version``.
 
-        Waits up to ``timeout`` seconds for the bus to bring it, then reads it
-        through the hub. Returns None if no copy that recent could be found
-        (the caller then treats the session as unknown, never as stale).
+        Waits up to ``timeout`` seconds for the bus to bring it (woken the
+        moment it is merged), then reads it through the hub, then the store.
+        Returns None if no copy that recent could be found (the caller then
+        treats the session as unknown, never as stale).
         """
-        deadline = time.monotonic() + timeout  # a real wait for real I/O, whatever clock versions use
-        while True:
-            record = self.record(sid)
-            if record is not None and (record.deleted or record.version >= version):
+        # A real wait for real I/O, whatever clock versions are taken from.
+        deadline = time.monotonic() + (timeout if self.bus is not None else 0.0)
+        with self._lock:
+            self._waiters += 1
+            try:
+                while True:
+                    record = self._recent_locked(sid, version)
+                    if record is not None:
+                        return record
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._arrived.wait(remaining)
+            finally:
+                self._waiters -= 1
+        for source in (self.bus.fetch if self.bus is not None else None,
+                       self.persistence.read if self.persistence is not None else None):
+            fetched = source(sid) if source is not None else None
+            if fetched is None:
+                continue
+            self.apply(fetched)
+            with self._lock:
+                record = self._recent_locked(sid, version)
+            if record is not None:
                 return record
-            if time.monotonic() >= deadline or self.bus is None:
-                break
-            time.sleep(0.0005)
-        if self.bus is None:
-            return None
-        fetched = self.bus.fetch(sid)
-        if fetched is None:
-            return None
-        self.apply(fetched)
-        record = self.record(sid)
+        return None
+
+    def _recent_locked(self, sid: str, version: int) -> Record | None:
+        """The record or tombstone for ``sid`` if it is at least ``version`` (a tombstone always is)."""
+        record = self._tombstone_locked(sid, self.clock.monotonic()) or self._core.peek(sid)
         if record is not None and (record.deleted or record.version >= version):
             return record
         return None

@@ -260,6 +260,43 @@ def test_wait_for_returns_a_recent_enough_copy_or_none(hub, clock):
     assert b.wait_for(sid, newer.version, timeout=0).data == {"n": 2}  # read through the hub
 
 
+def test_wait_for_wakes_when_the_version_is_merged_not_at_its_timeout(hub, clock):
+    import threading
+    import time
+
+    a, b = cache(hub, clock), cache(hub, clock)
+    sid = new_id()
+    a.set(sid, {"n": 1})
+    hub.partition(b.bus)
+    newer = a.set(sid, {"n": 2})
+    hub.heal(b.bus)
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(b.wait_for(sid, newer.version, timeout=60)))
+    started = time.monotonic()
+    waiter.start()
+    time.sleep(0.05)
+    assert not got  # still waiting: nothing brought the new version yet
+    b.apply(newer)  # as the bus would
+    waiter.join(30)
+    assert got and got[0].data == {"n": 2}
+    assert time.monotonic() - started < 30  # woken by the merge, long before its 60 s
+
+
+def test_wait_for_reads_the_store_when_the_hub_has_nothing(hub, clock, tmp_path):
+    from persist.jsonfile import JsonFileStore
+
+    store = JsonFileStore(str(tmp_path / "s.json"), save_interval=None, clock=clock)
+    sid = new_id()
+    writer = SessionCache(clock=clock, store=store)
+    newer = writer.set(sid, {"n": 9})
+    writer.persistence.flush()
+    reader = SessionCache(clock=clock, store=store, bus=MemoryBus(hub))  # the hub never saw it
+    assert reader.wait_for(sid, newer.version, timeout=0).data == {"n": 9}
+    assert reader.wait_for(new_id(), 1, timeout=0) is None
+    writer.close()
+    reader.close()
+
+
 def test_bus_config_is_checked_at_construction():
     with pytest.raises(ConfigError):
         BusConfig(mode="sometimes")
