@@ -237,6 +237,38 @@ def test_command_postgres_http_status_and_sigterm_flush(postgres_url: str) -> No
     assert gone.returncode == 1 and "no hub answered" in gone.stderr
 
 
+@pytest.mark.zmq
+def test_a_clear_reaches_postgres_through_the_sidecar_and_outlives_it(postgres_url: str) -> None:
+    from persist.base import WATERMARK_KEY
+
+    def sessions() -> dict[str, tuple[int, bool]]:
+        return {k: v for k, v in _pg_rows(postgres_url).items() if k != WATERMARK_KEY}
+
+    sidecar = SidecarProcess(postgres_url, "--flush-interval", "0.05")
+    with sidecar:
+        with _cache(sidecar.runtime_dir) as cache:
+            sids = [new_id() for _ in range(10)]
+            for i, sid in enumerate(sids):
+                cache.set(sid, {"n": i})
+            cache.destroy(sids[0])
+            wait_until(lambda: len(sessions()) == len(sids) and sessions()[sids[0]][1], 10,
+                       "the writes to reach PostgreSQL")
+            cache.clear()
+            # the live sessions go; the tombstone stays (destroyed stays destroyed)
+            wait_until(lambda: list(sessions()) == [sids[0]], 10, "the clear to reach PostgreSQL")
+            assert sidecar.stats()["cleared"] == cache.cleared
+            assert sidecar.stats()["persist"]["clears"] == 1
+            kept = cache.set(new_id(), {"after": "clear"})
+            wait_until(lambda: kept.key in sessions(), 10, "a write after the clear to reach PostgreSQL")
+    # A new sidecar starts from the store: nothing the clear ended comes back to a joining worker.
+    with SidecarProcess(postgres_url, "--flush-interval", "0.05") as again:
+        with _cache(again.runtime_dir) as cache:
+            assert cache.bus.wait_joined(5)  # type: ignore[union-attr]
+            assert cache.get(kept.key) == {"after": "clear"}
+            assert all(cache.get(sid) is None for sid in sids)
+            assert len(cache) == 1
+
+
 def test_writes_behind_to_couchdb(couch_url: str, runtime_dir: str) -> None:
     from persist.couchdb import CouchStore
     from tests.servers import unique_name
