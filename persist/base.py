@@ -283,10 +283,11 @@ def decode_data(value: Any, raw: bytes | str | None = None) -> SessionData:
     """
     if type(value) is not dict:
         raise ValueError("session data is not a JSON object")
-    if raw is not None:
-        marker = b'"$' if isinstance(raw, (bytes, bytearray, memoryview)) else '"$'
-        if marker not in raw:
+    if isinstance(raw, (bytes, bytearray)):
+        if b'"$' not in raw:
             return value
+    elif isinstance(raw, str) and '"$' not in raw:
+        return value
     return _unescape(value)
 
 
@@ -321,10 +322,10 @@ def record_to_dict(record: Record) -> dict[str, Any]:
 
 
 def make_record(
-    key: str,
+    key: Any,
     data: SessionData,
-    version: int,
-    origin: int,
+    version: Any,
+    origin: Any,
     created: Any,
     accessed: Any,
     expires: Any,

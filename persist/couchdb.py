@@ -430,13 +430,13 @@ class CouchStore:
                     if done is not None:
                         written[doc_id] = (result.get("rev"), done)
                 elif result.get("error") != "conflict":
-                    record = remaining.pop(doc_id, None)
-                    if record is None:
+                    unwritten = remaining.pop(doc_id) if doc_id in remaining else None
+                    if unwritten is None:
                         raise StoreError(f"CouchDB save: result for an unknown document ({result.get('error')})",
                                          store=_NAME, op="save")
                     log.warning("CouchDB refused a session document: %s %s", result.get("error"),
                                 result.get("reason", ""))
-                    refused.append(record.key)
+                    refused.append(unwritten.key)
             if not remaining:
                 return floor
         raise StoreUnavailable(
@@ -714,7 +714,7 @@ class CouchFollower:
             self.connected.clear()
 
     def _follow(self) -> None:
-        params = {
+        params: dict[str, str | int] = {
             "feed": "continuous",
             "include_docs": "true",
             "heartbeat": int(self.heartbeat * 1000),

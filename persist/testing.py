@@ -301,8 +301,8 @@ class StoreContract:
             assert store.save([record]) == int(expected), (i, record, stored.get(key))
             if expected:
                 stored[key] = record
-        for key, record in stored.items():
-            assert store.load(key) == record
+        for key, kept in stored.items():
+            assert store.load(key) == kept
 
     # -- load_all, delete, purge ------------------------------------------------
 

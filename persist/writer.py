@@ -49,7 +49,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from memsession.clock import SYSTEM_CLOCK, Clock
 from memsession.errors import ConfigError, StoreError, StoreRejected
@@ -61,8 +61,8 @@ __all__ = ["PersistConfig", "Persistence"]
 
 log = logging.getLogger("memsession.persist")
 
-WRITE_THROUGH = "write_through"
-WRITE_BEHIND = "write_behind"
+WRITE_THROUGH: Final = "write_through"
+WRITE_BEHIND: Final = "write_behind"
 _METHODS = ("load", "load_all", "save", "delete", "purge", "clear", "close")
 
 

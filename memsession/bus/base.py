@@ -252,12 +252,13 @@ class Replicator:
         return wire.encode_batch(items, self.origin, self.epoch, first, int(self.clock.wall() * 1_000_000))
 
     def _item(self, item: Outgoing, full: bool) -> tuple[str, list[Any]]:
-        if type(item) is Clear:
+        if isinstance(item, Clear):
             return wire.CLEAR, [item.version]
-        packed = None
-        if type(item) is tuple:
-            item, packed = item
-        record: Record = item  # type: ignore[assignment]
+        packed: bytes | None = None
+        if isinstance(item, tuple):  # (record, its data already packed)
+            record, packed = item
+        else:
+            record = item
         if record.deleted:
             return wire.DESTROY, wire.destroy_fields(record)
         if is_touch(record):
