@@ -170,7 +170,7 @@ class HubState:
         self.epoch = epoch if epoch is not None else new_epoch(clock)
         self.limits = limits
         self.replica: dict[str, Record] = {}
-        #: Clear watermark: nothing written at or before this version is kept or accepted.
+        #: Clear watermark: no live session written at or before this version is kept or accepted.
         self.cleared = 0
         # Strict: a stream first seen past seq 1 had messages the hub never got (it may have
         # just restarted); asking that origin to resync costs one push and closes the hole.

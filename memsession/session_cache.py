@@ -90,7 +90,7 @@ class SessionCache:
              "revalidated", "unverified"),
             0,
         )
-        #: The clear watermark: nothing written at or before this version is held or accepted.
+        #: The clear watermark: no live session written at or before this version is held or accepted.
         self.cleared = 0
         #: Set while the bus repairs a gap: a hit is checked with the hub before it is served.
         self._repairing = False

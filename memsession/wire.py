@@ -28,9 +28,10 @@ publisher's stream header ``origin, epoch, seq, sent_us``:
                    (``invalidate`` mode: receivers drop any older copy and
                    read through on next use)
     c   CLEAR      version
-                   (every session whose last write has a version at or
-                   below ``version`` is gone, everywhere; receivers keep it
-                   as a watermark and refuse anything at or below it)
+                   (every live session whose last write has a version at
+                   or below ``version`` is gone, everywhere; receivers keep
+                   it as a watermark and refuse live records at or below it;
+                   tombstones are untouched and always merged)
     h   HEARTBEAT  (nothing; ``seq`` is the last data seq sent)
     H   HUB BEAT   (nothing; ``origin`` is the hub id, ``epoch`` the hub's
                    epoch: a new epoch means the hub restarted)

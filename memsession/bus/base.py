@@ -106,7 +106,7 @@ class BusConfig:
 
 
 class Clear(NamedTuple):
-    """A cluster-wide clear: every session last written at or before ``version`` is gone."""
+    """A cluster-wide clear: every live session last written at or before ``version`` is gone."""
 
     version: int
 
@@ -120,7 +120,7 @@ class ReplicaTarget(Protocol):
 
     origin: int
 
-    #: The clear watermark: nothing at or below this version is held or accepted (0: never cleared).
+    #: The clear watermark: no live session at or below this version is held or accepted (0: never cleared).
     cleared: int
 
     def apply(self, record: Record) -> bool: ...
