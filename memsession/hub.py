@@ -20,6 +20,7 @@ subscription took effect is then in the snapshot or behind it in the stream.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import secrets
@@ -170,6 +171,9 @@ class HubState:
         self.epoch = epoch if epoch is not None else new_epoch(clock)
         self.limits = limits
         self.replica: dict[str, Record] = {}
+        #: ``(expires, key)`` heap over the replica (see ``track_expiry``).
+        self._expiry: list[tuple[float, str]] = []
+        self._expiry_compaction_slack = 1024
         #: Clear watermark: no live session written at or before this version is kept or accepted.
         self.cleared = 0
         # Strict: a stream first seen past seq 1 had messages the hub never got (it may have
@@ -200,7 +204,25 @@ class HubState:
             self.replica, record, self.clock.wall()
         )
         self.counts["applied" if changed else "ignored"] += 1
+        if changed:
+            self.track_expiry(record)
         return changed
+
+    def track_expiry(self, record: Record) -> None:
+        """Remember when ``record`` lapses, so ``prune`` finds it without scanning the replica.
+
+        One heap entry per stored version; entries of replaced versions are
+        skipped when they come up, and the heap is rebuilt from the replica
+        when stale entries outnumber live ones (hot keys rewrite often).
+        """
+        expiry = self._expiry
+        heapq.heappush(expiry, (record.expires, record.key))
+        if len(expiry) > 2 * len(self.replica) + self._expiry_compaction_slack:
+            self.rebuild_expiry()
+
+    def rebuild_expiry(self) -> None:
+        self._expiry = [(r.expires, k) for k, r in self.replica.items()]
+        heapq.heapify(self._expiry)
 
     def clear(self, version: int) -> bool:
         """Raise the clear watermark to ``version``, dropping the live sessions at or below it; True if raised."""
@@ -352,13 +374,19 @@ class HubState:
         return [], []
 
     def prune(self) -> int:
-        """Drop expired sessions and lapsed tombstones from the replica."""
+        """Drop expired sessions and lapsed tombstones from the replica (cost: what expired, not the replica)."""
         wall = self.clock.wall()
-        dead = [k for k, r in self.replica.items() if r.expires <= wall]
-        for key in dead:
-            del self.replica[key]
-        self.counts["pruned"] += len(dead)
-        return len(dead)
+        expiry = self._expiry
+        replica = self.replica
+        pruned = 0
+        while expiry and expiry[0][0] <= wall:
+            _, key = heapq.heappop(expiry)
+            record = replica.get(key)
+            if record is not None and record.expires <= wall:  # else: replaced by a later version
+                del replica[key]
+                pruned += 1
+        self.counts["pruned"] += pruned
+        return pruned
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.counts)

@@ -6,6 +6,8 @@ import os
 import stat
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memsession import wire
 from memsession.cli import main
@@ -117,6 +119,35 @@ def test_prune_drops_expired_sessions_and_lapsed_tombstones():
     state.merge(rec(key="c", expires=NOW + 30))
     clock.advance(25)
     assert state.prune() == 2 and list(state.replica) == ["c"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(1, 40), st.integers(1, 60), st.booleans(),
+                          st.integers(0, 3)), max_size=60))
+def test_prune_by_expiry_heap_drops_exactly_what_a_full_scan_would(steps):
+    """Keys rewritten with later (or earlier) expiries, clears and prunes in between."""
+    clock = FakeClock(wall=NOW)
+    state = HubState(clock=clock)
+    state._expiry_compaction_slack = 0  # rebuild often, to exercise it
+    for key, version, life, dead, wait in steps:
+        state.merge(rec(key=f"k{key}", version=version, expires=clock.wall() + life, deleted=dead))
+        assert len(state._expiry) <= 2 * len(state.replica) + 1  # stale entries never pile up
+        if wait == 3:
+            state.clear(version)
+        clock.advance(wait * 5)
+        expected = {k for k, r in state.replica.items() if r.expires > clock.wall()}
+        state.prune()
+        assert set(state.replica) == expected
+
+
+def test_pruning_a_large_replica_looks_only_at_what_expired():
+    clock = FakeClock(wall=NOW)
+    state = HubState(clock=clock)
+    for i in range(5000):
+        state.merge(rec(key=f"k{i}", expires=NOW + (10 if i < 5 else 3600)))
+    clock.advance(20)
+    assert state.prune() == 5
+    assert len(state.replica) == 4995 and len(state._expiry) == 4995
 
 
 def test_hub_config_checks_and_private_runtime_dir(tmp_path):
