@@ -174,6 +174,7 @@ class HubState:
         #: ``(expires, key)`` heap over the replica (see ``track_expiry``).
         self._expiry: list[tuple[float, str]] = []
         self._expiry_compaction_slack = 1024
+        self._tombstone_count = 0
         #: Clear watermark: no live session written at or before this version is kept or accepted.
         self.cleared = 0
         # Strict: a stream first seen past seq 1 had messages the hub never got (it may have
@@ -200,13 +201,23 @@ class HubState:
 
     def merge(self, record: Record) -> bool:
         # The watermark holds back live records only (tombstones: see SessionCache._apply_locked).
+        replica = self.replica
+        old = replica.get(record.key)
         changed = (record.deleted or record.version > self.cleared) and merge_into(
-            self.replica, record, self.clock.wall()
+            replica, record, self.clock.wall()
         )
         self.counts["applied" if changed else "ignored"] += 1
         if changed:
+            new = replica.get(record.key)
+            # kept as a count: stats() is asked for every second by the sidecar's HTTP endpoint
+            self._tombstone_count += (new is not None and new.deleted) - (old is not None and old.deleted)
             self.track_expiry(record)
         return changed
+
+    def recount(self) -> None:
+        """Recount tombstones and rebuild the expiry heap (after filling ``replica`` directly)."""
+        self._tombstone_count = sum(1 for r in self.replica.values() if r.deleted)
+        self.rebuild_expiry()
 
     def track_expiry(self, record: Record) -> None:
         """Remember when ``record`` lapses, so ``prune`` finds it without scanning the replica.
@@ -385,14 +396,15 @@ class HubState:
             if record is not None and record.expires <= wall:  # else: replaced by a later version
                 del replica[key]
                 pruned += 1
+                self._tombstone_count -= record.deleted
         self.counts["pruned"] += pruned
         return pruned
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.counts)
         out["dropped"] = dict(self.dropped)
-        out["sessions"] = sum(1 for r in self.replica.values() if not r.deleted)
-        out["tombstones"] = sum(1 for r in self.replica.values() if r.deleted)
+        out["sessions"] = len(self.replica) - self._tombstone_count
+        out["tombstones"] = self._tombstone_count
         out["streams"] = len(self.tracker)
         out["cleared"] = self.cleared
         out["epoch"] = self.epoch

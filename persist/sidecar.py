@@ -141,7 +141,7 @@ class SidecarState(HubState):
         for record in records:
             merge_into(self.replica, record, wall)
             count += 1
-        self.rebuild_expiry()
+        self.recount()
         self.persist_counts["warm_loaded"] += count
         return count
 

@@ -124,20 +124,23 @@ def test_prune_drops_expired_sessions_and_lapsed_tombstones():
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 5), st.integers(1, 40), st.integers(1, 60), st.booleans(),
                           st.integers(0, 3)), max_size=60))
-def test_prune_by_expiry_heap_drops_exactly_what_a_full_scan_would(steps):
-    """Keys rewritten with later (or earlier) expiries, clears and prunes in between."""
+def test_prune_by_expiry_heap_and_kept_counts_match_a_full_scan(steps):
+    """Keys rewritten with later (or earlier) expiries, destroyed, cleared and pruned in between."""
     clock = FakeClock(wall=NOW)
     state = HubState(clock=clock)
     state._expiry_compaction_slack = 0  # rebuild often, to exercise it
     for key, version, life, dead, wait in steps:
-        state.merge(rec(key=f"k{key}", version=version, expires=clock.wall() + life, deleted=dead))
-        assert len(state._expiry) <= 2 * len(state.replica) + 1  # stale entries never pile up
+        if state.merge(rec(key=f"k{key}", version=version, expires=clock.wall() + life, deleted=dead)):
+            assert len(state._expiry) <= 2 * len(state.replica) + 1  # stale entries never pile up
         if wait == 3:
             state.clear(version)
         clock.advance(wait * 5)
         expected = {k for k, r in state.replica.items() if r.expires > clock.wall()}
         state.prune()
         assert set(state.replica) == expected
+        stats = state.stats()
+        assert stats["tombstones"] == sum(r.deleted for r in state.replica.values())
+        assert stats["sessions"] == sum(not r.deleted for r in state.replica.values())
 
 
 def test_pruning_a_large_replica_looks_only_at_what_expired():
