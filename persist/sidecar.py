@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -75,6 +76,9 @@ class SidecarConfig:
     http: str | None = None
     #: Exit (flushing) when this process is no longer our parent (the gunicorn master died).
     parent_pid: int | None = None
+    #: With ``parent_pid``: on exiting because the parent died, remove the hub's ``runtime_dir``
+    #: (a temp dir the parent made for us and can no longer remove itself).
+    remove_runtime_dir: bool = False
     #: Acknowledged mode's endpoint (``persist.ack``): "" = ``ack.sock`` next to ipc endpoints
     #: (none for tcp unless given), None = off.
     ack: str | None = ""
@@ -91,6 +95,8 @@ class SidecarConfig:
                 raise ConfigError(name, value, "must be an int >= 1")
         if self.retry_max < self.retry_min:
             raise ConfigError("retry_max", self.retry_max, "must be >= retry_min")
+        if self.remove_runtime_dir and self.parent_pid is None:
+            raise ConfigError("remove_runtime_dir", True, "only with parent_pid (the dir's owner)")
         if self.http is not None:
             parse_http(self.http)
 
@@ -264,6 +270,7 @@ class Sidecar:
         )
         self._stop = threading.Event()
         self._stopping = threading.Event()
+        self._orphaned = False
         self._ready = threading.Event()
         self._error: list[BaseException] = []
         self._thread: threading.Thread | None = None
@@ -315,6 +322,22 @@ class Sidecar:
             run_hub(self.hub_config, stop=stop, ready=ready, state=self.state)
         finally:
             self._shutdown()
+            if self._orphaned and cfg.remove_runtime_dir:
+                self._remove_runtime_dir()
+
+    def _remove_runtime_dir(self) -> None:
+        path = self.hub_config.runtime_dir
+        if not path:
+            log.warning("remove_runtime_dir: no runtime_dir was given; the default one stays")
+            return
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.error("removing the runtime dir %s failed: %s", path, exc)
+        else:
+            log.info("removed the runtime dir %s", path)
 
     def _shutdown(self) -> None:
         if self._http is not None:
@@ -382,6 +405,7 @@ class Sidecar:
         while not stop.wait(0.5):
             if os.getppid() != self.config.parent_pid:
                 log.warning("parent process %s is gone; stopping", self.config.parent_pid)
+                self._orphaned = True
                 stop.set()
 
     # -- writer ---------------------------------------------------------------------------

@@ -230,10 +230,14 @@ def test_master_killed_the_sidecar_flushes_and_exits(tmp_path: Path) -> None:
                              "the sidecar")[0]
         cookie = login(server.url, "gus")
         assert me(server.url, cookie)["session"] == {"user": "gus"}
+        argv = cmdline(sidecar).split()
+        runtime_dir = argv[argv.index("--runtime-dir") + 1]
+        assert os.path.isdir(runtime_dir)
         os.kill(server.pid, signal.SIGKILL)  # no on_exit: the sidecar notices its parent is gone
         wait_until(lambda: not os.path.exists(f"/proc/{sidecar}") or "memsession" not in cmdline(sidecar), 30,
                    "the orphaned sidecar to exit")
         assert any(r.data == {"user": "gus"} for r in read_snapshot(str(store), time.time()))
+        assert not os.path.exists(runtime_dir)  # the temp dir the dead master made is not left behind
 
 
 def test_a_corrupt_session_file_stops_gunicorn_at_start(tmp_path: Path) -> None:

@@ -64,9 +64,10 @@ def test_open_store_file(tmp_path: Path) -> None:
 
 def test_config_is_checked() -> None:
     for bad in ({"flush_interval": 0}, {"batch_size": 0}, {"queue_limit": True}, {"http": "nope"},
-                {"retry_min": 2.0, "retry_max": 1.0}):
+                {"retry_min": 2.0, "retry_max": 1.0}, {"remove_runtime_dir": True}):
         with pytest.raises(ConfigError):
             SidecarConfig(**bad)  # type: ignore[arg-type]
+    assert SidecarConfig(parent_pid=1, remove_runtime_dir=True).remove_runtime_dir
     assert parse_http(":9108") == ("127.0.0.1", 9108)
 
 

@@ -265,14 +265,16 @@ class GunicornHooks:
 
     # -- master ---------------------------------------------------------------------------
 
-    def _sidecar_argv(self, runtime_dir: str) -> list[str]:
+    def _sidecar_argv(self, runtime_dir: str, owns_dir: bool) -> list[str]:
         from persist.url import file_path, store_kind
 
         store = self.store
         if store_kind(store) == "file":
             store = "file://" + file_path(store)  # the sidecar may not share our cwd forever
+        # A master killed outright never runs on_exit: the sidecar then removes our temp dir.
+        cleanup = ["--remove-runtime-dir"] if owns_dir else []
         return [sys.executable, "-m", "memsession", "sidecar", "--store", store, "--runtime-dir", runtime_dir,
-                "--parent-pid", str(os.getpid()), *self.sidecar_args]
+                "--parent-pid", str(os.getpid()), *cleanup, *self.sidecar_args]
 
     def on_starting(self, server: Any) -> None:
         global _bus_options, _embedded
@@ -288,7 +290,7 @@ class GunicornHooks:
         owns_dir = self.runtime_dir is None
         runtime_dir = self.runtime_dir or tempfile.mkdtemp(prefix="memsession-")
         requests = HubConfig(runtime_dir=runtime_dir).endpoints()[2]
-        sidecar = _EmbeddedSidecar(self._sidecar_argv(runtime_dir), requests, runtime_dir, owns_dir,
+        sidecar = _EmbeddedSidecar(self._sidecar_argv(runtime_dir, owns_dir), requests, runtime_dir, owns_dir,
                                    self.start_timeout, self.stop_timeout)
         try:
             sidecar.start()
