@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -48,6 +49,8 @@ def _sidecar_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-ack", action="store_true", help="don't serve acknowledged writes")
     p.add_argument("--parent-pid", type=int, default=None,
                    help="exit (after flushing) when this process is no longer the parent")
+    p.add_argument("--remove-runtime-dir", action="store_true",
+                   help="with --parent-pid: remove --runtime-dir when exiting because the parent is gone")
     p.add_argument("--ready-file", default=None, help="write this file once the sidecar serves requests")
     p.add_argument("--log-level", default="INFO")
 
@@ -83,7 +86,8 @@ def _sidecar(args: argparse.Namespace) -> int:
     config = SidecarConfig(
         flush_interval=args.flush_interval, batch_size=args.batch_size, queue_limit=args.queue_limit,
         prune_interval=args.prune_interval or None, close_timeout=args.close_timeout,
-        http=args.http, parent_pid=args.parent_pid, ack=None if args.no_ack else args.ack,
+        http=args.http, parent_pid=args.parent_pid,
+        remove_runtime_dir=args.remove_runtime_dir, ack=None if args.no_ack else args.ack,
     )
     hub = _hub_config(args, heartbeat=args.heartbeat)
     pub, sub, req = hub.endpoints()  # a bad endpoint or runtime dir fails here, before the store opens
@@ -164,9 +168,16 @@ def format_status(stats: dict[str, Any], requests: str) -> str:
 
 def _status(args: argparse.Namespace) -> int:
     from memsession.errors import BusError
-    from memsession.hub import query_stats
+    from memsession.hub import default_runtime_dir, query_stats
 
     # Only the ROUTER is asked: --requests alone is enough (tcp, another host).
+    if not (args.requests or args.publish):
+        # A query must not create the runtime dir (endpoints() would): no dir, no hub.
+        runtime_dir = args.runtime_dir or default_runtime_dir()
+        if not os.path.isdir(runtime_dir):
+            print(f"memsession status: no hub answered: the runtime dir {runtime_dir} does not exist",
+                  file=sys.stderr)
+            return 1
     requests = args.requests or _hub_config(args).endpoints()[2]
     try:
         stats = query_stats(requests, keys=args.keys, insecure=args.insecure, timeout=args.timeout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -236,6 +237,7 @@ def test_command_postgres_http_status_and_sigterm_flush(postgres_url: str) -> No
         check=False, capture_output=True, text=True, timeout=30,
     )
     assert gone.returncode == 1 and "no hub answered" in gone.stderr
+    assert not os.path.exists(sidecar.runtime_dir)  # asking leaves no runtime dir behind
 
 
 @pytest.mark.zmq
