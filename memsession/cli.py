@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .errors import ConfigError, MemsessionError
 

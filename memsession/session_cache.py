@@ -13,7 +13,8 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from cachetools import Cache
 
@@ -34,7 +35,7 @@ from .session import (
 
 if TYPE_CHECKING:
     from persist.base import Store
-    from persist.writer import Persistence, PersistConfig
+    from persist.writer import PersistConfig, Persistence
 
     from .bus.base import Bus
 

@@ -737,9 +737,8 @@ class CouchFollower:
                 buffer += chunk
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
-                    if line.strip():
-                        if not self._handle(orjson.loads(line)):
-                            return
+                    if line.strip() and not self._handle(orjson.loads(line)):
+                        return
                 if len(buffer) > self.max_line_bytes:
                     raise StoreError(f"_changes line over {self.max_line_bytes} bytes", store=_NAME, op="changes")
                 if self._stop.is_set():

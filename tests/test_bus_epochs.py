@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from memsession import SessionCache
+from memsession import SessionCache, wire
 from memsession.bus.base import BusConfig, Replicator
 from memsession.testing import FakeClock
-from memsession import wire
 
 
 def beat(hub_origin: int, epoch: int, seq: int) -> list[bytes]:

@@ -256,7 +256,7 @@ def test_snapshots_carry_the_watermark_and_pushes_bring_it_back_after_a_restart(
     assert end.body[4] == 20 and end.body[3] == 0
     restarted = HubState(clock=FakeClock(wall=NOW), hub_id=100, epoch=6)
     batch = [wire.record_to_list(r) for r in (rec(key="a", version=10), rec(key="b", version=25))]
-    replies, relays = restarted.on_request(wire.encode_request(wire.PUSH, 2, batch, 20))
+    _, relays = restarted.on_request(wire.encode_request(wire.PUSH, 2, batch, 20))
     assert restarted.cleared == 20 and sorted(restarted.replica) == ["b"]
     # the clear is relayed first (others may have missed it too), then what changed
     assert [wire.decode(f).op for f in relays] == [wire.CLEAR, wire.SET]

@@ -103,7 +103,7 @@ def test_postgres_restart_mid_run(private_postgres: PostgresServer) -> None:
         rows = stored(postgres_url)
         missing = [sid for sid in written if sid not in rows]
         assert not missing, f"{len(missing)} of {len(written)} write-behind sessions lost"
-        assert all(rows[sid] == '{"i":%d}' % n for sid, n in written.items())
+        assert all(rows[sid] == f'{{"i":{n}}}' for sid, n in written.items())
     finally:
         behind.close()
         through.close()
@@ -200,7 +200,7 @@ def test_sigkill_keeps_every_acknowledged_write_through(postgres_url: str) -> No
     rows = stored(postgres_url)
     missing = [sid for sid in acknowledged if sid not in rows]
     assert not missing, f"{len(missing)} acknowledged writes lost"
-    assert all(rows[sid] == '{"i":%s}' % i for sid, i in acknowledged.items())
+    assert all(rows[sid] == f'{{"i":{i}}}' for sid, i in acknowledged.items())
 
 
 CHILD_JSON = textwrap.dedent(

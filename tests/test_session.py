@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from memsession.errors import InvalidSessionId, SessionDataError, SessionTooLarge
 from memsession import wire
+from memsession.errors import InvalidSessionId, SessionDataError, SessionTooLarge
 from memsession.session import (
     SID_LENGTH,
     Record,

@@ -117,16 +117,15 @@ def test_writes_behind_flushes_on_stop_and_warm_starts(tmp_path: Path, runtime_d
     hub = HubConfig(runtime_dir=runtime_dir, heartbeat=0.2)
     store = JsonFileStore(path, save_interval=None)
     sids = [new_id() for _ in range(50)]
-    with Sidecar(store, hub, SidecarConfig(flush_interval=0.02)) as sidecar:
-        with _cache(runtime_dir) as cache:
-            for i, sid in enumerate(sids):
-                cache.set(sid, {"i": i})
-            cache.destroy(sids[0])
-            wait_until(lambda: all(store.load(s) is not None for s in sids), 10, "writes to reach the store")
-            wait_until(lambda: store.load(sids[0]).deleted, 10, "the tombstone to reach the store")  # type: ignore[union-attr]
-            stats = sidecar.state.persistence_stats()
-            assert stats["saved"] >= len(sids)
-            assert stats["depth"] == 0
+    with Sidecar(store, hub, SidecarConfig(flush_interval=0.02)) as sidecar, _cache(runtime_dir) as cache:
+        for i, sid in enumerate(sids):
+            cache.set(sid, {"i": i})
+        cache.destroy(sids[0])
+        wait_until(lambda: all(store.load(s) is not None for s in sids), 10, "writes to reach the store")
+        wait_until(lambda: store.load(sids[0]).deleted, 10, "the tombstone to reach the store")  # type: ignore[union-attr]
+        stats = sidecar.state.persistence_stats()
+        assert stats["saved"] >= len(sids)
+        assert stats["depth"] == 0
     # Stopped: the file holds everything (the store was closed by the sidecar, which snapshots).
     saved = {r.key: r for r in read_snapshot(str(path), time.time())}
     assert saved[sids[0]].deleted
@@ -248,28 +247,27 @@ def test_a_clear_reaches_postgres_through_the_sidecar_and_outlives_it(postgres_u
         return {k: v for k, v in _pg_rows(postgres_url).items() if k != WATERMARK_KEY}
 
     sidecar = SidecarProcess(postgres_url, "--flush-interval", "0.05")
-    with sidecar:
-        with _cache(sidecar.runtime_dir) as cache:
-            sids = [new_id() for _ in range(10)]
-            for i, sid in enumerate(sids):
-                cache.set(sid, {"n": i})
-            cache.destroy(sids[0])
-            wait_until(lambda: len(sessions()) == len(sids) and sessions()[sids[0]][1], 10,
-                       "the writes to reach PostgreSQL")
-            cache.clear()
-            # the live sessions go; the tombstone stays (destroyed stays destroyed)
-            wait_until(lambda: list(sessions()) == [sids[0]], 10, "the clear to reach PostgreSQL")
-            assert sidecar.stats()["cleared"] == cache.cleared
-            assert sidecar.stats()["persist"]["clears"] == 1
-            kept = cache.set(new_id(), {"after": "clear"})
-            wait_until(lambda: kept.key in sessions(), 10, "a write after the clear to reach PostgreSQL")
+    with sidecar, _cache(sidecar.runtime_dir) as cache:
+        sids = [new_id() for _ in range(10)]
+        for i, sid in enumerate(sids):
+            cache.set(sid, {"n": i})
+        cache.destroy(sids[0])
+        wait_until(lambda: len(sessions()) == len(sids) and sessions()[sids[0]][1], 10,
+                   "the writes to reach PostgreSQL")
+        cache.clear()
+        # the live sessions go; the tombstone stays (destroyed stays destroyed)
+        wait_until(lambda: list(sessions()) == [sids[0]], 10, "the clear to reach PostgreSQL")
+        assert sidecar.stats()["cleared"] == cache.cleared
+        assert sidecar.stats()["persist"]["clears"] == 1
+        kept = cache.set(new_id(), {"after": "clear"})
+        wait_until(lambda: kept.key in sessions(), 10, "a write after the clear to reach PostgreSQL")
     # A new sidecar starts from the store: nothing the clear ended comes back to a joining worker.
-    with SidecarProcess(postgres_url, "--flush-interval", "0.05") as again:
-        with _cache(again.runtime_dir) as cache:
-            assert cache.bus.wait_joined(5)  # type: ignore[union-attr]
-            assert cache.get(kept.key) == {"after": "clear"}
-            assert all(cache.get(sid) is None for sid in sids)
-            assert len(cache) == 1
+    again = SidecarProcess(postgres_url, "--flush-interval", "0.05")
+    with again, _cache(again.runtime_dir) as cache:
+        assert cache.bus.wait_joined(5)  # type: ignore[union-attr]
+        assert cache.get(kept.key) == {"after": "clear"}
+        assert all(cache.get(sid) is None for sid in sids)
+        assert len(cache) == 1
 
 
 def test_writes_behind_to_couchdb(couch_url: str, runtime_dir: str) -> None:
