@@ -38,7 +38,7 @@ from .bus.sequence import DUP, GAP, SequenceTracker
 from .clock import SYSTEM_CLOCK, Clock
 from .config import _positive
 from .errors import BusError, ConfigError, WireError
-from .session import Record, wins
+from .session import Record, cleared_by, wins
 
 __all__ = ["Hub", "HubConfig", "HubState", "default_runtime_dir", "query_snapshot", "query_stats", "run_hub"]
 
@@ -171,7 +171,7 @@ class HubState:
         self.epoch = epoch if epoch is not None else new_epoch(clock)
         self.limits = limits
         self.replica: dict[str, Record] = {}
-        #: ``(expires, key)`` heap over the replica (see ``track_expiry``).
+        #: ``(expires, key)`` heap over the replica (see ``_track_expiry``).
         self._expiry: list[tuple[float, str]] = []
         self._expiry_compaction_slack = 1024
         self._tombstone_count = 0
@@ -200,26 +200,24 @@ class HubState:
         return int(self.clock.wall() * 1_000_000)
 
     def merge(self, record: Record) -> bool:
-        # The watermark holds back live records only (tombstones: see SessionCache._apply_locked).
         replica = self.replica
         old = replica.get(record.key)
-        changed = (record.deleted or record.version > self.cleared) and merge_into(
-            replica, record, self.clock.wall()
-        )
+        changed = not cleared_by(record, self.cleared) and merge_into(replica, record, self.clock.wall())
         self.counts["applied" if changed else "ignored"] += 1
         if changed:
             new = replica.get(record.key)
             # kept as a count: stats() is asked for every second by the sidecar's HTTP endpoint
             self._tombstone_count += (new is not None and new.deleted) - (old is not None and old.deleted)
-            self.track_expiry(record)
+            if new is not None:  # merge_into drops a record that arrives already expired
+                self._track_expiry(new)
         return changed
 
     def recount(self) -> None:
         """Recount tombstones and rebuild the expiry heap (after filling ``replica`` directly)."""
         self._tombstone_count = sum(1 for r in self.replica.values() if r.deleted)
-        self.rebuild_expiry()
+        self._rebuild_expiry()
 
-    def track_expiry(self, record: Record) -> None:
+    def _track_expiry(self, record: Record) -> None:
         """Remember when ``record`` lapses, so ``prune`` finds it without scanning the replica.
 
         One heap entry per stored version; entries of replaced versions are
@@ -229,9 +227,9 @@ class HubState:
         expiry = self._expiry
         heapq.heappush(expiry, (record.expires, record.key))
         if len(expiry) > 2 * len(self.replica) + self._expiry_compaction_slack:
-            self.rebuild_expiry()
+            self._rebuild_expiry()
 
-    def rebuild_expiry(self) -> None:
+    def _rebuild_expiry(self) -> None:
         self._expiry = [(r.expires, k) for k, r in self.replica.items()]
         heapq.heapify(self._expiry)
 
@@ -242,8 +240,9 @@ class HubState:
         self.cleared = version
         self.counts["clears"] += 1
         replica = self.replica
-        for key in [k for k, r in replica.items() if r.version <= version and not r.deleted]:
+        for key in [k for k, r in replica.items() if cleared_by(r, version)]:
             del replica[key]
+        self._rebuild_expiry()
         return True
 
     def _resync(self, origin: int) -> list[list[bytes]]:

@@ -26,6 +26,7 @@ __all__ = [
     "Record",
     "SessionData",
     "check_sid",
+    "cleared_by",
     "compute_expires",
     "copy_data",
     "is_valid_sid",
@@ -119,6 +120,17 @@ def wins(new: Record, old: Record | None) -> bool:
     if new.deleted != old.deleted:
         return new.deleted
     return (new.version, new.origin) > (old.version, old.origin)
+
+
+def cleared_by(record: Record, watermark: int) -> bool:
+    """Whether a clear at ``watermark`` removed ``record`` (and refuses it from now on).
+
+    Only live records: a tombstone is never cleared, since one may already
+    have beaten a newer live copy somewhere and "a tombstone beats any live
+    version" must hold alike on every replica. Versions start above 0, so
+    watermark 0 means "never cleared".
+    """
+    return not record.deleted and record.version <= watermark
 
 
 def _check_value(value: Any, path: str, depth: int) -> None:

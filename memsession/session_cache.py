@@ -26,6 +26,7 @@ from .session import (
     Record,
     SessionData,
     check_sid,
+    cleared_by,
     compute_expires,
     copy_data,
     is_valid_sid,
@@ -379,9 +380,7 @@ class SessionCache:
             return sum(1 for r in records if apply(r, now, wall))
 
     def _apply_locked(self, record: Record, now: float, wall: float) -> bool:
-        if record.version <= self.cleared and not record.deleted:
-            # Tombstones pass: one may already have beaten a newer live copy somewhere, and
-            # "a tombstone beats any live version" must hold alike on every replica.
+        if cleared_by(record, self.cleared):
             self._counts["ignored"] += 1
             return False
         sid = record.key
@@ -591,7 +590,7 @@ class SessionCache:
         self.cleared = version
         self._counts["clears"] += 1
         core = self._core
-        doomed = [(sid, r) for sid in list(core) if (r := core.peek(sid)) is not None and r.version <= version]
+        doomed = [(sid, r) for sid in list(core) if (r := core.peek(sid)) is not None and cleared_by(r, version)]
         for sid, old in doomed:
             self._remove_locked(sid, old)
 

@@ -42,7 +42,7 @@ import orjson
 from msgpack import packb as _packb
 
 from memsession.errors import ConfigError, StoreClosed, StoreCorrupt
-from memsession.session import Record, SessionData, is_flat
+from memsession.session import Record, SessionData, cleared_by, is_flat
 
 __all__ = [
     "MAX_VERSION",
@@ -152,15 +152,6 @@ MAX_VERSION = (1 << 63) - 1
 #: Key (or document id) of the watermark where a store keeps it among the records.
 #: The colon keeps it out of the session ids memsession issues (base64url).
 WATERMARK_KEY = "memsession:cleared"
-
-
-def cleared_by(record: Record, watermark: int) -> bool:
-    """Whether a clear at ``watermark`` removed ``record`` (and refuses it from now on).
-
-    Only live records: a tombstone is never cleared (see the module docstring).
-    Versions start above 0, so watermark 0 means "never cleared".
-    """
-    return not record.deleted and record.version <= watermark
 
 
 def check_clear_version(version: object, store: str = "") -> int:

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from memsession.errors import ConfigError
-from memsession.session import Record
+from memsession.session import Record, cleared_by
 
 from .base import supersedes
 
@@ -51,6 +51,8 @@ class WriteQueue:
         self.rewrite_due = False
         #: The highest clear watermark the store has not confirmed yet (0: none).
         self.clear_due = 0
+        #: The highest clear seen: a failed batch taken before it must not bring back what it covers.
+        self.cleared = 0
         self.counts = dict.fromkeys(
             ("queued", "coalesced", "stale", "overflows", "overflowed", "deferred", "lost",
              "saved", "batches", "failed_batches", "cleared"),
@@ -122,6 +124,8 @@ class WriteQueue:
         self.counts["failed_batches"] += 1
         pending = self._pending
         for record in reversed(batch):
+            if cleared_by(record, self.cleared):
+                continue
             newer = pending.get(record.key)
             if newer is not None and not supersedes(record, newer):
                 continue
@@ -139,10 +143,11 @@ class WriteQueue:
     def clear(self, version: int) -> None:
         """A clear at ``version``: drop what it covers and owe the store that clear."""
         pending = self._pending
-        covered = [k for k, r in pending.items() if r.version <= version and not r.deleted]
+        covered = [k for k, r in pending.items() if cleared_by(r, version)]
         for key in covered:
             del pending[key]
         self.counts["cleared"] += len(covered)
+        self.cleared = max(self.cleared, version)
         self.clear_due = max(self.clear_due, version)
 
     def clear_done(self, version: int) -> None:

@@ -68,6 +68,17 @@ def test_failed_batch_goes_back_in_front_unless_superseded() -> None:
     assert [r.key for r in q.take(3)] == ["b", "c", "a"]
 
 
+def test_failed_batch_taken_before_a_clear_brings_back_only_what_it_did_not_cover() -> None:
+    q = WriteQueue()
+    q.add(rec("a", 3))
+    q.add(rec("b", 9))
+    q.add(rec("c", 4, deleted=True))
+    batch = q.take(3)
+    q.clear(5)  # arrives while the batch is being written, which then fails
+    q.failed(batch)
+    assert sorted(r.key for r in q.take(10)) == ["b", "c"]  # the tombstone is still owed
+
+
 def test_overflow_keeps_tombstones_and_asks_for_a_rewrite() -> None:
     q = WriteQueue(limit=3)
     q.add(rec("a", 1))
