@@ -263,6 +263,8 @@ class Sidecar:
         self.store = store
         self.hub_config = hub or HubConfig()
         self.config = config or SidecarConfig()
+        if self.config.remove_runtime_dir and not self.hub_config.runtime_dir:
+            raise ConfigError("remove_runtime_dir", True, "needs the hub's runtime_dir given explicitly")
         self.clock = clock
         self.state = SidecarState(
             store_name=store.name, queue_limit=self.config.queue_limit, batch_size=self.config.batch_size,
@@ -327,9 +329,6 @@ class Sidecar:
 
     def _remove_runtime_dir(self) -> None:
         path = self.hub_config.runtime_dir
-        if not path:
-            log.warning("remove_runtime_dir: no runtime_dir was given; the default one stays")
-            return
         try:
             shutil.rmtree(path)
         except FileNotFoundError:
@@ -579,11 +578,15 @@ class Sidecar:
             self._ack_push = None
         with state.lock:
             left = len(state.queue)
+            owed = state.queue.clear_due
             state.persist_counts["unwritten_at_exit"] = left
         if left:
             log.error("stopping with %d session changes the store %s did not take; workers still hold "
                       "them and push them to the next sidecar", left, state.store_name)
-        else:
+        if owed:
+            log.error("stopping with a clear (watermark %d) the store %s did not take; workers push their "
+                      "watermark to the next sidecar, which applies it", owed, state.store_name)
+        if not left and not owed:
             log.info("all changes written to %s", state.store_name)
 
     # -- HTTP ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from memsession import SessionCache, ZmqBus
-from memsession.errors import ConfigError
+from memsession.errors import ConfigError, StoreUnavailable
 from memsession.hub import HubConfig
 from memsession.session import Record, new_id
 from persist.jsonfile import JsonFileStore, read_snapshot
@@ -63,12 +63,18 @@ def test_open_store_file(tmp_path: Path) -> None:
         store.close()
 
 
-def test_config_is_checked() -> None:
+def test_config_is_checked(tmp_path: Path) -> None:
     for bad in ({"flush_interval": 0}, {"batch_size": 0}, {"queue_limit": True}, {"http": "nope"},
                 {"retry_min": 2.0, "retry_max": 1.0}, {"remove_runtime_dir": True}):
         with pytest.raises(ConfigError):
             SidecarConfig(**bad)  # type: ignore[arg-type]
     assert SidecarConfig(parent_pid=1, remove_runtime_dir=True).remove_runtime_dir
+    store = JsonFileStore(tmp_path / "s.json", save_interval=None)
+    try:
+        with pytest.raises(ConfigError, match="runtime_dir"):  # never the shared default dir
+            Sidecar(store, HubConfig(), SidecarConfig(parent_pid=1, remove_runtime_dir=True))
+    finally:
+        store.close()
     assert parse_http(":9108") == ("127.0.0.1", 9108)
 
 
@@ -157,6 +163,34 @@ def test_flush_on_stop_writes_what_waited(tmp_path: Path, runtime_dir: str) -> N
         sidecar.stop()
     assert sidecar.state.persist_counts["unwritten_at_exit"] == 0
     assert [r.data for r in read_snapshot(str(path), time.time())] == [{"late": True}]
+
+
+class ClearRefusingStore(JsonFileStore):
+    """A JSON file store whose clear() fails, as a database that is down would."""
+
+    def clear(self, version: int) -> int:
+        raise StoreUnavailable("switched off", store=self.name, op="clear")
+
+
+def test_stopping_with_a_clear_the_store_did_not_take_says_so(
+    tmp_path: Path, runtime_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ClearRefusingStore(tmp_path / "s.json", save_interval=None)
+    sidecar = Sidecar(store, HubConfig(runtime_dir=runtime_dir),
+                      SidecarConfig(flush_interval=0.02, close_timeout=0.3, retry_max=0.1))
+    sidecar.start()
+    try:
+        with _cache(runtime_dir) as cache:
+            cache.set(new_id(), {"a": 1})
+            cache.clear()
+            wait_until(lambda: sidecar.state.persist_counts["write_errors"] > 0, 10,
+                       "the sidecar to try the clear")
+    finally:
+        with caplog.at_level("INFO", logger="memsession.sidecar"):
+            sidecar.stop()
+    assert sidecar.state.queue.clear_due == sidecar.state.cleared > 0
+    assert "stopping with a clear" in caplog.text
+    assert "all changes written" not in caplog.text
 
 
 def test_prunes_expired_sessions_from_the_store(tmp_path: Path, runtime_dir: str) -> None:
