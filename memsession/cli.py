@@ -46,7 +46,7 @@ def _hub(args: argparse.Namespace) -> int:
         heartbeat=args.heartbeat, sndhwm=args.sndhwm,
     )
     if args.stats:
-        stats = query_stats(config.endpoints()[2], keys=args.keys, insecure=args.insecure)
+        stats = query_stats(config.query_endpoint(), keys=args.keys, insecure=args.insecure)
         print(json.dumps(stats, indent=2, sort_keys=True))
         return 0
     stop = threading.Event()

@@ -126,6 +126,18 @@ class HubConfig:
             return self.publish, self.subscribe, self.requests
         return ipc_endpoints(ensure_private_dir(self.runtime_dir or default_runtime_dir()))
 
+    def query_endpoint(self) -> str:
+        """The requests endpoint for a query (stats, status); unlike ``endpoints`` it creates nothing.
+
+        ``BusError`` if the runtime dir does not exist: no hub can be there.
+        """
+        if self.requests:
+            return self.requests
+        runtime_dir = self.runtime_dir or default_runtime_dir()
+        if not os.path.isdir(runtime_dir):
+            raise BusError(f"no hub answered: the runtime dir {runtime_dir} does not exist", endpoint=runtime_dir)
+        return self.endpoints()[2]
+
     @property
     def uses_tcp(self) -> bool:
         return any(e.startswith("tcp://") for e in (self.publish, self.subscribe, self.requests))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -168,18 +167,11 @@ def format_status(stats: dict[str, Any], requests: str) -> str:
 
 def _status(args: argparse.Namespace) -> int:
     from memsession.errors import BusError
-    from memsession.hub import default_runtime_dir, query_stats
+    from memsession.hub import query_stats
 
-    # Only the ROUTER is asked: --requests alone is enough (tcp, another host).
-    if not (args.requests or args.publish):
-        # A query must not create the runtime dir (endpoints() would): no dir, no hub.
-        runtime_dir = args.runtime_dir or default_runtime_dir()
-        if not os.path.isdir(runtime_dir):
-            print(f"memsession status: no hub answered: the runtime dir {runtime_dir} does not exist",
-                  file=sys.stderr)
-            return 1
-    requests = args.requests or _hub_config(args).endpoints()[2]
     try:
+        # Only the ROUTER is asked: --requests alone is enough (tcp, another host).
+        requests = args.requests or _hub_config(args).query_endpoint()
         stats = query_stats(requests, keys=args.keys, insecure=args.insecure, timeout=args.timeout)
     except BusError as exc:
         print(f"memsession status: {exc}", file=sys.stderr)

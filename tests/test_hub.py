@@ -188,6 +188,10 @@ def test_cli_hub_stats_and_keys(tmp_path, capsys):
     with Hub(runtime_dir=rt):
         assert main(["hub", "--runtime-dir", rt, "--stats"]) == 0
     assert '"sessions": 0' in capsys.readouterr().out
+    missing = tmp_path / "never-made"
+    assert main(["hub", "--runtime-dir", str(missing), "--stats"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not missing.exists()  # a query creates no runtime dir
     assert main(["keys", str(tmp_path / "keys")]) == 0
     assert main(["keys", str(tmp_path / "keys")]) == 2  # refuses to overwrite
     assert "exists" in capsys.readouterr().err
