@@ -23,6 +23,7 @@ import msgpack
 from .errors import InvalidSessionId, SessionDataError, SessionTooLarge
 
 __all__ = [
+    "MAX_VERSION",
     "Record",
     "SessionData",
     "check_sid",
@@ -44,6 +45,8 @@ SID_LENGTH = 43
 _SID_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 
 _INT_MIN = -(1 << 63)
+#: The largest version (and clear watermark) anything accepts: a signed 64-bit int, as stores keep it.
+MAX_VERSION = (1 << 63) - 1
 _INT_MAX = (1 << 64) - 1
 _MAX_DEPTH = 32
 _SCALARS = (str, bool, int, float, bytes, type(None))

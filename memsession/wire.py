@@ -9,7 +9,8 @@ Every message is exactly two ZeroMQ frames::
 
 Times travel as wall-clock seconds (float) except ``sent_us`` (int wall
 microseconds at publish, for lag measurement). ``version`` is the writer's
-hybrid-logical-clock int, ``rorigin`` the record's origin id (a touch or a
+hybrid-logical-clock int (as is a clear's watermark: at most ``2**63 - 1``,
+what every store can keep), ``rorigin`` the record's origin id (a touch or a
 hub relay republishes a record written by someone else, so it differs from
 the publisher's ``origin``). ``data`` is itself a msgpack ``bin`` holding the
 session's dict, so a receiver knows its serialized size without re-packing.
@@ -91,7 +92,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from .errors import WireError
-from .session import Record
+from .session import MAX_VERSION, Record
 
 __all__ = [
     "PROTOCOL",
@@ -424,8 +425,8 @@ def _record(fields: Sequence[Any], deleted: bool, blob: Any, limits: Limits) -> 
     # Inline checks: this runs for every change on every hop (the helpers name the bad field).
     if type(key) is not str or not 0 < len(key) <= limits.max_key:
         _key(key, limits)
-    if type(version) is not int or not 0 <= version <= _U64:
-        _int(version, "version")
+    if type(version) is not int or not 0 <= version <= MAX_VERSION:
+        _int(version, "version", 0, MAX_VERSION)
     if type(rorigin) is not int or not _I64_MIN <= rorigin <= _U64:
         _int(rorigin, "origin", _I64_MIN, _U64)
     if (
@@ -506,7 +507,7 @@ def _body(op: str, rest: list[Any], limits: Limits) -> Any:
             raise WireError("TOUCH needs 5 fields")
         return (
             _key(rest[0], limits),
-            _int(rest[1], "version"),
+            _int(rest[1], "version", 0, MAX_VERSION),
             _int(rest[2], "origin", _I64_MIN, _U64),
             _time(rest[3], "accessed"),
             _time(rest[4], "expires"),
@@ -514,11 +515,12 @@ def _body(op: str, rest: list[Any], limits: Limits) -> Any:
     if op == INVALIDATE:
         if n != 4 or type(rest[3]) is not bool:
             raise WireError("INVALIDATE needs key, version, origin, deleted")
-        return (_key(rest[0], limits), _int(rest[1], "version"), _int(rest[2], "origin", _I64_MIN, _U64), rest[3])
+        return (_key(rest[0], limits), _int(rest[1], "version", 0, MAX_VERSION),
+                _int(rest[2], "origin", _I64_MIN, _U64), rest[3])
     if op == CLEAR:
         if n != 1:
             raise WireError("CLEAR needs a version")
-        return _int(rest[0], "version", 1)
+        return _int(rest[0], "version", 1, MAX_VERSION)
     if op in (HEARTBEAT, HUB_BEAT):
         if n:
             raise WireError("heartbeat carries no fields")
@@ -558,7 +560,7 @@ def decode_reply(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Re
     elif op == PUSH:
         if n != 2:
             raise WireError("PUSH needs a record list and a clear watermark")
-        body = (_records(rest[0], limits), _int(rest[1], "cleared"))
+        body = (_records(rest[0], limits), _int(rest[1], "cleared", 0, MAX_VERSION))
     elif op == END:
         if n != 5:
             raise WireError("END needs hub_epoch, vector, chunks, records, cleared")
@@ -572,7 +574,7 @@ def decode_reply(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Re
             vec[_int(entry[0], "origin", _I64_MIN, _U64)] = (_int(entry[1], "epoch"), _int(entry[2], "seq"))
         body = (
             _int(rest[0], "hub_epoch"), vec, _int(rest[2], "chunks"), _int(rest[3], "records"),
-            _int(rest[4], "cleared"),
+            _int(rest[4], "cleared", 0, MAX_VERSION),
         )
     elif op == GET:
         if n != 1:

@@ -41,6 +41,8 @@ import msgpack
 from memsession.errors import BusError, ConfigError, StoreClosed, StoreError, StoreUnavailable
 from memsession.session import Record
 
+from .base import check_clear_version
+
 __all__ = ["AckBook", "SidecarAckStore", "default_ack_endpoint", "serve_acks"]
 
 log = logging.getLogger("memsession.ack")
@@ -355,7 +357,7 @@ class SidecarAckStore:
         """
         from memsession import wire
 
-        self._hub(wire.PUSH, [], version, until=wire.ACK)
+        self._hub(wire.PUSH, [], check_clear_version(version, self.name), until=wire.ACK)
         return 0
 
     def close(self) -> None:

@@ -42,7 +42,7 @@ import orjson
 from msgpack import packb as _packb
 
 from memsession.errors import ConfigError, StoreClosed, StoreCorrupt
-from memsession.session import Record, SessionData, cleared_by, is_flat
+from memsession.session import MAX_VERSION, Record, SessionData, cleared_by, is_flat
 
 __all__ = [
     "MAX_VERSION",
@@ -147,7 +147,6 @@ class Store(Protocol):
 
 
 #: Highest version a store must keep: versions are signed 64-bit (``HybridClock``).
-MAX_VERSION = (1 << 63) - 1
 
 #: Key (or document id) of the watermark where a store keeps it among the records.
 #: The colon keeps it out of the session ids memsession issues (base64url).

@@ -50,6 +50,13 @@ def test_store_options_are_checked() -> None:
         SidecarAckStore()
     with pytest.raises(ConfigError):
         SidecarAckStore(requests="ipc:///tmp/x", ack="ipc:///tmp/y", timeout=0)
+    store = SidecarAckStore(requests="ipc:///tmp/x", ack="ipc:///tmp/y", timeout=0.1)
+    try:
+        for bad in (-1, 2**63, "7"):
+            with pytest.raises(ConfigError):  # refused here, before anything is sent
+                store.clear(bad)  # type: ignore[arg-type]
+    finally:
+        store.close()
 
 
 @pytest.mark.zmq
