@@ -466,7 +466,7 @@ class SessionCache:
                 return False
             self._clear_locked(version)
         if self.persistence is not None:
-            self.persistence.clear(version)
+            self.persistence.clear(version, wait=False)  # on the bus thread: the writer does it
         return True
 
     def begin_repair(self) -> None:

@@ -49,10 +49,10 @@ class WriteQueue:
         self._pending: OrderedDict[str, Record] = OrderedDict()
         #: Set by an overflow; cleared by ``start_rewrite``.
         self.rewrite_due = False
-        #: The highest clear watermark the store has not confirmed yet (0: none).
-        self.clear_due = 0
         #: The highest clear seen: a failed batch taken before it must not bring back what it covers.
         self.cleared = 0
+        #: The highest clear the store confirmed.
+        self.store_cleared = 0
         self.counts = dict.fromkeys(
             ("queued", "coalesced", "stale", "overflows", "overflowed", "deferred", "lost",
              "saved", "batches", "failed_batches", "cleared"),
@@ -148,12 +148,15 @@ class WriteQueue:
             del pending[key]
         self.counts["cleared"] += len(covered)
         self.cleared = max(self.cleared, version)
-        self.clear_due = max(self.clear_due, version)
+
+    @property
+    def clear_due(self) -> int:
+        """The highest clear watermark the store has not confirmed yet (0: none)."""
+        return self.cleared if self.cleared > self.store_cleared else 0
 
     def clear_done(self, version: int) -> None:
         """The store took the clear at ``version`` (a higher one may have arrived meanwhile)."""
-        if self.clear_due <= version:
-            self.clear_due = 0
+        self.store_cleared = max(self.store_cleared, version)
 
     def start_rewrite(self) -> None:
         """The runner is about to write the whole replica: new changes queue normally again."""

@@ -150,9 +150,8 @@ class Persistence:
         self._failing = False
         #: The highest clear this process knows of: no live record at or below it is queued or read back.
         self._cleared = 0
-        #: The highest clear the store confirmed, and one it still owes (0: none).
+        #: The highest clear the store confirmed; the store owes ``_cleared`` while it is lower.
         self._store_cleared = 0
-        self._clear_due = 0
         self._clearing = False  # one store.clear at a time: a repeat could scan a whole database again
         self._next_prune = clock.monotonic() + cfg.prune_interval if cfg.prune_interval else None
         self._counts = dict.fromkeys(
@@ -233,15 +232,17 @@ class Persistence:
         if old is None or supersedes(record, old):
             self._pending[record.key] = record
 
-    def clear(self, version: int) -> None:
+    def clear(self, version: int, *, wait: bool = True) -> None:
         """Make a clear at ``version`` (an HLC version) stick in the store; the cache has cleared itself.
 
         Drops queued live records at or below ``version`` (queued tombstones
-        are still written) and calls ``store.clear(version)`` now. Store trouble is logged, counted
-        (``clear_errors``) and never raised: the writer thread retries the
-        highest clear still owed before its next batch. A clear the store
-        already took, or already owes, costs nothing. ``ConfigError`` if
-        ``version`` is not an int in ``[0, 2**63 - 1]``.
+        are still written) and calls ``store.clear(version)``: now with ``wait``
+        (the process that cleared), else on the writer thread (a clear that came
+        over the bus: the bus thread must not wait for a database). Store
+        trouble is logged, counted (``clear_errors``) and never raised: the
+        writer thread retries the highest clear still owed before its next
+        batch. A clear the store already took, or already owes, costs nothing.
+        ``ConfigError`` if ``version`` is not an int in ``[0, 2**63 - 1]``.
         """
         version = check_clear_version(version, self.store.name)
         self._check_process("clear")
@@ -251,13 +252,14 @@ class Persistence:
                 log.error("clear (watermark %d) after the store %s was closed is not persisted",
                           version, self.store.name)
                 return
-            if version > self._cleared:
-                self._cleared = version
-                for key in [k for k, r in self._pending.items() if cleared_by(r, version)]:
-                    del self._pending[key]
-            if version <= max(self._store_cleared, self._clear_due):
+            if version <= self._cleared:
+                return  # known already: the store took it, or owes it and the writer retries it
+            self._cleared = version
+            for key in [k for k, r in self._pending.items() if cleared_by(r, version)]:
+                del self._pending[key]
+            if not wait:
+                self._wake.notify()
                 return
-            self._clear_due = version
         try:
             self._apply_clear()
         except StoreError:
@@ -269,7 +271,7 @@ class Persistence:
         with self._lock:
             while self._clearing:
                 self._settled.wait()
-            version = self._clear_due
+            version = self._owed_clear()
             if not version:
                 return
             self._clearing = True
@@ -284,14 +286,16 @@ class Persistence:
             with self._lock:
                 self._counts["clears"] += 1
                 self._store_cleared = max(self._store_cleared, version)
-                if self._clear_due <= version:
-                    self._clear_due = 0
         finally:
             with self._lock:
                 self._clearing = False
                 self._settled.notify_all()
         log.info("cleared %d sessions from %s (watermark %d)", removed, self.store.name, version)
         self._recovered()
+
+    def _owed_clear(self) -> int:
+        """The clear the store has not taken yet, or 0 (call with the lock held)."""
+        return self._cleared if self._cleared > self._store_cleared else 0
 
     def flush(self) -> int:
         """Write everything queued now (a clear the store owes first); return how many records it wrote.
@@ -418,7 +422,7 @@ class Persistence:
                 continue
             if stopping:
                 with self._lock:
-                    if not self._pending and not self._clear_due:
+                    if not self._pending and not self._owed_clear():
                         break
                 continue
             self._maybe_prune()
@@ -527,7 +531,7 @@ class Persistence:
         with self._lock:
             lost = len(self._pending) + len(self._inflight)
             self._counts["lost"] += lost
-            clear_due = self._clear_due
+            clear_due = self._owed_clear()
         if clear_due:
             log.error(
                 "closing before the store %s took the clear at watermark %d; "
@@ -557,5 +561,5 @@ class Persistence:
             out["failing"] = self._failing
             out["negative"] = len(self._negative)
             out["cleared"] = self._cleared
-            out["clear_due"] = self._clear_due
+            out["clear_due"] = self._owed_clear()
             return out

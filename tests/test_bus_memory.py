@@ -369,6 +369,40 @@ def test_clear_ends_every_session_on_every_replica_and_the_hub(hub, clock):
     assert state(a.records()) == state(b.records()) == state(c.records()) == hub_state(hub)
 
 
+def test_a_clear_from_the_bus_reaches_a_replicas_store_without_holding_the_bus(hub, clock, tmp_path):
+    import threading
+
+    from persist.jsonfile import JsonFileStore
+
+    class SlowClearStore(JsonFileStore):
+        """Its clear() waits for the test, as a DELETE over a big table would."""
+
+        gate = threading.Event()
+
+        def clear(self, version: int) -> int:
+            assert self.gate.wait(30)
+            return super().clear(version)
+
+    store = SlowClearStore(str(tmp_path / "b.json"), save_interval=None, clock=clock)
+    a = cache(hub, clock)
+    b = SessionCache(clock=clock, store=store, bus=MemoryBus(hub))
+    sid = new_id()
+    b.set(sid, {"n": 1})  # b's own write: b persists it
+    b.persistence.flush()
+    assert store.load(sid) is not None and a.get(sid) == {"n": 1}
+    # The hub delivers to b on this very thread: were b's store cleared there, this would wait.
+    clearing = threading.Thread(target=a.clear)
+    clearing.start()
+    clearing.join(5)
+    assert not clearing.is_alive()
+    assert b.get(sid) is None and b.cleared == a.cleared
+    SlowClearStore.gate.set()
+    b.persistence.flush()  # the writer thread owes the store that clear
+    assert store.load(sid) is None and store.stats()["cleared"] == a.cleared
+    a.close()
+    b.close()
+
+
 def test_a_write_from_before_the_clear_arriving_after_it_stays_out(hub, clock):
     a, b = cache(hub, clock), cache(hub, clock)
     sid = new_id()
