@@ -309,16 +309,16 @@ class CouchStore:
     # -- the Store protocol ----------------------------------------------------------
 
     @staticmethod
-    def _watermark_of(doc: Any, field: str = "version") -> int:
+    def _watermark_of(doc: Any, op: str, field: str = "version") -> int:
         value = doc.get(field, "0" if field == "swept" else None) if isinstance(doc, dict) else None
         if type(value) is not str or not value.isdecimal() or int(value) > MAX_VERSION:
-            raise StoreError("the clear watermark document can't be read", store=_NAME, op="load")
+            raise StoreError("the clear watermark document can't be read", store=_NAME, op=op)
         return int(value)
 
     def _watermark(self, op: str) -> int:
         """The stored watermark (0: never cleared)."""
         status, doc = self._request(op, "GET", _WATERMARK_PATH, ok=(200, 404))
-        return 0 if status == 404 else self._watermark_of(doc)
+        return 0 if status == 404 else self._watermark_of(doc, op)
 
     def load(self, key: str) -> Record | None:
         # One request for the document and the watermark: as cheap as a GET.
@@ -329,7 +329,7 @@ class CouchStore:
             return None
         record = self._record(row["doc"])
         mark = current.get(WATERMARK_KEY)
-        if mark is not None and cleared_by(record, self._watermark_of(mark["doc"])):
+        if mark is not None and cleared_by(record, self._watermark_of(mark["doc"], "load")):
             return None
         return record
 
@@ -405,7 +405,7 @@ class CouchStore:
         for _ in range(self.conflict_retries):
             current = self._current("save", [*remaining, WATERMARK_KEY], include_docs=True)
             mark = current.pop(WATERMARK_KEY, None)
-            watermark = 0 if mark is None else self._watermark_of(mark["doc"])
+            watermark = 0 if mark is None else self._watermark_of(mark["doc"], "save")
             floor = min(floor, watermark)
             docs = []
             for doc_id, record in list(remaining.items()):
@@ -430,7 +430,7 @@ class CouchStore:
                     if done is not None:
                         written[doc_id] = (result.get("rev"), done)
                 elif result.get("error") != "conflict":
-                    unwritten = remaining.pop(doc_id) if doc_id in remaining else None
+                    unwritten = remaining.pop(doc_id, None)
                     if unwritten is None:
                         raise StoreError(f"CouchDB save: result for an unknown document ({result.get('error')})",
                                          store=_NAME, op="save")
@@ -550,7 +550,7 @@ class CouchStore:
             status, doc = self._request("clear", "GET", _WATERMARK_PATH, ok=(200, 404))
             stored = {"version": 0, "swept": 0}
             if status == 200:
-                stored = {name: self._watermark_of(doc, name) for name in stored}
+                stored = {name: self._watermark_of(doc, "clear", name) for name in stored}
             if stored[field] >= version:
                 return stored["version"], stored["swept"]
             stored[field] = version
@@ -631,10 +631,12 @@ class CouchFollower:
     every real write: it removes any live copy (a tombstone beats every live
     version) but never replaces a tombstone the cache holds, so a destroy the
     cache kept through a clear keeps blocking a late live write. The clear
-    watermark's document is never handed over as a session: a raised
-    watermark goes to ``on_clear`` (e.g. the cache's ``apply_clear``), if
-    given, as an int, and to ``watermark`` (also read at each connect). An
-    exception from a callback is logged and counted; the follower goes on.
+    watermark's document is never handed over as a session: a watermark
+    that rose (in the feed, or read at each connect: clears made while not
+    following count too) goes once to ``on_clear`` (e.g. the cache's
+    ``apply_clear``), if given, as an int, and to ``watermark``; a live
+    document at or below it is not handed over. An exception from a
+    callback is logged and counted; the follower goes on.
     """
 
     def __init__(
@@ -725,7 +727,7 @@ class CouchFollower:
         # The store's client (thread-safe); the read timeout only has to outlast a heartbeat.
         timeout = httpx.Timeout(10.0, read=self.heartbeat * 5 + 5)
         # Clears made while the feed was not followed (before ``since``) count too.
-        self.watermark = max(self.watermark, self.store._watermark("changes"))
+        self._see_watermark(self.store._watermark("changes"))
         client = self.store.client
         with client.stream("GET", "_changes", params=params, headers=headers, timeout=timeout) as response:
             if response.status_code != 200:
@@ -756,14 +758,10 @@ class CouchFollower:
         self.counts["changes"] += 1
         if doc_id == WATERMARK_KEY and not change.get("deleted"):
             try:
-                version = self.store._watermark_of(change.get("doc"))
-                self.watermark = max(self.watermark, version)
-                if self.on_clear is not None:
-                    self.on_clear(version)
-                self.counts["clears"] += 1
-            except Exception:
+                self._see_watermark(self.store._watermark_of(change.get("doc"), "changes"))
+            except StoreError:
                 self.counts["errors"] += 1
-                log.exception("applying a CouchDB clear failed; going on")
+                log.exception("an unreadable clear watermark in the CouchDB feed; going on")
             self.since = seq
             return True
         if not isinstance(doc_id, str) or not doc_id.startswith(self.store.prefix):
@@ -777,10 +775,32 @@ class CouchFollower:
                 self.on_record(Record(key, {}, _EVICTION_VERSION, 0, now, now, now, True))
                 self.counts["deletions"] += 1
             else:
-                self.on_record(self.store._record(change.get("doc")))
-                self.counts["records"] += 1
+                record = self.store._record(change.get("doc"))
+                if cleared_by(record, self.watermark):
+                    self.counts["skipped"] += 1  # a late write the clear covers: stores ignore it too
+                else:
+                    self.on_record(record)
+                    self.counts["records"] += 1
         except Exception:
             self.counts["errors"] += 1
             log.exception("applying a CouchDB change failed; going on")
         self.since = seq
         return True
+
+    def _see_watermark(self, version: int) -> None:
+        """A clear watermark read from the feed or at connect: hand it on once, when it rises.
+
+        The watermark document changes twice per clear (raised, then swept);
+        only the rise is a new clear.
+        """
+        if version <= self.watermark:
+            return
+        self.watermark = version
+        self.counts["clears"] += 1
+        if self.on_clear is None:
+            return
+        try:
+            self.on_clear(version)
+        except Exception:
+            self.counts["errors"] += 1
+            log.exception("applying a CouchDB clear failed; going on")
