@@ -383,7 +383,9 @@ class CouchStore:
     def _undo_cleared(self, written: dict[str, tuple[str, Record]], floor: int) -> None:
         """Delete the live records this save wrote at or below a watermark raised since it decided.
 
-        See the module docstring; tombstones are never taken back.
+        See the module docstring; tombstones are never taken back. Costs one
+        more GET per save: reads would hide such a record anyway, but without
+        this it would sit in the database (and in CouchDB replicas) until purged.
         """
         watermark = self._watermark("save")
         if watermark <= floor:

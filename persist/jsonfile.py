@@ -298,6 +298,7 @@ class JsonFileStore:
         self._fsync = fsync
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
+        #: Never holds a live record the watermark covers: loading, ``save`` and ``clear`` keep them out.
         self._records: dict[str, Record] = {}
         #: The clear watermark; raised only, written with the records.
         self._cleared = 0
@@ -336,15 +337,13 @@ class JsonFileStore:
 
     def load(self, key: str) -> Record | None:
         check_open(self._closed, _NAME, "load")
-        record = self._records.get(key)
-        return None if record is None or cleared_by(record, self._cleared) else record
+        return self._records.get(key)
 
     def load_all(self, now: float) -> Iterator[Record]:
         check_open(self._closed, _NAME, "load_all")
         with self._lock:
             records = list(self._records.values())
-            cleared = self._cleared
-        return (r for r in records if r.expires > now and not cleared_by(r, cleared))
+        return (r for r in records if r.expires > now)
 
     def save(self, records: Sequence[Record]) -> int:
         written = 0
