@@ -39,3 +39,25 @@ def test_a_clear_reaches_it(tmp_path: Path) -> None:
     with SessionCache(store=SqliteStore(str(tmp_path / "s.db"))) as cold:
         assert cold.get(ended) is None
         assert cold.get(kept) == {"user": "grace"}
+
+
+def test_a_table_from_before_clears_gets_its_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    from persist.base import record_to_json
+    from persist.testing import make_test_record
+
+    old = make_test_record("old", version=5)
+    db = sqlite3.connect(str(tmp_path / "s.db"))
+    db.execute("CREATE TABLE sessions (key TEXT PRIMARY KEY, record BLOB, expires REAL)")
+    db.execute("INSERT INTO sessions VALUES (?, ?, ?)", ["old", record_to_json(old), old.expires])
+    db.commit()
+    db.close()
+    store = SqliteStore(str(tmp_path / "s.db"))
+    try:
+        assert store.load("old") == old
+        store.save([make_test_record("new", version=9)])
+        assert store.clear(6) == 1  # the migrated row has the version a clear compares
+        assert store.load("old") is None and store.load("new") is not None
+    finally:
+        store.close()

@@ -43,11 +43,25 @@ class SqliteStore:
             "CREATE TABLE IF NOT EXISTS sessions"
             " (key TEXT PRIMARY KEY, record BLOB, expires REAL, version INTEGER, deleted INTEGER)"
         )
+        self._add_clear_columns()
         self._db.execute("CREATE INDEX IF NOT EXISTS sessions_expires ON sessions (expires)")
         # One row at most: the clear watermark.
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS watermark (id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER)"
         )
+
+    def _add_clear_columns(self) -> None:
+        """A table made before clears existed lacks ``version`` and ``deleted``: add and fill them."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+        if {"version", "deleted"} <= columns:
+            return
+        with self._transaction("migrate"):
+            for column in {"version", "deleted"} - columns:
+                self._db.execute(f"ALTER TABLE sessions ADD COLUMN {column} INTEGER")
+            for key, raw in self._db.execute("SELECT key, record FROM sessions").fetchall():
+                record = record_from_json(raw)
+                self._db.execute("UPDATE sessions SET version = ?, deleted = ? WHERE key = ?",
+                                 [record.version, record.deleted, key])
 
     def _sql(self, op: str, query: str, params: Sequence[object] = ()) -> list[tuple]:
         with self._lock:
