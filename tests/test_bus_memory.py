@@ -340,6 +340,22 @@ def test_invalidate_mode_sends_the_value_when_the_hub_cannot_take_it(hub, clock)
     assert b.get(sid) == {"n": 1}
 
 
+def test_own_messages_come_back_and_are_skipped_undecoded(clock, monkeypatch):
+    from memsession.bus.base import OWN, Replicator
+
+    c = SessionCache(clock=clock)
+    rep = Replicator(c, BusConfig())
+    records = [c.set(new_id(), {"n": i}) for i in range(3)]
+    frames = [rep.outgoing(records[0]), rep.outgoing_batch(records[1:]), rep.heartbeat()]
+    decoded: list[Any] = []
+    real_decode = wire.decode
+    monkeypatch.setattr(wire, "decode", lambda *a, **k: decoded.append(a) or real_decode(*a, **k))
+    assert [rep.receive(f) for f in frames] == [OWN, OWN, OWN]
+    assert decoded == [] and rep.counts["received"] == 0
+    other = Replicator(SessionCache(clock=clock), BusConfig())
+    assert rep.receive(other.outgoing(records[0])) != OWN and len(decoded) == 1
+
+
 def test_invalidate_mode_frames(clock):
     c = SessionCache(clock=clock)
     rep = __import__("memsession.bus.base", fromlist=["Replicator"]).Replicator(c, BusConfig(mode="invalidate"))
@@ -401,6 +417,36 @@ def test_a_clear_from_the_bus_reaches_a_replicas_store_without_holding_the_bus(h
     assert store.load(sid) is None and store.stats()["cleared"] == a.cleared
     a.close()
     b.close()
+
+
+def test_evict_all_forgets_here_only(hub, clock, tmp_path):
+    from persist.jsonfile import JsonFileStore
+
+    sid = new_id()
+    # update mode: other replicas keep theirs; this one has it back with the next write
+    a, b = cache(hub, clock), cache(hub, clock)
+    a.set(sid, {"n": 1})
+    a.evict_all()
+    assert b.get(sid) == {"n": 1} and hub.state.replica[sid].data == {"n": 1}
+    assert a.get(sid) is None
+    b.set(sid, {"n": 2})
+    assert a.get(sid) == {"n": 2}
+    # invalidate mode: a read brings it back from the hub
+    c, d = cache(hub, clock, mode="invalidate"), cache(hub, clock, mode="invalidate")
+    other = new_id()
+    c.set(other, {"n": 3})
+    c.evict_all()
+    assert c.get(other) == {"n": 3} and d.get(other) == {"n": 3}
+    # with a store: a read brings it back from the store
+    store = JsonFileStore(str(tmp_path / "s.json"), save_interval=None, clock=clock)
+    e = SessionCache(clock=clock, store=store, bus=MemoryBus(hub))
+    third = new_id()
+    e.set(third, {"n": 4})
+    e.persistence.flush()
+    e.evict_all()
+    assert e.get(third) == {"n": 4}
+    for replica in (a, b, c, d, e):
+        replica.close()
 
 
 def test_a_write_from_before_the_clear_arriving_after_it_stays_out(hub, clock):
