@@ -354,6 +354,10 @@ def test_saves_during_a_clear_wait_and_see_the_new_watermark(postgres_url: str) 
             holder.execute("SELECT 1 FROM memsession WHERE sid = 'held' FOR UPDATE")
             clearing, cleared = _in_thread(lambda: store.clear(200))
             _wait_for(lambda: _waiting_on_locks(postgres_url) == 1)
+            # Reads don't wait for the clear (which has not committed: they see the old state).
+            reading, read = _in_thread(lambda: (store.load("held"), [r.key for r in store.load_all(0.0)]))
+            reading.join(10)
+            assert not reading.is_alive() and read[0][0] is not None and read[0][1] == ["held"]
             batch = [make_test_record(f"old{i}", version=100 + i) for i in range(20)]
             batch.append(make_test_record("batch-tomb", version=120, deleted=True))
             saving, saved = _in_thread(lambda: store.save(batch))
