@@ -35,6 +35,8 @@ from typing import Any, NamedTuple, TypeVar
 
 from cachetools import Cache
 
+from .validate import check_number
+
 __all__ = ["EVICTED_IDLE", "EVICTED_MAX_AGE", "EVICTED_SIZE", "Eviction", "ExpiringLRUCache"]
 
 K = TypeVar("K", bound=Hashable)
@@ -72,12 +74,6 @@ class _Node:
         self.next: _Node | None = None
 
 
-def _check_timeout(name: str, value: float | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == _INF:
-        raise ValueError(f"{name} must be a positive finite number or None, not {value!r}")
-
 
 class ExpiringLRUCache(Cache):
     """LRU cache whose entries also expire when idle and at an absolute age.
@@ -96,8 +92,8 @@ class ExpiringLRUCache(Cache):
         getsizeof: Callable[[Any], float] | None = None,
     ) -> None:
         Cache.__init__(self, maxsize, getsizeof)
-        _check_timeout("idle_timeout", idle_timeout)
-        _check_timeout("max_age", max_age)
+        check_number("idle_timeout", idle_timeout, allow_none=True)
+        check_number("max_age", max_age, allow_none=True)
         self.__idle = idle_timeout
         self.__idle_or_inf = _INF if idle_timeout is None else float(idle_timeout)
         self.__max_age = max_age

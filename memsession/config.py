@@ -6,22 +6,14 @@ never reads globals or environment variables.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import Any
 
 from .errors import ConfigError
+from .validate import check_int, check_number
 
 __all__ = ["Config"]
 
-
-def _positive(option: str, value: Any, *, allow_none: bool = False, allow_zero: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(option, value, "must be a number" + (" or None" if allow_none else ""))
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(option, value, "must be a finite number > 0" if not allow_zero else "must be >= 0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,15 +40,12 @@ class Config:
     max_session_bytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
-        if isinstance(self.maxsize, bool) or not isinstance(self.maxsize, int) or self.maxsize < 1:
-            raise ConfigError("maxsize", self.maxsize, "must be an int >= 1")
-        _positive("idle_timeout", self.idle_timeout, allow_none=True)
-        _positive("max_age", self.max_age, allow_none=True)
-        _positive("touch_interval", self.touch_interval, allow_zero=True)
-        _positive("tombstone_ttl", self.tombstone_ttl)
-        mb = self.max_session_bytes
-        if isinstance(mb, bool) or not isinstance(mb, int) or mb < 64:
-            raise ConfigError("max_session_bytes", mb, "must be an int >= 64")
+        check_int("maxsize", self.maxsize)
+        check_number("idle_timeout", self.idle_timeout, allow_none=True)
+        check_number("max_age", self.max_age, allow_none=True)
+        check_number("touch_interval", self.touch_interval, allow_zero=True)
+        check_number("tombstone_ttl", self.tombstone_ttl)
+        check_int("max_session_bytes", self.max_session_bytes, minimum=64)
 
     @classmethod
     def from_options(cls, config: Config | None = None, **options: Any) -> Config:

@@ -34,11 +34,11 @@ from typing import Any
 
 from . import wire
 from .bus.base import new_epoch, percentiles
-from .bus.sequence import DUP, GAP, SequenceTracker
+from .bus.sequence import GAP, SequenceTracker
 from .clock import SYSTEM_CLOCK, Clock
-from .config import _positive
 from .errors import BusError, ConfigError, WireError
-from .session import Record, cleared_by, wins
+from .session import Record, cleared_by, supersedes, touched_copy
+from .validate import check_int, check_number
 
 __all__ = ["Hub", "HubConfig", "HubState", "default_runtime_dir", "query_snapshot", "query_stats", "run_hub"]
 
@@ -105,11 +105,9 @@ class HubConfig:
     limits: wire.Limits = wire.DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
-        _positive("heartbeat", self.heartbeat)
+        check_number("heartbeat", self.heartbeat)
         for name in ("sndhwm", "capture_hwm"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(name, value, "must be an int >= 1")
+            check_int(name, getattr(self, name))
         given = (self.publish, self.subscribe, self.requests)
         if any(given) and not all(given):
             raise ConfigError("publish", given, "give all three endpoints or none")
@@ -144,15 +142,13 @@ class HubConfig:
 
 
 def merge_into(replica: dict[str, Record], record: Record, wall: float) -> bool:
-    """The replica merge rule (the same as ``SessionCache.apply``); True if ``replica`` changed."""
+    """Merge ``record`` into ``replica`` by ``supersedes``; True if ``replica`` changed.
+
+    A winner that has already expired is not kept; it only removes the live copy it beat.
+    """
     key = record.key
     old = replica.get(key)
-    if old is not None and not old.deleted and not record.deleted and (
-        (record.version, record.origin) == (old.version, old.origin)
-    ):
-        if record.accessed <= old.accessed:
-            return False
-    elif not wins(record, old):
+    if not supersedes(record, old):
         return False
     if record.expires <= wall:
         if old is not None and not old.deleted:
@@ -297,18 +293,13 @@ class HubState:
         if len(self.lag_ms) >= 4096:
             del self.lag_ms[:2048]
         lag = self.clock.wall() * 1000 - msg.sent_us / 1000
-        observe = self.tracker.observe
-        gap = False
-        for i, (item_op, body) in enumerate(items):
-            verdict = observe(msg.origin, msg.epoch, msg.seq + i)
-            if verdict == DUP:
-                self.counts["duplicates"] += 1
-                continue
-            self.counts["received"] += 1
-            self.lag_ms.append(lag)
+        fresh, gap_at = self.tracker.accept(msg.origin, msg.epoch, msg.seq, items)
+        self.counts["duplicates"] += len(items) - len(fresh)
+        self.counts["received"] += len(fresh)
+        self.lag_ms.extend([lag] * len(fresh))
+        for item_op, body in fresh:
             self._apply(item_op, body)
-            gap = gap or verdict == GAP
-        if gap:
+        if gap_at:
             self.counts["gaps"] += 1
             return self._resync(msg.origin)
         return []
@@ -318,9 +309,9 @@ class HubState:
             self.merge(body)
         elif op == wire.TOUCH:
             key, version, origin, accessed, expires = body
-            old = self.replica.get(key)
-            if old is not None and not old.deleted and (old.version, old.origin) == (version, origin):
-                self.merge(old.touched(accessed, expires))
+            touched = touched_copy(self.replica.get(key), version, origin, accessed, expires)
+            if touched is not None:
+                self.merge(touched)
             else:
                 self.counts["ignored"] += 1
         elif op == wire.CLEAR:

@@ -34,7 +34,8 @@ __all__ = [
     "new_id",
     "prepare_data",
     "prepare_packed",
-    "wins",
+    "supersedes",
+    "touched_copy",
 ]
 
 SessionData = dict[str, Any]
@@ -87,7 +88,7 @@ class Record:
     dataclass takes five times as long to build, on every write. ``data``
     belongs to the record too; ``copy_data`` hands callers a copy. ``deleted`` marks a tombstone (``data`` is then empty).
     ``version`` is a hybrid-logical-clock value and ``origin`` the writer's
-    id; ``wins`` orders two records of the same key.
+    id; ``supersedes`` orders two records of the same key.
     """
 
     key: str
@@ -111,18 +112,48 @@ class Record:
         return replace(self, accessed=accessed, expires=expires)
 
 
-def wins(new: Record, old: Record | None) -> bool:
-    """Whether ``new`` replaces ``old`` under the merge rule every replica applies.
+def supersedes(new: Record, old: Record | None) -> bool:
+    """Whether ``new`` replaces ``old`` (same key): the one merge rule of every replica, hub and store.
 
-    A tombstone beats any live record (destroy is final, so a late write never
-    resurrects); otherwise the higher ``(version, origin)`` wins. This is a
-    join: replicas that see the same records in any order converge.
+    * A tombstone beats any live record (destroy is final: a late write never
+      resurrects), except a tombstone that was already dead when the live
+      record was written (``old.expires <= new.accessed``): it forgets what it
+      had beaten, as one swept from memory does.
+    * Otherwise the higher ``(version, origin)`` wins.
+    * The same ``(version, origin)`` with a later ``accessed`` is a touch (an
+      access that slid the expiry) and replaces the copy, so sliding expiry
+      travels and survives restarts.
+
+    Apart from the dead tombstone, this is a join: replicas that see the same
+    records in any order converge. Stores state the same rule in their own
+    terms (PostgreSQL's upsert guard, CouchDB's conflict handling); a test
+    checks them against this function.
     """
     if old is None:
         return True
     if new.deleted != old.deleted:
-        return new.deleted
-    return (new.version, new.origin) > (old.version, old.origin)
+        return new.deleted or old.expires <= new.accessed
+    a, b = (new.version, new.origin), (old.version, old.origin)
+    return a > b or (a == b and new.accessed > old.accessed)
+
+
+def touched_copy(
+    local: Record | None, version: int, origin: int, accessed: float, expires: float
+) -> Record | None:
+    """The record a remote touch of ``(version, origin)`` makes of ``local``, or None if it does not apply.
+
+    A touch carries no data: it slides the expiry of the one version it names,
+    so it applies only to that live version and only if it is a later access.
+    """
+    if (
+        local is None
+        or local.deleted
+        or local.version != version
+        or local.origin != origin
+        or accessed <= local.accessed
+    ):
+        return None
+    return local.touched(accessed, expires)
 
 
 def cleared_by(record: Record, watermark: int) -> bool:

@@ -31,7 +31,7 @@ from .session import (
     copy_data,
     is_valid_sid,
     prepare_packed,
-    wins,
+    supersedes,
 )
 
 if TYPE_CHECKING:
@@ -356,7 +356,7 @@ class SessionCache:
     def apply(self, record: Record) -> bool:
         """Merge a record that came from elsewhere; True if it changed what this process holds.
 
-        The same rule on every replica (``session.wins``): a tombstone beats
+        The same rule on every replica (``session.supersedes``): a tombstone beats
         any live version, otherwise the higher ``(version, origin)`` wins; an
         equal version with a later access time is a touch. A record that has
         already expired removes an older copy and is not kept. Nothing is
@@ -385,41 +385,31 @@ class SessionCache:
             return False
         sid = record.key
         tomb = self._tombstone_locked(sid, now) if self._tombstones else None
-        if tomb is not None:
-            if record.deleted and wins(record, tomb):
-                self._bury_locked(record, now)
-                return True
+        old: Record | None = tomb if tomb is not None else self._core.peek(sid)
+        if not supersedes(record, old):
             self._counts["ignored"] += 1
             return False
-        old: Record | None = self._core.peek(sid)
+        live = old if tomb is None else None
         if record.deleted:
-            if old is not None:
-                self._remove_locked(sid, old)
+            if live is not None:
+                self._remove_locked(sid, live)
             self._bury_locked(record, now)
-            self._counts["applied"] += 1
-            if self._waiters:
-                self._arrived.notify_all()
-            return True
-        if old is not None and record.version == old.version and record.origin == old.origin:
-            if record.accessed <= old.accessed:
+        else:
+            if tomb is not None:  # a tombstone already dead when this was written
+                del self._tombstones[sid]
+            if record.expires <= wall:
+                if live is not None:
+                    self._remove_locked(sid, live)
                 self._counts["ignored"] += 1
-                return False
-        elif not wins(record, old):
-            self._counts["ignored"] += 1
-            return False
-        if record.expires <= wall:
-            if old is not None:
-                self._remove_locked(sid, old)
-            self._counts["ignored"] += 1
-            return old is not None
-        self._store_locked(
-            record,
-            old,
-            now,
-            # the same creation keeps the same deadline: recomputing it would drift by rounding
-            created=None if old is not None and old.created == record.created else now - (wall - record.created),
-            accessed=now - (wall - record.accessed),
-        )
+                return live is not None
+            self._store_locked(
+                record,
+                live,
+                now,
+                # the same creation keeps the same deadline: recomputing it would drift by rounding
+                created=None if live is not None and live.created == record.created else now - (wall - record.created),
+                accessed=now - (wall - record.accessed),
+            )
         self._counts["applied"] += 1
         if self._waiters:
             self._arrived.notify_all()

@@ -3,17 +3,14 @@
 A store keeps ``Record``s by key. Seven methods, each with the semantics below;
 ``persist.testing.StoreContract`` checks them for any implementation.
 
-The version guard (``supersedes``) is the one rule every store applies when
-a record meets a stored one of the same key; it extends the replicas' merge
-rule (``memsession.session.wins``) with two cases a store needs:
-
-* a touch (same version and origin, later ``accessed``) replaces the stored
-  copy, so sliding expiry survives a restart;
-* a tombstone whose ``expires`` is at or before the new record's ``accessed``
-  was already dead when the new write happened, so the new record replaces it
-  (as it would in a cache, where the dead tombstone is long swept away). This
-  is the one case where the outcome depends on arrival order: a dead
-  tombstone forgets what it had beaten, as a swept one does.
+The version guard is the one merge rule every replica applies,
+``memsession.session.supersedes`` (re-exported here): a record is written
+only if it supersedes the stored one of the same key. It covers touches
+(same version and origin, later ``accessed``: sliding expiry survives a
+restart) and dead tombstones (a tombstone whose ``expires`` is at or before
+the new record's ``accessed`` was already dead when the new write happened,
+so the new record replaces it, as it would in a cache where the dead
+tombstone is long swept away).
 
 Session data is JSON-like plus ``bytes``. Stores that keep JSON use
 ``encode_data`` / ``decode_data``: bytes become ``{"$bytes": "<base64>"}``
@@ -42,7 +39,7 @@ import orjson
 from msgpack import packb as _packb
 
 from memsession.errors import ConfigError, StoreClosed, StoreCorrupt
-from memsession.session import MAX_VERSION, Record, SessionData, cleared_by, is_flat
+from memsession.session import MAX_VERSION, Record, SessionData, cleared_by, is_flat, supersedes
 
 __all__ = [
     "MAX_VERSION",
@@ -159,18 +156,6 @@ def check_clear_version(version: object, store: str = "") -> int:
         where = f" ({store} store)" if store else ""
         raise ConfigError("version", version, f"must be an int in [0, 2**63 - 1]{where}")
     return version
-
-
-def supersedes(new: Record, old: Record | None) -> bool:
-    """Whether ``new`` replaces the stored ``old`` (see the module docstring)."""
-    if old is None:
-        return True
-    if old.deleted and not new.deleted:
-        return old.expires <= new.accessed
-    if new.deleted != old.deleted:
-        return new.deleted
-    a, b = (new.version, new.origin), (old.version, old.origin)
-    return a > b or (a == b and new.accessed > old.accessed)
 
 
 def coalesce(records: Iterable[Record]) -> dict[str, Record]:

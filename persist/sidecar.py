@@ -42,10 +42,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from memsession.clock import SYSTEM_CLOCK, Clock
-from memsession.config import _positive
 from memsession.errors import BusError, ConfigError, MemsessionError, StoreError
 from memsession.hub import HubConfig, HubState, merge_into, run_hub
 from memsession.session import Record
+from memsession.validate import check_int, check_number
 
 from .base import Store
 from .batching import WriteQueue
@@ -84,15 +84,13 @@ class SidecarConfig:
     ack: str | None = ""
 
     def __post_init__(self) -> None:
-        _positive("flush_interval", self.flush_interval)
-        _positive("prune_interval", self.prune_interval, allow_none=True)
-        _positive("close_timeout", self.close_timeout, allow_zero=True)
-        _positive("retry_min", self.retry_min)
-        _positive("retry_max", self.retry_max)
+        check_number("flush_interval", self.flush_interval)
+        check_number("prune_interval", self.prune_interval, allow_none=True)
+        check_number("close_timeout", self.close_timeout, allow_zero=True)
+        check_number("retry_min", self.retry_min)
+        check_number("retry_max", self.retry_max)
         for name in ("batch_size", "queue_limit"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(name, value, "must be an int >= 1")
+            check_int(name, getattr(self, name))
         if self.retry_max < self.retry_min:
             raise ConfigError("retry_max", self.retry_max, "must be >= retry_min")
         if self.remove_runtime_dir and self.parent_pid is None:

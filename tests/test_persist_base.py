@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memsession.errors import ConfigError
-from memsession.session import Record, prepare_data, wins
+from memsession.session import Record, prepare_data
 from memsession.testing import session_data
 from persist.base import (
     MAX_VERSION,
@@ -77,15 +77,6 @@ def test_tag_like_user_data_is_not_mistaken_for_tags() -> None:
 def test_bad_tags_are_value_errors(bad) -> None:
     with pytest.raises(ValueError):
         decode_data({"v": bad} if isinstance(bad, dict) else bad)
-
-
-@given(records, records)
-def test_supersedes_agrees_with_the_replicas_rule(new: Record, old: Record) -> None:
-    """Where the store's rule differs from ``wins`` it is only a touch or a dead tombstone."""
-    if supersedes(new, old) != wins(new, old):
-        touch = (new.version, new.origin) == (old.version, old.origin) and new.deleted == old.deleted
-        dead_tombstone = old.deleted and not new.deleted and old.expires <= new.accessed
-        assert touch or dead_tombstone
 
 
 @given(records, records)

@@ -21,7 +21,7 @@ from memsession.session import (
     new_id,
     prepare_data,
     prepare_packed,
-    wins,
+    supersedes,
 )
 from memsession.testing import session_data
 
@@ -133,16 +133,16 @@ def rec(version, origin=1, deleted=False):
 
 
 def test_merge_rule_tombstone_beats_any_live_version():
-    assert wins(rec(1, deleted=True), rec(99))
-    assert not wins(rec(99), rec(1, deleted=True))
+    assert supersedes(rec(1, deleted=True), rec(99))
+    assert not supersedes(rec(99), rec(1, deleted=True))
 
 
 def test_merge_rule_higher_version_then_origin_wins():
-    assert wins(rec(2), rec(1))
-    assert not wins(rec(1), rec(2))
-    assert wins(rec(1, origin=2), rec(1, origin=1))
-    assert not wins(rec(1, origin=1), rec(1, origin=1))
-    assert wins(rec(1), None)
+    assert supersedes(rec(2), rec(1))
+    assert not supersedes(rec(1), rec(2))
+    assert supersedes(rec(1, origin=2), rec(1, origin=1))
+    assert not supersedes(rec(1, origin=1), rec(1, origin=1))
+    assert supersedes(rec(1), None)
 
 
 @given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3), st.booleans()), min_size=1, max_size=8),
@@ -154,7 +154,7 @@ def test_merge_rule_converges_whatever_the_order(records, rnd):
     def merge(order):
         held = None
         for r in order:
-            if wins(r, held):
+            if supersedes(r, held):
                 held = r
         return held
 

@@ -18,9 +18,9 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .. import wire
 from ..clock import SYSTEM_CLOCK, Clock, version_wall_ms
-from ..config import _positive
 from ..errors import ConfigError, WireError
-from ..session import Record
+from ..session import Record, touched_copy
+from ..validate import check_choice, check_int, check_number
 from .sequence import DUP, GAP, SequenceTracker
 
 __all__ = ["Bus", "BusConfig", "Clear", "ReplicaTarget", "Replicator", "new_epoch", "percentiles"]
@@ -90,17 +90,14 @@ class BusConfig:
     limits: wire.Limits = wire.DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError("mode", self.mode, f"must be one of {', '.join(MODES)}")
-        _positive("heartbeat", self.heartbeat)
-        _positive("silence", self.silence)
-        _positive("request_timeout", self.request_timeout)
+        check_choice("mode", self.mode, MODES)
+        check_number("heartbeat", self.heartbeat)
+        check_number("silence", self.silence)
+        check_number("request_timeout", self.request_timeout)
         if self.silence <= self.heartbeat:
             raise ConfigError("silence", self.silence, "must exceed heartbeat")
         for name in ("queue_size", "sndhwm", "rcvhwm"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(name, value, "must be an int >= 1")
+            check_int(name, getattr(self, name))
         if not 0.0 <= self.fault_drop_rate < 1.0:
             raise ConfigError("fault_drop_rate", self.fault_drop_rate, "must be in [0, 1)")
 
@@ -324,22 +321,15 @@ class Replicator:
 
     def _receive_batch(self, msg: wire.Message) -> str:
         """Items of a BATCH, each as its own numbered message."""
-        observe = self.tracker.observe
         merge = self._merge
-        origin, epoch, seq = msg.origin, msg.epoch, msg.seq
+        origin = msg.origin
         lag = self.clock.wall() * 1000 - msg.sent_us / 1000
+        fresh, gap_at = self.tracker.accept(origin, msg.epoch, msg.seq, msg.body)
+        received = len(fresh)
+        self.counts["duplicates"] += len(msg.body) - received
         outcome = IGNORED
-        gap_at = 0
-        received = 0
         run: list[Record] = []  # consecutive sets and destroys, merged under one lock
-        for i, (op, body) in enumerate(msg.body):
-            verdict = observe(origin, epoch, seq + i)
-            if verdict == DUP:
-                self.counts["duplicates"] += 1
-                continue
-            received += 1
-            if verdict == GAP:
-                gap_at = seq + i
+        for op, body in fresh:
             if op == wire.SET or op == wire.DESTROY:
                 run.append(body)
                 continue
@@ -362,15 +352,8 @@ class Replicator:
             changed = cache.apply(body)
         elif op == wire.TOUCH:
             key, version, origin, accessed, expires = body
-            local = cache.record(key)
-            changed = (
-                local is not None
-                and not local.deleted
-                and local.version == version
-                and local.origin == origin
-                and accessed > local.accessed
-                and cache.apply(local.touched(accessed, expires))
-            )
+            touched = touched_copy(cache.record(key), version, origin, accessed, expires)
+            changed = touched is not None and cache.apply(touched)
         elif op == wire.CLEAR:
             changed = cache.apply_clear(body)
         else:  # INVALIDATE

@@ -9,9 +9,12 @@ drives it directly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeVar
 
 __all__ = ["DUP", "GAP", "NEW", "OK", "SequenceTracker"]
+
+T = TypeVar("T")
 
 #: The next number in a known stream.
 OK = "ok"
@@ -56,6 +59,25 @@ class SequenceTracker:
             return DUP
         self._last[origin] = (epoch, seq)
         return GAP
+
+    def accept(self, origin: int, epoch: int, first: int, items: Sequence[T]) -> tuple[list[T], int]:
+        """The items of a message numbered ``first, first + 1, ...`` that are not duplicates.
+
+        Returns ``(fresh items in order, the number of the last one that
+        followed a gap, or 0)``: a BATCH is a run of numbered messages, and the
+        hub and every subscriber walk it the same way.
+        """
+        observe = self.observe
+        fresh: list[T] = []
+        gap_at = 0
+        for i, item in enumerate(items):
+            verdict = observe(origin, epoch, first + i)
+            if verdict == DUP:
+                continue
+            if verdict == GAP:
+                gap_at = first + i
+            fresh.append(item)
+        return fresh, gap_at
 
     def heartbeat(self, origin: int, epoch: int, seq: int) -> str:
         """A heartbeat says the stream's last data seq is ``seq``: GAP if we saw less."""
