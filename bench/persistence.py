@@ -36,7 +36,7 @@ from memsession import SessionCache, new_id
 from memsession.session import Record, prepare_data
 from persist.base import Store
 from persist.jsonfile import JsonFileStore, read_snapshot, write_snapshot
-from persist.writer import PersistConfig
+from persist.persistence import PersistConfig
 
 from .table import render, verdict
 
@@ -79,8 +79,8 @@ def timed_sets(cache: SessionCache, sids: Sequence[str], datas: Sequence[dict[st
 def run_cache(
     name: str, make_store: Callable[[], Store], mode: str, count: int
 ) -> Result:
-    config = PersistConfig(mode=mode, flush_interval=0.05, flush_records=1000)  # type: ignore[arg-type]
-    cache = SessionCache(store=make_store(), persistence=config)
+    config = PersistConfig(mode=mode, flush_interval=0.05, batch_size=1000)  # type: ignore[arg-type]
+    cache = SessionCache(persistence=Persistence(make_store(), config))
     try:
         sids = [new_id() for _ in range(count)]
         datas = [session_data(i) for i in range(count)]
@@ -140,7 +140,7 @@ def pg_read_through(url: str, count: int) -> tuple[float, float]:
         data, size, flat = prepare_data(session_data(i), 1 << 16)
         records.append(Record(sid, data, 1 << 40, 1, now, now, now + 1800, False, flat, size))
     store.save(records)
-    cache = SessionCache(store=store, persistence=PersistConfig(negative_ttl=0))
+    cache = SessionCache(persistence=Persistence(store, PersistConfig(negative_ttl=0)))
     try:
         through = []
         for sid in sids:

@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 from bench.table import render, verdict
+from persist import Persistence
 
 SPAWN = multiprocessing.get_context("spawn")
 FAST_BUS = {"heartbeat": 0.2, "silence": 0.7, "request_timeout": 10.0, "queue_size": 1_000_000}
@@ -244,14 +245,13 @@ def acked_latency(pg_url: str, n: int) -> tuple[float, float]:
     """p50/p99 seconds of ``set()`` in acknowledged mode (returns once the row is in PostgreSQL)."""
     from memsession import SessionCache, ZmqBus
     from memsession.session import new_id
-    from persist.ack import SidecarAckStore
-    from persist.writer import PersistConfig
+    from memsession.service.ack import SidecarAckStore
+    from persist.persistence import PersistConfig
     from tests.sidecars import SidecarProcess
 
     with SidecarProcess(pg_url, "--log-level", "WARNING", "--prune-interval", "0") as sidecar:
         cache = SessionCache(bus=ZmqBus(runtime_dir=sidecar.runtime_dir, **FAST_BUS),
-                             store=SidecarAckStore(runtime_dir=sidecar.runtime_dir),
-                             persistence=PersistConfig(mode="write_through"))
+                             persistence=Persistence(SidecarAckStore(runtime_dir=sidecar.runtime_dir), PersistConfig(mode="write_through")))
         try:
             times = []
             for i in range(n):

@@ -60,6 +60,6 @@ application = get_wsgi_application()
 
 if KIND == "memsession":
     from memsession.contrib.django import set_cache
-    from memsession.contrib.gunicorn import session_cache
+    from memsession.contrib.process import session_cache
 
     set_cache(session_cache(idle_timeout=settings.SESSION_COOKIE_AGE, max_age=None))

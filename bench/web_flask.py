@@ -18,7 +18,7 @@ app.config["SECRET_KEY"] = "bench-secret"
 
 if KIND == "memsession":
     from memsession.contrib.flask import MemSession
-    from memsession.contrib.gunicorn import session_cache
+    from memsession.contrib.process import session_cache
 
     MemSession(app, cache=session_cache())
 elif KIND == "redis":

@@ -2,6 +2,6 @@
 
 import os
 
-from memsession.contrib.gunicorn import GunicornHooks
+from memsession.service.gunicorn import GunicornHooks
 
 GunicornHooks(store=os.environ["MEMSESSION_STORE"]).install(globals())

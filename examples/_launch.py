@@ -142,7 +142,7 @@ def main(
     try:
         if hub:
             hub_proc = subprocess.Popen(
-                [sys.executable, "-m", "memsession.cli", "hub", "--runtime-dir", runtime_dir,
+                [sys.executable, "-m", "memsession", "hub", "--runtime-dir", runtime_dir,
                  "--log-level", "WARNING"],
                 env=env, start_new_session=True,
             )

@@ -28,7 +28,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,8 @@ from .errors import BusError, ConfigError, WireError
 from .session import Record, cleared_by, supersedes, touched_copy
 from .validate import check_int, check_number
 
-__all__ = ["Hub", "HubConfig", "HubState", "default_runtime_dir", "query_snapshot", "query_stats", "run_hub"]
+__all__ = ["Hub", "HubConfig", "HubState", "default_runtime_dir", "query_snapshot", "query_stats", "run_hub",
+           "wait_ready"]
 
 log = logging.getLogger("memsession.hub")
 
@@ -164,6 +165,10 @@ class HubState:
 
     ``on_bus`` and ``on_request`` return the frames to publish on the bus
     (relays, resync requests); ``on_request`` also returns the replies.
+    ``on_change(record)`` is called (in the hub thread) with every record that
+    changed the replica, ``on_clear(version)`` with every clear that raised its
+    watermark: the sidecar queues them for its store. ``extra_stats()`` adds
+    to what ``stats`` answers (the sidecar's role and persistence counters).
     """
 
     def __init__(
@@ -173,7 +178,13 @@ class HubState:
         epoch: int | None = None,
         clock: Clock = SYSTEM_CLOCK,
         limits: wire.Limits = wire.DEFAULT_LIMITS,
+        on_change: Callable[[Record], None] | None = None,
+        on_clear: Callable[[int], None] | None = None,
+        extra_stats: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        self.on_change = on_change
+        self.extra_stats = extra_stats
+        self.on_clear = on_clear
         self.clock = clock
         self.hub_id = hub_id if hub_id is not None else secrets.randbits(63) or 1
         self.epoch = epoch if epoch is not None else new_epoch(clock)
@@ -218,7 +229,20 @@ class HubState:
             self._tombstone_count += (new is not None and new.deleted) - (old is not None and old.deleted)
             if new is not None:  # merge_into drops a record that arrives already expired
                 self._track_expiry(new)
+            if self.on_change is not None:
+                self.on_change(record)
         return changed
+
+    def warm(self, records: Iterable[Record]) -> int:
+        """Fill the replica from a store before serving (no hooks run: the store has these); how many."""
+        wall = self.clock.wall()
+        count = 0
+        for record in records:
+            if not cleared_by(record, self.cleared):
+                merge_into(self.replica, record, wall)
+            count += 1
+        self.recount()
+        return count
 
     def recount(self) -> None:
         """Recount tombstones and rebuild the expiry heap (after filling ``replica`` directly)."""
@@ -251,6 +275,8 @@ class HubState:
         for key in [k for k, r in replica.items() if cleared_by(r, version)]:
             del replica[key]
         self._rebuild_expiry()
+        if self.on_clear is not None:
+            self.on_clear(version)
         return True
 
     def _resync(self, origin: int) -> list[list[bytes]]:
@@ -414,6 +440,8 @@ class HubState:
         lag = percentiles(self.lag_ms)
         out["lag_ms_p50"] = lag["p50"]
         out["lag_ms_p99"] = lag["p99"]
+        if self.extra_stats is not None:
+            out.update(self.extra_stats())
         return out
 
 
@@ -423,11 +451,14 @@ def run_hub(
     stop: threading.Event | None = None,
     ready: threading.Event | None = None,
     state: HubState | None = None,
+    every_second: Callable[[], None] | None = None,
 ) -> HubState:
     """Run a hub in this thread until ``stop`` is set; return its final state.
 
     Creates its own context and sockets, binds the three endpoints (raising
     ``BusError`` if one is taken) and closes everything on the way out.
+    ``every_second`` runs in the hub thread after each once-a-second prune
+    (the sidecar publishes its stats there).
     """
 
     from . import security
@@ -438,7 +469,7 @@ def run_hub(
     secure = security.server_policy(config, (pub_ep, sub_ep, req_ep))
     lock = _lock_ipc_dirs((pub_ep, sub_ep, req_ep))
     try:
-        _run(config, stop, ready, state, pub_ep, sub_ep, req_ep, secure)
+        _run(config, stop, ready, state, pub_ep, sub_ep, req_ep, secure, every_second)
     finally:
         for fd in lock:
             os.close(fd)
@@ -464,7 +495,7 @@ def _lock_ipc_dirs(endpoints: tuple[str, ...]) -> list[int]:
 
 
 def _run(config: HubConfig, stop: threading.Event, ready: threading.Event | None, state: HubState,
-         pub_ep: str, sub_ep: str, req_ep: str, secure: Any) -> None:
+         pub_ep: str, sub_ep: str, req_ep: str, secure: Any, every_second: Callable[[], None] | None) -> None:
     import zmq
 
     ctx = zmq.Context()
@@ -536,7 +567,7 @@ def _run(config: HubConfig, stop: threading.Event, ready: threading.Event | None
                 raise BusError(f"hub cannot bind {req_ep}: {exc}", endpoint=req_ep) from exc
             out.sndhwm = config.capture_hwm
             out.connect(internal_ep)
-            _serve(state, config, stop, ready, feed, router, out)
+            _serve(state, config, stop, ready, feed, router, out, every_second)
         finally:
             control.send(b"TERMINATE")
             thread.join(5)
@@ -549,7 +580,7 @@ def _run(config: HubConfig, stop: threading.Event, ready: threading.Event | None
 
 
 def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: threading.Event | None,
-           feed: Any, router: Any, out: Any) -> None:
+           feed: Any, router: Any, out: Any, every_second: Callable[[], None] | None) -> None:
     import zmq
 
     poller = zmq.Poller()
@@ -578,6 +609,8 @@ def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: thr
             next_beat = now + config.heartbeat
         if now >= next_prune:
             state.prune()
+            if every_second is not None:
+                every_second()
             next_prune = now + 1.0
         for outgoing in state.owed_resyncs():
             send(outgoing)
@@ -708,6 +741,18 @@ def query_stats(
 ) -> dict[str, Any]:
     """Ask a running hub for its counters over its ROUTER; ``BusError`` if it does not answer."""
     return _query(requests, wire.STATS, wire.STATS_REPLY, keys, insecure, timeout)[-1].body[0]
+
+
+def wait_ready(requests: str, timeout: float, *, keys: str | None = None, insecure: bool = False) -> dict[str, Any]:
+    """Ask a hub for its stats until it answers; ``BusError`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return query_stats(requests, keys=keys, insecure=insecure, timeout=max(0.05, min(0.5, left)))
+        except BusError:
+            if time.monotonic() >= deadline:
+                raise
 
 
 def query_snapshot(

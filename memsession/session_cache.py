@@ -21,7 +21,7 @@ from cachetools import Cache
 from .cache import EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE, Eviction, ExpiringLRUCache
 from .clock import SYSTEM_CLOCK, Clock, HybridClock
 from .config import Config
-from .errors import CacheClosed, SessionDestroyed
+from .errors import CacheClosed, ConfigError, SessionDestroyed
 from .session import (
     Record,
     SessionData,
@@ -35,9 +35,7 @@ from .session import (
 )
 
 if TYPE_CHECKING:
-    from persist.base import Store
-    from persist.writer import PersistConfig, Persistence
-
+    from .backing import Backing
     from .bus.base import Bus
 
 __all__ = ["SessionCache"]
@@ -66,10 +64,11 @@ class SessionCache:
         clock: Clock = SYSTEM_CLOCK,
         origin: int | None = None,
         bus: Bus | None = None,
-        store: Store | None = None,
-        persistence: PersistConfig | None = None,
+        persistence: Backing | None = None,
         **options: Any,
     ) -> None:
+        if "store" in options:
+            raise ConfigError("store", options["store"], "give persistence=persist.Persistence(store, ...) instead")
         self.config = cfg = Config.from_options(config, **options)
         self.clock = clock
         self.origin = origin if origin is not None else secrets.randbits(63) or 1
@@ -99,19 +98,34 @@ class SessionCache:
         self._verified: set[str] = set()
         self._hub_unreachable = False
         self._evicted = dict.fromkeys((EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE), 0)
-        #: Read-through and write-through/behind to ``store`` (``persist.writer``); None without a store.
-        self.persistence: Persistence | None = None
-        if store is not None:
-            from persist.writer import Persistence
-
-            self.persistence = Persistence(store, persistence, clock=clock)
-            if self.persistence.config.preload:
-                self.persistence.preload(self.apply, cfg.maxsize)
+        #: Read-through and write-through/behind to a store (``persist.Persistence``); None without one.
+        self.persistence: Backing | None = None
         #: Replication transport (``memsession.bus``); joins the bus before the constructor returns.
-        self.bus = bus
+        self.bus: Bus | None = None
         #: ``invalidate`` mode: receivers drop copies, so a miss is read through the hub.
-        self._bus_reads = bus is not None and bool(getattr(bus, "reads_through", False))
+        self._bus_reads = False
+        self.connect(bus=bus, persistence=persistence)
+
+    def connect(self, *, bus: Bus | None = None, persistence: Backing | None = None,
+                new_origin: bool = False) -> None:
+        """Give this cache a store and/or a bus it was made without (each at most once).
+
+        The store comes first, so a preload lands before the bus asks for a
+        snapshot. ``new_origin``: take a fresh writer id first, as a cache made
+        before a fork must (forked copies must never share one).
+        """
+        if persistence is not None:
+            if self.persistence is not None:
+                raise ConfigError("persistence", persistence, "this cache already has a store")
+            self.persistence = persistence
+            persistence.attach(self)
         if bus is not None:
+            if self.bus is not None:
+                raise ConfigError("bus", bus, "this cache already has a bus")
+            if new_origin:
+                self.origin = secrets.randbits(63) or 1
+            self.bus = bus
+            self._bus_reads = bool(getattr(bus, "reads_through", False))
             bus.attach(self)
 
     # -- express-session Store parity ----------------------------------------

@@ -5,7 +5,10 @@
 ``JsonFileStore``, ``PostgresStore`` (needs ``memsession[postgres]``),
 ``CouchStore`` and ``CouchFollower`` (need ``memsession[couchdb]``); the last
 three are imported on first use so a missing extra only fails when asked for.
-``PersistConfig`` sets how a ``SessionCache(store=...)`` uses its store.
+``Persistence(store, ...)`` puts a store behind a cache
+(``SessionCache(persistence=Persistence(store))``); ``PersistConfig`` holds its
+options. ``WriteQueue`` and ``Writer`` are the one write-behind engine, which the
+sidecar runs too.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from .base import Store, supersedes
 from .jsonfile import JsonFileStore
-from .writer import PersistConfig, Persistence
+from .persistence import PersistConfig, Persistence
+from .queue import WriteQueue
+from .writer import Writer, WriterConfig
 
 if TYPE_CHECKING:
     from .couchdb import CouchFollower, CouchStore
@@ -28,6 +33,9 @@ __all__ = [
     "Persistence",
     "PostgresStore",
     "Store",
+    "WriteQueue",
+    "Writer",
+    "WriterConfig",
     "supersedes",
 ]
 

@@ -14,6 +14,7 @@ from memsession.bus.base import is_touch
 from memsession.errors import ConfigError, SessionDestroyed
 from memsession.session import Record, new_id
 from memsession.testing import FakeClock
+from persist import Persistence
 
 
 def state(records: list[Record]) -> dict[str, Any]:
@@ -287,10 +288,10 @@ def test_wait_for_reads_the_store_when_the_hub_has_nothing(hub, clock, tmp_path)
 
     store = JsonFileStore(str(tmp_path / "s.json"), save_interval=None, clock=clock)
     sid = new_id()
-    writer = SessionCache(clock=clock, store=store)
+    writer = SessionCache(clock=clock, persistence=Persistence(store))
     newer = writer.set(sid, {"n": 9})
     writer.persistence.flush()
-    reader = SessionCache(clock=clock, store=store, bus=MemoryBus(hub))  # the hub never saw it
+    reader = SessionCache(clock=clock, persistence=Persistence(store), bus=MemoryBus(hub))  # the hub never saw it
     assert reader.wait_for(sid, newer.version, timeout=0).data == {"n": 9}
     assert reader.wait_for(new_id(), 1, timeout=0) is None
     writer.close()
@@ -401,7 +402,7 @@ def test_a_clear_from_the_bus_reaches_a_replicas_store_without_holding_the_bus(h
 
     store = SlowClearStore(str(tmp_path / "b.json"), save_interval=None, clock=clock)
     a = cache(hub, clock)
-    b = SessionCache(clock=clock, store=store, bus=MemoryBus(hub))
+    b = SessionCache(clock=clock, persistence=Persistence(store), bus=MemoryBus(hub))
     sid = new_id()
     b.set(sid, {"n": 1})  # b's own write: b persists it
     b.persistence.flush()
@@ -439,7 +440,7 @@ def test_evict_all_forgets_here_only(hub, clock, tmp_path):
     assert c.get(other) == {"n": 3} and d.get(other) == {"n": 3}
     # with a store: a read brings it back from the store
     store = JsonFileStore(str(tmp_path / "s.json"), save_interval=None, clock=clock)
-    e = SessionCache(clock=clock, store=store, bus=MemoryBus(hub))
+    e = SessionCache(clock=clock, persistence=Persistence(store), bus=MemoryBus(hub))
     third = new_id()
     e.set(third, {"n": 4})
     e.persistence.flush()

@@ -13,6 +13,7 @@ from memsession.contrib.core import Cookie, SessionManager, WebConfig, diff, par
 from memsession.cookies import LONGEST_VALUE, CookieSigner
 from memsession.session import Record
 from memsession.testing import FakeClock
+from persist import Persistence
 
 SECRET = "test-secret-0123456789"
 
@@ -522,13 +523,13 @@ def test_diff() -> None:
 class TestStoreBehindTheCache:
     def test_a_restarted_process_finds_sessions_in_its_store(self, tmp_path) -> None:
         from persist.jsonfile import JsonFileStore
-        from persist.writer import PersistConfig
+        from persist.persistence import PersistConfig
 
         path = tmp_path / "sessions.json"
-        before = SessionCache(store=JsonFileStore(path), persistence=PersistConfig(mode="write_through"))
+        before = SessionCache(persistence=Persistence(JsonFileStore(path), PersistConfig(mode="write_through")))
         value = login(SessionManager(before, WebConfig(secret_keys=SECRET)), user="ada", cart=[1])
         before.close()
-        after = SessionCache(store=JsonFileStore(path))
+        after = SessionCache(persistence=Persistence(JsonFileStore(path)))
         sid = CookieSigner([SECRET]).unsign(value)[0]
         assert after.record(sid) is None  # not in memory: only the store has it
         manager = SessionManager(after, WebConfig(secret_keys=SECRET))

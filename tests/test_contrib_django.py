@@ -38,6 +38,7 @@ from django.utils import timezone
 from memsession import SessionCache, is_valid_sid
 from memsession.contrib import django as backend
 from memsession.contrib.django import SessionStore, get_cache, set_cache
+from persist import Persistence
 
 CACHE_OPTIONS = {"maxsize": 1000, "max_age": 3600, "idle_timeout": 1209600}
 
@@ -45,7 +46,7 @@ CACHE_OPTIONS = {"maxsize": 1000, "max_age": 3600, "idle_timeout": 1209600}
 @pytest.fixture(autouse=True)
 def fresh_cache():
     # A cache per test: building one from settings would make the process's
-    # shared cache (memsession.contrib.gunicorn.session_cache), kept for good.
+    # shared cache (memsession.contrib.process.session_cache), kept for good.
     previous = set_cache(SessionCache(**CACHE_OPTIONS))
     yield
     set_cache(previous)
@@ -511,16 +512,16 @@ def test_a_forged_companion_cookie_is_ignored() -> None:
 
 def test_a_restarted_process_finds_sessions_in_its_store(tmp_path) -> None:
     from persist.jsonfile import JsonFileStore
-    from persist.writer import PersistConfig
+    from persist.persistence import PersistConfig
 
     path = tmp_path / "sessions.json"
-    before = SessionCache(store=JsonFileStore(path), persistence=PersistConfig(mode="write_through"))
+    before = SessionCache(persistence=Persistence(JsonFileStore(path), PersistConfig(mode="write_through")))
     set_cache(before)
     session = SessionStore()
     session["user"] = "ada"
     session.save()
     before.close()
-    after = SessionCache(store=JsonFileStore(path))
+    after = SessionCache(persistence=Persistence(JsonFileStore(path)))
     set_cache(after)
     assert SessionStore(session.session_key).get("user") == "ada"
     assert run(SessionStore(session.session_key).aget("user")) == "ada"

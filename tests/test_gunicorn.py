@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from memsession.contrib.gunicorn import GunicornHooks, session_cache
 from memsession.errors import ConfigError
 from memsession.hub import HubConfig, query_stats
+from memsession.service.gunicorn import GunicornHooks, session_cache
 from persist.jsonfile import read_snapshot
 from tests.sidecars import Gunicorn, Readers, client, cmdline, wait_until
 from tests.webservers import ProcessError
@@ -78,9 +78,9 @@ def test_session_cache_outside_gunicorn_is_plain_and_shared() -> None:
             session_cache(maxsize=7)
     finally:
         cache.close()
-        from memsession.contrib import gunicorn
+        from memsession.contrib import process
 
-        gunicorn._caches.clear()
+        process.take_all()
 
 
 @pytest.mark.parametrize("preload", [False, True], ids=["fork-then-import", "preload"])

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memsession import wire
-from memsession.cli import main
 from memsession.errors import BusError, ConfigError
 from memsession.hub import Hub, HubConfig, HubState, merge_into, query_snapshot, query_stats
 from memsession.security import CurveClient, CurveServer, client_policy, generate_keys, server_policy
+from memsession.service.cli import main
 from memsession.session import Record
 from memsession.testing import FakeClock
 

@@ -1,10 +1,10 @@
-"""``memsession status``'s report (persist.commands.format_status)."""
+"""``memsession status``'s report (memsession.service.commands.format_status)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from persist.commands import format_status
+from memsession.service.commands import format_status
 
 SIDECAR: dict[str, Any] = {
     "role": "sidecar",

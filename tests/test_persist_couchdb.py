@@ -12,10 +12,11 @@ import pytest
 from memsession import SessionCache
 from memsession.errors import ConfigError, StoreError, StoreUnavailable
 from memsession.session import Record, is_valid_sid, new_id
+from persist import Persistence
 from persist.base import WATERMARK_KEY
 from persist.couchdb import CouchFollower, CouchStore
+from persist.persistence import PersistConfig
 from persist.testing import T0, StoreContract, make_test_record
-from persist.writer import PersistConfig
 from tests.servers import CouchServer, free_port
 
 
@@ -175,8 +176,8 @@ def test_bad_options(args: dict) -> None:
 
 
 def test_follower_feeds_other_hosts_writes_into_the_cache(db_url: str) -> None:
-    here = SessionCache(store=open_store(db_url), persistence=PersistConfig(mode="write_through"))
-    there = SessionCache(store=open_store(db_url), persistence=PersistConfig(mode="write_through"))
+    here = SessionCache(persistence=Persistence(open_store(db_url), PersistConfig(mode="write_through")))
+    there = SessionCache(persistence=Persistence(open_store(db_url), PersistConfig(mode="write_through")))
     assert here.persistence is not None
     follower = CouchFollower(here.persistence.store, here.apply, heartbeat=0.2).start()  # type: ignore[arg-type]
     try:
@@ -200,7 +201,7 @@ def test_follower_feeds_other_hosts_writes_into_the_cache(db_url: str) -> None:
 
 def test_follower_evicts_documents_deleted_in_couchdb(db_url: str) -> None:
     store = open_store(db_url)
-    cache = SessionCache(store=store)
+    cache = SessionCache(persistence=Persistence(store))
     follower = CouchFollower(store, cache.apply, heartbeat=0.2).start()
     try:
         assert follower.connected.wait(10)
@@ -482,7 +483,7 @@ def test_follower_hands_clears_to_on_clear_never_as_sessions(db_url: str) -> Non
 def test_follower_eviction_after_a_clear_reaches_the_cache(db_url: str) -> None:
     store = open_store(db_url)
     store.clear(1)  # a clear made before this process started
-    cache = SessionCache(store=store)
+    cache = SessionCache(persistence=Persistence(store))
     clears: list[int] = []
     follower = CouchFollower(store, cache.apply, on_clear=clears.append, heartbeat=0.2).start()
     try:
@@ -506,7 +507,7 @@ def test_follower_eviction_after_a_clear_reaches_the_cache(db_url: str) -> None:
 def test_follower_eviction_never_replaces_a_tombstone_a_clear_kept(db_url: str) -> None:
     """A destroy from before a clear keeps blocking a late live write, even once CouchDB drops the document."""
     store = open_store(db_url)
-    cache = SessionCache(store=store)
+    cache = SessionCache(persistence=Persistence(store))
     follower = CouchFollower(store, cache.apply, on_clear=cache.apply_clear, heartbeat=0.2).start()
     try:
         assert follower.connected.wait(10)

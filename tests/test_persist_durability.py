@@ -26,9 +26,9 @@ from memsession.errors import StoreUnavailable
 from memsession.session import new_id
 from persist.base import WATERMARK_KEY
 from persist.jsonfile import read_snapshot
+from persist.persistence import PersistConfig, Persistence
 from persist.postgres import PostgresStore
 from persist.testing import make_test_record
-from persist.writer import PersistConfig, Persistence
 from tests.servers import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,12 +62,10 @@ def test_postgres_restart_mid_run(private_postgres: PostgresServer) -> None:
     postgres_server, postgres_url = private_postgres, private_postgres.url
     # A short pool timeout, so the writer sees the outage rather than waiting it out.
     behind = SessionCache(
-        store=PostgresStore(postgres_url, create_table=True, timeout=0.1),
-        persistence=PersistConfig(flush_interval=0.01, retry_min=0.05, retry_max=0.25),
+        persistence=Persistence(PostgresStore(postgres_url, create_table=True, timeout=0.1), PersistConfig(flush_interval=0.01, retry_min=0.05, retry_max=0.25)),
     )
     through = SessionCache(
-        store=PostgresStore(postgres_url, create_table=True, timeout=1.0),
-        persistence=PersistConfig(mode="write_through"),
+        persistence=Persistence(PostgresStore(postgres_url, create_table=True, timeout=1.0), PersistConfig(mode="write_through")),
     )
     try:
         early = new_id()
@@ -112,8 +110,7 @@ def test_postgres_restart_mid_run(private_postgres: PostgresServer) -> None:
 def test_write_through_during_outage_raises_then_recovers(private_postgres: PostgresServer) -> None:
     postgres_server, postgres_url = private_postgres, private_postgres.url
     cache = SessionCache(
-        store=PostgresStore(postgres_url, create_table=True, timeout=0.1),
-        persistence=PersistConfig(mode="write_through", retry_min=0.05, retry_max=0.2),
+        persistence=Persistence(PostgresStore(postgres_url, create_table=True, timeout=0.1), PersistConfig(mode="write_through", retry_min=0.05, retry_max=0.2)),
     )
     try:
         known = new_id()
@@ -154,11 +151,10 @@ CHILD_PG = textwrap.dedent(
     from memsession import SessionCache
     from memsession.session import new_id
     from persist.postgres import PostgresStore
-    from persist.writer import PersistConfig
+    from persist.persistence import PersistConfig, Persistence
 
     cache = SessionCache(
-        store=PostgresStore(sys.argv[1], create_table=True),
-        persistence=PersistConfig(mode="write_through"),
+        persistence=Persistence(PostgresStore(sys.argv[1], create_table=True), PersistConfig(mode="write_through")),
     )
     i = 0
     while True:
@@ -209,9 +205,10 @@ CHILD_JSON = textwrap.dedent(
     from memsession import SessionCache
     from memsession.session import new_id
     from persist.jsonfile import JsonFileStore
+    from persist.persistence import Persistence
 
     store = JsonFileStore(sys.argv[1], save_interval=0.005)
-    cache = SessionCache(store=store)
+    cache = SessionCache(persistence=Persistence(store))
     i = 0
     while True:
         cache.set(new_id(), {"i": i, "pad": "x" * 200})

@@ -13,6 +13,8 @@ from persist.testing import StoreContract
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "own_store"))
 from sqlite_store import SqliteStore
 
+from persist import Persistence
+
 
 class TestSqliteStoreContract(StoreContract):
     @pytest.fixture
@@ -22,21 +24,21 @@ class TestSqliteStoreContract(StoreContract):
 
 def test_it_plugs_into_a_session_cache(tmp_path: Path) -> None:
     sid = new_id()
-    with SessionCache(store=SqliteStore(str(tmp_path / "s.db"))) as cache:
+    with SessionCache(persistence=Persistence(SqliteStore(str(tmp_path / "s.db")))) as cache:
         cache.set(sid, {"user": "ada"})
-    with SessionCache(store=SqliteStore(str(tmp_path / "s.db"))) as cold:
+    with SessionCache(persistence=Persistence(SqliteStore(str(tmp_path / "s.db")))) as cold:
         assert cold.get(sid) == {"user": "ada"}
 
 
 def test_a_clear_reaches_it(tmp_path: Path) -> None:
     ended, kept = new_id(), new_id()
-    with SessionCache(store=SqliteStore(str(tmp_path / "s.db"))) as cache:
+    with SessionCache(persistence=Persistence(SqliteStore(str(tmp_path / "s.db")))) as cache:
         cache.set(ended, {"user": "ada"})
         assert cache.persistence is not None
         cache.persistence.flush()
         cache.clear()
         cache.set(kept, {"user": "grace"})
-    with SessionCache(store=SqliteStore(str(tmp_path / "s.db"))) as cold:
+    with SessionCache(persistence=Persistence(SqliteStore(str(tmp_path / "s.db")))) as cold:
         assert cold.get(ended) is None
         assert cold.get(kept) == {"user": "grace"}
 

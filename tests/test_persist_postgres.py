@@ -14,6 +14,7 @@ import pytest
 
 from memsession.errors import ConfigError, StoreError, StoreUnavailable
 from memsession.session import is_valid_sid
+from persist import Persistence
 from persist.base import WATERMARK_KEY
 from persist.postgres import PostgresStore, ddl
 from persist.testing import T0, StoreContract, make_test_record
@@ -154,7 +155,7 @@ def test_two_stores_on_one_table_keep_the_newest(postgres_url: str) -> None:
 
 
 def test_ddl_command(capsys: pytest.CaptureFixture[str]) -> None:
-    from memsession.cli import main
+    from memsession.service.cli import main
 
     assert main(["ddl"]) == 0
     assert capsys.readouterr().out == ddl()
@@ -167,11 +168,11 @@ def test_ddl_command(capsys: pytest.CaptureFixture[str]) -> None:
 def test_session_cache_over_postgres(postgres_url: str) -> None:
     """Evicted sessions come back from the table; a cold process serves them; unknown ids are cached."""
     from memsession import SessionCache, new_id
-    from persist.writer import PersistConfig
+    from persist.persistence import PersistConfig
 
     sids = [new_id() for _ in range(3)]
     config = PersistConfig(mode="write_through", negative_ttl=60.0)
-    with SessionCache(store=PostgresStore(postgres_url, create_table=True), persistence=config, maxsize=2) as cache:
+    with SessionCache(persistence=Persistence(PostgresStore(postgres_url, create_table=True), config), maxsize=2) as cache:
         for i, sid in enumerate(sids):
             cache.set(sid, {"n": i, "b": b"\x00"})
         assert sids[0] not in cache
@@ -181,7 +182,7 @@ def test_session_cache_over_postgres(postgres_url: str) -> None:
         stats = cache.stats()["persistence"]
         assert stats["read_hits"] == 1 and stats["read_misses"] == 1 and stats["negative_hits"] == 1
         cache.destroy(sids[1])
-    with SessionCache(store=PostgresStore(postgres_url), persistence=PersistConfig(preload=True)) as cold:
+    with SessionCache(persistence=Persistence(PostgresStore(postgres_url), PersistConfig(preload=True))) as cold:
         assert len(cold) == 2
         assert cold.get(sids[2]) == {"n": 2, "b": b"\x00"}
         assert cold.get(sids[1]) is None
@@ -189,7 +190,7 @@ def test_session_cache_over_postgres(postgres_url: str) -> None:
 
 def test_refused_rows_are_named_and_do_not_block_the_rest(postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
     from memsession import SessionCache, StoreRejected, new_id
-    from persist.writer import PersistConfig
+    from persist.persistence import PersistConfig
 
     store = PostgresStore(postgres_url, create_table=True)
     with psycopg.connect(postgres_url, autocommit=True) as conn:
@@ -200,7 +201,7 @@ def test_refused_rows_are_named_and_do_not_block_the_rest(postgres_url: str, cap
     with pytest.raises(StoreRejected) as info:
         store.save([make_test_record("a", {"poison": 1}), make_test_record("b")])
     assert info.value.keys is None and store.load("b") is None
-    with SessionCache(store=store, persistence=PersistConfig(flush_interval=3600.0)) as cache:
+    with SessionCache(persistence=Persistence(store, PersistConfig(flush_interval=3600.0))) as cache:
         sids = [new_id() for _ in range(30)]
         for i, sid in enumerate(sids):
             cache.set(sid, {"poison": "secret-value"} if i == 11 else {"i": i})

@@ -1,4 +1,4 @@
-"""SessionCache(store=...): read-through, write-through, write-behind, negative cache, outages.
+"""SessionCache(persistence=Persistence(...)): read-through, write-through, write-behind, negative cache, outages.
 
 The store here is a real JsonFileStore (in memory until it snapshots); the
 outage cases wrap it to fail on demand, since the logic under test is the
@@ -22,8 +22,8 @@ from memsession.errors import ConfigError, SessionDestroyed, StoreRejected, Stor
 from memsession.session import Record, new_id
 from memsession.testing import FakeClock
 from persist.jsonfile import JsonFileStore
+from persist.persistence import PersistConfig, Persistence
 from persist.testing import make_test_record
-from persist.writer import PersistConfig, Persistence
 
 BEHIND_SLOW = PersistConfig(mode="write_behind", flush_interval=3600.0)
 
@@ -93,7 +93,7 @@ def clock() -> FakeClock:
 
 
 def make_cache(store: RecordingStore, clock: FakeClock, config: PersistConfig | None = None, **options: Any):
-    return SessionCache(clock=clock, store=store, persistence=config, **options)
+    return SessionCache(clock=clock, persistence=Persistence(store, config), **options)
 
 
 def test_evicted_session_is_read_back(store: RecordingStore, clock: FakeClock) -> None:
@@ -110,16 +110,16 @@ def test_evicted_session_is_read_back(store: RecordingStore, clock: FakeClock) -
 
 def test_cold_process_serves_stored_sessions(tmp_path: Path, clock: FakeClock) -> None:
     path = tmp_path / "s.jsonl"
-    first = SessionCache(clock=clock, store=JsonFileStore(path, save_interval=None, clock=clock))
+    first = SessionCache(clock=clock, persistence=Persistence(JsonFileStore(path, save_interval=None, clock=clock)))
     sids = [new_id() for _ in range(5)]
     for sid in sids:
         first.set(sid, {"sid": sid})
     first.close()
-    with SessionCache(clock=clock, store=JsonFileStore(path, save_interval=None, clock=clock)) as cold:
+    with SessionCache(clock=clock, persistence=Persistence(JsonFileStore(path, save_interval=None, clock=clock))) as cold:
         assert len(cold) == 0
         assert all(cold.get(sid) == {"sid": sid} for sid in sids)
     preload = PersistConfig(preload=True)
-    with SessionCache(clock=clock, store=JsonFileStore(path, save_interval=None, clock=clock), persistence=preload) as warm:
+    with SessionCache(clock=clock, persistence=Persistence(JsonFileStore(path, save_interval=None, clock=clock), preload)) as warm:
         assert len(warm) == 5
 
 
@@ -172,15 +172,15 @@ def test_write_behind_coalesces_by_key(store: RecordingStore, clock: FakeClock) 
 
 
 def test_write_behind_flushes_on_interval(store: RecordingStore) -> None:
-    with SessionCache(store=store, persistence=PersistConfig(flush_interval=0.01)) as cache:
+    with SessionCache(persistence=Persistence(store, PersistConfig(flush_interval=0.01))) as cache:
         sid = new_id()
         cache.set(sid, {"a": 1})
         wait_until(lambda: store.load(sid) is not None)
 
 
 def test_write_behind_flushes_when_enough_keys_wait(store: RecordingStore) -> None:
-    config = PersistConfig(flush_interval=3600.0, flush_records=10)
-    with SessionCache(store=store, persistence=config) as cache:
+    config = PersistConfig(flush_interval=3600.0, batch_size=10)
+    with SessionCache(persistence=Persistence(store, config)) as cache:
         sids = [new_id() for _ in range(10)]
         for sid in sids:
             cache.set(sid, {})
@@ -188,7 +188,7 @@ def test_write_behind_flushes_when_enough_keys_wait(store: RecordingStore) -> No
 
 
 def test_close_flushes_write_behind(store: RecordingStore, tmp_path: Path) -> None:
-    cache = SessionCache(store=store, persistence=BEHIND_SLOW)
+    cache = SessionCache(persistence=Persistence(store, BEHIND_SLOW))
     sids = [new_id() for _ in range(50)]
     for sid in sids:
         cache.set(sid, {"sid": sid})
@@ -247,7 +247,7 @@ def test_write_through_outage_raises_and_retries(
     store: RecordingStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = PersistConfig(mode="write_through", retry_min=0.01, retry_max=0.02)
-    with SessionCache(store=store, persistence=config) as cache:
+    with SessionCache(persistence=Persistence(store, config)) as cache:
         sid = new_id()
         store.down = True
         with pytest.raises(StoreUnavailable):
@@ -264,7 +264,7 @@ def test_write_through_outage_raises_and_retries(
 
 def test_write_behind_outage_loses_nothing(store: RecordingStore) -> None:
     config = PersistConfig(flush_interval=0.005, retry_min=0.01, retry_max=0.05)
-    with SessionCache(store=store, persistence=config) as cache:
+    with SessionCache(persistence=Persistence(store, config)) as cache:
         store.down = True
         sids = [new_id() for _ in range(200)]
         for i, sid in enumerate(sids):
@@ -317,7 +317,7 @@ def test_touch_reads_through(store: RecordingStore, clock: FakeClock) -> None:
 
 def test_close_gives_up_after_timeout(store: RecordingStore, caplog: pytest.LogCaptureFixture) -> None:
     config = PersistConfig(flush_interval=3600.0, close_timeout=0.05, retry_min=0.01, retry_max=0.01)
-    cache = SessionCache(store=store, persistence=config)
+    cache = SessionCache(persistence=Persistence(store, config))
     cache.set(new_id(), {})
     store.down = True
     with caplog.at_level(logging.ERROR):
@@ -328,14 +328,14 @@ def test_close_gives_up_after_timeout(store: RecordingStore, caplog: pytest.LogC
 
 def test_prune_interval_purges_the_store(store: RecordingStore) -> None:
     config = PersistConfig(flush_interval=0.01, prune_interval=0.01)
-    with SessionCache(store=store, persistence=config):
+    with SessionCache(persistence=Persistence(store, config)):
         wait_until(lambda: store.purges >= 2)
 
 
 def test_concurrent_requests(store: RecordingStore) -> None:
     sids = [new_id() for _ in range(40)]
-    config = PersistConfig(flush_interval=0.002, flush_records=16)
-    with SessionCache(store=store, persistence=config, maxsize=8) as cache:
+    config = PersistConfig(flush_interval=0.002, batch_size=16)
+    with SessionCache(persistence=Persistence(store, config), maxsize=8) as cache:
         def worker(offset: int) -> None:
             for round_ in range(50):
                 sid = sids[(offset + round_) % len(sids)]
@@ -358,7 +358,7 @@ def test_concurrent_requests(store: RecordingStore) -> None:
     [
         {"mode": "sometimes"},
         {"flush_interval": 0},
-        {"flush_records": 0},
+        {"batch_size": 0},
         {"negative_ttl": -1},
         {"retry_min": 2.0, "retry_max": 1.0},
         {"prune_interval": float("inf")},
@@ -372,13 +372,13 @@ def test_bad_options(options: dict) -> None:
 
 def test_store_must_implement_the_protocol() -> None:
     with pytest.raises(ConfigError):
-        SessionCache(store=object())  # type: ignore[arg-type]
+        SessionCache(persistence=Persistence(object()))  # type: ignore[arg-type]
 
 
 def test_a_cache_inherited_through_fork_refuses_to_persist(store: RecordingStore) -> None:
     import os
 
-    cache = SessionCache(store=store)
+    cache = SessionCache(persistence=Persistence(store))
     try:
         read, write = os.pipe()
         with warnings.catch_warnings():
@@ -423,7 +423,7 @@ class RefusingStore(RecordingStore):
 @pytest.mark.parametrize("name_them", [True, False])
 def test_a_refused_record_does_not_hold_back_the_queue(tmp_path: Path, name_them: bool) -> None:
     store = RefusingStore(tmp_path / "s.jsonl", name_them=name_them)
-    with SessionCache(store=store, persistence=BEHIND_SLOW) as cache:
+    with SessionCache(persistence=Persistence(store, BEHIND_SLOW)) as cache:
         sids = [new_id() for _ in range(40)]
         for i, sid in enumerate(sids):
             cache.set(sid, {"poison": True} if i in (3, 17) else {"i": i})
@@ -436,7 +436,7 @@ def test_a_refused_record_does_not_hold_back_the_queue(tmp_path: Path, name_them
 
 def test_write_through_raises_a_refusal_without_queueing(tmp_path: Path) -> None:
     store = RefusingStore(tmp_path / "s.jsonl", name_them=True)
-    with SessionCache(store=store, persistence=PersistConfig(mode="write_through")) as cache:
+    with SessionCache(persistence=Persistence(store, PersistConfig(mode="write_through"))) as cache:
         with pytest.raises(StoreRejected):
             cache.set(new_id(), {"poison": 1})
         stats = cache.stats()["persistence"]
@@ -521,7 +521,7 @@ def test_clear_is_retried_after_an_outage_before_the_next_batch(
     store: RecordingStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     store.save([make_test_record("old", version=100)])
-    with SessionCache(store=store, persistence=OUTAGE) as cache:
+    with SessionCache(persistence=Persistence(store, OUTAGE)) as cache:
         assert cache.persistence is not None
         store.down = True
         cache.persistence.emit(make_test_record("new", version=300))
@@ -650,7 +650,7 @@ def test_cache_clear_ends_sessions_in_the_store_too(tmp_path: Path, clock: FakeC
     path = tmp_path / "s.jsonl"
     sids = [new_id() for _ in range(3)]
     destroyed = new_id()
-    with SessionCache(clock=clock, store=JsonFileStore(path, save_interval=None, clock=clock)) as cache:
+    with SessionCache(clock=clock, persistence=Persistence(JsonFileStore(path, save_interval=None, clock=clock))) as cache:
         for sid in sids:
             cache.set(sid, {"sid": sid})
         cache.set(destroyed, {"gone": True})
@@ -661,7 +661,7 @@ def test_cache_clear_ends_sessions_in_the_store_too(tmp_path: Path, clock: FakeC
         later = new_id()
         cache.set(later, {"later": True})
         assert cache.stats()["persistence"]["clears"] == 1
-    with SessionCache(clock=clock, store=JsonFileStore(path, save_interval=None, clock=clock)) as cold:
+    with SessionCache(clock=clock, persistence=Persistence(JsonFileStore(path, save_interval=None, clock=clock))) as cold:
         assert all(cold.get(sid) is None for sid in sids)
         assert cold.get(later) == {"later": True}
         assert cold.persistence is not None

@@ -17,9 +17,10 @@ import pytest
 from memsession import SessionCache, ZmqBus
 from memsession.errors import ConfigError, StoreUnavailable
 from memsession.hub import HubConfig
+from memsession.service.http import parse_http, prometheus_text
+from memsession.service.sidecar import Sidecar, SidecarConfig
 from memsession.session import Record, new_id
 from persist.jsonfile import JsonFileStore, read_snapshot
-from persist.sidecar import Sidecar, SidecarConfig, SidecarState, parse_http, prometheus_text
 from persist.url import file_path, open_store, redact, store_kind
 from tests.sidecars import SidecarProcess, http_port, wait_until
 
@@ -78,19 +79,25 @@ def test_config_is_checked(tmp_path: Path) -> None:
     assert parse_http(":9108") == ("127.0.0.1", 9108)
 
 
-def test_state_queues_what_the_replica_applies() -> None:
-    state = SidecarState(store_name="test")
-    wall = state.clock.wall()
-    a1 = Record("a", {"n": 1}, 10, 1, wall, wall, wall + 60)
-    a2 = Record("a", {"n": 2}, 11, 1, wall, wall, wall + 60)
-    assert state.merge(a2)
-    assert not state.merge(a1)  # older: the replica and the queue ignore it
-    assert state.queue.get("a") == a2
-    assert state.warm([Record("b", {}, 5, 1, wall, wall, wall + 60)]) == 1
-    assert "b" in state.replica and state.queue.get("b") is None  # loaded from the store: nothing to write
-    stats = state.stats()
-    assert stats["role"] == "sidecar" and stats["persist"]["depth"] == 1
-    assert stats["persist"]["warm_loaded"] == 1
+def test_the_writer_queues_what_the_replica_applies(tmp_path: Path) -> None:
+    sidecar = Sidecar(JsonFileStore(tmp_path / "s.jsonl", save_interval=None), HubConfig(runtime_dir=str(tmp_path)))
+    try:
+        state = sidecar.state
+        wall = state.clock.wall()
+        a1 = Record("a", {"n": 1}, 10, 1, wall, wall, wall + 60)
+        a2 = Record("a", {"n": 2}, 11, 1, wall, wall, wall + 60)
+        assert state.merge(a2)
+        assert not state.merge(a1)  # older: the replica and the queue ignore it
+        assert sidecar.writer.get("a") == a2
+        assert state.warm([Record("b", {}, 5, 1, wall, wall, wall + 60)]) == 1
+        assert "b" in state.replica and sidecar.writer.get("b") is None  # loaded from the store: nothing to write
+        assert state.clear(12)
+        assert sidecar.writer.queue.clear_due == 12 and sidecar.writer.get("a") is None
+        stats = sidecar.stats()
+        assert stats["role"] == "sidecar" and stats["persist"]["depth"] == 0
+    finally:
+        sidecar.writer.close()
+        sidecar.store.close()
 
 
 def test_prometheus_text() -> None:
@@ -129,7 +136,7 @@ def test_writes_behind_flushes_on_stop_and_warm_starts(tmp_path: Path, runtime_d
         cache.destroy(sids[0])
         wait_until(lambda: all(store.load(s) is not None for s in sids), 10, "writes to reach the store")
         wait_until(lambda: store.load(sids[0]).deleted, 10, "the tombstone to reach the store")  # type: ignore[union-attr]
-        stats = sidecar.state.persistence_stats()
+        stats = sidecar.writer.stats()
         assert stats["saved"] >= len(sids)
         assert stats["depth"] == 0
     # Stopped: the file holds everything (the store was closed by the sidecar, which snapshots).
@@ -139,7 +146,7 @@ def test_writes_behind_flushes_on_stop_and_warm_starts(tmp_path: Path, runtime_d
 
     # A new sidecar starts warm: a worker that joins gets every session in its snapshot.
     with Sidecar(JsonFileStore(path, save_interval=None), hub, SidecarConfig()) as sidecar:
-        assert sidecar.state.persist_counts["warm_loaded"] == len(sids)
+        assert sidecar.warm_loaded == len(sids)
         with _cache(runtime_dir) as cache:
             assert cache.bus.wait_joined(5)  # type: ignore[union-attr]
             assert cache.get(sids[1]) == {"i": 1}
@@ -161,7 +168,7 @@ def test_flush_on_stop_writes_what_waited(tmp_path: Path, runtime_dir: str) -> N
             assert store.load(sid) is None  # the flush interval has not passed
     finally:
         sidecar.stop()
-    assert sidecar.state.persist_counts["unwritten_at_exit"] == 0
+    assert sidecar.writer.counts["unwritten_at_exit"] == 0
     assert [r.data for r in read_snapshot(str(path), time.time())] == [{"late": True}]
 
 
@@ -183,13 +190,13 @@ def test_stopping_with_a_clear_the_store_did_not_take_says_so(
         with _cache(runtime_dir) as cache:
             cache.set(new_id(), {"a": 1})
             cache.clear()
-            wait_until(lambda: sidecar.state.persist_counts["write_errors"] > 0, 10,
+            wait_until(lambda: sidecar.writer.counts["clear_errors"] > 0, 10,
                        "the sidecar to try the clear")
     finally:
         with caplog.at_level("INFO", logger="memsession.sidecar"):
             sidecar.stop()
-    assert sidecar.state.queue.clear_due == sidecar.state.cleared > 0
-    assert "stopping with a clear" in caplog.text
+    assert sidecar.writer.queue.clear_due == sidecar.state.cleared > 0
+    assert "before the store jsonfile took the clear" in caplog.text
     assert "all changes written" not in caplog.text
 
 
@@ -200,7 +207,7 @@ def test_prunes_expired_sessions_from_the_store(tmp_path: Path, runtime_dir: str
     store.save([live, Record(new_id(), {"x": 2}, 1, 1, now - 100, now - 100, now + 0.3)])
     config = SidecarConfig(prune_interval=0.1)
     with Sidecar(store, HubConfig(runtime_dir=runtime_dir), config) as sidecar:
-        wait_until(lambda: sidecar.state.persist_counts["purged"] == 1, 10, "the expired session to be purged")
+        wait_until(lambda: sidecar.writer.counts["purged"] == 1, 10, "the expired session to be purged")
         assert [r.key for r in store.load_all(time.time() - 1000)] == [live.key]
 
 

@@ -4,45 +4,75 @@ from __future__ import annotations
 
 import time
 
+import msgpack
 import pytest
 
 from memsession import SessionCache, ZmqBus
 from memsession.errors import ConfigError, StoreError, StoreUnavailable
-from memsession.session import new_id
-from persist.ack import AckBook, SidecarAckStore, durable
+from memsession.service.ack import AckBook, SidecarAckStore, parse_request
+from memsession.session import Record, new_id
+from persist import Persistence
+from persist.persistence import PersistConfig
 from persist.postgres import PostgresStore
-from persist.writer import PersistConfig
+from persist.queue import WriteQueue
 from tests.sidecars import SidecarProcess
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_durable_rule() -> None:
-    assert not durable(None, 5, 1, 1.0)
-    assert durable((5, 1, 1.0, False), 5, 1, 1.0)
-    assert durable((6, 1, 0.0, False), 5, 1, 1.0)  # newer version
-    assert durable((5, 2, 0.0, False), 5, 1, 1.0)  # same version, higher origin wins the tie
-    assert not durable((5, 1, 0.5, False), 5, 1, 1.0)  # the touch is not stored yet
-    assert not durable((4, 9, 9.0, False), 5, 1, 1.0)
-    assert durable((1, 1, 0.0, True), 5, 1, 1.0)  # destroyed: nothing newer will ever be stored
+def rec(key: str, version: int, origin: int = 1, deleted: bool = False) -> Record:
+    return Record(key, {}, version, origin, 1.0, 1.0, 1e12, deleted)
 
 
-def test_ack_book_answers_when_the_store_catches_up() -> None:
-    book = AckBook(capacity=2)
-    assert not book.ask(b"w1", 1, [("a", 5, 1, 1.0), ("b", 3, 1, 1.0)], deadline=10.0)
-    assert book.record_stored([["a", 5, 1, 1.0, False]]) == []  # b still missing
-    assert book.record_stored([["b", 2, 1, 1.0, False]]) == []  # older than wanted
-    assert book.record_stored([["b", 3, 1, 1.0, False]]) == [(b"w1", 1)]
+def test_settled_rule() -> None:
+    q = WriteQueue()
+    a = rec("a", 5)
+    assert q.settled("a", 5, 1)  # nothing of the key waits: the store has it, or something newer
+    q.add(a)
+    assert q.settled("a", 5, 1) is False
+    batch = q.take(10)
+    assert q.settled("a", 5, 1) is False  # in flight is not stored yet
+    q.done(batch)
+    assert q.settled("a", 5, 1) is True
+    q.add(rec("b", 7))
+    q.done(q.take(10), refused=["b"])
+    assert q.settled("b", 7, 1) is None  # refused: the waiter hears so at once
+    q.add(rec("c", 1))
+    assert q.settled("a", 5, 1) is True
+    q.rewrite_due = True  # an overflow dropped live records: nothing is settled until the rewrite
+    assert q.settled("a", 5, 1) is False
+
+
+def test_ack_book_answers_when_the_queue_settles() -> None:
+    state: dict[str, bool | None] = {"a": False, "b": False}
+
+    def settled(key: str, version: int, origin: int) -> bool | None:
+        return state.get(key, True)
+
+    book = AckBook()
+    assert book.ask(b"w1", 1, [("a", 5, 1, 1.0), ("b", 3, 1, 1.0)], 10.0, settled) is None
+    state["a"] = True
+    assert book.recheck(settled) == []  # b still missing
+    state["b"] = True
+    assert book.recheck(settled) == [(b"w1", 1, [], [])]
     assert len(book) == 0
-    assert book.ask(b"w2", 2, [("a", 4, 1, 1.0)], deadline=10.0)  # already stored: answer at once
-    assert book.record_stored([["a", 4, 1, 9.0, False]]) == []  # an older write arriving late changes nothing
-    assert book.stored["a"] == (5, 1, 1.0, False)
-    assert not book.ask(b"w3", 3, [("c", 1, 1, 1.0)], deadline=5.0)
+    assert book.ask(b"w2", 2, [("x", 4, 1, 1.0)], 10.0, settled) == (b"w2", 2, [], [])  # settled already
+    state["c"] = None
+    assert book.ask(b"w3", 3, [("c", 1, 1, 1.0)], 10.0, settled) == (b"w3", 3, [], ["c"])  # refused
+    state["d"] = False
+    assert book.ask(b"w4", 4, [("d", 1, 1, 1.0)], 5.0, settled) is None
     assert book.expire(4.0) == []
-    assert book.expire(5.0) == [(b"w3", 3, ["c"])]
-    book.record_stored([["d", 1, 1, 1.0, False], ["e", 1, 1, 1.0, False]])
-    assert "a" not in book.stored and len(book.stored) == 2  # bounded: oldest keys forgotten
-    assert book.counts == {"asked": 3, "acked": 2, "timed_out": 1}
+    assert book.expire(5.0) == [(b"w4", 4, ["d"], [])]
+    assert book.counts == {"asked": 4, "acked": 2, "refused": 1, "timed_out": 1}
+
+
+@pytest.mark.parametrize("payload", [
+    b"\xc1", msgpack.packb([1, [["k", 1, 1, 1.0]], "x"]), msgpack.packb([1, [["k", 1]], 10]),
+    msgpack.packb(["1", [], 10]), msgpack.packb([1, [], -5]), msgpack.packb([1, [], 10**9]), msgpack.packb(7),
+])
+def test_malformed_ack_requests_are_refused(payload: bytes) -> None:
+    with pytest.raises(ValueError, match="malformed ack request"):
+        parse_request(payload)
 
 
 def test_store_options_are_checked() -> None:
@@ -65,8 +95,7 @@ def test_acknowledged_writes_are_in_postgres_when_set_returns(postgres_url: str)
     sidecar = SidecarProcess(postgres_url, "--flush-interval", "30", "--heartbeat", "0.2")
     with sidecar:
         ack_store = SidecarAckStore(runtime_dir=sidecar.runtime_dir, timeout=1.0)
-        cache = SessionCache(bus=ZmqBus(runtime_dir=sidecar.runtime_dir, heartbeat=0.2, silence=0.7),
-                             store=ack_store, persistence=PersistConfig(mode="write_through", close_timeout=0.5),
+        cache = SessionCache(bus=ZmqBus(runtime_dir=sidecar.runtime_dir, heartbeat=0.2, silence=0.7), persistence=Persistence(ack_store, PersistConfig(mode="write_through", close_timeout=0.5)),
                              touch_interval=3600)
         pg = PostgresStore(postgres_url)
         try:

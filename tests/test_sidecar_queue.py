@@ -10,7 +10,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from memsession.errors import ConfigError
 from memsession.session import Record
 from persist.base import supersedes
-from persist.batching import WriteQueue
+from persist.queue import WriteQueue
 
 KEYS = [f"k{i}" for i in range(8)]
 
@@ -171,6 +171,7 @@ class QueueMachine(RuleBasedStateMachine):
     def rewrite(self) -> None:
         self.q.start_rewrite()
         self._save(list(self.latest.values()))
+        self.q.end_rewrite(True)
 
     @invariant()
     def bounded(self) -> None:
@@ -197,6 +198,7 @@ class QueueMachine(RuleBasedStateMachine):
         if self.q.rewrite_due:
             self.q.start_rewrite()
             self._save(list(self.latest.values()))
+            self.q.end_rewrite(True)
         self._save(self.q.take(10**6))
         if self.q.counts["lost"] == 0:
             for key, newest in self.latest.items():

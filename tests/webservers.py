@@ -102,7 +102,7 @@ class Hub(Process):
     def __init__(self) -> None:
         self.runtime_dir = tempfile.mkdtemp(prefix="ms-rt-")
         super().__init__(
-            [sys.executable, "-m", "memsession.cli", "hub", "--runtime-dir", self.runtime_dir, "--log-level", "WARNING"],
+            [sys.executable, "-m", "memsession", "hub", "--runtime-dir", self.runtime_dir, "--log-level", "WARNING"],
             name="hub",
         )
 

@@ -13,7 +13,7 @@ import os
 from flask import Flask, request, session
 
 from memsession.contrib.flask import MemSession
-from memsession.contrib.gunicorn import session_cache
+from memsession.contrib.process import session_cache
 
 app = Flask(__name__)
 app.config.update(

@@ -6,7 +6,7 @@ cache joins it: one session, seen by every worker, kept across restarts.
 
 import os
 
-from memsession.contrib.gunicorn import GunicornHooks
+from memsession.service.gunicorn import GunicornHooks
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = 4

@@ -16,7 +16,7 @@ request that changed its session wait until the sidecar has stored it.
 
 import os
 
-from memsession.contrib.gunicorn import GunicornHooks
+from memsession.service.gunicorn import GunicornHooks
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WORKERS", "4"))

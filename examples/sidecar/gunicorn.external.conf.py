@@ -15,7 +15,7 @@ Another host (tcp with CURVE keys; see ``examples/sidecar/README.md``)::
 
 import os
 
-from memsession.contrib.gunicorn import GunicornHooks
+from memsession.service.gunicorn import GunicornHooks
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WORKERS", "4"))

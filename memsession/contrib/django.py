@@ -19,7 +19,7 @@ the lifetime Django gives a session from its last save; ``max_age`` to none.
 ``set_expiry()`` works as in Django, within the cache's own expiry.
 
 One ``SessionCache`` per process, built from settings on first use with
-``memsession.contrib.gunicorn.session_cache`` (so under ``GunicornHooks`` it
+``memsession.contrib.process.session_cache`` (so under ``GunicornHooks`` it
 replicates: call ``get_cache()`` in ``wsgi.py`` to build it as the worker
 starts); ``set_cache()`` installs another (one with its own bus or store).
 
@@ -75,7 +75,7 @@ def _settings() -> tuple[dict[str, Any], float]:
 def _cache_from_settings() -> SessionCache:
     # The process's shared cache: under memsession's gunicorn hooks it joins
     # the hub (every worker sees every session); elsewhere it is in-process.
-    from .gunicorn import session_cache
+    from .process import session_cache
 
     return session_cache(**_settings()[0])
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from memsession.contrib.gunicorn import session_cache
+from memsession.contrib.process import session_cache
 
 from .flask_app import create_app
 

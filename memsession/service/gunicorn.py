@@ -2,7 +2,7 @@
 
 In ``gunicorn.conf.py``::
 
-    from memsession.contrib.gunicorn import GunicornHooks
+    from memsession.service.gunicorn import GunicornHooks
 
     workers = 4
     GunicornHooks(store="file:///var/lib/myapp/sessions.json").install(globals())
@@ -10,7 +10,7 @@ In ``gunicorn.conf.py``::
 and in the app, take the process's cache from the helper (with Flask,
 ``MemSession(app)`` alone also works: the hooks find its cache)::
 
-    from memsession.contrib.gunicorn import session_cache
+    from memsession.contrib.process import session_cache
     MemSession(app, cache=session_cache())
 
 Two shapes:
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -56,7 +55,10 @@ from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 from ..config import Config
+from ..contrib import process
+from ..contrib.process import session_cache
 from ..errors import BusError, ConfigError
+from ..hub import wait_ready
 from ..session_cache import SessionCache
 
 __all__ = ["GunicornHooks", "session_cache"]
@@ -65,66 +67,41 @@ log = logging.getLogger("memsession.gunicorn")
 
 HOOKS = ("on_starting", "post_fork", "post_worker_init", "worker_exit", "on_exit")
 
-#: Bus options for caches in this process: set in a worker by ``post_fork``.
-_bus_options: dict[str, Any] | None = None
-#: ``SidecarAckStore`` options when saves wait for the sidecar's acknowledgement (``acknowledged=True``).
-_ack_options: dict[str, Any] | None = None
-#: Caches made by ``session_cache()`` in this process (inherited by workers with ``--preload``).
-_caches: list[SessionCache] = []
-_caches_lock = threading.Lock()
 #: The embedded sidecar of this master, once ``on_starting`` ran (kept across SIGHUP reloads).
 _embedded: _EmbeddedSidecar | None = None
 
 
-def session_cache(config: Config | None = None, **options: Any) -> SessionCache:
-    """This process's shared ``SessionCache`` (made on first call; options must not change).
+class _WorkerWiring:
+    """How caches in this worker join the sidecar: a bus each, and the ack store in acknowledged mode."""
 
-    In a gunicorn worker under ``GunicornHooks`` it replicates over the hub;
-    in the master (``--preload``) it gets its bus in each worker after the
-    fork; anywhere else it is a plain in-process cache.
-    """
-    wanted = Config.from_options(config, **options)
-    with _caches_lock:
-        if _caches:
-            cache = _caches[0]
-            if cache.config != wanted:
-                raise ConfigError("session_cache", options, "this process's cache was made with other options")
-            return cache
-        if _bus_options is None:
-            cache = SessionCache(wanted)
-        elif _ack_options is None:
-            cache = SessionCache(wanted, bus=_new_bus())
-        else:
-            from persist.ack import SidecarAckStore
-            from persist.writer import PersistConfig
+    def __init__(self, bus_options: dict[str, Any], ack_options: dict[str, Any] | None) -> None:
+        self.bus_options = bus_options
+        self.ack_options = ack_options
 
-            cache = SessionCache(wanted, bus=_new_bus(), store=SidecarAckStore(**_ack_options),
-                                 persistence=PersistConfig(mode="write_through"))
-        _caches.append(cache)
-        return cache
+    def _bus(self) -> Any:
+        from ..bus import ZmqBus
 
+        return ZmqBus(**self.bus_options)
 
-def _new_bus() -> Any:
-    from ..bus import ZmqBus
+    def _persistence(self) -> Any:
+        if self.ack_options is None:
+            return None
+        from persist.persistence import Persistence
 
-    assert _bus_options is not None
-    return ZmqBus(**_bus_options)
+        from .ack import SidecarAckStore
 
+        return Persistence(SidecarAckStore(**self.ack_options), mode="write_through")
 
-def _attach(cache: SessionCache) -> None:
-    """Give a cache made before the fork its own identity and bus in this worker."""
-    if cache.bus is not None:
-        return
-    cache.origin = secrets.randbits(63) or 1  # forked copies must never share an origin
-    if _ack_options is not None and cache.persistence is None:
-        from persist.ack import SidecarAckStore
-        from persist.writer import PersistConfig, Persistence
+    def make(self, config: Config) -> SessionCache:
+        """A new cache of this worker (``process.session_cache`` calls it)."""
+        return SessionCache(config, bus=self._bus(), persistence=self._persistence())
 
-        cache.persistence = Persistence(SidecarAckStore(**_ack_options), PersistConfig(mode="write_through"),
-                                        clock=cache.clock)
-    bus = _new_bus()
-    cache.bus = bus
-    bus.attach(cache)
+    def connect(self, cache: SessionCache) -> None:
+        """Join a cache made before the fork: its own writer id, bus and (acknowledged mode) store."""
+        if cache.bus is not None:
+            return
+        persistence = self._persistence() if cache.persistence is None else None
+        cache.connect(bus=self._bus(), persistence=persistence, new_origin=True)
 
 
 class _EmbeddedSidecar:
@@ -150,8 +127,6 @@ class _EmbeddedSidecar:
         self._watchdog.start()
 
     def _spawn(self) -> None:
-        from persist.commands import wait_ready
-
         with self._lock:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
             proc = self.proc
@@ -217,7 +192,7 @@ class GunicornHooks:
     arguments (``["--flush-interval", "0.05", "--http", "127.0.0.1:9108"]``).
     ``bus_options``: extra ``BusConfig`` options for the workers' buses.
     ``acknowledged=True``: a save returns only once the sidecar has stored it
-    (``persist.ack``; over tcp give the sidecar's ``ack_endpoint``).
+    (``memsession.service.ack``; over tcp give the sidecar's ``ack_endpoint``).
     """
 
     def __init__(
@@ -277,13 +252,11 @@ class GunicornHooks:
                 "--parent-pid", str(os.getpid()), *cleanup, *self.sidecar_args]
 
     def on_starting(self, server: Any) -> None:
-        global _bus_options, _embedded
+        global _embedded
         from ..hub import HubConfig
 
         if self.external is not None:
-            _bus_options = {**self.bus_options, **self.external}
-            self._check_external()
-            _bus_options = None  # the master itself never replicates
+            self._check_external({**self.bus_options, **self.external})
             return
         if _embedded is not None:
             return  # already running (a second on_starting never happens; be safe)
@@ -300,12 +273,10 @@ class GunicornHooks:
             raise
         _embedded = sidecar
 
-    def _check_external(self) -> None:
-        from persist.commands import wait_ready
-
+    def _check_external(self, bus_options: dict[str, Any]) -> None:
         from ..bus import ZmqBus
 
-        config = ZmqBus(**_bus_options).config  # type: ignore[arg-type]
+        config = ZmqBus(**bus_options).config  # resolves a runtime_dir into endpoints; opens no socket
         try:
             wait_ready(config.requests, self.join_timeout, keys=config.keys, insecure=config.insecure)
         except BusError as exc:
@@ -340,29 +311,27 @@ class GunicornHooks:
         return options
 
     def post_fork(self, server: Any, worker: Any) -> None:
-        global _bus_options, _embedded, _ack_options
-        _bus_options = self._worker_bus_options()
-        _ack_options = self._worker_ack_options(_bus_options)
+        global _embedded
+        bus_options = self._worker_bus_options()
+        wiring = _WorkerWiring(bus_options, self._worker_ack_options(bus_options))
         _embedded = None  # the master's; never stop it from a worker
-        with _caches_lock:
-            inherited = list(_caches)
-        for cache in inherited:
-            _attach(cache)
+        for cache in process.set_factory(wiring.make):
+            wiring.connect(cache)
+        self._wiring = wiring
 
     def post_worker_init(self, worker: Any) -> None:
-        with _caches_lock:
-            caches = list(_caches)
+        caches = process.caches()
         if not caches:
             found = _flask_cache(getattr(worker, "wsgi", None))
             if found is not None:
-                if found.bus is None:
-                    _attach(found)
-                with _caches_lock:
-                    _caches.append(found)
+                wiring = getattr(self, "_wiring", None)
+                if wiring is not None:
+                    wiring.connect(found)
+                process.register(found)
                 caches = [found]
         if not caches:
             log.warning("no memsession cache found in this worker: call "
-                        "memsession.contrib.gunicorn.session_cache() in the app")
+                        "memsession.contrib.process.session_cache() in the app")
             return
         deadline = time.monotonic() + self.join_timeout
         for cache in caches:
@@ -373,10 +342,7 @@ class GunicornHooks:
                           os.getpid(), self.join_timeout)
 
     def worker_exit(self, server: Any, worker: Any) -> None:
-        with _caches_lock:
-            caches = list(_caches)
-            _caches.clear()
-        for cache in caches:
+        for cache in process.take_all():
             bus = cache.bus
             if bus is not None:
                 deadline = time.monotonic() + 2.0

@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 
-from .errors import ConfigError, MemsessionError
+from ..errors import ConfigError, MemsessionError
 
 __all__ = ["build_parser", "main"]
 
@@ -37,7 +37,7 @@ def _hub_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _hub(args: argparse.Namespace) -> int:
-    from .hub import HubConfig, query_stats, run_hub
+    from ..hub import HubConfig, query_stats, run_hub
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = HubConfig(
@@ -64,7 +64,7 @@ def _keys_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from .security import generate_keys
+    from ..security import generate_keys
 
     paths = generate_keys(args.directory, overwrite=args.force)
     for name in sorted(paths):
@@ -100,16 +100,16 @@ COMMANDS: list[Command] = [
 ]
 
 
-def _persist_commands() -> list[Command]:
-    from persist.commands import COMMANDS as persist_commands
+def _sidecar_commands() -> list[Command]:
+    from .commands import COMMANDS as sidecar_commands
 
-    return list(persist_commands)
+    return list(sidecar_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memsession", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text, add_arguments, run in [*COMMANDS, *_persist_commands()]:
+    for name, help_text, add_arguments, run in [*COMMANDS, *_sidecar_commands()]:
         p = sub.add_parser(name, help=help_text)
         add_arguments(p)
         p.set_defaults(run=run)

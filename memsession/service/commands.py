@@ -1,4 +1,4 @@
-"""The ``memsession sidecar`` and ``memsession status`` subcommands (registered by ``memsession.cli``)."""
+"""The ``memsession sidecar`` and ``memsession status`` subcommands (registered by ``memsession.service.cli``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 import threading
-import time
 from typing import Any
 
 __all__ = ["COMMANDS", "format_status"]
@@ -34,6 +33,8 @@ def _sidecar_arguments(p: argparse.ArgumentParser) -> None:
                    help="most keys waiting for the store while it is down")
     p.add_argument("--prune-interval", type=float, default=60.0,
                    help="seconds between purges of expired sessions from the store (0: never)")
+    p.add_argument("--retry-min", type=float, default=0.1, help="first pause between retries while the store fails")
+    p.add_argument("--retry-max", type=float, default=2.0, help="longest pause between retries (doubling)")
     p.add_argument("--close-timeout", type=float, default=10.0,
                    help="on SIGTERM, keep retrying queued writes this long")
     p.add_argument("--save-interval", type=float, default=1.0,
@@ -55,7 +56,7 @@ def _sidecar_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _hub_config(args: argparse.Namespace, **extra: Any) -> Any:
-    from memsession.hub import HubConfig
+    from ..hub import HubConfig
 
     return HubConfig(
         publish=args.publish, subscribe=args.subscribe, requests=args.requests,
@@ -77,13 +78,15 @@ def store_options(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _sidecar(args: argparse.Namespace) -> int:
+    from persist.url import open_store, redact, store_kind
+
     from .sidecar import Sidecar, SidecarConfig
-    from .url import open_store, redact, store_kind
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log = logging.getLogger("memsession.sidecar")
     config = SidecarConfig(
         flush_interval=args.flush_interval, batch_size=args.batch_size, queue_limit=args.queue_limit,
+        retry_min=args.retry_min, retry_max=args.retry_max,
         prune_interval=args.prune_interval or None, close_timeout=args.close_timeout,
         http=args.http, parent_pid=args.parent_pid,
         remove_runtime_dir=args.remove_runtime_dir, ack=None if args.no_ack else args.ack,
@@ -152,7 +155,8 @@ def format_status(stats: dict[str, Any], requests: str) -> str:
             (f"  last flush   {_age(persist.get('last_flush_age_s'))}; {persist.get('saved', 0)} records in "
              f"{persist.get('batches', 0)} batches, {persist.get('coalesced', 0)} coalesced"),
             (f"  errors       {persist.get('write_errors', 0)} write, {persist.get('purge_errors', 0)} purge, "
-             f"{persist.get('overflows', 0)} overflows, {persist.get('lost', 0)} lost"),
+             f"{persist.get('rejected', 0)} rejected, {persist.get('overflows', 0)} overflows, "
+             f"{persist.get('lost', 0)} lost"),
         ]
         clears, due = persist.get("clears", 0), persist.get("clear_due", 0)
         if clears or due:
@@ -166,8 +170,8 @@ def format_status(stats: dict[str, Any], requests: str) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from memsession.errors import BusError
-    from memsession.hub import query_stats
+    from ..errors import BusError
+    from ..hub import query_stats
 
     try:
         # Only the ROUTER is asked: --requests alone is enough (tcp, another host).
@@ -182,21 +186,6 @@ def _status(args: argparse.Namespace) -> int:
         print(format_status(stats, requests))
     persist = stats.get("persist")
     return 3 if isinstance(persist, dict) and persist.get("failing") else 0
-
-
-def wait_ready(requests: str, timeout: float, *, keys: str | None = None, insecure: bool = False) -> dict[str, Any]:
-    """Poll a hub's stats until it answers (``BusError`` after ``timeout``)."""
-    from memsession.errors import BusError
-    from memsession.hub import query_stats
-
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        try:
-            return query_stats(requests, keys=keys, insecure=insecure, timeout=max(0.05, min(0.5, left)))
-        except BusError:
-            if time.monotonic() >= deadline:
-                raise
 
 
 COMMANDS = [

@@ -4,25 +4,27 @@ Use it as the store of a write-through ``SessionCache``; the value still
 travels over the bus as usual, and ``set()`` / ``destroy()`` return only
 when the sidecar has written that version (or a newer one) to its store::
 
-    cache = SessionCache(bus=ZmqBus(runtime_dir=d), store=SidecarAckStore(runtime_dir=d),
-                         persistence=PersistConfig(mode="write_through"))
+    cache = SessionCache(bus=ZmqBus(runtime_dir=d),
+                         persistence=Persistence(SidecarAckStore(runtime_dir=d), mode="write_through"))
 
 ``SidecarAckStore.save`` first hands the records to the hub (a PUSH request,
 so they are queued for writing even if the bus dropped a message), then asks
 the sidecar's ack socket to answer once every one is durable. No answer within
 ``timeout`` raises ``StoreUnavailable``: the write-through caller sees the
-error, and the persistence layer keeps retrying the record.
+error, and the persistence layer keeps retrying the record. A record the
+sidecar's store refused raises ``StoreRejected``.
 
 Ack socket frames (DEALER -> sidecar ROUTER, one msgpack frame each way)::
 
     request  [rid, [[key, version, origin, accessed], ...], timeout_ms]
-    reply    [rid, [key, ...]]      keys not durable within timeout_ms; [] = all stored
+    reply    [rid, [key, ...], [key, ...]]   not durable within timeout_ms; refused by the store
 
-A wanted record is durable when the store took the same ``(version,
-origin)`` with an ``accessed`` at least as late, a newer version, or a
-tombstone of the key. ``AckBook`` is that bookkeeping without sockets;
-``serve_acks`` runs it in a sidecar thread, fed by the writer thread with
-what each successful batch stored.
+A wanted record is durable once the sidecar's write-behind queue holds
+nothing of its key and no rewrite is pending (``WriteQueue.settled``): the
+hub merged it before it answered the PUSH, so it was written, or something
+that supersedes it was. ``AckBook`` is the waiting without sockets;
+``serve_acks`` runs it in a sidecar thread, woken by the writer after every
+batch (a wake-up carries nothing: no summary of the batch is built).
 """
 
 from __future__ import annotations
@@ -31,41 +33,31 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
-from memsession.errors import BusError, ConfigError, StoreClosed, StoreError, StoreUnavailable
-from memsession.session import Record
+from persist.base import check_clear_version
+from persist.writer import Writer
 
-from .base import check_clear_version
+from ..errors import BusError, ConfigError, StoreClosed, StoreError, StoreRejected, StoreUnavailable
+from ..session import Record
 
 __all__ = ["AckBook", "SidecarAckStore", "default_ack_endpoint", "serve_acks"]
 
 log = logging.getLogger("memsession.ack")
 
-#: ``(version, origin, accessed, deleted)`` of what the store holds for a key.
-Stored = tuple[int, int, float, bool]
 Want = tuple[str, int, int, float]
+#: ``settled(key, version, origin)``: True stored, False not yet, None refused by the store.
+Settled = Callable[[str, int, int], "bool | None"]
+#: The longest wait a request may ask for.
+MAX_WAIT_MS = 60_000
 
 
 def default_ack_endpoint(runtime_dir: str) -> str:
     return f"ipc://{os.path.join(runtime_dir, 'ack.sock')}"
-
-
-def durable(stored: Stored | None, version: int, origin: int, accessed: float) -> bool:
-    """Whether what the store holds covers the wanted version."""
-    if stored is None:
-        return False
-    s_version, s_origin, s_accessed, s_deleted = stored
-    if s_deleted:
-        return True
-    return (s_version, s_origin) > (version, origin) or (
-        (s_version, s_origin) == (version, origin) and s_accessed >= accessed
-    )
 
 
 @dataclass
@@ -73,74 +65,57 @@ class _Waiter:
     ident: bytes
     rid: int
     deadline: float
-    missing: dict[str, Want] = field(default_factory=dict)
+    missing: list[Want] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
 
 
 class AckBook:
-    """Who waits for which key, and what the store holds (the newest ``capacity`` keys). No I/O, no lock."""
+    """Who waits for which records, checked against ``settled``. No I/O, no lock."""
 
-    def __init__(self, capacity: int = 1_000_000) -> None:
-        self.capacity = capacity
-        self.stored: OrderedDict[str, Stored] = OrderedDict()
-        self._by_key: dict[str, list[_Waiter]] = {}
+    def __init__(self) -> None:
         self._waiters: list[_Waiter] = []
-        self.counts = dict.fromkeys(("asked", "acked", "timed_out"), 0)
+        self.counts = dict.fromkeys(("asked", "acked", "refused", "timed_out"), 0)
 
-    def record_stored(self, items: Iterable[Sequence[Any]]) -> list[tuple[bytes, int]]:
-        """``[key, version, origin, accessed, deleted]`` items the store just took; returns waiters now done."""
-        done: list[tuple[bytes, int]] = []
-        for key, version, origin, accessed, deleted in items:
-            old = self.stored.get(key)
-            new = (version, origin, accessed, deleted)
-            if old is None or durable(new, old[0], old[1], old[2]):
-                self.stored[key] = new
-                self.stored.move_to_end(key)
-                if len(self.stored) > self.capacity:
-                    self.stored.popitem(last=False)
-            waiters = self._by_key.get(key)
-            if not waiters:
-                continue
-            current = self.stored[key]
-            for waiter in list(waiters):
-                want = waiter.missing.get(key)
-                if want is not None and durable(current, want[1], want[2], want[3]):
-                    del waiter.missing[key]
-                    waiters.remove(waiter)
-                    if not waiter.missing:
-                        done.append((waiter.ident, waiter.rid))
-                        self._waiters.remove(waiter)
-                        self.counts["acked"] += 1
-            if not waiters:
-                del self._by_key[key]
-        return done
+    @staticmethod
+    def _check(waiter: _Waiter, settled: Settled) -> bool:
+        """Drop what is settled now; True if nothing is missing any more."""
+        still = []
+        for want in waiter.missing:
+            verdict = settled(want[0], want[1], want[2])
+            if verdict is None:
+                waiter.refused.append(want[0])
+            elif not verdict:
+                still.append(want)
+        waiter.missing = still
+        return not still
 
-    def ask(self, ident: bytes, rid: int, wants: Sequence[Want], deadline: float) -> bool:
-        """Register a request; True if everything is already durable (answer now)."""
+    def ask(self, ident: bytes, rid: int, wants: Sequence[Want], deadline: float,
+            settled: Settled) -> tuple[bytes, int, list[str], list[str]] | None:
+        """Register a request; its reply if it can be answered now, else None (it waits)."""
         self.counts["asked"] += 1
-        waiter = _Waiter(ident, rid, deadline)
-        for want in wants:
-            if not durable(self.stored.get(want[0]), want[1], want[2], want[3]):
-                waiter.missing[want[0]] = want
-        if not waiter.missing:
-            self.counts["acked"] += 1
-            return True
+        waiter = _Waiter(ident, rid, deadline, list(wants))
+        if self._check(waiter, settled):
+            return self._answer(waiter)
         self._waiters.append(waiter)
-        for key in waiter.missing:
-            self._by_key.setdefault(key, []).append(waiter)
-        return False
+        return None
 
-    def expire(self, now: float) -> list[tuple[bytes, int, list[str]]]:
+    def recheck(self, settled: Settled) -> list[tuple[bytes, int, list[str], list[str]]]:
+        """After the store took something: the replies of waiters now answered."""
+        done = [w for w in self._waiters if self._check(w, settled)]
+        for waiter in done:
+            self._waiters.remove(waiter)
+        return [self._answer(w) for w in done]
+
+    def _answer(self, waiter: _Waiter) -> tuple[bytes, int, list[str], list[str]]:
+        self.counts["refused" if waiter.refused else "acked"] += 1
+        return waiter.ident, waiter.rid, [], sorted(waiter.refused)
+
+    def expire(self, now: float) -> list[tuple[bytes, int, list[str], list[str]]]:
         """Waiters past their deadline, with the keys that never became durable."""
         out = []
         for waiter in [w for w in self._waiters if w.deadline <= now]:
             self._waiters.remove(waiter)
-            for key in waiter.missing:
-                waiters = self._by_key.get(key)
-                if waiters is not None:
-                    waiters.remove(waiter)
-                    if not waiters:
-                        del self._by_key[key]
-            out.append((waiter.ident, waiter.rid, sorted(waiter.missing)))
+            out.append((waiter.ident, waiter.rid, sorted(w[0] for w in waiter.missing), sorted(waiter.refused)))
             self.counts["timed_out"] += 1
         return out
 
@@ -148,30 +123,43 @@ class AckBook:
         return len(self._waiters)
 
 
-def serve_acks(ctx: Any, endpoint: str, done_endpoint: str, stop: threading.Event, ready: threading.Event,
-               wake: threading.Event, secure: Any = None, book: AckBook | None = None,
-               errors: list[BaseException] | None = None) -> None:
-    """The sidecar's ack thread: answers ack requests as the writer reports stored batches."""
+def parse_request(payload: bytes) -> tuple[int, list[Want], float]:
+    """``(rid, wants, timeout in seconds)`` of an ack request; ``ValueError`` for anything malformed."""
+    try:
+        rid, wants, timeout_ms = msgpack.unpackb(payload, raw=False)
+        parsed = [(str(k), int(v), int(o), float(a)) for k, v, o, a in wants]
+        wait_ms = float(timeout_ms)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ValueError(f"malformed ack request: {exc}") from None
+    if type(rid) is not int or not 0 <= wait_ms <= MAX_WAIT_MS:
+        raise ValueError("malformed ack request: rid must be an int and timeout_ms in [0, 60000]")
+    return rid, parsed, wait_ms / 1000
+
+
+def serve_acks(ctx: Any, endpoint: str, wake_endpoint: str, stop: threading.Event, ready: threading.Event,
+               writer: Writer, secure: Any = None, errors: list[BaseException] | None = None) -> None:
+    """The sidecar's ack thread: answers ack requests as the writer reports batches stored."""
     import zmq
 
-    book = book or AckBook()
+    book = AckBook()
     router = ctx.socket(zmq.ROUTER)
-    done = ctx.socket(zmq.PULL)
+    wake = ctx.socket(zmq.PULL)
+    settled = writer.settled
     try:
         router.linger = 0
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if secure is not None:
             secure.server(router)
         router.bind(endpoint)
-        done.bind(done_endpoint)
+        wake.bind(wake_endpoint)
         ready.set()
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
-        poller.register(done, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
 
-        def reply(ident: bytes, rid: int, missing: list[str]) -> None:
+        def reply(ident: bytes, rid: int, missing: list[str], refused: list[str]) -> None:
             try:
-                router.send_multipart([ident, msgpack.packb([rid, missing])])
+                router.send_multipart([ident, msgpack.packb([rid, missing, refused])])
             except zmq.ZMQError as exc:
                 log.debug("ack not delivered: %s", exc)
 
@@ -184,26 +172,28 @@ def serve_acks(ctx: Any, endpoint: str, done_endpoint: str, stop: threading.Even
                     except zmq.Again:
                         break
                     try:
-                        ident, payload = frames
-                        rid, wants, timeout_ms = msgpack.unpackb(payload, raw=False)
-                        parsed = [(str(k), int(v), int(o), float(a)) for k, v, o, a in wants]
-                    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-                        log.warning("malformed ack request dropped: %s", exc)
+                        if len(frames) != 2:
+                            raise ValueError(f"malformed ack request: {len(frames)} frames")
+                        rid, wants, wait = parse_request(frames[1])
+                    except ValueError as exc:
+                        book.counts["malformed"] = book.counts.get("malformed", 0) + 1
+                        log.warning("%s; dropped", exc)
                         continue
-                    if book.ask(ident, rid, parsed, time.monotonic() + min(float(timeout_ms), 60_000) / 1000):
-                        reply(ident, rid, [])
+                    answer = book.ask(frames[0], rid, wants, time.monotonic() + wait, settled)
+                    if answer is not None:
+                        reply(*answer)
                     else:
-                        wake.set()  # write now rather than at the next flush interval
-            if done in events:
+                        writer.wake()  # write now rather than at the next flush interval
+            if wake in events:
                 while True:
                     try:
-                        items = msgpack.unpackb(done.recv(zmq.NOBLOCK), raw=False)
+                        wake.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    for ident, rid in book.record_stored(items):
-                        reply(ident, rid, [])
-            for ident, rid, missing in book.expire(time.monotonic()):
-                reply(ident, rid, missing)
+                for answer in book.recheck(settled):
+                    reply(*answer)
+            for answer in book.expire(time.monotonic()):
+                reply(*answer)
     except zmq.ZMQError as exc:
         if errors is not None:
             errors.append(exc)
@@ -212,7 +202,7 @@ def serve_acks(ctx: Any, endpoint: str, done_endpoint: str, stop: threading.Even
         ready.set()
     finally:
         router.close(linger=0)
-        done.close(linger=0)
+        wake.close(linger=0)
 
 
 class SidecarAckStore:
@@ -227,7 +217,7 @@ class SidecarAckStore:
 
     def __init__(self, runtime_dir: str | None = None, *, requests: str | None = None, ack: str | None = None,
                  keys: str | None = None, insecure: bool = False, timeout: float = 5.0) -> None:
-        from memsession.hub import HubConfig
+        from ..hub import HubConfig
 
         if runtime_dir is not None:
             requests = requests or HubConfig(runtime_dir=runtime_dir).endpoints()[2]
@@ -241,7 +231,7 @@ class SidecarAckStore:
         self.keys = keys
         self.insecure = insecure
         self.timeout = timeout
-        from memsession import security
+        from .. import security
 
         config = HubConfig(publish=requests, subscribe=requests, requests=requests, keys=keys, insecure=insecure)
         self._curve = security.client_policy(config, (requests, ack))
@@ -277,8 +267,8 @@ class SidecarAckStore:
         return sock
 
     def _hub(self, op: str, *fields: Any, until: str) -> list[Any]:
-        from memsession import wire
-        from memsession.errors import WireError
+        from .. import wire
+        from ..errors import WireError
 
         ctx, rid = self._context()
         sock = self._socket(ctx, self.requests)
@@ -302,7 +292,7 @@ class SidecarAckStore:
             sock.close(linger=0)
 
     def save(self, records: Sequence[Record]) -> int:
-        from memsession import wire
+        from .. import wire
 
         if not records:
             return 0
@@ -318,9 +308,12 @@ class SidecarAckStore:
                 if left <= 0 or not sock.poll(left * 1000):
                     raise StoreUnavailable(f"the sidecar at {self.ack} did not confirm in {self.timeout}s",
                                            store=self.name, op="save")
-                got_rid, missing = msgpack.unpackb(sock.recv(), raw=False)
+                got_rid, missing, refused = msgpack.unpackb(sock.recv(), raw=False)
                 if got_rid != rid:
                     continue
+                if refused:
+                    raise StoreRejected(f"the sidecar's store refused {len(refused)} records", keys=refused,
+                                        store=self.name, op="save")
                 if missing:
                     raise StoreUnavailable(f"the sidecar could not store {len(missing)} records in "
                                            f"{self.timeout}s (is its database down?)", store=self.name, op="save")
@@ -329,12 +322,12 @@ class SidecarAckStore:
             sock.close(linger=0)
 
     def load(self, key: str) -> Record | None:
-        from memsession import wire
+        from .. import wire
 
         return self._hub(wire.GET, key, until=wire.RECORD)[-1].body[0]  # type: ignore[no-any-return]
 
     def load_all(self, now: float) -> Iterator[Record]:
-        from memsession.hub import query_snapshot
+        from ..hub import query_snapshot
 
         try:
             records = query_snapshot(self.requests, keys=self.keys, insecure=self.insecure, timeout=self.timeout)
@@ -355,7 +348,7 @@ class SidecarAckStore:
         The sidecar's writer applies it to its store; how many rows that removes
         is not known here, so this returns 0.
         """
-        from memsession import wire
+        from .. import wire
 
         self._hub(wire.PUSH, [], check_clear_version(version, self.name), until=wire.ACK)
         return 0

@@ -1,0 +1,248 @@
+"""The write-behind queue: records waiting for the store, coalesced by key, bounded, without I/O.
+
+``WriteQueue`` is the pure half of the one write-behind engine (the runner,
+``persist.writer.Writer``, is the other): a worker's ``Persistence`` and the
+sidecar both queue through it. It has no lock, thread or clock; the runner
+serialises calls. Rules:
+
+* **Coalescing.** One entry per key: a record that ``supersedes`` the queued
+  one replaces it, so N updates of one session cost one write.
+* **In flight.** ``take`` moves a batch out of the queue into ``inflight``
+  until the runner reports it ``done`` or ``failed``; reads (``get``) see both.
+* **Order.** Batches come out oldest key first; a batch that failed goes back
+  in front, except the records something newer replaced meanwhile.
+* **Refused records.** Records the store refused as such (``StoreRejected``)
+  are never requeued: they are counted as ``rejected`` and remembered for a
+  while (``refused``), so one bad record can't hold back the ones behind it.
+* **Bound.** At most ``limit`` keys wait. When a new key would exceed it (the
+  store has been down a while) the queue *overflows*: live records are dropped
+  from it and counted as ``overflowed``; ``rewrite_due`` tells the runner to
+  write everything its owner holds in memory once the store is back. While a
+  rewrite is due or running, live records are not queued (``deferred``), since
+  the rewrite brings them. Tombstones are always kept (one that lapses in
+  memory before it reached the store would let the old session come back from
+  it); only if tombstones alone fill the queue is the oldest dropped (``lost``).
+* **Clear.** ``clear(version)`` drops queued live records at or below
+  ``version`` (``cleared_by``: the store's clear removes and refuses them
+  anyway) and remembers the highest clear the store has not taken yet
+  (``clear_due``), which the runner applies before the next batch. Queued
+  tombstones stay: a clear never ends a tombstone.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+from memsession.session import Record, cleared_by, supersedes
+from memsession.validate import check_int
+
+__all__ = ["WriteQueue"]
+
+#: How many refused keys are remembered (for acknowledgements and stats).
+_REFUSED_KEPT = 10_000
+
+
+class WriteQueue:
+    """Records waiting for the store, at most one per key and at most ``limit`` keys."""
+
+    def __init__(self, limit: int = 1_000_000) -> None:
+        check_int("queue_limit", limit)
+        self.limit = limit
+        self._pending: OrderedDict[str, Record] = OrderedDict()
+        #: Batches the runner is writing now, by key.
+        self.inflight: dict[str, Record] = {}
+        #: Set by an overflow until the runner starts rewriting; ``rewriting`` while it does.
+        self.rewrite_due = False
+        self.rewriting = False
+        #: The highest clear seen: nothing live at or below it is queued again.
+        self.cleared = 0
+        #: The highest clear the store confirmed.
+        self.store_cleared = 0
+        #: ``(version, origin)`` of records the store refused, newest last.
+        self.refused: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self.counts = dict.fromkeys(
+            ("queued", "coalesced", "stale", "overflows", "overflowed", "deferred", "lost",
+             "saved", "batches", "failed_batches", "rejected", "cleared"),
+            0,
+        )
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._pending
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing in flight."""
+        return not self._pending and not self.inflight
+
+    def get(self, key: str) -> Record | None:
+        """The newest record of ``key`` not yet stored (queued or in flight), unless a clear covers it."""
+        record = self._pending.get(key) or self.inflight.get(key)
+        return None if record is None or cleared_by(record, self.cleared) else record
+
+    def add(self, record: Record) -> bool:
+        """Queue ``record``; True if this call made the queue overflow (log it once)."""
+        if cleared_by(record, self.cleared):
+            self.counts["stale"] += 1
+            return False
+        key = record.key
+        pending = self._pending
+        old = pending.get(key)
+        if old is not None:
+            if supersedes(record, old):
+                pending[key] = record
+                self.counts["coalesced"] += 1
+            else:
+                self.counts["stale"] += 1
+            return False
+        if (self.rewrite_due or self.rewriting) and not record.deleted:
+            self.counts["deferred"] += 1
+            return False
+        overflowed = False
+        if len(pending) >= self.limit:
+            if not self.rewrite_due:
+                self._overflow()
+                overflowed = True
+                if not record.deleted:
+                    self.counts["deferred"] += 1
+                    return True
+            while len(pending) >= self.limit:
+                pending.popitem(last=False)
+                self.counts["lost"] += 1
+        pending[key] = record
+        self.counts["queued"] += 1
+        return overflowed
+
+    def _overflow(self) -> None:
+        live = [k for k, r in self._pending.items() if not r.deleted]
+        for key in live:
+            del self._pending[key]
+        self.rewrite_due = True
+        self.counts["overflows"] += 1
+        self.counts["overflowed"] += len(live)
+
+    def take(self, n: int) -> list[Record]:
+        """Move up to ``n`` records, oldest first, from the queue into flight."""
+        pending = self._pending
+        inflight = self.inflight
+        out: list[Record] = []
+        while pending and len(out) < n:
+            record = pending.popitem(last=False)[1]
+            inflight[record.key] = record
+            out.append(record)
+        return out
+
+    def _land(self, batch: Iterable[Record]) -> None:
+        inflight = self.inflight
+        for record in batch:
+            if inflight.get(record.key) is record:
+                del inflight[record.key]
+
+    def done(self, batch: list[Record], refused: Iterable[str] = ()) -> None:
+        """The store took ``batch`` except the records of ``refused`` keys, which it refused as such."""
+        self._land(batch)
+        rejected = self._refuse(batch, set(refused))
+        self.counts["saved"] += len(batch) - rejected
+        self.counts["batches"] += 1
+
+    def failed(self, batch: list[Record], refused: Iterable[str] = ()) -> None:
+        """Writing ``batch`` failed: requeue it in front, except what was refused or replaced meanwhile."""
+        self._land(batch)
+        refused = set(refused)
+        self._refuse(batch, refused)
+        self.counts["failed_batches"] += 1
+        pending = self._pending
+        for record in reversed(batch):
+            if record.key in refused or cleared_by(record, self.cleared):
+                continue
+            newer = pending.get(record.key)
+            if newer is not None and not supersedes(record, newer):
+                continue
+            if newer is None and len(pending) >= self.limit:
+                if not record.deleted:
+                    if not self.rewrite_due:
+                        self._overflow()
+                    self.counts["deferred"] += 1
+                else:
+                    self.counts["lost"] += 1
+                continue
+            pending[record.key] = record
+            pending.move_to_end(record.key, last=False)
+
+    def _refuse(self, batch: Iterable[Record], keys: set[str]) -> int:
+        if not keys:
+            return 0
+        count = 0
+        for record in batch:
+            if record.key in keys:
+                self.refused[record.key] = (record.version, record.origin)
+                self.refused.move_to_end(record.key)
+                count += 1
+        while len(self.refused) > _REFUSED_KEPT:
+            self.refused.popitem(last=False)
+        self.counts["rejected"] += count
+        return count
+
+    def rejected(self, records: Iterable[Record]) -> None:
+        """The store refused ``records`` outside a queued batch (a write-through save)."""
+        batch = list(records)
+        self._refuse(batch, {r.key for r in batch})
+
+    def settled(self, key: str, version: int, origin: int) -> bool | None:
+        """Whether a record of ``key`` at ``(version, origin)`` that went through this queue is settled.
+
+        True: the store holds it or something that supersedes it (nothing of
+        the key waits or is in flight, and no rewrite is due). False: not yet.
+        None: the store refused it. Only meaningful for a record that was
+        handed to ``add`` (or merged by the queue's owner) before the call.
+        """
+        if self.refused.get(key) == (version, origin):
+            return None
+        if key in self._pending or key in self.inflight:
+            return False
+        return not (self.rewrite_due or self.rewriting)
+
+    def clear(self, version: int) -> bool:
+        """A clear at ``version``: drop what it covers and owe the store that clear; True if it is new."""
+        if version <= self.cleared:
+            return False
+        pending = self._pending
+        covered = [k for k, r in pending.items() if cleared_by(r, version)]
+        for key in covered:
+            del pending[key]
+        self.counts["cleared"] += len(covered)
+        self.cleared = version
+        return True
+
+    @property
+    def clear_due(self) -> int:
+        """The highest clear watermark the store has not confirmed yet (0: none)."""
+        return self.cleared if self.cleared > self.store_cleared else 0
+
+    def clear_done(self, version: int) -> None:
+        """The store took the clear at ``version`` (a higher one may have arrived meanwhile)."""
+        self.store_cleared = max(self.store_cleared, version)
+
+    def start_rewrite(self) -> None:
+        """The runner starts writing everything held in memory."""
+        self.rewrite_due = False
+        self.rewriting = True
+
+    def end_rewrite(self, ok: bool) -> None:
+        """The rewrite finished (``ok``) or failed (it is due again)."""
+        self.rewriting = False
+        if not ok:
+            self.rewrite_due = True
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.counts)
+        out["depth"] = len(self._pending)
+        out["inflight"] = len(self.inflight)
+        out["limit"] = self.limit
+        out["rewrite_due"] = self.rewrite_due or self.rewriting
+        out["clear_due"] = self.clear_due
+        return out
