@@ -1,85 +1,7 @@
-"""The bus wire format, frame by frame (version 1). msgpack only; no pickle.
+"""Decoding bus frames, checking every size and field under ``Limits`` before trusting them.
 
-Every message is exactly two ZeroMQ frames::
-
-    frame 0  topic    4 bytes: b"ms1" + one op byte
-                      ("ms1" is the protocol name and version; a SUB may filter
-                      on it, and a frame of another version is rejected whole)
-    frame 1  payload  one msgpack array; its layout depends on the op
-
-Times travel as wall-clock seconds (float) except ``sent_us`` (int wall
-microseconds at publish, for lag measurement). ``version`` is the writer's
-hybrid-logical-clock int (as is a clear's watermark: at most ``2**63 - 1``,
-what every store can keep), ``rorigin`` the record's origin id (a touch or a
-hub relay republishes a record written by someone else, so it differs from
-the publisher's ``origin``). ``data`` is itself a msgpack ``bin`` holding the
-session's dict, so a receiver knows its serialized size without re-packing.
-
-Bus messages (PUB -> hub XSUB -> XPUB -> SUB). Every payload starts with the
-publisher's stream header ``origin, epoch, seq, sent_us``:
-
-    op  name       payload after the header
-    s   SET        key, version, rorigin, created, accessed, expires, data
-    d   DESTROY    key, version, rorigin, created, accessed, expires
-                   (a tombstone: ``expires`` is when the tombstone lapses)
-    t   TOUCH      key, version, rorigin, accessed, expires
-                   (same version, later access; receivers holding that exact
-                   version slide its expiry, others ignore it)
-    i   INVALIDATE key, version, rorigin, deleted
-                   (``invalidate`` mode: receivers drop any older copy and
-                   read through on next use)
-    c   CLEAR      version
-                   (every live session whose last write has a version at
-                   or below ``version`` is gone, everywhere; receivers keep
-                   it as a watermark and refuse live records at or below it;
-                   tombstones are untouched and always merged)
-    h   HEARTBEAT  (nothing; ``seq`` is the last data seq sent)
-    H   HUB BEAT   (nothing; ``origin`` is the hub id, ``epoch`` the hub's
-                   epoch: a new epoch means the hub restarted)
-    y   HELLO      nonce  (``seq`` 0; a joining process waits for its own
-                   hello to come back, proving its subscription is live)
-    r   RESYNC     target origin  (``seq`` 0; the hub saw a gap in that
-                   origin's stream and asks it to push its state)
-    b   BATCH      [[op, fields...], ...]
-                   (several data messages in one frame, numbered ``seq``,
-                   ``seq + 1``, ...; each item is a one-letter op from s d t i
-                   c followed by that op's fields. A publisher batches only
-                   what is already queued when it sends, so batching never
-                   delays a message; under load it saves a ZeroMQ message and
-                   a decode call per change on every hop.)
-
-s, d, t, i and c are data messages: each publisher numbers them 1, 2, 3... per
-``(origin, epoch)``; the epoch is random per bus start, so a restarted process
-starts a new stream. Subscribers track the last seq per origin; a jump is a gap.
-
-Requests (DEALER -> hub ROUTER) and replies (ROUTER -> DEALER), same two
-frames; ``rid`` is the requester's request id, echoed in every reply:
-
-    S  SNAPSHOT    rid
-    C  CHUNK       rid, [record, ...]          (0 or more, up to 1000 records)
-    E  END         rid, hub_epoch, vector, chunks, records, cleared
-                   ``vector`` is [[origin, epoch, seq], ...]: the last seq of
-                   every stream the hub had applied when it cut the snapshot;
-                   ``cleared`` the hub's clear watermark (0: never cleared)
-    G  GET         rid, key
-    R  RECORD      rid, record or nil
-    P  PUSH        rid, [record, ...], cleared (a worker hands the hub its state and clear
-                                                watermark; the hub relays on the bus whatever
-                                                changed its replica)
-    W  WRITE       rid, [record, ...]          (``invalidate`` mode: values go to the hub
-                                                here, acknowledged before the INVALIDATE is
-                                                published; not relayed)
-    A  ACK         rid, changed
-    Q  STATS       rid
-    T  STATS REPLY rid, {name: number or {name: number}}
-
-where ``record`` is ``[key, version, rorigin, created, accessed, expires,
-deleted, data]``.
-
-Decoding checks the topic, the frame count, every size limit (``Limits``) and
-every field's type before building anything. Whatever is wrong, the decoder
-raises ``WireError`` with a short ``reason``; receivers count and log it and
-carry on.
+The frames are documented one by one in ``memsession.wire.format``, whose last
+paragraph says what decoding checks and what it raises.
 """
 
 from __future__ import annotations
@@ -87,68 +9,51 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgpack
 
-from .errors import WireError
-from .session import MAX_VERSION, Record
+from ..errors import WireError
+from ..session import MAX_VERSION, Record
+from .format import (
+    _OPS,
+    _TOPICS,
+    ACK,
+    BATCH,
+    BUS_OPS,
+    CHUNK,
+    CLEAR,
+    DATA_OPS,
+    DESTROY,
+    END,
+    GET,
+    HEARTBEAT,
+    HELLO,
+    HUB_BEAT,
+    INVALIDATE,
+    PROTOCOL,
+    PUSH,
+    RECORD,
+    REPLY_OPS,
+    REQUEST_OPS,
+    SET,
+    SNAPSHOT,
+    STATS,
+    TOUCH,
+    WRITE,
+    Message,
+    Reply,
+)
 
 __all__ = [
-    "PROTOCOL",
+    "DEFAULT_LIMITS",
     "Limits",
-    "Message",
-    "Reply",
     "decode",
     "decode_reply",
-    "encode_batch",
-    "encode_clear",
-    "encode_destroy",
-    "encode_heartbeat",
-    "encode_hello",
-    "encode_invalidate",
-    "encode_message",
-    "encode_record_message",
-    "encode_request",
-    "encode_resync",
-    "encode_set",
-    "encode_touch",
     "is_own",
     "own_prefix",
     "record_from_list",
-    "record_to_list",
 ]
-
-PROTOCOL = b"ms1"
-
-SET = "s"
-DESTROY = "d"
-TOUCH = "t"
-INVALIDATE = "i"
-CLEAR = "c"
-HEARTBEAT = "h"
-HUB_BEAT = "H"
-HELLO = "y"
-RESYNC = "r"
-BATCH = "b"
-DATA_OPS = frozenset((SET, DESTROY, TOUCH, INVALIDATE, CLEAR))
-BUS_OPS = frozenset((SET, DESTROY, TOUCH, INVALIDATE, CLEAR, HEARTBEAT, HUB_BEAT, HELLO, RESYNC, BATCH))
-
-SNAPSHOT = "S"
-CHUNK = "C"
-END = "E"
-GET = "G"
-RECORD = "R"
-PUSH = "P"
-WRITE = "W"
-ACK = "A"
-STATS = "Q"
-STATS_REPLY = "T"
-REQUEST_OPS = frozenset((SNAPSHOT, GET, PUSH, WRITE, STATS))
-REPLY_OPS = frozenset((CHUNK, END, RECORD, ACK, STATS_REPLY))
-
-_TOPICS = {op: PROTOCOL + op.encode() for op in BUS_OPS | REQUEST_OPS | REPLY_OPS}
-_OPS = {topic: op for op, topic in _TOPICS.items()}
 
 _U64 = (1 << 64) - 1
 _I64_MIN = -(1 << 63)
@@ -172,125 +77,8 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
-
-class Message(NamedTuple):
-    """A decoded bus message. ``body`` depends on ``op`` (see the module docstring)."""
-
-    op: str
-    origin: int
-    epoch: int
-    seq: int
-    sent_us: int
-    body: Any
-
-
-class Reply(NamedTuple):
-    """A decoded request or reply from the DEALER/ROUTER channel."""
-
-    op: str
-    rid: int
-    body: tuple[Any, ...]
-
-
-# -- encoding ------------------------------------------------------------------
-
 _packb = msgpack.packb
 _unpackb = msgpack.unpackb
-
-
-def _pack_data(data: dict[str, Any]) -> bytes:
-    return _packb(data, use_bin_type=True)
-
-
-def record_to_list(record: Record) -> list[Any]:
-    return [
-        record.key,
-        record.version,
-        record.origin,
-        record.created,
-        record.accessed,
-        record.expires,
-        record.deleted,
-        _pack_data(record.data),
-    ]
-
-
-def set_fields(record: Record, packed: bytes | None = None) -> list[Any]:
-    """``packed``: ``record.data`` already serialized by the writer, if it has it."""
-    return [record.key, record.version, record.origin, record.created, record.accessed, record.expires,
-            _pack_data(record.data) if packed is None else packed]
-
-
-def destroy_fields(record: Record) -> list[Any]:
-    return [record.key, record.version, record.origin, record.created, record.accessed, record.expires]
-
-
-def touch_fields(record: Record) -> list[Any]:
-    return [record.key, record.version, record.origin, record.accessed, record.expires]
-
-
-def invalidate_fields(record: Record) -> list[Any]:
-    return [record.key, record.version, record.origin, record.deleted]
-
-
-def encode_message(op: str, origin: int, epoch: int, seq: int, sent_us: int, fields: list[Any]) -> list[bytes]:
-    """A bus message from its op and the fields after the header (``set_fields`` and friends)."""
-    return [_TOPICS[op], _packb([origin, epoch, seq, sent_us, *fields], use_bin_type=True)]
-
-
-def encode_set(record: Record, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
-    return encode_message(SET, origin, epoch, seq, sent_us, set_fields(record))
-
-
-def encode_destroy(record: Record, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
-    return encode_message(DESTROY, origin, epoch, seq, sent_us, destroy_fields(record))
-
-
-def encode_touch(record: Record, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
-    return encode_message(TOUCH, origin, epoch, seq, sent_us, touch_fields(record))
-
-
-def encode_invalidate(record: Record, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
-    return encode_message(INVALIDATE, origin, epoch, seq, sent_us, invalidate_fields(record))
-
-
-def encode_clear(version: int, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
-    return encode_message(CLEAR, origin, epoch, seq, sent_us, [version])
-
-
-def encode_batch(items: Sequence[tuple[str, list[Any]]], origin: int, epoch: int, seq: int,
-                 sent_us: int) -> list[bytes]:
-    """One BATCH message: ``items`` are ``(op, fields)`` numbered ``seq``, ``seq + 1``, ..."""
-    return encode_message(BATCH, origin, epoch, seq, sent_us, [[[op, *fields] for op, fields in items]])
-
-
-def encode_record_message(record: Record, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
-    """SET for a live record, DESTROY for a tombstone."""
-    if record.deleted:
-        return encode_destroy(record, origin, epoch, seq, sent_us)
-    return encode_set(record, origin, epoch, seq, sent_us)
-
-
-def encode_heartbeat(origin: int, epoch: int, seq: int, sent_us: int, *, hub: bool = False) -> list[bytes]:
-    return [_TOPICS[HUB_BEAT if hub else HEARTBEAT], _packb([origin, epoch, seq, sent_us])]
-
-
-def encode_hello(origin: int, epoch: int, nonce: int, sent_us: int) -> list[bytes]:
-    return [_TOPICS[HELLO], _packb([origin, epoch, 0, sent_us, nonce])]
-
-
-def encode_resync(origin: int, epoch: int, target: int, sent_us: int) -> list[bytes]:
-    return [_TOPICS[RESYNC], _packb([origin, epoch, 0, sent_us, target])]
-
-
-def encode_request(op: str, rid: int, *fields: Any) -> list[bytes]:
-    """A request or reply frame pair: ``op`` is one of S C E G R P W A Q T."""
-    if op not in REQUEST_OPS and op not in REPLY_OPS:
-        raise ValueError(f"not a request/reply op: {op!r}")
-    return [_TOPICS[op], _packb([rid, *fields], use_bin_type=True)]
-
-
-# -- decoding ------------------------------------------------------------------
 
 
 def own_prefix(origin: int, epoch: int) -> bytes:
@@ -309,7 +97,6 @@ def is_own(frames: Sequence[bytes], prefix: bytes) -> bool:
         return False
     payload = frames[1]
     return bool(payload) and payload[0] & 0xF0 == 0x90 and payload.startswith(prefix, 1)
-
 
 
 def _unpack(frame: bytes, limits: Limits) -> list[Any]:
@@ -492,7 +279,7 @@ def _batch_item(item: Any, limits: Limits) -> tuple[str, Any]:
 
 
 def _body(op: str, rest: list[Any], limits: Limits) -> Any:
-    """The decoded fields of one message after its header (see the table above)."""
+    """The decoded fields of one message after its header (see the table in ``format``)."""
     n = len(rest)
     if op == SET:
         if n != 7:

@@ -1,0 +1,117 @@
+"""The bus wire format: msgpack frames, versioned, no pickle.
+
+``format`` documents every frame one by one and names the ops and topics;
+``encode`` builds the frames; ``decode`` reads them back, checking sizes
+(``Limits``) and every field before it builds anything. Everything is
+re-exported here, so callers use ``wire.X`` whichever module ``X`` lives in.
+"""
+
+from __future__ import annotations
+
+from .decode import DEFAULT_LIMITS, Limits, decode, decode_reply, is_own, own_prefix, record_from_list
+from .encode import (
+    destroy_fields,
+    encode_batch,
+    encode_clear,
+    encode_destroy,
+    encode_heartbeat,
+    encode_hello,
+    encode_invalidate,
+    encode_message,
+    encode_record_message,
+    encode_request,
+    encode_resync,
+    encode_set,
+    encode_touch,
+    invalidate_fields,
+    record_to_list,
+    set_fields,
+    touch_fields,
+)
+
+# Private, but reachable as ``wire._TOPICS``: the hub spots snapshot requests by their topic frame
+# without decoding them.
+from .format import _TOPICS as _TOPICS
+from .format import (
+    ACK,
+    BATCH,
+    BUS_OPS,
+    CHUNK,
+    CLEAR,
+    DATA_OPS,
+    DESTROY,
+    END,
+    GET,
+    HEARTBEAT,
+    HELLO,
+    HUB_BEAT,
+    INVALIDATE,
+    PROTOCOL,
+    PUSH,
+    RECORD,
+    REPLY_OPS,
+    REQUEST_OPS,
+    RESYNC,
+    SET,
+    SNAPSHOT,
+    STATS,
+    STATS_REPLY,
+    TOUCH,
+    WRITE,
+    Message,
+    Reply,
+)
+
+__all__ = [
+    "ACK",
+    "BATCH",
+    "BUS_OPS",
+    "CHUNK",
+    "CLEAR",
+    "DATA_OPS",
+    "DEFAULT_LIMITS",
+    "DESTROY",
+    "END",
+    "GET",
+    "HEARTBEAT",
+    "HELLO",
+    "HUB_BEAT",
+    "INVALIDATE",
+    "PROTOCOL",
+    "PUSH",
+    "RECORD",
+    "REPLY_OPS",
+    "REQUEST_OPS",
+    "RESYNC",
+    "SET",
+    "SNAPSHOT",
+    "STATS",
+    "STATS_REPLY",
+    "TOUCH",
+    "WRITE",
+    "Limits",
+    "Message",
+    "Reply",
+    "decode",
+    "decode_reply",
+    "destroy_fields",
+    "encode_batch",
+    "encode_clear",
+    "encode_destroy",
+    "encode_heartbeat",
+    "encode_hello",
+    "encode_invalidate",
+    "encode_message",
+    "encode_record_message",
+    "encode_request",
+    "encode_resync",
+    "encode_set",
+    "encode_touch",
+    "invalidate_fields",
+    "is_own",
+    "own_prefix",
+    "record_from_list",
+    "record_to_list",
+    "set_fields",
+    "touch_fields",
+]

@@ -1,0 +1,142 @@
+"""Building bus frames: every message and request of the wire format.
+
+The frames themselves are documented one by one in ``memsession.wire.format``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+
+from ..session import Record
+from .format import (
+    _TOPICS,
+    BATCH,
+    CLEAR,
+    DESTROY,
+    HEARTBEAT,
+    HELLO,
+    HUB_BEAT,
+    INVALIDATE,
+    REPLY_OPS,
+    REQUEST_OPS,
+    RESYNC,
+    SET,
+    TOUCH,
+)
+
+__all__ = [
+    "destroy_fields",
+    "encode_batch",
+    "encode_clear",
+    "encode_destroy",
+    "encode_heartbeat",
+    "encode_hello",
+    "encode_invalidate",
+    "encode_message",
+    "encode_record_message",
+    "encode_request",
+    "encode_resync",
+    "encode_set",
+    "encode_touch",
+    "invalidate_fields",
+    "record_to_list",
+    "set_fields",
+    "touch_fields",
+]
+
+_packb = msgpack.packb
+
+
+def _pack_data(data: dict[str, Any]) -> bytes:
+    return _packb(data, use_bin_type=True)
+
+
+def record_to_list(record: Record) -> list[Any]:
+    return [
+        record.key,
+        record.version,
+        record.origin,
+        record.created,
+        record.accessed,
+        record.expires,
+        record.deleted,
+        _pack_data(record.data),
+    ]
+
+
+def set_fields(record: Record, packed: bytes | None = None) -> list[Any]:
+    """``packed``: ``record.data`` already serialized by the writer, if it has it."""
+    return [record.key, record.version, record.origin, record.created, record.accessed, record.expires,
+            _pack_data(record.data) if packed is None else packed]
+
+
+def destroy_fields(record: Record) -> list[Any]:
+    return [record.key, record.version, record.origin, record.created, record.accessed, record.expires]
+
+
+def touch_fields(record: Record) -> list[Any]:
+    return [record.key, record.version, record.origin, record.accessed, record.expires]
+
+
+def invalidate_fields(record: Record) -> list[Any]:
+    return [record.key, record.version, record.origin, record.deleted]
+
+
+def encode_message(op: str, origin: int, epoch: int, seq: int, sent_us: int, fields: list[Any]) -> list[bytes]:
+    """A bus message from its op and the fields after the header (``set_fields`` and friends)."""
+    return [_TOPICS[op], _packb([origin, epoch, seq, sent_us, *fields], use_bin_type=True)]
+
+
+def encode_set(record: Record, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
+    return encode_message(SET, origin, epoch, seq, sent_us, set_fields(record))
+
+
+def encode_destroy(record: Record, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
+    return encode_message(DESTROY, origin, epoch, seq, sent_us, destroy_fields(record))
+
+
+def encode_touch(record: Record, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
+    return encode_message(TOUCH, origin, epoch, seq, sent_us, touch_fields(record))
+
+
+def encode_invalidate(record: Record, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
+    return encode_message(INVALIDATE, origin, epoch, seq, sent_us, invalidate_fields(record))
+
+
+def encode_clear(version: int, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
+    return encode_message(CLEAR, origin, epoch, seq, sent_us, [version])
+
+
+def encode_batch(items: Sequence[tuple[str, list[Any]]], origin: int, epoch: int, seq: int,
+                 sent_us: int) -> list[bytes]:
+    """One BATCH message: ``items`` are ``(op, fields)`` numbered ``seq``, ``seq + 1``, ..."""
+    return encode_message(BATCH, origin, epoch, seq, sent_us, [[[op, *fields] for op, fields in items]])
+
+
+def encode_record_message(record: Record, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
+    """SET for a live record, DESTROY for a tombstone."""
+    if record.deleted:
+        return encode_destroy(record, origin, epoch, seq, sent_us)
+    return encode_set(record, origin, epoch, seq, sent_us)
+
+
+def encode_heartbeat(origin: int, epoch: int, seq: int, sent_us: int, *, hub: bool = False) -> list[bytes]:
+    return [_TOPICS[HUB_BEAT if hub else HEARTBEAT], _packb([origin, epoch, seq, sent_us])]
+
+
+def encode_hello(origin: int, epoch: int, nonce: int, sent_us: int) -> list[bytes]:
+    return [_TOPICS[HELLO], _packb([origin, epoch, 0, sent_us, nonce])]
+
+
+def encode_resync(origin: int, epoch: int, target: int, sent_us: int) -> list[bytes]:
+    return [_TOPICS[RESYNC], _packb([origin, epoch, 0, sent_us, target])]
+
+
+def encode_request(op: str, rid: int, *fields: Any) -> list[bytes]:
+    """A request or reply frame pair: ``op`` is one of S C E G R P W A Q T."""
+    if op not in REQUEST_OPS and op not in REPLY_OPS:
+        raise ValueError(f"not a request/reply op: {op!r}")
+    return [_TOPICS[op], _packb([rid, *fields], use_bin_type=True)]
