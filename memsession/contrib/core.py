@@ -18,24 +18,30 @@ A request's life, whatever the framework:
 
 Nothing is stored for a session that never held data, so cookie-less traffic
 can't flood the LRU.
+
+The pieces live in modules of their own and are re-exported here, so an
+integration imports from this one place: ``WebConfig`` in ``config``, the
+``Session`` dict and ``diff`` in ``session``, ``Cookie`` and the cookie
+headers in ``cookie``. This module keeps the ``SessionManager`` and the
+read-your-writes helpers.
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from ..clock import version_wall_ms
-from ..config import Config
 from ..cookies import CookieSigner
 from ..errors import ConfigError, SessionDestroyed, SignatureError
 from ..session import Record, SessionData, copy_data, new_id
 from ..session_cache import SessionCache
+from .config import WebConfig
+from .cookie import Cookie, parse_cookie_header, set_cookie_header
+from .session import Session, diff
 
 __all__ = [
     "Cookie", "Session", "SessionManager", "WebConfig", "catch_up", "current_record", "diff", "is_stale",
@@ -44,9 +50,6 @@ __all__ = [
 
 log = logging.getLogger("memsession.web")
 
-_SAMESITE = ("Lax", "Strict", "None")
-_TOKEN_BAD = frozenset(' \t\r\n"(),/:;<=>?@[\\]{}')
-_MISSING = object()
 #: A write older than this (seconds) is not waited for: the bus delivers in milliseconds.
 _RECENT_WRITE = 5.0
 
@@ -89,199 +92,7 @@ def catch_up(cache: SessionCache, sid: str, version: int, timeout: float) -> Rec
     return record
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WebConfig:
-    """Options of the web integrations, with their defaults.
-
-    Each integration translates its framework's settings (``app.config``,
-    Django settings, middleware arguments) into one of these once, at start.
-    """
-
-    #: Newest first; the first signs cookies, all of them verify (rotation).
-    secret_keys: tuple[str | bytes, ...] = ()
-    cookie_name: str = "session"
-    cookie_domain: str | None = None
-    cookie_path: str = "/"
-    cookie_secure: bool = False
-    cookie_httponly: bool = True
-    #: "Lax", "Strict", "None" (needs ``cookie_secure``) or None to omit.
-    cookie_samesite: str | None = "Lax"
-    #: CHIPS: a cookie partitioned by top-level site (needs ``cookie_secure``).
-    cookie_partitioned: bool = False
-    #: The cookie carries Max-Age/Expires from the session's expiry; False
-    #: makes it a browser-session cookie (the server still expires it).
-    permanent: bool = True
-    #: Re-send the cookie (with its later expiry) when a read slid the idle
-    #: timeout; touches are coalesced, so at most once per ``touch_interval``.
-    refresh_each_request: bool = True
-    #: Longest wait (seconds) for the user's last write to reach this process.
-    consistency_timeout: float = 0.1
-    #: Salt that separates cookie signatures from other uses of the secret.
-    salt: str = "memsession.cookie"
-
-    def __post_init__(self) -> None:
-        keys = self.secret_keys
-        if isinstance(keys, (str, bytes)):
-            object.__setattr__(self, "secret_keys", keys := (keys,))
-        else:
-            object.__setattr__(self, "secret_keys", keys := tuple(keys))
-        if not keys or not all(isinstance(k, (str, bytes)) and k for k in keys):
-            raise ConfigError("secret_keys", keys, "needs at least one non-empty secret (str or bytes)")
-        name = self.cookie_name
-        if not isinstance(name, str) or not name or not name.isascii() or _TOKEN_BAD.intersection(name):
-            raise ConfigError("cookie_name", name, "must be a non-empty cookie token")
-        if self.cookie_samesite is not None:
-            samesite = str(self.cookie_samesite).capitalize()
-            if samesite not in _SAMESITE:
-                raise ConfigError("cookie_samesite", self.cookie_samesite, "must be Lax, Strict, None or None")
-            if samesite == "None" and not self.cookie_secure:
-                raise ConfigError("cookie_samesite", self.cookie_samesite, "SameSite=None needs cookie_secure")
-            object.__setattr__(self, "cookie_samesite", samesite)
-        if self.cookie_partitioned and not self.cookie_secure:
-            raise ConfigError("cookie_partitioned", True, "a partitioned cookie needs cookie_secure")
-        t = self.consistency_timeout
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-            raise ConfigError("consistency_timeout", t, "must be a finite number >= 0")
-        if not isinstance(self.cookie_path, str) or not self.cookie_path.startswith("/"):
-            raise ConfigError("cookie_path", self.cookie_path, "must start with /")
-
-    @classmethod
-    def split_options(cls, options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Options for ``WebConfig`` and options for the cache ``Config``; unknown names fail."""
-        web_names = {f.name for f in fields(cls)}
-        cache_names = {f.name for f in fields(Config)}
-        web, cache = {}, {}
-        for name, value in options.items():
-            if name in web_names:
-                web[name] = value
-            elif name in cache_names:
-                cache[name] = value
-            else:
-                known = ", ".join(sorted(web_names | cache_names))
-                raise ConfigError(name, value, f"unknown option; known: {known}")
-        return web, cache
-
-
-class Cookie(NamedTuple):
-    """What the response does with the session cookie. ``value`` None: delete it."""
-
-    value: str | None
-    #: Wall time the session expires at (None: never); a permanent cookie carries it.
-    expires: float | None = None
-
-
 _DELETE = Cookie(None)
-
-
-def diff(base: Mapping[str, Any], data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """``(keys of data that differ from base, with their values, keys of base not in data)``.
-
-    Values are compared whole, so a nested mutation (``s["cart"].append(x)``)
-    counts as setting ``cart``.
-    """
-    changed = {}
-    for key, value in data.items():
-        old = base.get(key, _MISSING)
-        # type() guards against 1 == True == 1.0 hiding a change of type.
-        if old is _MISSING or type(old) is not type(value) or old != value:
-            changed[key] = value
-    removed = [key for key in base if key not in data]
-    return changed, removed
-
-
-class Session(dict):  # type: ignore[type-arg]
-    """The session as the application sees it: a dict plus a few attributes.
-
-    ``sid`` is None until the session is first stored. ``new`` says no cookie
-    brought it. ``modified`` is set by every dict mutation and may be set by
-    hand (as in Flask) to re-send the cookie; nested mutations are found at
-    save time anyway. ``regenerate()`` gives the session a new id at the end
-    of the request (do it at login), ``destroy()`` ends it.
-    """
-
-    def __init__(
-        self,
-        data: Mapping[str, Any] | None = None,
-        *,
-        sid: str | None = None,
-        version: int = 0,
-        base: Mapping[str, Any] | None = None,
-        had_cookie: bool = False,
-        refresh: bool = False,
-    ) -> None:
-        super().__init__(data or ())
-        self.sid = sid
-        self.version = version
-        self.new = sid is None
-        self.modified = False
-        self.accessed = had_cookie
-        self.had_cookie = had_cookie
-        # The data this request started from; compared at save to find its own changes.
-        self._base: Mapping[str, Any] = base if base is not None else {}
-        self._refresh = refresh
-        self._regenerate = False
-        self._destroy = False
-        self._cleared = False
-
-    # Every mutator marks the session modified, as Flask's and Django's sessions do.
-    def __setitem__(self, key: str, value: Any) -> None:
-        super().__setitem__(key, value)
-        self.modified = True
-
-    def __delitem__(self, key: str) -> None:
-        super().__delitem__(key)
-        self.modified = True
-
-    def pop(self, key: str, *default: Any) -> Any:
-        if key in self:
-            self.modified = True
-        return super().pop(key, *default)
-
-    def popitem(self) -> tuple[str, Any]:
-        item = super().popitem()
-        self.modified = True
-        return item
-
-    def setdefault(self, key: str, default: Any = None) -> Any:
-        if key not in self:
-            self.modified = True
-        return super().setdefault(key, default)
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        super().update(*args, **kwargs)
-        self.modified = True
-
-    def clear(self) -> None:
-        """Empty the session; saved as a replacement of the whole session, not a merge."""
-        super().clear()
-        self.modified = True
-        self._cleared = True
-
-    def __ior__(self, other: Any) -> Session:  # type: ignore[override,misc]
-        self.update(other)
-        return self
-
-    def regenerate(self) -> None:
-        """Move the data to a new id when saved; the old id is destroyed (do this at login)."""
-        self._regenerate = True
-        self.modified = True
-
-    def destroy(self) -> None:
-        """End the session: data gone here now, and everywhere once saved."""
-        super().clear()
-        self._destroy = True
-        self.modified = True
-
-    def changes(self) -> tuple[dict[str, Any], list[str]]:
-        """``(keys set with their values, keys deleted)`` since the request began."""
-        return diff(self._base, self)
-
-    def needs_write(self) -> bool:
-        """Whether saving will write to the cache (as opposed to only re-sending the cookie)."""
-        if self._destroy or self._regenerate or self._cleared:
-            return True
-        changed, removed = self.changes()
-        return bool(changed or removed)
 
 
 class SessionManager:
@@ -482,51 +293,10 @@ class SessionManager:
 
     def set_cookie_header(self, cookie: Cookie, *, permanent: bool | None = None) -> str:
         """The ``Set-Cookie`` header value for ``cookie``; ``permanent`` overrides the config."""
-        cfg = self.config
-        if permanent is None:
-            permanent = cfg.permanent
-        if cookie.value is None:
-            parts = [f"{cfg.cookie_name}=", "Max-Age=0", "Expires=Thu, 01 Jan 1970 00:00:00 GMT"]
-        else:
-            parts = [f"{cfg.cookie_name}={cookie.value}"]
-            if cookie.expires is not None and permanent:
-                max_age = max(0, round(cookie.expires - self.cache.clock.wall()))
-                parts.append(f"Max-Age={max_age}")
-                parts.append("Expires=" + email.utils.formatdate(cookie.expires, usegmt=True))
-        parts.append(f"Path={cfg.cookie_path}")
-        if cfg.cookie_domain:
-            parts.append(f"Domain={cfg.cookie_domain}")
-        if cfg.cookie_secure:
-            parts.append("Secure")
-        if cfg.cookie_httponly:
-            parts.append("HttpOnly")
-        if cfg.cookie_samesite:
-            parts.append(f"SameSite={cfg.cookie_samesite}")
-        if cfg.cookie_partitioned:
-            parts.append("Partitioned")
-        return "; ".join(parts)
+        return set_cookie_header(self.config, cookie, self.cache.clock.wall, permanent=permanent)
 
     def max_age(self, cookie: Cookie) -> int | None:
         """Seconds until ``cookie`` expires, for frameworks that take Max-Age."""
         if cookie.expires is None:
             return None
         return max(0, round(cookie.expires - self.cache.clock.wall()))
-
-
-def parse_cookie_header(header: str, name: str) -> list[str]:
-    """Every value of cookie ``name`` in a ``Cookie`` header, in order.
-
-    Browsers may send one name several times (different paths or domains);
-    callers try each and keep the first that verifies.
-    """
-    values: list[str] = []
-    if name not in header:
-        return values
-    for part in header.split(";"):
-        key, sep, value = part.partition("=")
-        if sep and key.strip() == name:
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] == '"':
-                value = value[1:-1]
-            values.append(value)
-    return values
