@@ -128,11 +128,6 @@ class Writer:
         with self.lock:
             self._add_locked(record)
 
-    def add_many(self, records: Iterable[Record]) -> None:
-        with self.lock:
-            for record in records:
-                self._add_locked(record)
-
     def _add_locked(self, record: Record) -> None:
         queue = self.queue
         if queue.add(record):
