@@ -211,6 +211,8 @@ class Replicator:
         self.last_hub_beat: float | None = None
         self.repair_due = False
         self.repair_reason = ""
+        #: True until the join snapshot is installed: what arrives before it, gaps included, it covers.
+        self.joining = True
         self.nonce = secrets.randbits(62)
         self.counts = dict.fromkeys(
             ("published", "queue_dropped", "received", "applied", "ignored", "duplicates",
@@ -369,11 +371,15 @@ class Replicator:
         return changed > 0
 
     def _gap(self, where: str) -> str:
+        if self.joining:
+            return SKIPPED  # a stream first seen mid-way before the join snapshot: it covers the rest
         self.counts["gaps"] += 1
         log.info("replication gap detected (%s); repairing", where)
         return self._need_repair("gap")
 
     def _need_repair(self, reason: str) -> str:
+        if self.joining:
+            return SKIPPED  # the join snapshot is still to come
         self.repair_due = True
         self.repair_reason = reason
         if reason == "gap":
@@ -426,6 +432,7 @@ class Replicator:
         The snapshot's clear watermark goes first: a clear we missed must not
         leave behind what it removed at the hub.
         """
+        self.joining = False
         changed = 0
         if cleared and self.cache.apply_clear(cleared):
             changed += 1

@@ -33,7 +33,7 @@ from .. import security, wire
 from ..clock import SYSTEM_CLOCK
 from ..errors import BusError, ConfigError, WireError
 from ..session import Record
-from .base import HELLO, REPAIR, RESYNC, BusConfig, Clear, ReplicaTarget, Replicator
+from .base import HELLO, RESYNC, BusConfig, Clear, ReplicaTarget, Replicator
 
 __all__ = ["ZmqBus"]
 
@@ -319,8 +319,6 @@ class ZmqBus:
                         hello_seen = True
                     elif verdict == RESYNC:
                         self._push_state(dealer)
-                    elif verdict == REPAIR and not self._joined.is_set():
-                        rep.repair_due = False  # the join snapshot covers it
         except zmq.ZMQError as exc:
             if not stop.is_set():
                 log.error("bus receiver stopped: %s", exc)
