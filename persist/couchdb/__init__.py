@@ -1,0 +1,20 @@
+"""The CouchDB adapter: sessions as CouchDB documents, over CouchDB 3's HTTP API with httpx.
+
+``CouchStore`` keeps one document per session (``store``), on top of the
+clear watermark's document and its sweep (``clear``) and the HTTP requests
+every part makes (``database``). ``CouchFollower`` (``follower``) follows the
+database's ``_changes`` feed and feeds other hosts' writes into a local
+SessionCache (``cache.apply``).
+"""
+
+from __future__ import annotations
+
+try:
+    import httpx  # noqa: F401  (checked here, before any part of the adapter needs it)
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError("CouchStore needs httpx: pip install 'memsession[couchdb]'") from exc
+
+from .follower import CouchFollower
+from .store import CouchStore
+
+__all__ = ["CouchFollower", "CouchStore"]

@@ -1,0 +1,229 @@
+"""CouchFollower: a CouchStore's ``_changes`` feed, handed record by record to a local cache.
+
+Every other host's write to the database reaches this process's memory
+(``on_record=cache.apply``), and a clear any host made reaches ``on_clear``.
+The feed is CouchDB's continuous one with heartbeats, read line by line with
+a size limit per line; any failure is logged and followed by a reconnect
+from the last sequence seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+
+from memsession.clock import SYSTEM_CLOCK, Clock
+from memsession.errors import ConfigError, StoreError, StoreUnavailable
+from memsession.session import Record
+
+from ..base import WATERMARK_KEY, cleared_by
+from .database import NAME
+from .store import CouchStore
+
+__all__ = ["CouchFollower"]
+
+log = logging.getLogger("memsession.persist")
+
+#: Version of the tombstones ``CouchFollower`` hands over for documents gone from CouchDB:
+#: below every real write (versions start above 0), so they never outrank a real tombstone.
+_EVICTION_VERSION = 0
+
+
+class CouchFollower:
+    """Follows a CouchStore's ``_changes`` feed and hands every change to ``on_record``.
+
+    The PouchDB session store's realtime synchronisation: run one per
+    process with ``on_record=cache.apply`` and sessions written by other
+    hosts reach this one's memory. Uses the continuous feed with heartbeats
+    (``heartbeat`` seconds); on any error it logs, waits (``retry_min`` up
+    to ``retry_max``) and reconnects from the last sequence it saw
+    (``since``, also readable while running). Starts at ``since="now"``:
+    what was written before is read through on demand.
+
+    Our tombstones (documents with ``"deleted": true``) are handed over
+    like any session, whatever their version: a cache takes them below its
+    clear watermark too. A change whose document was deleted at the CouchDB
+    level (purged, ``delete()``d, or a live session a clear swept) is handed
+    over as a tombstone that expires at once, so the session is evicted here
+    without blocking its id. Its ``(version, origin)`` is ``(0, 0)``, below
+    every real write: it removes any live copy (a tombstone beats every live
+    version) but never replaces a tombstone the cache holds, so a destroy the
+    cache kept through a clear keeps blocking a late live write. The clear
+    watermark's document is never handed over as a session: a watermark
+    that rose (in the feed, or read at each connect: clears made while not
+    following count too) goes once to ``on_clear`` (e.g. the cache's
+    ``apply_clear``), if given, as an int, and to ``watermark``; a live
+    document at or below it is not handed over. An exception from a
+    callback is logged and counted; the follower goes on.
+    """
+
+    def __init__(
+        self,
+        store: CouchStore,
+        on_record: Callable[[Record], Any],
+        *,
+        on_clear: Callable[[int], Any] | None = None,
+        since: str | int = "now",
+        heartbeat: float = 1.0,
+        retry_min: float = 0.1,
+        retry_max: float = 5.0,
+        max_line_bytes: int = 8 << 20,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if not heartbeat > 0:
+            raise ConfigError("heartbeat", heartbeat, "must be > 0 seconds")
+        self.store = store
+        self.on_record = on_record
+        self.on_clear = on_clear
+        #: The highest clear watermark seen (0: never cleared).
+        self.watermark = 0
+        self.since: str | int = since
+        self.heartbeat = heartbeat
+        self.retry_min = retry_min
+        self.retry_max = retry_max
+        self.max_line_bytes = max_line_bytes
+        self.clock = clock
+        self.counts = dict.fromkeys(
+            ("changes", "records", "deletions", "clears", "errors", "reconnects", "skipped"), 0
+        )
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> CouchFollower:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="memsession-couch-changes", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop following; returns within about ``heartbeat`` seconds. Idempotent."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> CouchFollower:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        backoff = self.retry_min
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._follow()
+                    backoff = self.retry_min
+                except Exception as exc:
+                    self.connected.clear()
+                    if self._stop.is_set():
+                        break
+                    self.counts["errors"] += 1
+                    log.warning(
+                        "following CouchDB changes failed (%s: %s); reconnecting in %.1fs",
+                        type(exc).__name__,
+                        exc,
+                        backoff,
+                    )
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, self.retry_max)
+                else:
+                    self.counts["reconnects"] += 1
+        finally:
+            self.connected.clear()
+
+    def _follow(self) -> None:
+        params: dict[str, str | int] = {
+            "feed": "continuous",
+            "include_docs": "true",
+            "heartbeat": int(self.heartbeat * 1000),
+            "since": self.since,
+        }
+        # Identity: gzip-encoded continuous feeds stall on some servers.
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
+        # The store's client (thread-safe); the read timeout only has to outlast a heartbeat.
+        timeout = httpx.Timeout(10.0, read=self.heartbeat * 5 + 5)
+        # Clears made while the feed was not followed (before ``since``) count too.
+        self._see_watermark(self.store._watermark("changes"))
+        client = self.store.client
+        with client.stream("GET", "_changes", params=params, headers=headers, timeout=timeout) as response:
+            if response.status_code != 200:
+                response.read()
+                raise StoreUnavailable(f"_changes answered HTTP {response.status_code}", store=NAME, op="changes")
+            self.connected.set()
+            buffer = b""
+            for chunk in response.iter_bytes():
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip() and not self._handle(orjson.loads(line)):
+                        return
+                if len(buffer) > self.max_line_bytes:
+                    raise StoreError(f"_changes line over {self.max_line_bytes} bytes", store=NAME, op="changes")
+                if self._stop.is_set():
+                    return
+
+    def _handle(self, change: Any) -> bool:
+        """Apply one line of the feed; False when the feed says it ended."""
+        if not isinstance(change, dict):
+            return True
+        if "last_seq" in change and "id" not in change:
+            self.since = change["last_seq"]
+            return False
+        doc_id = change.get("id", "")
+        seq = change.get("seq", self.since)
+        self.counts["changes"] += 1
+        if doc_id == WATERMARK_KEY and not change.get("deleted"):
+            try:
+                self._see_watermark(self.store._watermark_of(change.get("doc"), "changes"))
+            except StoreError:
+                self.counts["errors"] += 1
+                log.exception("an unreadable clear watermark in the CouchDB feed; going on")
+            self.since = seq
+            return True
+        if not isinstance(doc_id, str) or not doc_id.startswith(self.store.prefix):
+            self.since = seq
+            self.counts["skipped"] += 1
+            return True
+        try:
+            if change.get("deleted"):
+                now = self.clock.wall()
+                key = doc_id[len(self.store.prefix) :]
+                self.on_record(Record(key, {}, _EVICTION_VERSION, 0, now, now, now, True))
+                self.counts["deletions"] += 1
+            else:
+                record = self.store._record(change.get("doc"))
+                if cleared_by(record, self.watermark):
+                    self.counts["skipped"] += 1  # a late write the clear covers: stores ignore it too
+                else:
+                    self.on_record(record)
+                    self.counts["records"] += 1
+        except Exception:
+            self.counts["errors"] += 1
+            log.exception("applying a CouchDB change failed; going on")
+        self.since = seq
+        return True
+
+    def _see_watermark(self, version: int) -> None:
+        """A clear watermark read from the feed or at connect: hand it on once, when it rises.
+
+        The watermark document changes twice per clear (raised, then swept);
+        only the rise is a new clear.
+        """
+        if version <= self.watermark:
+            return
+        self.watermark = version
+        self.counts["clears"] += 1
+        if self.on_clear is None:
+            return
+        try:
+            self.on_clear(version)
+        except Exception:
+            self.counts["errors"] += 1
+            log.exception("applying a CouchDB clear failed; going on")

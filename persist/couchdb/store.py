@@ -1,0 +1,363 @@
+"""CouchStore: one CouchDB document per session, over CouchDB 3's HTTP API with httpx.
+
+A session document::
+
+    {"_id": "<prefix><key>", "_rev": "...", "type": "memsession",
+     "data": {...},            encode_data with safe_ints: exact through JavaScript servers too
+     "version": "<decimal>",   64-bit ints as strings: JSON numbers may be doubles
+     "origin": "<decimal>",
+     "created": 1763900000.123, "accessed": ..., "expires": ...,   wall seconds;
+                                                  no "expires" when it never expires
+     "deleted": false}         our tombstone (a live CouchDB document)
+
+``save`` reads the current revisions of a batch (``_all_docs``), writes the
+records that ``supersede`` what is stored with ``_bulk_docs``, and on a
+``_rev`` conflict (another writer got there first) reads and decides again,
+so the newer version always ends up stored. A Mango index on ``expires``
+serves ``purge``. HTTP is ``persist.couchdb.database``'s; the clear watermark
+and ``clear`` are ``persist.couchdb.clear``'s.
+
+``save`` reads the watermark in the same ``_all_docs`` request as the
+revisions it decides on, and once more after writing: if a clear raised it
+meanwhile, the save deletes the live sessions it wrote at or below it. Either
+that second read sees the new watermark, or the write happened before the
+watermark rose and so before the clear's scan, which deletes it. A cleared
+document that exists for a moment is never returned: ``load`` and
+``load_all`` compare with the watermark too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import httpx
+import orjson
+
+from memsession.errors import ConfigError, StoreError, StoreRejected, StoreUnavailable
+from memsession.session import Record
+
+from ..base import (
+    MAX_VERSION,
+    WATERMARK_KEY,
+    check_open,
+    cleared_by,
+    coalesce,
+    decode_data,
+    jsonable_data,
+    make_record,
+    supersedes,
+)
+from .clear import ClearableDatabase
+from .database import NAME
+
+__all__ = ["CouchStore"]
+
+log = logging.getLogger("memsession.persist")
+
+_DDOC = "memsession"
+_INDEX = "expires"
+
+
+class CouchStore(ClearableDatabase):
+    """Sessions in a CouchDB database (session-pouchdb-store's counterpart).
+
+    Pass ``url`` (the database's URL, ``http[s]://[user:password@]host:5984/db``)
+    or ``client``, an ``httpx.Client`` whose ``base_url`` is the database and
+    which carries your auth, TLS and proxy settings (you close it). With
+    ``create=True`` the database and the ``expires`` index are created if
+    missing. ``prefix`` is put before every key to make the document id
+    (CouchDB reserves ids that start with ``_``; the watermark's id,
+    ``memsession:cleared``, must not start with it). ``max_response_bytes``
+    bounds every response read; ``page_size`` the documents per request;
+    ``conflict_retries`` how often a batch is re-read after ``_rev`` conflicts.
+    """
+
+    name = NAME
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: httpx.Client | None = None,
+        create: bool = True,
+        prefix: str = "s:",
+        timeout: float = 10.0,
+        page_size: int = 1000,
+        purge_batch: int = 1000,
+        conflict_retries: int = 10,
+        max_response_bytes: int = 64 << 20,
+        verify: bool | str = True,
+        trust_env: bool = True,
+    ) -> None:
+        if (url is None) == (client is None):
+            raise ConfigError("url", url, "pass exactly one of url and client")
+        if not isinstance(prefix, str) or not prefix or prefix.startswith("_"):
+            raise ConfigError("prefix", prefix, "must be a non-empty string not starting with '_'")
+        if WATERMARK_KEY.startswith(prefix):
+            raise ConfigError("prefix", prefix, f"must not be the start of {WATERMARK_KEY!r}, the watermark's id")
+        for option, value in (
+            ("page_size", page_size),
+            ("purge_batch", purge_batch),
+            ("conflict_retries", conflict_retries),
+            ("max_response_bytes", max_response_bytes),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(option, value, "must be an int >= 1")
+        self.prefix = prefix
+        self.page_size = page_size
+        self.purge_batch = purge_batch
+        self.conflict_retries = conflict_retries
+        super().__init__(
+            url,
+            client,
+            timeout=timeout,
+            max_response_bytes=max_response_bytes,
+            verify=verify,
+            trust_env=trust_env,
+        )
+        if create:
+            try:
+                self.create()
+            except BaseException:
+                self.close()
+                raise
+
+    def __repr__(self) -> str:
+        return f"CouchStore({self.url!r})"
+
+    def create(self) -> None:
+        """Create the database and the Mango index on ``expires`` if missing.
+
+        Looks before it writes, so a user who may use but not create an
+        existing database (a member, not an admin) passes.
+        """
+        status, _ = self._request("create", "GET", "", ok=(200, 404))
+        if status == 404:
+            self._request("create", "PUT", "", ok=(201, 202, 412))
+        _, listing = self._request("create", "GET", "_index")
+        for index in listing.get("indexes", ()) if isinstance(listing, dict) else ():
+            if index.get("ddoc") == f"_design/{_DDOC}" and index.get("name") == _INDEX:
+                return
+        self._request(
+            "create",
+            "POST",
+            "_index",
+            body={"index": {"fields": [_INDEX]}, "name": _INDEX, "ddoc": _DDOC, "type": "json"},
+        )
+
+    # -- documents -------------------------------------------------------------------
+
+    def doc_id(self, key: str) -> str:
+        return self.prefix + key
+
+    def _doc(self, record: Record) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "_id": self.prefix + record.key,
+            "type": "memsession",
+            "data": jsonable_data(record.data, record.flat, safe_ints=True),
+            "version": str(record.version),
+            "origin": str(record.origin),
+            "created": record.created,
+            "accessed": record.accessed,
+            "deleted": record.deleted,
+        }
+        if record.expires != float("inf"):
+            doc["expires"] = record.expires
+        return doc
+
+    def _record(self, doc: Any) -> Record:
+        try:
+            doc_id = doc["_id"]
+            if not doc_id.startswith(self.prefix):
+                raise ValueError(f"the id lacks the prefix {self.prefix!r}")
+            version, origin = doc["version"], doc["origin"]
+            if type(version) is not str or type(origin) is not str:
+                raise ValueError("version and origin must be decimal strings")
+            return make_record(
+                doc_id[len(self.prefix) :],
+                decode_data(doc["data"]),
+                int(version),
+                int(origin),
+                doc["created"],
+                doc["accessed"],
+                doc.get("expires"),
+                doc.get("deleted", False),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # No id in the message: session ids must not reach logs.
+            raise StoreError(f"a CouchDB document is not a session: {exc}", store=NAME, op="load") from exc
+
+    # -- the Store protocol ----------------------------------------------------------
+
+    def load(self, key: str) -> Record | None:
+        # One request for the document and the watermark: as cheap as a GET.
+        doc_id = self.prefix + key
+        current = self._current("load", [doc_id, WATERMARK_KEY], include_docs=True)
+        row = current.get(doc_id)
+        if row is None:
+            return None
+        record = self._record(row["doc"])
+        mark = current.get(WATERMARK_KEY)
+        if mark is not None and cleared_by(record, self._watermark_of(mark["doc"], "load")):
+            return None
+        return record
+
+    def load_all(self, now: float) -> Iterator[Record]:
+        check_open(self._closed, NAME, "load_all")
+        return self._pages(now)
+
+    def _pages(self, now: float) -> Iterator[Record]:
+        watermark = self._watermark("load_all")
+        start = orjson.dumps(self.prefix).decode()
+        end = orjson.dumps(self.prefix + "\ufff0").decode()
+        skip = 0
+        while True:
+            params = {
+                "include_docs": "true",
+                "startkey": start,
+                "endkey": end,
+                "limit": self.page_size,
+                "skip": skip,
+            }
+            _, payload = self._request("load_all", "GET", "_all_docs", params=params)
+            rows = payload.get("rows", [])
+            for row in rows:
+                record = self._record(row["doc"])
+                if record.expires > now and not cleared_by(record, watermark):
+                    yield record
+            if len(rows) < self.page_size:
+                return
+            start = orjson.dumps(rows[-1]["id"]).decode()
+            skip = 1
+
+    def save(self, records: Sequence[Record]) -> int:
+        check_open(self._closed, NAME, "save")
+        batch = list(coalesce(records).values())
+        written: dict[str, tuple[str, Record]] = {}
+        refused: list[str] = []
+        floor = MAX_VERSION
+        for begin in range(0, len(batch), self.page_size):
+            floor = min(floor, self._save_page(batch[begin : begin + self.page_size], refused, written))
+        if written:
+            self._undo_cleared(written, floor)
+        if refused:
+            raise StoreRejected(
+                f"CouchDB refused {len(refused)} of {len(batch)} documents (wrote {len(written)})",
+                keys=refused,
+                store=NAME,
+                op="save",
+            )
+        return len(written)
+
+    def _undo_cleared(self, written: dict[str, tuple[str, Record]], floor: int) -> None:
+        """Delete the live records this save wrote at or below a watermark raised since it decided.
+
+        See the module docstring; tombstones are never taken back. Costs one
+        more GET per save: reads would hide such a record anyway, but without
+        this it would sit in the database (and in CouchDB replicas) until purged.
+        """
+        watermark = self._watermark("save")
+        if watermark <= floor:
+            return
+        late = {doc_id: rev for doc_id, (rev, record) in written.items() if cleared_by(record, watermark)}
+        # A conflict means a newer write replaced ours; whoever made it checks in turn.
+        self._remove("save", late)
+        for doc_id in late:
+            del written[doc_id]
+
+    def _save_page(self, page: list[Record], refused: list[str], written: dict[str, tuple[str, Record]]) -> int:
+        """Write one page; return the lowest watermark it decided by.
+
+        What it wrote goes to ``written`` (doc id to new revision and record),
+        documents the server refuses (not conflicts) to ``refused``.
+        """
+        remaining = {self.prefix + r.key: r for r in page}
+        floor = MAX_VERSION
+        for _ in range(self.conflict_retries):
+            current = self._current("save", [*remaining, WATERMARK_KEY], include_docs=True)
+            mark = current.pop(WATERMARK_KEY, None)
+            watermark = 0 if mark is None else self._watermark_of(mark["doc"], "save")
+            floor = min(floor, watermark)
+            docs = []
+            for doc_id, record in list(remaining.items()):
+                if cleared_by(record, watermark):
+                    del remaining[doc_id]
+                    continue
+                row = current.get(doc_id)
+                if row is not None and not supersedes(record, self._record(row["doc"])):
+                    del remaining[doc_id]
+                    continue
+                doc = self._doc(record)
+                if row is not None:
+                    doc["_rev"] = row["value"]["rev"]
+                docs.append(doc)
+            if not docs:
+                return floor
+            _, results = self._request("save", "POST", "_bulk_docs", body={"docs": docs})
+            for result in results:
+                doc_id = result.get("id")
+                if result.get("ok"):
+                    done = remaining.pop(doc_id, None)
+                    if done is not None:
+                        written[doc_id] = (result.get("rev"), done)
+                elif result.get("error") != "conflict":
+                    unwritten = remaining.pop(doc_id, None)
+                    if unwritten is None:
+                        raise StoreError(f"CouchDB save: result for an unknown document ({result.get('error')})",
+                                         store=NAME, op="save")
+                    log.warning("CouchDB refused a session document: %s %s", result.get("error"),
+                                result.get("reason", ""))
+                    refused.append(unwritten.key)
+            if not remaining:
+                return floor
+        raise StoreUnavailable(
+            f"CouchDB save: {len(remaining)} documents still conflicting after {self.conflict_retries} tries",
+            store=NAME,
+            op="save",
+        )
+
+    def delete(self, keys: Iterable[str]) -> int:
+        check_open(self._closed, NAME, "delete")
+        ids = list(dict.fromkeys(self.prefix + k for k in keys))
+        removed = 0
+        for begin in range(0, len(ids), self.page_size):
+            page = ids[begin : begin + self.page_size]
+            for _ in range(self.conflict_retries):
+                current = self._current("delete", page, include_docs=False)
+                if not current:
+                    break
+                revs = {doc_id: row["value"]["rev"] for doc_id, row in current.items()}
+                done = self._remove("delete", revs)
+                removed += done
+                if done == len(revs):
+                    break
+                page = list(revs)
+        return removed
+
+    def purge(self, now: float) -> int:
+        """Delete expired documents found through the ``expires`` index, ``purge_batch`` at a time.
+
+        A document updated between the query and the delete (a conflict) is
+        left for the next purge.
+        """
+        check_open(self._closed, NAME, "purge")
+        total = 0
+        while True:
+            _, payload = self._request(
+                "purge",
+                "POST",
+                "_find",
+                body={
+                    "selector": {_INDEX: {"$gte": 0, "$lte": now}},
+                    "fields": ["_id", "_rev"],
+                    "limit": self.purge_batch,
+                    "use_index": [_DDOC, _INDEX],
+                },
+            )
+            docs = [d for d in payload.get("docs", ()) if d.get("_id", "").startswith(self.prefix)]
+            removed = self._remove("purge", {d["_id"]: d["_rev"] for d in docs})
+            total += removed
+            if len(payload.get("docs", ())) < self.purge_batch or removed == 0:
+                return total

@@ -1,0 +1,315 @@
+"""PostgresStore: one row per session in PostgreSQL, via psycopg 3 and a connection pool.
+
+The table and its DDL are ``persist.postgres.table``'s; the statements, with
+the version guard (``persist.base.supersedes``) and the clear watermark in
+SQL, ``persist.postgres.statements``'s. Every operation is idempotent, so one
+that fails on a connection broken by a server restart is retried on the next
+pooled connection; if the server stays down the call raises
+``StoreUnavailable`` and the caller's queue keeps the write.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import orjson
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from memsession.errors import ConfigError, StoreError, StoreRejected, StoreUnavailable
+from memsession.session import Record
+
+from ..base import (
+    check_clear_version,
+    check_open,
+    coalesce,
+    decode_data,
+    encode_data,
+    make_record,
+    record_to_dict,
+)
+from .statements import statements_for
+from .table import TableNames, ddl_statements
+
+__all__ = ["PostgresStore"]
+
+log = logging.getLogger("memsession.persist")
+
+_NAME = "postgres"
+T = TypeVar("T")
+
+
+def _reason(exc: psycopg.Error) -> str:
+    """The error's primary message: its DETAIL may quote a whole row, session data included."""
+    diag = getattr(exc, "diag", None)
+    primary = diag.message_primary if diag is not None else None
+    return primary or str(exc).split("\n", 1)[0]
+
+
+class PostgresStore:
+    """Sessions in a PostgreSQL table (connect-pg-simple / express-pg-session's counterpart).
+
+    Connection: ``pool`` (a ``psycopg_pool.ConnectionPool`` you own and
+    close; its connections must be in autocommit mode), else ``conninfo`` (a
+    URL or key=value string), else the ``DATABASE_URL`` environment variable.
+    The store makes its own pool (``min_size``/``max_size``) for a conninfo and
+    closes it on ``close()``; it waits up to ``connect_timeout`` seconds at
+    start and raises ``StoreUnavailable`` if the server can't be reached.
+
+    ``schema``/``table``/``columns`` name the table (connect-pg-simple's
+    schemaName/tableName); ``create_table=True`` creates schema, table and
+    index if missing (connect-pg-simple's createTableIfMissing).
+    ``purge_batch`` bounds how many rows one purge statement deletes.
+    ``timeout`` bounds the wait for a pooled connection per operation and
+    ``statement_timeout`` (seconds, None: the server's setting) every
+    statement on the store's own connections, so a stuck server can't stall
+    the writer forever.
+    """
+
+    name = _NAME
+
+    def __init__(
+        self,
+        conninfo: str | None = None,
+        *,
+        pool: ConnectionPool | None = None,
+        schema: str | None = None,
+        table: str = "memsession",
+        columns: Mapping[str, str] | None = None,
+        create_table: bool = False,
+        min_size: int = 1,
+        max_size: int = 4,
+        connect_timeout: float = 10.0,
+        timeout: float = 5.0,
+        statement_timeout: float | None = 30.0,
+        page_size: int = 1000,
+        purge_batch: int = 1000,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.names = TableNames.build(schema, table, columns)
+        for option, value in (("page_size", page_size), ("purge_batch", purge_batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(option, value, "must be an int >= 1")
+        self.page_size = page_size
+        self.purge_batch = purge_batch
+        self._closed = False
+        self._owns_pool = pool is None
+        if pool is None:
+            if conninfo is None:
+                conninfo = (os.environ if environ is None else environ).get("DATABASE_URL")
+            if not conninfo:
+                raise ConfigError("conninfo", None, "pass conninfo or pool, or set DATABASE_URL")
+            configure = None
+            if statement_timeout is not None:
+                milliseconds = max(1, int(statement_timeout * 1000))
+
+                def configure(conn: psycopg.Connection[Any]) -> None:
+                    conn.execute(f"SET statement_timeout = {milliseconds}")
+
+            pool = ConnectionPool(
+                conninfo,
+                min_size=min_size,
+                max_size=max_size,
+                kwargs={"autocommit": True},
+                configure=configure,
+                timeout=timeout,
+                name="memsession",
+                open=False,
+            )
+            try:
+                pool.open(wait=True, timeout=connect_timeout)
+            except PoolTimeout as exc:
+                pool.close()
+                raise StoreUnavailable(
+                    f"PostgreSQL not reachable within {connect_timeout}s", store=_NAME, op="connect"
+                ) from exc
+        self.pool = pool
+        self._sql = statements_for(self.names)
+        if create_table:
+            try:
+                self.create_table()
+            except BaseException:
+                self.close()
+                raise
+
+    def __repr__(self) -> str:
+        return f"PostgresStore(table={self.names.table!r}, schema={self.names.schema!r})"
+
+    def _run(self, op: str, work: Callable[[psycopg.Connection[Any]], T], keys: list[str] | None = None) -> T:
+        """Run ``work`` on a pooled connection; on a broken one, again on the next.
+
+        Connections are not checked before use (that would cost a round trip
+        per operation); after a server restart each pooled connection fails
+        once, the pool discards it, and the operation (idempotent) is retried:
+        at most ``max_size`` + 1 attempts, so a restart costs no error.
+        """
+        check_open(self._closed, _NAME, op)
+        attempts = self.pool.max_size + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.pool.connection() as conn:
+                    return work(conn)
+            except PoolTimeout as exc:
+                raise StoreUnavailable(f"no PostgreSQL connection available for {op}", store=_NAME, op=op) from exc
+            except psycopg.OperationalError as exc:
+                if attempt < attempts and not self._closed:
+                    log.info("PostgreSQL %s failed on a broken connection; retrying on another", op)
+                    continue
+                raise StoreUnavailable(f"PostgreSQL {op} failed: {_reason(exc)}", store=_NAME, op=op) from exc
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                # The rows themselves were refused (a constraint, a value): retrying won't help.
+                raise StoreRejected(
+                    f"PostgreSQL refused the {op}: {_reason(exc)}", keys=keys, store=_NAME, op=op
+                ) from exc
+            except psycopg.Error as exc:
+                raise StoreError(f"PostgreSQL {op} failed: {_reason(exc)}", store=_NAME, op=op) from exc
+        raise AssertionError("unreachable")
+
+    def create_table(self) -> None:
+        """Create schema, table and expiry index if missing (safe to run from many processes at once)."""
+        statements = ddl_statements(self.names)
+
+        def work(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ["memsession.create_table"])
+                for stmt in statements:
+                    conn.execute(stmt)
+
+        self._run("create_table", work)
+
+    # -- the Store protocol ---------------------------------------------------------
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> Record:
+        key, text, version, origin, created, accessed, expires, deleted = row
+        try:
+            return make_record(
+                key, decode_data(orjson.loads(text), text), version, origin, created, accessed, expires, deleted
+            )
+        except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+            # No key in the message: session ids must not reach logs.
+            raise StoreError(f"a stored row can't be read: {exc}", store=_NAME, op="load") from exc
+
+    def load(self, key: str) -> Record | None:
+        def work(conn: psycopg.Connection[Any]) -> tuple[Any, ...] | None:
+            return conn.execute(self._sql.load, [key]).fetchone()
+
+        row = self._run("load", work)
+        return None if row is None else self._record(row)
+
+    def load_all(self, now: float) -> Iterator[Record]:
+        check_open(self._closed, _NAME, "load_all")
+        return self._pages(now)
+
+    def _pages(self, now: float) -> Iterator[Record]:
+        after = ""
+        while True:
+            def work(conn: psycopg.Connection[Any], after: str = after) -> list[tuple[Any, ...]]:
+                return conn.execute(self._sql.page, [after, now, self.page_size]).fetchall()
+
+            rows = self._run("load_all", work)
+            for row in rows:
+                yield self._record(row)
+            if len(rows) < self.page_size:
+                return
+            after = rows[-1][0]
+
+    def save(self, records: Sequence[Record]) -> int:
+        check_open(self._closed, _NAME, "save")
+        if not records:
+            return 0
+        if len(records) == 1:
+            r = records[0]
+            one = [
+                r.key, encode_data(r.data, r.flat).decode(), r.version, r.origin,
+                r.created, r.accessed, r.expires, r.deleted, r.deleted, r.version,
+            ]
+
+            def work_one(conn: psycopg.Connection[Any]) -> int:
+                return conn.execute(self._sql.upsert_one, one).rowcount
+
+            return self._run("save", work_one, keys=[r.key])
+        rows = []
+        for record in coalesce(records).values():
+            row = record_to_dict(record)
+            row["d"] = encode_data(record.data, record.flat).decode()
+            rows.append(row)
+        params = [orjson.dumps(rows).decode()]
+
+        def work(conn: psycopg.Connection[Any]) -> int:
+            return conn.execute(self._sql.upsert, params).rowcount
+
+        return self._run("save", work)
+
+    def delete(self, keys: Iterable[str]) -> int:
+        check_open(self._closed, _NAME, "delete")
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return 0
+
+        def work(conn: psycopg.Connection[Any]) -> int:
+            return conn.execute(self._sql.delete, [wanted]).rowcount
+
+        return self._run("delete", work)
+
+    def purge(self, now: float) -> int:
+        check_open(self._closed, _NAME, "purge")
+        total = 0
+        while True:
+            def work(conn: psycopg.Connection[Any]) -> int:
+                return conn.execute(self._sql.purge, [now, self.purge_batch]).rowcount
+
+            count = self._run("purge", work)
+            total += count
+            if count < self.purge_batch:
+                return total
+
+    def clear(self, version: int) -> int:
+        """Raise the watermark row and delete the live rows it covers, in one transaction.
+
+        Tombstones stay, whatever their version, until a purge removes them.
+
+        The table lock (see ``statements_for``) holds every write, not reads,
+        until the transaction ends: a clear of a large table pauses saves for
+        as long as its DELETE takes. A clear the stored watermark already
+        covers returns 0 after one read, without the lock: every replica
+        repeats a clear, and the first one did the work (atomically).
+        """
+        check_open(self._closed, _NAME, "clear")
+        version = check_clear_version(version, _NAME)
+
+        def work(conn: psycopg.Connection[Any]) -> int:
+            with conn.transaction():
+                return self._clear_in(conn, version)
+
+        return self._run("clear", work)
+
+    def _clear_in(self, conn: psycopg.Connection[Any], version: int) -> int:
+        """The clear's statements, in the caller's transaction on ``conn``."""
+        if self._watermark_in(conn) >= version:
+            return 0
+        conn.execute(self._sql.clear_lock)
+        # Again under the lock: another clear may have got there while this one waited.
+        if self._watermark_in(conn) >= version:
+            return 0
+        row = conn.execute(self._sql.clear_raise, [version]).fetchone()
+        assert row is not None
+        # The stored watermark, which may be higher than ``version``: any live row at
+        # or below it that a writer without the guard slipped in goes too.
+        return conn.execute(self._sql.clear_delete, [row[0]]).rowcount
+
+    def _watermark_in(self, conn: psycopg.Connection[Any]) -> int:
+        row = conn.execute(self._sql.watermark).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def close(self) -> None:
+        """Close the pool the store made (a pool passed in stays open). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_pool:
+            self.pool.close()

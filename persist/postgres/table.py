@@ -1,0 +1,120 @@
+"""The sessions table: its names (schema, table, columns) and its DDL.
+
+The table (names configurable, identifiers quoted with ``psycopg.sql``)::
+
+    key       text PRIMARY KEY     session id (or its hash)
+    data      json                 session data, ``persist.base.encode_data``
+    version   bigint               hybrid-logical-clock version
+    origin    bigint               writer id, breaks version ties
+    created   double precision     wall seconds
+    accessed  double precision     wall seconds
+    expires   double precision     wall seconds; 'Infinity' when it never expires
+    deleted   boolean              tombstone
+
+plus an index on ``expires`` for purging. Times are stored as float8 so they
+come back bit for bit; ``json`` (not ``jsonb``) keeps the text as written.
+``ddl()`` renders the statements ``create_table=True`` runs; for the default
+names they are shipped as ``persist/schema.sql``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from psycopg import sql
+
+from memsession.errors import ConfigError
+
+__all__ = ["DEFAULT_COLUMNS", "FIELDS", "TableNames", "ddl", "ddl_statements"]
+
+#: Column names by field; pass ``columns={"key": "sid", ...}`` to rename any of them.
+DEFAULT_COLUMNS: Mapping[str, str] = MappingProxyType({
+    "key": "sid",
+    "data": "sess",
+    "version": "version",
+    "origin": "origin",
+    "created": "created",
+    "accessed": "accessed",
+    "expires": "expire",
+    "deleted": "deleted",
+})
+FIELDS = tuple(DEFAULT_COLUMNS)
+
+
+@dataclass(frozen=True)
+class TableNames:
+    """Where the sessions live: schema (None: the search path), table, column names."""
+
+    schema: str | None = None
+    table: str = "memsession"
+    columns: Mapping[str, str] = field(default_factory=lambda: DEFAULT_COLUMNS)
+
+    @classmethod
+    def build(
+        cls, schema: str | None, table: str, columns: Mapping[str, str] | None
+    ) -> TableNames:
+        if not isinstance(table, str) or not table:
+            raise ConfigError("table", table, "must be a non-empty string")
+        if schema is not None and (not isinstance(schema, str) or not schema):
+            raise ConfigError("schema", schema, "must be a non-empty string or None")
+        merged = dict(DEFAULT_COLUMNS)
+        for name_of, name in (columns or {}).items():
+            if name_of not in DEFAULT_COLUMNS:
+                raise ConfigError("columns", columns, f"unknown field {name_of!r}; known: {', '.join(FIELDS)}")
+            if not isinstance(name, str) or not name:
+                raise ConfigError("columns", columns, f"column for {name_of!r} must be a non-empty string")
+            merged[name_of] = name
+        if len(set(merged.values())) != len(merged):
+            raise ConfigError("columns", columns, "two fields map to the same column")
+        for name in (table, schema or "", *merged.values()):
+            if len(name.encode()) > 63 or "\x00" in name:
+                raise ConfigError("columns", name, "PostgreSQL identifiers are at most 63 bytes, no NUL")
+        return cls(schema, table, MappingProxyType(merged))
+
+    @property
+    def table_ident(self) -> sql.Composable:
+        if self.schema is None:
+            return sql.Identifier(self.table)
+        return sql.Identifier(self.schema, self.table)
+
+    @property
+    def index_name(self) -> str:
+        return (self.table + "_" + self.columns["expires"] + "_idx")[:63]
+
+    def col(self, field: str) -> sql.Identifier:
+        return sql.Identifier(self.columns[field])
+
+
+def ddl_statements(names: TableNames) -> list[sql.Composed]:
+    c = names.col
+    out = []
+    if names.schema is not None:
+        out.append(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(names.schema)))
+    out.append(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {t} (\n"
+            '    {key} text COLLATE "C" PRIMARY KEY,\n'
+            "    {data} json NOT NULL,\n"
+            "    {version} bigint NOT NULL,\n"
+            "    {origin} bigint NOT NULL,\n"
+            "    {created} double precision NOT NULL,\n"
+            "    {accessed} double precision NOT NULL,\n"
+            "    {expires} double precision NOT NULL,\n"
+            "    {deleted} boolean NOT NULL DEFAULT false\n"
+            ")"
+        ).format(t=names.table_ident, **{f: c(f) for f in FIELDS})
+    )
+    out.append(
+        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} ({e})").format(
+            i=sql.Identifier(names.index_name), t=names.table_ident, e=c("expires")
+        )
+    )
+    return out
+
+
+def ddl(schema: str | None = None, table: str = "memsession", columns: Mapping[str, str] | None = None) -> str:
+    """The DDL that ``create_table=True`` runs, as SQL text (also shipped as ``persist/schema.sql``)."""
+    names = TableNames.build(schema, table, columns)
+    return "".join(stmt.as_string(None) + ";\n" for stmt in ddl_statements(names))
