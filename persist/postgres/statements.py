@@ -94,9 +94,9 @@ def statements_for(names: TableNames) -> Statements:
     # (the batch is coalesced first, as ``save`` documents); tombstones never are.
     upsert = sql.SQL(
         "INSERT INTO {t} AS s ({cols})"
-        " SELECT b.k, b.d::json, b.v, b.o, b.c, b.a, coalesce(b.e, 'Infinity'::float8), b.x"
+        " SELECT b.k, b.d, b.v, b.o, b.c, b.a, coalesce(b.e, 'Infinity'::float8), b.x"
         " FROM json_to_recordset(%s::json)"
-        " AS b(k text, d text, v bigint, o bigint, c float8, a float8, e float8, x boolean)"
+        " AS b(k text, d json, v bigint, o bigint, c float8, a float8, e float8, x boolean)"
         " WHERE NOT {cleared}{on_conflict}"
     ).format(t=t, cols=cols, cleared=cleared(sql.SQL("b.x"), sql.SQL("b.v")), on_conflict=on_conflict)
     # One record (write-through): plain parameters, no JSON batch to unpack; deleted

@@ -28,6 +28,8 @@ from ..base import (
     coalesce,
     decode_data,
     encode_data,
+    json_default,
+    jsonable_data,
     make_record,
     record_to_dict,
 )
@@ -232,12 +234,18 @@ class PostgresStore:
                 return conn.execute(self._sql.upsert_one, one).rowcount
 
             return self._run("save", work_one, keys=[r.key])
+        # The write-behind queue hands over one record per key; coalesce only a batch that
+        # repeats a key (one statement can't upsert a row twice).
+        if len({r.key for r in records}) != len(records):
+            records = list(coalesce(records).values())
         rows = []
-        for record in coalesce(records).values():
+        for record in records:
             row = record_to_dict(record)
-            row["d"] = encode_data(record.data, record.flat).decode()
+            row["d"] = jsonable_data(record.data, record.flat)
             rows.append(row)
-        params = [orjson.dumps(rows).decode()]
+        # One JSON text for the whole batch, session data nested in it: a json column keeps
+        # its text as written, so data is encoded once.
+        params = [orjson.dumps(rows, default=json_default).decode()]
 
         def work(conn: psycopg.Connection[Any]) -> int:
             return conn.execute(self._sql.upsert, params).rowcount
