@@ -14,6 +14,9 @@ def test_all_is_pinned_and_importable() -> None:
         "Persistence",
         "PostgresStore",
         "Store",
+        "WriteQueue",
+        "Writer",
+        "WriterConfig",
         "supersedes",
     ]
     for name in persist.__all__:

@@ -23,13 +23,9 @@ Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[a
 
 
 def _hub_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runtime-dir", default="", help="directory for the ipc sockets (0700; default "
-                   "$XDG_RUNTIME_DIR/memsession or /tmp/memsession-UID)")
-    p.add_argument("--publish", default="", help="endpoint publishers connect to (XSUB), e.g. tcp://0.0.0.0:5561")
-    p.add_argument("--subscribe", default="", help="endpoint subscribers connect to (XPUB)")
-    p.add_argument("--requests", default="", help="endpoint for snapshots and reads (ROUTER)")
-    p.add_argument("--keys", default=None, help="CURVE keys directory (required for tcp)")
-    p.add_argument("--insecure", action="store_true", help="allow tcp without CURVE (logs a warning)")
+    from .commands import endpoint_arguments
+
+    endpoint_arguments(p)
     p.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
     p.add_argument("--sndhwm", type=int, default=100_000, help="per-subscriber queue, in messages")
     p.add_argument("--stats", action="store_true", help="print a running hub's counters as JSON and exit")

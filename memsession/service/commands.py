@@ -9,10 +9,11 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["COMMANDS", "format_status"]
+__all__ = ["COMMANDS", "endpoint_arguments", "format_status"]
 
 
-def _endpoint_arguments(p: argparse.ArgumentParser) -> None:
+def endpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """The hub's endpoints and keys, as every command that serves or asks a hub takes them."""
     p.add_argument("--runtime-dir", default="", help="directory of the ipc sockets (0700; default "
                    "$XDG_RUNTIME_DIR/memsession or /tmp/memsession-UID)")
     p.add_argument("--publish", default="", help="endpoint publishers connect to (XSUB), e.g. tcp://0.0.0.0:5561")
@@ -24,7 +25,7 @@ def _endpoint_arguments(p: argparse.ArgumentParser) -> None:
 
 def _sidecar_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", required=True, help="file:///path/sessions.json, postgresql://..., couchdb://...")
-    _endpoint_arguments(p)
+    endpoint_arguments(p)
     p.add_argument("--heartbeat", type=float, default=1.0, help="seconds between hub heartbeats")
     p.add_argument("--flush-interval", type=float, default=0.1,
                    help="longest a change waits before it is written (the write-behind loss window)")
@@ -114,7 +115,7 @@ def _sidecar(args: argparse.Namespace) -> int:
 
 
 def _status_arguments(p: argparse.ArgumentParser) -> None:
-    _endpoint_arguments(p)
+    endpoint_arguments(p)
     p.add_argument("--json", action="store_true", help="print the raw counters as JSON")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer")
 
