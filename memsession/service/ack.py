@@ -44,6 +44,7 @@ from persist.writer import Writer
 
 from ..errors import BusError, ConfigError, StoreClosed, StoreError, StoreRejected, StoreUnavailable
 from ..session import Record
+from ..validate import check_number
 
 __all__ = ["AckBook", "SidecarAckStore", "default_ack_endpoint", "serve_acks"]
 
@@ -224,8 +225,7 @@ class SidecarAckStore:
             ack = ack or default_ack_endpoint(runtime_dir)
         if not requests or not ack:
             raise ConfigError("ack", ack, "give runtime_dir, or both requests and ack endpoints")
-        if not timeout > 0:
-            raise ConfigError("timeout", timeout, "must be > 0 seconds")
+        check_number("timeout", timeout)
         self.requests = requests
         self.ack = ack
         self.keys = keys

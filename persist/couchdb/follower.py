@@ -18,8 +18,9 @@ import httpx
 import orjson
 
 from memsession.clock import SYSTEM_CLOCK, Clock
-from memsession.errors import ConfigError, StoreError, StoreUnavailable
+from memsession.errors import StoreError, StoreUnavailable
 from memsession.session import Record
+from memsession.validate import check_number
 
 from ..base import WATERMARK_KEY, cleared_by
 from .database import NAME
@@ -75,8 +76,7 @@ class CouchFollower:
         max_line_bytes: int = 8 << 20,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        if not heartbeat > 0:
-            raise ConfigError("heartbeat", heartbeat, "must be > 0 seconds")
+        check_number("heartbeat", heartbeat)
         self.store = store
         self.on_record = on_record
         self.on_clear = on_clear

@@ -37,6 +37,7 @@ import orjson
 
 from memsession.errors import ConfigError, StoreError, StoreRejected, StoreUnavailable
 from memsession.session import Record
+from memsession.validate import check_int
 
 from ..base import (
     MAX_VERSION,
@@ -103,8 +104,7 @@ class CouchStore(ClearableDatabase):
             ("conflict_retries", conflict_retries),
             ("max_response_bytes", max_response_bytes),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(option, value, "must be an int >= 1")
+            check_int(option, value)
         self.prefix = prefix
         self.page_size = page_size
         self.purge_batch = purge_batch

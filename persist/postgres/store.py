@@ -21,6 +21,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from memsession.errors import ConfigError, StoreError, StoreRejected, StoreUnavailable
 from memsession.session import Record
+from memsession.validate import check_int
 
 from ..base import (
     check_clear_version,
@@ -93,8 +94,7 @@ class PostgresStore:
     ) -> None:
         self.names = TableNames.build(schema, table, columns)
         for option, value in (("page_size", page_size), ("purge_batch", purge_batch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(option, value, "must be an int >= 1")
+            check_int(option, value)
         self.page_size = page_size
         self.purge_batch = purge_batch
         self._closed = False
