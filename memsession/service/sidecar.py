@@ -102,7 +102,7 @@ class Sidecar:
         )
         self.state = HubState(
             clock=clock, limits=self.hub_config.limits,
-            on_change=self.writer.add, on_clear=lambda version: self.writer.clear(version, wait=False),
+            on_change=self.writer.add, on_clear=self._clear_store,
             extra_stats=self._persist_stats,
         )
         self.warm_loaded = 0
@@ -125,6 +125,10 @@ class Sidecar:
         self._ack_done = f"inproc://memsession-ack-done-{id(self):x}"
         self._ack_push: Any = None
         self._ack_lock = threading.Lock()
+
+    def _clear_store(self, version: int) -> None:
+        """A clear raised the hub's watermark: the writer thread applies it before its next batch."""
+        self.writer.clear(version, wait=False)
 
     def _replica_records(self) -> list[Any]:
         return list(self.state.replica.values())  # one C-level copy; the hub thread keeps merging
