@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError
+from ..validate import check_number
 
 __all__ = ["WebConfig"]
 
@@ -66,9 +66,7 @@ class WebConfig:
             object.__setattr__(self, "cookie_samesite", samesite)
         if self.cookie_partitioned and not self.cookie_secure:
             raise ConfigError("cookie_partitioned", True, "a partitioned cookie needs cookie_secure")
-        t = self.consistency_timeout
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-            raise ConfigError("consistency_timeout", t, "must be a finite number >= 0")
+        check_number("consistency_timeout", self.consistency_timeout, allow_zero=True)
         if not isinstance(self.cookie_path, str) or not self.cookie_path.startswith("/"):
             raise ConfigError("cookie_path", self.cookie_path, "must start with /")
 
