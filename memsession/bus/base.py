@@ -1,10 +1,13 @@
-"""The bus contract and the replication logic every transport shares.
+"""The replication logic every transport shares.
 
-``Bus`` is what a ``SessionCache`` talks to. ``Replicator`` is the pure part
-of a bus: it numbers outgoing messages, decodes incoming ones, tracks
-sequences, merges records into the cache and says when a repair is due. It
-owns no socket, thread or clock of its own; transports (``MemoryBus``,
-``ZmqBus``) move its frames and run its repairs.
+``Replicator`` is the pure part of a bus: it numbers outgoing messages,
+decodes incoming ones, tracks sequences, merges records into the cache and
+says when a repair is due. It owns no socket, thread or clock of its own;
+transports (``MemoryBus``, ``ZmqBus``) move its frames and run its repairs.
+
+The contract it serves (``Bus``, ``ReplicaTarget``, ``Clear``) is in
+``contract``, the options (``BusConfig``) in ``config``, and ``new_epoch`` and
+``percentiles`` in ``streams``; all are re-exported here.
 """
 
 from __future__ import annotations
@@ -13,21 +16,20 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any
 
 from .. import wire
 from ..clock import SYSTEM_CLOCK, Clock, version_wall_ms
-from ..errors import ConfigError, WireError
+from ..errors import WireError
 from ..session import Record, touched_copy
-from ..validate import check_choice, check_int, check_number
+from .config import BusConfig
+from .contract import Bus, Clear, Outgoing, ReplicaTarget
 from .sequence import DUP, GAP, SequenceTracker
+from .streams import new_epoch, percentiles
 
 __all__ = ["Bus", "BusConfig", "Clear", "ReplicaTarget", "Replicator", "new_epoch", "percentiles"]
 
 log = logging.getLogger("memsession.bus")
-
-MODES = ("update", "invalidate")
 
 # What ``Replicator.receive`` saw; transports act on REPAIR, RESYNC and HELLO.
 APPLIED = "applied"
@@ -38,138 +40,6 @@ HELLO = "hello"
 RESYNC = "resync"
 REPAIR = "repair"
 SKIPPED = "skipped"
-
-
-def new_epoch(clock: Clock = SYSTEM_CLOCK) -> int:
-    """A stream epoch: start time in ms with 12 random low bits, so later starts compare higher."""
-    return (int(clock.wall() * 1000) << 12) | secrets.randbits(12)
-
-
-def percentiles(samples: Iterable[float], points: Iterable[float] = (50, 99)) -> dict[str, float | None]:
-    ordered = sorted(samples)
-    out: dict[str, float | None] = {}
-    for p in points:
-        key = f"p{p:g}"
-        if not ordered:
-            out[key] = None
-        else:
-            out[key] = ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
-    return out
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BusConfig:
-    """Options of a bus client. Endpoints are the hub's (see ``HubConfig``)."""
-
-    #: Where publishers connect (the hub's XSUB).
-    publish: str = ""
-    #: Where subscribers connect (the hub's XPUB).
-    subscribe: str = ""
-    #: The hub's ROUTER (snapshots, key reads, pushes).
-    requests: str = ""
-    #: ``update``: values travel; ``invalidate``: only key and version travel.
-    mode: str = "update"
-    #: Seconds between heartbeats; gaps are found at the next message or beat.
-    heartbeat: float = 1.0
-    #: No hub heartbeat for this long counts as an outage: repair when it returns.
-    silence: float = 3.5
-    #: Seconds to wait for a snapshot or a key read.
-    request_timeout: float = 2.0
-    #: Local changes waiting to be sent; beyond this they are dropped and counted.
-    queue_size: int = 100_000
-    #: ZeroMQ high-water marks (messages) on our PUB and SUB.
-    sndhwm: int = 100_000
-    rcvhwm: int = 100_000
-    #: Directory with ``client.key_secret`` and ``server.key`` for CURVE on tcp.
-    keys: str | None = None
-    #: Allow tcp without CURVE (logs a warning).
-    insecure: bool = False
-    #: Fault injection for tests: fraction of data messages dropped after numbering
-    #: (changes then travel one a message, unbatched, so each can be lost on its own).
-    fault_drop_rate: float = 0.0
-    limits: wire.Limits = wire.DEFAULT_LIMITS
-
-    def __post_init__(self) -> None:
-        check_choice("mode", self.mode, MODES)
-        check_number("heartbeat", self.heartbeat)
-        check_number("silence", self.silence)
-        check_number("request_timeout", self.request_timeout)
-        if self.silence <= self.heartbeat:
-            raise ConfigError("silence", self.silence, "must exceed heartbeat")
-        for name in ("queue_size", "sndhwm", "rcvhwm"):
-            check_int(name, getattr(self, name))
-        if not 0.0 <= self.fault_drop_rate < 1.0:
-            raise ConfigError("fault_drop_rate", self.fault_drop_rate, "must be in [0, 1)")
-
-
-class Clear(NamedTuple):
-    """A cluster-wide clear: every live session last written at or before ``version`` is gone."""
-
-    version: int
-
-
-#: What a transport queues for sending: a record, a record with its data already packed, or a clear.
-Outgoing = Record | tuple[Record, bytes] | Clear
-
-
-class ReplicaTarget(Protocol):
-    """What a bus needs from the cache it feeds (``SessionCache`` provides it)."""
-
-    origin: int
-
-    #: The clear watermark: no live session at or below this version is held or accepted (0: never cleared).
-    cleared: int
-
-    def apply(self, record: Record) -> bool: ...
-
-    def apply_many(self, records: list[Record]) -> int: ...
-
-    def apply_clear(self, version: int) -> bool: ...
-
-    def record(self, sid: str) -> Record | None: ...
-
-    def records(self) -> list[Record]: ...
-
-    def discard(self, sid: str, version: int, origin: int) -> bool: ...
-
-    def begin_repair(self) -> None:
-        """Messages were lost: until ``end_repair``, check entries with the hub before serving them."""
-
-    def end_repair(self) -> None:
-        """A snapshot has been spliced in: local entries are trustworthy again."""
-
-
-@runtime_checkable
-class Bus(Protocol):
-    """A replication transport bound to one ``SessionCache``.
-
-    ``publish`` is called on the request path after every local change: it
-    must not block or raise for transport trouble (queue, count, log).
-    """
-
-    def attach(self, cache: ReplicaTarget) -> None:
-        """Bind to the cache and start replicating (join: subscribe, snapshot)."""
-
-    def publish(self, record: Record | Clear, packed: bytes | None = None) -> None:
-        """Send a local change (or a ``Clear``) to every other replica; best-effort, never blocks.
-
-        ``packed`` is the record's data already serialized with msgpack, if the caller has it.
-        """
-
-    #: True in ``invalidate`` mode: a miss in the cache is read through the hub with ``fetch``.
-    reads_through: bool
-
-    def fetch(self, key: str, timeout: float | None = None) -> Record | None:
-        """Read ``key`` through the hub (read-your-writes, invalidate mode); None if unknown or unreachable."""
-
-    def lookup(self, key: str, timeout: float | None = None) -> tuple[bool, Record | None]:
-        """``(answered, record)``: like ``fetch``, but tells "the hub does not know it" from "no answer"."""
-
-    def stats(self) -> dict[str, Any]:
-        """Replication counters (a fresh dict)."""
-
-    def close(self) -> None:
-        """Stop threads and close sockets. Idempotent."""
 
 
 def is_touch(record: Record) -> bool:

@@ -1,0 +1,63 @@
+"""Options of a bus client: the hub's endpoints, the replication mode, timings and queue sizes.
+
+``BusConfig`` is frozen and checked at construction, so a bad option fails
+when the bus is configured, not at its first message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import wire
+from ..errors import ConfigError
+from ..validate import check_choice, check_int, check_number
+
+__all__ = ["MODES", "BusConfig"]
+
+#: What ``BusConfig.mode`` may be (see its field).
+MODES = ("update", "invalidate")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BusConfig:
+    """Options of a bus client. Endpoints are the hub's (see ``HubConfig``)."""
+
+    #: Where publishers connect (the hub's XSUB).
+    publish: str = ""
+    #: Where subscribers connect (the hub's XPUB).
+    subscribe: str = ""
+    #: The hub's ROUTER (snapshots, key reads, pushes).
+    requests: str = ""
+    #: ``update``: values travel; ``invalidate``: only key and version travel.
+    mode: str = "update"
+    #: Seconds between heartbeats; gaps are found at the next message or beat.
+    heartbeat: float = 1.0
+    #: No hub heartbeat for this long counts as an outage: repair when it returns.
+    silence: float = 3.5
+    #: Seconds to wait for a snapshot or a key read.
+    request_timeout: float = 2.0
+    #: Local changes waiting to be sent; beyond this they are dropped and counted.
+    queue_size: int = 100_000
+    #: ZeroMQ high-water marks (messages) on our PUB and SUB.
+    sndhwm: int = 100_000
+    rcvhwm: int = 100_000
+    #: Directory with ``client.key_secret`` and ``server.key`` for CURVE on tcp.
+    keys: str | None = None
+    #: Allow tcp without CURVE (logs a warning).
+    insecure: bool = False
+    #: Fault injection for tests: fraction of data messages dropped after numbering
+    #: (changes then travel one a message, unbatched, so each can be lost on its own).
+    fault_drop_rate: float = 0.0
+    limits: wire.Limits = wire.DEFAULT_LIMITS
+
+    def __post_init__(self) -> None:
+        check_choice("mode", self.mode, MODES)
+        check_number("heartbeat", self.heartbeat)
+        check_number("silence", self.silence)
+        check_number("request_timeout", self.request_timeout)
+        if self.silence <= self.heartbeat:
+            raise ConfigError("silence", self.silence, "must exceed heartbeat")
+        for name in ("queue_size", "sndhwm", "rcvhwm"):
+            check_int(name, getattr(self, name))
+        if not 0.0 <= self.fault_drop_rate < 1.0:
+            raise ConfigError("fault_drop_rate", self.fault_drop_rate, "must be in [0, 1)")

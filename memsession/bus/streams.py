@@ -1,0 +1,31 @@
+"""Two helpers every end of a stream shares, the workers' replicators and the hub alike.
+
+``new_epoch`` names a stream when its process starts; ``percentiles`` sums up
+the delivery lag of what it received, for ``stats``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+
+from ..clock import SYSTEM_CLOCK, Clock
+
+__all__ = ["new_epoch", "percentiles"]
+
+
+def new_epoch(clock: Clock = SYSTEM_CLOCK) -> int:
+    """A stream epoch: start time in ms with 12 random low bits, so later starts compare higher."""
+    return (int(clock.wall() * 1000) << 12) | secrets.randbits(12)
+
+
+def percentiles(samples: Iterable[float], points: Iterable[float] = (50, 99)) -> dict[str, float | None]:
+    ordered = sorted(samples)
+    out: dict[str, float | None] = {}
+    for p in points:
+        key = f"p{p:g}"
+        if not ordered:
+            out[key] = None
+        else:
+            out[key] = ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+    return out

@@ -1,0 +1,114 @@
+"""Hub options, and where the hub's sockets live when no endpoint is given.
+
+``HubConfig`` is the frozen set of hub options, checked at construction. With
+no endpoints it means three ipc sockets in a private runtime directory
+(``default_runtime_dir``), created mode 0700 and refused if another user owns
+it or others can reach it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from dataclasses import dataclass
+
+from .. import wire
+from ..errors import BusError, ConfigError
+from ..validate import check_int, check_number
+
+__all__ = ["MAX_IPC_PATH", "HubConfig", "default_runtime_dir", "ensure_private_dir", "ipc_endpoints"]
+
+#: ipc socket paths longer than this are refused by the OS.
+MAX_IPC_PATH = 107
+
+
+def default_runtime_dir() -> str:
+    """``$XDG_RUNTIME_DIR/memsession`` if set, else ``<tmp>/memsession-<uid>``."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base:
+        return os.path.join(base, "memsession")
+    return os.path.join(tempfile.gettempdir(), f"memsession-{os.getuid()}")
+
+
+def ensure_private_dir(path: str) -> str:
+    """Create ``path`` mode 0700, or check that an existing one is ours and private."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError("runtime_dir", path, f"cannot create: {exc.strerror}") from exc
+    if st.st_uid != os.getuid():
+        raise ConfigError("runtime_dir", path, "owned by another user")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise ConfigError("runtime_dir", path, "must not be accessible to group or others (chmod 700)")
+    return path
+
+
+def ipc_endpoints(runtime_dir: str) -> tuple[str, str, str]:
+    """The three default endpoints inside ``runtime_dir``."""
+    names = ("pub", "sub", "req")
+    out = []
+    for name in names:
+        path = os.path.join(runtime_dir, f"{name}.sock")
+        if len(path) > MAX_IPC_PATH:
+            raise ConfigError("runtime_dir", runtime_dir, f"ipc path {path!r} exceeds {MAX_IPC_PATH} bytes")
+        out.append(f"ipc://{path}")
+    return out[0], out[1], out[2]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HubConfig:
+    """Hub options. Empty endpoints mean ipc sockets in ``runtime_dir``."""
+
+    publish: str = ""
+    subscribe: str = ""
+    requests: str = ""
+    runtime_dir: str = ""
+    #: Seconds between hub heartbeats (they carry the hub's epoch).
+    heartbeat: float = 1.0
+    #: Per-subscriber queue on the XPUB (messages); a slower subscriber loses messages and repairs.
+    sndhwm: int = 100_000
+    #: Queue between proxy and replica (messages).
+    capture_hwm: int = 1_000_000
+    #: Directory with ``server.key_secret`` and the allowed clients' ``*.key`` (CURVE on tcp).
+    keys: str | None = None
+    insecure: bool = False
+    limits: wire.Limits = wire.DEFAULT_LIMITS
+
+    def __post_init__(self) -> None:
+        check_number("heartbeat", self.heartbeat)
+        for name in ("sndhwm", "capture_hwm"):
+            check_int(name, getattr(self, name))
+        given = (self.publish, self.subscribe, self.requests)
+        if any(given) and not all(given):
+            raise ConfigError("publish", given, "give all three endpoints or none")
+        for name, endpoint in zip(("publish", "subscribe", "requests"), given):
+            if endpoint and not endpoint.startswith(("ipc://", "tcp://", "inproc://")):
+                raise ConfigError(name, endpoint, "must be an ipc://, tcp:// or inproc:// endpoint")
+
+    def endpoints(self) -> tuple[str, str, str]:
+        """``(publish, subscribe, requests)``; creates the private runtime dir for ipc."""
+        if self.publish:
+            for endpoint in (self.publish, self.subscribe, self.requests):
+                if endpoint.startswith("ipc://"):
+                    ensure_private_dir(os.path.dirname(endpoint[6:]) or ".")
+            return self.publish, self.subscribe, self.requests
+        return ipc_endpoints(ensure_private_dir(self.runtime_dir or default_runtime_dir()))
+
+    def query_endpoint(self) -> str:
+        """The requests endpoint for a query (stats, status); unlike ``endpoints`` it creates nothing.
+
+        ``BusError`` if the runtime dir does not exist: no hub can be there.
+        """
+        if self.requests:
+            return self.requests
+        runtime_dir = self.runtime_dir or default_runtime_dir()
+        if not os.path.isdir(runtime_dir):
+            raise BusError(f"no hub answered: the runtime dir {runtime_dir} does not exist", endpoint=runtime_dir)
+        return self.endpoints()[2]
+
+    @property
+    def uses_tcp(self) -> bool:
+        return any(e.startswith("tcp://") for e in (self.publish, self.subscribe, self.requests))
+

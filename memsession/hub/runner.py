@@ -1,0 +1,286 @@
+"""The hub's sockets and loops: ``run_hub`` in this thread, ``Hub`` in a background one.
+
+``run_hub`` creates its own ZeroMQ context, takes ``hub.lock`` in every ipc
+directory (binding ipc would silently steal a live hub's sockets), binds the
+XSUB/XPUB proxy, the replica's capture feed and the ROUTER, and loops: it
+hands every bus message and request to a ``HubState``, publishes what that
+returns, beats and prunes on time, and closes everything on the way out.
+
+The replica is fed from the proxy's capture socket, so it sees messages in the
+order the proxy forwarded them. Before it cuts a snapshot it drains the
+capture queue: anything a subscriber could have missed before its
+subscription took effect is then in the snapshot or behind it in the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import wire
+from ..errors import BusError
+from .config import HubConfig
+from .state import HubState
+
+__all__ = ["Hub", "run_hub"]
+
+log = logging.getLogger("memsession.hub")
+
+
+def run_hub(
+    config: HubConfig,
+    *,
+    stop: threading.Event | None = None,
+    ready: threading.Event | None = None,
+    state: HubState | None = None,
+    every_second: Callable[[], None] | None = None,
+) -> HubState:
+    """Run a hub in this thread until ``stop`` is set; return its final state.
+
+    Creates its own context and sockets, binds the three endpoints (raising
+    ``BusError`` if one is taken) and closes everything on the way out.
+    ``every_second`` runs in the hub thread after each once-a-second prune
+    (the sidecar publishes its stats there).
+    """
+
+    from .. import security
+
+    stop = stop or threading.Event()
+    state = state or HubState(limits=config.limits)
+    pub_ep, sub_ep, req_ep = config.endpoints()
+    secure = security.server_policy(config, (pub_ep, sub_ep, req_ep))
+    lock = _lock_ipc_dirs((pub_ep, sub_ep, req_ep))
+    try:
+        _run(config, stop, ready, state, pub_ep, sub_ep, req_ep, secure, every_second)
+    finally:
+        for fd in lock:
+            os.close(fd)
+    return state
+
+
+def _lock_ipc_dirs(endpoints: tuple[str, ...]) -> list[int]:
+    """Hold ``hub.lock`` in every ipc directory: binding ipc would silently steal a live hub's sockets."""
+    import fcntl
+
+    fds: list[int] = []
+    for directory in sorted({os.path.dirname(e[6:]) or "." for e in endpoints if e.startswith("ipc://")}):
+        fd = os.open(os.path.join(directory, "hub.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            for held in fds:
+                os.close(held)
+            raise BusError(f"another hub is running in {directory}", endpoint=endpoints[0]) from exc
+        fds.append(fd)
+    return fds
+
+
+def _run(config: HubConfig, stop: threading.Event, ready: threading.Event | None, state: HubState,
+         pub_ep: str, sub_ep: str, req_ep: str, secure: Any, every_second: Callable[[], None] | None) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    auth = None
+    tag = f"{os.getpid()}-{state.hub_id:x}"
+    capture_ep = f"inproc://memsession-capture-{tag}"
+    internal_ep = f"inproc://memsession-internal-{tag}"
+    control_ep = f"inproc://memsession-control-{tag}"
+    proxy_ready = threading.Event()
+    proxy_error: list[BaseException] = []
+
+    def proxy_thread() -> None:
+        xsub = ctx.socket(zmq.XSUB)
+        xpub = ctx.socket(zmq.XPUB)
+        capture = ctx.socket(zmq.PUB)
+        control = ctx.socket(zmq.PAIR)
+        try:
+            xpub.sndhwm = config.sndhwm
+            capture.sndhwm = config.capture_hwm
+            xsub.rcvhwm = config.capture_hwm
+            if secure is not None:
+                secure.server(xsub)
+                secure.server(xpub)
+            xsub.bind(pub_ep)
+            xsub.bind(internal_ep)
+            xpub.bind(sub_ep)
+            capture.bind(capture_ep)
+            control.bind(control_ep)
+        except zmq.ZMQError as exc:
+            proxy_error.append(BusError(f"hub cannot bind: {exc}", endpoint=pub_ep))
+            for s in (xsub, xpub, capture, control):
+                s.close(linger=0)
+            proxy_ready.set()
+            return
+        proxy_ready.set()
+        try:
+            zmq.proxy_steerable(xsub, xpub, capture, control)
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            for s in (xsub, xpub, capture, control):
+                s.close(linger=0)
+
+    try:
+        if secure is not None:
+            auth = secure.start_authenticator(ctx)
+        thread = threading.Thread(target=proxy_thread, name="memsession-hub-proxy", daemon=True)
+        thread.start()
+        proxy_ready.wait()
+        if proxy_error:
+            raise proxy_error[0]
+        control = ctx.socket(zmq.PAIR)
+        control.connect(control_ep)
+        feed = ctx.socket(zmq.SUB)
+        router = ctx.socket(zmq.ROUTER)
+        out = ctx.socket(zmq.PUB)
+        try:
+            feed.rcvhwm = config.capture_hwm
+            feed.setsockopt(zmq.SUBSCRIBE, wire.PROTOCOL)
+            feed.connect(capture_ep)
+            router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            router.sndhwm = 0
+            if secure is not None:
+                secure.server(router)
+                secure.client(out)
+            try:
+                router.bind(req_ep)
+            except zmq.ZMQError as exc:
+                raise BusError(f"hub cannot bind {req_ep}: {exc}", endpoint=req_ep) from exc
+            out.sndhwm = config.capture_hwm
+            out.connect(internal_ep)
+            _serve(state, config, stop, ready, feed, router, out, every_second)
+        finally:
+            control.send(b"TERMINATE")
+            thread.join(5)
+            for s in (feed, router, out, control):
+                s.close(linger=0)
+    finally:
+        if auth is not None:
+            auth.stop()
+        ctx.term()
+
+
+def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: threading.Event | None,
+           feed: Any, router: Any, out: Any, every_second: Callable[[], None] | None) -> None:
+    import zmq
+
+    poller = zmq.Poller()
+    poller.register(feed, zmq.POLLIN)
+    poller.register(router, zmq.POLLIN)
+    next_beat = time.monotonic()
+    next_prune = time.monotonic() + 1.0
+    recv_feed = feed.recv_multipart
+
+    def on_bus(frames: list[bytes]) -> list[list[bytes]]:
+        try:
+            return state.on_bus(frames)
+        except Exception as exc:  # a hub that dies on one message takes every worker's repairs with it
+            log.exception("hub failed on a bus message")
+            state._drop("error", exc)
+            return []
+
+    send = out.send_multipart
+    if ready is not None:
+        ready.set()
+    log.info("hub %x epoch %x serving", state.hub_id, state.epoch)
+    while not stop.is_set():
+        now = time.monotonic()
+        if now >= next_beat:
+            send(state.heartbeat())
+            next_beat = now + config.heartbeat
+        if now >= next_prune:
+            state.prune()
+            if every_second is not None:
+                every_second()
+            next_prune = now + 1.0
+        for outgoing in state.owed_resyncs():
+            send(outgoing)
+        timeout = max(0.0, min(next_beat, next_prune) - time.monotonic())
+        events = dict(poller.poll(int(min(timeout, 0.2) * 1000)))
+        if feed in events:
+            for _ in range(1000):  # bounded batch, then look at requests again
+                try:
+                    frames = recv_feed(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                for outgoing in on_bus(frames):
+                    send(outgoing)
+        if router in events:
+            while True:
+                try:
+                    frames = router.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if len(frames) < 2:
+                    continue
+                ident, body = frames[0], frames[1:]
+                if body[:1] == [wire._TOPICS[wire.SNAPSHOT]]:
+                    # Everything the proxy forwarded before this request must be in the snapshot.
+                    while True:
+                        try:
+                            for outgoing in on_bus(recv_feed(zmq.NOBLOCK)):
+                                send(outgoing)
+                        except zmq.Again:
+                            break
+                try:
+                    replies, publish = state.on_request(body)
+                except Exception as exc:
+                    log.exception("hub failed on a request")
+                    state._drop("error", exc)
+                    continue
+                for outgoing in publish:
+                    send(outgoing)
+                try:
+                    for reply in replies:
+                        router.send_multipart([ident, *reply])
+                except zmq.ZMQError as exc:  # the requester went away
+                    log.debug("hub reply not delivered: %s", exc)
+
+
+class Hub:
+    """A hub running in a background thread of this process (embedding, tests)."""
+
+    def __init__(self, config: HubConfig | None = None, **options: Any) -> None:
+        self.config = config or HubConfig(**options)
+        self.state = HubState(limits=self.config.limits)
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: list[BaseException] = []
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 5.0) -> Hub:
+        def target() -> None:
+            try:
+                run_hub(self.config, stop=self._stop, ready=self._ready, state=self.state)
+            except Exception as exc:  # noqa: BLE001 - handed to start(), which raises it in the caller
+                self._error.append(exc)
+                self._ready.set()
+
+        self._thread = threading.Thread(target=target, name="memsession-hub", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise BusError("hub did not start in time")
+        if self._error:
+            raise self._error[0]
+        return self
+
+    @property
+    def endpoints(self) -> tuple[str, str, str]:
+        return self.config.endpoints()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+
+    def __enter__(self) -> Hub:  # noqa: PYI034 - Hub is not meant to be subclassed
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
