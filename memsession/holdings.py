@@ -1,0 +1,227 @@
+"""What one SessionCache holds: live records, tombstones, the clear watermark and their accounting.
+
+The cache core (``ExpiringLRUCache``) decides which records are live. This
+object keeps what the core does not know about: the tombstones of destroyed
+sessions, the clear watermark, the bytes held, evictions by cause and the
+operation counters; and it applies the one merge rule (``session.supersedes``)
+to records that came from elsewhere.
+
+No lock and no I/O: ``SessionCache`` calls every method with its lock held
+and publishes or persists what they return. ``core`` and ``counts`` are
+never rebound, so the cache may keep references to them for its read path.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from cachetools import Cache
+
+from .cache import EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE, Eviction, ExpiringLRUCache
+from .clock import Clock
+from .config import Config
+from .session import Record, cleared_by, compute_expires, supersedes
+
+__all__ = ["Holdings"]
+
+#: How often (monotonic seconds) reads sweep expired sessions and tombstones.
+_SWEEP_EVERY = 1.0
+
+
+class Holdings:
+    """The sessions and tombstones of one cache, with their byte and eviction accounting."""
+
+    def __init__(self, config: Config, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.core = ExpiringLRUCache(
+            config.maxsize, config.idle_timeout, config.max_age, timer=clock.monotonic
+        )
+        #: Destroyed ids in burial order: ``{sid: (tombstone, monotonic time it lapses)}``.
+        self.tombstones: OrderedDict[str, tuple[Record, float]] = OrderedDict()
+        #: The clear watermark: no live session written at or before this version is held or accepted.
+        self.cleared = 0
+        #: Serialized size of the live records held.
+        self.bytes = 0
+        #: What the core evicted on its own, by cause.
+        self.evicted = dict.fromkeys((EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE), 0)
+        self.counts = dict.fromkeys(
+            ("invalid_ids", "sets", "touches", "destroys", "applied", "ignored", "clears",
+             "revalidated", "unverified"),
+            0,
+        )
+        #: When (monotonic) the next read sweeps.
+        self.next_sweep = clock.monotonic() + _SWEEP_EVERY
+
+    # -- one key ----------------------------------------------------------------
+
+    def tombstone(self, sid: str, now: float) -> Record | None:
+        """The live tombstone for ``sid``, if any (an outlived one is forgotten)."""
+        entry = self.tombstones.get(sid)
+        if entry is None:
+            return None
+        if entry[1] <= now:
+            del self.tombstones[sid]
+            return None
+        return entry[0]
+
+    def record(self, sid: str, now: float) -> Record | None:
+        """The live record for ``sid`` or its tombstone, without counting an access."""
+        tomb = self.tombstone(sid, now)
+        return tomb if tomb is not None else self.core.peek(sid)
+
+    def recent(self, sid: str, version: int, now: float) -> Record | None:
+        """The record or tombstone for ``sid`` if it is at least ``version`` (a tombstone always is)."""
+        record = self.tombstone(sid, now) or self.core.peek(sid)
+        if record is not None and (record.deleted or record.version >= version):
+            return record
+        return None
+
+    def store(
+        self,
+        record: Record,
+        old: Record | None,
+        now: float,
+        *,
+        created: float | None = None,
+        accessed: float | None = None,
+    ) -> None:
+        """Hold ``record`` in place of ``old`` (the live copy it replaces, if any)."""
+        evicted = self.core.insert(record.key, record, created=created, accessed=accessed, now=now)
+        self.bytes += record.size - (old.size if old is not None else 0)
+        self._account(evicted, replaced=old)
+
+    def touch(self, record: Record, wall: float) -> Record:
+        """Hold ``record`` as accessed at ``wall`` (its expiry slid); return the touched copy."""
+        touched = record.touched(
+            wall, compute_expires(record.created, wall, self.config.idle_timeout, self.config.max_age)
+        )
+        self._account(self.core.insert(record.key, touched), replaced=record)
+        self.counts["touches"] += 1
+        return touched
+
+    def remove(self, sid: str, old: Record) -> None:
+        """Drop the live copy ``old`` of ``sid``."""
+        del self.core[sid]
+        self.bytes -= old.size
+
+    def bury(self, tombstone: Record, now: float) -> None:
+        """Keep ``tombstone`` until its ``expires`` (wall time) has passed."""
+        wall = self.clock.wall()
+        until = now + max(0.0, tombstone.expires - wall)
+        self.tombstones[tombstone.key] = (tombstone, until)
+        self.tombstones.move_to_end(tombstone.key)
+
+    # -- records from elsewhere ---------------------------------------------------
+
+    def merge(self, record: Record, now: float, wall: float) -> bool:
+        """Merge a record that came from elsewhere by the one rule; True if it changed what is held.
+
+        A tombstone beats any live version, otherwise the higher ``(version,
+        origin)`` wins, and nothing the clear watermark covers is taken in. A
+        record that has already expired removes an older copy and is not kept.
+        """
+        if cleared_by(record, self.cleared):
+            self.counts["ignored"] += 1
+            return False
+        sid = record.key
+        tomb = self.tombstone(sid, now) if self.tombstones else None
+        old: Record | None = tomb if tomb is not None else self.core.peek(sid)
+        if not supersedes(record, old):
+            self.counts["ignored"] += 1
+            return False
+        live = old if tomb is None else None
+        if record.deleted:
+            if live is not None:
+                self.remove(sid, live)
+            self.bury(record, now)
+        else:
+            if tomb is not None:  # a tombstone already dead when this was written
+                del self.tombstones[sid]
+            if record.expires <= wall:
+                if live is not None:
+                    self.remove(sid, live)
+                self.counts["ignored"] += 1
+                return live is not None
+            self.store(
+                record,
+                live,
+                now,
+                # the same creation keeps the same deadline: recomputing it would drift by rounding
+                created=None if live is not None and live.created == record.created else now - (wall - record.created),
+                accessed=now - (wall - record.accessed),
+            )
+        self.counts["applied"] += 1
+        return True
+
+    def discard(self, sid: str, version: int, origin: int) -> bool:
+        """Drop the live copy of ``sid`` if it is older than ``(version, origin)``; True if dropped."""
+        old: Record | None = self.core.peek(sid)
+        if old is None or (old.version, old.origin) >= (version, origin):
+            return False
+        self.remove(sid, old)
+        self.counts["applied"] += 1
+        return True
+
+    def clear(self, version: int) -> None:
+        """Raise the watermark and drop the live sessions it covers; tombstones stay until they lapse."""
+        self.cleared = version
+        self.counts["clears"] += 1
+        core = self.core
+        doomed = [(sid, r) for sid in list(core) if (r := core.peek(sid)) is not None and cleared_by(r, version)]
+        for sid, old in doomed:
+            self.remove(sid, old)
+
+    # -- everything held ------------------------------------------------------------
+
+    def records(self, now: float) -> list[Record]:
+        """Every live record and live tombstone (after a sweep)."""
+        self.sweep(now)
+        core = self.core
+        out = [core.peek(sid) for sid in list(core)]
+        out.extend(tomb for tomb, until in self.tombstones.values() if until > now)
+        return [r for r in out if r is not None]
+
+    def drop_live(self) -> None:
+        """Forget every live record (tombstones and the watermark stay)."""
+        self.core.clear()
+        self.bytes = 0
+
+    def count(self) -> int:
+        """How many live records are held; exact right after a sweep."""
+        # The core's own len() sweeps and would drop what it evicts unreported;
+        # callers sweep first, so the raw count is the live count.
+        return Cache.__len__(self.core)
+
+    def sweep(self, now: float) -> int:
+        """Drop expired sessions and lapsed tombstones; return how many sessions went."""
+        self.next_sweep = now + _SWEEP_EVERY
+        evicted = self.core.evict_expired(now)
+        self._account(evicted)
+        tombstones = self.tombstones
+        while tombstones:
+            sid, (_, until) = next(iter(tombstones.items()))
+            if until > now:
+                break
+            del tombstones[sid]
+        return len(evicted)
+
+    def stats(self, now: float) -> dict[str, Any]:
+        """Counters, evictions so far, then (after a sweep) current sizes (a fresh dict)."""
+        out: dict[str, Any] = dict(self.counts)
+        out["evicted"] = dict(self.evicted)
+        out["expired"] = self.evicted[EVICTED_IDLE] + self.evicted[EVICTED_MAX_AGE]
+        self.sweep(now)
+        out["sessions"] = self.count()
+        out["tombstones"] = len(self.tombstones)
+        out["bytes"] = self.bytes
+        out["maxsize"] = self.config.maxsize
+        return out
+
+    def _account(self, evicted: list[Eviction], replaced: Record | None = None) -> None:
+        for _key, value, cause in evicted:
+            if value is replaced:
+                continue  # replaced records were already subtracted by the caller
+            self.evicted[cause] += 1
+            self.bytes -= value.size

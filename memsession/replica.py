@@ -1,0 +1,256 @@
+"""Replica: the sessions one process holds, kept in step with every other copy (the base of SessionCache).
+
+It owns the lock, the clocks, the writer id (``origin``) and what is held (a
+``Holdings``, changed only under the lock), and the slots for the bus and the
+store. Changes made elsewhere come in through ``apply``, ``apply_many``,
+``apply_clear`` and ``discard`` (what ``bus.ReplicaTarget`` asks for). After
+lost messages each entry is checked with the hub before it is served, between
+``begin_repair`` and ``end_repair``; ``wait_for`` gives read-your-writes; a
+miss is read through the hub or the store. ``SessionCache`` adds the
+express-session API on top: local changes, published as they are made.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from .clock import Clock, HybridClock
+from .config import Config
+from .errors import CacheClosed
+from .holdings import Holdings
+from .session import Record
+
+if TYPE_CHECKING:
+    from .backing import Backing
+    from .bus.base import Bus
+
+__all__ = ["Replica"]
+
+log = logging.getLogger("memsession")
+
+#: How long a read waits for the hub while a gap is repaired (the hub is up; a GET takes well under 1 ms).
+_REVALIDATE_TIMEOUT = 0.25
+
+
+class Replica:
+    """This process's copy of the sessions: merges what other processes changed, repairs gaps. Thread-safe."""
+
+    def __init__(self, config: Config, clock: Clock, origin: int | None) -> None:
+        self.config = config
+        self.clock = clock
+        self.origin = origin if origin is not None else secrets.randbits(63) or 1
+        self.hlc = HybridClock(clock)
+        #: Everything held here; changed only under ``_lock``.
+        self._held = held = Holdings(config, clock)
+        # The read path reaches these directly (``Holdings`` never rebinds them).
+        self._core = held.core
+        self._counts = held.counts
+        self._lock = threading.Lock()
+        #: Notified when a merged record may be what a ``wait_for`` is waiting for.
+        self._arrived = threading.Condition(self._lock)
+        self._waiters = 0
+        self._closed = False
+        #: Set while the bus repairs a gap: a hit is checked with the hub before it is served.
+        self._repairing = False
+        self._verified: set[str] = set()
+        self._hub_unreachable = False
+        #: Read-through and write-through/behind to a store (``persist.Persistence``); None without one.
+        self.persistence: Backing | None = None
+        #: Replication transport (``memsession.bus``).
+        self.bus: Bus | None = None
+        #: ``invalidate`` mode: receivers drop copies, so a miss is read through the hub.
+        self._bus_reads = False
+
+    @property
+    def cleared(self) -> int:
+        """The clear watermark: no live session written at or before this version is held or accepted."""
+        return self._held.cleared
+
+    @cleared.setter
+    def cleared(self, version: int) -> None:
+        # Settable, as ``bus.ReplicaTarget`` declares it.
+        self._held.cleared = version
+
+    def close(self) -> None:
+        """Stop accepting operations (and close the bus). Idempotent."""
+        if self.bus is not None:
+            self.bus.close()
+        with self._lock:
+            self._closed = True
+        if self.persistence is not None:
+            self.persistence.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- records from elsewhere ----------------------------------------------
+
+    def record(self, sid: str) -> Record | None:
+        """The live record for ``sid`` (or its tombstone) without counting an access."""
+        with self._lock:
+            return self._held.record(sid, self.clock.monotonic())
+
+    def apply(self, record: Record) -> bool:
+        """Merge a record that came from elsewhere; True if it changed what this process holds.
+
+        The same rule on every replica (``session.supersedes``): a tombstone beats
+        any live version, otherwise the higher ``(version, origin)`` wins; an
+        equal version with a later access time is a touch. A record that has
+        already expired removes an older copy and is not kept. Nothing is
+        emitted: the sender already published it.
+        """
+        with self._lock:
+            self._check_open()
+            self.hlc.observe(record.version)
+            return self._apply_locked(record, self.clock.monotonic(), self.clock.wall())
+
+    def apply_many(self, records: list[Record]) -> int:
+        """``apply`` for a run of records under one lock and one clock reading; how many changed."""
+        if not records:
+            return 0
+        with self._lock:
+            self._check_open()
+            self.hlc.observe(max(r.version for r in records))
+            now = self.clock.monotonic()
+            wall = self.clock.wall()
+            apply = self._apply_locked
+            return sum(1 for r in records if apply(r, now, wall))
+
+    def _apply_locked(self, record: Record, now: float, wall: float) -> bool:
+        """The one funnel of ``apply`` and ``apply_many``: merge, and wake ``wait_for`` if taken in."""
+        changed = self._held.merge(record, now, wall)
+        # One that arrived already expired at most removed a copy: nothing a waiter can use.
+        if changed and self._waiters and (record.deleted or record.expires > wall):
+            self._arrived.notify_all()
+        return changed
+
+    def records(self) -> list[Record]:
+        """Every live record and live tombstone held here (for replication repair)."""
+        with self._lock:
+            return self._held.records(self.clock.monotonic())
+
+    def discard(self, sid: str, version: int, origin: int) -> bool:
+        """Drop the live copy of ``sid`` if it is older than ``(version, origin)``; True if dropped.
+
+        The ``invalidate`` replication mode: the newer value is read through on next use.
+        """
+        with self._lock:
+            self._check_open()
+            self.hlc.observe(version)
+            return self._held.discard(sid, version, origin)
+
+    def apply_clear(self, version: int) -> bool:
+        """Merge a clear that came from elsewhere; True if it raised the watermark.
+
+        Drops every live session at or below ``version`` and tells
+        the store (if any) to do the same: clearing is idempotent, so every
+        replica repeating it costs little and survives the clearing process dying.
+        """
+        with self._lock:
+            self._check_open()
+            self.hlc.observe(version)
+            if version <= self._held.cleared:
+                return False
+            self._held.clear(version)
+        if self.persistence is not None:
+            self.persistence.clear(version, wait=False)  # on the bus thread: the writer does it
+        return True
+
+    # -- gap repair, read-your-writes and read-through ---------------------------
+
+    def begin_repair(self) -> None:
+        """The bus lost messages: check each entry with the hub before serving it, until ``end_repair``."""
+        with self._lock:
+            self._verified = set()
+            self._hub_unreachable = False
+            self._repairing = True
+
+    def end_repair(self) -> None:
+        """The bus spliced in a snapshot: what is held here is as fresh as the hub's."""
+        with self._lock:
+            self._repairing = False
+            self._verified = set()
+
+    def wait_for(self, sid: str, version: int, timeout: float = 0.05) -> Record | None:
+        """Read-your-writes: the record for ``sid`` once it is at least ``version``.
+
+        Waits up to ``timeout`` seconds for the bus to bring it (woken the
+        moment it is merged), then reads it through the hub, then the store.
+        Returns None if no copy that recent could be found (the caller then
+        treats the session as unknown, never as stale).
+        """
+        # A real wait for real I/O, whatever clock versions are taken from.
+        deadline = time.monotonic() + (timeout if self.bus is not None else 0.0)
+        with self._lock:
+            self._waiters += 1
+            try:
+                while True:
+                    record = self._held.recent(sid, version, self.clock.monotonic())
+                    if record is not None:
+                        return record
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._arrived.wait(remaining)
+            finally:
+                self._waiters -= 1
+        for source in (self.bus.fetch if self.bus is not None else None,
+                       self.persistence.read if self.persistence is not None else None):
+            fetched = source(sid) if source is not None else None
+            if fetched is None:
+                continue
+            self.apply(fetched)
+            with self._lock:
+                record = self._held.recent(sid, version, self.clock.monotonic())
+            if record is not None:
+                return record
+        return None
+
+    def _revalidate(self, sid: str, record: Record) -> Record | None:
+        """During a gap repair: bring ``sid`` up to the hub's copy before serving it.
+
+        The lost messages may have changed or ended this session. If the hub
+        does not answer, the local copy is served and counted as
+        ``unverified`` (logged once per repair); later reads in the same
+        repair don't wait again.
+        """
+        bus = self.bus
+        if bus is None or self._hub_unreachable:
+            self._counts["unverified"] += 1
+            return record
+        answered, fetched = bus.lookup(sid, timeout=_REVALIDATE_TIMEOUT)
+        if not answered:
+            with self._lock:
+                if not self._hub_unreachable:
+                    self._hub_unreachable = True
+                    log.warning("hub did not answer a revalidation during a repair; serving local copies")
+                self._counts["unverified"] += 1
+            return record
+        if fetched is not None:
+            self.apply(fetched)
+        with self._lock:
+            self._verified.add(sid)
+            self._counts["revalidated"] += 1
+            current: Record | None = self._core.lookup(sid, self.clock.monotonic())
+        return current if current is not None and not current.deleted else None
+
+    def _read_through(self, sid: str) -> Record | None:
+        """Bring ``sid`` from the hub (invalidate mode) or the store into memory; the live record, or None."""
+        found = self.bus.fetch(sid) if self._bus_reads and self.bus is not None else None
+        if found is None and self.persistence is not None:
+            found = self.persistence.read(sid)
+        if found is None:
+            return None
+        self.apply(found)
+        with self._lock:
+            record = self._core.lookup(sid, self.clock.monotonic())
+        return record if record is not None and not record.deleted else None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheClosed("SessionCache is closed")

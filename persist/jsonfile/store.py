@@ -1,0 +1,250 @@
+"""JsonFileStore: sessions in memory, snapshotted to one JSON-lines file (its format: ``snapshot``).
+
+Every snapshot replaces the file whole and atomically. Writes between two
+snapshots are lost if the process dies: durability is "as of the last
+snapshot" (every ``save_interval`` seconds, and on ``close()``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Literal
+
+from memsession.clock import SYSTEM_CLOCK, Clock
+from memsession.errors import ConfigError, StoreCorrupt, StoreError
+from memsession.session import Record
+
+from ..base import check_clear_version, check_open, cleared_by, coalesce, supersedes
+from .snapshot import NAME, open_snapshot, write_snapshot
+
+__all__ = ["JsonFileStore"]
+
+log = logging.getLogger("memsession.persist")
+
+
+
+def _lock_file(path: str) -> int | None:
+    """Hold an exclusive lock on ``<folder>/.<name>.lock``; ConfigError if another process holds it."""
+    if sys.platform == "win32":  # pragma: no cover - no flock; one owner per file is then up to you
+        return None
+    import fcntl
+
+    folder, name = os.path.split(os.path.abspath(path))
+    fd = os.open(os.path.join(folder, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError("path", path, "the file is in use by another JsonFileStore (one owner per file)") from None
+    return fd
+
+
+class JsonFileStore:
+    """Sessions kept in a dict here and snapshotted to ``path`` (memorystore's saveFile).
+
+    ``save_interval`` (seconds, memorystore's savePeriod): how often a
+    background thread writes the file if anything changed; ``None`` writes
+    only on ``snapshot()`` and ``close()``. ``on_corrupt="raise"`` refuses to
+    start on a damaged file (``StoreCorrupt`` names it and what is wrong, the
+    file is left untouched); ``"move_aside"`` renames it to
+    ``<path>.corrupt-<time>``, logs a warning and starts empty.
+
+    One store owns a file: a second one on the same path (in any process)
+    fails at construction, since two writers would overwrite each other's
+    snapshots. Several processes share sessions through the sidecar instead.
+    """
+
+    name = NAME
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        save_interval: float | None = 60.0,
+        on_corrupt: Literal["raise", "move_aside"] = "raise",
+        clock: Clock = SYSTEM_CLOCK,
+        fsync: bool = True,
+        max_line_bytes: int = 8 << 20,
+    ) -> None:
+        if save_interval is not None and not save_interval > 0:
+            raise ConfigError("save_interval", save_interval, "must be > 0 seconds or None")
+        if on_corrupt not in ("raise", "move_aside"):
+            raise ConfigError("on_corrupt", on_corrupt, "must be 'raise' or 'move_aside'")
+        self.path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder):
+            raise ConfigError("path", self.path, f"folder {folder} does not exist")
+        self._lock_fd = _lock_file(self.path)
+        self.save_interval = save_interval
+        self.clock = clock
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        #: Never holds a live record the watermark covers: loading, ``save`` and ``clear`` keep them out.
+        self._records: dict[str, Record] = {}
+        #: The clear watermark; raised only, written with the records.
+        self._cleared = 0
+        self._changes = 0
+        self._closed = False
+        self.snapshots = 0
+        self.snapshot_errors = 0
+        try:
+            snapshot = open_snapshot(self.path, clock.wall(), max_line_bytes=max_line_bytes)
+            # Kept even if a record turns out damaged: a watermark read is one more
+            # guard against resurrection, whatever happens to the records.
+            self._cleared = snapshot.cleared
+            for record in snapshot.records:
+                self._records[record.key] = record
+        except FileNotFoundError:
+            pass
+        except StoreCorrupt:
+            if on_corrupt == "raise":
+                self._unlock()
+                raise
+            aside = f"{self.path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+            os.replace(self.path, aside)
+            log.warning("session file %s is damaged; moved it to %s and started empty", self.path, aside)
+            self._records.clear()
+        except OSError as exc:
+            self._unlock()
+            raise StoreError(f"can't read {self.path}: {exc}", store=NAME, op="load") from exc
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if save_interval is not None:
+            self._thread = threading.Thread(target=self._run, name="memsession-jsonfile", daemon=True)
+            self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"JsonFileStore({self.path!r}, save_interval={self.save_interval!r})"
+
+    def load(self, key: str) -> Record | None:
+        check_open(self._closed, NAME, "load")
+        return self._records.get(key)
+
+    def load_all(self, now: float) -> Iterator[Record]:
+        check_open(self._closed, NAME, "load_all")
+        with self._lock:
+            records = list(self._records.values())
+        return (r for r in records if r.expires > now)
+
+    def save(self, records: Sequence[Record]) -> int:
+        written = 0
+        with self._lock:
+            check_open(self._closed, NAME, "save")
+            stored = self._records
+            cleared = self._cleared
+            # The winner per key first, then the watermark (which lets tombstones through):
+            # as the other stores do, so a batch lands the same whether a clear came
+            # before or after it.
+            for key, record in coalesce(records).items():
+                if not cleared_by(record, cleared) and supersedes(record, stored.get(key)):
+                    stored[key] = record
+                    written += 1
+            self._changes += written
+        return written
+
+    def clear(self, version: int) -> int:
+        """Drop live records at or below ``version``, raise the watermark and write the file at once.
+
+        Tombstones stay, whatever their version, until they lapse. The
+        snapshot is written before returning (only if something changed):
+        unlike a save, a clear lost in a crash would bring sessions back.
+        """
+        check_clear_version(version, NAME)
+        with self._lock:
+            check_open(self._closed, NAME, "clear")
+            raised = version > self._cleared
+            self._cleared = max(self._cleared, version)
+            gone = [k for k, r in self._records.items() if cleared_by(r, version)]
+            for key in gone:
+                del self._records[key]
+            self._changes += len(gone) + raised
+        self._snapshot(force=False)
+        return len(gone)
+
+    def delete(self, keys: Iterable[str]) -> int:
+        removed = 0
+        with self._lock:
+            check_open(self._closed, NAME, "delete")
+            for key in keys:
+                if self._records.pop(key, None) is not None:
+                    removed += 1
+            self._changes += removed
+        return removed
+
+    def purge(self, now: float) -> int:
+        with self._lock:
+            check_open(self._closed, NAME, "purge")
+            dead = [k for k, r in self._records.items() if r.expires <= now]
+            for key in dead:
+                del self._records[key]
+            self._changes += len(dead)
+        return len(dead)
+
+    def snapshot(self) -> int:
+        """Write the file now (if anything changed since the last write); return records written."""
+        check_open(self._closed, NAME, "snapshot")
+        return self._snapshot(force=False)
+
+    def _snapshot(self, force: bool) -> int:
+        with self._write_lock:
+            with self._lock:
+                if not self._changes and not force:
+                    return 0
+                changes = self._changes
+                self._changes = 0
+                records = list(self._records.values())
+                cleared = self._cleared
+            try:
+                count = write_snapshot(self.path, records, self.clock.wall(), fsync=self._fsync, cleared=cleared)
+            except BaseException as exc:
+                with self._lock:
+                    self._changes += changes
+                self.snapshot_errors += 1
+                if isinstance(exc, OSError):
+                    raise StoreError(f"can't write {self.path}: {exc}", store=NAME, op="snapshot") from exc
+                raise
+            self.snapshots += 1
+            return count
+
+    def _run(self) -> None:
+        assert self.save_interval is not None
+        while not self._stop.wait(self.save_interval):
+            try:
+                self._snapshot(force=False)
+            except Exception:
+                log.exception("periodic snapshot of %s failed; will retry", self.path)
+
+    def close(self) -> None:
+        """Stop the snapshot thread and write a final snapshot. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self._snapshot(force=False)
+        finally:
+            with self._lock:
+                self._closed = True
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "records": len(self._records),
+            "cleared": self._cleared,
+            "unsaved_changes": self._changes,
+            "snapshots": self.snapshots,
+            "snapshot_errors": self.snapshot_errors,
+        }
