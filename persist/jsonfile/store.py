@@ -18,6 +18,7 @@ from typing import Any, Literal
 from memsession.clock import SYSTEM_CLOCK, Clock
 from memsession.errors import ConfigError, StoreCorrupt, StoreError
 from memsession.session import Record
+from memsession.validate import check_choice, check_number
 
 from ..base import check_clear_version, check_open, cleared_by, coalesce, supersedes
 from .snapshot import NAME, open_snapshot, write_snapshot
@@ -71,10 +72,8 @@ class JsonFileStore:
         fsync: bool = True,
         max_line_bytes: int = 8 << 20,
     ) -> None:
-        if save_interval is not None and not save_interval > 0:
-            raise ConfigError("save_interval", save_interval, "must be > 0 seconds or None")
-        if on_corrupt not in ("raise", "move_aside"):
-            raise ConfigError("on_corrupt", on_corrupt, "must be 'raise' or 'move_aside'")
+        check_number("save_interval", save_interval, allow_none=True)
+        check_choice("on_corrupt", on_corrupt, ("raise", "move_aside"))
         self.path = os.fspath(path)
         folder = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(folder):
