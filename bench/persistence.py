@@ -36,7 +36,7 @@ from memsession import SessionCache, new_id
 from memsession.session import Record, prepare_data
 from persist.base import Store
 from persist.jsonfile import JsonFileStore, read_snapshot, write_snapshot
-from persist.persistence import PersistConfig
+from persist.persistence import PersistConfig, Persistence
 
 from .table import render, verdict
 

@@ -151,12 +151,14 @@ class Persistence:
     def emit(self, record: Record, *, touch: bool = False) -> None:
         """Persist a local change according to the mode (see the module docstring)."""
         self._check_process("save")
-        with self._lock:
-            if self._closed:
+        if self._closed:
+            with self._lock:
                 self._counts["lost"] += 1
-                log.error("session change after the store was closed is not persisted")
-                return
-            self._negative.pop(record.key, None)
+            log.error("session change after the store was closed is not persisted")
+            return
+        if self._negative:  # on the request path: take the lock only when there is something to forget
+            with self._lock:
+                self._negative.pop(record.key, None)
         if self.config.mode == WRITE_BEHIND or touch:
             self._writer.add(record)
             return

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 from memsession.session import Record, cleared_by, supersedes
@@ -50,7 +51,9 @@ class WriteQueue:
     def __init__(self, limit: int = 1_000_000) -> None:
         check_int("queue_limit", limit)
         self.limit = limit
-        self._pending: OrderedDict[str, Record] = OrderedDict()
+        # A plain dict (insertion-ordered) is cheaper to add to than an OrderedDict on every
+        # write; the one reordering, a failed batch going back in front, rebuilds it.
+        self._pending: dict[str, Record] = {}
         #: Batches the runner is writing now, by key.
         self.inflight: dict[str, Record] = {}
         #: Set by an overflow until the runner starts rewriting; ``rewriting`` while it does.
@@ -111,7 +114,7 @@ class WriteQueue:
                     self.counts["deferred"] += 1
                     return True
             while len(pending) >= self.limit:
-                pending.popitem(last=False)
+                del pending[next(iter(pending))]
                 self.counts["lost"] += 1
         pending[key] = record
         self.counts["queued"] += 1
@@ -129,11 +132,9 @@ class WriteQueue:
         """Move up to ``n`` records, oldest first, from the queue into flight."""
         pending = self._pending
         inflight = self.inflight
-        out: list[Record] = []
-        while pending and len(out) < n:
-            record = pending.popitem(last=False)[1]
+        out = [pending.pop(key) for key in list(islice(pending, n))]
+        for record in out:
             inflight[record.key] = record
-            out.append(record)
         return out
 
     def _land(self, batch: Iterable[Record]) -> None:
@@ -156,13 +157,15 @@ class WriteQueue:
         self._refuse(batch, refused)
         self.counts["failed_batches"] += 1
         pending = self._pending
-        for record in reversed(batch):
+        front: dict[str, Record] = {}
+        room = self.limit - len(pending)
+        for record in batch:
             if record.key in refused or cleared_by(record, self.cleared):
                 continue
             newer = pending.get(record.key)
             if newer is not None and not supersedes(record, newer):
                 continue
-            if newer is None and len(pending) >= self.limit:
+            if newer is None and room <= 0:
                 if not record.deleted:
                     if not self.rewrite_due:
                         self._overflow()
@@ -170,8 +173,12 @@ class WriteQueue:
                 else:
                     self.counts["lost"] += 1
                 continue
-            pending[record.key] = record
-            pending.move_to_end(record.key, last=False)
+            if newer is None:
+                room -= 1
+            front[record.key] = record
+        if front:
+            front.update((k, r) for k, r in self._pending.items() if k not in front)
+            self._pending = front
 
     def _refuse(self, batch: Iterable[Record], keys: set[str]) -> int:
         if not keys:

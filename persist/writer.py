@@ -100,6 +100,7 @@ class Writer:
         #: What becomes of changes still unwritten at close, for the log line that counts them.
         self.unwritten_note = unwritten_note
         self.queue = WriteQueue(config.queue_limit)
+        self._batch_size = config.batch_size
         self.lock = threading.Lock()
         self._wake = threading.Condition(self.lock)
         self._settled = threading.Condition(self.lock)
@@ -124,19 +125,17 @@ class Writer:
     # -- feeding ---------------------------------------------------------------------
 
     def add(self, record: Record) -> None:
-        """Queue a change; the thread writes it within ``flush_interval``."""
-        with self.lock:
-            self._add_locked(record)
-
-    def _add_locked(self, record: Record) -> None:
+        """Queue a change; the thread writes it within ``flush_interval`` (on the request path: kept lean)."""
         queue = self.queue
-        if queue.add(record):
-            log.error("write-behind queue overflowed (%d keys, store %s failing); live sessions "
-                      "will be rewritten from memory when the store is back", queue.limit, self.store.name)
-        if self.dirty_since is None and len(queue):
-            self.dirty_since = self.clock.wall()
-        if len(queue) >= self.config.batch_size:
-            self._wake.notify()
+        with self.lock:
+            if queue.add(record):
+                log.error("write-behind queue overflowed (%d keys, store %s failing); live sessions "
+                          "will be rewritten from memory when the store is back", queue.limit, self.store.name)
+            depth = len(queue)
+            if self.dirty_since is None and depth:
+                self.dirty_since = self.clock.wall()
+            if depth >= self._batch_size:
+                self._wake.notify()
 
     def get(self, key: str) -> Record | None:
         """The newest unwritten record of ``key`` (queued or being written), if any."""
