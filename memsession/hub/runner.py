@@ -242,6 +242,30 @@ def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: thr
                     log.debug("hub reply not delivered: %s", exc)
 
 
+def start_in_thread(run: Callable[[], None], ready: threading.Event, errors: list[BaseException], *,
+                    name: str, timeout: float) -> threading.Thread:
+    """Run ``run`` (which sets ``ready`` once serving) in a daemon thread; return once it serves.
+
+    An error before it serves is raised here, in the caller; one after it is
+    kept in ``errors`` for whoever stops it.
+    """
+
+    def target() -> None:
+        try:
+            run()
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller of start, or of stop)
+            errors.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    if not ready.wait(timeout):
+        raise BusError(f"{name} did not start within {timeout}s")
+    if errors:
+        raise errors[0]
+    return thread
+
+
 class Hub:
     """A hub running in a background thread of this process (embedding, tests)."""
 
@@ -254,19 +278,10 @@ class Hub:
         self._thread: threading.Thread | None = None
 
     def start(self, timeout: float = 5.0) -> Hub:
-        def target() -> None:
-            try:
-                run_hub(self.config, stop=self._stop, ready=self._ready, state=self.state)
-            except Exception as exc:  # noqa: BLE001 - handed to start(), which raises it in the caller
-                self._error.append(exc)
-                self._ready.set()
+        def run() -> None:
+            run_hub(self.config, stop=self._stop, ready=self._ready, state=self.state)
 
-        self._thread = threading.Thread(target=target, name="memsession-hub", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise BusError("hub did not start in time")
-        if self._error:
-            raise self._error[0]
+        self._thread = start_in_thread(run, self._ready, self._error, name="memsession-hub", timeout=timeout)
         return self
 
     @property

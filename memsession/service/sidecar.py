@@ -42,6 +42,7 @@ from persist.writer import Writer, WriterConfig
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BusError, ConfigError, MemsessionError
 from ..hub import HubConfig, HubState, run_hub
+from ..hub.runner import start_in_thread
 from .http import parse_http, serve_http
 
 __all__ = ["Sidecar", "SidecarConfig"]
@@ -212,20 +213,8 @@ class Sidecar:
 
     def start(self, timeout: float = 30.0) -> Sidecar:
         """Run in a background thread; return once the hub answers requests."""
-
-        def target() -> None:
-            try:
-                self.run(self._stop, self._ready)
-            except BaseException as exc:  # noqa: BLE001 (handed to the caller of start/stop)
-                self._error.append(exc)
-                self._ready.set()
-
-        self._thread = threading.Thread(target=target, name="memsession-sidecar", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise BusError("sidecar did not start in time")
-        if self._error:
-            raise self._error[0]
+        self._thread = start_in_thread(lambda: self.run(self._stop, self._ready), self._ready, self._error,
+                                       name="memsession-sidecar", timeout=timeout)
         return self
 
     def stop(self) -> None:
