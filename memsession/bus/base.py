@@ -78,6 +78,9 @@ class Replicator:
         self.tracker = SequenceTracker(strict=True)
         self.hub_epoch: int | None = None
         self.hub_id: int | None = None
+        #: Hubs that have been replaced: what still arrives from them is a straggler. A restart is
+        #: told by the hub's id, never by comparing epochs, which follow a wall clock that can step back.
+        self._past_hubs: deque[int] = deque(maxlen=64)
         self.last_hub_beat: float | None = None
         self.repair_due = False
         self.repair_reason = ""
@@ -260,19 +263,16 @@ class Replicator:
         return REPAIR
 
     def _hub_beat(self, msg: wire.Message) -> str:
-        if self.hub_epoch is not None and msg.epoch < self.hub_epoch:
-            # A straggler from a hub that has since been replaced (epochs grow with start
-            # time): taking it for another restart would flip back and repair again.
+        if msg.origin in self._past_hubs:
+            # A straggler from a hub that has since been replaced: taking it for another
+            # restart would flip back and repair again.
             self.counts["stale_hub_beats"] += 1
             return SKIPPED
         now = self.clock.monotonic()
         previous = self.last_hub_beat
         self.last_hub_beat = now
-        if self.hub_epoch is not None and msg.epoch != self.hub_epoch:
-            self.counts["hub_restarts"] += 1
-            log.warning("hub restarted (epoch %x -> %x); repairing", self.hub_epoch, msg.epoch)
-            self.hub_epoch = msg.epoch
-            self.hub_id = msg.origin
+        if self.hub_id is not None and msg.origin != self.hub_id:
+            self._replaced_by(msg.origin, msg.epoch)
             return self._need_repair("hub restart")
         self.hub_epoch = msg.epoch
         self.hub_id = msg.origin
@@ -281,6 +281,16 @@ class Replicator:
         if self.tracker.heartbeat(msg.origin, msg.epoch, msg.seq) == GAP:
             return self._gap("hub relay heartbeat")
         return SKIPPED
+
+    def _replaced_by(self, hub_id: int, epoch: int) -> None:
+        """Another hub serves now (a restart): the old one's messages are stragglers from here on."""
+        self.counts["hub_restarts"] += 1
+        log.warning("hub restarted (hub %x epoch %x -> hub %x epoch %x); repairing",
+                    self.hub_id, self.hub_epoch or 0, hub_id, epoch)
+        if self.hub_id is not None:
+            self._past_hubs.append(self.hub_id)
+        self.hub_id = hub_id
+        self.hub_epoch = epoch
 
     def silent(self) -> bool:
         """True when the hub has not been heard for ``silence`` seconds (checked by the transport)."""
@@ -318,13 +328,17 @@ class Replicator:
         self.repair_due = False
         self.repair_reason = ""
         self.cache.end_repair()
-        if self.hub_epoch is not None and hub_epoch < self.hub_epoch:
-            return changed  # cut by a hub that has since been replaced: keep the newer epoch
-        if self.hub_epoch is not None and hub_epoch != self.hub_epoch:
+        # The hub lists its own stream in the vector, under its epoch.
+        hub = next((origin for origin, (epoch, _) in vector.items() if epoch == hub_epoch), None)
+        if hub is None:
+            return changed
+        if hub in self._past_hubs:
+            return changed  # cut by a hub that has since been replaced: keep the newer one
+        if self.hub_id is not None and hub != self.hub_id:
             # A snapshot from a hub we had not heard beat yet: it restarted and may lack our state.
-            self.counts["hub_restarts"] += 1
-            log.warning("hub restarted (epoch %x -> %x); repairing", self.hub_epoch, hub_epoch)
+            self._replaced_by(hub, hub_epoch)
             self._need_repair("hub restart")
+        self.hub_id = hub
         self.hub_epoch = hub_epoch
         return changed
 

@@ -19,7 +19,7 @@ from .. import wire
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BusError
 from ..session import Record
-from .base import REPAIR, RESYNC, BusConfig, Clear, ReplicaTarget, Replicator, new_epoch
+from .base import REPAIR, RESYNC, BusConfig, Clear, ReplicaTarget, Replicator
 
 __all__ = ["MemoryBus", "MemoryHub"]
 
@@ -70,10 +70,9 @@ class MemoryHub:
         from ..hub import HubState
 
         with self._lock:
-            # A restarted process starts later and so draws a higher epoch; under a
-            # clock that stands still the twin must keep that order itself.
-            epoch = max(new_epoch(self.clock), self.state.epoch + (1 << 12))
-            self.state = HubState(clock=self.clock, epoch=epoch)
+            # A new hub id and an epoch from the clock, whatever the clock did meanwhile:
+            # workers tell a restart by the id.
+            self.state = HubState(clock=self.clock)
 
     def partition(self, bus: MemoryBus) -> None:
         self.cut.add(id(bus))
