@@ -81,3 +81,23 @@ def test_splice_covers_the_snapshot_and_keeps_what_we_saw_later(seen, vector):
     for origin, (epoch, last) in seen.items():
         if origin not in vector:
             assert last == 0 or t.vector()[origin] == (epoch, last)
+
+
+def test_a_subscriber_forgets_publishers_that_stopped_at_the_next_hub_beat() -> None:
+    from memsession import SessionCache, wire
+    from memsession.bus.base import BusConfig, Replicator
+    from memsession.testing import FakeClock
+
+    clock = FakeClock()
+    cache = SessionCache(clock=clock)
+    replicator = Replicator(cache, BusConfig(forget_after=60.0), clock=clock)
+    replicator.install_snapshot([], {1: (9 << 12, 0)}, 9 << 12)
+    for origin in range(100, 110):
+        replicator.receive(wire.encode_heartbeat(origin, 7 << 12, 0, 0))
+    assert len(replicator.tracker) == 11
+    clock.advance(30.0)
+    replicator.receive(wire.encode_heartbeat(100, 7 << 12, 0, 0))  # one of them is still alive
+    clock.advance(31.0)
+    replicator.receive(wire.encode_heartbeat(1, 9 << 12, 0, 0, hub=True))
+    assert sorted(replicator.tracker.vector()) == [1, 100]
+    cache.close()

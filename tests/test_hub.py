@@ -275,3 +275,46 @@ def test_get_does_not_return_what_a_clear_removed(state):
     state.on_bus(wire.encode_clear(20, 7, 1, 1, 0))
     (reply,), _ = state.on_request(wire.encode_request(wire.GET, 3, "a"))
     assert wire.decode_reply(reply).body == (None,)
+
+
+def _recycle(state: HubState, clock: FakeClock, lifetimes: int, *, at_once: int = 10, life: float = 30.0) -> None:
+    """``lifetimes`` worker processes, ``at_once`` alive at a time, each beating for ``life`` seconds."""
+    origin = 1
+    for _ in range(lifetimes // at_once):
+        generation = range(origin, origin + at_once)
+        origin += at_once
+        for beat_at in range(0, int(life), 10):
+            for o in generation:
+                state.on_bus(wire.encode_heartbeat(o, 7 << 12, 0, int(clock.wall() * 1e6)))
+            clock.advance(10.0)
+            state.prune()  # the hub's once-a-second chore
+
+
+@pytest.mark.parametrize("lifetimes", [10, 100_000])
+def test_hub_state_follows_live_publishers_whatever_the_history(lifetimes: int) -> None:
+    """Workers recycled for days: stopped publishers are forgotten, so a join costs what the live ones cost."""
+    clock = FakeClock()
+    state = HubState(clock=clock, forget_after=60.0)
+    _recycle(state, clock, lifetimes)
+    assert len(state.tracker) <= 10 * 10  # the live generation and those gone less than a minute ago
+    end = list(state.snapshot(1))[-1]
+    reply = wire.decode_reply(end)  # the default limits: the reply a joining worker must decode
+    vector = reply.body[1]
+    assert len(vector) == len(state.tracker) + 1  # every live stream, plus the hub's own
+    assert state.counts["forgotten"] == lifetimes - len(state.tracker)
+
+
+def test_a_forgotten_publisher_that_speaks_again_is_asked_to_resync() -> None:
+    clock = FakeClock()
+    state = HubState(clock=clock, forget_after=60.0)
+    state.on_bus(wire.encode_heartbeat(5, 7 << 12, 3, 0))
+    clock.advance(61.0)
+    state.prune()
+    assert len(state.tracker) == 0
+    out = state.on_bus(wire.encode_heartbeat(5, 7 << 12, 9, 0))  # stopped (SIGSTOP), not dead
+    assert out and wire.decode(out[0]).op == wire.RESYNC
+
+
+def test_forget_after_must_outlast_heartbeats() -> None:
+    with pytest.raises(ConfigError):
+        HubConfig(heartbeat=1.0, forget_after=2.0)

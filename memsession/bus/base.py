@@ -164,6 +164,7 @@ class Replicator:
         except WireError as exc:
             return self.drop("malformed", exc)
         op = msg.op
+        self.tracker.heard(msg.origin, self.clock.monotonic())
         if op == wire.HELLO:
             if msg.origin == self.origin and msg.body == self.nonce:
                 return HELLO
@@ -276,6 +277,7 @@ class Replicator:
             return self._need_repair("hub restart")
         self.hub_epoch = msg.epoch
         self.hub_id = msg.origin
+        self.tracker.forget_silent(now, self.config.forget_after)  # once a beat: publishers that stopped
         if previous is not None and now - previous > self.config.silence:
             return self._need_repair("silence")
         if self.tracker.heartbeat(msg.origin, msg.epoch, msg.seq) == GAP:
@@ -323,6 +325,9 @@ class Replicator:
             if apply(record):
                 changed += 1
         self.tracker.splice(vector)
+        now = self.clock.monotonic()
+        for origin in vector:
+            self.tracker.heard(origin, now)  # live at the hub: forgotten only if silent from now on
         self.counts["snapshot_records"] += n
         self.counts["repairs"] += 1
         self.repair_due = False

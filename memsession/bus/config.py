@@ -47,6 +47,9 @@ class BusConfig:
     insecure: bool = False
     #: Fault injection for tests: fraction of data messages dropped after numbering
     #: (changes then travel one a message, unbatched, so each can be lost on its own).
+    #: Publishers not heard for this long (seconds) are forgotten: what they wrote stays merged, their
+    #: stream bookkeeping goes, so state and snapshots follow the live processes, not every one that lived.
+    forget_after: float = 60.0
     fault_drop_rate: float = 0.0
     limits: wire.Limits = wire.DEFAULT_LIMITS
 
@@ -55,6 +58,9 @@ class BusConfig:
         check_number("heartbeat", self.heartbeat)
         check_number("silence", self.silence)
         check_number("request_timeout", self.request_timeout)
+        check_number("forget_after", self.forget_after)
+        if self.forget_after <= self.silence:
+            raise ConfigError("forget_after", self.forget_after, "must exceed silence")
         if self.silence <= self.heartbeat:
             raise ConfigError("silence", self.silence, "must exceed heartbeat")
         for name in ("queue_size", "sndhwm", "rcvhwm"):

@@ -35,10 +35,12 @@ class SequenceTracker:
     for the hub right after it started (it cannot know what came before).
     """
 
-    __slots__ = ("_last", "strict")
+    __slots__ = ("_heard", "_last", "strict")
 
     def __init__(self, *, strict: bool = True) -> None:
         self._last: dict[int, tuple[int, int]] = {}
+        #: When each origin was last heard (the caller's monotonic time), for ``forget_silent``.
+        self._heard: dict[int, float] = {}
         self.strict = strict
 
     def observe(self, origin: int, epoch: int, seq: int) -> str:
@@ -116,6 +118,23 @@ class SequenceTracker:
     def forget(self, origins: Iterable[int]) -> None:
         for origin in origins:
             self._last.pop(origin, None)
+            self._heard.pop(origin, None)
+
+    def heard(self, origin: int, now: float) -> None:
+        """``origin`` sent something at ``now`` (any message, heartbeats included)."""
+        self._heard[origin] = now
+
+    def forget_silent(self, now: float, after: float) -> list[int]:
+        """Forget the streams not heard for ``after`` seconds (publishers that stopped); return them.
+
+        What they wrote stays merged; only the bookkeeping goes, so memory and
+        snapshot vectors follow the live publishers, not every one that ever
+        lived. One that comes back starts a stream seen mid-way: a gap, repaired.
+        """
+        cutoff = now - after
+        gone = [origin for origin, at in self._heard.items() if at < cutoff]
+        self.forget(gone)
+        return gone
 
     def vector(self) -> dict[int, tuple[int, int]]:
         """``{origin: (epoch, last_seq)}``, a copy."""

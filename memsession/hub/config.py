@@ -75,9 +75,15 @@ class HubConfig:
     keys: str | None = None
     insecure: bool = False
     limits: wire.Limits = wire.DEFAULT_LIMITS
+    #: Publishers not heard for this long (seconds) are forgotten: what they wrote stays merged, their
+    #: stream bookkeeping goes, so state and snapshots follow the live processes, not every one that lived.
+    forget_after: float = 60.0
 
     def __post_init__(self) -> None:
         check_number("heartbeat", self.heartbeat)
+        check_number("forget_after", self.forget_after)
+        if self.forget_after <= 3 * self.heartbeat:
+            raise ConfigError("forget_after", self.forget_after, "must exceed three heartbeats")
         for name in ("sndhwm", "capture_hwm"):
             check_int(name, getattr(self, name))
         given = (self.publish, self.subscribe, self.requests)

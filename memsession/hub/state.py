@@ -71,7 +71,10 @@ class HubState:
         on_change: Callable[[Record], None] | None = None,
         on_clear: Callable[[int], None] | None = None,
         extra_stats: Callable[[], dict[str, Any]] | None = None,
+        forget_after: float = 60.0,
     ) -> None:
+        #: Publishers silent this long (seconds) are forgotten: hub state follows the live ones.
+        self.forget_after = forget_after
         self.on_change = on_change
         self.extra_stats = extra_stats
         self.on_clear = on_clear
@@ -93,7 +96,7 @@ class HubState:
         self.started = clock.wall()
         self.counts = dict.fromkeys(
             ("received", "applied", "ignored", "duplicates", "gaps", "resyncs_sent", "snapshots",
-             "gets", "pushes", "pushed_records", "writes", "relayed", "pruned", "clears"),
+             "gets", "pushes", "pushed_records", "writes", "relayed", "pruned", "clears", "forgotten"),
             0,
         )
         self.dropped: dict[str, int] = {}
@@ -200,6 +203,7 @@ class HubState:
         op = msg.op
         if msg.origin == self.hub_id or op in (wire.HELLO, wire.RESYNC, wire.HUB_BEAT):
             return []
+        self.tracker.heard(msg.origin, self.clock.monotonic())
         if op == wire.HEARTBEAT:
             if self.tracker.heartbeat(msg.origin, msg.epoch, msg.seq) == GAP:
                 self.counts["gaps"] += 1
@@ -316,6 +320,10 @@ class HubState:
                 pruned += 1
                 self._tombstone_count -= record.deleted
         self.counts["pruned"] += pruned
+        for origin in self.tracker.forget_silent(self.clock.monotonic(), self.forget_after):
+            self._last_resync.pop(origin, None)
+            self._owed.discard(origin)
+            self.counts["forgotten"] += 1
         return pruned
 
     def stats(self) -> dict[str, Any]:

@@ -102,7 +102,7 @@ class Sidecar:
             unwritten_note="workers still hold them and push them to the next sidecar",
         )
         self.state = HubState(
-            clock=clock, limits=self.hub_config.limits,
+            clock=clock, limits=self.hub_config.limits, forget_after=self.hub_config.forget_after,
             on_change=self.writer.add, on_clear=self._clear_store,
             extra_stats=self._persist_stats,
         )
