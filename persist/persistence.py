@@ -183,10 +183,7 @@ class Persistence:
             self._writer.counts["clear_errors"] += 1
             log.error("clear (watermark %d) after the store %s was closed is not persisted", version, self.store.name)
             return
-        try:
-            self._writer.clear(version, wait=wait)
-        except StoreError:
-            pass  # logged and counted by the writer, which retries it
+        self._writer.clear(version, wait=wait)
 
     def flush(self) -> int:
         """Write everything queued now; return how many records were taken. Raises the store's error."""

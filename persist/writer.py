@@ -19,12 +19,12 @@ is the pure half). A worker's ``Persistence`` and the sidecar each own one::
   holds (the sidecar's replica, a worker's sessions in memory).
 * ``close()`` keeps retrying for ``close_timeout`` seconds, then logs how many
   changes it could not write (``lost``).
-* ``on_written`` is called from the writer thread after every batch, rewrite
-  page or clear the store took (the acknowledgement thread rechecks its waiters).
+* ``on_written`` runs after every batch, rewrite page or clear the store took.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -97,8 +97,7 @@ class Writer:
         self.clock = clock
         self.rewrite_source = rewrite_source
         self.on_written = on_written
-        #: What becomes of changes still unwritten at close, for the log line that counts them.
-        self.unwritten_note = unwritten_note
+        self.unwritten_note = unwritten_note  # what becomes of changes unwritten at close, for the log
         self.queue = WriteQueue(config.queue_limit)
         self._batch_size = config.batch_size
         self.lock = threading.Lock()
@@ -156,8 +155,9 @@ class Writer:
         """Make a clear at ``version`` stick in the store; True if it was new here.
 
         Drops queued live records it covers. ``wait``: apply it to the store in
-        this thread now (raising its ``StoreError``; it stays owed and the thread
-        retries it); else the writer thread applies it before its next batch.
+        this thread now; else the writer thread applies it before its next
+        batch. Store trouble is never raised: it is logged and counted
+        (``clear_errors``) and the clear stays owed, so the thread retries it.
         """
         with self.lock:
             if not self.queue.clear(version):
@@ -166,7 +166,8 @@ class Writer:
                 self.dirty_since = self.clock.wall()
             self._wake.notify()
         if wait:
-            self._apply_clear()
+            with contextlib.suppress(StoreError):  # counted and logged by _apply_clear; retried
+                self._apply_clear()
         return True
 
     def save_now(self, record: Record) -> None:
@@ -308,7 +309,7 @@ class Writer:
 
     def _written(self) -> None:
         self._recovered()
-        if self.on_written is not None:
+        if self.on_written is not None:  # e.g. the acknowledgement thread rechecks its waiters
             self.on_written()
 
     def _failed(self, op: str, exc: BaseException) -> None:

@@ -26,6 +26,7 @@ so N workers don't start N purges (connect-pg-simple issue #160).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -257,10 +258,8 @@ class Sidecar:
                 return
             import zmq
 
-            try:
+            with contextlib.suppress(zmq.Again):  # a wake-up already waits, and it rechecks everything
                 push.send(b"", zmq.NOBLOCK)
-            except zmq.Again:
-                pass  # a wake-up is already waiting: it rechecks everything
 
     def _start_acks(self, endpoint: str) -> None:
         import zmq
