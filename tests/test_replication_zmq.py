@@ -350,6 +350,11 @@ def test_a_stopped_subscriber_overflows_its_queue_and_recovers(runtime_dir):
         try:
             for _ in range(60):  # in rounds: changes queued together travel as one message
                 run_ops(workers[:2], 25)
+            # Then more bytes than the kernel's socket buffers hold on top of the high-water
+            # marks (a few hundred KiB each side), so the overflow does not depend on how the
+            # rounds above happened to batch.
+            for i in range(1500):
+                workers[i % 2].call(("set", (new_id(), {"pad": "y" * 4000, "i": i})))
         finally:
             os.kill(sleeper.proc.pid, signal.SIGCONT)
         wait_converged(workers, hub)
