@@ -38,6 +38,9 @@ class Config:
     tombstone_ttl: float = 600.0
     #: Largest serialized session (msgpack bytes) accepted by ``set``.
     max_session_bytes: int = 64 * 1024
+    #: How long a read waits for the hub (or store) to say whether a session it was shown
+    #: exists, when they are away (a sidecar restart); past it ``SessionUnavailable``.
+    outage_budget: float = 5.0
 
     def __post_init__(self) -> None:
         check_int("maxsize", self.maxsize)
@@ -46,6 +49,7 @@ class Config:
         check_number("touch_interval", self.touch_interval, allow_zero=True)
         check_number("tombstone_ttl", self.tombstone_ttl)
         check_int("max_session_bytes", self.max_session_bytes, minimum=64)
+        check_number("outage_budget", self.outage_budget, allow_zero=True)
 
     @classmethod
     def from_options(cls, config: Config | None = None, **options: Any) -> Config:

@@ -10,7 +10,8 @@ boundary where they happen (``raise ... from exc``) so callers catch one tree::
     │   ├── InvalidSessionId(ValueError)   malformed id                .sid
     │   ├── SessionDataError(TypeError)    value not JSON-like         .path .value
     │   ├── SessionTooLarge(ValueError)    serialized data over limit  .size .limit
-    │   └── SessionDestroyed               id is tombstoned            .sid
+    │   ├── SessionDestroyed               id is tombstoned            .sid
+    │   └── SessionUnavailable             can't tell it now (outage)  .sid .retry_after
     ├── CacheClosed                        used after close()
     ├── SignatureError(ValueError)         cookie signature/format bad .reason
     ├── WireError(ValueError)              bad bus frame               .reason
@@ -37,6 +38,7 @@ __all__ = [
     "MemsessionError",
     "SessionDataError",
     "SessionDestroyed",
+    "SessionUnavailable",
     "SessionError",
     "SessionTooLarge",
     "SignatureError",
@@ -101,6 +103,20 @@ class SessionDestroyed(SessionError):
     def __init__(self, sid: str) -> None:
         super().__init__("session was destroyed; issue a new id")
         self.sid = sid
+
+
+class SessionUnavailable(SessionError):
+    """Neither the hub nor a store could say within ``outage_budget`` whether the session exists.
+
+    A worker never takes "no answer" for "no such session": that would log
+    the user out. Web integrations answer 503 with ``Retry-After``.
+    """
+
+    def __init__(self, sid: str, waited: float, retry_after: int = 1) -> None:
+        super().__init__(f"no hub or store answered for a session within {waited:.1f}s; try again")
+        self.sid = sid
+        self.waited = waited
+        self.retry_after = retry_after
 
 
 class CacheClosed(MemsessionError):

@@ -18,9 +18,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from .clock import Clock, HybridClock
+from .clock import Clock, HybridClock, version_wall_ms
 from .config import Config
-from .errors import CacheClosed
+from .errors import CacheClosed, SessionUnavailable, StoreUnavailable
 from .holdings import Holdings
 from .session import Record
 
@@ -28,12 +28,18 @@ if TYPE_CHECKING:
     from .backing import Backing
     from .bus.base import Bus
 
-__all__ = ["Replica"]
+__all__ = ["RECENT_WRITE", "Replica"]
 
 log = logging.getLogger("memsession")
 
 #: How long a read waits for the hub while a gap is repaired (the hub is up; a GET takes well under 1 ms).
 _REVALIDATE_TIMEOUT = 0.25
+#: A write younger than this (seconds) that hub and store don't have yet may still be on its way:
+#: the bus delivers in milliseconds, a restarted hub gathers the workers' copies within a second or two.
+RECENT_WRITE = 5.0
+#: While the hub or store is away, how often a read asks again, and how long one ask may take.
+_ASK_AGAIN = 0.1
+_ASK_TIMEOUT = 1.0
 
 
 class Replica:
@@ -177,15 +183,51 @@ class Replica:
             self._verified = set()
 
     def wait_for(self, sid: str, version: int, timeout: float = 0.05) -> Record | None:
-        """Read-your-writes: the record for ``sid`` once it is at least ``version``.
+        """Read-your-writes: the newest record of ``sid``, waiting for one at least ``version``.
 
         Waits up to ``timeout`` seconds for the bus to bring it (woken the
-        moment it is merged), then reads it through the hub, then the store.
-        Returns None if no copy that recent could be found (the caller then
-        treats the session as unknown, never as stale).
+        moment it is merged), then asks the hub and the store. Returns the
+        record (or tombstone) once one that recent is found. If they answered
+        without it, a write younger than ``RECENT_WRITE`` may still be on its
+        way (a restarted hub gathers what the workers hold), so they are
+        asked again until ``outage_budget`` ends; then the newest copy there
+        is comes back (that write was lost: logged, counted ``lost_writes``),
+        or None if no copy is left. If neither answered within the budget,
+        ``SessionUnavailable``: "no answer" is never taken for "no session".
         """
+        record = self._await(sid, version, timeout if self.bus is not None else 0.0)
+        if record is not None:
+            return record
+        if self.cleared >= version:
+            return None  # ended by a clear since
+        started = time.monotonic()
+        give_up = started + self.config.outage_budget
+        while True:
+            answered, newest = self._ask_elsewhere(sid, version, give_up)
+            if newest is not None and (newest.deleted or newest.version >= version):
+                return newest
+            if answered and not self._may_be_on_its_way(version):
+                return newest
+            remaining = give_up - time.monotonic()
+            if remaining <= 0:
+                break
+            record = self._await(sid, version, min(_ASK_AGAIN, remaining))
+            if record is not None:
+                return record
+        waited = time.monotonic() - started
+        with self._lock:
+            self._counts["lost_writes" if answered else "unavailable"] += 1
+        if not answered:
+            log.warning("no hub or store answered for a session within %.1fs; the request is refused", waited)
+            raise SessionUnavailable(sid, waited)
+        log.warning("the latest write of a session was not found anywhere within %.1fs; serving %s",
+                    waited, "the newest copy left" if newest is not None else "no copy (none is left)")
+        return newest
+
+    def _await(self, sid: str, version: int, timeout: float) -> Record | None:
+        """The held record for ``sid`` once it is at least ``version``, waiting up to ``timeout`` for the bus."""
         # A real wait for real I/O, whatever clock versions are taken from.
-        deadline = time.monotonic() + (timeout if self.bus is not None else 0.0)
+        deadline = time.monotonic() + timeout
         with self._lock:
             self._waiters += 1
             try:
@@ -195,21 +237,40 @@ class Replica:
                         return record
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        break
+                        return None
                     self._arrived.wait(remaining)
             finally:
                 self._waiters -= 1
-        for source in (self.bus.fetch if self.bus is not None else None,
-                       self.persistence.read if self.persistence is not None else None):
-            fetched = source(sid) if source is not None else None
-            if fetched is None:
-                continue
-            self.apply(fetched)
-            with self._lock:
-                record = self._held.recent(sid, version, self.clock.monotonic())
-            if record is not None:
-                return record
-        return None
+
+    def _ask_elsewhere(self, sid: str, version: int, give_up: float) -> tuple[bool, Record | None]:
+        """``(answered, newest)``: ask the hub, then the store; merge what they have.
+
+        ``answered`` is False when neither could be reached; ``newest`` is
+        what is held afterwards (its tombstone, or a copy older than asked).
+        """
+        bus, persistence = self.bus, self.persistence
+        answered = bus is None and persistence is None  # nothing else to ask: what is held here is all
+        if bus is not None:
+            reached, fetched = bus.lookup(sid, timeout=max(0.05, min(_ASK_TIMEOUT, give_up - time.monotonic())))
+            if reached:
+                answered = True
+                if fetched is not None:
+                    self.apply(fetched)
+        if persistence is not None:
+            try:
+                fetched = persistence.read(sid)
+            except StoreUnavailable:
+                fetched = None  # logged and counted by the persistence layer
+            else:
+                answered = True
+            if fetched is not None:
+                self.apply(fetched)
+        with self._lock:
+            now = self.clock.monotonic()
+            return answered, self._held.tombstone(sid, now) or self._core.peek(sid)
+
+    def _may_be_on_its_way(self, version: int) -> bool:
+        return self.clock.wall() - version_wall_ms(version) / 1000.0 < RECENT_WRITE
 
     def _revalidate(self, sid: str, record: Record) -> Record | None:
         """During a gap repair: bring ``sid`` up to the hub's copy before serving it.

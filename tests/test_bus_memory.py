@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from memsession import SessionCache, wire
 from memsession.bus import BusConfig, MemoryBus, MemoryHub
 from memsession.bus.base import is_touch
-from memsession.errors import ConfigError, SessionDestroyed
+from memsession.errors import ConfigError, SessionDestroyed, SessionUnavailable
+from memsession.replica import RECENT_WRITE
 from memsession.session import Record, new_id
 from memsession.testing import FakeClock
 from persist import Persistence
@@ -249,16 +250,35 @@ def test_fetch_reads_through_the_hub(hub, clock):
     assert b.bus.fetch(new_id()) is None
 
 
-def test_wait_for_returns_a_recent_enough_copy_or_none(hub, clock):
-    a, b = cache(hub, clock), cache(hub, clock)
+def test_wait_for_returns_a_recent_enough_copy_or_refuses_to_guess(hub, clock):
+    a, b = cache(hub, clock), cache(hub, clock, outage_budget=0.05)
     sid = new_id()
     record = a.set(sid, {"n": 1})
     assert b.wait_for(sid, record.version, timeout=0).data == {"n": 1}
     hub.partition(b.bus)
     newer = a.set(sid, {"n": 2})
-    assert b.wait_for(sid, newer.version, timeout=0.01) is None  # never stale: unknown instead
+    with pytest.raises(SessionUnavailable):  # never stale, never "unknown": the hub could not be asked
+        b.wait_for(sid, newer.version, timeout=0.01)
+    assert b.stats()["unavailable"] == 1
     hub.heal(b.bus)
     assert b.wait_for(sid, newer.version, timeout=0).data == {"n": 2}  # read through the hub
+
+
+def test_wait_for_a_write_the_hub_never_got_serves_the_newest_copy_once_it_is_old(hub, clock):
+    # The hub answers, but without the cookie's write (its writer and the hub died with it).
+    a, b = cache(hub, clock), cache(hub, clock, outage_budget=0.05)
+    sid = new_id()
+    a.set(sid, {"n": 1})
+    hub.partition(a.bus)
+    lost = a.set(sid, {"n": 2})
+    # Recent: it may still be on its way, so B keeps asking for the budget, then serves what is left.
+    assert b.wait_for(sid, lost.version, timeout=0).data == {"n": 1}
+    assert b.stats()["lost_writes"] == 1
+    # Old: nothing can still be on its way; the hub's answer stands at once.
+    clock.advance(RECENT_WRITE + 1)
+    assert b.wait_for(sid, lost.version, timeout=0).data == {"n": 1}
+    assert b.stats()["lost_writes"] == 1
+    assert b.wait_for(new_id(), lost.version, timeout=0) is None  # unknown to the hub: no session
 
 
 def test_wait_for_wakes_when_the_version_is_merged_not_at_its_timeout(hub, clock):

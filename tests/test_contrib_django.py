@@ -485,15 +485,21 @@ def test_a_worker_behind_waits_for_the_users_last_write() -> None:
     assert len(worker_b.waits) == 1
 
 
-def test_without_the_companion_cookie_a_worker_cannot_know_it_is_behind() -> None:
+def test_without_the_companion_cookie_a_worker_missing_the_session_still_asks_for_it() -> None:
+    # A miss is never taken for "no such session" while the hub or store may hold it:
+    # the worker asks for any write since the last clear (the version is unknown).
     worker_a = SessionCache(idle_timeout=3600)
     worker_b = Replica(worker_a, idle_timeout=3600)
     client = Client()
     set_cache(worker_a)
     client.get("/login?user=ada")
     set_cache(worker_b)
-    assert client.get("/me").json() == {}
-    assert worker_b.waits == []
+    assert client.get("/me").json() == {"user": "ada"}
+    sid = client.cookies["sessionid"].value
+    assert [w[:2] for w in worker_b.waits] == [(sid, worker_b.cleared + 1)]
+    # Held now: a hit does not ask again.
+    client.get("/me")
+    assert len(worker_b.waits) == 1
 
 
 @override_settings(MIDDLEWARE=RYW_MIDDLEWARE)
@@ -506,8 +512,9 @@ def test_a_forged_companion_cookie_is_ignored() -> None:
     value = client.cookies["sessionid_v"].value
     client.cookies["sessionid_v"] = value[:-1] + ("A" if value[-1] != "A" else "B")
     set_cache(worker_b)
-    assert client.get("/me").json() == {}
-    assert worker_b.waits == []
+    # The forged version is not believed: B asks only for "any write since the last clear".
+    assert client.get("/me").json() == {"user": "ada"}
+    assert [w[1] for w in worker_b.waits] == [worker_b.cleared + 1]
 
 
 def test_a_restarted_process_finds_sessions_in_its_store(tmp_path) -> None:

@@ -12,6 +12,10 @@ It takes Starlette's ``SessionMiddleware`` arguments (``secret_key``,
 ``cache=``, ``manager=``). ``max_age`` becomes the idle timeout; ``None``
 makes the cookie a browser-session cookie.
 
+A request whose session can't be resolved now (hub and store away past the
+cache's ``outage_budget``) is answered 503 with ``Retry-After`` (a WebSocket
+is closed with code 1013) without reaching the application.
+
 The event loop never waits: reading a fresh session is a dict lookup done in
 place; waiting for a newer copy from another worker and writing (which may
 reach a store) run in a worker thread.
@@ -25,7 +29,7 @@ from typing import Any
 import anyio.to_thread
 
 from ..session_cache import SessionCache
-from .core import Session, SessionManager, parse_cookie_header
+from .core import UNAVAILABLE, Session, SessionManager, parse_cookie_header, unavailable_reply
 
 __all__ = ["SessionMiddleware"]
 
@@ -36,6 +40,19 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _STARLETTE_DEFAULT_MAX_AGE = 14 * 24 * 3600
+#: WebSocket close code "try again later" (RFC 6455 registry).
+_TRY_AGAIN_LATER = 1013
+
+
+async def _refuse(scope: Scope, send: Send, exc: BaseException) -> None:
+    """The fail-safe: 503 with Retry-After (a WebSocket is closed with 1013, try again later)."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": _TRY_AGAIN_LATER})
+        return
+    status, headers, body = unavailable_reply(exc)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class SessionMiddleware:
@@ -89,10 +106,14 @@ class SessionMiddleware:
             return
         manager = self.manager
         values = self._cookie_values(scope)
-        if values and manager.needs_catch_up(values):
-            session: Session = await anyio.to_thread.run_sync(manager.open, values)
-        else:
-            session = manager.open(values)
+        try:
+            if values and manager.needs_catch_up(values):
+                session: Session = await anyio.to_thread.run_sync(manager.open, values)
+            else:
+                session = manager.open(values)
+        except UNAVAILABLE as exc:
+            await _refuse(scope, send, exc)
+            return
         scope["session"] = session
 
         async def send_with_cookie(message: Message) -> None:

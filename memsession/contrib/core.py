@@ -36,7 +36,8 @@ from typing import Any
 
 from ..clock import version_wall_ms
 from ..cookies import CookieSigner
-from ..errors import ConfigError, SessionDestroyed, SignatureError
+from ..errors import ConfigError, SessionDestroyed, SessionUnavailable, SignatureError, StoreUnavailable
+from ..replica import RECENT_WRITE
 from ..session import Record, SessionData, copy_data, new_id
 from ..session_cache import SessionCache
 from .config import WebConfig
@@ -44,14 +45,11 @@ from .cookie import Cookie, parse_cookie_header, set_cookie_header
 from .session import Session, diff
 
 __all__ = [
-    "Cookie", "Session", "SessionManager", "WebConfig", "catch_up", "current_record", "diff", "is_stale",
-    "parse_cookie_header",
+    "UNAVAILABLE", "Cookie", "Session", "SessionManager", "WebConfig", "catch_up", "current_record", "diff",
+    "is_stale", "parse_cookie_header", "unavailable_reply",
 ]
 
 log = logging.getLogger("memsession.web")
-
-#: A write older than this (seconds) is not waited for: the bus delivers in milliseconds.
-_RECENT_WRITE = 5.0
 
 
 def is_stale(record: Record | None, version: int) -> bool:
@@ -77,19 +75,36 @@ def catch_up(cache: SessionCache, sid: str, version: int, timeout: float) -> Rec
 
     Uses ``cache.wait_for`` (a replicated cache: wait for the bus, then read
     through the hub or store); a cache without it can't learn of newer writes.
+    Raises ``SessionUnavailable`` when neither hub nor store answered within
+    the cache's ``outage_budget``: see ``unavailable_reply``.
     """
     wait_for = getattr(cache, "wait_for", None)
     if wait_for is None:
         return cache.record(sid)
-    if cache.clock.wall() - version_wall_ms(version) / 1000.0 > _RECENT_WRITE:
+    if cache.clock.wall() - version_wall_ms(version) / 1000.0 > RECENT_WRITE:
         # Replication has long had its chance: read through now. An old
         # cookie replayed in a loop thus never holds a worker for the timeout.
         timeout = 0.0
     record: Record | None = wait_for(sid, version, timeout)
-    if record is not None and is_stale(record, version):
-        # Best effort by design: an older copy beats an error page. Logged.
-        log.warning("served an older copy of a session after waiting %.3fs", timeout)
     return record
+
+
+#: What a request can't be served through: nothing could say whether its session exists
+#: (``SessionUnavailable``), or a store it must read or write through is down.
+UNAVAILABLE = (SessionUnavailable, StoreUnavailable)
+_UNAVAILABLE_BODY = b"The session service is briefly unavailable; please retry.\n"
+
+
+def unavailable_reply(exc: BaseException) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The fail-safe answer to a request ``UNAVAILABLE`` stopped: 503, ``Retry-After``, nothing cached.
+
+    Never a new empty session (that would log the user out) and never an
+    older copy passed off as the newest.
+    """
+    retry_after = getattr(exc, "retry_after", 1)
+    headers = [("Retry-After", str(retry_after)), ("Content-Type", "text/plain; charset=utf-8"),
+               ("Cache-Control", "no-store")]
+    return 503, headers, _UNAVAILABLE_BODY
 
 
 _DELETE = Cookie(None)
@@ -137,7 +152,11 @@ class SessionManager:
     def open(
         self, cookie_value: str | Sequence[str] | None, session_class: type[Session] = Session
     ) -> Session:
-        """The session a request's cookie value (or values) points to, or a fresh empty one."""
+        """The session a request's cookie value (or values) points to, or a fresh empty one.
+
+        Raises one of ``UNAVAILABLE`` when that can't be told now (hub and
+        store away past the outage budget): answer with ``unavailable_reply``.
+        """
         if not cookie_value:
             return session_class()
         verified = self.verify(cookie_value)

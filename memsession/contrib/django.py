@@ -30,6 +30,9 @@ a signed companion cookie (``<SESSION_COOKIE_NAME>_v``) carrying the version
 of the session's last write, so a worker whose copy is older waits (up to
 ``MEMSESSION["consistency_timeout"]`` seconds, default 0.1) for it. The
 session cookie itself stays the bare session key, as Django apps expect.
+The middleware also resolves the session before the view: one that can't be
+resolved now (hub and store away past ``outage_budget``) is answered 503 with
+``Retry-After``, never replaced by a new empty session.
 """
 
 from __future__ import annotations
@@ -42,13 +45,14 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
 from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
+from django.http import HttpResponse
 
 from ..clock import version_wall_ms
 from ..cookies import CookieSigner
 from ..errors import ConfigError, SessionDestroyed, SignatureError
 from ..session import Record, copy_data, is_valid_sid, new_id
 from ..session_cache import SessionCache
-from .core import WebConfig, catch_up, current_record, diff, is_stale
+from .core import UNAVAILABLE, WebConfig, catch_up, current_record, diff, is_stale, unavailable_reply
 
 __all__ = ["SessionMiddleware", "SessionStore", "get_cache", "set_cache"]
 
@@ -115,13 +119,34 @@ class SessionStore(SessionBase):
         self.min_version = 0
         #: The record this request's last save wrote.
         self.written: Record | None = None
+        #: ``(sid, record)`` found by ``resolve`` before the view, used by the first load.
+        self._resolved: tuple[str, Record | None] | None = None
         super().__init__(session_key)
 
     def _current(self, sid: str) -> Record | None:
-        record = current_record(self._cache, sid) if is_valid_sid(sid) else None
-        if self.min_version and is_stale(record, self.min_version):
-            record = catch_up(self._cache, sid, self.min_version, _settings()[1])
+        resolved, self._resolved = self._resolved, None
+        if resolved is not None and resolved[0] == sid:
+            return resolved[1]
+        if not is_valid_sid(sid):
+            return None
+        record = current_record(self._cache, sid)
+        # Without the companion cookie the version is unknown: any write since the last clear.
+        version = self.min_version or self._cache.cleared + 1
+        if is_stale(record, version):
+            # Not here (or older than the companion cookie says): the hub or store may
+            # have it. ``catch_up`` raises SessionUnavailable rather than guess "no session".
+            record = catch_up(self._cache, sid, version, _settings()[1])
         return record
+
+    def resolve(self) -> None:
+        """Find the session's record now, without marking the session accessed.
+
+        The middleware calls it before the view, so a session that can't be
+        resolved (``UNAVAILABLE``) is answered 503 rather than failing in the view.
+        """
+        sid = self.session_key
+        if sid:
+            self._resolved = (sid, self._current(sid))
 
     def _get_new_session_key(self) -> str:
         return new_id()
@@ -245,8 +270,12 @@ class SessionMiddleware(DjangoSessionMiddleware):
         secrets = (settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", ()))
         self.signer = CookieSigner(secrets, salt="memsession.django.version")
 
-    def process_request(self, request: Any) -> None:
+    def process_request(self, request: Any) -> Any:
         super().process_request(request)
+        self._read_version(request)
+        return self._resolve(request)
+
+    def _read_version(self, request: Any) -> None:
         session = request.session
         value = request.COOKIES.get(self.version_cookie)
         if not value or not isinstance(session, SessionStore) or not session.session_key:
@@ -257,6 +286,18 @@ class SessionMiddleware(DjangoSessionMiddleware):
             return
         if sid == session.session_key:
             session.min_version = version
+
+    def _resolve(self, request: Any) -> Any:
+        """503 with Retry-After if the request's session can't be resolved now; else None."""
+        session = request.session
+        if not isinstance(session, SessionStore) or not session.session_key:
+            return None
+        try:
+            session.resolve()
+        except UNAVAILABLE as exc:
+            status, headers, body = unavailable_reply(exc)
+            return HttpResponse(body, status=status, headers=dict(headers))
+        return None
 
     def process_response(self, request: Any, response: Any) -> Any:
         response = super().process_response(request, response)

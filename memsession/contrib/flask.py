@@ -11,6 +11,10 @@
 ``accessed``; it also gains ``regenerate()`` (call it at login) and
 ``destroy()``. ``session.clear()`` ends the session too once saved.
 
+A request whose session can't be resolved now (hub and store away past the
+cache's ``outage_budget``) is answered 503 with ``Retry-After`` before any
+view runs.
+
 Settings read once from ``app.config`` (Flask's and Flask-Session's names):
 ``SECRET_KEY`` (+ ``SECRET_KEY_FALLBACKS`` for rotation), ``SESSION_COOKIE_NAME``,
 ``SESSION_COOKIE_DOMAIN``, ``SESSION_COOKIE_PATH`` (default
@@ -30,19 +34,32 @@ from dataclasses import fields
 from datetime import timedelta
 from typing import Any
 
+import flask
 from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
 
 from ..config import Config
 from ..errors import ConfigError
 from ..session_cache import SessionCache
-from .core import Session, SessionManager, WebConfig
+from .core import UNAVAILABLE, Session, SessionManager, WebConfig, unavailable_reply
 
 __all__ = ["FlaskSession", "MemSession", "MemSessionInterface", "config_from_flask"]
 
 
 class FlaskSession(Session, SessionMixin):
     """``flask.session``: a memsession ``Session`` with Flask's ``permanent`` flag."""
+
+    #: Why the request's session could not be resolved (then the request is answered 503).
+    unavailable: BaseException | None = None
+
+
+def _refuse_unavailable() -> None:
+    """``before_request``: a request whose session could not be resolved gets the fail-safe answer."""
+    session = flask.session
+    reason = getattr(session, "unavailable", None)
+    if reason is not None:
+        status, headers, body = unavailable_reply(reason)
+        flask.abort(Response(body, status=status, headers=headers))
 
 
 def _seconds(option: str, value: Any) -> float:
@@ -96,10 +113,19 @@ class MemSessionInterface(SessionInterface):
     def open_session(self, app: Flask, request: Request) -> FlaskSession:
         name = self.manager.config.cookie_name
         values = request.cookies.getlist(name) if name in request.cookies else None
-        return self.manager.open(values, FlaskSession)  # type: ignore[return-value]
+        try:
+            return self.manager.open(values, FlaskSession)  # type: ignore[return-value]
+        except UNAVAILABLE as exc:
+            # Flask opens the session before any handler can answer: the
+            # before_request hook MemSession installs answers 503 instead.
+            session = FlaskSession(had_cookie=True)
+            session.unavailable = exc
+            return session
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         assert isinstance(session, FlaskSession)
+        if session.unavailable is not None:
+            return  # never resolved: nothing to save, and the cookie stays as it was
         manager = self.manager
         cookie = manager.save(session)
         if session.accessed:
@@ -152,5 +178,6 @@ class MemSession:
         else:
             manager = SessionManager(SessionCache(**cache_opts), WebConfig(**web))
         app.session_interface = MemSessionInterface(manager)
+        app.before_request_funcs.setdefault(None, []).insert(0, _refuse_unavailable)
         app.extensions["memsession"] = manager
         return manager

@@ -5,7 +5,9 @@
     from memsession.contrib.wsgi import SessionMiddleware
     app = SessionMiddleware(app, secret_keys=["s3cret"], idle_timeout=1800)
 
-The session is saved when the application calls ``start_response`` (the
+A request whose session can't be resolved now (hub and store away past the
+cache's ``outage_budget``) is answered 503 with ``Retry-After`` without
+reaching the application. The session is saved when the application calls ``start_response`` (the
 cookie must go out with the headers), so changes made while the response body
 is being produced are not saved.
 """
@@ -16,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..session_cache import SessionCache
-from .core import Session, SessionManager, parse_cookie_header
+from .core import UNAVAILABLE, Session, SessionManager, parse_cookie_header, unavailable_reply
 
 __all__ = ["ENVIRON_KEY", "SessionMiddleware", "get_session"]
 
@@ -51,7 +53,12 @@ class SessionMiddleware:
         manager = self.manager
         header = environ.get("HTTP_COOKIE", "")
         values = parse_cookie_header(header, self._cookie_name) if header else []
-        session = manager.open(values)
+        try:
+            session = manager.open(values)
+        except UNAVAILABLE as exc:
+            status, fail_headers, body = unavailable_reply(exc)
+            start_response(f"{status} Service Unavailable", fail_headers)
+            return [body]
         environ[self.environ_key] = session
 
         def session_start_response(status: str, headers: list, exc_info: Any = None) -> Any:
