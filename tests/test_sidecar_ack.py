@@ -9,7 +9,8 @@ import pytest
 
 from memsession import SessionCache, ZmqBus
 from memsession.errors import ConfigError, StoreError, StoreUnavailable
-from memsession.service.ack import AckBook, SidecarAckStore, parse_request
+from memsession.service.ack import SidecarAckStore
+from memsession.service.ack_server import AckBook, parse_request
 from memsession.session import Record, new_id
 from persist import Persistence
 from persist.persistence import PersistConfig
