@@ -9,7 +9,8 @@ import pytest
 
 from memsession import SessionCache, ZmqBus
 from memsession.errors import ConfigError, StoreError, StoreUnavailable
-from memsession.service.ack import AckBook, SidecarAckStore, parse_request
+from memsession.service.ack import SidecarAckStore
+from memsession.service.ack_server import AckBook, parse_request
 from memsession.session import Record, new_id
 from persist import Persistence
 from persist.persistence import PersistConfig
@@ -127,3 +128,26 @@ def test_acknowledged_writes_are_in_postgres_when_set_returns(postgres_url: str)
         finally:
             pg.close()
             cache.close()
+
+
+@pytest.mark.zmq
+def test_a_sidecar_never_confirms_a_record_it_did_not_get(tmp_path) -> None:
+    # After a restart the PUSH may have gone to the sidecar before this one: its queue is
+    # empty, yet it must not confirm what neither its store nor its replica holds.
+    import zmq
+
+    from memsession.service.ack import default_ack_endpoint
+
+    with SidecarProcess(str(tmp_path / "s.json")) as sidecar:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        try:
+            sock.connect(default_ack_endpoint(sidecar.runtime_dir))
+            sock.send(msgpack.packb([1, [[new_id(), 5, 1, 1.0]], 300]))
+            assert sock.poll(10_000)
+            rid, missing, refused = msgpack.unpackb(sock.recv(), raw=False)
+            assert rid == 1 and len(missing) == 1 and refused == []
+        finally:
+            sock.close()
+            ctx.term()

@@ -9,10 +9,19 @@ when the sidecar has written that version (or a newer one) to its store::
 
 ``SidecarAckStore.save`` first hands the records to the hub (a PUSH request,
 so they are queued for writing even if the bus dropped a message), then asks
-the sidecar's ack socket to answer once every one is durable. No answer within
-``timeout`` raises ``StoreUnavailable``: the write-through caller sees the
-error, and the persistence layer keeps retrying the record. A record the
+the sidecar's ack socket to answer once every one is durable. A record the
 sidecar's store refused raises ``StoreRejected``.
+
+A sidecar restart (killed, then started again by the gunicorn master) is
+ridden out: when the connection to the sidecar drops while a save is in
+flight (``memsession.service.ack_link``), the PUSH and the ack request are
+both sent again, to the sidecar that replaces it, and the save succeeds once
+that one has stored the records. ``timeout`` (``DEFAULT_TIMEOUT``, 15 s) is
+the deadline of the whole call, resends included. Past it ``StoreUnavailable``
+is raised: the write-through caller (the request) sees the error, the value
+is already in memory and on the bus, and the persistence layer queues the
+record and keeps saving it in the background (``Writer.save_now``) until a
+sidecar confirms it.
 
 Ack socket frames (DEALER -> sidecar ROUTER, one msgpack frame each way)::
 
@@ -20,11 +29,10 @@ Ack socket frames (DEALER -> sidecar ROUTER, one msgpack frame each way)::
     reply    [rid, [key, ...], [key, ...]]   not durable within timeout_ms; refused by the store
 
 A wanted record is durable once the sidecar's write-behind queue holds
-nothing of its key and no rewrite is pending (``WriteQueue.settled``): the
-hub merged it before it answered the PUSH, so it was written, or something
-that supersedes it was. ``AckBook`` is the waiting without sockets;
-``serve_acks`` runs it in a sidecar thread, woken by the writer after every
-batch (a wake-up carries nothing: no summary of the batch is built).
+nothing of its key, no rewrite is pending (``WriteQueue.settled``) and the
+sidecar's replica holds that version or a newer one (a sidecar that never got
+the PUSH, because the one before it took it and died, holds only what its
+store holds). The sidecar's half is ``memsession.service.ack_server``.
 """
 
 from __future__ import annotations
@@ -33,177 +41,35 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import msgpack
 
 from persist.base import check_clear_version
-from persist.writer import Writer
 
 from ..errors import BusError, ConfigError, StoreClosed, StoreError, StoreRejected, StoreUnavailable
 from ..session import Record
 from ..validate import check_number
+from .ack_link import Link, PeerGone
+from .ack_server import MAX_WAIT_MS
 
-__all__ = ["AckBook", "SidecarAckStore", "default_ack_endpoint", "serve_acks"]
+__all__ = ["DEFAULT_TIMEOUT", "SidecarAckStore", "default_ack_endpoint"]
 
 log = logging.getLogger("memsession.ack")
 
-Want = tuple[str, int, int, float]
-#: ``settled(key, version, origin)``: True stored, False not yet, None refused by the store.
-Settled = Callable[[str, int, int], "bool | None"]
-#: The longest wait a request may ask for.
-MAX_WAIT_MS = 60_000
+#: A client's deadline per call, resends included (``SidecarAckStore(timeout=...)``): a sidecar
+#: restart (the gunicorn master notices within 0.5 s, a new one loads the store) fits with margin,
+#: and it stays well below gunicorn's 30 s worker timeout.
+DEFAULT_TIMEOUT = 15.0
+#: How long past its deadline a client waits for the sidecar's own "not stored in time" answer.
+ACK_GRACE = 1.0
+#: How often a client waiting for an ack looks at the hub socket's connection.
+WATCH_SLICE = 0.1
 
 
 def default_ack_endpoint(runtime_dir: str) -> str:
     return f"ipc://{os.path.join(runtime_dir, 'ack.sock')}"
-
-
-@dataclass
-class _Waiter:
-    ident: bytes
-    rid: int
-    deadline: float
-    missing: list[Want] = field(default_factory=list)
-    refused: list[str] = field(default_factory=list)
-
-
-class AckBook:
-    """Who waits for which records, checked against ``settled``. No I/O, no lock."""
-
-    def __init__(self) -> None:
-        self._waiters: list[_Waiter] = []
-        self.counts = dict.fromkeys(("asked", "acked", "refused", "timed_out"), 0)
-
-    @staticmethod
-    def _check(waiter: _Waiter, settled: Settled) -> bool:
-        """Drop what is settled now; True if nothing is missing any more."""
-        still = []
-        for want in waiter.missing:
-            verdict = settled(want[0], want[1], want[2])
-            if verdict is None:
-                waiter.refused.append(want[0])
-            elif not verdict:
-                still.append(want)
-        waiter.missing = still
-        return not still
-
-    def ask(self, ident: bytes, rid: int, wants: Sequence[Want], deadline: float,
-            settled: Settled) -> tuple[bytes, int, list[str], list[str]] | None:
-        """Register a request; its reply if it can be answered now, else None (it waits)."""
-        self.counts["asked"] += 1
-        waiter = _Waiter(ident, rid, deadline, list(wants))
-        if self._check(waiter, settled):
-            return self._answer(waiter)
-        self._waiters.append(waiter)
-        return None
-
-    def recheck(self, settled: Settled) -> list[tuple[bytes, int, list[str], list[str]]]:
-        """After the store took something: the replies of waiters now answered."""
-        done = [w for w in self._waiters if self._check(w, settled)]
-        for waiter in done:
-            self._waiters.remove(waiter)
-        return [self._answer(w) for w in done]
-
-    def _answer(self, waiter: _Waiter) -> tuple[bytes, int, list[str], list[str]]:
-        self.counts["refused" if waiter.refused else "acked"] += 1
-        return waiter.ident, waiter.rid, [], sorted(waiter.refused)
-
-    def expire(self, now: float) -> list[tuple[bytes, int, list[str], list[str]]]:
-        """Waiters past their deadline, with the keys that never became durable."""
-        out = []
-        for waiter in [w for w in self._waiters if w.deadline <= now]:
-            self._waiters.remove(waiter)
-            out.append((waiter.ident, waiter.rid, sorted(w[0] for w in waiter.missing), sorted(waiter.refused)))
-            self.counts["timed_out"] += 1
-        return out
-
-    def __len__(self) -> int:
-        return len(self._waiters)
-
-
-def parse_request(payload: bytes) -> tuple[int, list[Want], float]:
-    """``(rid, wants, timeout in seconds)`` of an ack request; ``ValueError`` for anything malformed."""
-    try:
-        rid, wants, timeout_ms = msgpack.unpackb(payload, raw=False)
-        parsed = [(str(k), int(v), int(o), float(a)) for k, v, o, a in wants]
-        wait_ms = float(timeout_ms)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise ValueError(f"malformed ack request: {exc}") from None
-    if type(rid) is not int or not 0 <= wait_ms <= MAX_WAIT_MS:
-        raise ValueError("malformed ack request: rid must be an int and timeout_ms in [0, 60000]")
-    return rid, parsed, wait_ms / 1000
-
-
-def serve_acks(ctx: Any, endpoint: str, wake_endpoint: str, stop: threading.Event, ready: threading.Event,
-               writer: Writer, secure: Any = None, errors: list[BaseException] | None = None) -> None:
-    """The sidecar's ack thread: answers ack requests as the writer reports batches stored."""
-    import zmq
-
-    book = AckBook()
-    router = ctx.socket(zmq.ROUTER)
-    wake = ctx.socket(zmq.PULL)
-    settled = writer.settled
-    try:
-        router.linger = 0
-        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        if secure is not None:
-            secure.server(router)
-        router.bind(endpoint)
-        wake.bind(wake_endpoint)
-        ready.set()
-        poller = zmq.Poller()
-        poller.register(router, zmq.POLLIN)
-        poller.register(wake, zmq.POLLIN)
-
-        def reply(ident: bytes, rid: int, missing: list[str], refused: list[str]) -> None:
-            try:
-                router.send_multipart([ident, msgpack.packb([rid, missing, refused])])
-            except zmq.ZMQError as exc:
-                log.debug("ack not delivered: %s", exc)
-
-        while not stop.is_set():
-            events = dict(poller.poll(50))
-            if router in events:
-                while True:
-                    try:
-                        frames = router.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    try:
-                        if len(frames) != 2:
-                            raise ValueError(f"malformed ack request: {len(frames)} frames")
-                        rid, wants, wait = parse_request(frames[1])
-                    except ValueError as exc:
-                        book.counts["malformed"] = book.counts.get("malformed", 0) + 1
-                        log.warning("%s; dropped", exc)
-                        continue
-                    answer = book.ask(frames[0], rid, wants, time.monotonic() + wait, settled)
-                    if answer is not None:
-                        reply(*answer)
-                    else:
-                        writer.wake()  # write now rather than at the next flush interval
-            if wake in events:
-                while True:
-                    try:
-                        wake.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                for answer in book.recheck(settled):
-                    reply(*answer)
-            for answer in book.expire(time.monotonic()):
-                reply(*answer)
-    except zmq.ZMQError as exc:
-        if errors is not None:
-            errors.append(exc)
-        if not stop.is_set():
-            log.error("ack socket %s failed: %s", endpoint, exc)
-        ready.set()
-    finally:
-        router.close(linger=0)
-        wake.close(linger=0)
 
 
 class SidecarAckStore:
@@ -212,12 +78,13 @@ class SidecarAckStore:
     ``runtime_dir`` (ipc), or ``requests`` (the hub's ROUTER) and ``ack``
     (the sidecar's ack endpoint) with ``keys`` for tcp + CURVE. ``load``
     reads through the hub; ``purge`` is the sidecar's job (returns 0).
+    ``timeout``: the deadline of one call, resends included (see the module docstring).
     """
 
     name = "sidecar"
 
     def __init__(self, runtime_dir: str | None = None, *, requests: str | None = None, ack: str | None = None,
-                 keys: str | None = None, insecure: bool = False, timeout: float = 5.0) -> None:
+                 keys: str | None = None, insecure: bool = False, timeout: float = DEFAULT_TIMEOUT) -> None:
         from ..hub import HubConfig
 
         if runtime_dir is not None:
@@ -226,6 +93,8 @@ class SidecarAckStore:
         if not requests or not ack:
             raise ConfigError("ack", ack, "give runtime_dir, or both requests and ack endpoints")
         check_number("timeout", timeout)
+        if timeout * 1000 > MAX_WAIT_MS:
+            raise ConfigError("timeout", timeout, f"at most {MAX_WAIT_MS // 1000} s (what a sidecar waits for)")
         self.requests = requests
         self.ack = ack
         self.keys = keys
@@ -240,6 +109,8 @@ class SidecarAckStore:
         self._lock = threading.Lock()
         self._rid = 0
         self._closed = False
+        #: Requests sent again because the sidecar went away while they were in flight.
+        self.resent = 0
 
     def __repr__(self) -> str:
         return f"SidecarAckStore(ack={self.ack!r})"
@@ -253,73 +124,101 @@ class SidecarAckStore:
             if self._ctx is None or self._pid != os.getpid():
                 self._ctx = zmq.Context()  # a fresh one after fork; the parent's is left alone
                 self._pid = os.getpid()
+            return self._ctx
+
+    def _next_rid(self) -> int:
+        with self._lock:
             self._rid += 1
-            return self._ctx, self._rid
+            return self._rid
 
-    def _socket(self, ctx: Any, endpoint: str) -> Any:
-        import zmq
+    def _lost(self, op: str, endpoint: str, deadline: float) -> None:
+        """The sidecar went away mid-request: count the resend, or give up past the deadline."""
+        with self._lock:
+            self.resent += 1
+        if time.monotonic() >= deadline:
+            raise StoreUnavailable(f"the sidecar at {endpoint} went away and no new one answered within "
+                                   f"{self.timeout}s", store=self.name, op=op)
 
-        sock = ctx.socket(zmq.DEALER)
-        sock.linger = 0
-        if self._curve is not None:
-            self._curve.client(sock)
-        sock.connect(endpoint)
-        return sock
-
-    def _hub(self, op: str, *fields: Any, until: str) -> list[Any]:
+    def _exchange(self, hub: Link, op: str, fields: Sequence[Any], until: str, deadline: float) -> list[Any]:
+        """One request on ``hub`` and its replies up to ``until``; ``PeerGone`` if the sidecar went away."""
         from .. import wire
         from ..errors import WireError
 
-        ctx, rid = self._context()
-        sock = self._socket(ctx, self.requests)
-        try:
-            sock.send_multipart(wire.encode_request(op, rid, *fields))
-            deadline = time.monotonic() + self.timeout
-            replies = []
+        rid = self._next_rid()
+        hub.send(wire.encode_request(op, rid, *fields))
+        replies = []
+        while True:
+            frames = hub.receive(deadline)
+            if frames is None:
+                raise StoreUnavailable(f"no answer from the sidecar at {self.requests} within {self.timeout}s",
+                                       store=self.name, op=op)
+            try:
+                reply = wire.decode_reply(frames)
+            except WireError:
+                continue
+            if reply.rid == rid:
+                replies.append(reply)
+                if reply.op == until:
+                    return replies
+
+    def _hub(self, op: str, *fields: Any, until: str) -> list[Any]:
+        """A hub request, sent again to the next sidecar if this one goes away, until ``timeout``."""
+        deadline = time.monotonic() + self.timeout
+        with Link(self._context(), self.requests, self._curve) as hub:
             while True:
-                left = deadline - time.monotonic()
-                if left <= 0 or not sock.poll(left * 1000):
-                    raise StoreUnavailable(f"no answer from the sidecar at {self.requests}", store=self.name, op=op)
                 try:
-                    reply = wire.decode_reply(sock.recv_multipart())
-                except WireError:
-                    continue
-                if reply.rid == rid:
-                    replies.append(reply)
-                    if reply.op == until:
-                        return replies
-        finally:
-            sock.close(linger=0)
+                    return self._exchange(hub, op, fields, until, deadline)
+                except PeerGone:
+                    self._lost(op, self.requests, deadline)
 
     def save(self, records: Sequence[Record]) -> int:
+        """Hand ``records`` to the hub, then wait for the sidecar to say they are stored.
+
+        If the sidecar goes away on the way, both steps are done again with
+        the one that replaces it, until ``timeout``.
+        """
         from .. import wire
 
         if not records:
             return 0
-        self._hub(wire.PUSH, [wire.record_to_list(r) for r in records], 0, until=wire.ACK)
-        ctx, rid = self._context()
-        sock = self._socket(ctx, self.ack)
-        try:
-            wants = [[r.key, r.version, r.origin, r.accessed] for r in records]
-            sock.send(msgpack.packb([rid, wants, int(self.timeout * 1000)]))
-            deadline = time.monotonic() + self.timeout + 1.0
+        values = [wire.record_to_list(r) for r in records]
+        wants = [[r.key, r.version, r.origin, r.accessed] for r in records]
+        deadline = time.monotonic() + self.timeout
+        ctx = self._context()
+        with Link(ctx, self.requests, self._curve) as hub, Link(ctx, self.ack, self._curve) as ack:
             while True:
-                left = deadline - time.monotonic()
-                if left <= 0 or not sock.poll(left * 1000):
-                    raise StoreUnavailable(f"the sidecar at {self.ack} did not confirm in {self.timeout}s",
-                                           store=self.name, op="save")
-                got_rid, missing, refused = msgpack.unpackb(sock.recv(), raw=False)
-                if got_rid != rid:
+                try:
+                    self._exchange(hub, wire.PUSH, (values, 0), wire.ACK, deadline)
+                    return self._confirmed(hub, ack, wants, deadline)
+                except PeerGone as gone:
+                    self._lost("save", str(gone), deadline)
+
+    def _confirmed(self, hub: Link, ack: Link, wants: list[list[Any]], deadline: float) -> int:
+        """Ask the ack socket to answer once ``wants`` are stored; ``PeerGone`` if either socket lost the sidecar."""
+        rid = self._next_rid()
+        wait_ms = max(0, int((deadline - time.monotonic()) * 1000))
+        ack.send([msgpack.packb([rid, wants, wait_ms])])
+        give_up = deadline + ACK_GRACE
+        while True:
+            # The hub socket is watched too: a sidecar that took the PUSH and died before the
+            # ack socket reached it is seen there, and the PUSH goes to the next one.
+            hub.check()
+            frames = ack.receive(min(give_up, time.monotonic() + WATCH_SLICE))
+            if frames is None:
+                if time.monotonic() < give_up:
                     continue
-                if refused:
-                    raise StoreRejected(f"the sidecar's store refused {len(refused)} records", keys=refused,
-                                        store=self.name, op="save")
-                if missing:
-                    raise StoreUnavailable(f"the sidecar could not store {len(missing)} records in "
-                                           f"{self.timeout}s (is its database down?)", store=self.name, op="save")
-                return len(records)
-        finally:
-            sock.close(linger=0)
+                raise StoreUnavailable(f"the sidecar at {self.ack} did not confirm in {self.timeout}s",
+                                       store=self.name, op="save")
+            got_rid, missing, refused = msgpack.unpackb(frames[-1], raw=False)
+            if got_rid != rid:
+                continue
+            if refused:
+                raise StoreRejected(f"the sidecar's store refused {len(refused)} records", keys=refused,
+                                    store=self.name, op="save")
+            if missing:
+                raise StoreUnavailable(f"the sidecar could not store {len(missing)} records in "
+                                       f"{self.timeout}s (is its database down?)", store=self.name, op="save")
+            return len(wants)
 
     def load(self, key: str) -> Record | None:
         from .. import wire

@@ -60,6 +60,7 @@ from ..contrib.process import session_cache
 from ..errors import BusError, ConfigError
 from ..hub import wait_ready
 from ..session_cache import SessionCache
+from .ack import DEFAULT_TIMEOUT as ACK_TIMEOUT
 
 __all__ = ["GunicornHooks", "session_cache"]
 
@@ -192,7 +193,8 @@ class GunicornHooks:
     arguments (``["--flush-interval", "0.05", "--http", "127.0.0.1:9108"]``).
     ``bus_options``: extra ``BusConfig`` options for the workers' buses.
     ``acknowledged=True``: a save returns only once the sidecar has stored it
-    (``memsession.service.ack``; over tcp give the sidecar's ``ack_endpoint``).
+    (``memsession.service.ack``; over tcp give the sidecar's ``ack_endpoint``);
+    ``ack_timeout``: its deadline, resends to a restarted sidecar included (15 s).
     """
 
     def __init__(
@@ -208,7 +210,7 @@ class GunicornHooks:
         stop_timeout: float = 20.0,
         acknowledged: bool = False,
         ack_endpoint: str | None = None,
-        ack_timeout: float = 5.0,
+        ack_timeout: float = ACK_TIMEOUT,
     ) -> None:
         if bus is not None and (store is not None or runtime_dir is not None or sidecar_args):
             raise ConfigError("bus", bus, "an external sidecar is configured on its own; drop store/runtime_dir")

@@ -261,11 +261,28 @@ class Sidecar:
             with contextlib.suppress(zmq.Again):  # a wake-up already waits, and it rechecks everything
                 push.send(b"", zmq.NOBLOCK)
 
+    def ack_settled(self, key: str, version: int, origin: int) -> bool | None:
+        """Whether ``(version, origin)`` of ``key`` is in the store: settled in the queue and held by the replica.
+
+        The queue alone can't tell a record it never saw from one it wrote:
+        after a restart, the PUSH may have gone to the sidecar before this one.
+        The replica (loaded from the store, then merged with every change
+        before it was queued) holds that version, something newer, or a
+        clear that covers it, once this sidecar has it.
+        """
+        verdict = self.writer.settled(key, version, origin)
+        if not verdict:
+            return verdict
+        held = self.state.replica.get(key)  # one C-level read; the hub thread keeps merging
+        if held is not None and (held.deleted or (held.version, held.origin) >= (version, origin)):
+            return True
+        return version <= self.state.cleared
+
     def _start_acks(self, endpoint: str) -> None:
         import zmq
 
         from .. import security
-        from .ack import serve_acks
+        from .ack_server import serve_acks
 
         self._ack_ctx = zmq.Context()
         secure = security.server_policy(self.hub_config, (endpoint,))
@@ -276,7 +293,7 @@ class Sidecar:
         self._ack_thread = threading.Thread(
             target=serve_acks, name="memsession-sidecar-ack",
             args=(self._ack_ctx, endpoint, self._ack_done, self._ack_stop, ready, self.writer, secure),
-            kwargs={"errors": errors}, daemon=True,
+            kwargs={"errors": errors, "settled": self.ack_settled}, daemon=True,
         )
         self._ack_thread.start()
         if not ready.wait(10) or errors:
