@@ -64,7 +64,7 @@ def test_ack_book_answers_when_the_queue_settles() -> None:
     assert book.ask(b"w4", 4, [("d", 1, 1, 1.0)], 5.0, settled) is None
     assert book.expire(4.0) == []
     assert book.expire(5.0) == [(b"w4", 4, ["d"], [])]
-    assert book.counts == {"asked": 4, "acked": 2, "refused": 1, "timed_out": 1}
+    assert book.counts == {"asked": 4, "acked": 2, "refused": 1, "timed_out": 1, "malformed": 0}
 
 
 @pytest.mark.parametrize("payload", [

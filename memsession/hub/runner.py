@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import wire
-from ..errors import BusError
+from ..errors import BusError, WireError
 from .config import HubConfig
 from .state import HubState
 
@@ -144,6 +144,9 @@ def _run(config: HubConfig, stop: threading.Event, ready: threading.Event | None
             feed.connect(capture_ep)
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             router.sndhwm = 0
+            # A frame over the decoder's limit is refused by ZeroMQ before it is read into memory
+            # (the sender's connection is cut); the decoder would only drop it after the fact.
+            router.maxmsgsize = config.limits.max_frame
             if secure is not None:
                 secure.server(router)
                 secure.client(out)
@@ -217,6 +220,7 @@ def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: thr
                 except zmq.Again:
                     break
                 if len(frames) < 2:
+                    state._drop("malformed request", WireError(f"{len(frames) - 1} frames after the identity"))
                     continue
                 ident, body = frames[0], frames[1:]
                 if body[:1] == [wire._TOPICS[wire.SNAPSHOT]]:

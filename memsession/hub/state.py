@@ -21,6 +21,7 @@ from ..bus.sequence import GAP, SequenceTracker
 from ..bus.streams import new_epoch, percentiles
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import WireError
+from ..refusals import log_refusal
 from ..session import Record, cleared_by, supersedes, touched_copy
 
 __all__ = ["CHUNK_RECORDS", "HubState", "merge_into"]
@@ -105,8 +106,8 @@ class HubState:
         self._owed: set[int] = set()
 
     def _drop(self, reason: str, exc: Exception) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        log.debug("hub dropped a frame (%s): %s", reason, exc)
+        count = self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        log_refusal(log, f"hub dropped a frame ({reason})", count, exc)
 
     def _now_us(self) -> int:
         return int(self.clock.wall() * 1_000_000)

@@ -21,6 +21,10 @@ import msgpack
 
 from persist.writer import Writer
 
+from ..refusals import log_refusal
+from ..session import MAX_VERSION
+from ..wire import DEFAULT_LIMITS, Limits
+
 __all__ = ["MAX_WAIT_MS", "AckBook", "Settled", "parse_request", "serve_acks"]
 
 log = logging.getLogger("memsession.ack")
@@ -46,7 +50,8 @@ class AckBook:
 
     def __init__(self) -> None:
         self._waiters: list[_Waiter] = []
-        self.counts = dict.fromkeys(("asked", "acked", "refused", "timed_out"), 0)
+        #: ``malformed``: requests refused unread (``serve_acks`` counts them; the sidecar's stats show them).
+        self.counts = dict.fromkeys(("asked", "acked", "refused", "timed_out", "malformed"), 0)
 
     @staticmethod
     def _check(waiter: _Waiter, settled: Settled) -> bool:
@@ -95,35 +100,59 @@ class AckBook:
         return len(self._waiters)
 
 
-def parse_request(payload: bytes) -> tuple[int, list[Want], float]:
-    """``(rid, wants, timeout in seconds)`` of an ack request; ``ValueError`` for anything malformed."""
+def parse_request(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[int, list[Want], float]:
+    """``(rid, wants, timeout in seconds)`` of an ack request; ``ValueError`` for anything malformed.
+
+    Every field must have its type exactly (a string is not a version), within ``limits``.
+    """
     try:
-        rid, wants, timeout_ms = msgpack.unpackb(payload, raw=False)
-        parsed = [(str(k), int(v), int(o), float(a)) for k, v, o, a in wants]
-        wait_ms = float(timeout_ms)
+        rid, wants, timeout_ms = msgpack.unpackb(
+            payload, raw=False, max_bin_len=0, max_ext_len=0,
+            max_array_len=limits.max_records, max_map_len=0,
+        )
+        parsed = [_want(want, limits) for want in wants]
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ValueError(f"malformed ack request: {exc}") from None
-    if type(rid) is not int or not 0 <= wait_ms <= MAX_WAIT_MS:
-        raise ValueError("malformed ack request: rid must be an int and timeout_ms in [0, 60000]")
-    return rid, parsed, wait_ms / 1000
+    if type(rid) is not int or type(timeout_ms) not in (int, float) or not 0 <= timeout_ms <= MAX_WAIT_MS:
+        raise ValueError(f"malformed ack request: rid must be an int and timeout_ms in [0, {MAX_WAIT_MS}]")
+    return rid, parsed, timeout_ms / 1000
+
+
+def _want(want: Any, limits: Limits) -> Want:
+    if type(want) is not list or len(want) != 4:
+        raise ValueError("a wanted record is [key, version, origin, accessed]")
+    key, version, origin, accessed = want
+    if type(key) is not str or not 0 < len(key) <= limits.max_key:
+        raise ValueError("key must be a non-empty str within max_key")
+    if type(version) is not int or not 0 <= version <= MAX_VERSION or type(origin) is not int:
+        raise ValueError(f"version must be an int in [0, {MAX_VERSION}], origin an int")
+    if type(accessed) not in (int, float) or accessed != accessed:
+        raise ValueError("accessed must be a number")
+    return key, version, origin, float(accessed)
 
 
 def serve_acks(ctx: Any, endpoint: str, wake_endpoint: str, stop: threading.Event, ready: threading.Event,
                writer: Writer, secure: Any = None, errors: list[BaseException] | None = None,
-               settled: Settled | None = None) -> None:
+               settled: Settled | None = None, *, book: AckBook | None = None,
+               limits: Limits = DEFAULT_LIMITS) -> None:
     """The sidecar's ack thread: answers ack requests as the writer reports batches stored.
 
-    ``settled`` defaults to ``writer.settled`` (the queue alone).
+    ``settled`` defaults to ``writer.settled`` (the queue alone). ``book`` holds the
+    waiters and the counters (the caller's, to show in its stats). A malformed request
+    gets no reply (the protocol has none for it): it is counted as ``malformed``, logged,
+    and dropped; a frame over ``limits.max_frame`` is refused by ZeroMQ before it is
+    read (the sender's connection is cut).
     """
     import zmq
 
-    book = AckBook()
+    book = book if book is not None else AckBook()
     router = ctx.socket(zmq.ROUTER)
     wake = ctx.socket(zmq.PULL)
     settled = settled or writer.settled
     try:
         router.linger = 0
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.maxmsgsize = limits.max_frame
         if secure is not None:
             secure.server(router)
         router.bind(endpoint)
@@ -150,10 +179,10 @@ def serve_acks(ctx: Any, endpoint: str, wake_endpoint: str, stop: threading.Even
                     try:
                         if len(frames) != 2:
                             raise ValueError(f"malformed ack request: {len(frames)} frames")
-                        rid, wants, wait = parse_request(frames[1])
+                        rid, wants, wait = parse_request(frames[1], limits)
                     except ValueError as exc:
-                        book.counts["malformed"] = book.counts.get("malformed", 0) + 1
-                        log.warning("%s; dropped", exc)
+                        book.counts["malformed"] += 1
+                        log_refusal(log, "ack request dropped", book.counts["malformed"], exc)
                         continue
                     answer = book.ask(frames[0], rid, wants, time.monotonic() + wait, settled)
                     if answer is not None:

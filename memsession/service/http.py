@@ -2,7 +2,8 @@
 
 It serves whatever ``stats()`` callable it is given, answering 503 while the
 store fails (``persist.failing``) or before the first stats are published.
-A malformed or unknown request gets its error status; the server goes on.
+A malformed or unknown request gets its error status, is counted (``http.malformed``
+in the sidecar's stats) and logged; the server goes on.
 """
 
 from __future__ import annotations
@@ -10,16 +11,21 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ..errors import ConfigError, MemsessionError
+from ..refusals import log_refusal
 
-__all__ = ["parse_http", "prometheus_text", "serve_http"]
+__all__ = ["REQUEST_TIMEOUT", "StatusServer", "parse_http", "prometheus_text", "serve_http"]
 
 log = logging.getLogger("memsession.sidecar")
+
+#: Seconds a connection may take to send its request (and to take the answer) before it is closed.
+REQUEST_TIMEOUT = 10.0
 
 
 def parse_http(value: str) -> tuple[str, int]:
@@ -71,15 +77,57 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def serve_http(host: str, port: int, stats: Callable[[], dict[str, Any]]) -> ThreadingHTTPServer:
-    """A tiny HTTP server in a daemon thread: ``/health`` (JSON) and ``/metrics`` (Prometheus text)."""
+class StatusServer(ThreadingHTTPServer):
+    """The status server, with its own counters: ``served`` requests and ``malformed`` ones refused.
+
+    A malformed request (garbage request line, unknown method or path, oversized
+    line or headers, a client gone mid-request) gets its error status where it can
+    still be sent, is counted and logged (``log_refusal``), and the server goes on.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(("served", "malformed"), 0)
+
+    def count(self, what: str) -> int:
+        with self._lock:
+            self._counts[what] += 1
+            return self._counts[what]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def refused(self, detail: object) -> None:
+        log_refusal(log, "http request refused", self.count("malformed"), detail)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver's default prints a traceback to stderr for every broken connection.
+        self.refused(f"{client_address}: {sys.exc_info()[1]!r}")
+
+
+def serve_http(host: str, port: int, stats: Callable[[], dict[str, Any]]) -> StatusServer:
+    """A tiny HTTP server in a daemon thread: ``/health`` (JSON) and ``/metrics`` (Prometheus text).
+
+    What ``http.server`` accepts is bounded there (a request line or header line of
+    64 KiB, 100 headers; no body is read); a connection idle for ``REQUEST_TIMEOUT``
+    seconds is closed, so slow clients cannot hold its threads.
+    """
 
     class Handler(BaseHTTPRequestHandler):
+        server: StatusServer
+        timeout = REQUEST_TIMEOUT
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path not in ("/health", "/metrics", "/"):
+                self.log_error("unknown path %r", path)
                 self._reply(404, "text/plain", b"not found\n")
                 return
+            self.server.count("served")
             try:
                 current = stats()
             except MemsessionError as exc:
@@ -93,6 +141,11 @@ def serve_http(host: str, port: int, stats: Callable[[], dict[str, Any]]) -> Thr
             body = json.dumps({"ok": healthy, **current}, sort_keys=True).encode()
             self._reply(200 if healthy else 503, "application/json", body)
 
+        def log_error(self, format: str, *args: Any) -> None:
+            # http.server calls this for every error status it sends (400, 414, 431, 501, ...) and
+            # for a request that timed out: each is a refusal.
+            self.server.refused(f"{self.client_address[0]}: {format % args}")
+
         def _reply(self, code: int, kind: str, body: bytes) -> None:
             self.send_response(code)
             self.send_header("Content-Type", kind)
@@ -103,7 +156,6 @@ def serve_http(host: str, port: int, stats: Callable[[], dict[str, Any]]) -> Thr
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("http %s", format % args)
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    server = StatusServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="memsession-sidecar-http", daemon=True).start()
     return server

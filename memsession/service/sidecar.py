@@ -34,7 +34,6 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 from persist.base import Store
@@ -44,7 +43,8 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BusError, ConfigError, MemsessionError
 from ..hub import HubConfig, HubState, run_hub
 from ..hub.runner import start_in_thread
-from .http import parse_http, serve_http
+from .ack_server import AckBook
+from .http import StatusServer, parse_http, serve_http
 
 __all__ = ["Sidecar", "SidecarConfig"]
 
@@ -117,9 +117,11 @@ class Sidecar:
         self._ready = threading.Event()
         self._error: list[BaseException] = []
         self._thread: threading.Thread | None = None
-        self._http: ThreadingHTTPServer | None = None
+        self._http: StatusServer | None = None
         self.http_address: tuple[str, int] | None = None
         self.ack_endpoint = self._ack_endpoint()
+        #: The ack thread's waiters and counters (``ack`` in the stats).
+        self.ack_book = AckBook()
         self._ack_ctx: Any = None
         self._ack_auth: Any = None
         self._ack_stop = threading.Event()
@@ -293,7 +295,8 @@ class Sidecar:
         self._ack_thread = threading.Thread(
             target=serve_acks, name="memsession-sidecar-ack",
             args=(self._ack_ctx, endpoint, self._ack_done, self._ack_stop, ready, self.writer, secure),
-            kwargs={"errors": errors, "settled": self.ack_settled}, daemon=True,
+            kwargs={"errors": errors, "settled": self.ack_settled, "book": self.ack_book,
+                    "limits": self.hub_config.limits}, daemon=True,
         )
         self._ack_thread.start()
         if not ready.wait(10) or errors:
@@ -309,13 +312,20 @@ class Sidecar:
     # -- stats and HTTP -------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Hub counters plus ``role``, ``store`` and ``persist`` (the write-behind engine's)."""
+        """Hub counters plus ``role``, ``store``, ``persist`` (the write-behind engine's) and the
+        counters of the ack socket (``ack``) and the HTTP status server (``http``) when they run."""
         return self.state.stats()
 
     def _persist_stats(self) -> dict[str, Any]:
         persist = self.writer.stats()
         persist["warm_loaded"] = self.warm_loaded
-        return {"role": "sidecar", "store": self.store.name, "persist": persist}
+        out: dict[str, Any] = {"role": "sidecar", "store": self.store.name, "persist": persist}
+        if self.ack_endpoint is not None:
+            out["ack"] = dict(self.ack_book.counts)  # ints the ack thread bumps; its keys never change
+        http = self._http
+        if http is not None:
+            out["http"] = http.counts()
+        return out
 
     def _tick(self) -> None:
         if self._publish_stats:
