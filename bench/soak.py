@@ -145,7 +145,7 @@ def run_mode(pg: PostgresServer, mode: str, args: argparse.Namespace) -> ModeRes
                    "every worker and the sidecar")
         stop = threading.Event()
         began = time.monotonic()
-        sampler = RssSampler(server, args.sample_interval, began)
+        sampler = RssSampler(server, args.sample_interval, began, WORKERS)
         killer = SidecarKiller(server, args.kill_interval, began)
         users = [User(i, server.url, stop, args.think, began) for i in range(args.users)]
         try:

@@ -83,15 +83,21 @@ def slope_per_minute(points: Sequence[tuple[float, float]]) -> float | None:
 
 @dataclass
 class RssSeries:
-    """RSS samples of one role: per pid (one process lifetime each) and, per sample, the sum over live pids."""
+    """RSS samples of one role: per pid (one process lifetime each), and the sum over live pids.
 
+    The sum is kept only for samples where all ``expected`` processes were
+    alive: a sample taken while a worker is being replaced would otherwise
+    drop by a whole worker and swamp any slope.
+    """
+
+    expected: int
     lifetimes: dict[int, list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))
     total: list[tuple[float, float]] = field(default_factory=list)
 
     def add(self, t: float, by_pid: dict[int, int]) -> None:
         for pid, kib in by_pid.items():
             self.lifetimes[pid].append((t, float(kib)))
-        if by_pid:
+        if len(by_pid) == self.expected:
             self.total.append((t, float(sum(by_pid.values()))))
 
     def lifetime_slopes(self) -> list[float]:
@@ -105,13 +111,13 @@ class RssSeries:
 class RssSampler(threading.Thread):
     """Samples VmRSS of the master, its sidecar and its workers every ``interval`` seconds."""
 
-    def __init__(self, server: Gunicorn, interval: float, began: float) -> None:
+    def __init__(self, server: Gunicorn, interval: float, began: float, workers: int) -> None:
         super().__init__(name="soak-rss", daemon=True)
         self.server = server
         self.interval = interval
-        self.master = RssSeries()
-        self.sidecar = RssSeries()
-        self.workers = RssSeries()
+        self.master = RssSeries(expected=1)
+        self.sidecar = RssSeries(expected=1)
+        self.workers = RssSeries(expected=workers)
         self._done = threading.Event()
         self._began = began
 

@@ -18,15 +18,16 @@ NOTES = """\
 notes:
   failed requests: non-2xx answers and connection errors (timeouts included), /write and /read alike.
   replaced session: a 2xx /write whose cookie names another session id, or whose counter is not above the
-    user's last acknowledged one; the old session's acknowledged writes are gone for that user.
+    user's last acknowledged one; the old session's acknowledged writes are gone for that user. A read
+    answering less than the last acknowledged write is counted on its own line.
   lost acknowledged writes: after the load stops and the sidecar has drained, each user's last acknowledged
     counter (of its current session) against its PostgreSQL row and against a read through the app.
   RSS slopes are least-squares fits of VmRSS samples (/proc/PID/status), in KiB per minute. The sidecar is
-    killed on purpose, so its figure is per lifetime (median over lifetimes with >= 3 samples), next to the
-    trend of each lifetime's last sample across the run (does every new sidecar end up bigger?). Workers
-    recycle every ~200 requests, often faster than a few samples: their figure is the sum over the live
-    workers at each sample (stationary unless memory grows), next to the median per-lifetime slope where a
-    lifetime had >= 3 samples (start-up growth included, so expect it positive)."""
+    killed on purpose, so its figure is per lifetime (median over lifetimes with >= 3 samples; a lifetime
+    begins with loading the store, so expect it positive), next to the trend of each lifetime's last sample
+    across the run (does every new sidecar end up bigger?). Workers recycle every ~200 requests, faster than
+    a few samples: their figure is the sum over the live workers at each sample where all 4 were alive
+    (stationary unless memory grows), next to the trend of each worker lifetime's last sample."""
 
 
 @dataclass
@@ -101,8 +102,8 @@ def _column(r: ModeResult) -> list[str]:
         _median_lifetime_slope(r.sampler.sidecar),
         _slope(slope_per_minute(r.sampler.sidecar.last_of_each_lifetime())),
         _slope(slope_per_minute(r.sampler.master.total)),
-        _slope(slope_per_minute(workers.total)),
-        _median_lifetime_slope(workers),
+        _slope(slope_per_minute(workers.total)) + f" (n={len(workers.total)})",
+        _slope(slope_per_minute(workers.last_of_each_lifetime())),
         f"{len(workers.lifetimes)}",
         f"{len(r.log_errors):,}",
     ]
@@ -126,8 +127,8 @@ MEASURES = [
     "RSS sidecar KiB/min, median per lifetime",
     "RSS sidecar KiB/min, trend of each lifetime's last sample",
     "RSS gunicorn master KiB/min",
-    "RSS workers KiB/min, sum over live workers",
-    "RSS workers KiB/min, median per lifetime",
+    "RSS workers KiB/min, sum over all 4 live workers",
+    "RSS workers KiB/min, trend of each lifetime's last sample",
     "  worker lifetimes seen",
     "server log ERROR lines and tracebacks",
 ]
