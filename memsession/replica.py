@@ -207,7 +207,7 @@ class Replica:
             if newest is not None and (newest.deleted or newest.version >= version):
                 return newest
             if answered and not self._may_be_on_its_way(version):
-                return newest
+                break
             remaining = give_up - time.monotonic()
             if remaining <= 0:
                 break
@@ -215,13 +215,17 @@ class Replica:
             if record is not None:
                 return record
         waited = time.monotonic() - started
-        with self._lock:
-            self._counts["lost_writes" if answered else "unavailable"] += 1
         if not answered:
+            with self._lock:
+                self._counts["unavailable"] += 1
             log.warning("no hub or store answered for a session within %.1fs; the request is refused", waited)
             raise SessionUnavailable(sid, waited)
-        log.warning("the latest write of a session was not found anywhere within %.1fs; serving %s",
-                    waited, "the newest copy left" if newest is not None else "no copy (none is left)")
+        if newest is not None:
+            # Older than a write that was made: that write is gone (its writer and the hub died with it).
+            with self._lock:
+                self._counts["lost_writes"] += 1
+            log.warning("the latest write of a session was not found anywhere (asked for %.1fs); "
+                        "serving the newest copy left", waited)
         return newest
 
     def _await(self, sid: str, version: int, timeout: float) -> Record | None:
