@@ -533,3 +533,30 @@ def test_a_restarted_process_finds_sessions_in_its_store(tmp_path) -> None:
     assert SessionStore(session.session_key).get("user") == "ada"
     assert run(SessionStore(session.session_key).aget("user")) == "ada"
     after.close()
+
+
+# -- the fail-safe: hub away past the outage budget ------------------------------------
+
+
+@override_settings(MIDDLEWARE=RYW_MIDDLEWARE)
+@pytest.mark.parametrize("companion", [True, False], ids=["companion-cookie", "session-cookie-only"])
+def test_a_session_no_one_can_resolve_is_answered_503_not_a_new_session(companion: bool) -> None:
+    from memsession.bus import MemoryBus, MemoryHub
+
+    hub = MemoryHub()
+    worker_a = SessionCache(bus=MemoryBus(hub), **CACHE_OPTIONS)
+    worker_b = SessionCache(bus=MemoryBus(hub), outage_budget=0.05, **CACHE_OPTIONS)
+    hub.partition(worker_b.bus)  # B hears nothing and can't ask: the hub is away for it
+    client = Client()
+    set_cache(worker_a)
+    client.get("/login?user=ada")
+    if not companion:
+        del client.cookies["sessionid_v"]
+    set_cache(worker_b)
+    response = client.get("/me")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1" and response.headers["Cache-Control"] == "no-store"
+    assert "sessionid" not in response.cookies  # the user's cookie is left alone
+    assert worker_b.stats()["unavailable"] == 1
+    hub.heal(worker_b.bus)
+    assert client.get("/me").json() == {"user": "ada"}
