@@ -62,8 +62,8 @@ def _lifetimes(runtime_dir: str, sids: list[str], count: int) -> None:
     ctx.term()
 
 
-def _snapshot_size(requests: str) -> tuple[int, int]:
-    """The hub's snapshot reply as a joining worker receives it: ``(bytes, streams in its vector)``."""
+def snapshot_reply(requests: str) -> tuple[int, dict[int, tuple[int, int]]]:
+    """The hub's snapshot reply as a joining worker receives it: ``(bytes, its sequence vector)``."""
     import zmq
 
     ctx = zmq.Context()
@@ -79,7 +79,7 @@ def _snapshot_size(requests: str) -> tuple[int, int]:
             size += sum(len(f) for f in frames)
             reply = wire.decode_reply(frames)
             if reply.op == wire.END:
-                return size, len(reply.body[1])
+                return size, reply.body[1]
     finally:
         dealer.close(linger=0)
         ctx.term()
@@ -108,14 +108,14 @@ def churn(lifetimes: int) -> dict[str, Any]:
             # Every lifetime's stream was tracked, then forgotten; only the live worker's remains.
             stats = _poll(lambda: (s := hub.stats())["streams"] == 1 and s, 60,
                           "the hub to forget the silent publishers")
-            snapshot_bytes, vector = _snapshot_size(requests)
+            snapshot_bytes, vector = snapshot_reply(requests)
             workers.append(Worker(options, sids, 2))
             state = wait_converged(workers, hub)
             joined = workers[1].call(("stats", None))["replication"]
             live = _poll(lambda: (s := workers[0].call(("stats", None))["replication"])["streams"] <= 3 and s,
                          30, "the live worker to forget the silent publishers")
             return {"state": state, "sids": sids, "hub_streams": stats["streams"], "forgotten": stats["forgotten"],
-                    "snapshot_bytes": snapshot_bytes, "vector": vector, "joined": joined, "live": live}
+                    "snapshot_bytes": snapshot_bytes, "vector": len(vector), "joined": joined, "live": live}
         finally:
             for worker in workers:
                 worker.stop()
