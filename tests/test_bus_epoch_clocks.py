@@ -130,10 +130,12 @@ def _restart_keeps_sessions(runtime_dir: str, second_state: Callable[[Hub, Sessi
             caches.append(joiner)
             assert joiner.bus is not None and joiner.bus.wait_joined(10)  # type: ignore[attr-defined]
             assert joiner.get(sid) == {"user": "ada"}
+            # The new hub's resync request may have fetched the push before its first beat arrived.
+            _until(lambda: writer.stats()["replication"]["hub_restarts"] == 1, 10, "the worker to see the restart")
+            _until(lambda: not writer.stats()["replication"]["repair_due"], 10, "the worker's repair to finish")
             # The new hub is followed from here on: no beat of it is taken for a straggler.
             stats = writer.stats()["replication"]
             assert stats["hub_restarts"] == 1 and stats["stale_hub_beats"] == 0
-            _until(lambda: not writer.stats()["replication"]["repair_due"], 10, "the worker's repair to finish")
         finally:
             for cache in caches:
                 cache.close()
