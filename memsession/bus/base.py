@@ -333,8 +333,12 @@ class Replicator:
         self.repair_due = False
         self.repair_reason = ""
         self.cache.end_repair()
-        # The hub lists its own stream in the vector, under its epoch.
-        hub = next((origin for origin, (epoch, _) in vector.items() if epoch == hub_epoch), None)
+        # The hub lists its own stream last in the vector, under its epoch. The last match counts:
+        # a worker started in the hub's millisecond may share the epoch's time bits, and then its random ones.
+        hub = None
+        for origin, (epoch, _) in vector.items():
+            if epoch == hub_epoch:
+                hub = origin
         if hub is None:
             return changed
         if hub in self._past_hubs:

@@ -45,11 +45,11 @@ class BusConfig:
     keys: str | None = None
     #: Allow tcp without CURVE (logs a warning).
     insecure: bool = False
-    #: Fault injection for tests: fraction of data messages dropped after numbering
-    #: (changes then travel one a message, unbatched, so each can be lost on its own).
     #: Publishers not heard for this long (seconds) are forgotten: what they wrote stays merged, their
     #: stream bookkeeping goes, so state and snapshots follow the live processes, not every one that lived.
     forget_after: float = 60.0
+    #: Fault injection for tests: fraction of data messages dropped after numbering
+    #: (changes then travel one a message, unbatched, so each can be lost on its own).
     fault_drop_rate: float = 0.0
     limits: wire.Limits = wire.DEFAULT_LIMITS
 

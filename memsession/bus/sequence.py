@@ -1,10 +1,12 @@
 """Per-origin sequence tracking: the pure logic that turns lost messages into detected gaps.
 
 Every publisher numbers its data messages 1, 2, 3... within an ``(origin,
-epoch)`` stream; epochs are taken from the wall clock at start, so a restarted
-publisher's stream compares higher than its previous one. A tracker remembers the last number seen per origin and
-classifies each new one. It never touches a socket or a clock, so hypothesis
-drives it directly.
+epoch)`` stream. Epochs are taken from the wall clock at start, which can step
+back or repeat, so a tracker does not trust their order: a new epoch of a known
+origin is a restart, and the epoch it replaced is remembered so that its
+stragglers are duplicates, not another restart. A tracker remembers the last
+number seen per origin and classifies each new one. It never touches a socket
+or a clock, so hypothesis drives it directly.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from typing import TypeVar
 __all__ = ["DUP", "GAP", "NEW", "OK", "SequenceTracker"]
 
 T = TypeVar("T")
+
+#: Replaced epochs remembered per origin: more restarts than this while the earliest one's
+#: stragglers are still in flight is not plausible.
+REPLACED_KEPT = 4
 
 #: The next number in a known stream.
 OK = "ok"
@@ -35,10 +41,12 @@ class SequenceTracker:
     for the hub right after it started (it cannot know what came before).
     """
 
-    __slots__ = ("_heard", "_last", "strict")
+    __slots__ = ("_heard", "_last", "_replaced", "strict")
 
     def __init__(self, *, strict: bool = True) -> None:
         self._last: dict[int, tuple[int, int]] = {}
+        #: Epochs each origin has restarted away from: what still arrives in them is a straggler.
+        self._replaced: dict[int, tuple[int, ...]] = {}
         #: When each origin was last heard (the caller's monotonic time), for ``forget_silent``.
         self._heard: dict[int, float] = {}
         self.strict = strict
@@ -46,10 +54,10 @@ class SequenceTracker:
     def observe(self, origin: int, epoch: int, seq: int) -> str:
         """Classify data message ``seq`` of ``(origin, epoch)`` and record it."""
         known = self._last.get(origin)
-        if known is not None and epoch < known[0]:
-            return DUP  # a stream the origin has since restarted; LWW still applies its data
         if known is None or known[0] != epoch:
-            self._last[origin] = (epoch, seq)
+            if self._stale(origin, epoch):
+                return DUP  # a straggler of a stream the origin has since restarted
+            self._start(origin, epoch, seq, known)
             if seq == 1:
                 return NEW
             return GAP if self.strict or known is not None else NEW
@@ -84,18 +92,26 @@ class SequenceTracker:
     def heartbeat(self, origin: int, epoch: int, seq: int) -> str:
         """A heartbeat says the stream's last data seq is ``seq``: GAP if we saw less."""
         known = self._last.get(origin)
-        if known is not None and epoch < known[0]:
-            return DUP
         if known is None or known[0] != epoch:
+            if self._stale(origin, epoch):
+                return DUP
+            self._start(origin, epoch, seq, known)
             if seq == 0:
-                self._last[origin] = (epoch, 0)
                 return NEW
-            self._last[origin] = (epoch, seq)
             return GAP if self.strict or known is not None else NEW
         if seq > known[1]:
             self._last[origin] = (epoch, seq)
             return GAP
         return OK
+
+    def _stale(self, origin: int, epoch: int) -> bool:
+        return epoch in self._replaced.get(origin, ())
+
+    def _start(self, origin: int, epoch: int, seq: int, known: tuple[int, int] | None) -> None:
+        """``origin`` restarted (or is new): its stream is ``epoch`` from ``seq`` on; the old one is replaced."""
+        if known is not None:
+            self._replaced[origin] = (*self._replaced.get(origin, ())[1 - REPLACED_KEPT:], known[0])
+        self._last[origin] = (epoch, seq)
 
     def covered(self, origin: int, epoch: int, seq: int) -> bool:
         """True if message ``seq`` is at or below what we already hold for that stream."""
@@ -106,11 +122,15 @@ class SequenceTracker:
         """Adopt a snapshot's vector: afterwards everything it covers counts as seen.
 
         For a stream known in the same epoch the higher number stays (messages
-        we applied after the hub cut the snapshot are not forgotten); a
-        different epoch in the vector is newer information and replaces ours.
+        we applied after the hub cut the snapshot are not forgotten); an epoch
+        we saw replaced is ignored. Of two other epochs the larger is taken as
+        the newer: if the wall clock misled that guess, the stream's next
+        message is a restart seen mid-way, a gap, and the repair settles it.
         """
         last = self._last
         for origin, (epoch, seq) in vector.items():
+            if self._stale(origin, epoch):
+                continue
             known = last.get(origin)
             if known is None or epoch > known[0] or (epoch == known[0] and seq > known[1]):
                 last[origin] = (epoch, seq)
@@ -119,6 +139,7 @@ class SequenceTracker:
         for origin in origins:
             self._last.pop(origin, None)
             self._heard.pop(origin, None)
+            self._replaced.pop(origin, None)
 
     def heard(self, origin: int, now: float) -> None:
         """``origin`` sent something at ``now`` (any message, heartbeats included)."""

@@ -15,7 +15,12 @@ __all__ = ["new_epoch", "percentiles"]
 
 
 def new_epoch(clock: Clock = SYSTEM_CLOCK) -> int:
-    """A stream epoch: start time in ms with 12 random low bits, so later starts compare higher."""
+    """A stream epoch: start time in ms with 12 random low bits.
+
+    It names a stream; nothing relies on its order, since the wall clock can
+    step back or two starts share a millisecond (receivers tell restarts by
+    the new epoch or the hub's new id).
+    """
     return (int(clock.wall() * 1000) << 12) | secrets.randbits(12)
 
 

@@ -27,6 +27,8 @@ def _sidecar_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", required=True, help="file:///path/sessions.json, postgresql://..., couchdb://...")
     endpoint_arguments(p)
     p.add_argument("--heartbeat", type=float, default=1.0, help="seconds between hub heartbeats")
+    p.add_argument("--forget-after", type=float, default=60.0,
+                   help="seconds after which a silent publisher's stream bookkeeping is dropped")
     p.add_argument("--flush-interval", type=float, default=0.1,
                    help="longest a change waits before it is written (the write-behind loss window)")
     p.add_argument("--batch-size", type=int, default=2000, help="records per store write")
@@ -92,7 +94,7 @@ def _sidecar(args: argparse.Namespace) -> int:
         http=args.http, parent_pid=args.parent_pid,
         remove_runtime_dir=args.remove_runtime_dir, ack=None if args.no_ack else args.ack,
     )
-    hub = _hub_config(args, heartbeat=args.heartbeat)
+    hub = _hub_config(args, heartbeat=args.heartbeat, forget_after=args.forget_after)
     pub, sub, req = hub.endpoints()  # a bad endpoint or runtime dir fails here, before the store opens
     kind = store_kind(args.store)
     store = open_store(args.store, **store_options(kind, args))

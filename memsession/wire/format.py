@@ -35,7 +35,8 @@ publisher's stream header ``origin, epoch, seq, sent_us``:
                    tombstones are untouched and always merged)
     h   HEARTBEAT  (nothing; ``seq`` is the last data seq sent)
     H   HUB BEAT   (nothing; ``origin`` is the hub id, ``epoch`` the hub's
-                   epoch: a new epoch means the hub restarted)
+                   epoch: a new hub id means the hub restarted, whatever
+                   the epochs compare, since they follow the wall clock)
     y   HELLO      nonce  (``seq`` 0; a joining process waits for its own
                    hello to come back, proving its subscription is live)
     r   RESYNC     target origin  (``seq`` 0; the hub saw a gap in that
@@ -59,7 +60,8 @@ frames; ``rid`` is the requester's request id, echoed in every reply:
     C  CHUNK       rid, [record, ...]          (0 or more, up to 1000 records)
     E  END         rid, hub_epoch, vector, chunks, records, cleared
                    ``vector`` is [[origin, epoch, seq], ...]: the last seq of
-                   every stream the hub had applied when it cut the snapshot;
+                   every stream the hub had applied when it cut the snapshot,
+                   the hub's own stream (``hub_epoch``) last;
                    ``cleared`` the hub's clear watermark (0: never cleared)
     G  GET         rid, key
     R  RECORD      rid, record or nil
