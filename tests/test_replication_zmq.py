@@ -576,3 +576,24 @@ def test_read_your_writes_in_another_process(cluster):
     # have been on its way), the newest copy left is served and the loss counted, never None.
     assert b.call(("wait_for", (sid, version + 1))) == {"cart": 3}
     assert b.call(("stats", None))["lost_writes"] == 1
+
+
+def test_a_worker_closed_while_the_hub_is_away_hands_its_writes_to_the_next_hub(cluster):
+    # A worker recycled (max_requests) during a sidecar restart holds the only copy of what it
+    # wrote while the hub was away: its close waits for the new hub and pushes it there.
+    (a,) = cluster.spawn(1)
+    before = new_id()
+    a.call(("set", (before, {"n": 1})))
+    wait_converged([a], cluster.hub)
+    cluster.hub.kill()
+    during = new_id()
+    a.call(("set", (during, {"written": "while the hub was away"})))
+    a.conn.send(("stop", None))  # close() now: the hub is away
+    time.sleep(0.5)  # (the restart takes about this long; close must still be waiting)
+    cluster.hub.start()
+    assert a.call(None, timeout=20) is None  # "bye": closed once the new hub took its sessions
+    a.proc.join(10)
+    (b,) = cluster.spawn(1)
+    state = b.call(("state", None))
+    assert during in state and state[during][3] == {"written": "while the hub was away"}
+    assert before in state

@@ -48,6 +48,9 @@ class BusConfig:
     #: Publishers not heard for this long (seconds) are forgotten: what they wrote stays merged, their
     #: stream bookkeeping goes, so state and snapshots follow the live processes, not every one that lived.
     forget_after: float = 60.0
+    #: How long ``close()`` waits for a hub when it is away (a sidecar restart) and this process
+    #: published changes: what it wrote meanwhile may exist nowhere else until a hub takes it.
+    close_timeout: float = 5.0
     #: Fault injection for tests: fraction of data messages dropped after numbering
     #: (changes then travel one a message, unbatched, so each can be lost on its own).
     fault_drop_rate: float = 0.0
@@ -58,6 +61,7 @@ class BusConfig:
         check_number("heartbeat", self.heartbeat)
         check_number("silence", self.silence)
         check_number("request_timeout", self.request_timeout)
+        check_number("close_timeout", self.close_timeout, allow_zero=True)
         check_number("forget_after", self.forget_after)
         if self.forget_after <= self.silence:
             raise ConfigError("forget_after", self.forget_after, "must exceed silence")

@@ -143,8 +143,39 @@ class ZmqBus:
     def close(self) -> None:
         if self._closed:
             return
+        self._hand_over()
         self._closed = True
         self._shutdown()
+
+    def _hand_over(self) -> None:
+        """Before leaving: let a hub take what may exist only here.
+
+        Changes published while the hub was away (a sidecar restart) reached
+        no one; a worker recycled before the new hub came would take them
+        along. So when the hub is late or a repair is due, and this process
+        published anything, ``close`` waits up to ``close_timeout`` for the
+        receiver's repair (which pushes this process's state to a new hub).
+        With a hub beating normally there is nothing to wait for.
+        """
+        rep = self.replicator
+        if rep is None or self._pid != os.getpid() or not self._joined.is_set() or rep.seq == 0:
+            return
+
+        def in_doubt() -> bool:
+            last = rep.last_hub_beat
+            late = last is None or rep.clock.monotonic() - last > 1.5 * self.config.heartbeat
+            return late or rep.repair_due
+
+        if not in_doubt():
+            return
+        deadline = time.monotonic() + self.config.close_timeout
+        log.info("hub away at close: waiting up to %.1fs to hand over this process's sessions",
+                 self.config.close_timeout)
+        while in_doubt() and time.monotonic() < deadline and all(t.is_alive() for t in self._threads):
+            time.sleep(0.05)
+        if in_doubt():
+            log.warning("closed without a hub to hand over to: changes made since it went away "
+                        "are only where this process persisted them")
 
     def __repr__(self) -> str:
         return f"ZmqBus(publish={self.config.publish!r}, mode={self.config.mode!r})"
