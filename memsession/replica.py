@@ -37,6 +37,8 @@ _REVALIDATE_TIMEOUT = 0.25
 #: A write younger than this (seconds) that hub and store don't have yet may still be on its way:
 #: the bus delivers in milliseconds, a restarted hub gathers the workers' copies within a second or two.
 RECENT_WRITE = 5.0
+#: How long a restarted hub takes to gather what the workers hold (they push within a heartbeat or two).
+_GATHER = 2.0
 #: While the hub or store is away, how often a read asks again, and how long one ask may take.
 _ASK_AGAIN = 0.1
 _ASK_TIMEOUT = 1.0
@@ -186,14 +188,17 @@ class Replica:
         """Read-your-writes: the newest record of ``sid``, waiting for one at least ``version``.
 
         Waits up to ``timeout`` seconds for the bus to bring it (woken the
-        moment it is merged), then asks the hub and the store. Returns the
-        record (or tombstone) once one that recent is found. If they answered
-        without it, a write younger than ``RECENT_WRITE`` may still be on its
-        way (a restarted hub gathers what the workers hold), so they are
-        asked again until ``outage_budget`` ends; then the newest copy there
-        is comes back (that write was lost: logged, counted ``lost_writes``),
-        or None if no copy is left. If neither answered within the budget,
-        ``SessionUnavailable``: "no answer" is never taken for "no session".
+        moment it is merged), then asks the hub and the store, and returns the
+        record (or tombstone) once one that recent is found. "Not found" is
+        believed only from a settled hub (``Bus.hub_settled``: a restarted hub
+        is still gathering what the workers push) and only for a write older
+        than ``RECENT_WRITE`` when the wait began (a younger one may be on its
+        way); until then they are asked again, up to ``outage_budget`` (and at
+        least ``_GATHER`` seconds after the first answer). A believed answer
+        gives the newest copy left (the write was lost: logged, counted
+        ``lost_writes``) or None (no copy left). Otherwise
+        ``SessionUnavailable``: "no answer" is never taken for "no session",
+        and an older copy is never served while a newer one may still arrive.
         """
         record = self._await(sid, version, timeout if self.bus is not None else 0.0)
         if record is not None:
@@ -202,12 +207,22 @@ class Replica:
             return None  # ended by a clear since
         started = time.monotonic()
         give_up = started + self.config.outage_budget
+        # Judged once, as the wait begins: waiting must not age the write into "lost".
+        on_its_way = self._may_be_on_its_way(version)
+        first_answer: float | None = None
         while True:
             answered, newest = self._ask_elsewhere(sid, version, give_up)
             if newest is not None and (newest.deleted or newest.version >= version):
                 return newest
-            if answered and not self._may_be_on_its_way(version):
+            settled = answered and self._hub_settled()
+            if settled and not on_its_way:
                 break
+            if answered:
+                if first_answer is None:
+                    # A hub that answers only now may have just restarted: give the workers
+                    # time to push what they hold to it, even if the budget ends sooner.
+                    first_answer = time.monotonic()
+                    give_up = max(give_up, first_answer + _GATHER)
             remaining = give_up - time.monotonic()
             if remaining <= 0:
                 break
@@ -215,10 +230,13 @@ class Replica:
             if record is not None:
                 return record
         waited = time.monotonic() - started
-        if not answered:
+        if not settled:
+            # No answer, or only from a hub still gathering: serving an older copy now could
+            # overwrite the newer one a worker is about to push. Refuse instead.
             with self._lock:
                 self._counts["unavailable"] += 1
-            log.warning("no hub or store answered for a session within %.1fs; the request is refused", waited)
+            log.warning("could not tell within %.1fs whether a session has a newer copy (hub away or still "
+                        "gathering); the request is refused", waited)
             raise SessionUnavailable(sid, waited)
         if newest is not None:
             # Older than a write that was made: that write is gone (its writer and the hub died with it).
@@ -272,6 +290,13 @@ class Replica:
         with self._lock:
             now = self.clock.monotonic()
             return answered, self._held.tombstone(sid, now) or self._core.peek(sid)
+
+    def _hub_settled(self) -> bool:
+        bus = self.bus
+        if bus is None:
+            return True  # a store's answer is the answer
+        hub_settled = getattr(bus, "hub_settled", None)  # a bus of one's own may lack it
+        return hub_settled is None or bool(hub_settled(_GATHER))
 
     def _may_be_on_its_way(self, version: int) -> bool:
         return self.clock.wall() - version_wall_ms(version) / 1000.0 < RECENT_WRITE

@@ -82,6 +82,10 @@ class Replicator:
         #: told by the hub's id, never by comparing epochs, which follow a wall clock that can step back.
         self._past_hubs: deque[int] = deque(maxlen=64)
         self.last_hub_beat: float | None = None
+        #: When (monotonic) this process first heard the current hub.
+        self.hub_seen: float | None = None
+        #: ``seq`` when the hub was last heard: what we published after may not have reached it yet.
+        self.seq_at_beat = 0
         self.repair_due = False
         self.repair_reason = ""
         #: True until the join snapshot is installed: what arrives before it, gaps included, it covers.
@@ -271,11 +275,16 @@ class Replicator:
             return SKIPPED
         now = self.clock.monotonic()
         previous = self.last_hub_beat
-        self.last_hub_beat = now
         if self.hub_id is not None and msg.origin != self.hub_id:
             self._replaced_by(msg.origin, msg.epoch)
-            return self._need_repair("hub restart")
+            verdict = self._need_repair("hub restart")
+            self.last_hub_beat = now  # after the repair is due: never "a fresh beat and nothing due"
+            return verdict
+        self.seq_at_beat = self.seq
+        self.last_hub_beat = now
         self.hub_epoch = msg.epoch
+        if self.hub_id is None:
+            self.hub_seen = now
         self.hub_id = msg.origin
         self.tracker.forget_silent(now, self.config.forget_after)  # once a beat: publishers that stopped
         if previous is not None and now - previous > self.config.silence:
@@ -293,6 +302,30 @@ class Replicator:
             self._past_hubs.append(self.hub_id)
         self.hub_id = hub_id
         self.hub_epoch = epoch
+        self.hub_seen = self.clock.monotonic()
+
+    def hub_settled(self, gather: float) -> bool:
+        """Whether the hub's "not found" can be believed: heard for ``gather`` seconds, no repair due.
+
+        A hub that has just restarted is still gathering what the workers hold
+        (each pushes its state when it notices the new hub).
+        """
+        seen = self.hub_seen
+        return seen is not None and not self.repair_due and self.clock.monotonic() - seen >= gather
+
+    def holds_only_copy(self) -> bool:
+        """Whether changes published here may have reached no hub.
+
+        So when a repair is due, the hub is late, or we published since we last
+        heard it. Changes published while the hub was away (a sidecar restart)
+        reached no one; a process closing then (a recycled worker) would take
+        them along.
+        """
+        if self.seq == 0:
+            return False
+        last = self.last_hub_beat
+        return (self.repair_due or self.seq > self.seq_at_beat or last is None
+                or self.clock.monotonic() - last > 1.5 * self.config.heartbeat)
 
     def silent(self) -> bool:
         """True when the hub has not been heard for ``silence`` seconds (checked by the transport)."""
@@ -347,6 +380,8 @@ class Replicator:
             # A snapshot from a hub we had not heard beat yet: it restarted and may lack our state.
             self._replaced_by(hub, hub_epoch)
             self._need_repair("hub restart")
+        if self.hub_id is None:
+            self.hub_seen = now
         self.hub_id = hub
         self.hub_epoch = hub_epoch
         return changed

@@ -77,6 +77,10 @@ class Bus(Protocol):
     def lookup(self, key: str, timeout: float | None = None) -> tuple[bool, Record | None]:
         """``(answered, record)``: like ``fetch``, but tells "the hub does not know it" from "no answer"."""
 
+    def hub_settled(self, gather: float) -> bool:
+        """Whether the hub's "not found" can be believed: no repair due, and the current hub heard
+        for ``gather`` seconds (a restarted hub is still gathering what the workers push to it)."""
+
     def stats(self) -> dict[str, Any]:
         """Replication counters (a fresh dict)."""
 

@@ -170,6 +170,11 @@ class MemoryBus:
         (reply,) = self.hub.request(wire.encode_request(wire.GET, 1, key))
         return True, reply.body[0]
 
+    def hub_settled(self, gather: float) -> bool:
+        # Pushes to a restarted in-memory hub happen at once, in the repair itself: nothing to gather.
+        rep = self.replicator
+        return rep is not None and not rep.repair_due and id(self) not in self.hub.cut
+
     def stats(self) -> dict[str, Any]:
         return self.replicator.stats() if self.replicator is not None else {}
 

@@ -31,9 +31,10 @@ from typing import Any
 
 from .. import security, wire
 from ..clock import SYSTEM_CLOCK
-from ..errors import BusError, ConfigError, WireError
+from ..errors import BusError, ConfigError
 from ..session import Record
 from .base import HELLO, RESYNC, BusConfig, Clear, ReplicaTarget, Replicator
+from .replies import collect_replies
 
 __all__ = ["ZmqBus"]
 
@@ -129,6 +130,10 @@ class ZmqBus:
         reply = self._request(wire.STATS, timeout=timeout)
         return None if reply is None else reply[0].body[0]
 
+    def hub_settled(self, gather: float) -> bool:
+        rep = self.replicator
+        return rep is not None and rep.hub_settled(gather)
+
     def stats(self) -> dict[str, Any]:
         rep = self.replicator
         out: dict[str, Any] = rep.stats() if rep is not None else {}
@@ -148,32 +153,17 @@ class ZmqBus:
         self._shutdown()
 
     def _hand_over(self) -> None:
-        """Before leaving: let a hub take what may exist only here.
-
-        Changes published while the hub was away (a sidecar restart) reached
-        no one; a worker recycled before the new hub came would take them
-        along. So when the hub is late or a repair is due, and this process
-        published anything, ``close`` waits up to ``close_timeout`` for the
-        receiver's repair (which pushes this process's state to a new hub).
-        With a hub beating normally there is nothing to wait for.
-        """
+        """Before leaving, let a hub take what may exist only here (``Replicator.holds_only_copy``):
+        wait up to ``close_timeout`` for the receiver's repair, which pushes our state to a new hub."""
         rep = self.replicator
-        if rep is None or self._pid != os.getpid() or not self._joined.is_set() or rep.seq == 0:
-            return
-
-        def in_doubt() -> bool:
-            last = rep.last_hub_beat
-            late = last is None or rep.clock.monotonic() - last > 1.5 * self.config.heartbeat
-            return late or rep.repair_due
-
-        if not in_doubt():
+        if rep is None or self._pid != os.getpid() or not self._joined.is_set() or not rep.holds_only_copy():
             return
         deadline = time.monotonic() + self.config.close_timeout
         log.info("hub away at close: waiting up to %.1fs to hand over this process's sessions",
                  self.config.close_timeout)
-        while in_doubt() and time.monotonic() < deadline and all(t.is_alive() for t in self._threads):
+        while rep.holds_only_copy() and time.monotonic() < deadline and all(t.is_alive() for t in self._threads):
             time.sleep(0.05)
-        if in_doubt():
+        if rep.holds_only_copy():
             log.warning("closed without a hub to hand over to: changes made since it went away "
                         "are only where this process persisted them")
 
@@ -366,26 +356,9 @@ class ZmqBus:
 
     def _collect(self, dealer: Any, rid: int, until: str, deadline: float) -> list[wire.Reply] | None:
         """Replies to ``rid`` up to the one with op ``until``; None on timeout."""
-        import zmq
-
-        out: list[wire.Reply] = []
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._stop.is_set():
-                return None
-            if not dealer.poll(int(min(remaining, 0.1) * 1000) + 1, zmq.POLLIN):
-                continue
-            try:
-                reply = wire.decode_reply(dealer.recv_multipart(), self.config.limits)
-            except WireError as exc:
-                if self.replicator is not None:
-                    self.replicator.drop("malformed reply", exc)
-                continue
-            if reply.rid != rid:
-                continue  # an answer to a request that already timed out
-            out.append(reply)
-            if reply.op == until:
-                return out
+        rep = self.replicator
+        return collect_replies(dealer, rid, until, deadline, stop=self._stop, limits=self.config.limits,
+                               malformed=rep.drop if rep is not None else None)
 
     def _repair(self, dealer: Any, *, push: bool) -> bool:
         """Push our state if the hub may have lost it, then splice in a fresh snapshot."""

@@ -1,0 +1,45 @@
+"""Collecting the hub's replies to one request on a DEALER: the one loop every request uses."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import wire
+from ..errors import WireError
+
+__all__ = ["collect_replies"]
+
+
+def collect_replies(
+    dealer: Any, rid: int, until: str, deadline: float, *, stop: threading.Event, limits: wire.Limits,
+    malformed: Callable[[str, Exception], object] | None = None,
+) -> list[wire.Reply] | None:
+    """Replies to ``rid`` up to the one with op ``until``; None on timeout or ``stop``.
+
+    A reply that does not decode is handed to ``malformed`` (counted as
+    ``malformed reply``) and skipped; one to another request (that already
+    timed out) is skipped.
+    """
+    import zmq
+
+    out: list[wire.Reply] = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or stop.is_set():
+            return None
+        if not dealer.poll(int(min(remaining, 0.1) * 1000) + 1, zmq.POLLIN):
+            continue
+        try:
+            reply = wire.decode_reply(dealer.recv_multipart(), limits)
+        except WireError as exc:
+            if malformed is not None:
+                malformed("malformed reply", exc)
+            continue
+        if reply.rid != rid:
+            continue
+        out.append(reply)
+        if reply.op == until:
+            return out
