@@ -270,7 +270,7 @@ def test_sigkill_the_sidecar_under_load(sidecar: SidecarProcess, web: Gunicorn, 
 def test_a_sidecar_outage_past_the_budget_answers_503_never_a_new_session(
     sidecar: SidecarProcess, web: Gunicorn, postgres_url: str
 ) -> None:
-    load = Load(web.url, tolerate_unavailable=True)
+    load = Load(web.url, tolerate_unavailable=True, max_requests=20_000)
     load.run()
     wait_until(lambda: load.requests > 200, 30, "load to get going")
     sidecar.kill()
