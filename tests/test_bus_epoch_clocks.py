@@ -145,6 +145,18 @@ def _restart_keeps_sessions(runtime_dir: str, second_state: Callable[[Hub, Sessi
 
 
 @pytest.mark.zmq
+def test_a_hub_restarted_after_the_wall_clock_stepped_back_gets_the_workers_sessions(runtime_dir: str) -> None:
+    """Its wall clock an hour behind: an older epoch, which used to make workers take its beats as stale."""
+
+    def stepped_back(first: Hub, _writer: SessionCache) -> HubState:
+        state = HubState(clock=ShiftedClock(-3600.0))
+        assert state.epoch < first.state.epoch
+        return state
+
+    _restart_keeps_sessions(runtime_dir, stepped_back)
+
+
+@pytest.mark.zmq
 def test_a_hub_restarted_in_the_same_millisecond_with_the_same_epoch_is_a_restart(runtime_dir: str) -> None:
     """The worst case of one millisecond: the new hub draws the very epoch of the old one."""
     _restart_keeps_sessions(runtime_dir, lambda first, _: HubState(epoch=first.state.epoch))
