@@ -67,7 +67,7 @@ class SequenceTracker:
     sighting has no baseline to bound: it is taken as it comes.
     """
 
-    __slots__ = ("_claims", "_heard", "_last", "_replaced", "hold", "jumps", "max_jump", "strict")
+    __slots__ = ("_claims", "_heard", "_last", "_replaced", "hold", "max_jump", "strict")
 
     def __init__(
         self, *, strict: bool = True, max_jump: int = DEFAULT_MAX_JUMP, hold: float = DEFAULT_JUMP_HOLD
@@ -82,8 +82,6 @@ class SequenceTracker:
         self.strict = strict
         self.max_jump = max_jump
         self.hold = hold
-        #: Frames classified JUMP so far.
-        self.jumps = 0
 
     def observe(self, origin: int, epoch: int, seq: int) -> str:
         """Classify data message ``seq`` of ``(origin, epoch)`` and record it."""
@@ -96,7 +94,8 @@ class SequenceTracker:
                 return NEW
             return GAP if self.strict or known is not None else NEW
         last = known[1]
-        if self._jumps(origin, epoch, last, seq):
+        # (the call is skipped on the hot path: no claim pending and the number within the bound)
+        if (self._claims or seq - last > self.max_jump) and self._jumps(origin, epoch, last, seq):
             return JUMP
         if seq == last + 1:
             self._last[origin] = (epoch, seq)
@@ -144,7 +143,7 @@ class SequenceTracker:
             if seq == 0:
                 return NEW
             return GAP if self.strict or known is not None else NEW
-        if self._jumps(origin, epoch, known[1], seq):
+        if (self._claims or seq - known[1] > self.max_jump) and self._jumps(origin, epoch, known[1], seq):
             return JUMP
         if seq > known[1]:
             self._last[origin] = (epoch, seq)
@@ -170,7 +169,6 @@ class SequenceTracker:
         elif now - claim[1] >= self.hold:
             del claims[origin]
             return False
-        self.jumps += 1
         return True
 
     def _stale(self, origin: int, epoch: int) -> bool:
