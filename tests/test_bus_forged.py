@@ -1,9 +1,10 @@
-"""Forged sequence numbers: a jump past ``max_seq_jump`` is repaired, never adopted, and cannot silence anyone.
+"""Forged sequence numbers: a jump past ``max_seq_jump`` is repaired, never adopted; nobody is silenced.
 
 A frame that claims ``seq 2**64 - 1`` for another process's stream (its origin
 and epoch copied from its traffic) used to become that stream's last number at
 the hub and every worker, so all the victim's later writes, and its logouts,
-were dropped as duplicates. The tracker tests drive ``SequenceTracker`` with
+were dropped as duplicates; a forged heartbeat with a new epoch ("it restarted")
+did the same. The tracker tests drive ``SequenceTracker`` with
 hypothesis; the others inject forged frames with a raw PUB socket into a real
 hub process and check what two real worker processes still exchange.
 """
@@ -113,7 +114,7 @@ def test_forged_frames_between_heartbeats_never_silence_the_publisher(start: int
 
 @settings(max_examples=100, deadline=None)
 @given(st.integers(1, 50), st.integers(BOUND + 1, 10**9), st.integers(1, 8))
-def test_a_real_loss_past_the_bound_is_taken_up_once_it_has_stood_the_hold(start: int, lost: int, beats: int) -> None:
+def test_a_real_loss_past_the_bound_is_taken_up_after_the_hold(start: int, lost: int, beats: int) -> None:
     """A publisher whose receiver lost more than the bound: every frame is kept out until the hold passed."""
     t = _tracker()
     _started(t, start)
@@ -145,6 +146,20 @@ def test_a_forged_claim_within_the_bound_costs_at_most_the_bound(start: int, ahe
     verdicts = [t.observe(1, 9, start + i) for i in range(1, sent + 1)]
     hidden = min(ahead, sent)
     assert verdicts == [DUP] * hidden + [OK] * (sent - hidden)
+
+
+def test_a_forged_restart_is_undone_when_the_replaced_epoch_still_speaks_after_the_hold() -> None:
+    t = _tracker()
+    _started(t, 3)
+    assert t.heartbeat(1, 10, 1) == GAP  # "origin 1 restarted in epoch 10": believed at once
+    t.heard(1, HOLD * 0.99)
+    assert t.observe(1, 9, 4) == DUP  # within the hold: a straggler, as after a real restart
+    t.heard(1, HOLD)
+    assert t.observe(1, 9, 5) == GAP  # still speaking: alive, taken back, repaired
+    assert t.observe(1, 9, 6) == OK and t.vector() == {1: (9, 6)}
+    assert t.heartbeat(1, 10, 1) == DUP  # the false epoch is the straggler now
+    t.heard(1, 2 * HOLD)
+    assert t.observe(1, 9, 7) == OK
 
 
 def test_a_batch_that_stood_the_hold_is_taken_whole_and_marks_the_gap() -> None:
@@ -191,7 +206,8 @@ def test_a_forged_heartbeat_costs_a_worker_one_repair_and_the_victims_writes_go_
         replicator = Replicator(cache, BusConfig(), clock=clock)
         replicator.install_snapshot([], {}, 1 << 12)
         victim, epoch = 42, 7 << 12
-        replicator.receive(wire.encode_record_message(_record("a" * 32, {"n": 1}, victim), victim, epoch, 1, 0))
+        first = _record("a" * 32, {"n": 1}, victim)
+        replicator.receive(wire.encode_record_message(first, victim, epoch, 1, 0))
         assert replicator.receive(wire.encode_heartbeat(victim, epoch, LARGEST_SEQ, 0)) == "repair"
         assert replicator.dropped == {"seq jump": 1}
         replicator.install_snapshot([], {victim: (epoch, 1)}, 1 << 12)  # the hub never took the claim
@@ -269,7 +285,7 @@ class Worker:
             except (AssertionError, OSError, EOFError):
                 pass
             self.proc.join(10)
-            if self.proc.is_alive():
+            if self.proc.is_alive() and self.proc.pid is not None:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.join(5)
         self.conn.close()
@@ -348,21 +364,23 @@ def bus() -> Iterator[Bus]:
 
 
 def _forged_messages(kind: str, origin: int, epoch: int, key: str) -> list[list[bytes]]:
-    """One forged heartbeat or data message, or a burst of heartbeats, all claiming the largest seq."""
+    """A forged heartbeat, data message or burst of heartbeats claiming the largest seq; or a restart."""
     if kind == "data":
         forged = _record(key, {"forged": True}, origin)
         return [wire.encode_record_message(forged, origin, epoch, LARGEST_SEQ, 0)]
+    if kind == "restart":  # "origin restarted": a new epoch, already at seq 1
+        return [wire.encode_heartbeat(origin, epoch ^ 1, 1, 0)]
     count = 50 if kind == "burst" else 1
     return [wire.encode_heartbeat(origin, epoch, LARGEST_SEQ - i, 0) for i in range(count)]
 
 
 @pytest.mark.zmq
-@pytest.mark.parametrize("kind", ["heartbeat", "data", "burst"])
+@pytest.mark.parametrize("kind", ["heartbeat", "data", "burst", "restart"])
 def test_a_forged_frame_does_not_silence_a_worker(bus: Bus, kind: str) -> None:
     victim, other = bus.spawn(), bus.spawn()
     logged_in = new_id()
     victim.call(("set", (logged_in, {"user": "ada"})))
-    _poll(lambda: other.call(("get", logged_in)) == {"user": "ada"}, 10, "the session to reach the other worker")
+    _poll(lambda: other.call(("get", logged_in)) == {"user": "ada"}, 10, "the session to reach the other")
     epoch, _ = bus.stream_of(victim.origin)
     forged_key = new_id()
     forged = _forged_messages(kind, victim.origin, epoch, forged_key)
@@ -379,13 +397,16 @@ def test_a_forged_frame_does_not_silence_a_worker(bus: Bus, kind: str) -> None:
     def arrived() -> int:
         return sum(other.call(("get", sid)) == {"n": n} for n, sid in enumerate(written))
 
-    deadline = time.monotonic() + 10
+    # A forged restart holds the victim's stream back for seq_jump_hold (5 s) at most, then a repair.
+    deadline = time.monotonic() + 20
     while arrived() < len(written) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert arrived() == len(written), f"{arrived()} of {len(written)} writes of the victim got through"
     _poll(lambda: other.call(("get", logged_in)) is None, 10, "the logout to reach the other worker")
     at_hub = bus.hub.snapshot()  # {key: (version, origin, deleted, data)}
     assert all(sid in at_hub for sid in written) and at_hub.get(logged_in, (0, 0, True))[2]
+    if kind == "restart":
+        return
     # Every forged frame was kept out and counted (the last of a burst may still be on its way).
     _poll(lambda: bus.hub.stats()["dropped"].get("seq jump") == len(forged), 10, "the hub to count them")
     _poll(lambda: other.call(("stats", None))["dropped"].get("seq jump") == len(forged), 10,

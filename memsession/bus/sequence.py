@@ -4,8 +4,9 @@ Every publisher numbers its data messages 1, 2, 3... within an ``(origin,
 epoch)`` stream. Epochs are taken from the wall clock at start, which can step
 back or repeat, so a tracker does not trust their order: a new epoch of a known
 origin is a restart, and the epoch it replaced is remembered so that its
-stragglers are duplicates, not another restart. A tracker remembers the last
-number seen per origin and classifies each new one. It never touches a socket
+stragglers are duplicates, not another restart (for ``hold`` seconds: one
+still heard after that was never replaced, see ``_straggles``). A tracker
+remembers the last number seen per origin and classifies each new one. It never touches a socket
 or a clock (the caller reports when each origin was heard), so hypothesis
 drives it directly.
 
@@ -75,8 +76,9 @@ class SequenceTracker:
         self._last: dict[int, tuple[int, int]] = {}
         #: Streams whose frames jump past the bound: ``{origin: (epoch, when the first one was heard)}``.
         self._claims: dict[int, tuple[int, float]] = {}
-        #: Epochs each origin has restarted away from: what still arrives in them is a straggler.
-        self._replaced: dict[int, tuple[int, ...]] = {}
+        #: Epochs each origin has restarted away from, with when: what still arrives in them is a
+        #: straggler, for ``hold`` seconds (see ``_straggles``).
+        self._replaced: dict[int, tuple[tuple[int, float], ...]] = {}
         #: When each origin was last heard (the caller's monotonic time), for ``forget_silent``.
         self._heard: dict[int, float] = {}
         self.strict = strict
@@ -87,7 +89,7 @@ class SequenceTracker:
         """Classify data message ``seq`` of ``(origin, epoch)`` and record it."""
         known = self._last.get(origin)
         if known is None or known[0] != epoch:
-            if self._stale(origin, epoch):
+            if self._straggles(origin, epoch):
                 return DUP  # a straggler of a stream the origin has since restarted
             self._start(origin, epoch, seq, known)
             if seq == 1:
@@ -137,7 +139,7 @@ class SequenceTracker:
         """A heartbeat says the stream's last data seq is ``seq``: GAP if we saw less."""
         known = self._last.get(origin)
         if known is None or known[0] != epoch:
-            if self._stale(origin, epoch):
+            if self._straggles(origin, epoch):
                 return DUP
             self._start(origin, epoch, seq, known)
             if seq == 0:
@@ -172,12 +174,31 @@ class SequenceTracker:
         return True
 
     def _stale(self, origin: int, epoch: int) -> bool:
-        return epoch in self._replaced.get(origin, ())
+        return any(old == epoch for old, _ in self._replaced.get(origin, ()))
+
+    def _straggles(self, origin: int, epoch: int) -> bool:
+        """True for a frame of an epoch ``origin`` restarted away from less than ``hold`` ago.
+
+        A process that restarted is gone, and what it sent before arrives right
+        behind. An epoch still heard after the hold is alive: two processes
+        never share an origin, so the restart was a false claim (one forged
+        frame with a new epoch). It is taken back as the origin's stream, as a
+        restart, and repaired; the false epoch is a straggler from then on.
+        """
+        replaced = self._replaced.get(origin, ())
+        for old, at in replaced:
+            if old == epoch:
+                if self._heard.get(origin, 0.0) - at < self.hold:
+                    return True
+                self._replaced[origin] = tuple(r for r in replaced if r[0] != epoch)
+                return False
+        return False
 
     def _start(self, origin: int, epoch: int, seq: int, known: tuple[int, int] | None) -> None:
-        """``origin`` restarted (or is new): its stream is ``epoch`` from ``seq`` on; the old one is replaced."""
+        """``origin`` restarted (or is new): its stream is ``epoch`` from ``seq`` on, the old one replaced."""
         if known is not None:
-            self._replaced[origin] = (*self._replaced.get(origin, ())[1 - REPLACED_KEPT:], known[0])
+            now = self._heard.get(origin, 0.0)
+            self._replaced[origin] = (*self._replaced.get(origin, ())[1 - REPLACED_KEPT:], (known[0], now))
         self._last[origin] = (epoch, seq)
         self._claims.pop(origin, None)
 
