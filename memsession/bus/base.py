@@ -24,7 +24,7 @@ from ..errors import WireError
 from ..session import Record, touched_copy
 from .config import BusConfig
 from .contract import Bus, Clear, Outgoing, ReplicaTarget
-from .sequence import DUP, GAP, SequenceTracker
+from .sequence import DUP, GAP, JUMP, SequenceTracker
 from .streams import new_epoch, percentiles
 
 __all__ = ["Bus", "BusConfig", "Clear", "ReplicaTarget", "Replicator", "new_epoch", "percentiles"]
@@ -75,7 +75,7 @@ class Replicator:
         self.epoch = epoch if epoch is not None else new_epoch(clock)
         self._own = wire.own_prefix(self.origin, self.epoch)
         self.seq = 0
-        self.tracker = SequenceTracker(strict=True)
+        self.tracker = SequenceTracker(strict=True, max_jump=config.max_seq_jump, hold=config.seq_jump_hold)
         self.hub_epoch: int | None = None
         self.hub_id: int | None = None
         #: Hubs that have been replaced: what still arrives from them is a straggler. A restart is
@@ -183,12 +183,17 @@ class Replicator:
                 return RESYNC
             return SKIPPED
         if op == wire.HEARTBEAT:
-            if self.tracker.heartbeat(msg.origin, msg.epoch, msg.seq) == GAP:
+            verdict = self.tracker.heartbeat(msg.origin, msg.epoch, msg.seq)
+            if verdict == JUMP:
+                return self._jump(msg)
+            if verdict == GAP:
                 return self._gap(f"heartbeat of origin {msg.origin:x}")
             return SKIPPED
         if op == wire.BATCH:
             return self._receive_batch(msg)
         verdict = self.tracker.observe(msg.origin, msg.epoch, msg.seq)
+        if verdict == JUMP:
+            return self._jump(msg)
         if verdict == DUP:
             self.counts["duplicates"] += 1
             return SKIPPED
@@ -204,7 +209,9 @@ class Replicator:
         merge = self._merge
         origin = msg.origin
         lag = self.clock.wall() * 1000 - msg.sent_us / 1000
-        fresh, gap_at = self.tracker.accept(origin, msg.epoch, msg.seq, msg.body)
+        fresh, gap_at, jumped = self.tracker.accept(origin, msg.epoch, msg.seq, msg.body)
+        if jumped:
+            return self._jump(msg)
         received = len(fresh)
         self.counts["duplicates"] += len(msg.body) - received
         outcome = IGNORED
@@ -248,6 +255,15 @@ class Replicator:
         self.counts["ignored"] += len(records) - changed
         return changed > 0
 
+    def _jump(self, msg: wire.Message) -> str:
+        """A frame whose seq runs past ``max_seq_jump``: kept out, counted, and repaired like a gap.
+
+        Whatever it carried, the repair brings if it was real; if it was forged, the
+        repair costs one snapshot and the stream goes on from the number we had.
+        """
+        self.drop("seq jump", WireError(f"seq {msg.seq} of origin {msg.origin:x} jumps past the bound"))
+        return self._gap(f"seq jump of origin {msg.origin:x}")
+
     def _gap(self, where: str) -> str:
         if self.joining:
             return SKIPPED  # a stream first seen mid-way before the join snapshot: it covers the rest
@@ -289,7 +305,10 @@ class Replicator:
         self.tracker.forget_silent(now, self.config.forget_after)  # once a beat: publishers that stopped
         if previous is not None and now - previous > self.config.silence:
             return self._need_repair("silence")
-        if self.tracker.heartbeat(msg.origin, msg.epoch, msg.seq) == GAP:
+        verdict = self.tracker.heartbeat(msg.origin, msg.epoch, msg.seq)
+        if verdict == JUMP:
+            return self._jump(msg)
+        if verdict == GAP:
             return self._gap("hub relay heartbeat")
         return SKIPPED
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from .. import wire
 from ..errors import ConfigError
 from ..validate import check_choice, check_int, check_number
+from .sequence import DEFAULT_JUMP_HOLD, DEFAULT_MAX_JUMP
 
 __all__ = ["MODES", "BusConfig"]
 
@@ -51,6 +52,14 @@ class BusConfig:
     #: How long ``close()`` waits for a hub when it is away (a sidecar restart) and this process
     #: published changes: what it wrote meanwhile may exist nowhere else until a hub takes it.
     close_timeout: float = 5.0
+    #: How far (in sequence numbers) a message or heartbeat may run ahead of the last one seen from its
+    #: stream and still count as a gap. Only lost messages make a stream jump, so this bounds what one
+    #: frame can claim: a jump past it is kept out, counted (``dropped["seq jump"]``) and repaired, and
+    #: believed only after ``seq_jump_hold`` seconds with no frame of that stream within the bound.
+    max_seq_jump: int = DEFAULT_MAX_JUMP
+    #: Seconds a jump past ``max_seq_jump`` must stand before it is believed; must exceed the
+    #: heartbeat of every publisher (each heartbeat carries its stream's real last number).
+    seq_jump_hold: float = DEFAULT_JUMP_HOLD
     #: Fault injection for tests: fraction of data messages dropped after numbering
     #: (changes then travel one a message, unbatched, so each can be lost on its own).
     fault_drop_rate: float = 0.0
@@ -67,7 +76,10 @@ class BusConfig:
             raise ConfigError("forget_after", self.forget_after, "must exceed silence")
         if self.silence <= self.heartbeat:
             raise ConfigError("silence", self.silence, "must exceed heartbeat")
-        for name in ("queue_size", "sndhwm", "rcvhwm"):
+        check_number("seq_jump_hold", self.seq_jump_hold)
+        if self.seq_jump_hold <= self.heartbeat:
+            raise ConfigError("seq_jump_hold", self.seq_jump_hold, "must exceed heartbeat")
+        for name in ("queue_size", "sndhwm", "rcvhwm", "max_seq_jump"):
             check_int(name, getattr(self, name))
         if not 0.0 <= self.fault_drop_rate < 1.0:
             raise ConfigError("fault_drop_rate", self.fault_drop_rate, "must be in [0, 1)")

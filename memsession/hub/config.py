@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 
 from .. import wire
+from ..bus.sequence import DEFAULT_JUMP_HOLD, DEFAULT_MAX_JUMP
 from ..errors import BusError, ConfigError
 from ..validate import check_int, check_number
 
@@ -78,13 +79,21 @@ class HubConfig:
     #: Publishers not heard for this long (seconds) are forgotten: what they wrote stays merged, their
     #: stream bookkeeping goes, so state and snapshots follow the live processes, not every one that lived.
     forget_after: float = 60.0
+    #: How far a publisher's message or heartbeat may run ahead of the last number the hub saw from its
+    #: stream and still count as a gap (see ``BusConfig.max_seq_jump``): past it the frame is kept out,
+    #: counted (``dropped["seq jump"]``) and the publisher asked to resync.
+    max_seq_jump: int = DEFAULT_MAX_JUMP
+    #: Seconds a jump past ``max_seq_jump`` must stand before the hub believes it; must exceed the
+    #: workers' heartbeat.
+    seq_jump_hold: float = DEFAULT_JUMP_HOLD
 
     def __post_init__(self) -> None:
         check_number("heartbeat", self.heartbeat)
+        check_number("seq_jump_hold", self.seq_jump_hold)
         check_number("forget_after", self.forget_after)
         if self.forget_after <= 3 * self.heartbeat:
             raise ConfigError("forget_after", self.forget_after, "must exceed three heartbeats")
-        for name in ("sndhwm", "capture_hwm"):
+        for name in ("sndhwm", "capture_hwm", "max_seq_jump"):
             check_int(name, getattr(self, name))
         given = (self.publish, self.subscribe, self.requests)
         if any(given) and not all(given):

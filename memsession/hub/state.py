@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .. import wire
-from ..bus.sequence import GAP, SequenceTracker
+from ..bus.sequence import DEFAULT_JUMP_HOLD, DEFAULT_MAX_JUMP, GAP, JUMP, SequenceTracker
 from ..bus.streams import new_epoch, percentiles
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import WireError
@@ -73,6 +73,8 @@ class HubState:
         on_clear: Callable[[int], None] | None = None,
         extra_stats: Callable[[], dict[str, Any]] | None = None,
         forget_after: float = 60.0,
+        max_seq_jump: int = DEFAULT_MAX_JUMP,
+        seq_jump_hold: float = DEFAULT_JUMP_HOLD,
     ) -> None:
         #: Publishers silent this long (seconds) are forgotten: hub state follows the live ones.
         self.forget_after = forget_after
@@ -92,7 +94,8 @@ class HubState:
         self.cleared = 0
         # Strict: a stream first seen past seq 1 had messages the hub never got (it may have
         # just restarted); asking that origin to resync costs one push and closes the hole.
-        self.tracker = SequenceTracker(strict=True)
+        # A jump past ``max_seq_jump`` is kept out the same way (see ``SequenceTracker``).
+        self.tracker = SequenceTracker(strict=True, max_jump=max_seq_jump, hold=seq_jump_hold)
         self.seq = 0
         self.started = clock.wall()
         self.counts = dict.fromkeys(
@@ -206,7 +209,10 @@ class HubState:
             return []
         self.tracker.heard(msg.origin, self.clock.monotonic())
         if op == wire.HEARTBEAT:
-            if self.tracker.heartbeat(msg.origin, msg.epoch, msg.seq) == GAP:
+            verdict = self.tracker.heartbeat(msg.origin, msg.epoch, msg.seq)
+            if verdict == JUMP:
+                return self._jump(msg)
+            if verdict == GAP:
                 self.counts["gaps"] += 1
                 return self._resync(msg.origin)
             return []
@@ -214,7 +220,9 @@ class HubState:
         if len(self.lag_ms) >= 4096:
             del self.lag_ms[:2048]
         lag = self.clock.wall() * 1000 - msg.sent_us / 1000
-        fresh, gap_at = self.tracker.accept(msg.origin, msg.epoch, msg.seq, items)
+        fresh, gap_at, jumped = self.tracker.accept(msg.origin, msg.epoch, msg.seq, items)
+        if jumped:
+            return self._jump(msg)
         self.counts["duplicates"] += len(items) - len(fresh)
         self.counts["received"] += len(fresh)
         self.lag_ms.extend([lag] * len(fresh))
@@ -224,6 +232,16 @@ class HubState:
             self.counts["gaps"] += 1
             return self._resync(msg.origin)
         return []
+
+    def _jump(self, msg: wire.Message) -> list[list[bytes]]:
+        """A frame whose seq runs past ``max_seq_jump``: kept out, counted, and the origin asked to resync.
+
+        If the jump was real, the origin's push brings what was lost; if it was forged,
+        the push is all it costs, and the stream goes on from the number we had.
+        """
+        self._drop("seq jump", WireError(f"seq {msg.seq} of origin {msg.origin:x} jumps past the bound"))
+        self.counts["gaps"] += 1
+        return self._resync(msg.origin)
 
     def _apply(self, op: str, body: Any) -> None:
         if op == wire.SET or op == wire.DESTROY:
