@@ -55,18 +55,22 @@ class StoreReads:
         self._waiting = 0
         self._done: list[ReadResult] = []
         self._stopping = False
-        self._bell_in, self._bell_out = socket.socketpair()
-        self._bell_in.setblocking(False)
-        self._bell_out.setblocking(False)
+        # Made by ``start``: an object that never runs holds no file descriptors.
+        self._bell_in: socket.socket | None = None
+        self._bell_out: socket.socket | None = None
         self._threads = [threading.Thread(target=self._run, name=f"{name}-{n}", daemon=True) for n in range(threads)]
         #: Bumped under the lock; read by the hub thread for its stats.
         self.counts = dict.fromkeys(("queued", "joined", "full", "loaded", "found", "errors"), 0)
 
     def fileno(self) -> int:
-        """The doorbell the hub's poller watches: readable when results wait for ``take``."""
+        """The doorbell the hub's poller watches: readable when results wait for ``take`` (after ``start``)."""
+        assert self._bell_in is not None, "StoreReads.start() first"
         return self._bell_in.fileno()
 
     def start(self) -> StoreReads:
+        self._bell_in, self._bell_out = socket.socketpair()
+        self._bell_in.setblocking(False)
+        self._bell_out.setblocking(False)
         for thread in self._threads:
             thread.start()
         return self
@@ -79,8 +83,9 @@ class StoreReads:
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout)
-        self._bell_in.close()
-        self._bell_out.close()
+        for bell in (self._bell_in, self._bell_out):
+            if bell is not None:
+                bell.close()
 
     def submit(self, sender: bytes, rid: int, key: str) -> bool:
         """Queue a read of ``key`` for ``(sender, rid)``; False if ``limit`` requests already wait."""
@@ -102,8 +107,10 @@ class StoreReads:
 
     def take(self) -> list[ReadResult]:
         """The reads finished since the last call (the hub thread, when the doorbell rang)."""
+        bell = self._bell_in
+        assert bell is not None, "StoreReads.start() first"
         with contextlib.suppress(BlockingIOError):  # drained: the bell rings again for the next result
-            while self._bell_in.recv(4096):
+            while bell.recv(4096):
                 pass
         with self._lock:
             done, self._done = self._done, []
@@ -137,5 +144,6 @@ class StoreReads:
                 self.counts["loaded" if ok else "errors"] += 1
                 self.counts["found"] += record is not None
                 self._done.append(ReadResult(key, record, ok, waiters))
+            assert self._bell_out is not None  # threads run only after start() made it
             with contextlib.suppress(BlockingIOError):  # the bell is already full: it rings anyway
                 self._bell_out.send(b"\0")
