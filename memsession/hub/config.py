@@ -18,10 +18,13 @@ from ..bus.sequence import DEFAULT_JUMP_HOLD, DEFAULT_MAX_JUMP
 from ..errors import BusError, ConfigError
 from ..validate import check_int, check_number
 
-__all__ = ["MAX_IPC_PATH", "HubConfig", "default_runtime_dir", "ensure_private_dir", "ipc_endpoints"]
+__all__ = ["DEFAULT_MAXSIZE", "MAX_IPC_PATH", "HubConfig", "default_runtime_dir", "ensure_private_dir", "ipc_endpoints"]
 
 #: ipc socket paths longer than this are refused by the OS.
 MAX_IPC_PATH = 107
+#: ``HubConfig.maxsize``'s default: ten times a worker's default ``maxsize``, as the hub holds the
+#: union of what the workers hold.
+DEFAULT_MAXSIZE = 1_000_000
 
 
 def default_runtime_dir() -> str:
@@ -86,6 +89,11 @@ class HubConfig:
     #: Seconds a jump past ``max_seq_jump`` must stand before the hub believes it; must exceed the
     #: workers' heartbeat.
     seq_jump_hold: float = DEFAULT_JUMP_HOLD
+    #: Most live sessions the hub's replica holds; past it the least recently used (read or
+    #: written) is evicted. Tombstones and the clear watermark are not counted (see ``HubState``).
+    #: A sidecar reads an evicted session back from its store when it is next asked for; a plain
+    #: hub forgets it (processes that hold it keep it, and a worker with a store reads it there).
+    maxsize: int = DEFAULT_MAXSIZE
 
     def __post_init__(self) -> None:
         check_number("heartbeat", self.heartbeat)
@@ -93,7 +101,7 @@ class HubConfig:
         check_number("forget_after", self.forget_after)
         if self.forget_after <= 3 * self.heartbeat:
             raise ConfigError("forget_after", self.forget_after, "must exceed three heartbeats")
-        for name in ("sndhwm", "capture_hwm", "max_seq_jump"):
+        for name in ("sndhwm", "capture_hwm", "max_seq_jump", "maxsize"):
             check_int(name, getattr(self, name))
         given = (self.publish, self.subscribe, self.requests)
         if any(given) and not all(given):

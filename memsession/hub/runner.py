@@ -24,6 +24,7 @@ from typing import Any
 from .. import wire
 from ..errors import BusError, WireError
 from .config import HubConfig
+from .reads import StoreReads
 from .state import HubState
 
 __all__ = ["Hub", "run_hub"]
@@ -38,13 +39,16 @@ def run_hub(
     ready: threading.Event | None = None,
     state: HubState | None = None,
     every_second: Callable[[], None] | None = None,
+    reads: StoreReads | None = None,
 ) -> HubState:
     """Run a hub in this thread until ``stop`` is set; return its final state.
 
     Creates its own context and sockets, binds the three endpoints (raising
     ``BusError`` if one is taken) and closes everything on the way out.
     ``every_second`` runs in the hub thread after each once-a-second prune
-    (the sidecar publishes its stats there).
+    (the sidecar publishes its stats there). ``reads``: the store reads
+    ``state`` asks for (its ``read_back``); their results are merged and
+    answered in the hub thread.
     """
 
     from .. import security
@@ -52,13 +56,13 @@ def run_hub(
     stop = stop or threading.Event()
     state = state or HubState(
         limits=config.limits, forget_after=config.forget_after,
-        max_seq_jump=config.max_seq_jump, seq_jump_hold=config.seq_jump_hold,
+        max_seq_jump=config.max_seq_jump, seq_jump_hold=config.seq_jump_hold, maxsize=config.maxsize,
     )
     pub_ep, sub_ep, req_ep = config.endpoints()
     secure = security.server_policy(config, (pub_ep, sub_ep, req_ep))
     lock = _lock_ipc_dirs((pub_ep, sub_ep, req_ep))
     try:
-        _run(config, stop, ready, state, pub_ep, sub_ep, req_ep, secure, every_second)
+        _run(config, stop, ready, state, pub_ep, sub_ep, req_ep, secure, every_second, reads)
     finally:
         for fd in lock:
             os.close(fd)
@@ -84,7 +88,8 @@ def _lock_ipc_dirs(endpoints: tuple[str, ...]) -> list[int]:
 
 
 def _run(config: HubConfig, stop: threading.Event, ready: threading.Event | None, state: HubState,
-         pub_ep: str, sub_ep: str, req_ep: str, secure: Any, every_second: Callable[[], None] | None) -> None:
+         pub_ep: str, sub_ep: str, req_ep: str, secure: Any, every_second: Callable[[], None] | None,
+         reads: StoreReads | None) -> None:
     import zmq
 
     ctx = zmq.Context()
@@ -159,7 +164,7 @@ def _run(config: HubConfig, stop: threading.Event, ready: threading.Event | None
                 raise BusError(f"hub cannot bind {req_ep}: {exc}", endpoint=req_ep) from exc
             out.sndhwm = config.capture_hwm
             out.connect(internal_ep)
-            _serve(state, config, stop, ready, feed, router, out, every_second)
+            _serve(state, config, stop, ready, feed, router, out, every_second, reads)
         finally:
             control.send(b"TERMINATE")
             thread.join(5)
@@ -172,12 +177,16 @@ def _run(config: HubConfig, stop: threading.Event, ready: threading.Event | None
 
 
 def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: threading.Event | None,
-           feed: Any, router: Any, out: Any, every_second: Callable[[], None] | None) -> None:
+           feed: Any, router: Any, out: Any, every_second: Callable[[], None] | None,
+           reads: StoreReads | None) -> None:
     import zmq
 
     poller = zmq.Poller()
     poller.register(feed, zmq.POLLIN)
     poller.register(router, zmq.POLLIN)
+    doorbell = None if reads is None else reads.fileno()
+    if doorbell is not None:
+        poller.register(doorbell, zmq.POLLIN)
     next_beat = time.monotonic()
     next_prune = time.monotonic() + 1.0
     recv_feed = feed.recv_multipart
@@ -235,7 +244,7 @@ def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: thr
                         except zmq.Again:
                             break
                 try:
-                    replies, publish = state.on_request(body)
+                    replies, publish = state.on_request(body, ident)
                 except Exception as exc:
                     log.exception("hub failed on a request")
                     state._drop("error", exc)
@@ -247,6 +256,30 @@ def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: thr
                         router.send_multipart([ident, *reply])
                 except zmq.ZMQError as exc:  # the requester went away
                     log.debug("hub reply not delivered: %s", exc)
+        if reads is not None and doorbell in events:
+            _answer_reads(state, reads, router)
+
+
+def _answer_reads(state: HubState, reads: StoreReads, router: Any) -> None:
+    """Merge what the store reads brought and answer the GETs that waited for them."""
+    import zmq
+
+    for key, record, ok, waiters in reads.take():
+        try:
+            state.read_back_done(key, record, ok)
+        except Exception as exc:
+            log.exception("hub failed on a store read")
+            state._drop("error", exc)
+            continue
+        if not ok:
+            continue  # no answer rather than a wrong "no such session": the workers ask again
+        for sender, rid in waiters:
+            if not sender:
+                continue  # read for a held-back touch: nobody waits
+            try:
+                router.send_multipart([sender, *state.answer_get(rid, key)])
+            except zmq.ZMQError as exc:  # the requester went away
+                log.debug("hub reply not delivered: %s", exc)
 
 
 def start_in_thread(run: Callable[[], None], ready: threading.Event, errors: list[BaseException], *,
@@ -281,6 +314,7 @@ class Hub:
         self.state = HubState(
             limits=self.config.limits, forget_after=self.config.forget_after,
             max_seq_jump=self.config.max_seq_jump, seq_jump_hold=self.config.seq_jump_hold,
+            maxsize=self.config.maxsize,
         )
         self._stop = threading.Event()
         self._ready = threading.Event()

@@ -5,7 +5,9 @@
 write and stats requests, and says what to publish in return: relays of what
 a push brought, resync requests to an origin whose stream has a gap, and its
 own heartbeats. It owns no socket, thread or clock of its own, so tests and
-the in-memory bus drive it directly; ``runner`` moves its frames.
+the in-memory bus drive it directly; ``runner`` moves its frames. The replica
+holds at most ``maxsize`` live sessions (``bounded``); a sidecar reads what it
+evicted back from its store when asked for (``misses``).
 """
 
 from __future__ import annotations
@@ -22,33 +24,18 @@ from ..bus.streams import new_epoch, percentiles
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import WireError
 from ..refusals import log_refusal
-from ..session import Record, cleared_by, supersedes, touched_copy
+from ..session import Record, cleared_by, touched_copy
+from .bounded import Recency, merge_into, warm_fill
+from .config import DEFAULT_MAXSIZE
+from .misses import ReadBack, StoreMisses
 
 __all__ = ["CHUNK_RECORDS", "HubState", "merge_into"]
 
 log = logging.getLogger("memsession.hub")
 
-CHUNK_RECORDS = 1000
+CHUNK_RECORDS = 1000  # records in one snapshot chunk
 #: Seconds between two resync requests to one origin (its push takes a moment to arrive).
 _RESYNC_SPACING = 0.5
-
-
-def merge_into(replica: dict[str, Record], record: Record, wall: float) -> bool:
-    """Merge ``record`` into ``replica`` by ``supersedes``; True if ``replica`` changed.
-
-    A winner that has already expired is not kept; it only removes the live copy it beat.
-    """
-    key = record.key
-    old = replica.get(key)
-    if not supersedes(record, old):
-        return False
-    if record.expires <= wall:
-        if old is not None and not old.deleted:
-            del replica[key]
-            return True
-        return False
-    replica[key] = record
-    return True
 
 
 class HubState:
@@ -75,6 +62,8 @@ class HubState:
         forget_after: float = 60.0,
         max_seq_jump: int = DEFAULT_MAX_JUMP,
         seq_jump_hold: float = DEFAULT_JUMP_HOLD,
+        maxsize: int = DEFAULT_MAXSIZE,
+        read_back: ReadBack | None = None,
     ) -> None:
         #: Publishers silent this long (seconds) are forgotten: hub state follows the live ones.
         self.forget_after = forget_after
@@ -86,6 +75,9 @@ class HubState:
         self.epoch = epoch if epoch is not None else new_epoch(clock)
         self.limits = limits
         self.replica: dict[str, Record] = {}
+        self._recency = Recency(maxsize)  # access order of the live records in ``replica``
+        #: False once a live session was evicted or left in the store at warm start: a miss may be stored.
+        self.holds_all = True
         #: ``(expires, key)`` heap over the replica (see ``_track_expiry``).
         self._expiry: list[tuple[float, str]] = []
         self._expiry_compaction_slack = 1024
@@ -100,9 +92,9 @@ class HubState:
         self.started = clock.wall()
         self.counts = dict.fromkeys(
             ("received", "applied", "ignored", "duplicates", "gaps", "resyncs_sent", "snapshots",
-             "gets", "pushes", "pushed_records", "writes", "relayed", "pruned", "clears", "forgotten"),
-            0,
-        )
+             "gets", "pushes", "pushed_records", "writes", "relayed", "pruned", "clears", "forgotten", "evicted"),
+            0)
+        self.misses = StoreMisses(read_back, self.counts)
         self.dropped: dict[str, int] = {}
         self.lag_ms: list[float] = []
         self._last_resync: dict[int, float] = {}
@@ -115,34 +107,64 @@ class HubState:
     def _now_us(self) -> int:
         return int(self.clock.wall() * 1_000_000)
 
-    def merge(self, record: Record) -> bool:
+    @property
+    def maxsize(self) -> int:
+        return self._recency.maxsize
+
+    def merge(self, record: Record, *, stored: bool = False) -> bool:
+        """Merge ``record``; True if the replica changed. ``stored``: it came from the store (no ``on_change``)."""
         replica = self.replica
-        old = replica.get(record.key)
+        key = record.key
+        old = replica.get(key)
         changed = not cleared_by(record, self.cleared) and merge_into(replica, record, self.clock.wall())
         self.counts["applied" if changed else "ignored"] += 1
         if changed:
-            new = replica.get(record.key)
+            new = replica.get(key)
             # kept as a count: stats() is asked for every second by the sidecar's HTTP endpoint
             self._tombstone_count += (new is not None and new.deleted) - (old is not None and old.deleted)
+            if new is None or new.deleted:
+                self._recency.release(key)
+            else:
+                for evicted in self._recency.hold(new):
+                    self._evict(evicted)
             if new is not None:  # merge_into drops a record that arrives already expired
                 self._track_expiry(new)
-            if self.on_change is not None:
+            if self.on_change is not None and not stored:
                 self.on_change(record)
         return changed
 
+    def _evict(self, key: str) -> None:
+        """The bound pushed ``key`` out (only live records are evicted; see ``bounded``)."""
+        del self.replica[key]  # its expiry heap entry is skipped when it comes up
+        self.counts["evicted"] += 1
+        if self.holds_all:
+            self.holds_all = False
+            log.info("the hub's replica reached maxsize (%d live sessions): evicting the least recently used",
+                     self.maxsize)
+
     def warm(self, records: Iterable[Record]) -> int:
-        """Fill the replica from a store before serving (no hooks run: the store has these); how many."""
-        wall = self.clock.wall()
-        count = 0
-        for record in records:
-            if not cleared_by(record, self.cleared):
-                merge_into(self.replica, record, wall)
-            count += 1
+        """Fill the replica from a store before serving (no hooks run); how many read.
+
+        Every tombstone, and the ``maxsize`` most recently accessed live
+        records; the others stay in the store (counted as ``evicted``).
+        """
+        read, left_out = warm_fill(self.replica, records, maxsize=self.maxsize, wall=self.clock.wall(),
+                                   cleared=self.cleared)
         self.recount()
-        return count
+        if left_out:
+            self.counts["evicted"] += left_out
+            self.holds_all = False
+            log.info("warm start: %d live sessions beyond maxsize (%d) left in the store", left_out, self.maxsize)
+        return read
 
     def recount(self) -> None:
-        """Recount tombstones and rebuild the expiry heap (after filling ``replica`` directly)."""
+        """Recount tombstones, rebuild the access order (by ``accessed``) and the expiry heap.
+
+        For after filling ``replica`` directly; past ``maxsize`` the least recently accessed are evicted.
+        """
+        live = sorted((r for r in self.replica.values() if not r.deleted), key=lambda r: r.accessed)
+        for key in self._recency.reset(live):
+            self._evict(key)
         self._tombstone_count = sum(1 for r in self.replica.values() if r.deleted)
         self._rebuild_expiry()
 
@@ -171,6 +193,7 @@ class HubState:
         replica = self.replica
         for key in [k for k, r in replica.items() if cleared_by(r, version)]:
             del replica[key]
+            self._recency.release(key)
         self._rebuild_expiry()
         if self.on_clear is not None:
             self.on_clear(version)
@@ -247,16 +270,45 @@ class HubState:
         if op == wire.SET or op == wire.DESTROY:
             self.merge(body)
         elif op == wire.TOUCH:
-            key, version, origin, accessed, expires = body
-            touched = touched_copy(self.replica.get(key), version, origin, accessed, expires)
-            if touched is not None:
-                self.merge(touched)
-            else:
-                self.counts["ignored"] += 1
+            key = body[0]
+            if key not in self.replica and self._may_be_stored(key):
+                self.misses.hold_touch(key, body)
+                return
+            self._touch(body)
         elif op == wire.CLEAR:
             self.clear(body)
         else:  # INVALIDATE: the value came by WRITE, acknowledged before this was sent
             self.counts["ignored"] += 1
+
+    def _touch(self, body: Any) -> None:
+        key, version, origin, accessed, expires = body
+        touched = touched_copy(self.replica.get(key), version, origin, accessed, expires)
+        if touched is not None:
+            self.merge(touched)
+        else:
+            self.counts["ignored"] += 1
+
+    def _may_be_stored(self, key: str) -> bool:
+        """A miss for ``key`` may be a session the store has, and there is a store to ask."""
+        return self.misses.read_back is not None and not self.holds_all
+
+    def read_back_done(self, key: str, record: Record | None, ok: bool) -> None:
+        """The store was read for ``key`` (``ok``) or could not be: merge what it had, apply a held-back touch."""
+        if record is not None:
+            self.merge(record, stored=True)
+        touch = self.misses.touch_due(key, ok)
+        if touch is not None:
+            self._touch(touch)
+
+    def answer_get(self, rid: int, key: str) -> list[bytes]:
+        """The RECORD reply to a GET of ``key``: the live record or tombstone held (a read counts as an access)."""
+        record = self.replica.get(key)
+        if record is not None and record.expires <= self.clock.wall():
+            record = None
+        if record is not None and not record.deleted:
+            self._recency.used(key)
+        body = None if record is None else wire.record_to_list(record)
+        return wire.encode_request(wire.RECORD, rid, body)
 
     def relay(self, record: Record) -> list[bytes]:
         """Frames that republish ``record`` on the hub's own stream."""
@@ -288,8 +340,11 @@ class HubState:
             )
         yield wire.encode_request(wire.END, rid, self.epoch, vector, chunks, len(live), self.cleared)
 
-    def on_request(self, frames: list[bytes]) -> tuple[list[list[bytes]], list[list[bytes]]]:
-        """One request; returns ``(replies, frames to publish)``."""
+    def on_request(self, frames: list[bytes], sender: bytes = b"") -> tuple[list[list[bytes]], list[list[bytes]]]:
+        """One request from ``sender``; returns ``(replies, frames to publish)``.
+
+        A GET the store may have to answer (``read_back``) is answered once it was read (``answer_get``).
+        """
         try:
             req = wire.decode_reply(frames, self.limits)
         except WireError as exc:
@@ -299,11 +354,11 @@ class HubState:
             return list(self.snapshot(req.rid)), []
         if req.op == wire.GET:
             self.counts["gets"] += 1
-            record = self.replica.get(req.body[0])
-            if record is not None and record.expires <= self.clock.wall():
-                record = None
-            body = None if record is None else wire.record_to_list(record)
-            return [wire.encode_request(wire.RECORD, req.rid, body)], []
+            key = req.body[0]
+            if key not in self.replica and sender and self._may_be_stored(key):
+                self.misses.ask(sender, req.rid, key)
+                return [], []
+            return [self.answer_get(req.rid, key)], []
         if req.op == wire.PUSH:
             self.counts["pushes"] += 1
             relays = []
@@ -336,6 +391,7 @@ class HubState:
             record = replica.get(key)
             if record is not None and record.expires <= wall:  # else: replaced by a later version
                 del replica[key]
+                self._recency.release(key)
                 pruned += 1
                 self._tombstone_count -= record.deleted
         self.counts["pruned"] += pruned
@@ -350,6 +406,7 @@ class HubState:
         out["dropped"] = dict(self.dropped)
         out["sessions"] = len(self.replica) - self._tombstone_count
         out["tombstones"] = self._tombstone_count
+        out["maxsize"] = self.maxsize
         out["streams"] = len(self.tracker)
         out["cleared"] = self.cleared
         out["epoch"] = self.epoch

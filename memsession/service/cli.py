@@ -23,13 +23,14 @@ Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[a
 
 
 def _hub_arguments(p: argparse.ArgumentParser) -> None:
-    from .commands import endpoint_arguments
+    from .commands import endpoint_arguments, maxsize_argument
 
     endpoint_arguments(p)
     p.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
     p.add_argument("--sndhwm", type=int, default=100_000, help="per-subscriber queue, in messages")
     p.add_argument("--forget-after", type=float, default=60.0,
                    help="seconds after which a silent publisher's stream bookkeeping is dropped")
+    maxsize_argument(p)
     p.add_argument("--stats", action="store_true", help="print a running hub's counters as JSON and exit")
     p.add_argument("--log-level", default="INFO")
 
@@ -41,7 +42,7 @@ def _hub(args: argparse.Namespace) -> int:
     config = HubConfig(
         publish=args.publish, subscribe=args.subscribe, requests=args.requests,
         runtime_dir=args.runtime_dir, keys=args.keys, insecure=args.insecure,
-        heartbeat=args.heartbeat, sndhwm=args.sndhwm, forget_after=args.forget_after,
+        heartbeat=args.heartbeat, sndhwm=args.sndhwm, forget_after=args.forget_after, maxsize=args.maxsize,
     )
     if args.stats:
         stats = query_stats(config.query_endpoint(), keys=args.keys, insecure=args.insecure)

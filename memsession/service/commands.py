@@ -9,7 +9,7 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["COMMANDS", "endpoint_arguments", "format_status"]
+__all__ = ["COMMANDS", "endpoint_arguments", "format_status", "maxsize_argument"]
 
 
 def endpoint_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,12 +23,22 @@ def endpoint_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure", action="store_true", help="allow tcp without CURVE (logs a warning)")
 
 
+def maxsize_argument(p: argparse.ArgumentParser) -> None:
+    """``--maxsize``: the bound on the hub's replica (``HubConfig.maxsize``)."""
+    from ..hub.config import DEFAULT_MAXSIZE
+
+    p.add_argument("--maxsize", type=int, default=DEFAULT_MAXSIZE,
+                   help="most live sessions the hub holds; past it the least recently used is evicted "
+                        f"(a sidecar reads it back from the store when asked for; default {DEFAULT_MAXSIZE})")
+
+
 def _sidecar_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", required=True, help="file:///path/sessions.json, postgresql://..., couchdb://...")
     endpoint_arguments(p)
     p.add_argument("--heartbeat", type=float, default=1.0, help="seconds between hub heartbeats")
     p.add_argument("--forget-after", type=float, default=60.0,
                    help="seconds after which a silent publisher's stream bookkeeping is dropped")
+    maxsize_argument(p)
     p.add_argument("--flush-interval", type=float, default=0.1,
                    help="longest a change waits before it is written (the write-behind loss window)")
     p.add_argument("--batch-size", type=int, default=2000, help="records per store write")
@@ -94,7 +104,7 @@ def _sidecar(args: argparse.Namespace) -> int:
         http=args.http, parent_pid=args.parent_pid,
         remove_runtime_dir=args.remove_runtime_dir, ack=None if args.no_ack else args.ack,
     )
-    hub = _hub_config(args, heartbeat=args.heartbeat, forget_after=args.forget_after)
+    hub = _hub_config(args, heartbeat=args.heartbeat, forget_after=args.forget_after, maxsize=args.maxsize)
     pub, sub, req = hub.endpoints()  # a bad endpoint or runtime dir fails here, before the store opens
     kind = store_kind(args.store)
     store = open_store(args.store, **store_options(kind, args))
@@ -140,6 +150,8 @@ def format_status(stats: dict[str, Any], requests: str) -> str:
         f"  epoch        {stats.get('epoch', 0):x}   up {stats.get('uptime', 0):.0f}s",
         f"  peers seen   {stats.get('streams', 0)} publisher streams",
         f"  sessions     {stats.get('sessions', 0)} live, {stats.get('tombstones', 0)} tombstones",
+        (f"  bound        maxsize {stats.get('maxsize', '?')}, {stats.get('evicted', 0)} evicted, "
+         f"{stats.get('read_backs', 0)} read back from the store"),
         (f"  bus          {stats.get('received', 0)} received, {stats.get('applied', 0)} applied, "
          f"{stats.get('gaps', 0)} gaps, lag p50 {_ms(stats.get('lag_ms_p50'))} / p99 {_ms(stats.get('lag_ms_p99'))}"),
     ]

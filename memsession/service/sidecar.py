@@ -22,6 +22,12 @@ then close the store; what could not be written is logged with its count.
 
 The sidecar is the one process that prunes the store: workers never purge,
 so N workers don't start N purges (connect-pg-simple issue #160).
+
+The replica is bounded (``HubConfig.maxsize``): the warm start loads the most
+recently accessed sessions up to it, and the hub evicts the least recently
+used past it. A GET (or touch) for a session it does not hold is then read
+back from the store on a reader thread (``hub.reads``: the newest of what the
+write-behind queue still holds and what the store has), merged, and answered.
 """
 
 from __future__ import annotations
@@ -42,7 +48,9 @@ from persist.writer import Writer, WriterConfig
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BusError, ConfigError, MemsessionError
 from ..hub import HubConfig, HubState, run_hub
+from ..hub.reads import StoreReads
 from ..hub.runner import start_in_thread
+from ..session import Record, supersedes
 from .ack_server import AckBook
 from .http import StatusServer, parse_http, serve_http
 
@@ -102,11 +110,13 @@ class Sidecar:
             thread_name="memsession-sidecar-writer",
             unwritten_note="workers still hold them and push them to the next sidecar",
         )
+        #: Reads of sessions the bounded replica does not hold, off the hub thread.
+        self.reads = StoreReads(self._read_back, name="memsession-sidecar-read")
         self.state = HubState(
             clock=clock, limits=self.hub_config.limits, forget_after=self.hub_config.forget_after,
             max_seq_jump=self.hub_config.max_seq_jump, seq_jump_hold=self.hub_config.seq_jump_hold,
             on_change=self.writer.add, on_clear=self._clear_store,
-            extra_stats=self._persist_stats,
+            extra_stats=self._persist_stats, maxsize=self.hub_config.maxsize, read_back=self.reads.submit,
         )
         self.warm_loaded = 0
         #: ``stats()`` as of the last second, computed in the hub thread when someone reads them
@@ -135,6 +145,19 @@ class Sidecar:
         """A clear raised the hub's watermark: the writer thread applies it before its next batch."""
         self.writer.clear(version, wait=False)
 
+    def _read_back(self, key: str) -> Record | None:
+        """The newest copy of ``key`` outside the replica (on a reader thread).
+
+        The write-behind queue first, then the store: a record the queue no
+        longer holds has landed in the store before it left the queue, so
+        one of the two has the newest write the hub applied.
+        """
+        pending = self.writer.get(key)
+        stored = self.store.load(key)
+        if pending is not None and (stored is None or supersedes(pending, stored)):
+            return pending
+        return stored
+
     def _replica_records(self) -> list[Any]:
         return list(self.state.replica.values())  # one C-level copy; the hub thread keeps merging
 
@@ -161,9 +184,10 @@ class Sidecar:
         try:
             start = time.monotonic()
             self.warm_loaded = self.state.warm(self.store.load_all(self.clock.wall()))
-            log.info("loaded %d sessions from %s in %.2fs", self.warm_loaded, self.store.name,
-                     time.monotonic() - start)
+            log.info("loaded %d sessions from %s in %.2fs (%d held)", self.warm_loaded, self.store.name,
+                     time.monotonic() - start, len(self.state.replica))
             self.writer.start()
+            self.reads.start()
             if cfg.http is not None:
                 self._start_http(cfg.http)
             if self.ack_endpoint is not None:
@@ -171,7 +195,8 @@ class Sidecar:
             if cfg.parent_pid is not None:
                 threading.Thread(target=self._watch_parent, args=(stop,), name="memsession-sidecar-parent",
                                  daemon=True).start()
-            run_hub(self.hub_config, stop=stop, ready=ready, state=self.state, every_second=self._tick)
+            run_hub(self.hub_config, stop=stop, ready=ready, state=self.state, every_second=self._tick,
+                    reads=self.reads)
         finally:
             self._shutdown()
             if self._orphaned and cfg.remove_runtime_dir:
@@ -189,6 +214,7 @@ class Sidecar:
             log.info("removed the runtime dir %s", path)
 
     def _shutdown(self) -> None:
+        self.reads.stop()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
@@ -320,7 +346,8 @@ class Sidecar:
     def _persist_stats(self) -> dict[str, Any]:
         persist = self.writer.stats()
         persist["warm_loaded"] = self.warm_loaded
-        out: dict[str, Any] = {"role": "sidecar", "store": self.store.name, "persist": persist}
+        out: dict[str, Any] = {"role": "sidecar", "store": self.store.name, "persist": persist,
+                               "read_back": self.reads.stats()}
         if self.ack_endpoint is not None:
             out["ack"] = dict(self.ack_book.counts)  # ints the ack thread bumps; its keys never change
         http = self._http
