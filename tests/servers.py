@@ -372,9 +372,14 @@ class PostgresServer(Server):
     ``url`` is ``postgresql://postgres@127.0.0.1:PORT/<database>``; ``admin_url``
     points at the ``postgres`` maintenance database. As root, the cluster runs as
     the ``postgres`` user (PostgreSQL refuses to run as root).
+
+    One role name, ``PASSWORD_ROLE``, must log in over TCP with a password
+    (scram-sha-256): tests of authentication failures create it with
+    ``CREATE ROLE ... LOGIN PASSWORD ...`` and connect with a wrong one.
     """
 
     name = "postgres"
+    PASSWORD_ROLE = "memsession_password_auth"
 
     def __init__(self, database: str = "memsession_test", *, start_timeout: float = START_TIMEOUT) -> None:
         super().__init__(start_timeout=start_timeout)
@@ -453,6 +458,11 @@ class PostgresServer(Server):
             "--no-sync",
             timeout=self.start_timeout,
         )  # fmt: skip
+        # pg_hba.conf is read top down, first match wins: this line goes before initdb's trust lines.
+        # Rewritten in place, so the file keeps the owner and mode initdb gave it.
+        hba = self.datadir / "pg_hba.conf"
+        rules = hba.read_text()
+        hba.write_text(f"host all {self.PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n{rules}")
 
     def _launch(self) -> None:
         assert self.tmpdir is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import warnings
 
@@ -158,3 +159,25 @@ def test_waiting_for_another_worker_runs_off_the_event_loop() -> None:
         assert b.get("/").json() == {"user": "ada"}
     assert len(worker_b.wait_threads) == 1
     assert worker_b.wait_threads[0] is not loop_threads[0]
+
+
+def stored(cache: SessionCache) -> dict[str, tuple[int, dict]]:
+    """Every session the cache holds: version and data by id."""
+    return {sid: (cache.record(sid).version, cache.record(sid).data) for sid in cache}
+
+
+def test_a_session_grown_past_the_limit_is_one_500_and_one_log_line_and_stays_as_it_was(caplog) -> None:
+    cache = SessionCache(max_session_bytes=256)
+    with TestClient(make_app(secret_key=SECRET, cache=cache)) as client:
+        client.post("/set", json={"a": 1})
+        before = stored(cache)
+        caplog.set_level(logging.DEBUG)
+        caplog.clear()
+        response = client.post("/set", json={"big": "x" * 1000})
+        assert response.status_code == 500 and "set-cookie" not in response.headers
+        assert "size limit" in response.text
+        records = [r for r in caplog.records if r.name != "httpx"]  # the test client logs each request
+        assert [r.levelname for r in records] == ["ERROR"], caplog.text
+        assert "max_session_bytes=256" in records[0].getMessage()
+        assert stored(cache) == before
+        assert client.get("/").json() == {"a": 1}

@@ -9,6 +9,7 @@ package, so the contract checks that apply to every backend are ported here
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 
 import django
@@ -397,7 +398,13 @@ def logout_view(request):
     return HttpResponse("ok")
 
 
+def grow_view(request):
+    request.session["big"] = "x" * 1000
+    return HttpResponse("grown")
+
+
 urlpatterns = [
+    path("grow", grow_view),
     path("login", login_view),
     path("me", me_view),
     path("add", add_view),
@@ -560,3 +567,28 @@ def test_a_session_no_one_can_resolve_is_answered_503_not_a_new_session(companio
     assert worker_b.stats()["unavailable"] == 1
     hub.heal(worker_b.bus)
     assert client.get("/me").json() == {"user": "ada"}
+
+
+def stored(cache: SessionCache) -> dict[str, tuple[int, dict]]:
+    """Every session the cache holds: version and data by id."""
+    return {sid: (cache.record(sid).version, cache.record(sid).data) for sid in cache}
+
+
+@override_settings(MIDDLEWARE=RYW_MIDDLEWARE)
+@pytest.mark.parametrize("logged_in", [True, False], ids=["grown", "new"])
+def test_a_session_over_the_limit_is_one_500_and_one_log_line_and_stays_as_it_was(logged_in: bool, caplog) -> None:
+    cache = SessionCache(**{**CACHE_OPTIONS, "max_session_bytes": 256})
+    set_cache(cache)
+    client = Client()
+    if logged_in:
+        client.get("/login?user=ada")
+    before = stored(cache)
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    response = client.get("/grow")
+    assert response.status_code == 500 and b"size limit" in response.content
+    assert "sessionid" not in response.cookies and "sessionid_v" not in response.cookies
+    assert [r.levelname for r in caplog.records] == ["ERROR"], caplog.text
+    assert "max_session_bytes=256" in caplog.records[0].getMessage()
+    assert stored(cache) == before
+    assert client.get("/me").json() == ({"user": "ada"} if logged_in else {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import pytest
@@ -253,3 +254,36 @@ def test_flask_login() -> None:
     assert client.get("/me").status_code == 401
     client.set_cookie("session", logged_in)  # replaying the logged-in cookie
     assert client.get("/me").status_code == 401
+
+
+def stored(app: Flask) -> dict[str, tuple[int, dict]]:
+    """Every session the app's cache holds: version and data by id."""
+    cache = app.extensions["memsession"].cache
+    return {sid: (cache.record(sid).version, cache.record(sid).data) for sid in cache}
+
+
+def test_a_session_grown_past_the_limit_is_one_500_and_one_log_line_and_stays_as_it_was(caplog) -> None:
+    app = make_app(MEMSESSION_MAX_SESSION_BYTES=256)
+    client = app.test_client()
+    client.post("/set", json={"a": 1})
+    before = stored(app)
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    response = client.post("/set", json={"big": "x" * 1000})
+    assert response.status_code == 500
+    assert cookie_of(response) is None
+    assert [r.levelname for r in caplog.records] == ["ERROR"], caplog.text
+    message = caplog.records[0].getMessage()
+    assert "max_session_bytes=256" in message and "xxx" not in message
+    assert not any(sid in message for sid in before)
+    assert stored(app) == before
+    assert client.get("/read").get_json() == {"a": 1}
+
+
+def test_a_new_session_over_the_limit_stores_nothing_and_sets_no_cookie(caplog) -> None:
+    app = make_app(MEMSESSION_MAX_SESSION_BYTES=256)
+    caplog.set_level(logging.DEBUG)
+    response = app.test_client().post("/set", json={"big": "x" * 1000})
+    assert response.status_code == 500 and cookie_of(response) is None
+    assert len(caplog.records) == 1, caplog.text
+    assert stored(app) == {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from werkzeug.test import Client
@@ -109,3 +110,42 @@ def test_shared_cache_and_options_conflict() -> None:
 
     with pytest.raises(ConfigError):
         SessionMiddleware(inner_app, cache=SessionCache(), secret_keys=[SECRET], maxsize=3)
+
+
+def stored(middleware: SessionMiddleware) -> dict[str, tuple[int, dict]]:
+    """Every session the middleware's cache holds: version and data by id."""
+    cache = middleware.manager.cache
+    return {sid: (cache.record(sid).version, cache.record(sid).data) for sid in cache}
+
+
+def lazy_app(environ, start_response):
+    """An application that calls start_response only when its body is first iterated."""
+    get_session(environ)["big"] = "x" * 1000
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    yield b"the application's body"
+
+
+def test_a_session_grown_past_the_limit_is_one_500_and_one_log_line_and_stays_as_it_was(caplog) -> None:
+    middleware = SessionMiddleware(inner_app, secret_keys=[SECRET], max_session_bytes=256)
+    client = Client(middleware)
+    client.post("/set", data=json.dumps({"a": 1}))
+    before = stored(middleware)
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    response = client.post("/set", data=json.dumps({"big": "x" * 1000}))
+    assert response.status_code == 500 and set_cookies(response) == []
+    assert b"size limit" in response.data
+    assert [r.levelname for r in caplog.records] == ["ERROR"], caplog.text
+    assert "max_session_bytes=256" in caplog.records[0].getMessage()
+    assert stored(middleware) == before
+    assert json.loads(client.get("/").data) == {"a": 1}
+
+
+def test_an_application_starting_its_response_late_gets_the_500_body_instead_of_its_own(caplog) -> None:
+    middleware = SessionMiddleware(lazy_app, secret_keys=[SECRET], max_session_bytes=256)
+    caplog.set_level(logging.DEBUG)
+    response = Client(middleware).get("/")
+    assert response.status_code == 500 and set_cookies(response) == []
+    assert b"size limit" in response.data and b"application's body" not in response.data
+    assert len(caplog.records) == 1, caplog.text
+    assert stored(middleware) == {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,42 @@ def test_unreachable_server_fails_at_start() -> None:
     with pytest.raises(StoreUnavailable) as info:
         PostgresStore(url, connect_timeout=1.0)
     assert info.value.store == "postgres"
+
+
+@pytest.fixture
+def password_role(postgres_server: PostgresServer) -> Iterator[str]:
+    """The server's password-checked role (see ``PostgresServer``), with the password "right-pw"."""
+    role = PostgresServer.PASSWORD_ROLE
+    with psycopg.connect(postgres_server.admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'right-pw'")
+    yield role
+    with psycopg.connect(postgres_server.admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_wrong_password_fails_at_once_saying_authentication_failed(
+    postgres_server: PostgresServer, postgres_url: str, password_role: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = postgres_url.rpartition("/")[2]
+    url = f"postgresql://{password_role}:{{}}@127.0.0.1:{postgres_server.port}/{database}"
+    PostgresStore(url.format("right-pw"), connect_timeout=10.0).close()  # the role does log in with a password
+    with pytest.raises(StoreError) as info:
+        PostgresStore(url.format("wrong-pw-7f3a"), connect_timeout=10.0)
+    message = str(info.value)
+    assert "authentication failed" in message and password_role in message, message
+    assert "not reachable" not in message and "wrong-pw-7f3a" not in message, message
+    assert info.value.op == "connect" and info.value.store == "postgres"
+    # Permanent, so not retried: the pool never started connecting (it logs each failed attempt).
+    assert not isinstance(info.value, StoreUnavailable)
+    assert not [r for r in caplog.records if r.name.startswith("psycopg.pool")]
+
+
+def test_an_unknown_role_fails_at_once_saying_authentication_failed(postgres_server: PostgresServer) -> None:
+    url = f"postgresql://no_such_role_e1@127.0.0.1:{postgres_server.port}/{postgres_server.database}"
+    with pytest.raises(StoreError, match="authentication failed") as info:
+        PostgresStore(url, connect_timeout=10.0)
+    assert not isinstance(info.value, StoreUnavailable)
 
 
 def test_missing_table_is_a_store_error(postgres_url: str) -> None:

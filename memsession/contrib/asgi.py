@@ -14,7 +14,10 @@ makes the cookie a browser-session cookie.
 
 A request whose session can't be resolved now (hub and store away past the
 cache's ``outage_budget``) is answered 503 with ``Retry-After`` (a WebSocket
-is closed with code 1013) without reaching the application.
+is closed with code 1013) without reaching the application. A session that
+grows past ``max_session_bytes`` is not saved: the response is replaced by a
+500 (``core.too_large_reply``, one log line), the stored session and the
+cookie stay as they were.
 
 The event loop never waits: reading a fresh session is a dict lookup done in
 place; waiting for a newer copy from another worker and writing (which may
@@ -28,8 +31,16 @@ from typing import Any
 
 import anyio.to_thread
 
+from ..errors import SessionTooLarge
 from ..session_cache import SessionCache
-from .core import UNAVAILABLE, Session, SessionManager, parse_cookie_header, unavailable_reply
+from .core import (
+    UNAVAILABLE,
+    Session,
+    SessionManager,
+    parse_cookie_header,
+    too_large_reply,
+    unavailable_reply,
+)
 
 __all__ = ["SessionMiddleware"]
 
@@ -44,14 +55,17 @@ _STARLETTE_DEFAULT_MAX_AGE = 14 * 24 * 3600
 _TRY_AGAIN_LATER = 1013
 
 
+def _raw(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
 async def _refuse(scope: Scope, send: Send, exc: BaseException) -> None:
     """The fail-safe: 503 with Retry-After (a WebSocket is closed with 1013, try again later)."""
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": _TRY_AGAIN_LATER})
         return
     status, headers, body = unavailable_reply(exc)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]})
+    await send({"type": "http.response.start", "status": status, "headers": _raw(headers)})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -116,17 +130,29 @@ class SessionMiddleware:
             return
         scope["session"] = session
 
+        refused = False
+
         async def send_with_cookie(message: Message) -> None:
+            nonlocal refused
+            if refused:
+                return  # the application's body of a response that was replaced
             if message["type"] == "http.response.start":
                 current = scope["session"]
                 if current is not session:
                     # The app replaced the dict: save its content as this session's.
                     session.clear()
                     session.update(current)
-                if session.needs_write():
-                    cookie = await anyio.to_thread.run_sync(manager.save, session)
-                else:
-                    cookie = manager.save(session)
+                try:
+                    if session.needs_write():
+                        cookie = await anyio.to_thread.run_sync(manager.save, session)
+                    else:
+                        cookie = manager.save(session)
+                except SessionTooLarge as exc:
+                    refused = True
+                    status, reply_headers, body = too_large_reply(exc)
+                    await send({"type": "http.response.start", "status": status, "headers": _raw(reply_headers)})
+                    await send({"type": "http.response.body", "body": body})
+                    return
                 headers = list(message.get("headers") or ())
                 if cookie is not None:
                     headers.append((b"set-cookie", manager.set_cookie_header(cookie).encode("latin-1")))

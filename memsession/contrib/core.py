@@ -36,7 +36,14 @@ from typing import Any
 
 from ..clock import version_wall_ms
 from ..cookies import CookieSigner
-from ..errors import ConfigError, SessionDestroyed, SessionUnavailable, SignatureError, StoreUnavailable
+from ..errors import (
+    ConfigError,
+    SessionDestroyed,
+    SessionTooLarge,
+    SessionUnavailable,
+    SignatureError,
+    StoreUnavailable,
+)
 from ..replica import RECENT_WRITE
 from ..session import Record, SessionData, copy_data, new_id
 from ..session_cache import SessionCache
@@ -46,7 +53,7 @@ from .session import Session, diff
 
 __all__ = [
     "UNAVAILABLE", "Cookie", "Session", "SessionManager", "WebConfig", "catch_up", "current_record", "diff",
-    "is_stale", "parse_cookie_header", "unavailable_reply",
+    "is_stale", "parse_cookie_header", "too_large_reply", "unavailable_reply",
 ]
 
 log = logging.getLogger("memsession.web")
@@ -105,6 +112,26 @@ def unavailable_reply(exc: BaseException) -> tuple[int, list[tuple[str, str]], b
     headers = [("Retry-After", str(retry_after)), ("Content-Type", "text/plain; charset=utf-8"),
                ("Cache-Control", "no-store")]
     return 503, headers, _UNAVAILABLE_BODY
+
+
+_TOO_LARGE_BODY = b"The session grew past its size limit; this request's changes to it were not saved.\n"
+
+
+def too_large_reply(exc: SessionTooLarge) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Log a save refused by ``max_session_bytes`` once, and give the answer that replaces the response.
+
+    ``cache.set`` refuses the data before it changes anything, so the stored
+    session (if any) is the one the request started from and the cookie is
+    left as it was. 500 rather than 413: the request itself may be small
+    (a session that grew over many requests); the limit is the server's.
+    The log line names the size and the limit, never the session id or data.
+    """
+    log.error(
+        "session not saved: its data is %d bytes serialized, over max_session_bytes=%d; "
+        "the stored session is unchanged", exc.size, exc.limit,
+    )
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")]
+    return 500, headers, _TOO_LARGE_BODY
 
 
 _DELETE = Cookie(None)
@@ -228,7 +255,11 @@ class SessionManager:
     # -- save -------------------------------------------------------------------
 
     def save(self, session: Session) -> Cookie | None:
-        """Store what the request changed; return the cookie to send, or None to leave it."""
+        """Store what the request changed; return the cookie to send, or None to leave it.
+
+        Raises ``SessionTooLarge`` (nothing stored, the old copy intact) when the
+        result is over ``max_session_bytes``: answer with ``too_large_reply``.
+        """
         cache = self.cache
         sid = session.sid
         if session._destroy:

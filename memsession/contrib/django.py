@@ -32,7 +32,11 @@ of the session's last write, so a worker whose copy is older waits (up to
 session cookie itself stays the bare session key, as Django apps expect.
 The middleware also resolves the session before the view: one that can't be
 resolved now (hub and store away past ``outage_budget``) is answered 503 with
-``Retry-After``, never replaced by a new empty session.
+``Retry-After``, never replaced by a new empty session. A session that grows
+past ``max_session_bytes`` is not saved: the middleware answers 500
+(``core.too_large_reply``, one log line) and the stored session and the
+cookies stay as they were (with Django's own middleware the
+``SessionTooLarge`` propagates as any error in a view would).
 """
 
 from __future__ import annotations
@@ -49,10 +53,19 @@ from django.http import HttpResponse
 
 from ..clock import version_wall_ms
 from ..cookies import CookieSigner
-from ..errors import ConfigError, SessionDestroyed, SignatureError
+from ..errors import ConfigError, SessionDestroyed, SessionTooLarge, SignatureError
 from ..session import Record, copy_data, is_valid_sid, new_id
 from ..session_cache import SessionCache
-from .core import UNAVAILABLE, WebConfig, catch_up, current_record, diff, is_stale, unavailable_reply
+from .core import (
+    UNAVAILABLE,
+    WebConfig,
+    catch_up,
+    current_record,
+    diff,
+    is_stale,
+    too_large_reply,
+    unavailable_reply,
+)
 
 __all__ = ["SessionMiddleware", "SessionStore", "get_cache", "set_cache"]
 
@@ -300,7 +313,15 @@ class SessionMiddleware(DjangoSessionMiddleware):
         return None
 
     def process_response(self, request: Any, response: Any) -> Any:
-        response = super().process_response(request, response)
+        try:
+            response = super().process_response(request, response)
+        except SessionTooLarge as exc:
+            status, headers, body = too_large_reply(exc)
+            refused = HttpResponse(body, status=status, headers=dict(headers))
+            # too_large_reply logged it: Django's own marker keeps django.request from adding a
+            # second, generic "Internal Server Error" line for this response.
+            refused._has_been_logged = True  # type: ignore[attr-defined]
+            return refused
         session = getattr(request, "session", None)
         name = settings.SESSION_COOKIE_NAME
         if not isinstance(session, SessionStore) or name not in response.cookies:

@@ -13,7 +13,9 @@
 
 A request whose session can't be resolved now (hub and store away past the
 cache's ``outage_budget``) is answered 503 with ``Retry-After`` before any
-view runs.
+view runs. A session that grows past ``max_session_bytes`` is not saved: the
+response becomes a 500 (``core.too_large_reply``, one log line), the stored
+session and the cookie stay as they were.
 
 Settings read once from ``app.config`` (Flask's and Flask-Session's names):
 ``SECRET_KEY`` (+ ``SECRET_KEY_FALLBACKS`` for rotation), ``SESSION_COOKIE_NAME``,
@@ -39,9 +41,9 @@ from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
 
 from ..config import Config
-from ..errors import ConfigError
+from ..errors import ConfigError, SessionTooLarge
 from ..session_cache import SessionCache
-from .core import UNAVAILABLE, Session, SessionManager, WebConfig, unavailable_reply
+from .core import UNAVAILABLE, Session, SessionManager, WebConfig, too_large_reply, unavailable_reply
 
 __all__ = ["FlaskSession", "MemSession", "MemSessionInterface", "config_from_flask"]
 
@@ -127,7 +129,13 @@ class MemSessionInterface(SessionInterface):
         if session.unavailable is not None:
             return  # never resolved: nothing to save, and the cookie stays as it was
         manager = self.manager
-        cookie = manager.save(session)
+        try:
+            cookie = manager.save(session)
+        except SessionTooLarge as exc:
+            # Raising here would make Flask log a traceback, render its error page and save
+            # (and raise) again on the way out: the response is replaced instead.
+            _replace_response(response, *too_large_reply(exc))
+            return
         if session.accessed:
             response.vary.add("Cookie")
         if cookie is None:
@@ -157,6 +165,15 @@ class MemSessionInterface(SessionInterface):
             samesite=cfg.cookie_samesite,
             partitioned=cfg.cookie_partitioned,
         )
+
+
+def _replace_response(response: Response, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    """Turn the view's response into this one: its headers (cookies included) go too."""
+    response.status_code = status
+    response.headers.clear()
+    for name, value in headers:
+        response.headers[name] = value
+    response.set_data(body)
 
 
 class MemSession:

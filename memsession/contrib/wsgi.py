@@ -9,16 +9,27 @@ A request whose session can't be resolved now (hub and store away past the
 cache's ``outage_budget``) is answered 503 with ``Retry-After`` without
 reaching the application. The session is saved when the application calls ``start_response`` (the
 cookie must go out with the headers), so changes made while the response body
-is being produced are not saved.
+is being produced are not saved. A session that grows past
+``max_session_bytes`` is not saved either: the response is replaced by a 500
+(``core.too_large_reply``, one log line) and the stored session and the
+cookie stay as they were.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ..errors import SessionTooLarge
 from ..session_cache import SessionCache
-from .core import UNAVAILABLE, Session, SessionManager, parse_cookie_header, unavailable_reply
+from .core import (
+    UNAVAILABLE,
+    Session,
+    SessionManager,
+    parse_cookie_header,
+    too_large_reply,
+    unavailable_reply,
+)
 
 __all__ = ["ENVIRON_KEY", "SessionMiddleware", "get_session"]
 
@@ -61,8 +72,19 @@ class SessionMiddleware:
             return [body]
         environ[self.environ_key] = session
 
+        #: The body that replaces the application's once a save was refused (too large).
+        refusal: list[bytes] = []
+        started: list[bool] = []
+
         def session_start_response(status: str, headers: list, exc_info: Any = None) -> Any:
-            cookie = manager.save(session)
+            started.append(True)
+            try:
+                cookie = manager.save(session)
+            except SessionTooLarge as exc:
+                code, headers, body = too_large_reply(exc)
+                refusal.append(body)
+                start_response(f"{code} Internal Server Error", headers, exc_info)
+                return _discard  # what the application writes belongs to the refused response
             if cookie is not None:
                 headers = list(headers)
                 headers.append(("Set-Cookie", manager.set_cookie_header(cookie)))
@@ -73,7 +95,35 @@ class SessionMiddleware:
                 return start_response(status, headers, exc_info)
             return start_response(status, headers)
 
-        return self.app(environ, session_start_response)
+        result = self.app(environ, session_start_response)
+        if refusal:
+            _close(result)
+            return refusal
+        if started:
+            return result
+        # start_response not called yet: a generator application calls it before its first chunk.
+        return _replaced_once_refused(result, refusal)
+
+
+def _discard(data: bytes) -> None:
+    """The ``write`` callable of a refused response: its body is ours."""
+
+
+def _close(result: Iterable[bytes]) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+
+
+def _replaced_once_refused(result: Iterable[bytes], refusal: list[bytes]) -> Iterator[bytes]:
+    try:
+        for chunk in result:
+            if refusal:
+                break
+            yield chunk
+    finally:
+        _close(result)
+    yield from refusal
 
 
 def get_session(environ: dict, key: str = ENVIRON_KEY) -> Session:

@@ -57,6 +57,10 @@ def _sidecar_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-create-table", action="store_true", help="PostgreSQL: don't create the table if missing")
     p.add_argument("--http", default=None, metavar="HOST:PORT",
                    help="serve /health (JSON) and /metrics (Prometheus) here, e.g. 127.0.0.1:9108")
+    p.add_argument("--http-timeout", type=float, default=10.0,
+                   help="seconds an HTTP connection has, in all, to send its request and take the answer")
+    p.add_argument("--http-max-connections", type=int, default=32,
+                   help="HTTP connections served at once; more are answered 503 and closed")
     p.add_argument("--ack", default="", metavar="ENDPOINT",
                    help="acknowledged-writes endpoint (default: ack.sock next to ipc sockets; none for tcp)")
     p.add_argument("--no-ack", action="store_true", help="don't serve acknowledged writes")
@@ -101,7 +105,8 @@ def _sidecar(args: argparse.Namespace) -> int:
         flush_interval=args.flush_interval, batch_size=args.batch_size, queue_limit=args.queue_limit,
         retry_min=args.retry_min, retry_max=args.retry_max,
         prune_interval=args.prune_interval or None, close_timeout=args.close_timeout,
-        http=args.http, parent_pid=args.parent_pid,
+        http=args.http, http_timeout=args.http_timeout, http_max_connections=args.http_max_connections,
+        parent_pid=args.parent_pid,
         remove_runtime_dir=args.remove_runtime_dir, ack=None if args.no_ack else args.ack,
     )
     hub = _hub_config(args, heartbeat=args.heartbeat, forget_after=args.forget_after, maxsize=args.maxsize)

@@ -51,8 +51,9 @@ from ..hub import HubConfig, HubState, run_hub
 from ..hub.reads import StoreReads
 from ..hub.runner import start_in_thread
 from ..session import Record, supersedes
+from ..validate import check_int, check_number
 from .ack_server import AckBook
-from .http import StatusServer, parse_http, serve_http
+from .http import MAX_CONNECTIONS, REQUEST_TIMEOUT, StatusServer, parse_http, serve_http
 
 __all__ = ["Sidecar", "SidecarConfig"]
 
@@ -67,6 +68,10 @@ class SidecarConfig(WriterConfig):
     prune_interval: float | None = 60.0
     #: ``"127.0.0.1:PORT"``: serve ``/health`` (JSON) and ``/metrics`` (Prometheus) there.
     http: str | None = None
+    #: Seconds an HTTP connection has, in all, to send its request and take the answer.
+    http_timeout: float = REQUEST_TIMEOUT
+    #: HTTP connections served at once (a thread each); more are answered 503 and closed.
+    http_max_connections: int = MAX_CONNECTIONS
     #: Exit (flushing) when this process is no longer our parent (the gunicorn master died).
     parent_pid: int | None = None
     #: With ``parent_pid``: on exiting because the parent died, remove the hub's ``runtime_dir``
@@ -80,6 +85,8 @@ class SidecarConfig(WriterConfig):
         WriterConfig.__post_init__(self)
         if self.remove_runtime_dir and self.parent_pid is None:
             raise ConfigError("remove_runtime_dir", True, "only with parent_pid (the dir's owner)")
+        check_number("http_timeout", self.http_timeout)
+        check_int("http_max_connections", self.http_max_connections)
         if self.http is not None:
             parse_http(self.http)
 
@@ -370,7 +377,10 @@ class Sidecar:
         host, port = parse_http(address)
         self._publish_stats = True
         try:
-            self._http = serve_http(host, port, self.current_stats)
+            self._http = serve_http(
+                host, port, self.current_stats,
+                timeout=self.config.http_timeout, max_connections=self.config.http_max_connections,
+            )
         except OSError as exc:
             raise ConfigError("http", address, f"cannot listen: {exc.strerror}") from exc
         bound_host, bound_port = self._http.server_address[:2]

@@ -34,6 +34,7 @@ from ..base import (
     make_record,
     record_to_dict,
 )
+from .connect import open_pool
 from .statements import statements_for
 from .table import TableNames, ddl_statements
 
@@ -60,7 +61,9 @@ class PostgresStore:
     URL or key=value string), else the ``DATABASE_URL`` environment variable.
     The store makes its own pool (``min_size``/``max_size``) for a conninfo and
     closes it on ``close()``; it waits up to ``connect_timeout`` seconds at
-    start and raises ``StoreUnavailable`` if the server can't be reached.
+    start and raises ``StoreUnavailable`` if the server can't be reached, or
+    at once ``StoreError`` (``op="connect"``) if it refuses the login: wrong
+    password, unknown role (``persist.postgres.connect``).
 
     ``schema``/``table``/``columns`` name the table (connect-pg-simple's
     schemaName/tableName); ``create_table=True`` creates schema, table and
@@ -111,23 +114,10 @@ class PostgresStore:
                 def configure(conn: psycopg.Connection[Any]) -> None:
                     conn.execute(f"SET statement_timeout = {milliseconds}")
 
-            pool = ConnectionPool(
-                conninfo,
-                min_size=min_size,
-                max_size=max_size,
-                kwargs={"autocommit": True},
-                configure=configure,
-                timeout=timeout,
-                name="memsession",
-                open=False,
+            pool = open_pool(
+                conninfo, min_size=min_size, max_size=max_size, timeout=timeout,
+                connect_timeout=connect_timeout, configure=configure,
             )
-            try:
-                pool.open(wait=True, timeout=connect_timeout)
-            except PoolTimeout as exc:
-                pool.close()
-                raise StoreUnavailable(
-                    f"PostgreSQL not reachable within {connect_timeout}s", store=_NAME, op="connect"
-                ) from exc
         self.pool = pool
         self._sql = statements_for(self.names)
         if create_table:
