@@ -21,6 +21,7 @@ from typing import Any
 from .. import wire
 from ..clock import SYSTEM_CLOCK, Clock, version_wall_ms
 from ..errors import WireError
+from ..refusals import log_refusal
 from ..session import Record, touched_copy
 from .config import BusConfig
 from .contract import Bus, Clear, Outgoing, ReplicaTarget
@@ -89,7 +90,8 @@ class Replicator:
         self.nonce = secrets.randbits(62)
         self.counts = dict.fromkeys(
             ("published", "queue_dropped", "received", "applied", "ignored", "duplicates",
-             "gaps", "repairs", "hub_restarts", "stale_hub_beats", "resyncs", "snapshot_records", "write_failures"),
+             "gaps", "repairs", "hub_restarts", "stale_hub_beats", "resyncs", "snapshot_records", "write_failures",
+             "refused_records"),
             0,
         )
         self.dropped: dict[str, int] = {}
@@ -154,6 +156,11 @@ class Replicator:
             self._last_drop_log = now
             log.warning("dropped a bus frame (%s): %s", reason, exc)
         return DROPPED
+
+    def refused_records(self, count: int) -> None:
+        """Count records a snapshot or reply carried that the record rule refused (the others were taken)."""
+        self.counts["refused_records"] += count
+        log_refusal(log, "refused records in a hub reply", self.counts["refused_records"], f"{count} in one reply")
 
     def receive(self, frames: list[bytes]) -> str:
         """Handle one bus message; the return value tells the transport what to do."""

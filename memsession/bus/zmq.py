@@ -402,7 +402,10 @@ class ZmqBus:
         end = replies[-1]
         hub_epoch, vector, chunks, count, cleared = end.body
         records = [r for reply in replies[:-1] for r in reply.body[0]]
-        if len(replies) - 1 != chunks or len(records) != count:
+        refused = sum(reply.refused for reply in replies[:-1])
+        if refused:
+            rep.refused_records(refused)
+        if len(replies) - 1 != chunks or len(records) + refused != count:
             rep.drop("incomplete snapshot")
             return False
         changed = rep.install_snapshot(records, vector, hub_epoch, cleared)
