@@ -78,9 +78,12 @@ class HubConfig:
     #: Publishers not heard for this long (seconds) are forgotten: what they wrote stays merged, their
     #: stream bookkeeping goes, so state and snapshots follow the live processes, not every one that lived.
     forget_after: float = 60.0
+    #: Seconds a record's version, created or accessed may be ahead of the hub's clock (``admission``).
+    max_skew: float = 60.0
 
     def __post_init__(self) -> None:
         check_number("heartbeat", self.heartbeat)
+        check_number("max_skew", self.max_skew)
         check_number("forget_after", self.forget_after)
         if self.forget_after <= 3 * self.heartbeat:
             raise ConfigError("forget_after", self.forget_after, "must exceed three heartbeats")

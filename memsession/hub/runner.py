@@ -50,7 +50,7 @@ def run_hub(
     from .. import security
 
     stop = stop or threading.Event()
-    state = state or HubState(limits=config.limits, forget_after=config.forget_after)
+    state = state or HubState(limits=config.limits, forget_after=config.forget_after, max_skew=config.max_skew)
     pub_ep, sub_ep, req_ep = config.endpoints()
     secure = security.server_policy(config, (pub_ep, sub_ep, req_ep))
     lock = _lock_ipc_dirs((pub_ep, sub_ep, req_ep))
@@ -275,7 +275,8 @@ class Hub:
 
     def __init__(self, config: HubConfig | None = None, **options: Any) -> None:
         self.config = config or HubConfig(**options)
-        self.state = HubState(limits=self.config.limits, forget_after=self.config.forget_after)
+        self.state = HubState(limits=self.config.limits, forget_after=self.config.forget_after,
+                              max_skew=self.config.max_skew)
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: list[BaseException] = []

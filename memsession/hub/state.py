@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .. import wire
+from ..admission import DEFAULT_MAX_SKEW, RecordRules
 from ..bus.sequence import GAP, SequenceTracker
 from ..bus.streams import new_epoch, percentiles
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import WireError
+from ..errors import RecordRefused, WireError
 from ..refusals import log_refusal
 from ..session import Record, cleared_by, supersedes, touched_copy
 
@@ -73,6 +74,7 @@ class HubState:
         on_clear: Callable[[int], None] | None = None,
         extra_stats: Callable[[], dict[str, Any]] | None = None,
         forget_after: float = 60.0,
+        max_skew: float = DEFAULT_MAX_SKEW,
     ) -> None:
         #: Publishers silent this long (seconds) are forgotten: hub state follows the live ones.
         self.forget_after = forget_after
@@ -83,6 +85,8 @@ class HubState:
         self.hub_id = hub_id if hub_id is not None else secrets.randbits(63) or 1
         self.epoch = epoch if epoch is not None else new_epoch(clock)
         self.limits = limits
+        #: The record rule every record passes before it is merged: bus, pushes, writes, the store's load.
+        self.rules = RecordRules.for_hub(limits, max_skew)
         self.replica: dict[str, Record] = {}
         #: ``(expires, key)`` heap over the replica (see ``_track_expiry``).
         self._expiry: list[tuple[float, str]] = []
@@ -97,7 +101,7 @@ class HubState:
         self.started = clock.wall()
         self.counts = dict.fromkeys(
             ("received", "applied", "ignored", "duplicates", "gaps", "resyncs_sent", "snapshots",
-             "gets", "pushes", "pushed_records", "writes", "relayed", "pruned", "clears", "forgotten"),
+             "gets", "pushes", "pushed_records", "writes", "relayed", "pruned", "clears", "forgotten", "refused"),
             0,
         )
         self.dropped: dict[str, int] = {}
@@ -112,7 +116,24 @@ class HubState:
     def _now_us(self) -> int:
         return int(self.clock.wall() * 1_000_000)
 
+    def _admit(self, record: Record, wall: float) -> Record | None:
+        """``record`` if the record rule lets it in, else None (counted as ``refused`` and logged without its id)."""
+        try:
+            return self.rules.admit(record, wall)
+        except RecordRefused as exc:
+            self._refused(exc.reason)
+            return None
+
+    def _refused(self, reason: str) -> None:
+        self.counts["refused"] += 1
+        log_refusal(log, "hub refused a record", self.counts["refused"], reason)
+
     def merge(self, record: Record) -> bool:
+        """Merge a record from the bus or a request, if the record rule admits it; True if the replica changed."""
+        admitted = self._admit(record, self.clock.wall())
+        if admitted is None:
+            return False
+        record = admitted
         replica = self.replica
         old = replica.get(record.key)
         changed = not cleared_by(record, self.cleared) and merge_into(replica, record, self.clock.wall())
@@ -131,9 +152,11 @@ class HubState:
         """Fill the replica from a store before serving (no hooks run: the store has these); how many."""
         wall = self.clock.wall()
         count = 0
+        admit = self._admit
         for record in records:
-            if not cleared_by(record, self.cleared):
-                merge_into(self.replica, record, wall)
+            admitted = admit(record, wall)
+            if admitted is not None and not cleared_by(admitted, self.cleared):
+                merge_into(self.replica, admitted, wall)
             count += 1
         self.recount()
         return count
@@ -160,8 +183,16 @@ class HubState:
         heapq.heapify(self._expiry)
 
     def clear(self, version: int) -> bool:
-        """Raise the clear watermark to ``version``, dropping the live sessions at or below it; True if raised."""
+        """Raise the clear watermark to ``version``, dropping the live sessions at or below it; True if raised.
+
+        A watermark beyond the skew bound of the record rule is refused (counted): it would clear
+        every session written for as long as the clock takes to catch up.
+        """
         if version <= self.cleared:
+            return False
+        fault = self.rules.clear_fault(version, self.clock.wall())
+        if fault is not None:
+            self._refused(fault)
             return False
         self.cleared = version
         self.counts["clears"] += 1
@@ -277,6 +308,9 @@ class HubState:
         except WireError as exc:
             self._drop("malformed request", exc)
             return [], []
+        if req.refused:
+            self.counts["refused"] += req.refused
+            log_refusal(log, "hub refused records of a request", self.counts["refused"], f"{req.refused} in one")
         if req.op == wire.SNAPSHOT:
             return list(self.snapshot(req.rid)), []
         if req.op == wire.GET:

@@ -104,6 +104,7 @@ class Sidecar:
         )
         self.state = HubState(
             clock=clock, limits=self.hub_config.limits, forget_after=self.hub_config.forget_after,
+            max_skew=self.hub_config.max_skew,
             on_change=self.writer.add, on_clear=self._clear_store,
             extra_stats=self._persist_stats,
         )
