@@ -31,6 +31,8 @@ that session back. They stay (and are saved) as usual until they lapse and
 from __future__ import annotations
 
 import base64
+import binascii
+import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -38,12 +40,16 @@ from typing import Any, Protocol, runtime_checkable
 import orjson
 from msgpack import packb as _packb
 
-from memsession.errors import ConfigError, StoreClosed, StoreCorrupt
+from memsession.admission import MAX_DEPTH, field_fault, scan_data
+from memsession.errors import ConfigError, RecordRefused, SessionDataError, StoreClosed, StoreCorrupt
+from memsession.refusals import log_refusal
 from memsession.session import MAX_VERSION, Record, SessionData, cleared_by, is_flat, supersedes
 
 __all__ = [
     "MAX_VERSION",
+    "STORE_MAX_ITEMS",
     "WATERMARK_KEY",
+    "RefusedRecords",
     "Store",
     "check_clear_version",
     "cleared_by",
@@ -229,32 +235,66 @@ def encode_data(data: SessionData, flat: bool | None = None) -> bytes:
     return orjson.dumps(jsonable_data(data, flat), default=json_default)
 
 
-def _unescape(value: Any) -> Any:
+#: Longest decimal string a ``$int`` tag may hold: a 64-bit int has at most 20 digits and a sign.
+_MAX_INT_DIGITS = 21
+_MAX_FLOAT_TEXT = 40
+#: Most values in one stored session's data: a store serves every process, whatever its own bound.
+STORE_MAX_ITEMS = 8 * 8192
+
+
+def _tag_int(text: Any) -> int:
+    if type(text) is not str or not 0 < len(text) <= _MAX_INT_DIGITS:
+        raise ValueError("$int tag does not hold a decimal string of a 64-bit int")
+    return int(text)  # ValueError if not decimal; the range is the data rule's
+
+
+def _tag_float(text: Any) -> float:
+    if type(text) is not str or not 0 < len(text) <= _MAX_FLOAT_TEXT:
+        raise ValueError("$float tag does not hold a short decimal string")
+    return float(text)  # ValueError if not a number; finiteness is the data rule's
+
+
+def _tag_bytes(text: Any) -> bytes:
+    if type(text) is not str:
+        raise ValueError("$bytes tag does not hold a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"$bytes tag is not base64 ({exc})") from None
+
+
+def _unescape(value: Any, depth: int) -> Any:
     kind = type(value)
     if kind is dict:
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
         if len(value) == 1:
             if _BYTES in value:
-                return base64.b64decode(value[_BYTES], validate=True)
+                return _tag_bytes(value[_BYTES])
             if _DICT in value:
                 inner = value[_DICT]
                 if type(inner) is not dict:
                     raise ValueError("$dict tag does not hold an object")
-                return {k: _unescape(v) for k, v in inner.items()}
+                return {k: _unescape(v, depth + 1) for k, v in inner.items()}
             if _INT in value:
-                return int(value[_INT])
+                return _tag_int(value[_INT])
             if _FLOAT in value:
-                return float(value[_FLOAT])
-        return {k: _unescape(v) for k, v in value.items()}
+                return _tag_float(value[_FLOAT])
+        return {k: _unescape(v, depth + 1) for k, v in value.items()}
     if kind is list:
-        return [_unescape(v) for v in value]
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        return [_unescape(v, depth + 1) for v in value]
     return value
 
 
 def decode_data(value: Any, raw: bytes | str | None = None) -> SessionData:
-    """Undo ``encode_data`` on already-parsed JSON.
+    """Undo ``encode_data`` on already-parsed JSON; ``ValueError`` (only) if it is not session data.
 
     ``raw`` (the JSON text it came from) lets the common case, data with no
-    tag anywhere, skip the walk.
+    tag anywhere, skip the walk. The result is a dict, whatever the tags
+    said (a top-level ``{"$int": ...}`` is not session data); whether its
+    values obey the data rule is ``make_record``'s check.
     """
     if type(value) is not dict:
         raise ValueError("session data is not a JSON object")
@@ -263,7 +303,15 @@ def decode_data(value: Any, raw: bytes | str | None = None) -> SessionData:
             return value
     elif isinstance(raw, str) and '"$' not in raw:
         return value
-    return _unescape(value)
+    if len(value) == 1 and next(iter(value)) in (_BYTES, _INT, _FLOAT):
+        raise ValueError("session data is a tagged scalar, not an object")
+    try:
+        out = _unescape(value, 0)
+    except RecursionError:
+        raise ValueError("session data nested too deep") from None
+    if type(out) is not dict:
+        raise ValueError("session data is not a JSON object")
+    return out
 
 
 def _time_out(value: float) -> float | None:
@@ -306,24 +354,34 @@ def make_record(
     expires: Any,
     deleted: bool,
 ) -> Record:
-    """A Record from stored fields, checking their types (stored data is untrusted)."""
+    """A Record from stored fields (stored data is untrusted).
+
+    ``ValueError`` if a field has the wrong type (the row or document is not
+    a stored record); ``RecordRefused`` (also a ``ValueError``) if it is one
+    but breaks the shape of the record rule (``memsession.admission``: key,
+    version and origin ranges, finite times, the data rule): callers that
+    read many records skip those, counted, and go on.
+    """
     if type(key) is not str or not key:
         raise ValueError(f"bad key of type {type(key).__name__}")
     if type(version) is not int or type(origin) is not int:
         raise ValueError("version and origin must be integers")
     if type(deleted) is not bool:
         raise ValueError("deleted must be a boolean")
+    if type(data) is not dict:
+        raise ValueError("session data is not an object")
+    created, accessed, expires = _time_in(created), _time_in(accessed), _time_in(expires)
+    fault = field_fault(key, version, origin, created, accessed, expires, deleted)
+    if fault is not None:
+        raise RecordRefused(fault)
+    if deleted and data:
+        raise RecordRefused("a tombstone carries data")
+    try:
+        flat = scan_data(data, MAX_DEPTH, STORE_MAX_ITEMS)
+    except SessionDataError as exc:
+        raise RecordRefused(f"data: {exc.reason}") from None
     return Record(
-        key,
-        data,
-        version,
-        origin,
-        _time_in(created),
-        _time_in(accessed),
-        _time_in(expires),
-        deleted,
-        is_flat(data),
-        len(_packb(data, use_bin_type=True)),
+        key, data, version, origin, created, accessed, expires, deleted, flat, len(_packb(data, use_bin_type=True))
     )
 
 
@@ -357,6 +415,23 @@ def record_from_json(raw: bytes | str) -> Record:
         return record_from_dict(obj, decode_data(obj["d"], raw))
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"not a stored record: {exc}") from exc
+
+
+class RefusedRecords:
+    """Counts and logs the stored records one store refused to hand over (``make_record``'s ``RecordRefused``).
+
+    A refused record is skipped: ``load`` answers None for it, ``load_all``
+    goes on with the next one. The log says why, never which session.
+    """
+
+    def __init__(self, store: str) -> None:
+        self.store = store
+        self.count = 0
+        self._log = logging.getLogger("memsession.persist")
+
+    def skip(self, exc: Exception) -> None:
+        self.count += 1
+        log_refusal(self._log, f"{self.store} store skipped a stored record", self.count, exc)
 
 
 def check_open(closed: bool, store: str, op: str) -> None:

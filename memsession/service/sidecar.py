@@ -320,6 +320,8 @@ class Sidecar:
     def _persist_stats(self) -> dict[str, Any]:
         persist = self.writer.stats()
         persist["warm_loaded"] = self.warm_loaded
+        refused = getattr(self.store, "refused", None)  # the adapters' ``RefusedRecords``; own stores may lack it
+        persist["store_refused"] = getattr(refused, "count", 0)
         out: dict[str, Any] = {"role": "sidecar", "store": self.store.name, "persist": persist}
         if self.ack_endpoint is not None:
             out["ack"] = dict(self.ack_book.counts)  # ints the ack thread bumps; its keys never change
