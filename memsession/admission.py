@@ -255,6 +255,8 @@ class RecordRules:
             raise RecordRefused(f"version is more than {self.max_skew:g}s ahead of this clock")
         if record.created > ahead or record.accessed > ahead:
             raise RecordRefused(f"created or accessed is more than {self.max_skew:g}s ahead of this clock")
+        if type(record.data) is not dict:
+            raise RecordRefused("data is not a dict")
         if record.deleted:
             if record.data:
                 raise RecordRefused("a tombstone carries data")
@@ -263,8 +265,6 @@ class RecordRules:
             return record
         if record.size > self.max_bytes:
             raise RecordRefused(f"data is {record.size} bytes serialized; the limit is {self.max_bytes}")
-        if type(record.data) is not dict:
-            raise RecordRefused("data is not a dict")
         try:
             scan_data(record.data, self.max_depth, self.max_items)
         except SessionDataError as exc:

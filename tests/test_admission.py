@@ -158,12 +158,25 @@ def test_a_refused_record_is_a_record_refused() -> None:
         make_record("k", {}, 1 << 64, 1, WALL, WALL, WALL, False)
 
 
-def test_a_tagged_scalar_file_record_moves_the_file_aside(tmp_path: Path) -> None:
+def test_a_tagged_scalar_in_a_file_is_skipped_not_a_foreign_error(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
-    write_snapshot(str(path), [record()], WALL)
+    good, bad = record(), record(version=(int(WALL * 1000) << 16) + 7)
+    write_snapshot(str(path), [bad, good], WALL)
     raw = path.read_bytes()
     start = raw.index(b'"d":') + 4
     path.write_bytes(raw[:start] + b'{"$int":"5"}' + raw[raw.index(b"}", start) + 1:])
+    store = JsonFileStore(path, save_interval=None, on_corrupt="move_aside", clock=FakeClock(wall=WALL))
+    try:
+        assert [r.key for r in store.load_all(0.0)] == [good.key] and store.stats()["refused"] == 1
+    finally:
+        store.close()
+
+
+def test_move_aside_is_honoured_for_an_unreadable_record(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    write_snapshot(str(path), [record()], WALL)
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b'"o":9', b'"o":"nine"'))
     store = JsonFileStore(path, save_interval=None, on_corrupt="move_aside", clock=FakeClock(wall=WALL))
     try:
         assert list(store.load_all(0.0)) == []

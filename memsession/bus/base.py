@@ -157,10 +157,13 @@ class Replicator:
             log.warning("dropped a bus frame (%s): %s", reason, exc)
         return DROPPED
 
-    def refused_records(self, count: int) -> None:
-        """Count records a snapshot or reply carried that the record rule refused (the others were taken)."""
-        self.counts["refused_records"] += count
-        log_refusal(log, "refused records in a hub reply", self.counts["refused_records"], f"{count} in one reply")
+    def snapshot_records(self, chunks: Sequence[wire.Reply]) -> tuple[list[Record], int]:
+        """The records of a snapshot's chunks and how many the decoder refused (counted and logged here)."""
+        refused = sum(reply.refused for reply in chunks)
+        if refused:
+            self.counts["refused_records"] += refused
+            log_refusal(log, "refused records in a snapshot", self.counts["refused_records"], f"{refused} in one")
+        return [r for reply in chunks for r in reply.body[0]], refused
 
     def receive(self, frames: list[bytes]) -> str:
         """Handle one bus message; the return value tells the transport what to do."""

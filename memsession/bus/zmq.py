@@ -401,10 +401,7 @@ class ZmqBus:
             return False
         end = replies[-1]
         hub_epoch, vector, chunks, count, cleared = end.body
-        records = [r for reply in replies[:-1] for r in reply.body[0]]
-        refused = sum(reply.refused for reply in replies[:-1])
-        if refused:
-            rep.refused_records(refused)
+        records, refused = rep.snapshot_records(replies[:-1])
         if len(replies) - 1 != chunks or len(records) + refused != count:
             rep.drop("incomplete snapshot")
             return False

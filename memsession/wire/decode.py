@@ -123,10 +123,10 @@ class _ArrayBudget:
     def __init__(self, items: int) -> None:
         self.left = items
 
-    def __call__(self, value: list[Any]) -> list[Any]:
+    def __call__(self, value: Any) -> Any:
         self.left -= len(value) + 1
         if self.left < 0:
-            raise ValueError("more arrays or items than the op carries")
+            raise ValueError("more arrays, maps or items than the op carries")
         return value
 
 
@@ -134,6 +134,7 @@ def _unpack(frame: bytes, limits: Limits, items: int, maps: int = 0) -> list[Any
     """The payload array of ``frame``: at most ``items`` array elements in all and ``maps`` map entries."""
     if len(frame) > limits.max_frame:
         raise WireError(f"frame of {len(frame)} bytes exceeds {limits.max_frame}")
+    budget = _ArrayBudget(items)
     try:
         value = _unpackb(
             frame,
@@ -145,7 +146,8 @@ def _unpack(frame: bytes, limits: Limits, items: int, maps: int = 0) -> list[Any
             max_map_len=maps,
             max_ext_len=0,
             ext_hook=_refuse_ext,
-            list_hook=_ArrayBudget(items),
+            list_hook=budget,
+            object_hook=budget if maps else None,
         )
     except Exception as exc:  # msgpack raises many types for bad input; all mean the same here
         raise WireError(f"undecodable payload ({type(exc).__name__})") from exc
@@ -351,7 +353,8 @@ def decode_reply(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Re
     if op not in REQUEST_OPS and op not in REPLY_OPS:
         raise WireError("not a request/reply op")
     if op in (CHUNK, WRITE, PUSH, END):  # record lists (8 fields a record) or the sequence vector
-        items = _unpack(payload, limits, 16 + 10 * limits.max_records)
+        # Maps too (within the same budget): a record whose field is one is left out, not the whole list.
+        items = _unpack(payload, limits, 16 + 10 * limits.max_records, maps=limits.max_records)
     elif op == STATS_REPLY:
         items = _unpack(payload, limits, 16 + limits.max_records, maps=limits.max_records)
     else:
