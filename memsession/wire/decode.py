@@ -207,6 +207,18 @@ def _data(blob: Any, limits: Limits) -> tuple[dict[str, Any], int, bool]:
         raise WireError(f"undecodable data ({type(exc).__name__})") from exc
     if type(data) is not dict:
         raise WireError("data must be a map")
+    # One pass takes the common flat session (msgpack ints are 64-bit, keys str or bytes);
+    # anything else is the record rule's to judge (``admission.scan_data``).
+    if len(data) <= limits.max_items:
+        for k, v in data.items():
+            kind = type(v)
+            if type(k) is not str or not (
+                kind is str or kind is int or kind is bool or kind is bytes or v is None
+                or (kind is float and v - v == 0.0)  # inf - inf and nan - nan are nan
+            ):
+                break
+        else:
+            return data, len(blob), True
     try:
         flat = scan_data(data, limits.max_depth, limits.max_items)
     except SessionDataError as exc:
