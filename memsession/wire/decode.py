@@ -106,8 +106,7 @@ def is_own(frames: Sequence[bytes], prefix: bytes) -> bool:
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
-    # No msgpack ext type is part of the format: an empty one would otherwise reach the data
-    # (``max_ext_len`` bounds only the length) and later fail every store's encoding.
+    # No ext type is in the format; an empty one passes max_ext_len and would fail every store later.
     raise ValueError(f"ext type {code}")
 
 
@@ -237,12 +236,7 @@ def _record(fields: Sequence[Any], deleted: bool, blob: Any, limits: Limits) -> 
         or created - created != 0.0 or accessed - accessed != 0.0 or expires != expires  # inf, NaN
         or not key.isprintable()
     ):
-        if type(created) is int:
-            created = float(created)
-        if type(accessed) is int:
-            accessed = float(accessed)
-        if type(expires) is int:
-            expires = float(expires)
+        created, accessed, expires = (float(t) if type(t) is int else t for t in (created, accessed, expires))
         fault = field_fault(key, version, rorigin, created, accessed, expires, deleted, limits.max_key)
         if fault is not None:
             raise WireError(fault)
