@@ -56,14 +56,21 @@ class HybridClock:
     version is greater than ``remote`` (so causally later writes win LWW).
     Ties between processes are broken by origin id outside this class.
     Fits a signed 64-bit column until the year 6429.
+
+    ``observe`` refuses a version issued more than ``max_skew`` seconds ahead
+    of this wall clock: one forged or corrupt record must not push every later
+    local version past the largest one anything accepts. The record rule
+    (``memsession.admission``) refuses such records before they are merged;
+    this is the second line.
     """
 
-    __slots__ = ("_clock", "_last", "_lock")
+    __slots__ = ("_clock", "_last", "_lock", "_skew_ms")
 
-    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK, max_skew: float = 60.0) -> None:
         self._clock = clock
         self._last = 0
         self._lock = threading.Lock()
+        self._skew_ms = int(max_skew * 1000)
 
     def now(self) -> int:
         """A new version, greater than every version issued or observed here."""
@@ -72,10 +79,14 @@ class HybridClock:
             self._last = physical if physical > self._last else self._last + 1
             return self._last
 
-    def observe(self, version: int) -> None:
-        """Move past a version seen from elsewhere."""
+    def observe(self, version: int) -> bool:
+        """Move past a version seen from elsewhere; False (and no move) if it is beyond the skew bound."""
+        if version >> COUNTER_BITS > int(self._clock.wall() * 1000) + self._skew_ms:
+            return False
         with self._lock:
-            self._last = max(self._last, version)
+            if version > self._last:
+                self._last = version
+        return True
 
     @property
     def last(self) -> int:

@@ -15,7 +15,6 @@ from .validate import check_int, check_number
 __all__ = ["Config"]
 
 
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """Every option of a SessionCache, with its default.
@@ -38,6 +37,12 @@ class Config:
     tombstone_ttl: float = 600.0
     #: Largest serialized session (msgpack bytes) accepted by ``set``.
     max_session_bytes: int = 64 * 1024
+    #: Most values (at every depth) in one session's data: bounds the memory a session costs
+    #: (``memsession.admission``), which ``max_session_bytes`` alone does not.
+    max_session_items: int = 8192
+    #: Seconds a record from elsewhere may be ahead of this clock (its version, created, accessed):
+    #: the clock drift allowed between hosts; a record further ahead is refused.
+    max_skew: float = 60.0
     #: How long a read waits for the hub (or store) to say whether a session it was shown
     #: exists, when they are away (a sidecar restart); past it ``SessionUnavailable``.
     outage_budget: float = 5.0
@@ -49,6 +54,8 @@ class Config:
         check_number("touch_interval", self.touch_interval, allow_zero=True)
         check_number("tombstone_ttl", self.tombstone_ttl)
         check_int("max_session_bytes", self.max_session_bytes, minimum=64)
+        check_int("max_session_items", self.max_session_items)
+        check_number("max_skew", self.max_skew)
         check_number("outage_budget", self.outage_budget, allow_zero=True)
 
     @classmethod

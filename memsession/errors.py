@@ -13,6 +13,8 @@ boundary where they happen (``raise ... from exc``) so callers catch one tree::
     │   ├── SessionDestroyed               id is tombstoned            .sid
     │   └── SessionUnavailable             can't tell it now (outage)  .sid .retry_after
     ├── CacheClosed                        used after close()
+    ├── RecordRefused(ValueError)          a record from elsewhere     .reason
+    │                                      breaks the record rule (admission)
     ├── SignatureError(ValueError)         cookie signature/format bad .reason
     ├── WireError(ValueError)              bad bus frame               .reason
     ├── BusError                           transport failure           .endpoint
@@ -36,6 +38,7 @@ __all__ = [
     "ConfigError",
     "InvalidSessionId",
     "MemsessionError",
+    "RecordRefused",
     "SessionDataError",
     "SessionDestroyed",
     "SessionUnavailable",
@@ -79,7 +82,7 @@ class InvalidSessionId(SessionError, ValueError):
 
 
 class SessionDataError(SessionError, TypeError):
-    """Session data holds a value that is not JSON-like; ``path`` locates it."""
+    """Session data holds a value that is not JSON-like, or breaks a bound (depth, values); ``path`` locates it."""
 
     def __init__(self, path: str, value: Any, reason: str) -> None:
         super().__init__(f"session data at {path}: {reason} (got {type(value).__name__})")
@@ -121,6 +124,18 @@ class SessionUnavailable(SessionError):
 
 class CacheClosed(MemsessionError):
     """The SessionCache was used after ``close()``."""
+
+
+class RecordRefused(MemsessionError, ValueError):
+    """A record that came from elsewhere (bus, hub, store, file) breaks the record rule (``admission``).
+
+    Doors skip and count it; it leaves the library only from calls that check one record on
+    purpose. ``reason`` never quotes the session id.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class SignatureError(MemsessionError, ValueError):

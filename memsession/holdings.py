@@ -48,7 +48,7 @@ class Holdings:
         self.evicted = dict.fromkeys((EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE), 0)
         self.counts = dict.fromkeys(
             ("invalid_ids", "sets", "touches", "destroys", "applied", "ignored", "clears",
-             "revalidated", "unverified", "unavailable", "lost_writes"),
+             "revalidated", "unverified", "unavailable", "lost_writes", "refused"),
             0,
         )
         #: When (monotonic) the next read sweeps.

@@ -18,10 +18,12 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from .admission import RecordRules
 from .clock import Clock, HybridClock, version_wall_ms
 from .config import Config
-from .errors import CacheClosed, SessionUnavailable, StoreUnavailable
+from .errors import CacheClosed, RecordRefused, SessionUnavailable, StoreUnavailable
 from .holdings import Holdings
+from .refusals import log_refusal
 from .session import Record
 
 if TYPE_CHECKING:
@@ -51,7 +53,9 @@ class Replica:
         self.config = config
         self.clock = clock
         self.origin = origin if origin is not None else secrets.randbits(63) or 1
-        self.hlc = HybridClock(clock)
+        self.hlc = HybridClock(clock, config.max_skew)
+        #: The record rule every record from elsewhere passes before it is merged (``admission``).
+        self.rules = RecordRules.for_cache(config)
         #: Everything held here; changed only under ``_lock``.
         self._held = held = Holdings(config, clock)
         # The read path reaches these directly (``Holdings`` never rebinds them).
@@ -106,16 +110,23 @@ class Replica:
     def apply(self, record: Record) -> bool:
         """Merge a record that came from elsewhere; True if it changed what this process holds.
 
-        The same rule on every replica (``session.supersedes``): a tombstone beats
-        any live version, otherwise the higher ``(version, origin)`` wins; an
-        equal version with a later access time is a touch. A record that has
-        already expired removes an older copy and is not kept. Nothing is
-        emitted: the sender already published it.
+        The record passes the record rule first (``admission``: refused ones
+        are counted as ``refused``, logged without their id, and change
+        nothing, not even the clock). Then the same merge rule as on every
+        replica (``session.supersedes``): a tombstone beats any live version,
+        otherwise the higher ``(version, origin)`` wins; an equal version with
+        a later access time is a touch. A record that has already expired
+        removes an older copy and is not kept. Nothing is emitted: the sender
+        already published it.
         """
         with self._lock:
             self._check_open()
-            self.hlc.observe(record.version)
-            return self._apply_locked(record, self.clock.monotonic(), self.clock.wall())
+            wall = self.clock.wall()
+            admitted = self._admit(record, wall)
+            if admitted is None:
+                return False
+            self.hlc.observe(admitted.version)
+            return self._apply_locked(admitted, self.clock.monotonic(), wall)
 
     def apply_many(self, records: list[Record]) -> int:
         """``apply`` for a run of records under one lock and one clock reading; how many changed."""
@@ -123,11 +134,28 @@ class Replica:
             return 0
         with self._lock:
             self._check_open()
-            self.hlc.observe(max(r.version for r in records))
-            now = self.clock.monotonic()
             wall = self.clock.wall()
+            admit = self._admit
+            admitted = [a for r in records if (a := admit(r, wall)) is not None]
+            if not admitted:
+                return 0
+            self.hlc.observe(max(r.version for r in admitted))
+            now = self.clock.monotonic()
             apply = self._apply_locked
-            return sum(1 for r in records if apply(r, now, wall))
+            return sum(1 for r in admitted if apply(r, now, wall))
+
+    def _admit(self, record: Record, wall: float) -> Record | None:
+        """``record`` as the record rule lets it in (its expiry clamped), or None, counted and logged."""
+        try:
+            return self.rules.admit(record, wall)
+        except RecordRefused as exc:
+            self._refused(exc.reason)
+            return None
+
+    def _refused(self, reason: str) -> None:
+        counts = self._counts
+        counts["refused"] += 1
+        log_refusal(log, "refused a record from elsewhere", counts["refused"], reason)
 
     def _apply_locked(self, record: Record, now: float, wall: float) -> bool:
         """The one funnel of ``apply`` and ``apply_many``: merge, and wake ``wait_for`` if taken in."""
@@ -149,7 +177,9 @@ class Replica:
         """
         with self._lock:
             self._check_open()
-            self.hlc.observe(version)
+            if not self.hlc.observe(version):
+                self._refused("invalidation version is beyond the skew bound")
+                return False
             return self._held.discard(sid, version, origin)
 
     def apply_clear(self, version: int) -> bool:
@@ -161,6 +191,10 @@ class Replica:
         """
         with self._lock:
             self._check_open()
+            fault = self.rules.clear_fault(version, self.clock.wall())
+            if fault is not None:
+                self._refused(fault)
+                return False
             self.hlc.observe(version)
             if version <= self._held.cleared:
                 return False

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 
+from .admission import MAX_DEPTH, MAX_ITEMS, MAX_VERSION, scan_data
 from .errors import InvalidSessionId, SessionDataError, SessionTooLarge
 
 __all__ = [
@@ -45,12 +46,6 @@ SID_BYTES = 32
 SID_LENGTH = 43
 _SID_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 
-_INT_MIN = -(1 << 63)
-#: The largest version (and clear watermark) anything accepts: a signed 64-bit int, as stores keep it.
-MAX_VERSION = (1 << 63) - 1
-_INT_MAX = (1 << 64) - 1
-_MAX_DEPTH = 32
-_SCALARS = (str, bool, int, float, bytes, type(None))
 
 
 def new_id() -> str:
@@ -167,59 +162,6 @@ def cleared_by(record: Record, watermark: int) -> bool:
     return not record.deleted and record.version <= watermark
 
 
-def _check_value(value: Any, path: str, depth: int) -> None:
-    kind = type(value)
-    if kind is str or kind is bool or value is None or kind is bytes:
-        return
-    if kind is int:
-        if not _INT_MIN <= value <= _INT_MAX:
-            raise SessionDataError(path, value, "integer outside the 64-bit range")
-        return
-    if kind is float:
-        if not math.isfinite(value):
-            raise SessionDataError(path, value, f"{value!r} is not JSON-compatible")
-        return
-    if depth >= _MAX_DEPTH:
-        raise SessionDataError(path, value, f"nested deeper than {_MAX_DEPTH} levels")
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str:
-                raise SessionDataError(f"{path}[{key!r}]", key, "dict keys must be str")
-            _check_value(item, f"{path}[{key!r}]", depth + 1)
-        return
-    if kind is list or kind is tuple:
-        for index, item in enumerate(value):
-            _check_value(item, f"{path}[{index}]", depth + 1)
-        return
-    raise SessionDataError(
-        path, value, "only str, int, float, bool, None, bytes, list, tuple and dict are allowed"
-    )
-
-
-def _is_allowed(value: Any, depth: int) -> bool:
-    """Fast check of one value; ``_check_value`` then says what is wrong and where."""
-    kind = type(value)
-    if kind is str or kind is bool or value is None or kind is bytes:
-        return True
-    if kind is int:
-        return _INT_MIN <= value <= _INT_MAX
-    if kind is float:
-        return value - value == 0.0  # false for inf and nan
-    if depth >= _MAX_DEPTH:
-        return False
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str or not _is_allowed(item, depth + 1):
-                return False
-        return True
-    if kind is list or kind is tuple:
-        for item in value:
-            if not _is_allowed(item, depth + 1):
-                return False
-        return True
-    return False
-
-
 _COPIED = frozenset((dict, list, tuple))
 
 
@@ -233,33 +175,28 @@ def _copy_value(value: Any) -> Any:
     return value
 
 
-def prepare_data(data: Mapping[str, Any], max_bytes: int) -> tuple[SessionData, int, bool]:
+def prepare_data(
+    data: Mapping[str, Any], max_bytes: int, max_items: int = MAX_ITEMS
+) -> tuple[SessionData, int, bool]:
     """``prepare_packed`` with the serialized size instead of the serialized bytes."""
-    copy, packed, flat = prepare_packed(data, max_bytes)
+    copy, packed, flat = prepare_packed(data, max_bytes, max_items)
     return copy, len(packed), flat
 
 
-def prepare_packed(data: Mapping[str, Any], max_bytes: int) -> tuple[SessionData, bytes, bool]:
+def prepare_packed(
+    data: Mapping[str, Any], max_bytes: int, max_items: int = MAX_ITEMS
+) -> tuple[SessionData, bytes, bool]:
     """Validate session data and take a private copy of it.
 
     Returns ``(copy, serialized, flat)``: ``serialized`` is the msgpack form
     the size limit is measured on (the bus sends these very bytes). Raises ``SessionDataError`` (a
-    ``TypeError``) naming the key path of the first bad value, or
+    ``TypeError``) naming the key path of the first bad value (the data rule of
+    ``admission.scan_data``: allowed types, depth, at most ``max_items`` values), or
     ``SessionTooLarge``. Tuples come back as lists, as they would from JSON.
     """
     if type(data) is not dict and not isinstance(data, Mapping):
         raise SessionDataError("session", data, "session data must be a mapping")
-    flat = True
-    for key, value in data.items():
-        if type(key) is not str:
-            raise SessionDataError(f"session[{key!r}]", key, "keys must be str")
-        kind = type(value)
-        if kind is str or kind is bool or value is None or kind is bytes:
-            continue
-        if kind is dict or kind is list or kind is tuple:
-            flat = False
-        if not _is_allowed(value, 1):
-            _check_value(value, f"session[{key!r}]", 1)  # raises, naming the path
+    flat = scan_data(data, MAX_DEPTH, max_items)
     packed = msgpack.packb(data if type(data) is dict else dict(data), use_bin_type=True)
     if len(packed) > max_bytes:
         raise SessionTooLarge(len(packed), max_bytes)

@@ -129,7 +129,7 @@ class SessionCache(Replica):
         ``SessionDestroyed`` if the id was destroyed and its tombstone lives.
         """
         check_sid(sid)
-        copy, packed, flat = prepare_packed(data, self.config.max_session_bytes)
+        copy, packed, flat = prepare_packed(data, self.config.max_session_bytes, self.config.max_session_items)
         with self._lock:
             self._check_open()
             now = self.clock.monotonic()

@@ -30,7 +30,7 @@ that session back. They stay (and are saved) as usual until they lapse and
 
 from __future__ import annotations
 
-import base64
+import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -38,12 +38,18 @@ from typing import Any, Protocol, runtime_checkable
 import orjson
 from msgpack import packb as _packb
 
-from memsession.errors import ConfigError, StoreClosed, StoreCorrupt
-from memsession.session import MAX_VERSION, Record, SessionData, cleared_by, is_flat, supersedes
+from memsession.admission import MAX_DEPTH, field_fault, scan_data
+from memsession.errors import ConfigError, RecordRefused, SessionDataError, StoreClosed, StoreCorrupt
+from memsession.refusals import log_refusal
+from memsession.session import MAX_VERSION, Record, SessionData, cleared_by, supersedes
+
+from .jsondata import STORE_MAX_ITEMS, decode_data, encode_data, json_default, jsonable_data
 
 __all__ = [
     "MAX_VERSION",
+    "STORE_MAX_ITEMS",
     "WATERMARK_KEY",
+    "RefusedRecords",
     "Store",
     "check_clear_version",
     "cleared_by",
@@ -168,104 +174,6 @@ def coalesce(records: Iterable[Record]) -> dict[str, Record]:
     return out
 
 
-# -- JSON encoding of session data ---------------------------------------------
-
-_BYTES = "$bytes"
-_DICT = "$dict"
-
-
-def json_default(value: Any) -> Any:
-    """``default=`` for orjson: bytes become a ``$bytes`` tag."""
-    if type(value) is bytes:
-        return {_BYTES: base64.b64encode(value).decode("ascii")}
-    raise TypeError(f"{type(value).__name__} is not session data")
-
-
-_SAFE_INT = (1 << 53) - 1
-_INT = "$int"
-_FLOAT = "$float"
-_TAGS = (_BYTES, _DICT, _INT, _FLOAT)
-
-
-def _is_tag_like(value: dict[str, Any]) -> bool:
-    return len(value) == 1 and next(iter(value)) in _TAGS
-
-
-def _escape(value: Any, safe_ints: bool) -> Any:
-    kind = type(value)
-    if kind is dict:
-        out = {k: _escape(v, safe_ints) for k, v in value.items()}
-        return {_DICT: out} if _is_tag_like(value) else out
-    if kind is list or kind is tuple:
-        return [_escape(v, safe_ints) for v in value]
-    if safe_ints:
-        if kind is int and not -_SAFE_INT <= value <= _SAFE_INT:
-            return {_INT: str(value)}
-        if kind is float and value.is_integer():
-            return {_FLOAT: repr(value)}
-    return value
-
-
-def jsonable_data(data: SessionData, flat: bool | None = None, *, safe_ints: bool = False) -> Any:
-    """Session data ready for ``orjson.dumps(..., default=json_default)``.
-
-    Flat data (the common case) is returned as is, or wrapped when it would
-    read as a tag; only nested data is walked. ``safe_ints`` is for servers
-    that parse JSON numbers as doubles (JavaScript): integers beyond 2**53
-    become ``{"$int": "<decimal>"}`` and whole floats (``1.0``, ``-0.0``),
-    which such a server would write back as integers, ``{"$float": "1.0"}``.
-    """
-    if safe_ints:
-        return _escape(data, True)
-    if flat is None:
-        flat = is_flat(data)
-    if not flat:
-        return _escape(data, False)
-    return {_DICT: data} if _is_tag_like(data) else data
-
-
-def encode_data(data: SessionData, flat: bool | None = None) -> bytes:
-    """Session data as JSON bytes (UTF-8), bytes values tagged; see the module docstring."""
-    return orjson.dumps(jsonable_data(data, flat), default=json_default)
-
-
-def _unescape(value: Any) -> Any:
-    kind = type(value)
-    if kind is dict:
-        if len(value) == 1:
-            if _BYTES in value:
-                return base64.b64decode(value[_BYTES], validate=True)
-            if _DICT in value:
-                inner = value[_DICT]
-                if type(inner) is not dict:
-                    raise ValueError("$dict tag does not hold an object")
-                return {k: _unescape(v) for k, v in inner.items()}
-            if _INT in value:
-                return int(value[_INT])
-            if _FLOAT in value:
-                return float(value[_FLOAT])
-        return {k: _unescape(v) for k, v in value.items()}
-    if kind is list:
-        return [_unescape(v) for v in value]
-    return value
-
-
-def decode_data(value: Any, raw: bytes | str | None = None) -> SessionData:
-    """Undo ``encode_data`` on already-parsed JSON.
-
-    ``raw`` (the JSON text it came from) lets the common case, data with no
-    tag anywhere, skip the walk.
-    """
-    if type(value) is not dict:
-        raise ValueError("session data is not a JSON object")
-    if isinstance(raw, (bytes, bytearray)):
-        if b'"$' not in raw:
-            return value
-    elif isinstance(raw, str) and '"$' not in raw:
-        return value
-    return _unescape(value)
-
-
 def _time_out(value: float) -> float | None:
     return None if value == math.inf else value
 
@@ -306,24 +214,34 @@ def make_record(
     expires: Any,
     deleted: bool,
 ) -> Record:
-    """A Record from stored fields, checking their types (stored data is untrusted)."""
+    """A Record from stored fields (stored data is untrusted).
+
+    ``ValueError`` if a field has the wrong type (the row or document is not
+    a stored record); ``RecordRefused`` (also a ``ValueError``) if it is one
+    but breaks the shape of the record rule (``memsession.admission``: key,
+    version and origin ranges, finite times, the data rule): callers that
+    read many records skip those, counted, and go on.
+    """
     if type(key) is not str or not key:
         raise ValueError(f"bad key of type {type(key).__name__}")
     if type(version) is not int or type(origin) is not int:
         raise ValueError("version and origin must be integers")
     if type(deleted) is not bool:
         raise ValueError("deleted must be a boolean")
+    if type(data) is not dict:
+        raise ValueError("session data is not an object")
+    created, accessed, expires = _time_in(created), _time_in(accessed), _time_in(expires)
+    fault = field_fault(key, version, origin, created, accessed, expires, deleted)
+    if fault is not None:
+        raise RecordRefused(fault)
+    if deleted and data:
+        raise RecordRefused("a tombstone carries data")
+    try:
+        flat = scan_data(data, MAX_DEPTH, STORE_MAX_ITEMS)
+    except SessionDataError as exc:
+        raise RecordRefused(f"data: {exc.reason}") from None
     return Record(
-        key,
-        data,
-        version,
-        origin,
-        _time_in(created),
-        _time_in(accessed),
-        _time_in(expires),
-        deleted,
-        is_flat(data),
-        len(_packb(data, use_bin_type=True)),
+        key, data, version, origin, created, accessed, expires, deleted, flat, len(_packb(data, use_bin_type=True))
     )
 
 
@@ -357,6 +275,23 @@ def record_from_json(raw: bytes | str) -> Record:
         return record_from_dict(obj, decode_data(obj["d"], raw))
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"not a stored record: {exc}") from exc
+
+
+class RefusedRecords:
+    """Counts and logs the stored records one store refused to hand over (``make_record``'s ``RecordRefused``).
+
+    A refused record is skipped: ``load`` answers None for it, ``load_all``
+    goes on with the next one. The log says why, never which session.
+    """
+
+    def __init__(self, store: str) -> None:
+        self.store = store
+        self.count = 0
+        self._log = logging.getLogger("memsession.persist")
+
+    def skip(self, exc: Exception) -> None:
+        self.count += 1
+        log_refusal(self._log, f"{self.store} store skipped a stored record", self.count, exc)
 
 
 def check_open(closed: bool, store: str, op: str) -> None:

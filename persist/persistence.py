@@ -288,6 +288,8 @@ class Persistence:
         with self._lock:
             out.update(self._counts)
             out["negative"] = len(self._negative)
+        refused = getattr(self.store, "refused", None)  # the adapters' ``RefusedRecords``; own stores may lack it
+        out["store_refused"] = getattr(refused, "count", 0)
         out["mode"] = self.config.mode
         out["queued"] = out["depth"] + out["inflight"]
         return out

@@ -28,7 +28,7 @@ def test_versions_strictly_increase_even_when_wall_clock_steps_back():
 
 
 def test_after_observing_a_remote_version_local_ones_are_later():
-    mine, theirs = FakeClock(wall=1000.0), FakeClock(wall=5000.0)
+    mine, theirs = FakeClock(wall=1000.0), FakeClock(wall=1030.0)  # 30 s ahead: within the skew observe takes
     a, b = HybridClock(mine), HybridClock(theirs)
     remote = b.now()
     a.observe(remote)

@@ -21,6 +21,7 @@ from typing import Any
 from .. import wire
 from ..clock import SYSTEM_CLOCK, Clock, version_wall_ms
 from ..errors import WireError
+from ..refusals import log_refusal
 from ..session import Record, touched_copy
 from .config import BusConfig
 from .contract import Bus, Clear, Outgoing, ReplicaTarget
@@ -93,7 +94,8 @@ class Replicator:
         self.nonce = secrets.randbits(62)
         self.counts = dict.fromkeys(
             ("published", "queue_dropped", "received", "applied", "ignored", "duplicates",
-             "gaps", "repairs", "hub_restarts", "stale_hub_beats", "resyncs", "snapshot_records", "write_failures"),
+             "gaps", "repairs", "hub_restarts", "stale_hub_beats", "resyncs", "snapshot_records", "write_failures",
+             "refused_records"),
             0,
         )
         self.dropped: dict[str, int] = {}
@@ -158,6 +160,14 @@ class Replicator:
             self._last_drop_log = now
             log.warning("dropped a bus frame (%s): %s", reason, exc)
         return DROPPED
+
+    def snapshot_records(self, chunks: Sequence[wire.Reply]) -> tuple[list[Record], int]:
+        """The records of a snapshot's chunks and how many the decoder refused (counted and logged here)."""
+        refused = sum(reply.refused for reply in chunks)
+        if refused:
+            self.counts["refused_records"] += refused
+            log_refusal(log, "refused records in a snapshot", self.counts["refused_records"], f"{refused} in one")
+        return [r for reply in chunks for r in reply.body[0]], refused
 
     def receive(self, frames: list[bytes]) -> str:
         """Handle one bus message; the return value tells the transport what to do."""

@@ -152,7 +152,7 @@ class MemoryBus:
         replies = self.hub.request(wire.encode_request(wire.SNAPSHOT, 1))
         end = replies[-1]
         hub_epoch, vector, _chunks, _count, cleared = end.body
-        rep.install_snapshot((r for reply in replies[:-1] for r in reply.body[0]), vector, hub_epoch, cleared)
+        rep.install_snapshot(rep.snapshot_records(replies[:-1])[0], vector, hub_epoch, cleared)
         if rep.repair_due and not push:  # the snapshot came from a restarted hub
             self.repair(push=True)
 

@@ -374,8 +374,8 @@ class ZmqBus:
             return False
         end = replies[-1]
         hub_epoch, vector, chunks, count, cleared = end.body
-        records = [r for reply in replies[:-1] for r in reply.body[0]]
-        if len(replies) - 1 != chunks or len(records) != count:
+        records, refused = rep.snapshot_records(replies[:-1])
+        if len(replies) - 1 != chunks or len(records) + refused != count:
             rep.drop("incomplete snapshot")
             return False
         changed = rep.install_snapshot(records, vector, hub_epoch, cleared)

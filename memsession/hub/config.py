@@ -94,10 +94,13 @@ class HubConfig:
     #: A sidecar reads an evicted session back from its store when it is next asked for; a plain
     #: hub forgets it (processes that hold it keep it, and a worker with a store reads it there).
     maxsize: int = DEFAULT_MAXSIZE
+    #: Seconds a record's version, created or accessed may be ahead of the hub's clock (``admission``).
+    max_skew: float = 60.0
 
     def __post_init__(self) -> None:
         check_number("heartbeat", self.heartbeat)
         check_number("seq_jump_hold", self.seq_jump_hold)
+        check_number("max_skew", self.max_skew)
         check_number("forget_after", self.forget_after)
         if self.forget_after <= 3 * self.heartbeat:
             raise ConfigError("forget_after", self.forget_after, "must exceed three heartbeats")

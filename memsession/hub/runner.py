@@ -55,8 +55,8 @@ def run_hub(
 
     stop = stop or threading.Event()
     state = state or HubState(
-        limits=config.limits, forget_after=config.forget_after,
-        max_seq_jump=config.max_seq_jump, seq_jump_hold=config.seq_jump_hold, maxsize=config.maxsize,
+        limits=config.limits, forget_after=config.forget_after, max_seq_jump=config.max_seq_jump,
+        seq_jump_hold=config.seq_jump_hold, maxsize=config.maxsize, max_skew=config.max_skew,
     )
     pub_ep, sub_ep, req_ep = config.endpoints()
     secure = security.server_policy(config, (pub_ep, sub_ep, req_ep))
@@ -314,7 +314,7 @@ class Hub:
         self.state = HubState(
             limits=self.config.limits, forget_after=self.config.forget_after,
             max_seq_jump=self.config.max_seq_jump, seq_jump_hold=self.config.seq_jump_hold,
-            maxsize=self.config.maxsize,
+            maxsize=self.config.maxsize, max_skew=self.config.max_skew,
         )
         self._stop = threading.Event()
         self._ready = threading.Event()

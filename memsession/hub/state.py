@@ -19,21 +19,22 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .. import wire
+from ..admission import DEFAULT_MAX_SKEW, RecordRules
 from ..bus.sequence import DEFAULT_JUMP_HOLD, DEFAULT_MAX_JUMP, GAP, JUMP, SequenceTracker
 from ..bus.streams import new_epoch, percentiles
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import WireError
+from ..errors import RecordRefused, WireError
 from ..refusals import log_refusal
 from ..session import Record, cleared_by, touched_copy
 from .bounded import Recency, merge_into, warm_fill
 from .config import DEFAULT_MAXSIZE
 from .misses import ReadBack, StoreMisses
+from .requests import CHUNK_RECORDS, answer_request, snapshot_frames
 
 __all__ = ["CHUNK_RECORDS", "HubState", "merge_into"]
 
 log = logging.getLogger("memsession.hub")
 
-CHUNK_RECORDS = 1000  # records in one snapshot chunk
 #: Seconds between two resync requests to one origin (its push takes a moment to arrive).
 _RESYNC_SPACING = 0.5
 
@@ -64,6 +65,7 @@ class HubState:
         seq_jump_hold: float = DEFAULT_JUMP_HOLD,
         maxsize: int = DEFAULT_MAXSIZE,
         read_back: ReadBack | None = None,
+        max_skew: float = DEFAULT_MAX_SKEW,
     ) -> None:
         #: Publishers silent this long (seconds) are forgotten: hub state follows the live ones.
         self.forget_after = forget_after
@@ -74,6 +76,8 @@ class HubState:
         self.hub_id = hub_id if hub_id is not None else secrets.randbits(63) or 1
         self.epoch = epoch if epoch is not None else new_epoch(clock)
         self.limits = limits
+        #: The record rule every record passes before it is merged: bus, pushes, writes, the store's load.
+        self.rules = RecordRules.for_hub(limits, max_skew)
         self.replica: dict[str, Record] = {}
         self._recency = Recency(maxsize)  # access order of the live records in ``replica``
         #: False once a live session was evicted or left in the store at warm start: a miss may be stored.
@@ -92,7 +96,8 @@ class HubState:
         self.started = clock.wall()
         self.counts = dict.fromkeys(
             ("received", "applied", "ignored", "duplicates", "gaps", "resyncs_sent", "snapshots",
-             "gets", "pushes", "pushed_records", "writes", "relayed", "pruned", "clears", "forgotten", "evicted"),
+             "gets", "pushes", "pushed_records", "writes", "relayed", "pruned", "clears", "forgotten", "evicted",
+             "refused"),
             0)
         self.misses = StoreMisses(read_back, self.counts)
         self.dropped: dict[str, int] = {}
@@ -111,8 +116,27 @@ class HubState:
     def maxsize(self) -> int:
         return self._recency.maxsize
 
+    def _admit(self, record: Record, wall: float) -> Record | None:
+        """``record`` if the record rule lets it in, else None (counted as ``refused`` and logged without its id)."""
+        try:
+            return self.rules.admit(record, wall)
+        except RecordRefused as exc:
+            self._refused(exc.reason)
+            return None
+
+    def _refused(self, reason: str) -> None:
+        self.counts["refused"] += 1
+        log_refusal(log, "hub refused a record", self.counts["refused"], reason)
+
     def merge(self, record: Record, *, stored: bool = False) -> bool:
-        """Merge ``record``; True if the replica changed. ``stored``: it came from the store (no ``on_change``)."""
+        """Merge ``record`` if the record rule admits it; True if the replica changed.
+
+        ``stored``: it came from the store (no ``on_change``).
+        """
+        admitted = self._admit(record, self.clock.wall())
+        if admitted is None:
+            return False
+        record = admitted
         replica = self.replica
         key = record.key
         old = replica.get(key)
@@ -146,10 +170,21 @@ class HubState:
         """Fill the replica from a store before serving (no hooks run); how many read.
 
         Every tombstone, and the ``maxsize`` most recently accessed live
-        records; the others stay in the store (counted as ``evicted``).
+        records the record rule admits; the others stay in the store
+        (counted as ``evicted``, or ``refused``).
         """
-        read, left_out = warm_fill(self.replica, records, maxsize=self.maxsize, wall=self.clock.wall(),
-                                   cleared=self.cleared)
+        wall = self.clock.wall()
+        read = 0
+
+        def admitted() -> Iterator[Record]:
+            nonlocal read
+            for record in records:
+                read += 1
+                kept = self._admit(record, wall)
+                if kept is not None:
+                    yield kept
+
+        _, left_out = warm_fill(self.replica, admitted(), maxsize=self.maxsize, wall=wall, cleared=self.cleared)
         self.recount()
         if left_out:
             self.counts["evicted"] += left_out
@@ -185,8 +220,16 @@ class HubState:
         heapq.heapify(self._expiry)
 
     def clear(self, version: int) -> bool:
-        """Raise the clear watermark to ``version``, dropping the live sessions at or below it; True if raised."""
+        """Raise the clear watermark to ``version``, dropping the live sessions at or below it; True if raised.
+
+        A watermark beyond the skew bound of the record rule is refused (counted): it would clear
+        every session written for as long as the clock takes to catch up.
+        """
         if version <= self.cleared:
+            return False
+        fault = self.rules.clear_fault(version, self.clock.wall())
+        if fault is not None:
+            self._refused(fault)
             return False
         self.cleared = version
         self.counts["clears"] += 1
@@ -327,58 +370,11 @@ class HubState:
 
     def snapshot(self, rid: int) -> Iterator[list[bytes]]:
         """CHUNK frames then END, cut from the replica as it is now."""
-        wall = self.clock.wall()
-        vector = [[o, e, s] for o, (e, s) in self.tracker.vector().items()]
-        vector.append([self.hub_id, self.epoch, self.seq])
-        live = [r for r in self.replica.values() if r.expires > wall]
-        self.counts["snapshots"] += 1
-        chunks = 0
-        for start in range(0, len(live), CHUNK_RECORDS):
-            chunks += 1
-            yield wire.encode_request(
-                wire.CHUNK, rid, [wire.record_to_list(r) for r in live[start:start + CHUNK_RECORDS]]
-            )
-        yield wire.encode_request(wire.END, rid, self.epoch, vector, chunks, len(live), self.cleared)
+        return snapshot_frames(self, rid)
 
     def on_request(self, frames: list[bytes], sender: bytes = b"") -> tuple[list[list[bytes]], list[list[bytes]]]:
-        """One request from ``sender``; returns ``(replies, frames to publish)``.
-
-        A GET the store may have to answer (``read_back``) is answered once it was read (``answer_get``).
-        """
-        try:
-            req = wire.decode_reply(frames, self.limits)
-        except WireError as exc:
-            self._drop("malformed request", exc)
-            return [], []
-        if req.op == wire.SNAPSHOT:
-            return list(self.snapshot(req.rid)), []
-        if req.op == wire.GET:
-            self.counts["gets"] += 1
-            key = req.body[0]
-            if key not in self.replica and sender and self._may_be_stored(key):
-                self.misses.ask(sender, req.rid, key)
-                return [], []
-            return [self.answer_get(req.rid, key)], []
-        if req.op == wire.PUSH:
-            self.counts["pushes"] += 1
-            relays = []
-            records, cleared = req.body
-            if self.clear(cleared):
-                # A clear this hub never saw (it restarted since): others may have missed it too.
-                relays.append(self.relay_clear(cleared))
-            for record in records:
-                self.counts["pushed_records"] += 1
-                if self.merge(record):
-                    relays.append(self.relay(record))
-            return [wire.encode_request(wire.ACK, req.rid, len(relays))], relays
-        if req.op == wire.WRITE:
-            self.counts["writes"] += 1
-            changed = sum(1 for record in req.body[0] if self.merge(record))
-            return [wire.encode_request(wire.ACK, req.rid, changed)], []
-        if req.op == wire.STATS:
-            return [wire.encode_request(wire.STATS_REPLY, req.rid, self.stats())], []
-        self._drop("not a request", WireError(req.op))
-        return [], []
+        """One request from ``sender``; returns ``(replies, frames to publish)`` (see ``requests``)."""
+        return answer_request(self, frames, sender)
 
     def prune(self) -> int:
         """Drop expired sessions and lapsed tombstones from the replica (cost: what expired, not the replica)."""

@@ -160,6 +160,12 @@ def format_status(stats: dict[str, Any], requests: str) -> str:
         (f"  bus          {stats.get('received', 0)} received, {stats.get('applied', 0)} applied, "
          f"{stats.get('gaps', 0)} gaps, lag p50 {_ms(stats.get('lag_ms_p50'))} / p99 {_ms(stats.get('lag_ms_p99'))}"),
     ]
+    persist_stats = stats.get("persist")
+    store_refused = persist_stats.get("store_refused", 0) if isinstance(persist_stats, dict) else 0
+    if stats.get("refused") or store_refused:
+        # Records the record rule kept out (memsession.admission): each was skipped, the others went on.
+        lines.append(f"  refused      {stats.get('refused', 0)} records from the bus or workers, "
+                     f"{store_refused} stored records")
     if stats.get("cleared"):
         lines.append(f"  cleared      every session at or below version {stats['cleared']}")
     dropped = stats.get("dropped") or {}

@@ -122,6 +122,7 @@ class Sidecar:
         self.state = HubState(
             clock=clock, limits=self.hub_config.limits, forget_after=self.hub_config.forget_after,
             max_seq_jump=self.hub_config.max_seq_jump, seq_jump_hold=self.hub_config.seq_jump_hold,
+            max_skew=self.hub_config.max_skew,
             on_change=self.writer.add, on_clear=self._clear_store,
             extra_stats=self._persist_stats, maxsize=self.hub_config.maxsize, read_back=self.reads.submit,
         )
@@ -353,6 +354,8 @@ class Sidecar:
     def _persist_stats(self) -> dict[str, Any]:
         persist = self.writer.stats()
         persist["warm_loaded"] = self.warm_loaded
+        refused = getattr(self.store, "refused", None)  # the adapters' ``RefusedRecords``; own stores may lack it
+        persist["store_refused"] = getattr(refused, "count", 0)
         out: dict[str, Any] = {"role": "sidecar", "store": self.store.name, "persist": persist,
                                "read_back": self.reads.stats()}
         if self.ack_endpoint is not None:

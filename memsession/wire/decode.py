@@ -13,7 +13,8 @@ from typing import Any
 
 import msgpack
 
-from ..errors import WireError
+from ..admission import MAX_ITEMS, field_fault, scan_data
+from ..errors import SessionDataError, WireError
 from ..session import MAX_VERSION, Record
 from .format import (
     _OPS,
@@ -39,6 +40,7 @@ from .format import (
     SET,
     SNAPSHOT,
     STATS,
+    STATS_REPLY,
     TOUCH,
     WRITE,
     Message,
@@ -73,6 +75,10 @@ class Limits:
     max_records: int = 10_000
     #: Deepest nesting inside session data.
     max_depth: int = 32
+    #: Most values in one session's data (``admission``): bounds the objects decoding a record builds.
+    max_items: int = 8 * MAX_ITEMS
+    #: Most changes in one BATCH message (senders put 256 in one).
+    max_batch: int = 1024
 
 
 DEFAULT_LIMITS = Limits()
@@ -99,19 +105,48 @@ def is_own(frames: Sequence[bytes], prefix: bytes) -> bool:
     return bool(payload) and payload[0] & 0xF0 == 0x90 and payload.startswith(prefix, 1)
 
 
-def _unpack(frame: bytes, limits: Limits) -> list[Any]:
+def _refuse_ext(code: int, data: bytes) -> Any:
+    # No ext type is in the format; an empty one passes max_ext_len and would fail every store later.
+    raise ValueError(f"ext type {code}")
+
+
+class _ArrayBudget:
+    """``list_hook`` that stops decoding once a frame built more arrays or items than its op allows.
+
+    msgpack builds one object per byte of ``[[], [], ...]``: without it a
+    16 MiB frame of empty arrays costs a gigabyte before any check runs.
+    """
+
+    __slots__ = ("left",)
+
+    def __init__(self, items: int) -> None:
+        self.left = items
+
+    def __call__(self, value: Any) -> Any:
+        self.left -= len(value) + 1
+        if self.left < 0:
+            raise ValueError("more arrays, maps or items than the op carries")
+        return value
+
+
+def _unpack(frame: bytes, limits: Limits, items: int, maps: int = 0) -> list[Any]:
+    """The payload array of ``frame``: at most ``items`` array elements in all and ``maps`` map entries."""
     if len(frame) > limits.max_frame:
         raise WireError(f"frame of {len(frame)} bytes exceeds {limits.max_frame}")
+    budget = _ArrayBudget(items)
     try:
-        value = msgpack.unpackb(
+        value = _unpackb(
             frame,
             raw=False,
             strict_map_key=True,
             max_bin_len=limits.max_data,
-            max_str_len=limits.max_data,
-            max_array_len=max(limits.max_records, 64),
-            max_map_len=limits.max_records,
+            max_str_len=max(4 * limits.max_key, 1024) if not maps else limits.max_data,
+            max_array_len=items,
+            max_map_len=maps,
             max_ext_len=0,
+            ext_hook=_refuse_ext,
+            list_hook=budget,
+            object_hook=budget if maps else None,
         )
     except Exception as exc:  # msgpack raises many types for bad input; all mean the same here
         raise WireError(f"undecodable payload ({type(exc).__name__})") from exc
@@ -160,69 +195,51 @@ def _key(value: Any, limits: Limits) -> str:
     return value
 
 
-def _check_json(value: Any, depth: int, limits: Limits) -> None:
-    kind = type(value)
-    if kind is str or kind is bool or kind is int or kind is bytes or value is None:
-        return
-    if kind is float:
-        if not math.isfinite(value):
-            raise WireError("non-finite float in data")
-        return
-    if depth >= limits.max_depth:
-        raise WireError("data nested too deep")
-    if kind is dict:
-        for k, v in value.items():
-            if type(k) is not str:
-                raise WireError("data keys must be str")
-            _check_json(v, depth + 1, limits)
-        return
-    if kind is list:
-        for v in value:
-            _check_json(v, depth + 1, limits)
-        return
-    raise WireError(f"data holds a {kind.__name__}")
-
-
 def _data(blob: Any, limits: Limits) -> tuple[dict[str, Any], int, bool]:
     if type(blob) is not bytes:
         raise WireError("data must be bin")
     if len(blob) > limits.max_data:
         raise WireError("data exceeds max_data")
     try:
-        data = _unpackb(blob, raw=False, strict_map_key=True, max_ext_len=0)
+        data = _unpackb(blob, raw=False, strict_map_key=True, max_ext_len=0, ext_hook=_refuse_ext)
     except Exception as exc:
         raise WireError(f"undecodable data ({type(exc).__name__})") from exc
     if type(data) is not dict:
         raise WireError("data must be a map")
-    # One pass for the common flat session; anything nested gets the full recursive check.
-    for k, v in data.items():
-        kind = type(v)
-        if type(k) is not str:
-            raise WireError("data keys must be str")
-        if kind is dict or kind is list:
-            _check_json(data, 0, limits)
-            return data, len(blob), False
-        if kind is float and v - v != 0.0:  # inf - inf and nan - nan are nan
-            raise WireError("non-finite float in data")
-    return data, len(blob), True
+    # One pass takes the common flat session (msgpack ints are 64-bit, keys str or bytes);
+    # anything else is the record rule's to judge (``admission.scan_data``).
+    if len(data) <= limits.max_items:
+        for k, v in data.items():
+            kind = type(v)
+            if type(k) is not str or not (
+                kind is str or kind is int or kind is bool or kind is bytes or v is None
+                or (kind is float and v - v == 0.0)  # inf - inf and nan - nan are nan
+            ):
+                break
+        else:
+            return data, len(blob), True
+    try:
+        flat = scan_data(data, limits.max_depth, limits.max_items)
+    except SessionDataError as exc:
+        raise WireError(f"data: {exc.reason}") from None
+    return data, len(blob), flat
 
 
 def _record(fields: Sequence[Any], deleted: bool, blob: Any, limits: Limits) -> Record:
     key, version, rorigin, created, accessed, expires = fields
-    # Inline checks: this runs for every change on every hop (the helpers name the bad field).
-    if type(key) is not str or not 0 < len(key) <= limits.max_key:
-        _key(key, limits)
-    if type(version) is not int or not 0 <= version <= MAX_VERSION:
-        _int(version, "version", 0, MAX_VERSION)
-    if type(rorigin) is not int or not _I64_MIN <= rorigin <= _U64:
-        _int(rorigin, "origin", _I64_MIN, _U64)
+    # Inline checks: this runs for every change on every hop; the record rule names what is wrong.
     if (
-        type(created) is not float or type(accessed) is not float or type(expires) is not float
-        or created != created or accessed != accessed or expires != expires  # NaN
+        type(key) is not str or not 0 < len(key) <= limits.max_key
+        or type(version) is not int or not 0 < version <= MAX_VERSION
+        or type(rorigin) is not int or not _I64_MIN <= rorigin <= _U64
+        or type(created) is not float or type(accessed) is not float or type(expires) is not float
+        or created - created != 0.0 or accessed - accessed != 0.0 or expires != expires  # inf, NaN
+        or not key.isprintable()
     ):
-        created = _time(created, "created")
-        accessed = _time(accessed, "accessed")
-        expires = _time(expires, "expires")
+        created, accessed, expires = (float(t) if type(t) is int else t for t in (created, accessed, expires))
+        fault = field_fault(key, version, rorigin, created, accessed, expires, deleted, limits.max_key)
+        if fault is not None:
+            raise WireError(fault)
     if deleted:
         if blob is not None and blob != b"\x80":
             raise WireError("tombstone carries data")
@@ -246,7 +263,8 @@ def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
     op, payload = _split(frames)
     if op not in BUS_OPS:
         raise WireError("not a bus op")
-    items = _unpack(payload, limits)
+    # What each op can carry, counted in array items: a BATCH its changes of up to 8 fields each.
+    items = _unpack(payload, limits, 16 + 10 * limits.max_batch if op == BATCH else 16)
     if len(items) < 4:
         raise WireError("truncated header")
     origin = _int(items[0], "origin", _I64_MIN, _U64)
@@ -255,8 +273,8 @@ def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
     sent_us = _int(items[3], "sent_us")
     rest = items[4:]
     if op == BATCH:
-        if len(rest) != 1 or type(rest[0]) is not list or not rest[0]:
-            raise WireError("BATCH needs a non-empty list of items")
+        if len(rest) != 1 or type(rest[0]) is not list or not 0 < len(rest[0]) <= limits.max_batch:
+            raise WireError("BATCH needs a non-empty list of at most max_batch items")
         if seq == 0:
             raise WireError("data message without a sequence number")
         body: Any = [_batch_item(item, limits) for item in rest[0]]
@@ -318,10 +336,21 @@ def _body(op: str, rest: list[Any], limits: Limits) -> Any:
     return _int(rest[0], "nonce" if op == HELLO else "target", _I64_MIN, _U64)
 
 
-def _records(value: Any, limits: Limits) -> list[Record]:
+def _records(value: Any, limits: Limits) -> tuple[list[Record], int]:
+    """The records of a list, skipping the ones the record rule refuses: ``(records, refused)``.
+
+    One bad record must not cost the others: a snapshot chunk that carried
+    one would otherwise fail every join.
+    """
     if type(value) is not list or len(value) > limits.max_records:
         raise WireError("records must be an array within max_records")
-    return [record_from_list(item, limits) for item in value]
+    out = []
+    for item in value:
+        try:
+            out.append(record_from_list(item, limits))
+        except WireError:
+            pass  # counted by the caller from ``Reply.refused``
+    return out, len(value) - len(out)
 
 
 def decode_reply(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Reply:
@@ -329,12 +358,19 @@ def decode_reply(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Re
     op, payload = _split(frames)
     if op not in REQUEST_OPS and op not in REPLY_OPS:
         raise WireError("not a request/reply op")
-    items = _unpack(payload, limits)
+    if op in (CHUNK, WRITE, PUSH, END):  # record lists (8 fields a record) or the sequence vector
+        # Maps too (within the same budget): a record whose field is one is left out, not the whole list.
+        items = _unpack(payload, limits, 16 + 10 * limits.max_records, maps=limits.max_records)
+    elif op == STATS_REPLY:
+        items = _unpack(payload, limits, 16 + limits.max_records, maps=limits.max_records)
+    else:
+        items = _unpack(payload, limits, 16)
     if not items:
         raise WireError("missing request id")
     rid = _int(items[0], "rid")
     rest = items[1:]
     n = len(rest)
+    refused = 0
     body: tuple[Any, ...]
     if op in (SNAPSHOT, STATS):
         if n:
@@ -343,11 +379,13 @@ def decode_reply(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Re
     elif op in (CHUNK, WRITE):
         if n != 1:
             raise WireError(f"{op} needs a record list")
-        body = (_records(rest[0], limits),)
+        records, refused = _records(rest[0], limits)
+        body = (records,)
     elif op == PUSH:
         if n != 2:
             raise WireError("PUSH needs a record list and a clear watermark")
-        body = (_records(rest[0], limits), _int(rest[1], "cleared", 0, MAX_VERSION))
+        records, refused = _records(rest[0], limits)
+        body = (records, _int(rest[1], "cleared", 0, MAX_VERSION))
     elif op == END:
         if n != 5:
             raise WireError("END needs hub_epoch, vector, chunks, records, cleared")
@@ -379,4 +417,4 @@ def decode_reply(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Re
         if n != 1 or type(rest[0]) is not dict:
             raise WireError("STATS REPLY needs a map")
         body = (rest[0],)
-    return Reply(op, rid, body)
+    return Reply(op, rid, body, refused)

@@ -79,9 +79,14 @@ where ``record`` is ``[key, version, rorigin, created, accessed, expires,
 deleted, data]``.
 
 Decoding checks the topic, the frame count, every size limit (``Limits``) and
-every field's type before building anything. Whatever is wrong, the decoder
-raises ``WireError`` with a short ``reason``; receivers count and log it and
-carry on.
+every field's type before building anything. Each op bounds how many array
+items its payload may build (a BATCH ``max_batch`` changes, a record list
+``max_records`` records), so decoding work never grows with a frame
+beyond what its op carries; no msgpack ext type is accepted. Records obey
+the record rule's shape (``memsession.admission``). Whatever is wrong, the
+decoder raises ``WireError`` with a short ``reason``; receivers count and log
+it and carry on. In a record list (CHUNK, PUSH, WRITE) a refused record is
+left out and counted in ``Reply.refused``; the others are taken.
 """
 
 from __future__ import annotations
@@ -167,3 +172,5 @@ class Reply(NamedTuple):
     op: str
     rid: int
     body: tuple[Any, ...]
+    #: Records of a CHUNK, PUSH or WRITE the record rule refused and ``body`` leaves out.
+    refused: int = 0

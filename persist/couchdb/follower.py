@@ -18,7 +18,7 @@ import httpx
 import orjson
 
 from memsession.clock import SYSTEM_CLOCK, Clock
-from memsession.errors import StoreError, StoreUnavailable
+from memsession.errors import RecordRefused, StoreError, StoreUnavailable
 from memsession.session import Record
 from memsession.validate import check_number
 
@@ -59,8 +59,11 @@ class CouchFollower:
     that rose (in the feed, or read at each connect: clears made while not
     following count too) goes once to ``on_clear`` (e.g. the cache's
     ``apply_clear``), if given, as an int, and to ``watermark``; a live
-    document at or below it is not handed over. An exception from a
-    callback is logged and counted; the follower goes on.
+    document at or below it is not handed over. A document the record rule
+    refuses (``memsession.admission``) is skipped and counted as
+    ``refused``; ``on_record=cache.apply`` applies the cache's own rules on
+    top. An exception from a callback is logged and counted; the follower
+    goes on.
     """
 
     def __init__(
@@ -89,7 +92,7 @@ class CouchFollower:
         self.max_line_bytes = max_line_bytes
         self.clock = clock
         self.counts = dict.fromkeys(
-            ("changes", "records", "deletions", "clears", "errors", "reconnects", "skipped"), 0
+            ("changes", "records", "deletions", "clears", "errors", "reconnects", "skipped", "refused"), 0
         )
         self.connected = threading.Event()
         self._stop = threading.Event()
@@ -198,7 +201,14 @@ class CouchFollower:
                 self.on_record(Record(key, {}, _EVICTION_VERSION, 0, now, now, now, True))
                 self.counts["deletions"] += 1
             else:
-                record = self.store._record(change.get("doc"))
+                try:
+                    record = self.store._record(change.get("doc"))
+                except RecordRefused as exc:
+                    # Skipped and counted (store and feed), logged without its id: the feed goes on.
+                    self.counts["refused"] += 1
+                    self.store.refused.skip(exc)
+                    self.since = seq
+                    return True
                 if cleared_by(record, self.watermark):
                     self.counts["skipped"] += 1  # a late write the clear covers: stores ignore it too
                 else:

@@ -35,13 +35,14 @@ from typing import Any
 import httpx
 import orjson
 
-from memsession.errors import ConfigError, StoreError, StoreRejected, StoreUnavailable
+from memsession.errors import ConfigError, RecordRefused, StoreError, StoreRejected, StoreUnavailable
 from memsession.session import Record
 from memsession.validate import check_int
 
 from ..base import (
     MAX_VERSION,
     WATERMARK_KEY,
+    RefusedRecords,
     check_open,
     cleared_by,
     coalesce,
@@ -109,6 +110,8 @@ class CouchStore(ClearableDatabase):
         self.page_size = page_size
         self.purge_batch = purge_batch
         self.conflict_retries = conflict_retries
+        #: Stored documents the record rule refused (skipped by ``load``, ``load_all`` and the follower).
+        self.refused = RefusedRecords(NAME)
         super().__init__(
             url,
             client,
@@ -168,6 +171,7 @@ class CouchStore(ClearableDatabase):
         return doc
 
     def _record(self, doc: Any) -> Record:
+        """The document's record: ``RecordRefused`` if the record rule refuses it, ``StoreError`` if it is none."""
         try:
             doc_id = doc["_id"]
             if not doc_id.startswith(self.prefix):
@@ -185,6 +189,8 @@ class CouchStore(ClearableDatabase):
                 doc.get("expires"),
                 doc.get("deleted", False),
             )
+        except RecordRefused:
+            raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             # No id in the message: session ids must not reach logs.
             raise StoreError(f"a CouchDB document is not a session: {exc}", store=NAME, op="load") from exc
@@ -198,7 +204,11 @@ class CouchStore(ClearableDatabase):
         row = current.get(doc_id)
         if row is None:
             return None
-        record = self._record(row["doc"])
+        try:
+            record = self._record(row["doc"])
+        except RecordRefused as exc:
+            self.refused.skip(exc)
+            return None
         mark = current.get(WATERMARK_KEY)
         if mark is not None and cleared_by(record, self._watermark_of(mark["doc"], "load")):
             return None
@@ -224,7 +234,12 @@ class CouchStore(ClearableDatabase):
             _, payload = self._request("load_all", "GET", "_all_docs", params=params)
             rows = payload.get("rows", [])
             for row in rows:
-                record = self._record(row["doc"])
+                try:
+                    record = self._record(row.get("doc"))
+                except (RecordRefused, StoreError) as exc:
+                    # One bad document must not cost every other (a sidecar loads them all at start).
+                    self.refused.skip(exc)
+                    continue
                 if record.expires > now and not cleared_by(record, watermark):
                     yield record
             if len(rows) < self.page_size:

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, NamedTuple
 
-import msgpack
 import orjson
 
-from memsession.errors import StoreCorrupt
+from memsession.errors import RecordRefused, StoreCorrupt
 from memsession.session import Record
 
 from ..base import cleared_by, decode_data, json_default, jsonable_data, record_from_dict, record_to_dict
@@ -122,8 +121,15 @@ class Snapshot(NamedTuple):
     records: Iterator[Record]
 
 
-def open_snapshot(path: str, now: float, *, max_line_bytes: int = 8 << 20) -> Snapshot:
+def open_snapshot(
+    path: str, now: float, *, max_line_bytes: int = 8 << 20,
+    on_refused: Callable[[RecordRefused], None] | None = None,
+) -> Snapshot:
     """Read a snapshot's header now and its records as they are iterated.
+
+    A well-formed record the record rule refuses (``persist.base.make_record``:
+    a version out of range, a NaN, data nested too deep...) is skipped and
+    handed to ``on_refused``; the others load.
 
     Raises ``StoreCorrupt`` naming the file and the line when anything is
     wrong (bad header, other format version, bad record, missing trailer,
@@ -153,7 +159,7 @@ def open_snapshot(path: str, now: float, *, max_line_bytes: int = 8 << 20) -> Sn
     except BaseException:
         f.close()
         raise
-    return Snapshot(cleared, _records(f, path, header.get("count"), cleared, now, max_line_bytes))
+    return Snapshot(cleared, _records(f, path, header.get("count"), cleared, now, max_line_bytes, on_refused))
 
 
 def read_snapshot(path: str, now: float, *, max_line_bytes: int = 8 << 20) -> Iterator[Record]:
@@ -162,14 +168,13 @@ def read_snapshot(path: str, now: float, *, max_line_bytes: int = 8 << 20) -> It
 
 
 def _records(
-    f: IO[bytes], path: str, count: Any, cleared: int, now: float, max_line_bytes: int
+    f: IO[bytes], path: str, count: Any, cleared: int, now: float, max_line_bytes: int,
+    on_refused: Callable[[RecordRefused], None] | None,
 ) -> Iterator[Record]:
     with f:
         seen = 0
         lineno = 1
         loads = orjson.loads
-        packb = msgpack.packb
-        containers = (dict, list)
         while True:
             line = f.readline(max_line_bytes + 1)
             lineno += 1
@@ -184,31 +189,13 @@ def _records(
                 if type(obj) is dict and "end" in obj:
                     break
                 data = obj["d"]
-                key, expires = obj["k"], obj["e"]
-                if (
-                    # The shape write_snapshot writes; anything else takes the checked path.
-                    type(data) is dict
-                    and b'"$' not in line
-                    and type(key) is str
-                    and key
-                    and type(obj["v"]) is int
-                    and type(obj["o"]) is int
-                    and type(obj["c"]) is float
-                    and type(obj["a"]) is float
-                    and type(expires) is float
-                    and type(obj["x"]) is bool
-                ):
-                    flat = True
-                    for value in data.values():
-                        if type(value) in containers:
-                            flat = False
-                            break
-                    record = Record(
-                        key, data, obj["v"], obj["o"], obj["c"], obj["a"], expires, obj["x"], flat,
-                        len(packb(data)),
-                    )
-                else:
-                    record = record_from_dict(obj, decode_data(data, line))
+                # The record rule's shape (``make_record``): a record it refuses is skipped, not the file.
+                record = record_from_dict(obj, data if b'"$' not in line else decode_data(data, line))
+            except RecordRefused as exc:
+                seen += 1
+                if on_refused is not None:
+                    on_refused(exc)
+                continue
             except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
                 raise StoreCorrupt(path, f"line {lineno}: bad record ({exc})", store=NAME) from exc
             seen += 1

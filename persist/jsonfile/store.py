@@ -20,7 +20,7 @@ from memsession.errors import ConfigError, StoreCorrupt, StoreError
 from memsession.session import Record
 from memsession.validate import check_choice, check_number
 
-from ..base import check_clear_version, check_open, cleared_by, coalesce, supersedes
+from ..base import RefusedRecords, check_clear_version, check_open, cleared_by, coalesce, supersedes
 from .snapshot import NAME, open_snapshot, write_snapshot
 
 __all__ = ["JsonFileStore"]
@@ -92,13 +92,19 @@ class JsonFileStore:
         self._closed = False
         self.snapshots = 0
         self.snapshot_errors = 0
+        #: Records of the file the record rule refused (skipped at load).
+        self.refused = RefusedRecords(NAME)
         try:
-            snapshot = open_snapshot(self.path, clock.wall(), max_line_bytes=max_line_bytes)
+            snapshot = open_snapshot(self.path, clock.wall(), max_line_bytes=max_line_bytes,
+                                     on_refused=self.refused.skip)
             # Kept even if a record turns out damaged: a watermark read is one more
             # guard against resurrection, whatever happens to the records.
             self._cleared = snapshot.cleared
+            records = self._records
             for record in snapshot.records:
-                self._records[record.key] = record
+                # A file edited by hand (or joined from two) may repeat a key: the merge rule picks.
+                if supersedes(record, records.get(record.key)):
+                    records[record.key] = record
         except FileNotFoundError:
             pass
         except StoreCorrupt:
@@ -246,4 +252,5 @@ class JsonFileStore:
             "unsaved_changes": self._changes,
             "snapshots": self.snapshots,
             "snapshot_errors": self.snapshot_errors,
+            "refused": self.refused.count,
         }

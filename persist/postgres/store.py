@@ -19,11 +19,12 @@ import orjson
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from memsession.errors import ConfigError, StoreError, StoreRejected, StoreUnavailable
+from memsession.errors import ConfigError, RecordRefused, StoreError, StoreRejected, StoreUnavailable
 from memsession.session import Record
 from memsession.validate import check_int
 
 from ..base import (
+    RefusedRecords,
     check_clear_version,
     check_open,
     coalesce,
@@ -100,6 +101,8 @@ class PostgresStore:
             check_int(option, value)
         self.page_size = page_size
         self.purge_batch = purge_batch
+        #: Stored rows the record rule refused (skipped by ``load`` and ``load_all``).
+        self.refused = RefusedRecords(_NAME)
         self._closed = False
         self._owns_pool = pool is None
         if pool is None:
@@ -174,13 +177,16 @@ class PostgresStore:
 
     # -- the Store protocol ---------------------------------------------------------
 
-    @staticmethod
-    def _record(row: tuple[Any, ...]) -> Record:
+    def _record(self, row: tuple[Any, ...]) -> Record | None:
+        """The row's record; None (counted in ``refused``) if the record rule refuses it."""
         key, text, version, origin, created, accessed, expires, deleted = row
         try:
             return make_record(
                 key, decode_data(orjson.loads(text), text), version, origin, created, accessed, expires, deleted
             )
+        except RecordRefused as exc:
+            self.refused.skip(exc)
+            return None
         except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
             # No key in the message: session ids must not reach logs.
             raise StoreError(f"a stored row can't be read: {exc}", store=_NAME, op="load") from exc
@@ -204,7 +210,14 @@ class PostgresStore:
 
             rows = self._run("load_all", work)
             for row in rows:
-                yield self._record(row)
+                try:
+                    record = self._record(row)
+                except StoreError as exc:
+                    # One unreadable row must not cost every other (a sidecar loads them all at start).
+                    self.refused.skip(exc)
+                    continue
+                if record is not None:
+                    yield record
             if len(rows) < self.page_size:
                 return
             after = rows[-1][0]

@@ -1,0 +1,285 @@
+"""The one record rule: what a record from elsewhere must be before anything merges it.
+
+Records reach a process through many doors: bus messages, hub requests and
+pushes, snapshot chunks, every store's ``load``/``load_all``/preload, the
+CouchDB changes feed, the JSON snapshot file. Every door applies the same two
+checks from this module, so one bad record is refused the same way wherever
+it comes from, and never more than that one record is lost:
+
+* **shape** (``field_fault``, ``scan_data``), which needs no clock and no
+  local option: the key is a printable str of 1..``max_key`` characters; the
+  version an int in ``(0, MAX_VERSION]`` (0 only for a tombstone: the CouchDB
+  follower's evictions outrank no real write); the origin a 64-bit int;
+  ``created`` and ``accessed`` finite; ``expires`` a number, not NaN; data a
+  dict with str keys holding only str, int (64-bit), finite float, bool,
+  None, bytes, list and dict, nested at most ``max_depth`` deep and at most
+  ``max_items`` values in all. The wire decoder and the shared store decoding
+  (``persist.base.make_record``) run it as they build records.
+* **local rules** (``RecordRules.admit``), from this process's options and
+  wall clock: the version at most ``max_skew`` seconds ahead of this clock
+  (an HLC version is wall milliseconds and a counter), ``created`` and
+  ``accessed`` not ahead of it beyond the skew either, serialized data within
+  ``max_bytes`` (a worker's ``max_session_bytes``, what its own ``set()``
+  allows), and ``expires`` clamped to what this process's ``idle_timeout`` /
+  ``max_age`` allow from ``created``/``accessed`` (a tombstone's to
+  ``accessed + tombstone_ttl``). A worker's ``Replica.apply`` and the hub's
+  merge run it before the merge rule.
+
+**Memory.** ``max_items`` bounds what Python holds for one session's data,
+which ``max_session_bytes`` alone does not (64 KiB of msgpack empty arrays
+are 64K list objects, about 4 MiB). Every value costs at most about 200
+bytes of objects (an empty dict, 64 bytes, in a dict slot with its key str)
+plus its own bytes, so one session holds at most about
+``max_items * 200 + 2 * max_bytes``: 1.7 MiB at the defaults (8192 items,
+64 KiB), typically far less.
+
+A refused record is skipped and counted (``refused`` in the stats of the
+cache, hub, store or follower that refused it) and logged through
+``refusals.log_refusal``, with the reason and never the session id.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from .clock import COUNTER_BITS
+from .errors import RecordRefused, SessionDataError
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .session import Record
+
+__all__ = [
+    "DEFAULT_MAX_SKEW",
+    "MAX_DEPTH",
+    "MAX_ITEMS",
+    "MAX_KEY",
+    "MAX_VERSION",
+    "RecordRules",
+    "field_fault",
+    "max_version_at",
+    "scan_data",
+]
+
+#: Seconds a record's version or times may be ahead of this process's wall clock (clock drift between hosts).
+DEFAULT_MAX_SKEW = 60.0
+#: Deepest nesting of session data (the top-level dict is depth 0).
+MAX_DEPTH = 32
+#: Most values (scalars and containers, at every depth) in one session's data, locally.
+MAX_ITEMS = 8192
+#: Longest key (characters).
+MAX_KEY = 256
+#: The largest version (and clear watermark) anything accepts: a signed 64-bit int, as stores keep it.
+MAX_VERSION = (1 << 63) - 1
+
+_INT_MIN = -(1 << 63)
+_U64 = (1 << 64) - 1
+
+
+# -- data ---------------------------------------------------------------------------
+
+
+def _count(value: Any, depth: int, max_depth: int) -> int:
+    """How many values ``value`` is (itself included), or -1 if it is not allowed: the fast walk."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None or kind is bytes:
+        return 1
+    if kind is int:
+        return 1 if _INT_MIN <= value <= _U64 else -1
+    if kind is float:
+        return 1 if value - value == 0.0 else -1  # false for inf and nan
+    if depth >= max_depth:
+        return -1
+    n = 1
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return -1
+            c = _count(item, depth + 1, max_depth)
+            if c < 0:
+                return -1
+            n += c
+        return n
+    if kind is list or kind is tuple:
+        for item in value:
+            c = _count(item, depth + 1, max_depth)
+            if c < 0:
+                return -1
+            n += c
+        return n
+    return -1
+
+
+def _fault(value: Any, path: str, depth: int, max_depth: int) -> SessionDataError | None:
+    """The first disallowed value under ``value`` with its path: the slow walk, run only on failure."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None or kind is bytes:
+        return None
+    if kind is int:
+        return None if _INT_MIN <= value <= _U64 else SessionDataError(path, value, "integer outside the 64-bit range")
+    if kind is float:
+        return None if math.isfinite(value) else SessionDataError(path, value, f"{value!r} is not JSON-compatible")
+    if depth >= max_depth:
+        return SessionDataError(path, value, f"nested deeper than {max_depth} levels")
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return SessionDataError(f"{path}[{key!r}]", key, "dict keys must be str")
+            fault = _fault(item, f"{path}[{key!r}]", depth + 1, max_depth)
+            if fault is not None:
+                return fault
+        return None
+    if kind is list or kind is tuple:
+        for index, item in enumerate(value):
+            fault = _fault(item, f"{path}[{index}]", depth + 1, max_depth)
+            if fault is not None:
+                return fault
+        return None
+    return SessionDataError(path, value, "only str, int, float, bool, None, bytes, list, tuple and dict are allowed")
+
+
+def scan_data(data: Mapping[str, Any], max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS) -> bool:
+    """Check session data against the data rule; return whether it is flat (no container values).
+
+    Raises ``SessionDataError`` naming the path of the first bad value (or
+    the item count). One pass over the top level for the common flat
+    session; containers get the recursive walk, and only a failure the slow
+    one that names the path. Every door uses it: ``set()`` (through
+    ``session.prepare_packed``), the wire decoder and the stores.
+    """
+    if len(data) > max_items:
+        raise SessionDataError("session", data, f"holds more than {max_items} values")
+    flat = True
+    items = 0
+    for key, value in data.items():
+        if type(key) is not str:
+            raise SessionDataError(f"session[{key!r}]", key, "keys must be str")
+        kind = type(value)
+        if kind is str or kind is bool or value is None or kind is bytes:
+            items += 1
+            continue
+        if kind is dict or kind is list or kind is tuple:
+            flat = False
+        c = _count(value, 1, max_depth)
+        if c < 0:
+            fault = _fault(value, f"session[{key!r}]", 1, max_depth)
+            assert fault is not None  # the two walks apply the same rule
+            raise fault
+        items += c
+    if items > max_items:
+        raise SessionDataError("session", data, f"holds {items} values; the limit is {max_items}")
+    return flat
+
+
+# -- fields ---------------------------------------------------------------------------
+
+
+def field_fault(
+    key: Any, version: Any, origin: Any, created: Any, accessed: Any, expires: Any, deleted: bool,
+    max_key: int = MAX_KEY,
+) -> str | None:
+    """What is wrong with a record's fields (never quoting the key), or None: the shape rule."""
+    if type(key) is not str or not 0 < len(key) <= max_key or not key.isprintable():
+        return f"key is not a printable str of 1 to {max_key} characters"
+    if type(version) is not int or not (0 < version <= MAX_VERSION or (version == 0 and deleted)):
+        return "version is not an int in (0, 2**63 - 1]"
+    if type(origin) is not int or not _INT_MIN <= origin <= _U64:
+        return "origin is not a 64-bit int"
+    for name, value in (("created", created), ("accessed", accessed)):
+        if type(value) is not float or not math.isfinite(value):
+            return f"{name} is not a finite float"
+    if type(expires) is not float or expires != expires:
+        return "expires is not a float"
+    return None
+
+
+def max_version_at(wall: float, max_skew: float) -> int:
+    """The highest version accepted at wall time ``wall``: issued at most ``max_skew`` seconds ahead."""
+    return min(MAX_VERSION, (int((wall + max_skew) * 1000) << COUNTER_BITS) | ((1 << COUNTER_BITS) - 1))
+
+
+# -- local rules ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordRules:
+    """The record rule of one process: the shape bounds plus its own options (see the module docstring)."""
+
+    #: Longest key (characters).
+    max_key: int = MAX_KEY
+    #: Deepest nesting of data.
+    max_depth: int = MAX_DEPTH
+    #: Most values in one session's data.
+    max_items: int = MAX_ITEMS
+    #: Largest serialized data (msgpack bytes).
+    max_bytes: int = 64 * 1024
+    #: Seconds a version, ``created`` or ``accessed`` may be ahead of the wall clock.
+    max_skew: float = DEFAULT_MAX_SKEW
+    #: This process's session timeouts (None: off); ``expires`` is clamped to them.
+    idle_timeout: float | None = None
+    max_age: float | None = None
+    #: How long this process keeps a tombstone (None: a tombstone's ``expires`` is not clamped).
+    tombstone_ttl: float | None = None
+
+    @classmethod
+    def for_cache(cls, config: Config) -> RecordRules:
+        """A worker's rules: its ``Config`` (timeouts, ``max_session_bytes``, items, skew)."""
+        return cls(
+            max_items=config.max_session_items,
+            max_bytes=config.max_session_bytes,
+            max_skew=config.max_skew,
+            idle_timeout=config.idle_timeout,
+            max_age=config.max_age,
+            tombstone_ttl=config.tombstone_ttl,
+        )
+
+    @classmethod
+    def for_hub(cls, limits: Any, max_skew: float = DEFAULT_MAX_SKEW) -> RecordRules:
+        """A hub's rules: its ``wire.Limits`` (the hub knows no session timeouts, so nothing is clamped)."""
+        return cls(
+            max_key=limits.max_key, max_depth=limits.max_depth, max_items=limits.max_items,
+            max_bytes=limits.max_data, max_skew=max_skew,
+        )
+
+    def admit(self, record: Record, wall: float) -> Record:
+        """``record`` as this process may hold it (``expires`` clamped), or ``RecordRefused``."""
+        fault = field_fault(record.key, record.version, record.origin, record.created, record.accessed,
+                            record.expires, record.deleted, self.max_key)
+        if fault is not None:
+            raise RecordRefused(fault)
+        ahead = wall + self.max_skew
+        if record.version > max_version_at(wall, self.max_skew):
+            raise RecordRefused(f"version is more than {self.max_skew:g}s ahead of this clock")
+        if record.created > ahead or record.accessed > ahead:
+            raise RecordRefused(f"created or accessed is more than {self.max_skew:g}s ahead of this clock")
+        if type(record.data) is not dict:
+            raise RecordRefused("data is not a dict")
+        if record.deleted:
+            if record.data:
+                raise RecordRefused("a tombstone carries data")
+            if self.tombstone_ttl is not None and record.expires > record.accessed + self.tombstone_ttl:
+                return replace(record, expires=record.accessed + self.tombstone_ttl)
+            return record
+        if record.size > self.max_bytes:
+            raise RecordRefused(f"data is {record.size} bytes serialized; the limit is {self.max_bytes}")
+        try:
+            scan_data(record.data, self.max_depth, self.max_items)
+        except SessionDataError as exc:
+            raise RecordRefused(f"data: {exc.reason}") from None
+        from .session import compute_expires  # session imports this module for the data rule
+
+        bound = compute_expires(record.created, record.accessed, self.idle_timeout, self.max_age)
+        if record.expires > bound:
+            return replace(record, expires=bound)
+        return record
+
+    def clear_fault(self, version: Any, wall: float) -> str | None:
+        """What is wrong with a clear watermark from elsewhere, or None."""
+        if type(version) is not int or not 0 <= version <= MAX_VERSION:
+            return "clear watermark is not an int in [0, 2**63 - 1]"
+        if version > max_version_at(wall, self.max_skew):
+            return f"clear watermark is more than {self.max_skew:g}s ahead of this clock"
+        return None
