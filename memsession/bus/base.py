@@ -19,16 +19,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .. import wire
-from ..clock import SYSTEM_CLOCK, Clock, version_wall_ms
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import WireError
 from ..refusals import log_refusal
 from ..session import Record, touched_copy
 from .config import BusConfig
 from .contract import Bus, Clear, Outgoing, ReplicaTarget
 from .sequence import DUP, GAP, JUMP, SequenceTracker
-from .streams import new_epoch, percentiles
+from .streams import is_touch, new_epoch, percentiles
 
-__all__ = ["Bus", "BusConfig", "Clear", "ReplicaTarget", "Replicator", "new_epoch", "percentiles"]
+__all__ = ["Bus", "BusConfig", "Clear", "ReplicaTarget", "Replicator", "is_touch", "new_epoch", "percentiles"]
 
 log = logging.getLogger("memsession.bus")
 
@@ -41,15 +41,6 @@ HELLO = "hello"
 RESYNC = "resync"
 REPAIR = "repair"
 SKIPPED = "skipped"
-
-
-def is_touch(record: Record) -> bool:
-    """A coalesced touch: same version as the write, access time well after it.
-
-    A set's version is issued after its access time is read, so it is never
-    older than it; misreading a touch as a set only costs bandwidth.
-    """
-    return not record.deleted and version_wall_ms(record.version) < int(record.accessed * 1000) - 1
 
 
 class Replicator:
@@ -343,13 +334,8 @@ class Replicator:
         return seen is not None and not self.repair_due and self.clock.monotonic() - seen >= gather
 
     def holds_only_copy(self) -> bool:
-        """Whether changes published here may have reached no hub.
-
-        So when a repair is due, the hub is late, or we published since we last
-        heard it. Changes published while the hub was away (a sidecar restart)
-        reached no one; a process closing then (a recycled worker) would take
-        them along.
-        """
+        """Whether changes published here may have reached no hub: a repair is due, the hub is late, or
+        we published since we last heard it (a process closing then would take them along)."""
         if self.seq == 0:
             return False
         last = self.last_hub_beat

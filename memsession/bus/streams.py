@@ -1,7 +1,8 @@
-"""Two helpers every end of a stream shares, the workers' replicators and the hub alike.
+"""Helpers every end of a stream shares, the workers' replicators and the hub alike.
 
 ``new_epoch`` names a stream when its process starts; ``percentiles`` sums up
-the delivery lag of what it received, for ``stats``.
+the delivery lag of what it received, for ``stats``; ``is_touch`` tells a
+coalesced access from a write.
 """
 
 from __future__ import annotations
@@ -9,9 +10,19 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable
 
-from ..clock import SYSTEM_CLOCK, Clock
+from ..clock import SYSTEM_CLOCK, Clock, version_wall_ms
+from ..session import Record
 
-__all__ = ["new_epoch", "percentiles"]
+__all__ = ["is_touch", "new_epoch", "percentiles"]
+
+
+def is_touch(record: Record) -> bool:
+    """A coalesced touch: same version as the write, access time well after it.
+
+    A set's version is issued after its access time is read, so it is never
+    older than it; misreading a touch as a set only costs bandwidth.
+    """
+    return not record.deleted and version_wall_ms(record.version) < int(record.accessed * 1000) - 1
 
 
 def new_epoch(clock: Clock = SYSTEM_CLOCK) -> int:
