@@ -18,8 +18,9 @@ serialises calls. Rules:
   store has been down a while) the queue *overflows*: live records are dropped
   from it and counted as ``overflowed``; ``rewrite_due`` tells the runner to
   write everything its owner holds in memory once the store is back. While a
-  rewrite is due or running, live records are not queued (``deferred``), since
-  the rewrite brings them. Tombstones are always kept (one that lapses in
+  rewrite is due, live records are not queued (``deferred``), since the rewrite
+  brings them; once it runs they are queued again (it may have read memory
+  before they arrived). Tombstones are always kept (one that lapses in
   memory before it reached the store would let the old session come back from
   it); only if tombstones alone fill the queue is the oldest dropped (``lost``).
 * **Clear.** ``clear(version)`` drops queued live records at or below
@@ -102,7 +103,9 @@ class WriteQueue:
             else:
                 self.counts["stale"] += 1
             return False
-        if (self.rewrite_due or self.rewriting) and not record.deleted:
+        if self.rewrite_due and not record.deleted:
+            # The rewrite, when it starts, reads memory, which already holds this record. Once it
+            # has started, records are queued again: it may have read memory before them.
             self.counts["deferred"] += 1
             return False
         overflowed = False

@@ -236,7 +236,8 @@ def quiesced(sidecar: SidecarProcess, load: Load, postgres_url: str) -> None:
     while left and time.monotonic() < deadline:
         time.sleep(0.1)
         left = differences()
-    assert not left, f"{len(left)} sessions differ in the database: {list(left.items())[:3]}"
+    assert not left, (f"{len(left)} sessions differ in the database: {list(left.items())[:3]}\n"
+                      f"{sidecar.stats()['persist']}\n{sidecar.tail(30)}")
     with Readers(load.url) as readers:
         for sid, data in load.model.items():
             _, answers = read_everywhere(readers, load.cookies[sid], reads=9)

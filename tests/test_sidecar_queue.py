@@ -96,6 +96,20 @@ def test_overflow_keeps_tombstones_and_asks_for_a_rewrite() -> None:
     assert not q.rewrite_due
 
 
+def test_a_change_arriving_while_the_rewrite_runs_is_queued() -> None:
+    # The rewrite read memory when it started; a change merged after that is not in what it
+    # writes, so it must be queued (deferring it lost it from the store under load).
+    q = WriteQueue(limit=1)
+    q.add(rec("a", 1))
+    q.add(rec("b", 1))  # overflows
+    q.start_rewrite()
+    q.add(rec("a", 2))
+    assert q.get("a") is not None and q.get("a").version == 2
+    assert not q.settled("a", 2, 1)
+    q.end_rewrite(True)
+    assert [r.key for r in q.take(10)] == ["a"]
+
+
 def test_only_tombstones_beyond_the_limit_are_lost() -> None:
     q = WriteQueue(limit=2)
     for i in range(4):
