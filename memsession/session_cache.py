@@ -30,7 +30,8 @@ class SessionCache(Replica):
 
     ``SessionCache(config=None, *, clock=SYSTEM_CLOCK, origin=None, **options)``:
     options are ``Config`` fields (``maxsize``, ``idle_timeout``, ``max_age``,
-    ``touch_interval``, ``tombstone_ttl``, ``max_session_bytes``) and override
+    ``touch_interval``, ``tombstone_ttl``, ``max_session_bytes``,
+    ``max_session_items``, ``max_skew``, ``outage_budget``) and override
     ``config``. Safe to share between threads.
     """
 

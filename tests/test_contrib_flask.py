@@ -54,6 +54,8 @@ def make_app(**config: object) -> Flask:
     @app.post("/regenerate")
     def regenerate():
         session.regenerate()
+        if "big" in request.args:
+            session["big"] = "x" * int(request.args["big"])
         return "ok"
 
     @app.post("/boom")
@@ -276,6 +278,18 @@ def test_a_session_grown_past_the_limit_is_one_500_and_one_log_line_and_stays_as
     message = caplog.records[0].getMessage()
     assert "max_session_bytes=256" in message and "xxx" not in message
     assert not any(sid in message for sid in before)
+    assert stored(app) == before
+    assert client.get("/read").get_json() == {"a": 1}
+
+
+def test_a_regenerated_session_over_the_limit_keeps_the_old_one(caplog) -> None:
+    # The old id used to be destroyed before the new one was refused: a logout.
+    app = make_app(MEMSESSION_MAX_SESSION_BYTES=256)
+    client = app.test_client()
+    client.post("/set", json={"a": 1})
+    before = stored(app)
+    response = client.post("/regenerate?big=1000")
+    assert response.status_code == 500 and cookie_of(response) is None
     assert stored(app) == before
     assert client.get("/read").get_json() == {"a": 1}
 

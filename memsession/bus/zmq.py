@@ -32,6 +32,7 @@ from typing import Any
 from .. import security, wire
 from ..clock import SYSTEM_CLOCK
 from ..errors import BusError, ConfigError
+from ..refusals import log_refusal
 from ..session import Record
 from .base import HELLO, RESYNC, BusConfig, Clear, ReplicaTarget, Replicator
 from .replies import collect_replies
@@ -40,8 +41,7 @@ __all__ = ["ZmqBus"]
 
 log = logging.getLogger("memsession.bus")
 
-#: Objects inherited across fork that must never be closed or collected in the child.
-_INHERITED: list[Any] = []
+_INHERITED: list[Any] = []  # objects inherited across fork: never closed or collected in the child
 _PUSH_BATCH = 1000
 #: Most changes in one BATCH message (1 KB sessions: ~256 KB, well inside ``Limits.max_frame``).
 _SEND_BATCH = 256
@@ -108,7 +108,10 @@ class ZmqBus:
         # No getpid() check here (a system call per change): a fork runs _after_fork in the child.
         queue = self._queue
         if len(queue) >= self.config.queue_size:
+            # Dropped before it is numbered (no receiver sees a gap): it stays here and in our store.
             self._queue_dropped += 1
+            log_refusal(log, "bus send queue full: a change was not sent", self._queue_dropped,
+                        f"queue_size={self.config.queue_size}")
             return
         queue.append(record if packed is None else (record, packed))
         if len(queue) == 1:
@@ -146,26 +149,26 @@ class ZmqBus:
         return self._joined.wait(timeout)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._hand_over()
-        self._closed = True
-        self._shutdown()
+        if not self._closed:
+            self._hand_over()
+            self._closed = True
+            self._shutdown()
 
     def _hand_over(self) -> None:
-        """Before leaving, let a hub take what may exist only here (``Replicator.holds_only_copy``):
-        wait up to ``close_timeout`` for the receiver's repair, which pushes our state to a new hub."""
+        """Wait up to ``close_timeout`` for a hub to take what may exist only here (``holds_only_copy``)."""
         rep = self.replicator
-        if rep is None or self._pid != os.getpid() or not self._joined.is_set() or not rep.holds_only_copy():
+        if rep is None or self._pid != os.getpid() or not rep.holds_only_copy():
+            return  # (the receiver's repair pushes our state to a new hub)
+        if not self._joined.is_set():
+            log.warning("closing before any hub answered: what was written here is only where it was persisted")
             return
         deadline = time.monotonic() + self.config.close_timeout
-        log.info("hub away at close: waiting up to %.1fs to hand over this process's sessions",
-                 self.config.close_timeout)
+        (log.info if rep.repair_due else log.debug)(
+            "waiting up to %.1fs at close for a hub to take this process's changes", self.config.close_timeout)
         while rep.holds_only_copy() and time.monotonic() < deadline and all(t.is_alive() for t in self._threads):
             time.sleep(0.05)
         if rep.holds_only_copy():
-            log.warning("closed without a hub to hand over to: changes made since it went away "
-                        "are only where this process persisted them")
+            log.warning("closed with no hub to hand over to: what was written since is only where it was persisted")
 
     def __repr__(self) -> str:
         return f"ZmqBus(publish={self.config.publish!r}, mode={self.config.mode!r})"

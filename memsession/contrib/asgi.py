@@ -59,9 +59,15 @@ def _raw(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
-async def _refuse(scope: Scope, send: Send, exc: BaseException) -> None:
-    """The fail-safe: 503 with Retry-After (a WebSocket is closed with 1013, try again later)."""
+async def _refuse(scope: Scope, receive: Receive, send: Send, exc: BaseException) -> None:
+    """The fail-safe: 503 with Retry-After (a WebSocket is closed with 1013, try again later).
+
+    The WebSocket is accepted first: closed before that, the client would see
+    only a 403 handshake rejection, never the code.
+    """
     if scope["type"] == "websocket":
+        if (await receive()).get("type") == "websocket.connect":
+            await send({"type": "websocket.accept"})
         await send({"type": "websocket.close", "code": _TRY_AGAIN_LATER})
         return
     status, headers, body = unavailable_reply(exc)
@@ -126,7 +132,7 @@ class SessionMiddleware:
             else:
                 session = manager.open(values)
         except UNAVAILABLE as exc:
-            await _refuse(scope, send, exc)
+            await _refuse(scope, receive, send, exc)
             return
         scope["session"] = session
 

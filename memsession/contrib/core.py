@@ -267,8 +267,17 @@ class SessionManager:
                 cache.destroy(sid)
             return _DELETE if session.had_cookie else None
         if sid is not None and session._regenerate:
-            cache.destroy(sid)
-            sid = session.sid = None
+            # The new id is stored first: if that is refused (too large), the old session
+            # and its cookie still stand, rather than a logout.
+            old = sid
+            session.sid = None
+            try:
+                cookie = self._store_new(session) if session else _DELETE
+            except BaseException:
+                session.sid = old
+                raise
+            cache.destroy(old)
+            return cookie
         if sid is None:
             if not session:
                 # Never stored: nothing to keep for an empty session. A bad or

@@ -11,10 +11,11 @@ two differences that only make it safer:
   survive (Django's backends write the whole dict: the last one wins);
 - new keys are 256-bit memsession ids.
 
-Settings, read once when the first session is used in a process:
+Settings, read when the first session is used in a process:
 ``MEMSESSION`` (a dict of cache ``Config`` fields: ``maxsize``,
 ``idle_timeout``, ``max_age``, ``touch_interval``, ``tombstone_ttl``,
-``max_session_bytes``). ``idle_timeout`` defaults to ``SESSION_COOKIE_AGE``,
+``max_session_bytes``, ``max_session_items``, ``max_skew``, ``outage_budget``;
+plus ``consistency_timeout``). ``idle_timeout`` defaults to ``SESSION_COOKIE_AGE``,
 the lifetime Django gives a session from its last save; ``max_age`` to none.
 ``set_expiry()`` works as in Django, within the cache's own expiry.
 
