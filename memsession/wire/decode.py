@@ -349,7 +349,7 @@ def _records(value: Any, limits: Limits) -> tuple[list[Record], int]:
         try:
             out.append(record_from_list(item, limits))
         except WireError:
-            pass  # counted by the caller from ``Reply.refused``
+            continue  # left out, and counted: ``refused`` below, ``Reply.refused`` for the caller
     return out, len(value) - len(out)
 
 
