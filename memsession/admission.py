@@ -41,7 +41,7 @@ cache, hub, store or follower that refused it) and logged through
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -275,6 +275,14 @@ class RecordRules:
         if record.expires > bound:
             return replace(record, expires=bound)
         return record
+
+    def admitted(self, record: Record, wall: float, refused: Callable[[str], object]) -> Record | None:
+        """``admit``, with a refusal's reason handed to ``refused`` (which counts and logs it) instead of raised."""
+        try:
+            return self.admit(record, wall)
+        except RecordRefused as exc:
+            refused(exc.reason)
+            return None
 
     def clear_fault(self, version: Any, wall: float) -> str | None:
         """What is wrong with a clear watermark from elsewhere, or None."""

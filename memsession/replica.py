@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from .admission import RecordRules
 from .clock import Clock, HybridClock, version_wall_ms
 from .config import Config
-from .errors import CacheClosed, RecordRefused, SessionUnavailable, StoreUnavailable
+from .errors import CacheClosed, SessionUnavailable, StoreUnavailable
 from .holdings import Holdings
 from .refusals import log_refusal
 from .session import Record
@@ -145,12 +145,8 @@ class Replica:
             return sum(1 for r in admitted if apply(r, now, wall))
 
     def _admit(self, record: Record, wall: float) -> Record | None:
-        """``record`` as the record rule lets it in (its expiry clamped), or None, counted and logged."""
-        try:
-            return self.rules.admit(record, wall)
-        except RecordRefused as exc:
-            self._refused(exc.reason)
-            return None
+        """``record`` as the record rule lets it in, or None (counted as ``refused``, logged without its id)."""
+        return self.rules.admitted(record, wall, self._refused)
 
     def _refused(self, reason: str) -> None:
         counts = self._counts

@@ -23,7 +23,7 @@ from ..admission import DEFAULT_MAX_SKEW, RecordRules
 from ..bus.sequence import DEFAULT_JUMP_HOLD, DEFAULT_MAX_JUMP, GAP, JUMP, SequenceTracker
 from ..bus.streams import new_epoch, percentiles
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import RecordRefused, WireError
+from ..errors import WireError
 from ..refusals import log_refusal
 from ..session import Record, cleared_by, touched_copy
 from .bounded import Recency, merge_into, warm_fill
@@ -117,12 +117,8 @@ class HubState:
         return self._recency.maxsize
 
     def _admit(self, record: Record, wall: float) -> Record | None:
-        """``record`` if the record rule lets it in, else None (counted as ``refused`` and logged without its id)."""
-        try:
-            return self.rules.admit(record, wall)
-        except RecordRefused as exc:
-            self._refused(exc.reason)
-            return None
+        """``record`` as the record rule lets it in, or None (counted as ``refused``, logged without its id)."""
+        return self.rules.admitted(record, wall, self._refused)
 
     def _refused(self, reason: str) -> None:
         self.counts["refused"] += 1
