@@ -244,8 +244,8 @@ def file_window(probes: int) -> list[float]:
 def acked_latency(pg_url: str, n: int) -> tuple[float, float]:
     """p50/p99 seconds of ``set()`` in acknowledged mode (returns once the row is in PostgreSQL)."""
     from memsession import SessionCache, ZmqBus
-    from memsession.session import new_id
     from memsession.service.ack import SidecarAckStore
+    from memsession.session import new_id
     from persist.persistence import PersistConfig
     from tests.sidecars import SidecarProcess
 

@@ -25,7 +25,7 @@ from .errors import (
     WireError,
 )
 from .hub import Hub, HubConfig
-from .session import Record, is_valid_sid, new_id
+from .session import Record, is_valid_sid, new_id, session_key
 from .session_cache import SessionCache
 
 __version__ = "0.1.0"
@@ -65,4 +65,5 @@ __all__ = [
     "ZmqBus",
     "is_valid_sid",
     "new_id",
+    "session_key",
 ]

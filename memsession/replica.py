@@ -24,7 +24,7 @@ from .config import Config
 from .errors import CacheClosed, SessionUnavailable, StoreUnavailable
 from .holdings import Holdings
 from .refusals import log_refusal
-from .session import Record
+from .session import Record, check_sid, session_key
 
 if TYPE_CHECKING:
     from .backing import Backing
@@ -103,9 +103,13 @@ class Replica:
     # -- records from elsewhere ----------------------------------------------
 
     def record(self, sid: str) -> Record | None:
-        """The live record for ``sid`` (or its tombstone) without counting an access."""
+        """The live record of the session of id ``sid`` (or its tombstone) without counting an access."""
+        return self.held(session_key(check_sid(sid)))
+
+    def held(self, key: str) -> Record | None:
+        """``record`` by key (``session_key(sid)``): what replication, which never sees ids, asks."""
         with self._lock:
-            return self._held.record(sid, self.clock.monotonic())
+            return self._held.record(key, self.clock.monotonic())
 
     def apply(self, record: Record) -> bool:
         """Merge a record that came from elsewhere; True if it changed what this process holds.
@@ -166,8 +170,8 @@ class Replica:
         with self._lock:
             return self._held.records(self.clock.monotonic())
 
-    def discard(self, sid: str, version: int, origin: int) -> bool:
-        """Drop the live copy of ``sid`` if it is older than ``(version, origin)``; True if dropped.
+    def discard(self, key: str, version: int, origin: int) -> bool:
+        """Drop the live copy of ``key`` if it is older than ``(version, origin)``; True if dropped.
 
         The ``invalidate`` replication mode: the newer value is read through on next use.
         """
@@ -176,7 +180,7 @@ class Replica:
             if not self.hlc.observe(version):
                 self._refused("invalidation version is beyond the skew bound")
                 return False
-            return self._held.discard(sid, version, origin)
+            return self._held.discard(key, version, origin)
 
     def apply_clear(self, version: int) -> bool:
         """Merge a clear that came from elsewhere; True if it raised the watermark.
@@ -230,7 +234,8 @@ class Replica:
         ``SessionUnavailable``: "no answer" is never taken for "no session",
         and an older copy is never served while a newer one may still arrive.
         """
-        record = self._await(sid, version, timeout if self.bus is not None else 0.0)
+        key = session_key(check_sid(sid))
+        record = self._await(key, version, timeout if self.bus is not None else 0.0)
         if record is not None:
             return record
         if self.cleared >= version:
@@ -241,7 +246,7 @@ class Replica:
         on_its_way = self._may_be_on_its_way(version)
         first_answer: float | None = None
         while True:
-            answered, newest = self._ask_elsewhere(sid, version, give_up)
+            answered, newest = self._ask_elsewhere(key, version, give_up)
             if newest is not None and (newest.deleted or newest.version >= version):
                 return newest
             settled = answered and self._hub_settled()
@@ -256,7 +261,7 @@ class Replica:
             remaining = give_up - time.monotonic()
             if remaining <= 0:
                 break
-            record = self._await(sid, version, min(_ASK_AGAIN, remaining))
+            record = self._await(key, version, min(_ASK_AGAIN, remaining))
             if record is not None:
                 return record
         waited = time.monotonic() - started
@@ -276,15 +281,15 @@ class Replica:
                         "serving the newest copy left", waited)
         return newest
 
-    def _await(self, sid: str, version: int, timeout: float) -> Record | None:
-        """The held record for ``sid`` once it is at least ``version``, waiting up to ``timeout`` for the bus."""
+    def _await(self, key: str, version: int, timeout: float) -> Record | None:
+        """The held record for ``key`` once it is at least ``version``, waiting up to ``timeout`` for the bus."""
         # A real wait for real I/O, whatever clock versions are taken from.
         deadline = time.monotonic() + timeout
         with self._lock:
             self._waiters += 1
             try:
                 while True:
-                    record = self._held.recent(sid, version, self.clock.monotonic())
+                    record = self._held.recent(key, version, self.clock.monotonic())
                     if record is not None:
                         return record
                     remaining = deadline - time.monotonic()
@@ -294,7 +299,7 @@ class Replica:
             finally:
                 self._waiters -= 1
 
-    def _ask_elsewhere(self, sid: str, version: int, give_up: float) -> tuple[bool, Record | None]:
+    def _ask_elsewhere(self, key: str, version: int, give_up: float) -> tuple[bool, Record | None]:
         """``(answered, newest)``: ask the hub, then the store; merge what they have.
 
         ``answered`` is False when neither could be reached; ``newest`` is
@@ -303,14 +308,14 @@ class Replica:
         bus, persistence = self.bus, self.persistence
         answered = bus is None and persistence is None  # nothing else to ask: what is held here is all
         if bus is not None:
-            reached, fetched = bus.lookup(sid, timeout=max(0.05, min(_ASK_TIMEOUT, give_up - time.monotonic())))
+            reached, fetched = bus.lookup(key, timeout=max(0.05, min(_ASK_TIMEOUT, give_up - time.monotonic())))
             if reached:
                 answered = True
                 if fetched is not None:
                     self.apply(fetched)
         if persistence is not None:
             try:
-                fetched = persistence.read(sid)
+                fetched = persistence.read(key)
             except StoreUnavailable:
                 fetched = None  # logged and counted by the persistence layer
             else:
@@ -319,7 +324,7 @@ class Replica:
                 self.apply(fetched)
         with self._lock:
             now = self.clock.monotonic()
-            return answered, self._held.tombstone(sid, now) or self._core.peek(sid)
+            return answered, self._held.tombstone(key, now) or self._core.peek(key)
 
     def _hub_settled(self) -> bool:
         bus = self.bus
@@ -331,8 +336,8 @@ class Replica:
     def _may_be_on_its_way(self, version: int) -> bool:
         return self.clock.wall() - version_wall_ms(version) / 1000.0 < RECENT_WRITE
 
-    def _revalidate(self, sid: str, record: Record) -> Record | None:
-        """During a gap repair: bring ``sid`` up to the hub's copy before serving it.
+    def _revalidate(self, key: str, record: Record) -> Record | None:
+        """During a gap repair: bring ``key`` up to the hub's copy before serving it.
 
         The lost messages may have changed or ended this session. If the hub
         does not answer, the local copy is served and counted as
@@ -343,7 +348,7 @@ class Replica:
         if bus is None or self._hub_unreachable:
             self._counts["unverified"] += 1
             return record
-        answered, fetched = bus.lookup(sid, timeout=_REVALIDATE_TIMEOUT)
+        answered, fetched = bus.lookup(key, timeout=_REVALIDATE_TIMEOUT)
         if not answered:
             with self._lock:
                 if not self._hub_unreachable:
@@ -354,21 +359,21 @@ class Replica:
         if fetched is not None:
             self.apply(fetched)
         with self._lock:
-            self._verified.add(sid)
+            self._verified.add(key)
             self._counts["revalidated"] += 1
-            current: Record | None = self._core.lookup(sid, self.clock.monotonic())
+            current: Record | None = self._core.lookup(key, self.clock.monotonic())
         return current if current is not None and not current.deleted else None
 
-    def _read_through(self, sid: str) -> Record | None:
-        """Bring ``sid`` from the hub (invalidate mode) or the store into memory; the live record, or None."""
-        found = self.bus.fetch(sid) if self._bus_reads and self.bus is not None else None
+    def _read_through(self, key: str) -> Record | None:
+        """Bring ``key`` from the hub (invalidate mode) or the store into memory; the live record, or None."""
+        found = self.bus.fetch(key) if self._bus_reads and self.bus is not None else None
         if found is None and self.persistence is not None:
-            found = self.persistence.read(sid)
+            found = self.persistence.read(key)
         if found is None:
             return None
         self.apply(found)
         with self._lock:
-            record = self._core.lookup(sid, self.clock.monotonic())
+            record = self._core.lookup(key, self.clock.monotonic())
         return record if record is not None and not record.deleted else None
 
     def _check_open(self) -> None:

@@ -11,6 +11,7 @@ the cache converts them to monotonic time on arrival.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import secrets
@@ -31,10 +32,13 @@ __all__ = [
     "cleared_by",
     "compute_expires",
     "copy_data",
+    "is_session_key",
     "is_valid_sid",
+    "legacy_key",
     "new_id",
     "prepare_data",
     "prepare_packed",
+    "session_key",
     "supersedes",
     "touched_copy",
 ]
@@ -63,6 +67,45 @@ def check_sid(sid: object) -> str:
     if type(sid) is str and len(sid) == SID_LENGTH and _SID_RE.fullmatch(sid) is not None:
         return sid
     raise InvalidSessionId(sid)
+
+
+#: A session key: SHA-256 of the id, 64 lowercase hex digits.
+KEY_LENGTH = 64
+_KEY_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def session_key(sid: str) -> str:
+    """The key a session is known by outside the request that presented its id: SHA-256 of the id, in hex.
+
+    Only the cookie and the worker's request handling see the id; the cache,
+    the bus, the hub, snapshots and every store hold this digest, so a copied
+    row, file line or bus capture can't be turned into a cookie (hashing the
+    digest again gives another key, and it is not even shaped like an id).
+
+    A plain SHA-256 because the id is 256 random bits from ``secrets``: no
+    guessing can find a preimage, so a slow password hash (bcrypt, scrypt,
+    argon2) would add milliseconds per request and nothing else, and a keyed
+    hash (HMAC) would add one more secret that every worker, hub and store
+    tool must share, whose rotation would orphan every session. Hex, not
+    base64: 64 characters can never be mistaken for a 43-character id, which
+    is how stores written before ids were hashed are recognised
+    (``legacy_key``).
+    """
+    return hashlib.sha256(sid.encode("ascii")).hexdigest()
+
+
+def is_session_key(key: object) -> bool:
+    """Could ``key`` be a session key (``session_key`` of some id)?"""
+    return type(key) is str and len(key) == KEY_LENGTH and _KEY_RE.fullmatch(key) is not None
+
+
+def legacy_key(key: str) -> str | None:
+    """The key a record stored under a raw session id (before ids were hashed) now belongs to, or None.
+
+    Stores written by memsession 0.1 keyed sessions by the id itself; a key
+    shaped like an id is such a row, and moves to the id's digest.
+    """
+    return session_key(key) if is_valid_sid(key) else None
 
 
 def compute_expires(

@@ -14,9 +14,20 @@ from typing import TYPE_CHECKING, Any
 
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Config
-from .errors import CacheClosed, ConfigError, SessionDestroyed
+from .errors import CacheClosed, ConfigError, InvalidSessionId, SessionDestroyed
 from .replica import Replica
-from .session import Record, SessionData, check_sid, compute_expires, copy_data, is_valid_sid, prepare_packed
+from .session import (
+    SID_LENGTH,
+    Record,
+    SessionData,
+    check_sid,
+    compute_expires,
+    copy_data,
+    is_session_key,
+    is_valid_sid,
+    prepare_packed,
+    session_key,
+)
 
 if TYPE_CHECKING:
     from .backing import Backing
@@ -27,6 +38,12 @@ __all__ = ["SessionCache"]
 
 class SessionCache(Replica):
     """Sessions held in this process's memory, with express-session Store parity.
+
+    Methods that take a session id (``get``, ``set``, ``touch``, ``destroy``,
+    ``record``, ``wait_for``, ``in``) hash it first: the cache holds each
+    session under its key, ``session_key(sid)`` (SHA-256), and so does every
+    record it publishes or persists (``Record.key``). What it lists (``all``,
+    iteration) are those keys: the ids are nowhere to list.
 
     ``SessionCache(config=None, *, clock=SYSTEM_CLOCK, origin=None, **options)``:
     options are ``Config`` fields (``maxsize``, ``idle_timeout``, ``max_age``,
@@ -84,16 +101,17 @@ class SessionCache(Replica):
         A malformed id is a miss, counted as ``invalid_ids``: cookies come
         from outside and a bad one must not raise.
         """
-        if type(sid) is not str:
+        if type(sid) is not str or len(sid) != SID_LENGTH:
             self._counts["invalid_ids"] += 1
             return None
+        key = session_key(sid)
         touched = None
         with self._lock:
             if self._closed:
                 raise CacheClosed("SessionCache is closed")
             now = self.clock.monotonic()
             # Only valid ids are ever stored, so a hit needs no validation.
-            record: Record | None = self._core.lookup(sid, now)
+            record: Record | None = self._core.lookup(key, now)
             if now >= self._held.next_sweep:
                 self._held.sweep(now)
             if record is None:
@@ -102,7 +120,7 @@ class SessionCache(Replica):
                     return None
                 self._misses += 1
                 if (self.persistence is None and not self._bus_reads) or self._held.tombstone(
-                    sid, now
+                    key, now
                 ) is not None:
                     return None
             else:
@@ -111,11 +129,11 @@ class SessionCache(Replica):
                 if wall - record.accessed >= self._touch_interval:
                     touched = self._held.touch(record, wall)
         if record is None:
-            record = self._read_through(sid)
+            record = self._read_through(key)
             if record is None:
                 return None
-        elif self._repairing and sid not in self._verified:
-            record = self._revalidate(sid, record)
+        elif self._repairing and key not in self._verified:
+            record = self._revalidate(key, record)
             if record is None:
                 return None
         if touched is not None:
@@ -129,18 +147,18 @@ class SessionCache(Replica):
         naming the bad value's key path), ``SessionTooLarge``, or
         ``SessionDestroyed`` if the id was destroyed and its tombstone lives.
         """
-        check_sid(sid)
+        key = session_key(check_sid(sid))
         copy, packed, flat = prepare_packed(data, self.config.max_session_bytes, self.config.max_session_items)
         with self._lock:
             self._check_open()
             now = self.clock.monotonic()
-            if self._held.tombstone(sid, now) is not None:
+            if self._held.tombstone(key, now) is not None:
                 raise SessionDestroyed(sid)
             wall = self.clock.wall()
-            old: Record | None = self._core.peek(sid)
+            old: Record | None = self._core.peek(key)
             created = old.created if old is not None else wall
             record = Record(
-                sid,
+                key,
                 copy,
                 self.hlc.now(),
                 self.origin,
@@ -161,15 +179,15 @@ class SessionCache(Replica):
 
         The new access time is propagated at most once per ``touch_interval``.
         """
-        check_sid(sid)
+        key = session_key(check_sid(sid))
         touched = None
         with self._lock:
             self._check_open()
             try:
-                record = self._core[sid]
+                record = self._core[key]
             except KeyError:
                 if (self.persistence is None and not self._bus_reads) or self._held.tombstone(
-                    sid, self.clock.monotonic()
+                    key, self.clock.monotonic()
                 ):
                     return False
                 record = None
@@ -178,7 +196,7 @@ class SessionCache(Replica):
                 if wall - record.accessed >= self.config.touch_interval:
                     touched = self._held.touch(record, wall)
         if record is None:
-            return self._read_through(sid) is not None and self.touch(sid)
+            return self._read_through(key) is not None and self.touch(sid)
         if touched is not None:
             self._emit(touched, touch=True)
         return True
@@ -189,17 +207,22 @@ class SessionCache(Replica):
         Leaves a tombstone for ``tombstone_ttl`` seconds, so no write of this
         id (local or remote, however late) brings it back.
         """
-        check_sid(sid)
+        return self.destroy_key(session_key(check_sid(sid)))
+
+    def destroy_key(self, key: str) -> bool:
+        """``destroy`` by key (``session_key(sid)``, what ``all()``, iteration and the stores show)."""
+        if not is_session_key(key):
+            raise InvalidSessionId(key)
         with self._lock:
             self._check_open()
             now = self.clock.monotonic()
             wall = self.clock.wall()
-            old: Record | None = self._core.peek(sid)
+            old: Record | None = self._core.peek(key)
             existed = old is not None
             if old is not None:
-                self._held.remove(sid, old)
+                self._held.remove(key, old)
             tombstone = Record(
-                sid,
+                key,
                 {},
                 self.hlc.now(),
                 self.origin,
@@ -214,11 +237,11 @@ class SessionCache(Replica):
         return existed
 
     def all(self) -> dict[str, SessionData]:
-        """Every live session held here: ``{sid: data}`` (copies)."""
+        """Every live session held here: ``{key: data}`` (copies), keyed by ``session_key(sid)``, not by id."""
         with self._lock:
             self._check_open()
             self._held.sweep(self.clock.monotonic())
-            return {sid: copy_data(self._core.peek(sid)) for sid in iter(self._core)}
+            return {key: copy_data(self._core.peek(key)) for key in iter(self._core)}
 
     def length(self) -> int:
         """How many live sessions this process holds."""
@@ -230,14 +253,18 @@ class SessionCache(Replica):
     __len__ = length
 
     def __contains__(self, sid: object) -> bool:
+        """Whether the session of id ``sid`` is live here (an id, as ``get`` takes, not a key)."""
+        if not is_valid_sid(sid):
+            return False
+        key = session_key(sid)  # type: ignore[arg-type]
         with self._lock:
-            return is_valid_sid(sid) and sid in self._core
+            return key in self._core
 
     def __iter__(self) -> Iterator[str]:
-        """Ids of the live sessions held here (a snapshot)."""
+        """Keys (``session_key(sid)``) of the live sessions held here (a snapshot)."""
         with self._lock:
             self._held.sweep(self.clock.monotonic())
-            return iter([sid for sid in iter(self._core)])
+            return iter(list(self._core))
 
     def clear(self) -> None:
         """End every session everywhere: here, on every replica and in the store.

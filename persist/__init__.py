@@ -19,6 +19,7 @@ from .base import Store, supersedes
 from .jsonfile import JsonFileStore
 from .persistence import PersistConfig, Persistence
 from .queue import WriteQueue
+from .rekey import rekey_store
 from .writer import Writer, WriterConfig
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ __all__ = [
     "WriteQueue",
     "Writer",
     "WriterConfig",
+    "rekey_store",
     "supersedes",
 ]
 

@@ -11,3 +11,4 @@ CREATE TABLE IF NOT EXISTS "memsession" (
     "deleted" boolean NOT NULL DEFAULT false
 );
 CREATE INDEX IF NOT EXISTS "memsession_expire_idx" ON "memsession" ("expire");
+COMMENT ON COLUMN "memsession"."sid" IS 'memsession session key: SHA-256 (hex) of the session id; the id itself is never stored';

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from .. import wire
 from ..clock import COUNTER_BITS, SYSTEM_CLOCK, Clock
 from ..config import Config
-from ..session import Record
+from ..session import Record, session_key
 from ..session_cache import SessionCache
 from .base import Bus, BusConfig, new_epoch
 
@@ -52,11 +52,14 @@ def bus_of(cache: SessionCache) -> Bus:
 
 
 def forged_record(
-    key: str, data: dict[str, Any], *, version: int, origin: int, clock: Clock, deleted: bool = False
+    sid: str, data: dict[str, Any], *, version: int, origin: int, clock: Clock, deleted: bool = False
 ) -> Record:
-    """A record as another process would have written it (live an hour, a tombstone ten minutes)."""
+    """A record of session ``sid`` as another process would have written it (live an hour, a tombstone ten minutes).
+
+    Keyed, as every record is, by ``session_key(sid)``.
+    """
     wall = clock.wall()
-    return Record(key, {} if deleted else data, version, origin, wall, wall, wall + (600.0 if deleted else 3600.0),
+    return Record(session_key(sid), {} if deleted else data, version, origin, wall, wall, wall + (600.0 if deleted else 3600.0),
                   deleted)
 
 
@@ -70,10 +73,10 @@ class ForgedStream:
         self.seq = 0
         self._version = 0
 
-    def forge(self, key: str, data: dict[str, Any]) -> Record:
-        """A live record this publisher wrote now (versions as its hybrid clock would issue them)."""
+    def forge(self, sid: str, data: dict[str, Any]) -> Record:
+        """A live record of session ``sid`` this publisher wrote now (versions as its hybrid clock would issue them)."""
         self._version = max(int(self.clock.wall() * 1000) << COUNTER_BITS, self._version + 1)
-        return forged_record(key, data, version=self._version, origin=self.origin, clock=self.clock)
+        return forged_record(sid, data, version=self._version, origin=self.origin, clock=self.clock)
 
     def _next(self) -> int:
         self.seq += 1

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from ..session import new_id
+from ..session import new_id, session_key
 from ..session_cache import SessionCache
 from ._testing_network import BusNetwork, bus_of, state_of
 
@@ -29,14 +29,15 @@ class RepairContract:
     def test_a_gap_is_found_at_the_next_message_and_repaired(self, network: BusNetwork) -> None:
         a, b = network.join(), network.join()
         other = network.stream()
-        first, lost, after = (other.forge(new_id(), {"n": n}) for n in (1, 2, 3))
+        ids = [new_id() for _ in range(3)]
+        first, lost, after = (other.forge(sid, {"n": n}) for sid, n in zip(ids, (1, 2, 3)))
         network.inject(other.record(first))
-        network.wait_until(lambda: a.get(first.key) == b.get(first.key) == {"n": 1}, "the first message to arrive")
+        network.wait_until(lambda: a.get(ids[0]) == b.get(ids[0]) == {"n": 1}, "the first message to arrive")
         before = _counts([a, b], "gaps", "repairs")
         network.hub_write([lost])  # the hub has the change; its message never reached the bus
         other.lost()
         network.inject(other.record(after))
-        network.wait_until(lambda: all(c.get(lost.key) == {"n": 2} and c.get(after.key) == {"n": 3} for c in (a, b)),
+        network.wait_until(lambda: all(c.get(ids[1]) == {"n": 2} and c.get(ids[2]) == {"n": 3} for c in (a, b)),
                            "the gap to be repaired from the hub")
         for (gaps, repairs), (gaps_now, repairs_now) in zip(before, _counts([a, b], "gaps", "repairs")):
             assert gaps_now > gaps and repairs_now > repairs
@@ -44,14 +45,15 @@ class RepairContract:
     def test_a_gap_is_found_at_the_next_heartbeat_and_repaired(self, network: BusNetwork) -> None:
         a, b = network.join(), network.join()
         other = network.stream()
-        first, lost = other.forge(new_id(), {"n": 1}), other.forge(new_id(), {"n": 2})
+        ids = [new_id() for _ in range(2)]
+        first, lost = other.forge(ids[0], {"n": 1}), other.forge(ids[1], {"n": 2})
         network.inject(other.record(first))
-        network.wait_until(lambda: a.get(first.key) == b.get(first.key) == {"n": 1}, "the first message to arrive")
+        network.wait_until(lambda: a.get(ids[0]) == b.get(ids[0]) == {"n": 1}, "the first message to arrive")
         before = _counts([a, b], "gaps", "repairs")
         network.hub_write([lost])
         other.lost()  # the stream's last message: only its publisher's heartbeat can tell
         network.inject(other.heartbeat())
-        network.wait_until(lambda: all(c.get(lost.key) == {"n": 2} for c in (a, b)),
+        network.wait_until(lambda: all(c.get(ids[1]) == {"n": 2} for c in (a, b)),
                            "the heartbeat to reveal the gap and the repair to bring the change")
         for (gaps, repairs), (gaps_now, repairs_now) in zip(before, _counts([a, b], "gaps", "repairs")):
             assert gaps_now > gaps and repairs_now > repairs
@@ -79,7 +81,7 @@ class RepairContract:
         b.set(sids[0], {"by": "b"})  # while the new hub knows nothing yet
         network.heartbeat()
         state = network.settle([a, b], "the new hub to get every cache's state")
-        assert {sid: state[sid][3]["by"] for sid in sids} == {sids[0]: "b", sids[1]: "a", sids[2]: "a", sids[3]: "a"}
+        assert {sid: state[session_key(sid)][3]["by"] for sid in sids} == {sids[0]: "b", sids[1]: "a", sids[2]: "a", sids[3]: "a"}
         network.wait_until(lambda: all(restarts >= 1 and repairs >= 2
                                        for restarts, repairs in _counts([a, b], "hub_restarts", "repairs")),
                            "both caches to notice the restart and repair")
@@ -98,7 +100,7 @@ class RepairContract:
         network.heartbeat()
         network.wait_until(lambda: network.hub_stats()["cleared"] == a.cleared, "the new hub to learn the clear")
         state = network.settle([a, b])
-        assert list(state) == [kept]
+        assert list(state) == [session_key(kept)]
 
     # -- invalidate mode --------------------------------------------------------------------
 
@@ -109,7 +111,7 @@ class RepairContract:
         a.set(sid, {"n": 1})
         network.wait_until(lambda: bus_of(b).stats()["received"] > received, "the invalidation to arrive")
         assert b.record(sid) is None  # only the key and version travelled
-        hub = network.hub_get(sid)
+        hub = network.hub_get(session_key(sid))
         assert hub is not None and hub.data == {"n": 1}  # the value went to the hub first
         assert b.get(sid) == {"n": 1}  # read through on first use
         assert b.record(sid) is not None
@@ -129,19 +131,19 @@ class RepairContract:
         a.destroy(gone)
         network.settle([a, b])
         bus = bus_of(b)
-        answered, record = bus.lookup(sid)
+        answered, record = bus.lookup(session_key(sid))
         assert answered and record is not None and record.data == {"n": 1}
-        assert bus.lookup(new_id()) == (True, None)  # the hub answered: it does not know that id
-        answered, record = bus.lookup(gone)
+        assert bus.lookup(session_key(new_id())) == (True, None)  # the hub answered: it does not know that id
+        answered, record = bus.lookup(session_key(gone))
         assert answered and record is not None and record.deleted
-        fetched = bus.fetch(sid)
+        fetched = bus.fetch(session_key(sid))
         assert fetched is not None and fetched.data == {"n": 1}
-        assert bus.fetch(new_id()) is None
+        assert bus.fetch(session_key(new_id())) is None
         with network.unreachable(b):
-            assert bus.lookup(sid, timeout=0.3) == (False, None)  # no answer: not "unknown"
-            assert bus.fetch(sid, timeout=0.3) is None
+            assert bus.lookup(session_key(sid), timeout=0.3) == (False, None)  # no answer: not "unknown"
+            assert bus.fetch(session_key(sid), timeout=0.3) is None
         network.heartbeat()
-        network.wait_until(lambda: (r := bus.lookup(sid, timeout=0.5)[1]) is not None and r.data == {"n": 1},
+        network.wait_until(lambda: (r := bus.lookup(session_key(sid), timeout=0.5)[1]) is not None and r.data == {"n": 1},
                            "the hub to answer again, with the state the caches hold")
 
     # -- an unreachable hub -----------------------------------------------------------------
@@ -171,5 +173,5 @@ class RepairContract:
             assert errors == []
         network.heartbeat()
         state = network.settle([a, b], "the writes to reach b once the hub is back")
-        assert state[sids[0]][2] and all(state[sid][3] == {"i": i} for i, sid in enumerate(sids) if i)
+        assert state[session_key(sids[0])][2] and all(state[session_key(sid)][3] == {"i": i} for i, sid in enumerate(sids) if i)
 

@@ -240,7 +240,7 @@ class Replicator:
             changed = cache.apply(body)
         elif op == wire.TOUCH:
             key, version, origin, accessed, expires = body
-            touched = touched_copy(cache.record(key), version, origin, accessed, expires)
+            touched = touched_copy(cache.held(key), version, origin, accessed, expires)
             changed = touched is not None and cache.apply(touched)
         elif op == wire.CLEAR:
             changed = cache.apply_clear(body)

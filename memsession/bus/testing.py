@@ -53,7 +53,7 @@ import pytest
 from .. import wire
 from ..clock import COUNTER_BITS
 from ..errors import SessionDestroyed
-from ..session import Record, new_id
+from ..session import Record, new_id, session_key
 from ..session_cache import SessionCache
 from ._testing_network import (
     DOCUMENTED_STATS,
@@ -150,7 +150,7 @@ class BusContract(RepairContract):
             with pytest.raises(SessionDestroyed):
                 cache.set(sid, {"n": 2})
         state = network.settle([a, b, c])
-        assert state[sid][2]  # a tombstone everywhere, the hub included
+        assert state[session_key(sid)][2]  # a tombstone everywhere, the hub included
 
     def test_a_touch_reaches_every_other_cache_without_a_new_version(self, network: BusNetwork) -> None:
         a, b = network.join(touch_interval=0.05), network.join(touch_interval=0.05)
@@ -175,7 +175,7 @@ class BusContract(RepairContract):
         network.wait_until(lambda: all(x.cleared == b.cleared and len(x) == 0 for x in (a, c)),
                            "the clear to reach a and c")
         for cache in (a, b, c):
-            assert [r.key for r in cache.records()] == [sids[0]]  # the tombstone stays
+            assert [r.key for r in cache.records()] == [session_key(sids[0])]  # the tombstone stays
         network.wait_until(lambda: network.hub_stats()["cleared"] == b.cleared, "the hub to learn the clear")
         a.set(sids[1], {"after": True})  # after the clear: an ordinary write
         network.wait_until(lambda: c.get(sids[1]) == {"after": True}, "a write after the clear to arrive")
@@ -203,7 +203,7 @@ class BusContract(RepairContract):
         winner = max(written, key=lambda r: (r.version, r.origin))
         expected = (winner.version, winner.origin, False, winner.data)
         state = network.settle(caches, "every replica to hold the same winner")
-        assert state[sid] == expected
+        assert state[session_key(sid)] == expected
 
     def test_a_destroy_racing_a_write_wins_everywhere(self, network: BusNetwork) -> None:
         a, b = network.join(), network.join()
@@ -213,7 +213,7 @@ class BusContract(RepairContract):
         a.set(sid, {"n": 2})  # neither waits for the other's message
         b.destroy(sid)
         state = network.settle([a, b])
-        assert state[sid][2] and a.get(sid) is None and b.get(sid) is None
+        assert state[session_key(sid)][2] and a.get(sid) is None and b.get(sid) is None
 
     def test_a_late_write_never_resurrects_a_destroyed_session(self, network: BusNetwork) -> None:
         a, b = network.join(), network.join()
@@ -237,7 +237,7 @@ class BusContract(RepairContract):
             "both late writes to arrive (and be refused)",
         )
         assert a.get(sid) is None and b.get(sid) is None
-        hub = network.hub_get(sid)
+        hub = network.hub_get(session_key(sid))
         assert hub is not None and hub.deleted
 
     # -- joining ----------------------------------------------------------------------------

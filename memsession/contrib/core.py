@@ -193,7 +193,7 @@ class SessionManager:
         record = current_record(self.cache, sid)
         if self._is_stale(record, version):
             record = self._catch_up(sid, version)
-        return self._session_from(record, version, session_class)
+        return self._session_from(sid, record, version, session_class)
 
     def verify(self, cookie_value: str | Sequence[str]) -> tuple[str, int] | None:
         """``(sid, version)`` from the first value that verifies, or None (counted)."""
@@ -234,12 +234,13 @@ class SessionManager:
             self._counts["stale_reads"] += 1
         return record
 
-    def _session_from(self, record: Record | None, version: int, session_class: type[Session]) -> Session:
+    def _session_from(
+        self, sid: str, record: Record | None, version: int, session_class: type[Session]
+    ) -> Session:
         if record is None or record.deleted:
             # Unknown, expired or destroyed (a replayed cookie): a fresh session,
             # which gets a new id if it is ever stored. The old id is never reused.
             return session_class(had_cookie=True)
-        sid = record.key
         # An access is propagated (and slides the idle expiry everywhere) at
         # most once per touch_interval; between those, a read only looks the
         # session up, and the cookie's expiry is refreshed when a touch is due.
@@ -290,14 +291,14 @@ class SessionManager:
             changed, removed = session.changes()
             if not changed and not removed:
                 if session.modified or session._refresh:
-                    return self._cookie_for(cache.record(sid))
+                    return self._cookie_for(sid, cache.record(sid))
                 return None
             record = self._merge(sid, changed, removed)
         if record is None:
             return _DELETE
         session.version = record.version
         session._base = record.data
-        return self._cookie(record)
+        return self._cookie(sid, record)
 
     def _store_new(self, session: Session) -> Cookie:
         sid = new_id()
@@ -306,7 +307,7 @@ class SessionManager:
         session.new = True
         session.version = record.version
         session._base = record.data
-        return self._cookie(record)
+        return self._cookie(sid, record)
 
     def _replace(self, sid: str, data: SessionData) -> Record | None:
         """Write the request's whole view; None if that ended the session."""
@@ -337,16 +338,17 @@ class SessionManager:
             except SessionDestroyed:
                 return None
 
-    def _cookie_for(self, record: Record | None) -> Cookie | None:
+    def _cookie_for(self, sid: str, record: Record | None) -> Cookie | None:
         if record is None:
             return None
         if record.deleted:
             return _DELETE
-        return self._cookie(record)
+        return self._cookie(sid, record)
 
-    def _cookie(self, record: Record) -> Cookie:
+    def _cookie(self, sid: str, record: Record) -> Cookie:
+        """The cookie for session ``sid`` at ``record``: the id, never the key, goes to the browser."""
         expires = record.expires if math.isfinite(record.expires) else None
-        return Cookie(self.signer.sign(record.key, record.version), expires)
+        return Cookie(self.signer.sign(sid, record.version), expires)
 
     # -- headers, for integrations that write them themselves ----------------------
 

@@ -132,7 +132,8 @@ class SessionStore(SessionBase):
         #: Version of the user's last write, from the companion cookie (0: unknown).
         self.min_version = 0
         #: The record this request's last save wrote.
-        self.written: Record | None = None
+        #: The last save: the session id it was made under and its record (whose key is the id's digest).
+        self.written: tuple[str, Record] | None = None
         #: ``(sid, record)`` found by ``resolve`` before the view, used by the first load.
         self._resolved: tuple[str, Record | None] | None = None
         super().__init__(session_key)
@@ -176,10 +177,10 @@ class SessionStore(SessionBase):
             return {}
         # set_expiry() counts from the last save, as Django's db backend does.
         if self._expired(record):
-            self._cache.destroy(record.key)
+            self._cache.destroy(sid)
             self._session_key = None
             return {}
-        self._cache.touch(record.key)
+        self._cache.touch(sid)
         self._base = record.data
         return copy_data(record)
 
@@ -223,7 +224,7 @@ class SessionStore(SessionBase):
             except SessionDestroyed as exc:
                 raise (CreateError if must_create else UpdateError) from exc
         self._base = record.data
-        self.written = record
+        self.written = (sid, record)
 
     def delete(self, session_key: str | None = None) -> None:
         if session_key is None:
@@ -260,10 +261,10 @@ class SessionStore(SessionBase):
         cache = get_cache()
         cache.prune()
         probe = cls()
-        for sid in list(cache):
-            record = cache.record(sid)
+        for key in list(cache):  # keys: the ids are not kept
+            record = cache.held(key)
             if record is not None and not record.deleted and probe._expired(record):
-                cache.destroy(sid)
+                cache.destroy_key(key)
 
     @classmethod
     async def aclear_expired(cls) -> None:
@@ -333,11 +334,12 @@ class SessionMiddleware(DjangoSessionMiddleware):
                 self.version_cookie, path=settings.SESSION_COOKIE_PATH,
                 domain=settings.SESSION_COOKIE_DOMAIN, samesite=settings.SESSION_COOKIE_SAMESITE,
             )
-        elif session.written is not None and session.written.key == morsel.value:
+        elif session.written is not None and session.written[0] == morsel.value:
             max_age = morsel["max-age"]
+            written_sid, written = session.written
             response.set_cookie(
                 self.version_cookie,
-                self.signer.sign(session.written.key, session.written.version),
+                self.signer.sign(written_sid, written.version),
                 max_age=int(max_age) if max_age != "" else None,
                 path=settings.SESSION_COOKIE_PATH,
                 domain=settings.SESSION_COOKIE_DOMAIN,

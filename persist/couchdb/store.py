@@ -51,6 +51,7 @@ from ..base import (
     make_record,
     supersedes,
 )
+from ..rekey import rekey_store
 from .clear import ClearableDatabase
 from .database import NAME
 
@@ -60,6 +61,8 @@ log = logging.getLogger("memsession.persist")
 
 _DDOC = "memsession"
 _INDEX = "expires"
+#: Present once the database's documents are keyed by digests (``persist.rekey``); local: never replicated.
+_KEYED_MARK = "_local/memsession-keys"
 
 
 class CouchStore(ClearableDatabase):
@@ -74,6 +77,8 @@ class CouchStore(ClearableDatabase):
     ``memsession:cleared``, must not start with it). ``max_response_bytes``
     bounds every response read; ``page_size`` the documents per request;
     ``conflict_retries`` how often a batch is re-read after ``_rev`` conflicts.
+    With ``create=True`` documents a 0.1 store keeps under raw session ids
+    are moved to the ids' digests (``rekey_legacy``).
     """
 
     name = NAME
@@ -123,6 +128,7 @@ class CouchStore(ClearableDatabase):
         if create:
             try:
                 self.create()
+                self.rekey_legacy()
             except BaseException:
                 self.close()
                 raise
@@ -149,6 +155,24 @@ class CouchStore(ClearableDatabase):
             "_index",
             body={"index": {"fields": [_INDEX]}, "name": _INDEX, "ddoc": _DDOC, "type": "json"},
         )
+
+    def rekey_legacy(self) -> None:
+        """Move a 0.1 database's documents from raw ids to digests (``persist.rekey``), once.
+
+        Runs when the store is made with ``create=True``; a store made with
+        ``create=False`` makes no request when it is made, so call this once
+        after upgrading. ``_local/memsession-keys`` marks a database that is
+        done, so later calls cost one GET; a database that does not exist has
+        nothing to move.
+        """
+        status, _ = self._request("rekey", "GET", _KEYED_MARK, ok=(200, 404))
+        if status == 200:
+            return
+        status, _ = self._request("rekey", "GET", "", ok=(200, 404))
+        if status == 404:
+            return
+        rekey_store(self)
+        self._request("rekey", "PUT", _KEYED_MARK, body={"keys": "sha256 of the session id"}, ok=(200, 201, 409))
 
     # -- documents -------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from memsession.session import Record
 from memsession.validate import check_choice, check_number
 
 from ..base import RefusedRecords, check_clear_version, check_open, cleared_by, coalesce, supersedes
+from ..rekey import rekey_store
 from .snapshot import NAME, open_snapshot, write_snapshot
 
 __all__ = ["JsonFileStore"]
@@ -118,6 +119,14 @@ class JsonFileStore:
         except OSError as exc:
             self._unlock()
             raise StoreError(f"can't read {self.path}: {exc}", store=NAME, op="load") from exc
+        # Sessions a 0.1 file holds under their ids move to the digests, and the file is
+        # rewritten now: the ids must not stay on disk until the next snapshot.
+        try:
+            if rekey_store(self):
+                self._snapshot(force=True)
+        except BaseException:
+            self._unlock()
+            raise
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if save_interval is not None:

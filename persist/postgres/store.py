@@ -35,9 +35,10 @@ from ..base import (
     make_record,
     record_to_dict,
 )
+from ..rekey import rekey_store
 from .connect import open_pool
 from .statements import statements_for
-from .table import TableNames, ddl_statements
+from .table import KEY_COMMENT, TableNames, comment_statement, ddl_statements
 
 __all__ = ["PostgresStore"]
 
@@ -123,12 +124,13 @@ class PostgresStore:
             )
         self.pool = pool
         self._sql = statements_for(self.names)
-        if create_table:
-            try:
+        try:
+            if create_table:
                 self.create_table()
-            except BaseException:
-                self.close()
-                raise
+            self._rekey_legacy()
+        except BaseException:
+            self.close()
+            raise
 
     def __repr__(self) -> str:
         return f"PostgresStore(table={self.names.table!r}, schema={self.names.schema!r})"
@@ -170,10 +172,45 @@ class PostgresStore:
         def work(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ["memsession.create_table"])
+                created = conn.execute("SELECT to_regclass(%s) IS NULL", [self.names.table_ident.as_string(conn)])
+                fresh = created.fetchone() == (True,)
                 for stmt in statements:
                     conn.execute(stmt)
+                if fresh:  # a new table has no 0.1 rows: mark it done (its creator owns it)
+                    conn.execute(comment_statement(self.names))
 
         self._run("create_table", work)
+
+    def _rekey_legacy(self) -> None:
+        """Move a 0.1 table's rows from raw ids to digests (``persist.rekey``), once.
+
+        The key column's comment (``KEY_COMMENT``) marks a table that is done,
+        so an open costs one catalog query. Setting it needs the table's
+        owner: a store opened by another role moves the rows all the same and
+        logs that the check will run again at the next open.
+        """
+        names = self.names
+
+        def state(conn: psycopg.Connection[Any]) -> tuple[Any, ...] | None:
+            return conn.execute(
+                "SELECT col_description(c.oid, a.attnum) FROM pg_attribute a "
+                "JOIN (SELECT to_regclass(%s) AS oid) c ON a.attrelid = c.oid WHERE a.attname = %s",
+                [names.table_ident.as_string(conn), names.columns["key"]],
+            ).fetchone()
+
+        found = self._run("rekey", state)
+        if found is None or found[0] == KEY_COMMENT:
+            return  # no table yet (it will be created with the comment), or already done
+        rekey_store(self)
+
+        def mark(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(comment_statement(names))
+
+        try:
+            self._run("rekey", mark)
+        except StoreError as exc:
+            log.warning("the sessions table is keyed by digests now, but could not be marked so (%s); "
+                        "it will be checked again at the next open", exc)
 
     # -- the Store protocol ---------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 The table (names configurable, identifiers quoted with ``psycopg.sql``)::
 
-    key       text PRIMARY KEY     session id (or its hash)
+    key       text PRIMARY KEY     session key: SHA-256 of the session id, hex (never the id)
     data      json                 session data, ``persist.base.encode_data``
     version   bigint               hybrid-logical-clock version
     origin    bigint               writer id, breaks version ties
@@ -11,7 +11,9 @@ The table (names configurable, identifiers quoted with ``psycopg.sql``)::
     expires   double precision     wall seconds; 'Infinity' when it never expires
     deleted   boolean              tombstone
 
-plus an index on ``expires`` for purging. Times are stored as float8 so they
+plus an index on ``expires`` for purging and a comment on the key column
+(``KEY_COMMENT``) that says what it holds and marks the table as keyed by
+digests (``persist.rekey``: a 0.1 table without it is moved when a store opens). Times are stored as float8 so they
 come back bit for bit; ``json`` (not ``jsonb``) keeps the text as written.
 ``ddl()`` renders the statements ``create_table=True`` runs; for the default
 names they are shipped as ``persist/schema.sql``.
@@ -27,7 +29,7 @@ from psycopg import sql
 
 from memsession.errors import ConfigError
 
-__all__ = ["DEFAULT_COLUMNS", "FIELDS", "TableNames", "ddl", "ddl_statements"]
+__all__ = ["DEFAULT_COLUMNS", "FIELDS", "KEY_COMMENT", "TableNames", "comment_statement", "ddl", "ddl_statements"]
 
 #: Column names by field; pass ``columns={"key": "sid", ...}`` to rename any of them.
 DEFAULT_COLUMNS: Mapping[str, str] = MappingProxyType({
@@ -41,6 +43,8 @@ DEFAULT_COLUMNS: Mapping[str, str] = MappingProxyType({
     "deleted": "deleted",
 })
 FIELDS = tuple(DEFAULT_COLUMNS)
+#: The key column's comment: what it holds, and the mark of a table whose keys are digests.
+KEY_COMMENT = "memsession session key: SHA-256 (hex) of the session id; the id itself is never stored"
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,14 @@ def ddl_statements(names: TableNames) -> list[sql.Composed]:
     return out
 
 
+def comment_statement(names: TableNames) -> sql.Composed:
+    """``COMMENT ON COLUMN`` for the key column (``KEY_COMMENT``): run apart, as only the owner may."""
+    return sql.SQL("COMMENT ON COLUMN {t}.{key} IS {c}").format(
+        t=names.table_ident, key=names.col("key"), c=sql.Literal(KEY_COMMENT)
+    )
+
+
 def ddl(schema: str | None = None, table: str = "memsession", columns: Mapping[str, str] | None = None) -> str:
     """The DDL that ``create_table=True`` runs, as SQL text (also shipped as ``persist/schema.sql``)."""
     names = TableNames.build(schema, table, columns)
-    return "".join(stmt.as_string(None) + ";\n" for stmt in ddl_statements(names))
+    return "".join(stmt.as_string(None) + ";\n" for stmt in (*ddl_statements(names), comment_statement(names)))
