@@ -17,7 +17,7 @@ from memsession.bus.memory import MemoryBus, MemoryHub
 from memsession.clock import HybridClock
 from memsession.errors import RecordRefused, SessionDataError, WireError
 from memsession.hub import HubState
-from memsession.session import Record, prepare_data
+from memsession.session import Record, prepare_data, session_key
 from memsession.testing import FakeClock
 from persist import Persistence
 from persist.base import make_record, record_from_json, record_to_json
@@ -28,14 +28,15 @@ from persist.persistence import PersistConfig
 WALL = 1_700_000_000.0
 
 
-def record(key: str | None = None, data: dict | None = None, *, version: int | None = None, origin: int = 9,
+def record(sid: str | None = None, data: dict | None = None, *, version: int | None = None, origin: int = 9,
            created: float = WALL, accessed: float | None = None, expires: float | None = None,
            deleted: bool = False) -> Record:
     data = {} if deleted else ({"user": "u"} if data is None else data)
     copy, size, flat = prepare_data(data, 1 << 24)
     accessed = created if accessed is None else accessed
     version = (int(accessed * 1000) << 16) + 1 if version is None else version
-    return Record(key or new_id(), copy, version, origin, created, accessed,
+    # Keyed as the cache keys session ``sid``: by its digest.
+    return Record(session_key(sid or new_id()), copy, version, origin, created, accessed,
                   accessed + 60.0 if expires is None else expires, deleted, flat, size)
 
 
@@ -91,10 +92,10 @@ def test_a_bus_message_at_the_largest_version_changes_no_process() -> None:
     sid = new_id()
     forged = record(sid, {"x": 1}, version=MAX_VERSION)
     hub.deliver(wire.encode_set(forged, 77, 1, 1, 0))
-    assert b.get(sid) is None and hub.state.replica.get(sid) is None
+    assert b.get(sid) is None and hub.state.replica.get(session_key(sid)) is None
     assert b.stats()["refused"] == 1 and hub.state.counts["refused"] == 1
     a.set(sid, {"x": 2})  # a later write still reaches every copy
-    assert b.get(sid) == {"x": 2} and hub.state.replica[sid].data == {"x": 2}
+    assert b.get(sid) == {"x": 2} and hub.state.replica[session_key(sid)].data == {"x": 2}
 
 
 def test_a_version_beyond_63_bits_in_a_file_is_skipped(tmp_path: Path) -> None:
@@ -239,7 +240,7 @@ def test_a_repeated_key_in_a_file_resolves_by_the_merge_rule(tmp_path: Path) -> 
     write_snapshot(str(path), [newer, older], WALL)  # the older one on the later line
     store = JsonFileStore(path, save_interval=None, clock=FakeClock(wall=WALL))
     try:
-        assert store.load(sid) == newer
+        assert store.load(newer.key) == newer
     finally:
         store.close()
 
@@ -286,7 +287,7 @@ def test_a_bus_record_larger_than_the_local_limit_is_refused() -> None:
     big = record(sid, {"x": b"\x00" * ((1 << 20) - 64)})  # within the wire's 1 MiB, 16x the local 64 KiB
     hub.deliver(wire.encode_set(big, 77, 1, 1, 0))
     assert b.get(sid) is None and b.stats()["refused"] == 1
-    assert sid in hub.state.replica  # the hub's own limit (Limits.max_data, 1 MiB) allows it
+    assert session_key(sid) in hub.state.replica  # the hub's own limit (Limits.max_data, 1 MiB) allows it
 
 
 def test_the_decoder_counts_values_in_data() -> None:
@@ -302,7 +303,7 @@ def test_a_stored_record_of_too_many_values_is_skipped(tmp_path: Path) -> None:
     write_snapshot(str(path), [good], WALL)
     lines = path.read_bytes().split(b"\n")
     obj = orjson.loads(lines[1])
-    obj["k"] = new_id()
+    obj["k"] = session_key(new_id())
     obj["d"] = {"a": [0] * 70_000}
     lines.insert(2, orjson.dumps(obj))
     lines[0] = lines[0].replace(b'"count":1', b'"count":2')

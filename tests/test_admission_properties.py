@@ -26,7 +26,7 @@ from memsession import SessionCache, new_id, wire
 from memsession.admission import field_fault, max_version_at, scan_data
 from memsession.bus.memory import MemoryBus, MemoryHub
 from memsession.errors import StoreCorrupt, StoreError, WireError
-from memsession.session import Record
+from memsession.session import Record, session_key
 from memsession.testing import FakeClock
 from persist.base import WATERMARK_KEY
 from persist.couchdb import CouchFollower, CouchStore
@@ -120,16 +120,16 @@ def test_cache_apply_changes_nothing_for_a_refused_record(objs: list[dict[str, A
         record = _record_of(obj)
         clock_before, refused_before = cache.hlc.last, cache.stats()["refused"]
         try:
-            held_before = cache.record(record.key) if isinstance(record.key, str) else None
+            held_before = cache.held(record.key) if isinstance(record.key, str) else None
         except TypeError:
             held_before = None
         cache.apply(record)
         if cache.stats()["refused"] > refused_before:
             assert cache.hlc.last == clock_before
             if isinstance(record.key, str):
-                assert cache.record(record.key) == held_before
+                assert cache.held(record.key) == held_before
         else:
-            held = cache.record(record.key)
+            held = cache.held(record.key)
             assert held is None or obeys_the_rule(held)
 
 
@@ -221,7 +221,7 @@ def test_postgres_tags_that_used_to_raise_foreign_errors_are_misses(postgres_url
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         for sid, data in zip(sids, ['{"$int": "5"}', '{"a": {"$int": "%d"}}' % (1 << 70)]):
             conn.execute("INSERT INTO memsession VALUES (%s, %s, %s, 7, %s, %s, %s, false)",
-                         [sid, data, VERSION, WALL, WALL, 4e9])
+                         [session_key(sid), data, VERSION, WALL, WALL, 4e9])
     with SessionCache(persistence=Persistence(store)) as cache:
         assert [cache.get(sid) for sid in sids] == [None, None]
         assert cache.stats()["persistence"]["store_refused"] == 2

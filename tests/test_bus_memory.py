@@ -13,7 +13,7 @@ from memsession.bus import BusConfig, MemoryBus, MemoryHub
 from memsession.bus.base import is_touch
 from memsession.errors import ConfigError, SessionDestroyed, SessionUnavailable
 from memsession.replica import RECENT_WRITE
-from memsession.session import Record, new_id
+from memsession.session import Record, new_id, session_key
 from memsession.testing import FakeClock
 from persist import Persistence
 
@@ -52,7 +52,7 @@ def test_sets_and_destroys_reach_every_replica_and_the_hub(hub, clock):
     assert a.get(sid) is None and b.get(sid) is None
     with pytest.raises(SessionDestroyed):
         a.set(sid, {"n": 3})
-    assert hub.state.replica[sid].deleted
+    assert hub.state.replica[session_key(sid)].deleted
     assert state(a.records()) == state(b.records()) == state(c.records()) == hub_state(hub)
 
 
@@ -61,10 +61,10 @@ def test_a_late_update_never_undoes_a_destroy(hub, clock):
     sid = new_id()
     old = a.set(sid, {"n": 1})
     b.destroy(sid)
-    late = Record(sid, {"n": 9}, old.version + 10**9, 12345, old.created, old.accessed, old.expires + 100)
+    late = Record(session_key(sid), {"n": 9}, old.version + 10**9, 12345, old.created, old.accessed, old.expires + 100)
     b.bus.receive(wire.encode_set(late, 12345, 1, 1, 0))
     hub.deliver(wire.encode_set(late, 12345, 1, 2, 0))
-    assert a.get(sid) is None and b.get(sid) is None and hub.state.replica[sid].deleted
+    assert a.get(sid) is None and b.get(sid) is None and hub.state.replica[session_key(sid)].deleted
 
 
 @settings(max_examples=60, deadline=None)
@@ -80,7 +80,7 @@ def test_concurrent_writes_converge_whatever_the_delivery_order(writes):
         if (int(clock.wall() * 1000), tick, writer) in used:
             continue  # a writer never issues the same version twice
         used.add((int(clock.wall() * 1000), tick, writer))
-        records.append(Record(sid, {"w": writer, "i": i}, (int(clock.wall() * 1000) << 16) + tick,
+        records.append(Record(session_key(sid), {"w": writer, "i": i}, (int(clock.wall() * 1000) << 16) + tick,
                               writer + 1, clock.wall(), clock.wall(), clock.wall() + 3600))
     replicas = [SessionCache(clock=clock) for _ in range(3)]
     orders = [records, list(reversed(records)), records[1::2] + records[::2]]
@@ -152,7 +152,7 @@ def test_touches_are_coalesced_and_slide_remote_expiry(hub, clock):
     assert a.bus.stats()["published"] == published + 1
     assert b.record(sid).accessed == a.record(sid).accessed == clock.wall()
     assert b.record(sid).version == a.record(sid).version
-    assert hub.state.replica[sid].accessed == clock.wall()
+    assert hub.state.replica[session_key(sid)].accessed == clock.wall()
 
 
 def test_is_touch_tells_sets_from_touches(clock):
@@ -194,12 +194,12 @@ def test_the_hub_asks_for_a_resync_when_it_lost_a_message(hub, clock):
     lost, later = new_id(), new_id()
     record = a.set(lost, {"n": 1})
     # Simulate the hub's capture queue losing message 2 of a's stream: b gets it, the hub does not.
-    record = Record(lost, {"n": 2}, record.version + 1, a.origin, record.created, record.accessed, record.expires)
+    record = Record(session_key(lost), {"n": 2}, record.version + 1, a.origin, record.created, record.accessed, record.expires)
     a.apply(record)
     b.bus.receive(a.bus.replicator.outgoing(record))
-    assert hub.state.replica[lost].data == {"n": 1}
+    assert hub.state.replica[session_key(lost)].data == {"n": 1}
     a.set(later, {"n": 3})  # seq 3: the hub sees the gap, asks a to resync, a pushes, the hub relays
-    assert hub.state.replica[lost].data == {"n": 2}
+    assert hub.state.replica[session_key(lost)].data == {"n": 2}
     assert hub.state.counts["resyncs_sent"] == 1 and a.bus.stats()["resyncs"] == 1
     assert state(a.records()) == state(b.records()) == hub_state(hub)
 
@@ -213,7 +213,7 @@ def test_hub_restart_new_epoch_workers_push_and_resnapshot(hub, clock):
     assert hub.state.replica == {}
     b.set(sids[0], {"by": "b"})  # made while the new hub knows nothing yet
     hub.beat()
-    assert {sid: hub.state.replica[sid].data["by"] for sid in sids} == {
+    assert {sid: hub.state.replica[session_key(sid)].data["by"] for sid in sids} == {
         sids[0]: "b", sids[1]: "a", sids[2]: "a", sids[3]: "a"
     }
     assert state(a.records()) == state(b.records()) == hub_state(hub)
@@ -246,8 +246,8 @@ def test_fetch_reads_through_the_hub(hub, clock):
     a, b = cache(hub, clock), cache(hub, clock)
     sid = new_id()
     a.set(sid, {"n": 1})
-    assert b.bus.fetch(sid).data == {"n": 1}
-    assert b.bus.fetch(new_id()) is None
+    assert b.bus.fetch(session_key(sid)).data == {"n": 1}
+    assert b.bus.fetch(session_key(new_id())) is None
 
 
 def test_wait_for_returns_a_recent_enough_copy_or_refuses_to_guess(hub, clock):
@@ -340,7 +340,7 @@ def test_invalidate_mode_sends_key_and_version_and_reads_through_the_hub(hub, cl
     sid = new_id()
     a.set(sid, {"n": 1})
     assert b.record(sid) is None  # only the key and version travelled
-    assert hub.state.replica[sid].data == {"n": 1}  # the value went to the hub first
+    assert hub.state.replica[session_key(sid)].data == {"n": 1}  # the value went to the hub first
     assert b.get(sid) == {"n": 1}  # read through on first use
     a.set(sid, {"n": 2})
     assert b.record(sid) is None  # the older copy was dropped, not updated
@@ -398,8 +398,8 @@ def test_clear_ends_every_session_on_every_replica_and_the_hub(hub, clock):
     b.clear()
     for replica in (a, b, c):
         assert len(replica) == 0 and replica.cleared == b.cleared
-        assert [r.key for r in replica.records()] == [sids[0]]  # the tombstone stays
-    assert list(hub.state.replica) == [sids[0]] and hub.state.cleared == b.cleared
+        assert [r.key for r in replica.records()] == [session_key(sids[0])]  # the tombstone stays
+    assert list(hub.state.replica) == [session_key(sids[0])] and hub.state.cleared == b.cleared
     clock.advance(1)
     a.set(sids[1], {"after": True})  # a write after the clear is an ordinary write
     assert c.get(sids[1]) == {"after": True}
@@ -426,7 +426,7 @@ def test_a_clear_from_the_bus_reaches_a_replicas_store_without_holding_the_bus(h
     sid = new_id()
     b.set(sid, {"n": 1})  # b's own write: b persists it
     b.persistence.flush()
-    assert store.load(sid) is not None and a.get(sid) == {"n": 1}
+    assert store.load(session_key(sid)) is not None and a.get(sid) == {"n": 1}
     # The hub delivers to b on this very thread: were b's store cleared there, this would wait.
     clearing = threading.Thread(target=a.clear)
     clearing.start()
@@ -435,7 +435,7 @@ def test_a_clear_from_the_bus_reaches_a_replicas_store_without_holding_the_bus(h
     assert b.get(sid) is None and b.cleared == a.cleared
     SlowClearStore.gate.set()
     b.persistence.flush()  # the writer thread owes the store that clear
-    assert store.load(sid) is None and store.stats()["cleared"] == a.cleared
+    assert store.load(session_key(sid)) is None and store.stats()["cleared"] == a.cleared
     a.close()
     b.close()
 
@@ -448,7 +448,7 @@ def test_evict_all_forgets_here_only(hub, clock, tmp_path):
     a, b = cache(hub, clock), cache(hub, clock)
     a.set(sid, {"n": 1})
     a.evict_all()
-    assert b.get(sid) == {"n": 1} and hub.state.replica[sid].data == {"n": 1}
+    assert b.get(sid) == {"n": 1} and hub.state.replica[session_key(sid)].data == {"n": 1}
     assert a.get(sid) is None
     b.set(sid, {"n": 2})
     assert a.get(sid) == {"n": 2}
@@ -473,7 +473,7 @@ def test_evict_all_forgets_here_only(hub, clock, tmp_path):
 def test_a_write_from_before_the_clear_arriving_after_it_stays_out(hub, clock):
     a, b = cache(hub, clock), cache(hub, clock)
     sid = new_id()
-    early = Record(sid, {"early": 1}, a.hlc.now(), 4242, clock.wall(), clock.wall(), clock.wall() + 60)
+    early = Record(session_key(sid), {"early": 1}, a.hlc.now(), 4242, clock.wall(), clock.wall(), clock.wall() + 60)
     clock.advance(1)
     b.clear()
     hub.deliver(wire.encode_set(early, 4242, 1, 1, 0))  # written before the clear, delivered after it
@@ -503,7 +503,7 @@ def test_a_restarted_hub_learns_the_clear_back_from_the_workers(hub, clock):
     hub.beat()
     assert hub.state.cleared == a.cleared
     assert hub_state(hub) == state(a.records()) == state(b.records())
-    assert list(hub.state.replica) == [kept]
+    assert list(hub.state.replica) == [session_key(kept)]
 
 
 # -- reads while a gap is repaired --------------------------------------------------------------
@@ -561,7 +561,7 @@ def test_a_batch_is_numbered_like_the_messages_it_holds(hub, clock):
     frames = sender.outgoing_batch(records)
     assert wire.decode(frames).op == wire.BATCH and sender.seq == 5
     assert b.bus.receive(frames) == "applied"
-    assert all(b.get(r.key) == r.data for r in records)
+    assert all(b.held(r.key).data == r.data for r in records)
     assert b.bus.receive(frames) == "skipped"  # every item already seen
     stats = b.stats()["replication"]
     assert stats["received"] == 5 and stats["duplicates"] == 5 and stats["gaps"] == 0

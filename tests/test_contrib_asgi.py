@@ -162,8 +162,8 @@ def test_waiting_for_another_worker_runs_off_the_event_loop() -> None:
 
 
 def stored(cache: SessionCache) -> dict[str, tuple[int, dict]]:
-    """Every session the cache holds: version and data by id."""
-    return {sid: (cache.record(sid).version, cache.record(sid).data) for sid in cache}
+    """Every session the cache holds: version and data by key."""
+    return {key: (cache.held(key).version, cache.held(key).data) for key in cache}
 
 
 def test_a_session_grown_past_the_limit_is_one_500_and_one_log_line_and_stays_as_it_was(caplog) -> None:

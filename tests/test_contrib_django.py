@@ -570,8 +570,8 @@ def test_a_session_no_one_can_resolve_is_answered_503_not_a_new_session(companio
 
 
 def stored(cache: SessionCache) -> dict[str, tuple[int, dict]]:
-    """Every session the cache holds: version and data by id."""
-    return {sid: (cache.record(sid).version, cache.record(sid).data) for sid in cache}
+    """Every session the cache holds: version and data by key."""
+    return {key: (cache.held(key).version, cache.held(key).data) for key in cache}
 
 
 @override_settings(MIDDLEWARE=RYW_MIDDLEWARE)

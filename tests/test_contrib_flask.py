@@ -259,9 +259,9 @@ def test_flask_login() -> None:
 
 
 def stored(app: Flask) -> dict[str, tuple[int, dict]]:
-    """Every session the app's cache holds: version and data by id."""
+    """Every session the app's cache holds: version and data by key."""
     cache = app.extensions["memsession"].cache
-    return {sid: (cache.record(sid).version, cache.record(sid).data) for sid in cache}
+    return {key: (cache.held(key).version, cache.held(key).data) for key in cache}
 
 
 def test_a_session_grown_past_the_limit_is_one_500_and_one_log_line_and_stays_as_it_was(caplog) -> None:

@@ -113,9 +113,9 @@ def test_shared_cache_and_options_conflict() -> None:
 
 
 def stored(middleware: SessionMiddleware) -> dict[str, tuple[int, dict]]:
-    """Every session the middleware's cache holds: version and data by id."""
+    """Every session the middleware's cache holds: version and data by key."""
     cache = middleware.manager.cache
-    return {sid: (cache.record(sid).version, cache.record(sid).data) for sid in cache}
+    return {key: (cache.held(key).version, cache.held(key).data) for key in cache}
 
 
 def lazy_app(environ, start_response):

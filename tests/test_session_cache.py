@@ -20,6 +20,7 @@ from memsession import (
     SessionDestroyed,
     SessionTooLarge,
     new_id,
+    session_key,
 )
 from memsession.testing import EvictionModel, FakeClock
 
@@ -40,7 +41,7 @@ def test_set_get_destroy_round_trip():
     cache.set(sid, {"user": 7, "roles": ["a", "b"]})
     assert cache.get(sid) == {"user": 7, "roles": ["a", "b"]}
     assert cache.length() == len(cache) == 1 and sid in cache
-    assert cache.all() == {sid: {"user": 7, "roles": ["a", "b"]}}
+    assert cache.all() == {session_key(sid): {"user": 7, "roles": ["a", "b"]}}  # keyed by digest
     assert cache.destroy(sid) is True
     assert cache.get(sid) is None and cache.destroy(sid) is False
 
@@ -129,7 +130,7 @@ def test_prune_drops_expired_and_reports_how_many():
     cache.set(keep, {"x": 1})
     clock.advance(6)
     assert cache.prune() == 4
-    assert list(cache) == [keep]
+    assert list(cache) == [session_key(keep)]
     assert cache.stats()["expired"] == 4
 
 
@@ -237,7 +238,8 @@ def remote(cache, sid, data, *, version, origin=99, created=None, accessed=None,
     created = wall if created is None else created
     accessed = wall if accessed is None else accessed
     expires = kw.get("expires", min(accessed + cache.config.idle_timeout, created + cache.config.max_age))
-    return Record(sid, data, version, origin, created, accessed, expires, deleted, flat=True, size=len(msgpack.packb(data)))
+    return Record(session_key(sid), data, version, origin, created, accessed, expires, deleted, flat=True,
+                  size=len(msgpack.packb(data)))
 
 
 def test_apply_is_last_writer_wins_by_version_then_origin():
@@ -276,7 +278,7 @@ def test_remote_tombstone_removes_and_blocks():
     sid = new_id()
     cache.set(sid, {"v": 1})
     wall = cache.clock.wall()
-    tomb = Record(sid, {}, 1, 99, wall, wall, wall + 600, True)  # older version: still final
+    tomb = Record(session_key(sid), {}, 1, 99, wall, wall, wall + 600, True)  # older version: still final
     assert cache.apply(tomb)
     assert cache.get(sid) is None
     with pytest.raises(SessionDestroyed):
@@ -412,7 +414,7 @@ class FacadeMachine(RuleBasedStateMachine):
     @invariant()
     def same_sessions(self):
         live = self.model.live(self.clock())
-        assert set(iter(self.cache)) == set(live)
+        assert set(iter(self.cache)) == {session_key(sid) for sid in live}
         assert self.cache.length() == len(live)
 
 
