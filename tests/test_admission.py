@@ -23,7 +23,6 @@ from persist import Persistence
 from persist.base import make_record, record_from_json, record_to_json
 from persist.jsonfile import JsonFileStore
 from persist.jsonfile.snapshot import write_snapshot
-from persist.persistence import PersistConfig
 
 WALL = 1_700_000_000.0
 
