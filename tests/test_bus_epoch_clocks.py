@@ -19,7 +19,7 @@ from memsession import Hub, SessionCache, ZmqBus
 from memsession.bus.base import BusConfig, Replicator
 from memsession.bus.sequence import DUP, GAP, NEW, OK, SequenceTracker
 from memsession.hub import HubState
-from memsession.session import new_id
+from memsession.session import new_id, session_key
 from memsession.testing import FakeClock
 
 
@@ -119,13 +119,13 @@ def _restart_keeps_sessions(runtime_dir: str, second_state: Callable[[Hub, Sessi
         assert writer.bus is not None and writer.bus.wait_joined(10)  # type: ignore[attr-defined]
         sid = new_id()
         writer.set(sid, {"user": "ada"})
-        _until(lambda: sid in first.state.replica, 10, "the first hub to hold the session")
+        _until(lambda: session_key(sid) in first.state.replica, 10, "the first hub to hold the session")
         first.stop()
         second = Hub(runtime_dir=runtime_dir, heartbeat=0.1)
         second.state = second_state(first, writer)
         second.start()
         try:
-            _until(lambda: sid in second.state.replica, 10, "the worker to push its session to the new hub")
+            _until(lambda: session_key(sid) in second.state.replica, 10, "the worker to push its session to the new hub")
             joiner = SessionCache(bus=ZmqBus(**fast))
             caches.append(joiner)
             assert joiner.bus is not None and joiner.bus.wait_joined(10)  # type: ignore[attr-defined]
@@ -203,7 +203,7 @@ def test_a_worker_restarted_with_its_origin_after_the_clock_stepped_back_is_hear
         second = new_id()
         after.set(second, {"n": 2})
         _until(lambda: reader.get(second) == {"n": 2}, 10, "the second life's write at the reader")
-        _until(lambda: second in hub.state.replica, 10, "the second life's write at the hub")
+        _until(lambda: session_key(second) in hub.state.replica, 10, "the second life's write at the hub")
     finally:
         for cache in caches:
             cache.close()

@@ -28,7 +28,7 @@ from memsession.bus.base import BusConfig, Replicator
 from memsession.bus.sequence import DUP, GAP, JUMP, OK, SequenceTracker
 from memsession.errors import ConfigError
 from memsession.hub import HubConfig, HubState
-from memsession.session import Record, new_id
+from memsession.session import Record, new_id, session_key
 from memsession.testing import FakeClock
 from tests.test_replication_zmq import FAST, HubProcess
 
@@ -211,9 +211,10 @@ def test_a_forged_heartbeat_costs_a_worker_one_repair_and_the_victims_writes_go_
         assert replicator.receive(wire.encode_heartbeat(victim, epoch, LARGEST_SEQ, 0)) == "repair"
         assert replicator.dropped == {"seq jump": 1}
         replicator.install_snapshot([], {victim: (epoch, 1)}, 1 << 12)  # the hub never took the claim
-        assert replicator.receive(
-            wire.encode_record_message(_record("b" * 32, {"n": 2}, victim), victim, epoch, 2, 0)) == "applied"
-        assert cache.get("b" * 32) == {"n": 2}
+        later = new_id()
+        message = wire.encode_record_message(_record(session_key(later), {"n": 2}, victim), victim, epoch, 2, 0)
+        assert replicator.receive(message) == "applied"
+        assert cache.get(later) == {"n": 2}
     finally:
         cache.close()
 
@@ -382,8 +383,8 @@ def test_a_forged_frame_does_not_silence_a_worker(bus: Bus, kind: str) -> None:
     victim.call(("set", (logged_in, {"user": "ada"})))
     _poll(lambda: other.call(("get", logged_in)) == {"user": "ada"}, 10, "the session to reach the other")
     epoch, _ = bus.stream_of(victim.origin)
-    forged_key = new_id()
-    forged = _forged_messages(kind, victim.origin, epoch, forged_key)
+    forged_sid = new_id()
+    forged = _forged_messages(kind, victim.origin, epoch, session_key(forged_sid))
     gaps = other.call(("stats", None))["gaps"]
     bus.forge(forged)
     _poll(lambda: bus.hub.stats()["gaps"] >= 1, 10, "the hub to take the forged frame")
@@ -404,7 +405,8 @@ def test_a_forged_frame_does_not_silence_a_worker(bus: Bus, kind: str) -> None:
     assert arrived() == len(written), f"{arrived()} of {len(written)} writes of the victim got through"
     _poll(lambda: other.call(("get", logged_in)) is None, 10, "the logout to reach the other worker")
     at_hub = bus.hub.snapshot()  # {key: (version, origin, deleted, data)}
-    assert all(sid in at_hub for sid in written) and at_hub.get(logged_in, (0, 0, True))[2]
+    assert all(session_key(sid) in at_hub for sid in written)
+    assert at_hub.get(session_key(logged_in), (0, 0, True))[2]
     if kind == "restart":
         return
     # Every forged frame was kept out and counted (the last of a burst may still be on its way).
@@ -412,4 +414,4 @@ def test_a_forged_frame_does_not_silence_a_worker(bus: Bus, kind: str) -> None:
     _poll(lambda: other.call(("stats", None))["dropped"].get("seq jump") == len(forged), 10,
           "the other worker to count them")
     if kind == "data":  # what the forged frame carried was kept out everywhere
-        assert forged_key not in at_hub and other.call(("get", forged_key)) is None
+        assert session_key(forged_sid) not in at_hub and other.call(("get", forged_sid)) is None

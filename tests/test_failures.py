@@ -31,6 +31,7 @@ import httpx
 import pytest
 
 from memsession.config import Config
+from memsession.session import session_key
 from persist.postgres import PostgresStore
 from tests.servers import PostgresServer
 from tests.sidecars import Gunicorn, Readers, SidecarProcess, client, cmdline, wait_until
@@ -157,6 +158,7 @@ def workers_of(server: Gunicorn) -> list[int]:
 
 
 def stored(url: str) -> dict[str, dict]:
+    """The live sessions in the database, by key (``session_key`` of the id the load knows them by)."""
     store = PostgresStore(url)
     try:
         return {r.key: r.data for r in store.load_all(time.time()) if not r.deleted}
@@ -229,7 +231,8 @@ def quiesced(sidecar: SidecarProcess, load: Load, postgres_url: str) -> None:
         raise AssertionError(f"{exc}\n{sidecar.stats()['persist']}\n{sidecar.tail(30)}") from None
     def differences() -> dict:
         rows = stored(postgres_url)
-        return {s: (d, rows.get(s)) for s, d in load.model.items() if rows.get(s) != d}
+        found = {s: rows.get(session_key(s)) for s in load.model}
+        return {s: (d, found[s]) for s, d in load.model.items() if found[s] != d}
 
     left = differences()
     deadline = time.monotonic() + 30

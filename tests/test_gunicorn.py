@@ -15,6 +15,7 @@ import pytest
 from memsession.errors import ConfigError
 from memsession.hub import HubConfig, query_stats
 from memsession.service.gunicorn import GunicornHooks, session_cache
+from memsession.session import session_key
 from persist.jsonfile import read_snapshot
 from tests.sidecars import Gunicorn, Readers, client, cmdline, wait_until
 from tests.webservers import ProcessError
@@ -177,7 +178,8 @@ def test_acknowledged_mode_against_an_external_sidecar(postgres_url: str) -> Non
                 for i in range(5):
                     assert c.post("/set", params={"key": "step", "value": str(i)}).status_code == 200
                     sid = c.get("/me").json()["sid"]
-                    stored = store.load(sid)  # no polling: the response came after the acknowledgement
+                    # No polling: the response came after the acknowledgement.
+                    stored = store.load(session_key(sid))
                     assert stored is not None and stored.data == {"user": "dora", "step": str(i)}
             finally:
                 store.close()

@@ -19,7 +19,7 @@ from memsession.hub import HubConfig, HubState, query_snapshot
 from memsession.hub.reads import StoreReads
 from memsession.service.cli import build_parser
 from memsession.service.commands import format_status
-from memsession.session import Record, new_id
+from memsession.session import Record, new_id, session_key
 from memsession.testing import FakeClock
 from tests.sidecars import Gunicorn, SidecarProcess, client, wait_until
 
@@ -237,11 +237,12 @@ def _cache(runtime_dir: str, **options: object) -> SessionCache:
 
 
 def _stored(postgres_url: str, sids: list[str]) -> dict[str, Record]:
+    """The rows of the sessions ``sids`` (stored by ``session_key``), by id."""
     from persist.postgres import PostgresStore
 
     store = PostgresStore(postgres_url)
     try:
-        return {sid: r for sid in sids if (r := store.load(sid)) is not None}
+        return {sid: r for sid in sids if (r := store.load(session_key(sid))) is not None}
     finally:
         store.close()
 
@@ -300,7 +301,8 @@ def test_a_warm_start_holds_the_most_recent_and_reads_back_the_rest(postgres_url
         stats = bounded.stats()
         assert stats["persist"]["warm_loaded"] == len(sids)
         assert stats["sessions"] == MAXSIZE and stats["evicted"] == len(sids) - MAXSIZE
-        assert sorted(r.key for r in query_snapshot(bounded.requests)) == sorted(sids[-MAXSIZE:])
+        held = sorted(r.key for r in query_snapshot(bounded.requests))
+        assert held == sorted(session_key(sid) for sid in sids[-MAXSIZE:])
         with _cache(bounded.runtime_dir) as fresh:
             assert fresh.bus.wait_joined(10)  # type: ignore[union-attr]
             got = fresh.wait_for(sids[0], versions[sids[0]], 0.05)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from memsession import wire
-from memsession.session import new_id
+from memsession.session import new_id, session_key
 from tests.test_replication_zmq import FAST, SPAWN, HubProcess, Worker, _poll, wait_converged
 
 pytestmark = pytest.mark.zmq
@@ -29,7 +29,10 @@ SESSIONS = 10
 
 
 def _lifetimes(runtime_dir: str, sids: list[str], count: int) -> None:
-    """Publish one change from each of ``count`` fresh origins, as that many short-lived workers would."""
+    """Publish one change from each of ``count`` fresh origins, as that many short-lived workers would.
+
+    Each change is keyed, as a worker's would be, by ``session_key`` of one of ``sids``.
+    """
     import zmq
 
     from memsession.bus.streams import new_epoch
@@ -55,7 +58,7 @@ def _lifetimes(runtime_dir: str, sids: list[str], count: int) -> None:
     hlc = HybridClock()
     for i in range(count):
         wall = time.time()
-        record = Record(sids[i % len(sids)], {"lifetime": i}, hlc.now(), random.getrandbits(63) or 1,
+        record = Record(session_key(sids[i % len(sids)]), {"lifetime": i}, hlc.now(), random.getrandbits(63) or 1,
                         wall, wall, wall + 3600.0)
         pub.send_multipart(wire.encode_set(record, record.origin, new_epoch(), 1, int(wall * 1e6)))
     pub.close()  # linger: everything queued is delivered before the context ends
@@ -126,10 +129,11 @@ def test_100000_worker_lifetimes_leave_the_hub_as_small_as_10() -> None:
     few, many = churn(10), churn(100_000)
     for run, lifetimes in ((few, 10), (many, 100_000)):
         # What the lifetimes wrote stays merged: every session holds its last lifetime's write.
-        assert sorted(run["state"]) == sorted(run["sids"])
-        last = {sid: max(i for i in range(lifetimes) if i % SESSIONS == n) for n, sid in enumerate(run["sids"])}
-        assert {sid: value[3] for sid, value in run["state"].items()} == {
-            sid: {"lifetime": i} for sid, i in last.items()
+        keys = [session_key(sid) for sid in run["sids"]]  # what the hub and the workers hold
+        assert sorted(run["state"]) == sorted(keys)
+        last = {key: max(i for i in range(lifetimes) if i % SESSIONS == n) for n, key in enumerate(keys)}
+        assert {key: value[3] for key, value in run["state"].items()} == {
+            key: {"lifetime": i} for key, i in last.items()
         }
         assert run["forgotten"] >= lifetimes
         assert run["joined"]["repairs"] >= 1 and run["joined"]["snapshot_records"] >= SESSIONS

@@ -11,7 +11,7 @@ import pytest
 
 from memsession import SessionCache
 from memsession.errors import ConfigError, StoreError, StoreUnavailable
-from memsession.session import Record, is_valid_sid, new_id
+from memsession.session import Record, is_valid_sid, new_id, session_key
 from persist import Persistence
 from persist.base import WATERMARK_KEY
 from persist.couchdb import CouchFollower, CouchStore
@@ -211,7 +211,7 @@ def test_follower_evicts_documents_deleted_in_couchdb(db_url: str) -> None:
         cache.persistence.flush()
         other = open_store(db_url)
         try:
-            assert other.delete([sid]) == 1
+            assert other.delete([session_key(sid)]) == 1
         finally:
             other.close()
         wait_until(lambda: sid not in cache)
@@ -316,11 +316,13 @@ def test_documents_the_server_refuses_are_named(db_url: str) -> None:
 def test_opening_an_existing_database_only_reads(db_url: str) -> None:
     """A database member (not admin) can open an existing store: nothing is created twice."""
     open_store(db_url).close()
-    seen: list[str] = []
-    hooks = {"request": [lambda request: seen.append(request.method)]}
+    base = httpx.URL(db_url + "/").path
+    seen: list[tuple[str, str]] = []
+    hooks = {"request": [lambda request: seen.append((request.method, request.url.path.removeprefix(base)))]}
     with httpx.Client(base_url=db_url + "/", trust_env=False, event_hooks=hooks) as client:
         CouchStore(client=client).close()
-    assert seen == ["GET", "GET"]
+    # The database, its index, and the mark that its documents are keyed by digests: nothing to move.
+    assert seen == [("GET", ""), ("GET", "_index"), ("GET", "_local/memsession-keys")]
 
 
 # -- clear: the watermark document ---------------------------------------------------
@@ -495,7 +497,7 @@ def test_follower_eviction_after_a_clear_reaches_the_cache(db_url: str) -> None:
         cache.persistence.flush()
         other = open_store(db_url)
         try:
-            assert other.delete([sid]) == 1
+            assert other.delete([session_key(sid)]) == 1
         finally:
             other.close()
         wait_until(lambda: sid not in cache)
@@ -521,10 +523,10 @@ def test_follower_eviction_never_replaces_a_tombstone_a_clear_kept(db_url: str) 
         cache.persistence.flush()
         cache.clear()
         assert cache.record(sid) == tomb
-        assert store.load(sid) == tomb  # the store's clear kept it too
+        assert store.load(session_key(sid)) == tomb  # the store's clear kept it too
         other = open_store(db_url)
         try:
-            assert other.delete([sid]) == 1
+            assert other.delete([session_key(sid)]) == 1
         finally:
             other.close()
         wait_until(lambda: follower.counts["deletions"] == 1)

@@ -23,7 +23,7 @@ import pytest
 
 from memsession import SessionCache
 from memsession.errors import StoreUnavailable
-from memsession.session import new_id
+from memsession.session import new_id, session_key
 from persist.base import WATERMARK_KEY
 from persist.jsonfile import read_snapshot
 from persist.persistence import PersistConfig, Persistence
@@ -54,6 +54,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
 
 
 def stored(url: str) -> dict[str, str]:
+    """Every row's data as text, by key (``session_key`` of the session's id)."""
     with psycopg.connect(url) as conn:
         return dict(conn.execute('SELECT sid, sess::text FROM "memsession"').fetchall())
 
@@ -95,13 +96,13 @@ def test_postgres_restart_mid_run(private_postgres: PostgresServer) -> None:
 
         after = new_id()
         through.set(after, {"after": True})
-        assert after in stored(postgres_url)
+        assert session_key(after) in stored(postgres_url)
 
         wait_until(lambda: behind.stats()["persistence"]["queued"] == 0)
         rows = stored(postgres_url)
-        missing = [sid for sid in written if sid not in rows]
+        missing = [sid for sid in written if session_key(sid) not in rows]
         assert not missing, f"{len(missing)} of {len(written)} write-behind sessions lost"
-        assert all(rows[sid] == f'{{"i":{n}}}' for sid, n in written.items())
+        assert all(rows[session_key(sid)] == f'{{"i":{n}}}' for sid, n in written.items())
     finally:
         behind.close()
         through.close()
@@ -140,7 +141,7 @@ def test_write_through_during_outage_raises_then_recovers(private_postgres: Post
         assert all(cache.get(sid) == {"late": True} for sid in failed)
         wait_until(lambda: cache.stats()["persistence"]["queued"] == 0)
         rows = stored(postgres_url)
-        assert all(sid in rows for sid in failed)
+        assert all(session_key(sid) in rows for sid in failed)
     finally:
         cache.close()
 
@@ -194,9 +195,9 @@ def test_sigkill_keeps_every_acknowledged_write_through(postgres_url: str) -> No
             child.stdout.close()
     assert child.returncode == -signal.SIGKILL
     rows = stored(postgres_url)
-    missing = [sid for sid in acknowledged if sid not in rows]
+    missing = [sid for sid in acknowledged if session_key(sid) not in rows]
     assert not missing, f"{len(missing)} acknowledged writes lost"
-    assert all(rows[sid] == f'{{"i":{i}}}' for sid, i in acknowledged.items())
+    assert all(rows[session_key(sid)] == f'{{"i":{i}}}' for sid, i in acknowledged.items())
 
 
 CHILD_JSON = textwrap.dedent(

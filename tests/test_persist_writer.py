@@ -19,7 +19,7 @@ import pytest
 
 from memsession import SessionCache
 from memsession.errors import ConfigError, SessionDestroyed, StoreRejected, StoreUnavailable
-from memsession.session import Record, new_id
+from memsession.session import Record, new_id, session_key
 from memsession.testing import FakeClock
 from persist.jsonfile import JsonFileStore
 from persist.persistence import PersistConfig, Persistence
@@ -139,9 +139,9 @@ def test_write_through_saves_before_returning(store: RecordingStore, clock: Fake
     with make_cache(store, clock, PersistConfig(mode="write_through")) as cache:
         sid = new_id()
         record = cache.set(sid, {"a": 1})
-        assert store.load(sid) == record
+        assert store.load(session_key(sid)) == record
         cache.destroy(sid)
-        stored = store.load(sid)
+        stored = store.load(session_key(sid))
         assert stored is not None and stored.deleted
 
 
@@ -163,11 +163,11 @@ def test_write_behind_coalesces_by_key(store: RecordingStore, clock: FakeClock) 
         for i in range(100):
             cache.set(sid, {"i": i})
         cache.set(other, {})
-        assert store.load(sid) is None
+        assert store.load(session_key(sid)) is None
         assert cache.stats()["persistence"]["queued"] == 2
         assert cache.persistence is not None and cache.persistence.flush() == 2
         assert store.batches == [2]
-        stored = store.load(sid)
+        stored = store.load(session_key(sid))
         assert stored is not None and stored.data == {"i": 99}
 
 
@@ -175,7 +175,7 @@ def test_write_behind_flushes_on_interval(store: RecordingStore) -> None:
     with SessionCache(persistence=Persistence(store, PersistConfig(flush_interval=0.01))) as cache:
         sid = new_id()
         cache.set(sid, {"a": 1})
-        wait_until(lambda: store.load(sid) is not None)
+        wait_until(lambda: store.load(session_key(sid)) is not None)
 
 
 def test_write_behind_flushes_when_enough_keys_wait(store: RecordingStore) -> None:
@@ -184,7 +184,7 @@ def test_write_behind_flushes_when_enough_keys_wait(store: RecordingStore) -> No
         sids = [new_id() for _ in range(10)]
         for sid in sids:
             cache.set(sid, {})
-        wait_until(lambda: all(store.load(s) is not None for s in sids))
+        wait_until(lambda: all(store.load(session_key(s)) is not None for s in sids))
 
 
 def test_close_flushes_write_behind(store: RecordingStore, tmp_path: Path) -> None:
@@ -196,7 +196,7 @@ def test_close_flushes_write_behind(store: RecordingStore, tmp_path: Path) -> No
     assert store.stats()["snapshots"] == 1
     reopened = JsonFileStore(tmp_path / "s.jsonl", save_interval=None)
     try:
-        assert all(reopened.load(s) is not None for s in sids)
+        assert all(reopened.load(session_key(s)) is not None for s in sids)
     finally:
         reopened.close()
 
@@ -257,7 +257,7 @@ def test_write_through_outage_raises_and_retries(
         assert stats["write_errors"] >= 1 and stats["queued"] == 1
         assert "failing" in caplog.text
         store.down = False
-        wait_until(lambda: store.load(sid) is not None)
+        wait_until(lambda: store.load(session_key(sid)) is not None)
         wait_until(lambda: cache.stats()["persistence"]["queued"] == 0)
         assert "is back" in caplog.text
 
@@ -272,7 +272,7 @@ def test_write_behind_outage_loses_nothing(store: RecordingStore) -> None:
         wait_until(lambda: cache.stats()["persistence"]["write_errors"] >= 2)
         assert all(cache.get(sid) is not None for sid in sids)
         store.down = False
-        wait_until(lambda: all(store.load(s) is not None for s in sids))
+        wait_until(lambda: all(store.load(session_key(s)) is not None for s in sids))
 
 
 def test_touches_are_written_behind_and_never_fail_reads(store: RecordingStore, clock: FakeClock) -> None:
@@ -286,7 +286,7 @@ def test_touches_are_written_behind_and_never_fail_reads(store: RecordingStore, 
         assert cache.touch(sid)
         store.down = False
         assert cache.persistence is not None and cache.persistence.flush() == 1
-        stored = store.load(sid)
+        stored = store.load(session_key(sid))
         assert stored is not None and stored.version == record.version and stored.accessed > record.accessed
 
 
@@ -350,7 +350,7 @@ def test_concurrent_requests(store: RecordingStore) -> None:
         assert cache.persistence is not None
         cache.persistence.flush()
         for sid in sids:
-            assert cache.get(sid) == store.load(sid).data  # type: ignore[union-attr]
+            assert cache.get(sid) == store.load(session_key(sid)).data  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -429,7 +429,7 @@ def test_a_refused_record_does_not_hold_back_the_queue(tmp_path: Path, name_them
             cache.set(sid, {"poison": True} if i in (3, 17) else {"i": i})
         assert cache.persistence is not None
         cache.persistence.flush()
-        assert all((store.load(sid) is None) == (i in (3, 17)) for i, sid in enumerate(sids))
+        assert all((store.load(session_key(sid)) is None) == (i in (3, 17)) for i, sid in enumerate(sids))
         stats = cache.stats()["persistence"]
         assert stats["rejected"] == 2 and stats["queued"] == 0 and stats["saved"] == 38
 
@@ -665,6 +665,6 @@ def test_cache_clear_ends_sessions_in_the_store_too(tmp_path: Path, clock: FakeC
         assert all(cold.get(sid) is None for sid in sids)
         assert cold.get(later) == {"later": True}
         assert cold.persistence is not None
-        tomb = cold.persistence.store.load(destroyed)  # the clear kept the destroy
+        tomb = cold.persistence.store.load(session_key(destroyed))  # the clear kept the destroy
         assert tomb is not None and tomb.deleted
         assert cold.get(destroyed) is None

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from memsession.hub import query_snapshot, query_stats
-from memsession.session import new_id
+from memsession.session import new_id, session_key
 
 pytestmark = pytest.mark.zmq
 
@@ -484,7 +484,8 @@ def test_a_publisher_without_the_right_curve_key_never_reaches_the_cache(tmp_pat
                      eps[2], keys=keys).start()
     opts = {"publish": eps[0], "subscribe": eps[1], "requests": eps[2], "keys": keys, **FAST}
     worker = Worker(opts, [new_id()], 1)
-    forged = Record(new_id(), {"admin": True}, 10**17, 5, 1.0, 1.0, 4e9)
+    forged_sid = new_id()  # a session the rogue publishers try to plant, keyed as a worker would key it
+    forged = Record(session_key(forged_sid), {"admin": True}, 10**17, 5, 1.0, 1.0, 4e9)
     ctx = zmq.Context()
     from memsession.security import CurveClient
 
@@ -505,8 +506,8 @@ def test_a_publisher_without_the_right_curve_key_never_reaches_the_cache(tmp_pat
             for sock in rogues:
                 sock.send_multipart(wire.encode_set(forged, 5, 1, seq, 0))
             time.sleep(0.01)
-        assert worker.call(("get", forged.key)) is None
-        assert forged.key not in hub.snapshot() and legit in hub.snapshot()
+        assert worker.call(("get", forged_sid)) is None
+        assert forged.key not in hub.snapshot() and session_key(legit) in hub.snapshot()
     finally:
         for sock in rogues:
             sock.close(linger=0)
@@ -595,5 +596,6 @@ def test_a_worker_closed_while_the_hub_is_away_hands_its_writes_to_the_next_hub(
     a.proc.join(10)
     (b,) = cluster.spawn(1)
     state = b.call(("state", None))
-    assert during in state and state[during][3] == {"written": "while the hub was away"}
-    assert before in state
+    held = state.get(session_key(during))  # the joiner got it in the new hub's snapshot
+    assert held is not None and held[3] == {"written": "while the hub was away"}
+    assert session_key(before) in state

@@ -19,7 +19,7 @@ from memsession.errors import ConfigError, StoreUnavailable
 from memsession.hub import HubConfig
 from memsession.service.http import parse_http, prometheus_text
 from memsession.service.sidecar import Sidecar, SidecarConfig
-from memsession.session import Record, new_id
+from memsession.session import Record, new_id, session_key
 from persist.jsonfile import JsonFileStore, read_snapshot
 from persist.url import file_path, open_store, redact, store_kind
 from tests.sidecars import SidecarProcess, http_port, wait_until
@@ -134,15 +134,16 @@ def test_writes_behind_flushes_on_stop_and_warm_starts(tmp_path: Path, runtime_d
         for i, sid in enumerate(sids):
             cache.set(sid, {"i": i})
         cache.destroy(sids[0])
-        wait_until(lambda: all(store.load(s) is not None for s in sids), 10, "writes to reach the store")
-        wait_until(lambda: store.load(sids[0]).deleted, 10, "the tombstone to reach the store")  # type: ignore[union-attr]
+        keys = [session_key(sid) for sid in sids]  # what the store holds the sessions by
+        wait_until(lambda: all(store.load(k) is not None for k in keys), 10, "writes to reach the store")
+        wait_until(lambda: store.load(keys[0]).deleted, 10, "the tombstone to reach the store")  # type: ignore[union-attr]
         stats = sidecar.writer.stats()
         assert stats["saved"] >= len(sids)
         assert stats["depth"] == 0
     # Stopped: the file holds everything (the store was closed by the sidecar, which snapshots).
     saved = {r.key: r for r in read_snapshot(str(path), time.time())}
-    assert saved[sids[0]].deleted
-    assert all(saved[s].data == {"i": i} for i, s in enumerate(sids) if i)
+    assert saved[keys[0]].deleted
+    assert all(saved[k].data == {"i": i} for i, k in enumerate(keys) if i)
 
     # A new sidecar starts warm: a worker that joins gets every session in its snapshot.
     with Sidecar(JsonFileStore(path, save_interval=None), hub, SidecarConfig()) as sidecar:
@@ -164,8 +165,9 @@ def test_flush_on_stop_writes_what_waited(tmp_path: Path, runtime_dir: str) -> N
         with _cache(runtime_dir) as cache:
             sid = new_id()
             cache.set(sid, {"late": True})
-            wait_until(lambda: sidecar.state.replica.get(sid) is not None, 5, "the hub to apply the write")
-            assert store.load(sid) is None  # the flush interval has not passed
+            key = session_key(sid)
+            wait_until(lambda: sidecar.state.replica.get(key) is not None, 5, "the hub to apply the write")
+            assert store.load(key) is None  # the flush interval has not passed
     finally:
         sidecar.stop()
     assert sidecar.writer.counts["unwritten_at_exit"] == 0
@@ -267,7 +269,7 @@ def test_command_postgres_http_status_and_sigterm_flush(postgres_url: str) -> No
             started = time.monotonic()
             assert sidecar.terminate(timeout=30) == 0
             assert time.monotonic() - started < 15
-            assert _pg_rows(postgres_url) == {sid: (versions[sid], False) for sid in sids}
+            assert _pg_rows(postgres_url) == {session_key(sid): (versions[sid], False) for sid in sids}
             assert "all changes written to postgres" in sidecar.tail(200)
         finally:
             cache.close()
@@ -293,20 +295,22 @@ def test_a_clear_reaches_postgres_through_the_sidecar_and_outlives_it(postgres_u
         for i, sid in enumerate(sids):
             cache.set(sid, {"n": i})
         cache.destroy(sids[0])
-        wait_until(lambda: len(sessions()) == len(sids) and sessions()[sids[0]][1], 10,
+        destroyed = session_key(sids[0])
+        wait_until(lambda: len(sessions()) == len(sids) and sessions()[destroyed][1], 10,
                    "the writes to reach PostgreSQL")
         cache.clear()
         # the live sessions go; the tombstone stays (destroyed stays destroyed)
-        wait_until(lambda: list(sessions()) == [sids[0]], 10, "the clear to reach PostgreSQL")
+        wait_until(lambda: list(sessions()) == [destroyed], 10, "the clear to reach PostgreSQL")
         assert sidecar.stats()["cleared"] == cache.cleared
         assert sidecar.stats()["persist"]["clears"] == 1
-        kept = cache.set(new_id(), {"after": "clear"})
+        later = new_id()
+        kept = cache.set(later, {"after": "clear"})
         wait_until(lambda: kept.key in sessions(), 10, "a write after the clear to reach PostgreSQL")
     # A new sidecar starts from the store: nothing the clear ended comes back to a joining worker.
     again = SidecarProcess(postgres_url, "--flush-interval", "0.05")
     with again, _cache(again.runtime_dir) as cache:
         assert cache.bus.wait_joined(5)  # type: ignore[union-attr]
-        assert cache.get(kept.key) == {"after": "clear"}
+        assert cache.get(later) == {"after": "clear"}
         assert all(cache.get(sid) is None for sid in sids)
         assert len(cache) == 1
 
@@ -326,9 +330,10 @@ def test_writes_behind_to_couchdb(couch_url: str, runtime_dir: str) -> None:
         try:
             def stored() -> bool:
                 records = {r.key: r for r in check.load_all(time.time())}
-                return records.get(sids[0]) is not None and records[sids[0]].deleted and all(
-                    records.get(s) is not None and records[s].data == {"i": i, "b": b"\x00bytes"}
-                    for i, s in enumerate(sids) if i)
+                keys = [session_key(sid) for sid in sids]
+                return records.get(keys[0]) is not None and records[keys[0]].deleted and all(
+                    records.get(k) is not None and records[k].data == {"i": i, "b": b"\x00bytes"}
+                    for i, k in enumerate(keys) if i)
 
             wait_until(stored, 20, "every change to reach CouchDB")
         finally:

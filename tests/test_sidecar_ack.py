@@ -11,7 +11,7 @@ from memsession import SessionCache, ZmqBus
 from memsession.errors import ConfigError, StoreError, StoreUnavailable
 from memsession.service.ack import SidecarAckStore
 from memsession.service.ack_server import AckBook, parse_request
-from memsession.session import Record, new_id
+from memsession.session import Record, new_id, session_key
 from persist import Persistence
 from persist.persistence import PersistConfig
 from persist.postgres import PostgresStore
@@ -105,15 +105,15 @@ def test_acknowledged_writes_are_in_postgres_when_set_returns(postgres_url: str)
                 sid = new_id()
                 record = cache.set(sid, {"i": i})
                 written[sid] = record.version
-                stored = pg.load(sid)  # no waiting: set() returned, so it is there
+                stored = pg.load(session_key(sid))  # no waiting: set() returned, so it is there
                 assert stored is not None and stored.version == record.version
             gone = next(iter(written))
             cache.destroy(gone)
-            assert pg.load(gone).deleted  # type: ignore[union-attr]
+            assert pg.load(session_key(gone)).deleted  # type: ignore[union-attr]
 
             sidecar.kill()  # SIGKILL: no flush; acknowledged writes were already stored
             for sid, version in written.items():
-                stored = pg.load(sid)
+                stored = pg.load(session_key(sid))
                 assert stored is not None and (stored.deleted or stored.version == version)
 
             # Without a sidecar, an acknowledged write fails loudly (the value stays in memory).
@@ -124,7 +124,7 @@ def test_acknowledged_writes_are_in_postgres_when_set_returns(postgres_url: str)
             assert time.monotonic() - started < 10
             assert cache.get(sid) == {"late": True}
             with pytest.raises(StoreError):
-                ack_store.delete([sid])
+                ack_store.delete([session_key(sid)])
         finally:
             pg.close()
             cache.close()

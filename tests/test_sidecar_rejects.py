@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from memsession import SessionCache, ZmqBus
-from memsession.session import new_id
+from memsession.session import new_id, session_key
 from persist.postgres import PostgresStore
 from tests.sidecars import SidecarProcess, http_port, wait_until
 
@@ -47,18 +47,20 @@ def _refusing_table(url: str) -> None:
         )
 
 
-def _stored_sids(url: str) -> set[str]:
+def _stored_keys(url: str) -> set[str]:
+    """The keys in the table: ``session_key`` of each session's id."""
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        return {sid for (sid,) in conn.execute("SELECT sid FROM memsession").fetchall()}
+        return {key for (key,) in conn.execute("SELECT sid FROM memsession").fetchall()}
 
 
 def _missing_after_polling(url: str, wanted: set[str], timeout: float) -> set[str]:
-    """Poll the table until it holds every id in ``wanted``; return the ids still missing at the end."""
+    """Poll the table until it holds the session of every id in ``wanted``; return the ids still missing."""
     deadline = time.monotonic() + timeout
     while True:
-        missing = wanted - _stored_sids(url)
+        stored = _stored_keys(url)
+        missing = {sid for sid in wanted if session_key(sid) not in stored}
         if not missing or time.monotonic() >= deadline:
             return missing
         time.sleep(0.05)
@@ -98,7 +100,7 @@ def test_a_refused_record_is_counted_and_holds_back_nothing(postgres_url: str, b
 
         missing = _missing_after_polling(postgres_url, good, LANDING_TIMEOUT)
         assert not missing, f"{len(missing)} of {len(good)} good sessions never reached PostgreSQL"
-        assert poison not in _stored_sids(postgres_url)
+        assert session_key(poison) not in _stored_keys(postgres_url)
 
         def rejected_on_health() -> Any:
             return http.get("/health").json().get("persist", {}).get("rejected")
@@ -128,4 +130,4 @@ def test_a_refused_record_is_counted_and_holds_back_nothing(postgres_url: str, b
         assert final.status_code == 200, final.text
         body: dict[str, Any] = final.json()
         assert body["persist"]["rejected"] == 1
-        assert poison not in _stored_sids(postgres_url)
+        assert session_key(poison) not in _stored_keys(postgres_url)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from memsession.session import new_id
+from memsession.session import new_id, session_key
 from tests.test_origin_churn import snapshot_reply
 from tests.test_replication_zmq import FAST, HubProcess, Worker, _poll, run_ops, wait_converged
 
@@ -56,8 +56,9 @@ def test_a_worker_killed_mid_load_loses_nothing_it_published_and_its_origin_is_f
     own = [new_id() for _ in range(20)]
     for n, sid in enumerate(own):
         victim.call(("set", (sid, {"only": "victim", "n": n})))
-    _poll(lambda: all(sid in s for s in [hub.snapshot()] + [w.call(("state", None)) for w in survivors]
-                      for sid in own), 20, "the victim's sessions at the hub and the others")
+    own_keys = [session_key(sid) for sid in own]  # what the hub and the workers hold them by
+    _poll(lambda: all(key in s for s in [hub.snapshot()] + [w.call(("state", None)) for w in survivors]
+                      for key in own_keys), 20, "the victim's sessions at the hub and the others")
     before = hub.snapshot()
     # The hub lists its own stream last in its vector.
     hub_id = list(snapshot_reply(hub.requests)[1])[-1]
@@ -79,8 +80,8 @@ def test_a_worker_killed_mid_load_loses_nothing_it_published_and_its_origin_is_f
     run_ops(survivors, 100)
     workers.append(Worker(options, shared, 99))
     final = wait_converged(workers, hub, timeout=30)
-    for sid, n in zip(own, range(len(own))):
-        assert final[sid][3] == {"only": "victim", "n": n}
+    for key, n in zip(own_keys, range(len(own))):
+        assert final[key][3] == {"only": "victim", "n": n}
     # Whatever of the victim's the hub or a survivor had is still there, or superseded by a later write.
     for seen in (before, at_kill, *held):
         assert _not_older(final, seen, victim.origin) == []
