@@ -91,7 +91,8 @@ def session_key(sid: str) -> str:
     is how stores written before ids were hashed are recognised
     (``legacy_key``).
     """
-    return hashlib.sha256(sid.encode("ascii")).hexdigest()
+    # Any str hashes (a valid id is ASCII): a malformed one then simply matches nothing.
+    return hashlib.sha256(sid.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def is_session_key(key: object) -> bool:

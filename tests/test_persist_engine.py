@@ -13,7 +13,7 @@ from memsession.errors import ConfigError, StoreRejected
 from memsession.hub import HubConfig
 from memsession.service.sidecar import Sidecar, SidecarConfig
 from memsession.session import Record, new_id
-from persist import Persistence, PersistConfig, Writer, WriterConfig
+from persist import PersistConfig, Persistence, Writer, WriterConfig
 from persist.jsonfile import JsonFileStore
 
 
