@@ -24,9 +24,11 @@ import pytest
 from memsession import SessionCache
 from memsession.bus import ZmqBus
 from memsession.errors import ConfigError
-from memsession.hub import Hub, HubConfig, default_runtime_dir
+from memsession.hub import Hub, HubConfig, default_runtime_dir, query_snapshot
 from memsession.hub.runtime_dir import open_private_dir, socket_address
 from memsession.service.cli import main
+from tests.sidecars import wait_until
+from tests.webservers import Process
 
 FAST_BUS = {"heartbeat": 0.2, "silence": 0.7, "request_timeout": 2.0}
 
@@ -205,6 +207,42 @@ def test_a_worker_reconnecting_after_a_swap_reaches_the_directory_checked_not_th
             sock.close(linger=0)
         ctx.term()
         hub.stop()
+
+
+@pytest.mark.zmq
+@pytest.mark.timeout(60)
+def test_a_runtime_dir_made_again_by_its_owner_is_followed_by_a_running_worker(tmp_path: Path) -> None:
+    # systemd's RuntimeDirectory= removes the directory when the sidecar stops and makes it
+    # again when it starts: a worker that checked the old one must reach the new one.
+    import shutil
+
+    rt = str(tmp_path / "rt")
+
+    def hub_process() -> Process:
+        proc = Process([sys.executable, "-m", "memsession", "hub", "--runtime-dir", rt, "--heartbeat", "0.2",
+                        "--log-level", "WARNING"], name="hub").start()
+        wait_until(lambda: os.path.exists(os.path.join(rt, "req.sock")) or proc.check_alive(), 15, "the hub's sockets")
+        return proc
+
+    first = hub_process()
+    try:
+        with SessionCache(bus=ZmqBus(runtime_dir=rt, **FAST_BUS)) as worker:
+            assert worker.bus.wait_joined(5)
+            worker.set("a" * 43, {"user": "ada"})
+            first.stop()
+            shutil.rmtree(rt)
+            os.mkdir(rt, 0o700)
+            second = hub_process()
+            try:
+                # Asked from another process: here, asking would check the directory for the worker.
+                # The worker alone must notice the hub's silence, check the new directory and move
+                # its sockets there; it then hands the new hub what it holds.
+                wait_until(lambda: '"sessions": 1' in status(rt), 30, "the worker to hand its session over")
+                assert [r.key for r in query_snapshot(f"ipc://{rt}/req.sock")] == ["a" * 43]
+            finally:
+                second.stop()
+    finally:
+        first.stop()
 
 
 # -- the held descriptor ------------------------------------------------------------------------

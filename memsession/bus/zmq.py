@@ -325,8 +325,8 @@ class ZmqBus:
                 elif rep.repair_due and self._joined.is_set() and not rep.silent():
                     push = rep.repair_reason in ("hub restart", "silence")
                     self._repair(dealer, push=push)
-                if not poller.poll(50):
-                    rep.silent()
+                if not poller.poll(50):  # no hub heard lately, or ever: its directory may be a new one
+                    self._at.follow_if(rep.silent() or rep.last_hub_beat is None, time.monotonic())
                     continue
                 for _ in range(1000):
                     try:

@@ -51,8 +51,9 @@ The directory made again by its owner (systemd's ``RuntimeDirectory=`` does
 so when the sidecar restarts): the next check of the path finds another
 directory; if it passes, it replaces the held one under the same descriptor
 number (``dup2``), so the sockets already made reconnect into it. Every new
-socket's address is such a check. A path that no longer passes never
-replaces the held directory: it is refused for new sockets.
+socket's address is such a check, and a bus that hears no hub checks once a
+second (``HubAddresses.follow_if``). A path that no longer passes never
+replaces the held directory: it is refused for new sockets and logged.
 
 libzmq's bind removes a stale socket file before binding: through the
 address, only inside the checked directory, never where a link points.
@@ -71,10 +72,13 @@ import threading
 
 from ..errors import BusError, ConfigError
 
-__all__ = ["HubAddresses", "ensure_private_dir", "find_private_dir", "ipc_path", "open_private_dir",
-           "socket_address"]
+__all__ = ["FOLLOW_EVERY", "HubAddresses", "ensure_private_dir", "find_private_dir", "follow", "ipc_path",
+           "open_private_dir", "socket_address"]
 
 log = logging.getLogger("memsession.hub")
+
+#: Seconds between checks of a client's ipc directories while it hears no hub (``HubAddresses``).
+FOLLOW_EVERY = 1.0
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 #: For each directory path checked in this process (inherited by a fork): the descriptor held
@@ -84,6 +88,8 @@ _held: dict[str, tuple[int, tuple[int, int]]] = {}
 _anchored: set[int] = set()
 _lock = threading.Lock()
 _told_unanchored = False
+#: The last refusal ``follow`` logged for each directory, so a standing one is logged once.
+_follow_refusals: dict[str, str] = {}
 
 
 def _reset_lock_in_child() -> None:
@@ -285,8 +291,43 @@ def socket_address(endpoint: str, *, create: bool = True) -> str:
     return endpoint
 
 
+def follow(directory: str) -> None:
+    """Check ``directory`` again and let the sockets in it follow a new one that passes; never raises.
+
+    For a process whose hub went silent: the directory may have been made
+    again with the new hub's sockets in it. A directory that is missing is
+    left for later; one that fails a check is logged and not followed.
+    """
+    try:
+        find_private_dir(directory)
+    except (ConfigError, OSError) as exc:
+        reason = str(exc)
+        if _follow_refusals.get(directory) != reason:
+            _follow_refusals[directory] = reason
+            log.error("not following the runtime dir %s: %s", directory, reason)
+    else:
+        _follow_refusals.pop(directory, None)
+
+
 class HubAddresses:
-    """What a client's sockets connect to for the hub's three endpoints (``socket_address`` of each)."""
+    """What a client's sockets connect to for the hub's three endpoints (``socket_address`` of each).
+
+    ``follow_if`` is for the client's receiving loop: while it hears no hub,
+    its ipc directories are checked again (``follow``) once every
+    ``FOLLOW_EVERY`` seconds, so a directory made again with a new hub's
+    sockets in it is reached; ZeroMQ reconnects by itself.
+    """
 
     def __init__(self, publish: str, subscribe: str, requests: str) -> None:
-        self.publish, self.subscribe, self.requests = (socket_address(e) for e in (publish, subscribe, requests))
+        endpoints = (publish, subscribe, requests)
+        self.publish, self.subscribe, self.requests = (socket_address(e) for e in endpoints)
+        self._directories = sorted({os.path.dirname(p) or "." for p in map(ipc_path, endpoints) if p is not None})
+        self._next_check = 0.0
+
+    def follow_if(self, no_hub_heard: bool, now: float) -> None:
+        """``now`` on the monotonic clock."""
+        if not no_hub_heard or not self._directories or now < self._next_check:
+            return
+        self._next_check = now + FOLLOW_EVERY
+        for directory in self._directories:
+            follow(directory)
