@@ -77,9 +77,14 @@ def _lock_ipc_dirs(endpoints: tuple[str, ...]) -> list[int]:
     fds: list[int] = []
     paths = [path for path in map(ipc_path, endpoints) if path is not None]
     for directory in sorted({os.path.dirname(path) or "." for path in paths}):
-        # Inside the directory checked (and held) for the sockets, whatever its path names now.
-        directory_fd = open_private_dir(directory)
-        fd = os.open("hub.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=directory_fd)
+        try:
+            # Inside the directory checked (and held) for the sockets, whatever its path names now.
+            fd = os.open("hub.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=open_private_dir(directory))
+        except BaseException:
+            for held in fds:
+                os.close(held)
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
