@@ -40,7 +40,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*install `httpx2`", category=UserWarning)
     from starlette.testclient import TestClient
 
-from memsession import SessionCache
+from memsession import ConfigError, SessionCache
 from memsession.bus import MemoryBus, MemoryHub
 from memsession.contrib.asgi import SessionMiddleware as AsgiSessionMiddleware
 from memsession.contrib.flask import MemSession
@@ -190,6 +190,16 @@ def test_flask_login_in_another_app_without_memsession_is_left_alone() -> None:
     assert client.post("/login").status_code == 200
     assert client.get("/me").text == "bob"
     assert memsession_app.extensions["memsession"].cache.length() == 0
+
+
+def test_flask_login_after_memsessions_interface_was_replaced_is_an_error_not_a_silent_keep() -> None:
+    from flask.sessions import SecureCookieSessionInterface
+
+    app = flask_app(SessionCache())
+    app.session_interface = SecureCookieSessionInterface()  # another extension took over after MemSession
+    app.testing = True  # the error reaches the test rather than becoming a 500
+    with pytest.raises(ConfigError, match="session_interface"):
+        app.test_client().post("/login?uid=ada")
 
 
 def plain_flask_app(cache: SessionCache) -> Flask:
