@@ -19,16 +19,20 @@ from django.conf import settings
 if not settings.configured:
     settings.configure(
         SECRET_KEY="django-test-secret",
-        INSTALLED_APPS=["django.contrib.sessions"],
+        # auth (and the contenttypes it needs) for the login test: its users live in an
+        # in-memory SQLite database; the sessions never touch it.
+        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "django.contrib.sessions"],
         MIDDLEWARE=["django.contrib.sessions.middleware.SessionMiddleware"],
         SESSION_ENGINE="memsession.contrib.django",
         ROOT_URLCONF=__name__,
-        DATABASES={},
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],  # fast; the hash is not under test
         USE_TZ=True,
         MEMSESSION={"maxsize": 1000, "max_age": 3600},
     )
     django.setup()
 
+from django.contrib.auth import authenticate, get_user, login
 from django.contrib.sessions.backends.base import CreateError, UpdateError
 from django.core import management
 from django.http import HttpResponse, JsonResponse
@@ -398,6 +402,20 @@ def logout_view(request):
     return HttpResponse("ok")
 
 
+def auth_login_view(request):
+    # Django's own login: it cycles the session key (cycle_key, or flush for another user).
+    user = authenticate(request, username=request.POST["username"], password=request.POST["password"])
+    if user is None:
+        return HttpResponse("refused", status=403)
+    login(request, user)
+    return HttpResponse("ok")
+
+
+def whoami_view(request):
+    user = get_user(request)
+    return HttpResponse(user.get_username() if user.is_authenticated else "")
+
+
 def grow_view(request):
     request.session["big"] = "x" * 1000
     return HttpResponse("grown")
@@ -405,6 +423,8 @@ def grow_view(request):
 
 urlpatterns = [
     path("grow", grow_view),
+    path("auth-login", auth_login_view),
+    path("whoami", whoami_view),
     path("login", login_view),
     path("me", me_view),
     path("add", add_view),
@@ -442,6 +462,7 @@ def test_module_exposes_a_session_engine() -> None:
 # -- read-your-writes across workers (memsession's SessionMiddleware) -------------------
 
 RYW_MIDDLEWARE = ["memsession.contrib.django.SessionMiddleware"]
+DJANGO_MIDDLEWARE = ["django.contrib.sessions.middleware.SessionMiddleware"]
 
 
 class Replica(SessionCache):
@@ -592,3 +613,58 @@ def test_a_session_over_the_limit_is_one_500_and_one_log_line_and_stays_as_it_wa
     assert "max_session_bytes=256" in caplog.records[0].getMessage()
     assert stored(cache) == before
     assert client.get("/me").json() == ({"user": "ada"} if logged_in else {})
+
+
+# -- session fixation: Django's login() gives the session a new key -------------------------------
+
+
+@pytest.fixture(scope="module")
+def ada() -> str:
+    """A real user in the in-memory auth tables; returns the password."""
+    from django.contrib.auth.models import User
+
+    management.call_command("migrate", verbosity=0)
+    User.objects.create_user("ada", password="lovelace")
+    return "lovelace"
+
+
+@pytest.mark.parametrize("middleware", [DJANGO_MIDDLEWARE, RYW_MIDDLEWARE], ids=["django", "memsession"])
+def test_login_gives_a_new_key_and_the_planted_one_is_gone_everywhere(middleware, ada, tmp_path) -> None:
+    from memsession.bus import MemoryBus, MemoryHub
+    from persist.jsonfile import JsonFileStore
+    from persist.persistence import PersistConfig
+
+    hub = MemoryHub()
+    path = tmp_path / "sessions.json"
+    worker_a = SessionCache(bus=MemoryBus(hub), **CACHE_OPTIONS,
+                            persistence=Persistence(JsonFileStore(path), PersistConfig(mode="write_through")))
+    worker_b = SessionCache(bus=MemoryBus(hub), **CACHE_OPTIONS)
+    with override_settings(MIDDLEWARE=middleware):
+        set_cache(worker_a)
+        attacker = Client()
+        attacker.get("/add?key=cart")  # the attacker's own session, to plant in the victim's browser
+        planted = attacker.cookies["sessionid"].value
+        victim = Client()
+        victim.cookies["sessionid"] = planted
+        assert victim.post("/auth-login", {"username": "ada", "password": ada}).content == b"ok"
+        new = victim.cookies["sessionid"].value
+        assert is_valid_sid(new) and new != planted
+
+        def whoami(cache: SessionCache, key: str) -> tuple[bytes, dict]:
+            """Who the cookie ``key`` is logged in as on ``cache``'s worker, and its session's keys."""
+            set_cache(cache)
+            client = Client()
+            client.cookies["sessionid"] = key
+            return client.get("/whoami").content, client.get("/me").json()
+
+        for cache in (worker_a, worker_b):
+            assert whoami(cache, new)[0] == b"ada"
+            assert whoami(cache, planted) == (b"", {})  # not logged in, and the cart went with the login
+        worker_a.close()  # the file has one owner at a time: worker a restarts on it
+        restarted = SessionCache(persistence=Persistence(JsonFileStore(path)), **CACHE_OPTIONS)
+        try:
+            assert whoami(restarted, new)[0] == b"ada"
+            assert whoami(restarted, planted) == (b"", {})
+        finally:
+            restarted.close()
+            worker_b.close()

@@ -76,12 +76,14 @@ def test_malformed_ack_requests_are_refused(payload: bytes) -> None:
         parse_request(payload)
 
 
-def test_store_options_are_checked() -> None:
+def test_store_options_are_checked(tmp_path) -> None:
     with pytest.raises(ConfigError):
         SidecarAckStore()
     with pytest.raises(ConfigError):
-        SidecarAckStore(requests="ipc:///tmp/x", ack="ipc:///tmp/y", timeout=0)
-    store = SidecarAckStore(requests="ipc:///tmp/x", ack="ipc:///tmp/y", timeout=0.1)
+        SidecarAckStore(requests=f"ipc://{tmp_path}/x", ack=f"ipc://{tmp_path}/y", timeout=0)
+    with pytest.raises(ConfigError, match="another user|group or others"):  # ipc only in a private directory
+        SidecarAckStore(requests="ipc:///tmp/x", ack="ipc:///tmp/y", timeout=0.1)
+    store = SidecarAckStore(requests=f"ipc://{tmp_path}/x", ack=f"ipc://{tmp_path}/y", timeout=0.1)
     try:
         for bad in (-1, 2**63, "7"):
             with pytest.raises(ConfigError):  # refused here, before anything is sent

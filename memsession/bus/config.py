@@ -7,11 +7,15 @@ when the bus is configured, not at its first message.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .. import wire
 from ..errors import ConfigError
 from ..validate import check_choice, check_int, check_number
 from .sequence import DEFAULT_JUMP_HOLD, DEFAULT_MAX_JUMP
+
+if TYPE_CHECKING:
+    from ..hub.runtime_dir import HubAddresses
 
 __all__ = ["MODES", "BusConfig"]
 
@@ -83,3 +87,12 @@ class BusConfig:
             check_int(name, getattr(self, name))
         if not 0.0 <= self.fault_drop_rate < 1.0:
             raise ConfigError("fault_drop_rate", self.fault_drop_rate, "must be in [0, 1)")
+
+    def addresses(self) -> HubAddresses:
+        """What the sockets connect to: ipc endpoints inside their directory, checked now and held.
+
+        A directory that fails its checks (``hub.runtime_dir``) fails here, where the bus is made.
+        """
+        from ..hub.runtime_dir import HubAddresses
+
+        return HubAddresses(self.publish, self.subscribe, self.requests)

@@ -65,8 +65,8 @@ class ZmqBus:
         if not (config.publish and config.subscribe and config.requests):
             raise ConfigError("publish", config.publish, "the bus needs all three hub endpoints")
         self.config = config
-        endpoints = (config.publish, config.subscribe, config.requests)
-        self._curve = security.client_policy(config, endpoints)
+        self._curve = security.client_policy(config, (config.publish, config.subscribe, config.requests))
+        self._at = config.addresses()  # ipc endpoints inside their directory, checked here and held
         self._cache: ReplicaTarget | None = None
         self.replicator: Replicator | None = None
         self._pid = 0
@@ -244,9 +244,9 @@ class ZmqBus:
         rng = random.Random()
         heartbeat = self.config.heartbeat
         try:
-            pub.connect(self.config.publish)
+            pub.connect(self._at.publish)
             if writer is not None:
-                writer.connect(self.config.requests)
+                writer.connect(self._at.requests)
             next_beat = time.monotonic()
             while True:
                 while queue:
@@ -307,8 +307,8 @@ class ZmqBus:
         assert rep is not None
         stop = self._stop
         try:
-            sub.connect(self.config.subscribe)
-            dealer.connect(self.config.requests)
+            sub.connect(self._at.subscribe)
+            dealer.connect(self._at.requests)
             poller = zmq.Poller()
             poller.register(sub, zmq.POLLIN)
             recv = sub.recv_multipart
@@ -325,8 +325,8 @@ class ZmqBus:
                 elif rep.repair_due and self._joined.is_set() and not rep.silent():
                     push = rep.repair_reason in ("hub restart", "silence")
                     self._repair(dealer, push=push)
-                if not poller.poll(50):
-                    rep.silent()
+                if not poller.poll(50):  # no hub heard lately, or ever: its directory may be a new one
+                    self._at.follow_if(rep.silent() or rep.last_hub_beat is None, time.monotonic())
                     continue
                 for _ in range(1000):
                     try:
@@ -409,7 +409,7 @@ class ZmqBus:
         rid = self._next_rid()
         dealer = self._socket(zmq.DEALER)
         try:
-            dealer.connect(self.config.requests)
+            dealer.connect(self._at.requests)
             dealer.send_multipart(wire.encode_request(op, rid, *fields))
             wait = self.config.request_timeout if timeout is None else timeout
             return self._collect(dealer, rid, until, time.monotonic() + wait)

@@ -12,6 +12,13 @@ It takes Starlette's ``SessionMiddleware`` arguments (``secret_key``,
 ``cache=``, ``manager=``). ``max_age`` becomes the idle timeout; ``None``
 makes the cookie a browser-session cookie.
 
+At login, call ``request.session.regenerate()``: the session's data moves to
+a new id when the response starts and the old id is destroyed everywhere, so a
+cookie planted in the browser before the login is never the one logged in
+(session fixation). Starlette has no login of its own to hook, and its own
+cookie sessions need no rotation (the data is the cookie): with sessions kept
+on the server, the login view asks for it.
+
 A request whose session can't be resolved now (hub and store away past the
 cache's ``outage_budget``) is answered 503 with ``Retry-After`` (a WebSocket
 is closed with code 1013) without reaching the application. A session that

@@ -11,6 +11,11 @@ two differences that only make it safer:
   survive (Django's backends write the whole dict: the last one wins);
 - new keys are 256-bit memsession ids.
 
+Django's ``login()`` cycles the session key (``cycle_key``, or ``flush`` when
+another user was logged in): the data moves to a new key and the old one is
+destroyed everywhere (every worker, the store), so a planted session cookie is
+never the one logged in.
+
 Settings, read when the first session is used in a process:
 ``MEMSESSION`` (a dict of cache ``Config`` fields: ``maxsize``,
 ``idle_timeout``, ``max_age``, ``touch_interval``, ``tombstone_ttl``,

@@ -8,8 +8,18 @@
     MemSession(app)            # or: ext = MemSession(); ext.init_app(app)
 
 ``flask.session`` stays a dict with ``modified``, ``permanent``, ``new`` and
-``accessed``; it also gains ``regenerate()`` (call it at login) and
-``destroy()``. ``session.clear()`` ends the session too once saved.
+``accessed``; it also gains ``regenerate()`` and ``destroy()``.
+``session.clear()`` ends the session too once saved.
+
+A login gives the session a new id (the data moves, the old id is destroyed
+everywhere), so a cookie planted in the browser before the login is never the
+one that is logged in (session fixation). With Flask-Login this happens by
+itself: ``MemSession`` connects to its ``user_logged_in`` signal
+(``login_user``) and to ``user_loaded_from_cookie`` (a "remember me" login
+writes the user into whatever session the request brought, which may be the
+planted one), for this app only. Without Flask-Login, call
+``session.regenerate()`` in the login view; ``session.clear()`` alone (as in
+Flask's tutorial) keeps the id.
 
 A request whose session can't be resolved now (hub and store away past the
 cache's ``outage_budget``) is answered 503 with ``Retry-After`` before any
@@ -62,6 +72,28 @@ def _refuse_unavailable() -> None:
     if reason is not None:
         status, headers, body = unavailable_reply(reason)
         flask.abort(Response(body, status=status, headers=headers))
+
+
+def _rotate_at_login(app: Flask, **_: Any) -> None:
+    """Flask-Login logged a user into this request's session: it moves to a new id when saved."""
+    session = flask.session
+    if not isinstance(session, FlaskSession):
+        # MemSession connected this handler for ``app``, so memsession's interface was replaced since.
+        raise ConfigError("session_interface", type(app.session_interface).__name__,
+                          "replaced after MemSession(app): the login could not give the session a new id")
+    session.regenerate()
+
+
+def _rotate_at_flask_login(app: Flask) -> None:
+    """Rotate the session id at every Flask-Login login of ``app``, if Flask-Login is installed."""
+    try:
+        from flask_login import user_loaded_from_cookie, user_logged_in
+    except ImportError:
+        return  # logins are the app's own: its login view calls session.regenerate()
+    # sender=app: another app in the process (perhaps with Flask's own sessions) is left alone.
+    # Blinker holds the receiver weakly; a module-level function lives as long as the module.
+    for signal in (user_logged_in, user_loaded_from_cookie):
+        signal.connect(_rotate_at_login, sender=app)
 
 
 def _seconds(option: str, value: Any) -> float:
@@ -196,5 +228,6 @@ class MemSession:
             manager = SessionManager(SessionCache(**cache_opts), WebConfig(**web))
         app.session_interface = MemSessionInterface(manager)
         app.before_request_funcs.setdefault(None, []).insert(0, _refuse_unavailable)
+        _rotate_at_flask_login(app)
         app.extensions["memsession"] = manager
         return manager

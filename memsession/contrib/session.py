@@ -99,7 +99,11 @@ class Session(dict):  # type: ignore[type-arg]
         return self
 
     def regenerate(self) -> None:
-        """Move the data to a new id when saved; the old id is destroyed (do this at login)."""
+        """Move the data to a new id when saved; the old id is destroyed everywhere.
+
+        Do this at login (Flask with Flask-Login does it by itself), so a
+        cookie planted before the login is never the one logged in.
+        """
         self._regenerate = True
         self.modified = True
 

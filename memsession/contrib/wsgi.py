@@ -5,6 +5,11 @@
     from memsession.contrib.wsgi import SessionMiddleware
     app = SessionMiddleware(app, secret_keys=["s3cret"], idle_timeout=1800)
 
+At login, call ``session.regenerate()`` (before ``start_response``): the
+data moves to a new id and the old id is destroyed everywhere, so a cookie
+planted in the browser before the login is never the one logged in (session
+fixation). WSGI has no login to hook, so the login view must ask for it.
+
 A request whose session can't be resolved now (hub and store away past the
 cache's ``outage_budget``) is answered 503 with ``Retry-After`` without
 reaching the application. The session is saved when the application calls ``start_response`` (the

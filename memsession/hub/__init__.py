@@ -13,7 +13,9 @@ heartbeats). ``run_hub`` owns the sockets and the loop; ``Hub`` runs it in a
 thread for embedding and tests; ``memsession hub`` runs it as a process.
 
 ``config`` holds ``HubConfig`` and the runtime dir of the default ipc
-endpoints; ``state`` the protocol; ``runner`` the sockets and loops;
+endpoints; ``runtime_dir`` checks that directory (and any ipc endpoint's)
+and keeps every socket inside the directory it checked; ``state`` the
+protocol; ``runner`` the sockets and loops;
 ``client`` the queries a process sends to a running hub. The names callers
 use are re-exported here, so they import from ``memsession.hub``.
 """

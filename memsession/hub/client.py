@@ -2,7 +2,8 @@
 
 Each query opens its own ZeroMQ context and DEALER socket (CURVE on tcp unless
 ``insecure``), sends one request and closes everything again; a hub that
-does not answer in time is a ``BusError``.
+does not answer in time is a ``BusError``. An ipc endpoint's directory is
+checked as for the hub's own sockets (``runtime_dir``), and never made.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from .. import wire
 from ..errors import BusError, WireError
 from ..session import Record
 from .config import HubConfig
+from .runtime_dir import socket_address
 
 __all__ = ["query_snapshot", "query_stats", "wait_ready"]
 
@@ -26,13 +28,14 @@ def _query(requests: str, op: str, until: str, keys: str | None, insecure: bool,
 
     curve = security.client_policy(HubConfig(keys=keys, insecure=insecure, publish=requests,
                                              subscribe=requests, requests=requests), (requests,))
+    address = socket_address(requests, create=False)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     try:
         sock.linger = 0
         if curve is not None:
             curve.client(sock)
-        sock.connect(requests)
+        sock.connect(address)
         sock.send_multipart(wire.encode_request(op, 1))
         deadline = time.monotonic() + timeout
         replies = []

@@ -2,14 +2,15 @@
 
 ``HubConfig`` is the frozen set of hub options, checked at construction. With
 no endpoints it means three ipc sockets in a private runtime directory
-(``default_runtime_dir``), created mode 0700 and refused if another user owns
-it or others can reach it.
+(``default_runtime_dir``), created mode 0700 and refused if it is a symlink,
+another user owns it, others can reach it or its parent lets others replace
+it; given ipc endpoints get the same check of their directory
+(``runtime_dir``, which also says how sockets stay inside what was checked).
 """
 
 from __future__ import annotations
 
 import os
-import stat
 import tempfile
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from .. import wire
 from ..bus.sequence import DEFAULT_JUMP_HOLD, DEFAULT_MAX_JUMP
 from ..errors import BusError, ConfigError
 from ..validate import check_int, check_number
+from .runtime_dir import ensure_private_dir, ipc_path
 
 __all__ = ["DEFAULT_MAXSIZE", "MAX_IPC_PATH", "HubConfig", "default_runtime_dir", "ensure_private_dir", "ipc_endpoints"]
 
@@ -33,20 +35,6 @@ def default_runtime_dir() -> str:
     if base:
         return os.path.join(base, "memsession")
     return os.path.join(tempfile.gettempdir(), f"memsession-{os.getuid()}")
-
-
-def ensure_private_dir(path: str) -> str:
-    """Create ``path`` mode 0700, or check that an existing one is ours and private."""
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        st = os.stat(path)
-    except OSError as exc:
-        raise ConfigError("runtime_dir", path, f"cannot create: {exc.strerror}") from exc
-    if st.st_uid != os.getuid():
-        raise ConfigError("runtime_dir", path, "owned by another user")
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        raise ConfigError("runtime_dir", path, "must not be accessible to group or others (chmod 700)")
-    return path
 
 
 def ipc_endpoints(runtime_dir: str) -> tuple[str, str, str]:
@@ -114,11 +102,16 @@ class HubConfig:
                 raise ConfigError(name, endpoint, "must be an ipc://, tcp:// or inproc:// endpoint")
 
     def endpoints(self) -> tuple[str, str, str]:
-        """``(publish, subscribe, requests)``; creates the private runtime dir for ipc."""
+        """``(publish, subscribe, requests)``; creates (or checks) the private directory of ipc ones.
+
+        Paths, as given or made from ``runtime_dir``: what sockets are given
+        is ``runtime_dir.socket_address`` of these.
+        """
         if self.publish:
             for endpoint in (self.publish, self.subscribe, self.requests):
-                if endpoint.startswith("ipc://"):
-                    ensure_private_dir(os.path.dirname(endpoint[6:]) or ".")
+                path = ipc_path(endpoint)
+                if path is not None:
+                    ensure_private_dir(os.path.dirname(path) or ".")
             return self.publish, self.subscribe, self.requests
         return ipc_endpoints(ensure_private_dir(self.runtime_dir or default_runtime_dir()))
 

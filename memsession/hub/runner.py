@@ -25,6 +25,7 @@ from .. import wire
 from ..errors import BusError, WireError
 from .config import HubConfig
 from .reads import StoreReads
+from .runtime_dir import ipc_path, open_private_dir, socket_address
 from .state import HubState
 
 __all__ = ["Hub", "run_hub"]
@@ -74,8 +75,16 @@ def _lock_ipc_dirs(endpoints: tuple[str, ...]) -> list[int]:
     import fcntl
 
     fds: list[int] = []
-    for directory in sorted({os.path.dirname(e[6:]) or "." for e in endpoints if e.startswith("ipc://")}):
-        fd = os.open(os.path.join(directory, "hub.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    paths = [path for path in map(ipc_path, endpoints) if path is not None]
+    for directory in sorted({os.path.dirname(path) or "." for path in paths}):
+        try:
+            # Inside the directory checked (and held) for the sockets, whatever its path names now.
+            fd = os.open("hub.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=open_private_dir(directory))
+        except BaseException:
+            for held in fds:
+                os.close(held)
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -92,6 +101,8 @@ def _run(config: HubConfig, stop: threading.Event, ready: threading.Event | None
          reads: StoreReads | None) -> None:
     import zmq
 
+    # What the sockets bind: ipc files inside the directories checked and held (``runtime_dir``).
+    pub_at, sub_at, req_at = socket_address(pub_ep), socket_address(sub_ep), socket_address(req_ep)
     ctx = zmq.Context()
     auth = None
     tag = f"{os.getpid()}-{state.hub_id:x}"
@@ -113,9 +124,9 @@ def _run(config: HubConfig, stop: threading.Event, ready: threading.Event | None
             if secure is not None:
                 secure.server(xsub)
                 secure.server(xpub)
-            xsub.bind(pub_ep)
+            xsub.bind(pub_at)
             xsub.bind(internal_ep)
-            xpub.bind(sub_ep)
+            xpub.bind(sub_at)
             capture.bind(capture_ep)
             control.bind(control_ep)
         except zmq.ZMQError as exc:
@@ -159,7 +170,7 @@ def _run(config: HubConfig, stop: threading.Event, ready: threading.Event | None
                 secure.server(router)
                 secure.client(out)
             try:
-                router.bind(req_ep)
+                router.bind(req_at)
             except zmq.ZMQError as exc:
                 raise BusError(f"hub cannot bind {req_ep}: {exc}", endpoint=req_ep) from exc
             out.sndhwm = config.capture_hwm

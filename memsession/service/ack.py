@@ -104,6 +104,10 @@ class SidecarAckStore:
 
         config = HubConfig(publish=requests, subscribe=requests, requests=requests, keys=keys, insecure=insecure)
         self._curve = security.client_policy(config, (requests, ack))
+        from ..hub.runtime_dir import socket_address
+
+        for endpoint in (requests, ack):
+            socket_address(endpoint)  # an ipc directory that fails its checks fails here, not at a save
         self._ctx: Any = None
         self._pid = 0
         self._lock = threading.Lock()

@@ -17,6 +17,8 @@ import logging
 import time
 from typing import Any
 
+from ..hub.runtime_dir import socket_address
+
 __all__ = ["Link", "PeerGone"]
 
 log = logging.getLogger("memsession.ack")
@@ -50,7 +52,7 @@ class Link:
             curve.client(sock)
         try:
             self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-            sock.connect(endpoint)
+            sock.connect(socket_address(endpoint))  # an ipc one inside its checked directory
         except BaseException:
             sock.close(linger=0)
             raise

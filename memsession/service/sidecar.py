@@ -319,8 +319,10 @@ class Sidecar:
         import zmq
 
         from .. import security
+        from ..hub.runtime_dir import socket_address
         from .ack_server import serve_acks
 
+        bind_at = socket_address(endpoint)  # an ipc one inside its checked directory (hub.runtime_dir)
         self._ack_ctx = zmq.Context()
         secure = security.server_policy(self.hub_config, (endpoint,))
         if secure is not None:
@@ -329,7 +331,7 @@ class Sidecar:
         errors: list[BaseException] = []
         self._ack_thread = threading.Thread(
             target=serve_acks, name="memsession-sidecar-ack",
-            args=(self._ack_ctx, endpoint, self._ack_done, self._ack_stop, ready, self.writer, secure),
+            args=(self._ack_ctx, bind_at, self._ack_done, self._ack_stop, ready, self.writer, secure),
             kwargs={"errors": errors, "settled": self.ack_settled, "book": self.ack_book,
                     "limits": self.hub_config.limits}, daemon=True,
         )
