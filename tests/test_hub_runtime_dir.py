@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from memsession import SessionCache
+from memsession import SessionCache, session_key
 from memsession.bus import ZmqBus
 from memsession.errors import ConfigError
 from memsession.hub import Hub, HubConfig, default_runtime_dir, query_snapshot
@@ -238,7 +238,7 @@ def test_a_runtime_dir_made_again_by_its_owner_is_followed_by_a_running_worker(t
                 # The worker alone must notice the hub's silence, check the new directory and move
                 # its sockets there; it then hands the new hub what it holds.
                 wait_until(lambda: '"sessions": 1' in status(rt), 30, "the worker to hand its session over")
-                assert [r.key for r in query_snapshot(f"ipc://{rt}/req.sock")] == ["a" * 43]
+                assert [r.key for r in query_snapshot(f"ipc://{rt}/req.sock")] == [session_key("a" * 43)]
             finally:
                 second.stop()
     finally:
