@@ -17,6 +17,7 @@ def test_all_is_pinned_and_importable() -> None:
         "WriteQueue",
         "Writer",
         "WriterConfig",
+        "rekey_store",
         "supersedes",
     ]
     for name in persist.__all__:
