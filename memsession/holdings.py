@@ -1,6 +1,8 @@
 """What one SessionCache holds: live records, tombstones, the clear watermark and their accounting.
 
-The cache core (``ExpiringLRUCache``) decides which records are live. This
+The cache core decides which records are live and which a full cache
+evicts: ``SegmentedLRUCache`` (sessions used more than once outlast floods of
+new ones), or ``ExpiringLRUCache`` with ``protected_fraction=0``. This
 object keeps what the core does not know about: the tombstones of destroyed
 sessions, the clear watermark, the bytes held, evictions by cause and the
 operation counters; and it applies the one merge rule (``session.supersedes``)
@@ -21,12 +23,26 @@ from cachetools import Cache
 from .cache import EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE, Eviction, ExpiringLRUCache
 from .clock import Clock
 from .config import Config
+from .expiring import ExpiringCache
+from .segmented import SegmentedLRUCache
 from .session import Record, cleared_by, compute_expires, supersedes
 
-__all__ = ["Holdings"]
+__all__ = ["Holdings", "core_for"]
 
 #: How often (monotonic seconds) reads sweep expired sessions and tombstones.
 _SWEEP_EVERY = 1.0
+
+
+def core_for(config: Config, clock: Clock) -> ExpiringCache:
+    """The cache core ``config`` asks for: segmented LRU, or plain LRU when nothing is protected.
+
+    Every read hit (``lookup``, ``[]``) and every insert of a key already held
+    (a local write or touch, or a change from elsewhere) counts as a use.
+    """
+    if config.protected_fraction:
+        return SegmentedLRUCache(config.maxsize, config.idle_timeout, config.max_age, timer=clock.monotonic,
+                                 protected_fraction=config.protected_fraction)
+    return ExpiringLRUCache(config.maxsize, config.idle_timeout, config.max_age, timer=clock.monotonic)
 
 
 class Holdings:
@@ -35,9 +51,7 @@ class Holdings:
     def __init__(self, config: Config, clock: Clock) -> None:
         self.config = config
         self.clock = clock
-        self.core = ExpiringLRUCache(
-            config.maxsize, config.idle_timeout, config.max_age, timer=clock.monotonic
-        )
+        self.core = core_for(config, clock)
         #: Destroyed ids in burial order: ``{sid: (tombstone, monotonic time it lapses)}``.
         self.tombstones: OrderedDict[str, tuple[Record, float]] = OrderedDict()
         #: The clear watermark: no live session written at or before this version is held or accepted.

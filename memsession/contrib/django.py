@@ -12,7 +12,7 @@ two differences that only make it safer:
 - new keys are 256-bit memsession ids.
 
 Settings, read when the first session is used in a process:
-``MEMSESSION`` (a dict of cache ``Config`` fields: ``maxsize``,
+``MEMSESSION`` (a dict of cache ``Config`` fields: ``maxsize``, ``protected_fraction``,
 ``idle_timeout``, ``max_age``, ``touch_interval``, ``tombstone_ttl``,
 ``max_session_bytes``, ``max_session_items``, ``max_skew``, ``outage_budget``;
 plus ``consistency_timeout``). ``idle_timeout`` defaults to ``SESSION_COOKIE_AGE``,
