@@ -10,8 +10,9 @@ are removed by ``expire()``, which also runs before every insert, as in
 ``cachetools.TTLCache``.
 
 Subclasses choose only the eviction order (``ExpiringLRUCache``: one LRU
-order; ``SegmentedLRUCache``: probation and protected): every entry sits in
-exactly one of their ``orders`` (``OrderedDict``s, least recently used first).
+order; ``SegmentedLRUCache``: probation and protected). They keep every entry
+in at least one of their ``orders`` (``OrderedDict``s, least recently used
+first), which the idle sweep walks.
 
 Expiry bookkeeping is amortised O(1) per operation:
 
@@ -91,7 +92,7 @@ class ExpiringCache(Cache):
         self.__timer = timer
         # None when nothing expires: reads then never consult the clock, as in LRUCache
         self.__read_timer = timer if self.__timed else None
-        #: Every held node is in exactly one order; the idle sweep walks each from its LRU end.
+        #: Every held node is in at least one order; the idle sweep walks each from its LRU end.
         self._orders = orders
         self.__deadlines = DeadlineOrder()
         self.__is_held = self.__held  # bound once: every sweep passes it

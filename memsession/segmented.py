@@ -61,10 +61,17 @@ class SegmentedLRUCache(ExpiringCache):
     ) -> None:
         probation: OrderedDict[Any, Node] = OrderedDict()  # least recently used first
         protected: OrderedDict[Any, Node] = OrderedDict()
-        super().__init__(maxsize, idle_timeout, max_age, timer, getsizeof, orders=(probation, protected))
+        # The demoted entries still in probation, in the order they were demoted. Demotion
+        # takes protected's least recently used, so they come in access order, though behind
+        # newer entries in probation: the idle sweep walks this order to find them in time.
+        demoted: OrderedDict[Any, Node] = OrderedDict()
+        orders = (probation, protected, demoted)
+        super().__init__(maxsize, idle_timeout, max_age, timer, getsizeof, orders=orders)
         check_fraction("protected_fraction", protected_fraction)
         self.__probation = probation
         self.__protected = protected
+        self.__demoted = demoted
+        self.__track_demoted = idle_timeout is not None  # only the idle sweep needs them
         self.__fraction = protected_fraction
         self.__limit = protected_fraction * maxsize
         self.__protected_size: float = 0
@@ -78,13 +85,17 @@ class SegmentedLRUCache(ExpiringCache):
         return self.__protected.get(key) or self.__probation.get(key)
 
     def __use(self, key: Any) -> None:
-        try:
-            self.__protected.move_to_end(key)
-        except KeyError:
-            self.__promote(key, self.__probation.pop(key))
+        protected = self.__protected
+        if key in protected:  # a membership test: cheaper than a raised KeyError on every promotion
+            protected.move_to_end(key)
+        else:
+            self.__promote(key)
 
-    def __promote(self, key: Any, node: Node) -> None:
-        """``node`` leaves probation on its second use."""
+    def __promote(self, key: Any) -> None:
+        """``key`` leaves probation on its second use."""
+        node = self.__probation.pop(key)
+        if self.__demoted:
+            self.__demoted.pop(key, None)
         node.size = self.getsizeof(node.value)
         self.__protected[key] = node
         self.__protected_size += node.size
@@ -98,8 +109,8 @@ class SegmentedLRUCache(ExpiringCache):
             key, node = protected.popitem(last=False)
             self.__protected_size -= node.size
             probation[key] = node
-            if node is not used:
-                self._out_of_order(node)  # last used before entries already in probation
+            if node is not used and self.__track_demoted:  # ``used`` was accessed just now: in order
+                self.__demoted[key] = node
 
     def _added(self, key: Any, node: Node) -> None:
         self.__probation[key] = node
@@ -113,11 +124,13 @@ class SegmentedLRUCache(ExpiringCache):
             protected.move_to_end(key)
             self.__demote_overflow(node)
         else:
-            self.__promote(key, self.__probation.pop(key))
+            self.__promote(key)
 
     def _discard(self, key: Any) -> Node:
         node = self.__protected.pop(key, None)
         if node is None:
+            if self.__demoted:
+                self.__demoted.pop(key, None)
             return self.__probation.pop(key)
         self.__protected_size -= node.size
         return node

@@ -278,7 +278,7 @@ def eviction_machine(
     pytest/unittest.
     """
     from hypothesis import strategies as st
-    from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+    from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
     def default_build(m: int, i: float | None, a: float | None, clock: FakeClock) -> ExpiringCache:
         if protected_fraction is None:
@@ -318,14 +318,23 @@ def eviction_machine(
             got = _outcome(lambda: self.cache.insert(key, value, created=created, accessed=accessed))
             assert got == expected
 
-        @rule(key=keys)
-        def read(self, key: int) -> None:
+        def check_read(self, key: Hashable) -> None:
             expected = self.model.get(key, self.clock())
             if expected is _MISSING:
                 assert key not in self.cache
                 assert self.cache.get(key, _MISSING) is _MISSING
             else:
                 assert self.cache[key] == expected
+
+        @rule(key=keys)
+        def read(self, key: int) -> None:
+            self.check_read(key)
+
+        @precondition(lambda self: bool(self.model.entries))
+        @rule(data=st.data())
+        def read_held(self, data: st.DataObject) -> None:
+            # Hits are what move entries between orders: don't leave them to chance.
+            self.check_read(data.draw(st.sampled_from(list(self.model.entries))))
 
         @rule(key=keys)
         def lookup(self, key: int) -> None:
@@ -342,7 +351,9 @@ def eviction_machine(
         def popitem(self) -> None:
             assert _outcome(self.cache.popitem) == _outcome(self.model.popitem)
 
-        @rule(seconds=st.sampled_from([0.0, step / 4, step, 2 * step, 10 * step]))
+        # 7 steps: nearly a whole timeout when the idle timeout is the longer, so some entries
+        # expire while others written a little later do not.
+        @rule(seconds=st.sampled_from([0.0, step / 4, step, 2 * step, 7 * step, 10 * step]))
         def wait(self, seconds: float) -> None:
             self.clock.advance(seconds)
 

@@ -36,8 +36,13 @@ TestNoTimeouts.settings = _deep
 TestMaxAgeShorterThanIdle = eviction_machine(maxsize=6, idle_timeout=30, max_age=7,
                                              protected_fraction=0.8).TestCase
 TestMaxAgeShorterThanIdle.settings = _deep
-TestTinyProtected = eviction_machine(maxsize=4, idle_timeout=10, max_age=25, protected_fraction=0.2).TestCase
+# Protected holds one or two entries: nearly every promotion demotes one.
+TestTinyProtected = eviction_machine(maxsize=5, idle_timeout=10, max_age=25, protected_fraction=0.2).TestCase
 TestTinyProtected.settings = _deep
+TestTinyProtectedIdleOnly = eviction_machine(maxsize=5, idle_timeout=10, max_age=None,
+                                             protected_fraction=0.4).TestCase
+# Demoted entries sit behind newer ones in probation: the case the idle sweep needs help with.
+TestTinyProtectedIdleOnly.settings = settings(max_examples=500, stateful_step_count=60, deadline=None)
 TestSized = eviction_machine(maxsize=7, idle_timeout=10, max_age=25, protected_fraction=0.7,
                              getsizeof=_size).TestCase
 TestSized.settings = _deep
