@@ -25,6 +25,7 @@ from .errors import (
     WireError,
 )
 from .hub import Hub, HubConfig
+from .segmented import SegmentedLRUCache
 from .session import Record, is_valid_sid, new_id, session_key
 from .session_cache import SessionCache
 
@@ -48,6 +49,7 @@ __all__ = [
     "MemsessionError",
     "Record",
     "RecordRefused",
+    "SegmentedLRUCache",
     "SessionCache",
     "SessionDataError",
     "SessionDestroyed",

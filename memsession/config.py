@@ -10,7 +10,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .errors import ConfigError
-from .validate import check_int, check_number
+from .segmented import DEFAULT_PROTECTED_FRACTION
+from .validate import check_fraction, check_int, check_number
 
 __all__ = ["Config"]
 
@@ -22,11 +23,17 @@ class Config:
     Times are seconds. ``idle_timeout`` slides with every access,
     ``max_age`` counts from creation and is never extended; ``None`` turns
     either off. ``maxsize`` bounds how many sessions one process holds in
-    memory (least recently used go first).
+    memory; past it, sessions used only once go first (``protected_fraction``).
     """
 
-    #: Most sessions held in memory by one process; LRU beyond that.
+    #: Most sessions held in memory by one process; beyond that the least recently used
+    #: session used only once is evicted (see ``protected_fraction``).
     maxsize: int = 100_000
+    #: Share of ``maxsize`` kept for sessions used more than once (read, touched or written
+    #: again, here or on another worker). A new session starts outside it and is evicted
+    #: first, so a flood of new sessions can't push returning users out; past the share, the
+    #: least recently used of those goes back to the new ones. ``0`` is plain LRU. ``[0, 1)``.
+    protected_fraction: float = DEFAULT_PROTECTED_FRACTION
     #: A session unused this long expires (sliding).
     idle_timeout: float | None = 30 * 60.0
     #: A session expires this long after it was created, however active (absolute).
@@ -49,6 +56,7 @@ class Config:
 
     def __post_init__(self) -> None:
         check_int("maxsize", self.maxsize)
+        check_fraction("protected_fraction", self.protected_fraction)
         check_number("idle_timeout", self.idle_timeout, allow_none=True)
         check_number("max_age", self.max_age, allow_none=True)
         check_number("touch_interval", self.touch_interval, allow_zero=True)

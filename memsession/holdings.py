@@ -1,6 +1,8 @@
 """What one SessionCache holds: live records, tombstones, the clear watermark and their accounting.
 
-The cache core (``ExpiringLRUCache``) decides which records are live. This
+The cache core decides which records are live and which a full cache
+evicts: ``SegmentedLRUCache`` (sessions used more than once outlast floods of
+new ones), or ``ExpiringLRUCache`` with ``protected_fraction=0``. This
 object keeps what the core does not know about: the tombstones of destroyed
 sessions, the clear watermark, the bytes held, evictions by cause and the
 operation counters; and it applies the one merge rule (``session.supersedes``)
@@ -21,12 +23,26 @@ from cachetools import Cache
 from .cache import EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE, Eviction, ExpiringLRUCache
 from .clock import Clock
 from .config import Config
+from .expiring import ExpiringCache
+from .segmented import SegmentedLRUCache
 from .session import Record, cleared_by, compute_expires, supersedes
 
-__all__ = ["Holdings"]
+__all__ = ["Holdings", "core_for"]
 
 #: How often (monotonic seconds) reads sweep expired sessions and tombstones.
 _SWEEP_EVERY = 1.0
+
+
+def core_for(config: Config, clock: Clock) -> ExpiringCache:
+    """The cache core ``config`` asks for: segmented LRU, or plain LRU when nothing is protected.
+
+    Every read hit (``lookup``, ``[]``) and every insert of a key already held
+    (a local write or touch, or a change from elsewhere) counts as a use.
+    """
+    if config.protected_fraction:
+        return SegmentedLRUCache(config.maxsize, config.idle_timeout, config.max_age, timer=clock.monotonic,
+                                 protected_fraction=config.protected_fraction)
+    return ExpiringLRUCache(config.maxsize, config.idle_timeout, config.max_age, timer=clock.monotonic)
 
 
 class Holdings:
@@ -35,10 +51,8 @@ class Holdings:
     def __init__(self, config: Config, clock: Clock) -> None:
         self.config = config
         self.clock = clock
-        self.core = ExpiringLRUCache(
-            config.maxsize, config.idle_timeout, config.max_age, timer=clock.monotonic
-        )
-        #: Destroyed ids in burial order: ``{sid: (tombstone, monotonic time it lapses)}``.
+        self.core = core_for(config, clock)
+        #: Destroyed sessions in burial order: ``{key: (tombstone, monotonic time it lapses)}``.
         self.tombstones: OrderedDict[str, tuple[Record, float]] = OrderedDict()
         #: The clear watermark: no live session written at or before this version is held or accepted.
         self.cleared = 0
@@ -56,24 +70,24 @@ class Holdings:
 
     # -- one key ----------------------------------------------------------------
 
-    def tombstone(self, sid: str, now: float) -> Record | None:
-        """The live tombstone for ``sid``, if any (an outlived one is forgotten)."""
-        entry = self.tombstones.get(sid)
+    def tombstone(self, key: str, now: float) -> Record | None:
+        """The live tombstone for ``key``, if any (an outlived one is forgotten)."""
+        entry = self.tombstones.get(key)
         if entry is None:
             return None
         if entry[1] <= now:
-            del self.tombstones[sid]
+            del self.tombstones[key]
             return None
         return entry[0]
 
-    def record(self, sid: str, now: float) -> Record | None:
-        """The live record for ``sid`` or its tombstone, without counting an access."""
-        tomb = self.tombstone(sid, now)
-        return tomb if tomb is not None else self.core.peek(sid)
+    def record(self, key: str, now: float) -> Record | None:
+        """The live record for ``key`` or its tombstone, without counting an access."""
+        tomb = self.tombstone(key, now)
+        return tomb if tomb is not None else self.core.peek(key)
 
-    def recent(self, sid: str, version: int, now: float) -> Record | None:
-        """The record or tombstone for ``sid`` if it is at least ``version`` (a tombstone always is)."""
-        record = self.tombstone(sid, now) or self.core.peek(sid)
+    def recent(self, key: str, version: int, now: float) -> Record | None:
+        """The record or tombstone for ``key`` if it is at least ``version`` (a tombstone always is)."""
+        record = self.tombstone(key, now) or self.core.peek(key)
         if record is not None and (record.deleted or record.version >= version):
             return record
         return None
@@ -101,9 +115,9 @@ class Holdings:
         self.counts["touches"] += 1
         return touched
 
-    def remove(self, sid: str, old: Record) -> None:
-        """Drop the live copy ``old`` of ``sid``."""
-        del self.core[sid]
+    def remove(self, key: str, old: Record) -> None:
+        """Drop the live copy ``old`` of ``key``."""
+        del self.core[key]
         self.bytes -= old.size
 
     def bury(self, tombstone: Record, now: float) -> None:
@@ -125,23 +139,23 @@ class Holdings:
         if cleared_by(record, self.cleared):
             self.counts["ignored"] += 1
             return False
-        sid = record.key
-        tomb = self.tombstone(sid, now) if self.tombstones else None
-        old: Record | None = tomb if tomb is not None else self.core.peek(sid)
+        key = record.key
+        tomb = self.tombstone(key, now) if self.tombstones else None
+        old: Record | None = tomb if tomb is not None else self.core.peek(key)
         if not supersedes(record, old):
             self.counts["ignored"] += 1
             return False
         live = old if tomb is None else None
         if record.deleted:
             if live is not None:
-                self.remove(sid, live)
+                self.remove(key, live)
             self.bury(record, now)
         else:
             if tomb is not None:  # a tombstone already dead when this was written
-                del self.tombstones[sid]
+                del self.tombstones[key]
             if record.expires <= wall:
                 if live is not None:
-                    self.remove(sid, live)
+                    self.remove(key, live)
                 self.counts["ignored"] += 1
                 return live is not None
             self.store(
@@ -155,12 +169,12 @@ class Holdings:
         self.counts["applied"] += 1
         return True
 
-    def discard(self, sid: str, version: int, origin: int) -> bool:
-        """Drop the live copy of ``sid`` if it is older than ``(version, origin)``; True if dropped."""
-        old: Record | None = self.core.peek(sid)
+    def discard(self, key: str, version: int, origin: int) -> bool:
+        """Drop the live copy of ``key`` if it is older than ``(version, origin)``; True if dropped."""
+        old: Record | None = self.core.peek(key)
         if old is None or (old.version, old.origin) >= (version, origin):
             return False
-        self.remove(sid, old)
+        self.remove(key, old)
         self.counts["applied"] += 1
         return True
 
@@ -169,9 +183,9 @@ class Holdings:
         self.cleared = version
         self.counts["clears"] += 1
         core = self.core
-        doomed = [(sid, r) for sid in list(core) if (r := core.peek(sid)) is not None and cleared_by(r, version)]
-        for sid, old in doomed:
-            self.remove(sid, old)
+        doomed = [(key, r) for key in list(core) if (r := core.peek(key)) is not None and cleared_by(r, version)]
+        for key, old in doomed:
+            self.remove(key, old)
 
     # -- everything held ------------------------------------------------------------
 
@@ -179,7 +193,7 @@ class Holdings:
         """Every live record and live tombstone (after a sweep)."""
         self.sweep(now)
         core = self.core
-        out = [core.peek(sid) for sid in list(core)]
+        out = [core.peek(key) for key in list(core)]
         out.extend(tomb for tomb, until in self.tombstones.values() if until > now)
         return [r for r in out if r is not None]
 
@@ -201,10 +215,10 @@ class Holdings:
         self._account(evicted)
         tombstones = self.tombstones
         while tombstones:
-            sid, (_, until) = next(iter(tombstones.items()))
+            key, (_, until) = next(iter(tombstones.items()))
             if until > now:
                 break
-            del tombstones[sid]
+            del tombstones[key]
         return len(evicted)
 
     def stats(self, now: float) -> dict[str, Any]:

@@ -46,7 +46,7 @@ class SessionCache(Replica):
     iteration) are those keys: the ids are nowhere to list.
 
     ``SessionCache(config=None, *, clock=SYSTEM_CLOCK, origin=None, **options)``:
-    options are ``Config`` fields (``maxsize``, ``idle_timeout``, ``max_age``,
+    options are ``Config`` fields (``maxsize``, ``protected_fraction``, ``idle_timeout``, ``max_age``,
     ``touch_interval``, ``tombstone_ttl``, ``max_session_bytes``,
     ``max_session_items``, ``max_skew``, ``outage_budget``) and override
     ``config``. Safe to share between threads.

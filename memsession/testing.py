@@ -1,15 +1,18 @@
 """Helpers for testing code that uses memsession, and memsession itself.
 
 * ``FakeClock``: both clocks, moved by hand; pass it as ``clock=`` to a
-  ``SessionCache`` or as ``timer=`` to an ``ExpiringLRUCache``.
+  ``SessionCache`` or as ``timer=`` to an ``ExpiringLRUCache`` or
+  ``SegmentedLRUCache``.
 * ``EvictionModel``: a slow, obviously-right reference of what an
-  LRU + idle + max-age cache must hold.
+  idle + max-age cache must hold, evicting by plain LRU or by segmented LRU.
 * ``session_data()`` / ``session_ids()``: hypothesis strategies.
 * ``eviction_machine(...)``: a hypothesis ``RuleBasedStateMachine`` that
   drives a cache with your settings against the model::
 
       from memsession.testing import eviction_machine
       TestEviction = eviction_machine(maxsize=50, idle_timeout=30, max_age=300).TestCase
+      TestSegmented = eviction_machine(maxsize=50, idle_timeout=30, max_age=300,
+                                       protected_fraction=0.8).TestCase
 
 hypothesis is needed only by the last two (``pip install memsession[test]``).
 """
@@ -21,7 +24,11 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cachetools import Cache
+
 from .cache import EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE, Eviction, ExpiringLRUCache
+from .expiring import ExpiringCache
+from .segmented import SegmentedLRUCache
 
 if TYPE_CHECKING:
     from hypothesis.stateful import RuleBasedStateMachine
@@ -74,24 +81,71 @@ class _Entry:
 
 
 class EvictionModel:
-    """Reference semantics of ``ExpiringLRUCache``, written for clarity not speed.
+    """Reference semantics of ``ExpiringLRUCache`` and ``SegmentedLRUCache``, written for clarity not speed.
 
     An entry expires when ``now >= min(accessed + idle_timeout, created +
     max_age)``. Reads of an expired entry miss; ``expire(now)`` removes every
-    expired entry; inserts expire first, then evict least recently used
-    entries while the cache is full. Sizes count 1 per entry.
+    expired entry; inserts expire first, then evict while the new value does
+    not fit. Sizes are ``getsizeof(value)``, 1 per entry by default.
+
+    Which entry a full cache evicts:
+
+    * ``protected_fraction=None`` (plain LRU, ``ExpiringLRUCache``): every read
+      or write moves an entry to the most recent end; the least recently used
+      goes first.
+    * a fraction (segmented LRU, ``SegmentedLRUCache``): a new entry joins
+      probation; a read or write of a held entry moves it to protected's most
+      recent end; while protected's sizes add up to more than ``fraction *
+      maxsize`` (or it holds anything when that share is 0), protected's least
+      recently used moves to probation's most recent end. Probation's least
+      recently used goes first, protected's only when probation is empty.
     """
 
-    def __init__(self, maxsize: int, idle_timeout: float | None = None, max_age: float | None = None) -> None:
+    def __init__(
+        self,
+        maxsize: float,
+        idle_timeout: float | None = None,
+        max_age: float | None = None,
+        *,
+        protected_fraction: float | None = None,
+        getsizeof: Callable[[Any], float] | None = None,
+    ) -> None:
         self.maxsize = maxsize
         self.idle_timeout = idle_timeout
         self.max_age = max_age
+        self.protected_fraction = protected_fraction
+        self.getsizeof = getsizeof or (lambda value: 1)
         self.entries: dict[Hashable, _Entry] = {}
-        self.order: list[Hashable] = []  # least recently used first
+        #: Least recently used first. Under plain LRU, the one order.
+        self.probation: list[Hashable] = []
+        self.protected: list[Hashable] = []
+
+    @property
+    def order(self) -> list[Hashable]:
+        """Every held key, the next to be evicted first."""
+        return self.probation + self.protected
+
+    def size_of(self, keys: list[Hashable]) -> float:
+        return sum(self.getsizeof(self.entries[key].value) for key in keys)
 
     def _expires(self, entry: _Entry) -> float:
         idle_end = entry.accessed + self.idle_timeout if self.idle_timeout is not None else math.inf
         return min(idle_end, entry.deadline)
+
+    def _use(self, key: Hashable) -> None:
+        """A read or a write of the held ``key``."""
+        if self.protected_fraction is None:
+            self.probation.remove(key)
+            self.probation.append(key)
+            return
+        if key in self.probation:
+            self.probation.remove(key)
+        else:
+            self.protected.remove(key)
+        self.protected.append(key)
+        share = self.protected_fraction * self.maxsize
+        while self.protected and (self.size_of(self.protected) > share or share == 0):
+            self.probation.append(self.protected.pop(0))
 
     def is_live(self, key: Hashable, now: float) -> bool:
         entry = self.entries.get(key)
@@ -104,13 +158,13 @@ class EvictionModel:
         entry = self.entries[key]
         if self.idle_timeout is not None:
             entry.accessed = now
-        self.order.remove(key)
-        self.order.append(key)
+        self._use(key)
         return entry.value
 
     def insert(
         self, key: Hashable, value: Any, now: float, created: float | None = None, accessed: float | None = None
     ) -> list[Eviction]:
+        """What the cache's ``insert`` returns; ``ValueError`` if the value alone is over ``maxsize``."""
         removed = self.expire(now)
         accessed = now if accessed is None or accessed > now else accessed
         old = self.entries.get(key)
@@ -120,23 +174,38 @@ class EvictionModel:
             deadline = old.deadline
         else:
             deadline = (accessed if created is None or created > accessed else created) + self.max_age
-        if old is None:
-            while len(self.entries) >= self.maxsize:
-                lru = self.order.pop(0)
-                removed.append(Eviction(lru, self.entries.pop(lru).value, EVICTED_SIZE))
-        else:
-            self.order.remove(key)
+        size = self.getsizeof(value)
+        if size > self.maxsize:
+            raise ValueError("value too large")
+        # Evict until the new value fits in place of the old one (which may itself be evicted).
+        while self.size_of([k for k in self.order if k != key]) + size > self.maxsize:
+            victim = self.order[0]
+            removed.append(Eviction(victim, self.entries[victim].value, EVICTED_SIZE))
+            self.delete(victim)
+        held = key in self.entries
         self.entries[key] = _Entry(value, deadline, accessed)
-        self.order.append(key)
+        if held:
+            self._use(key)
+        else:
+            self.probation.append(key)
         return removed
 
     def delete(self, key: Hashable) -> None:
         del self.entries[key]
-        self.order.remove(key)
+        (self.probation if key in self.probation else self.protected).remove(key)
+
+    def popitem(self) -> tuple[Hashable, Any]:
+        """Remove the next entry to be evicted, live or not; ``KeyError`` if empty."""
+        if not self.entries:
+            raise KeyError("empty")
+        key = self.order[0]
+        value = self.entries[key].value
+        self.delete(key)
+        return (key, value)
 
     def expire(self, now: float) -> list[Eviction]:
         out = []
-        for key in list(self.order):
+        for key in self.order:
             entry = self.entries[key]
             if now >= self._expires(entry):
                 cause = EVICTED_MAX_AGE if now >= entry.deadline else EVICTED_IDLE
@@ -180,23 +249,44 @@ def session_data(max_leaves: int = 20) -> SearchStrategy[dict[str, Any]]:
     return st.dictionaries(st.text(max_size=20), values, max_size=8)
 
 
+def _outcome(operation: Callable[[], Any]) -> Any:
+    """What ``operation`` returned (evictions sorted), or the type of the KeyError/ValueError it raised."""
+    try:
+        result = operation()
+    except (KeyError, ValueError) as exc:
+        return type(exc)
+    return sorted(result) if isinstance(result, list) else result
+
+
 def eviction_machine(
     *,
     maxsize: int = 8,
     idle_timeout: float | None = 10.0,
     max_age: float | None = 25.0,
-    factory: Callable[[int, float | None, float | None, FakeClock], ExpiringLRUCache] | None = None,
+    protected_fraction: float | None = None,
+    getsizeof: Callable[[int], float] | None = None,
+    factory: Callable[[int, float | None, float | None, FakeClock], ExpiringCache] | None = None,
 ) -> type[RuleBasedStateMachine]:
     """A state machine checking a cache with these settings against ``EvictionModel``.
 
-    ``factory(maxsize, idle_timeout, max_age, clock)`` builds the cache under
-    test (default: ``ExpiringLRUCache(..., timer=clock)``); use it to check a
-    subclass of your own. Run it with ``.TestCase`` under pytest/unittest.
+    ``protected_fraction=None`` checks plain LRU (default cache:
+    ``ExpiringLRUCache(..., timer=clock)``); a fraction checks segmented LRU
+    (``SegmentedLRUCache(..., protected_fraction=...)``). ``getsizeof`` sizes
+    the int values the machine stores (default 1 each). ``factory(maxsize,
+    idle_timeout, max_age, clock)`` builds the cache under test instead; use
+    it to check a subclass of your own. Run it with ``.TestCase`` under
+    pytest/unittest.
     """
     from hypothesis import strategies as st
-    from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+    from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-    build = factory or (lambda m, i, a, clock: ExpiringLRUCache(m, i, a, timer=clock))
+    def default_build(m: int, i: float | None, a: float | None, clock: FakeClock) -> ExpiringCache:
+        if protected_fraction is None:
+            return ExpiringLRUCache(m, i, a, timer=clock, getsizeof=getsizeof)
+        return SegmentedLRUCache(m, i, a, timer=clock, getsizeof=getsizeof,
+                                 protected_fraction=protected_fraction)
+
+    build = factory or default_build
     keys = st.integers(min_value=0, max_value=maxsize * 2)
     step = max(idle_timeout or 0.0, max_age or 0.0, 1.0) / 8
 
@@ -205,13 +295,15 @@ def eviction_machine(
             super().__init__()
             self.clock = FakeClock()
             self.cache = build(maxsize, idle_timeout, max_age, self.clock)
-            self.model = EvictionModel(maxsize, idle_timeout, max_age)
+            self.model = EvictionModel(
+                maxsize, idle_timeout, max_age, protected_fraction=protected_fraction, getsizeof=getsizeof
+            )
 
         @rule(key=keys, value=st.integers())
         def insert(self, key: int, value: int) -> None:
             now = self.clock()
-            got = self.cache.insert(key, value)
-            assert sorted(got) == sorted(self.model.insert(key, value, now))
+            expected = _outcome(lambda: self.model.insert(key, value, now))
+            assert _outcome(lambda: self.cache.insert(key, value)) == expected
 
         @rule(
             key=keys,
@@ -222,11 +314,11 @@ def eviction_machine(
         def insert_from_elsewhere(self, key: int, value: int, created_ago: float, accessed_ago: float) -> None:
             now = self.clock()
             created, accessed = now - created_ago, now - accessed_ago
-            got = self.cache.insert(key, value, created=created, accessed=accessed)
-            assert sorted(got) == sorted(self.model.insert(key, value, now, created, accessed))
+            expected = _outcome(lambda: self.model.insert(key, value, now, created, accessed))
+            got = _outcome(lambda: self.cache.insert(key, value, created=created, accessed=accessed))
+            assert got == expected
 
-        @rule(key=keys)
-        def read(self, key: int) -> None:
+        def check_read(self, key: Hashable) -> None:
             expected = self.model.get(key, self.clock())
             if expected is _MISSING:
                 assert key not in self.cache
@@ -235,12 +327,33 @@ def eviction_machine(
                 assert self.cache[key] == expected
 
         @rule(key=keys)
+        def read(self, key: int) -> None:
+            self.check_read(key)
+
+        @precondition(lambda self: bool(self.model.entries))
+        @rule(data=st.data())
+        def read_held(self, data: st.DataObject) -> None:
+            # Hits are what move entries between orders: don't leave them to chance.
+            self.check_read(data.draw(st.sampled_from(list(self.model.entries))))
+
+        @rule(key=keys)
+        def lookup(self, key: int) -> None:
+            now = self.clock()
+            assert self.cache.lookup(key, now, _MISSING) == self.model.get(key, now)
+
+        @rule(key=keys)
         def delete(self, key: int) -> None:
             if key in self.model.entries:
                 self.model.delete(key)
                 del self.cache[key]
 
-        @rule(seconds=st.sampled_from([0.0, step / 4, step, 2 * step, 10 * step]))
+        @rule()
+        def popitem(self) -> None:
+            assert _outcome(self.cache.popitem) == _outcome(self.model.popitem)
+
+        # 7 steps: nearly a whole timeout when the idle timeout is the longer, so some entries
+        # expire while others written a little later do not.
+        @rule(seconds=st.sampled_from([0.0, step / 4, step, 2 * step, 7 * step, 10 * step]))
         def wait(self, seconds: float) -> None:
             self.clock.advance(seconds)
 
@@ -254,6 +367,16 @@ def eviction_machine(
             now = self.clock()
             live = {k: self.cache.peek(k) for k in iter(self.cache)}  # list() would call len(), which sweeps
             assert live == self.model.live(now)
+
+        @invariant()
+        def same_entries_held_expired_or_not(self) -> None:
+            # Cache's own iteration: no expiry filter and no sweep (the model removes only when told to).
+            assert set(Cache.__iter__(self.cache)) == set(self.model.entries)
+
+        @invariant()
+        def same_protected_size(self) -> None:
+            if isinstance(self.cache, SegmentedLRUCache):
+                assert self.cache.protected_size == self.model.size_of(self.model.protected)
 
     EvictionMachine.__name__ = EvictionMachine.__qualname__ = "EvictionMachine"
     return EvictionMachine

@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["check_choice", "check_int", "check_number"]
+__all__ = ["check_choice", "check_fraction", "check_int", "check_number"]
 
 
 def check_number(option: str, value: Any, *, allow_none: bool = False, allow_zero: bool = False) -> None:
@@ -24,6 +24,14 @@ def check_number(option: str, value: Any, *, allow_none: bool = False, allow_zer
         raise ConfigError(option, value, "must be a number" + (" or None" if allow_none else ""))
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(option, value, "must be a finite number >= 0" if allow_zero else "must be a finite number > 0")
+
+
+def check_fraction(option: str, value: Any) -> None:
+    """A finite number in ``[0, 1)``: a share of a bound that always leaves some of it over."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(option, value, "must be a number")
+    if not math.isfinite(value) or not 0 <= value < 1:
+        raise ConfigError(option, value, "must be a finite number >= 0 and < 1")
 
 
 def check_int(option: str, value: Any, *, minimum: int = 1) -> None:

@@ -9,9 +9,10 @@ import memsession.testing
 
 CORE_API = {
     "BusError", "CacheClosed", "Clock", "Config", "ConfigError", "Eviction", "ExpiringLRUCache",
-    "HybridClock", "InvalidSessionId", "MemsessionError", "Record", "SessionCache", "SessionDataError",
-    "SessionDestroyed", "SessionError", "SessionTooLarge", "SignatureError", "StoreClosed", "StoreCorrupt",
-    "StoreError", "StoreUnavailable", "SystemClock", "WireError", "is_valid_sid", "new_id",
+    "HybridClock", "InvalidSessionId", "MemsessionError", "Record", "SegmentedLRUCache", "SessionCache",
+    "SessionDataError", "SessionDestroyed", "SessionError", "SessionTooLarge", "SignatureError",
+    "StoreClosed", "StoreCorrupt", "StoreError", "StoreUnavailable", "SystemClock", "WireError",
+    "is_valid_sid", "new_id",
 }
 
 

@@ -34,6 +34,10 @@ def test_config_is_frozen():
         ("touch_interval", -1),
         ("tombstone_ttl", 0),
         ("max_session_bytes", 10),
+        ("protected_fraction", 1),
+        ("protected_fraction", -0.1),
+        ("protected_fraction", "0.8"),
+        ("protected_fraction", None),
     ],
 )
 def test_invalid_values_fail_at_construction_naming_the_option(option, value):

@@ -426,6 +426,22 @@ class TestExpiryInTheCookie:
         assert deleted.startswith("session=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT")
 
 
+class TestFullCache:
+    def test_a_flood_of_cookie_less_writes_keeps_a_returning_user_logged_in(self, clock) -> None:
+        """Every request that brings a session's cookie is a use of it, touch due or not."""
+        cache = SessionCache(clock=clock, maxsize=200, touch_interval=60)
+        manager = SessionManager(cache, WebConfig(secret_keys=SECRET))
+        value = login(manager, user="ada")
+        clock.advance(1)
+        assert manager.open(value) == {"user": "ada"}  # she comes back, well within touch_interval
+        for i in range(1000):
+            visitor = manager.open(None)
+            visitor["visit"] = i
+            assert manager.save(visitor) is not None
+        assert manager.open(value) == {"user": "ada"}
+        assert cache.stats()["touches"] == 0 and cache.stats()["evicted"]["size"] == 801
+
+
 class ReplicatedCache(SessionCache):
     """A cache whose ``wait_for`` receives records from a peer, as a bus would deliver them."""
 

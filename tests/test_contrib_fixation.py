@@ -159,8 +159,8 @@ def test_flask_login_user_rotates_the_planted_id(workers: Workers) -> None:
     victim.set_cookie("session", planted)
     assert victim.post("/login?uid=ada").status_code == 200
     cookie = victim.get_cookie("session")
+    assert victim.get("/me").text == "ada"  # before check_rotated closes worker a
     check_rotated(planted, cookie and cookie.value, flask_seen, workers)
-    assert victim.get("/me").text == "ada"
 
 
 def test_flask_login_from_a_remember_cookie_rotates_the_planted_id(workers: Workers) -> None:

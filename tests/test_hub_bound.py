@@ -1,4 +1,4 @@
-"""The hub's bounded replica: at most ``maxsize`` live sessions, LRU by access, evicted ones read back from the store.
+"""The hub's bounded replica: at most ``maxsize`` live sessions (segmented LRU), evicted ones read back.
 
 The pure part (``HubState``, ``StoreReads``) first, then a real ``memsession
 sidecar`` process on PostgreSQL with a small ``--maxsize``: real ZeroMQ
@@ -74,23 +74,34 @@ def test_maxsize_is_checked() -> None:
         assert build_parser().parse_args([command, *extra, "--maxsize", "7"]).maxsize == 7
 
 
-def test_the_replica_holds_at_most_maxsize_evicting_the_least_recently_used() -> None:
+def test_the_replica_holds_at_most_maxsize_evicting_sessions_used_once_first() -> None:
     state = HubState(clock=FakeClock(wall=NOW), maxsize=3)
     keys = [new_id() for _ in range(5)]
     for key in keys[:3]:
         assert state.merge(rec(key))
-    get(state, keys[0])  # a read counts as an access: keys[1] is now the least recently used
+    get(state, keys[0])  # a read is a second access: keys[0] is protected, keys[1] goes next
     assert state.merge(rec(keys[3]))
     assert live_keys(state) == sorted([keys[0], keys[2], keys[3]])
-    assert state.merge(rec(keys[2], version=11))  # a write counts as an access too
+    assert state.merge(rec(keys[2], version=11))  # a write is one too: keys[3], used once, goes next
     assert state.merge(rec(keys[4]))
-    assert live_keys(state) == sorted([keys[2], keys[3], keys[4]])
+    assert live_keys(state) == sorted([keys[0], keys[2], keys[4]])
     stats = state.stats()
     assert stats["sessions"] == 3 and stats["evicted"] == 2 and stats["maxsize"] == 3
     assert not state.holds_all
     # Snapshots carry what is held, never more than maxsize live records.
     (*chunks, end) = state.snapshot(1)
     assert wire.decode_reply(end).body[3] == 3
+
+
+def test_a_flood_of_new_sessions_keeps_the_sessions_in_use() -> None:
+    state = HubState(clock=FakeClock(wall=NOW), maxsize=200)
+    user = new_id()
+    assert state.merge(rec(user))
+    get(state, user)  # a worker read it through the hub
+    for _ in range(1000):
+        assert state.merge(rec(new_id()))
+    assert not state.replica[user].deleted and len(live_keys(state)) == 200
+    assert state.stats()["evicted"] == 801
 
 
 def test_tombstones_are_not_evicted_and_keep_a_destroyed_session_dead() -> None:

@@ -13,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from memsession import (
     CacheClosed,
+    Config,
     InvalidSessionId,
     Record,
     SessionCache,
@@ -366,7 +367,8 @@ class FacadeMachine(RuleBasedStateMachine):
         self.clock = FakeClock()
         self.cache = SessionCache(clock=self.clock, maxsize=4, idle_timeout=10, max_age=25,
                                   tombstone_ttl=15, touch_interval=3)
-        self.model = EvictionModel(4, 10, 25)
+        # The default policy: segmented LRU with the default protected share.
+        self.model = EvictionModel(4, 10, 25, protected_fraction=Config().protected_fraction)
         self.tombstones: dict[str, float] = {}
 
     def dead(self, sid):

@@ -241,12 +241,13 @@ class SessionManager:
             # Unknown, expired or destroyed (a replayed cookie): a fresh session,
             # which gets a new id if it is ever stored. The old id is never reused.
             return session_class(had_cookie=True)
-        # An access is propagated (and slides the idle expiry everywhere) at
-        # most once per touch_interval; between those, a read only looks the
-        # session up, and the cookie's expiry is refreshed when a touch is due.
+        # Every request that brings the cookie is a use, so a full cache keeps
+        # this session through floods of new ones. ``touch`` propagates the
+        # access (sliding the idle expiry everywhere) at most once per
+        # touch_interval; the cookie's expiry is refreshed when one is due.
         refresh = self.cache.clock.wall() - record.accessed >= self.cache.config.touch_interval
-        if refresh and not self.cache.touch(sid):
-            return session_class(had_cookie=True)
+        if not self.cache.touch(sid):
+            return session_class(had_cookie=True)  # ended since it was looked up
         refresh = refresh and self.config.refresh_each_request
         return session_class(
             copy_data(record), sid=sid, version=max(record.version, version), base=record.data,

@@ -17,7 +17,7 @@ destroyed everywhere (every worker, the store), so a planted session cookie is
 never the one logged in.
 
 Settings, read when the first session is used in a process:
-``MEMSESSION`` (a dict of cache ``Config`` fields: ``maxsize``,
+``MEMSESSION`` (a dict of cache ``Config`` fields: ``maxsize``, ``protected_fraction``,
 ``idle_timeout``, ``max_age``, ``touch_interval``, ``tombstone_ttl``,
 ``max_session_bytes``, ``max_session_items``, ``max_skew``, ``outage_budget``;
 plus ``consistency_timeout``). ``idle_timeout`` defaults to ``SESSION_COOKIE_AGE``,

@@ -3,7 +3,10 @@
 The replica is a plain ``dict`` (other threads of a sidecar read it with one
 C-level call); ``Recency`` keeps the access order of its live records beside
 it and says which to evict once there are more than ``maxsize``. Access is
-every read (GET) and every change (bus write, push, touch, read-back).
+every read (GET) and every change (bus write, push, touch, read-back). The
+policy is the workers' (``SegmentedLRUCache``): a session's first record
+puts it on probation and its next access protects it, so a flood of new
+sessions churns through probation and can't push out sessions in use.
 
 Only live records count and only they are evicted. Tombstones and the clear
 watermark keep their own rules: a tombstone stays until it lapses, the
@@ -19,7 +22,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 
-from ..cache import ExpiringLRUCache
+from ..segmented import SegmentedLRUCache
 from ..session import Record, cleared_by, supersedes
 
 __all__ = ["Recency", "merge_into", "warm_fill"]
@@ -48,8 +51,8 @@ class Recency:
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
-        # Without timeouts the cache core is exactly an LRU cache: the one home of the LRU rule.
-        self._order = ExpiringLRUCache(maxsize)
+        # Without timeouts the cache core is just its eviction order: the one home of that rule.
+        self._order = SegmentedLRUCache(maxsize)
 
     def __len__(self) -> int:
         return len(self._order)

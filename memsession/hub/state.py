@@ -159,7 +159,7 @@ class HubState:
         self.counts["evicted"] += 1
         if self.holds_all:
             self.holds_all = False
-            log.info("the hub's replica reached maxsize (%d live sessions): evicting the least recently used",
+            log.info("the hub's replica reached maxsize (%d live sessions): evicting those used once first",
                      self.maxsize)
 
     def warm(self, records: Iterable[Record]) -> int:
