@@ -44,6 +44,27 @@ def _lookups(keys: Sequence[str], count: int, seed: int) -> list[str]:
     return [keys[rnd.randrange(len(keys))] for _ in range(count)]
 
 
+Loop = Callable[[Sequence[str]], None]
+
+
+def facade_loops(facade: SessionCache, value: Any) -> tuple[Loop, Loop, Loop]:
+    """Timing loops over ``facade``'s get, set (of ``value``) and touch, its methods bound once."""
+
+    def f_get(ks: Sequence[str], get: Any = facade.get) -> None:
+        for k in ks:
+            get(k)
+
+    def f_set(ks: Sequence[str], put: Any = facade.set, v: Any = value) -> None:
+        for k in ks:
+            put(k, v)
+
+    def f_touch(ks: Sequence[str], touch: Any = facade.touch) -> None:
+        for k in ks:
+            touch(k)
+
+    return f_get, f_set, f_touch
+
+
 def time_ops(size: int, lookups: int) -> dict[str, dict[str, float]]:
     """ns/op per operation per subject, all filled to ``size`` entries."""
     keys = [new_id() for _ in range(size)]
@@ -125,17 +146,7 @@ def time_ops(size: int, lookups: int) -> dict[str, dict[str, float]]:
     for k in keys:
         facade.set(k, value)
 
-    def f_get(ks: Sequence[str], get: Any = facade.get) -> None:
-        for k in ks:
-            get(k)
-
-    def f_set(ks: Sequence[str], put: Any = facade.set, v: Any = value) -> None:
-        for k in ks:
-            put(k, v)
-
-    def f_touch(ks: Sequence[str], touch: Any = facade.touch) -> None:
-        for k in ks:
-            touch(k)
+    f_get, f_set, f_touch = facade_loops(facade, value)
 
     def hash_ids(ks: Sequence[str], key: Any = session_key) -> None:
         for k in ks:

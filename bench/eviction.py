@@ -45,6 +45,7 @@ from memsession.testing import FakeClock
 from persist.jsonfile import JsonFileStore
 from persist.persistence import PersistConfig, Persistence
 
+from .core import facade_loops
 from .table import ns_per_op, render, verdict
 
 MAXSIZE = 10_000
@@ -81,7 +82,9 @@ def flood(policy: str, fraction: float, writes: int, store_dir: str | None, budg
     cache = SessionCache(clock=clock, maxsize=MAXSIZE, idle_timeout=IDLE, max_age=MAX_AGE,
                          protected_fraction=fraction, persistence=persistence)
     try:
-        sessions = [cache.set(new_id(), {"user": u}).key for u in range(USERS)]  # log in
+        sessions = [new_id() for _ in range(USERS)]
+        for user, sid in enumerate(sessions):
+            cache.set(sid, {"user": user})  # log in
         clock.advance(0.5)
         assert all(cache.get(sid) is not None for sid in sessions)  # and come back once
         clock.advance(0.5)
@@ -104,7 +107,8 @@ def flood(policy: str, fraction: float, writes: int, store_dir: str | None, budg
                 if cache.get(sessions[user]) is None:
                     logouts += 1
                     lost.add(user)
-                    sessions[user] = cache.set(new_id(), {"user": user}).key  # logs in again
+                    sessions[user] = new_id()
+                    cache.set(sessions[user], {"user": user})  # logs in again
                 clock.advance(step)
                 if written >= writes:
                     break
@@ -181,13 +185,7 @@ def op_costs(lookups: int) -> dict[str, dict[str, float]]:
         for k in keys:
             facade.set(k, value)
 
-        def f_get(ks: Sequence[str], get: Any = facade.get) -> None:
-            for k in ks:
-                get(k)
-
-        def f_set(ks: Sequence[str], put: Any = facade.set, v: Any = value) -> None:
-            for k in ks:
-                put(k, v)
+        f_get, f_set, _ = facade_loops(facade, value)
 
         results[f"SessionCache, {policy}"] = {
             "get-hit": ns_per_op(f_get, hits),

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from memsession import SessionCache, new_id
-from memsession.session import Record, prepare_data
+from memsession.session import Record, prepare_data, session_key
 from persist.base import Store
 from persist.jsonfile import JsonFileStore, read_snapshot, write_snapshot
 from persist.persistence import PersistConfig, Persistence
@@ -138,7 +138,7 @@ def pg_read_through(url: str, count: int) -> tuple[float, float]:
     records = []
     for i, sid in enumerate(sids):
         data, size, flat = prepare_data(session_data(i), 1 << 16)
-        records.append(Record(sid, data, 1 << 40, 1, now, now, now + 1800, False, flat, size))
+        records.append(Record(session_key(sid), data, 1 << 40, 1, now, now, now + 1800, False, flat, size))
     store.save(records)
     cache = SessionCache(persistence=Persistence(store, PersistConfig(negative_ttl=0)))
     try:
@@ -154,7 +154,7 @@ def pg_read_through(url: str, count: int) -> tuple[float, float]:
     with psycopg.connect(url, autocommit=True) as conn:
         for sid in sids:
             t = time.perf_counter_ns()
-            conn.execute('SELECT sess FROM "memsession" WHERE sid = %s', [sid]).fetchone()
+            conn.execute('SELECT sess FROM "memsession" WHERE sid = %s', [session_key(sid)]).fetchone()
             bare.append(time.perf_counter_ns() - t)
     return percentile(through, 0.5) / 1000, percentile(bare, 0.5) / 1000
 
@@ -168,7 +168,7 @@ def json_snapshot(count: int, folder: str) -> tuple[float, float, int]:
     records = []
     for i in range(count):
         data = {"user_id": i, "csrf": "x" * 43, "theme": "dark"}
-        records.append(Record(new_id(), data, (1 << 40) + i, 1, now, now, now + 1800, False, True, 60))
+        records.append(Record(session_key(new_id()), data, (1 << 40) + i, 1, now, now, now + 1800, False, True, 60))
     path = os.path.join(folder, f"snap-{count}.jsonl")
     gc.collect()
     start = time.perf_counter()

@@ -150,10 +150,11 @@ def pct(samples: list[float], p: float) -> float:
 
 
 def records(n: int, prefix: str = "") -> list[Any]:
-    from memsession.session import Record, new_id
+    from memsession.session import Record, new_id, session_key
 
     now = time.time()
-    return [Record(prefix + new_id()[len(prefix):], {"n": i, "user": f"u{i % 997}", "csrf": "x" * 32},
+    # Keyed as the caches key them: by the digest of an id.
+    return [Record(prefix + session_key(new_id())[len(prefix):], {"n": i, "user": f"u{i % 997}", "csrf": "x" * 32},
                    (int(now * 1000) << 16) + i, 1, now, now, now + 3600) for i in range(n)]
 
 
