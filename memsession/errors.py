@@ -149,9 +149,12 @@ class SignatureError(MemsessionError, ValueError):
 class WireError(MemsessionError, ValueError):
     """A bus frame is malformed, truncated, oversized or of another version."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, kind: str = "malformed") -> None:
         super().__init__(reason)
         self.reason = reason
+        #: What the receiver counts it as: ``"malformed"``, or ``"other version"`` for a frame of
+        #: another protocol version (a process of another memsession release).
+        self.kind = kind
 
 
 class BusError(MemsessionError):

@@ -23,9 +23,10 @@ import psycopg
 import pytest
 import zmq
 
-from memsession import SessionCache
+from memsession import SessionCache, wire
 from memsession.bus import ZmqBus
-from memsession.hub import HubConfig, query_snapshot
+from memsession.errors import WireError
+from memsession.hub import HubConfig, query_snapshot, query_stats
 from memsession.session import Record, is_valid_sid, legacy_key, new_id, prepare_data, session_key
 from persist import Persistence
 from persist.couchdb import CouchStore
@@ -255,3 +256,43 @@ def test_ddl_prints_the_key_columns_meaning() -> None:
     out = subprocess.run([sys.executable, "-m", "memsession", "ddl"], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parent.parent).stdout
     assert 'COMMENT ON COLUMN "memsession"."sid" IS' in out and "SHA-256" in out
+
+
+# -- a 0.1 process on the same hub -----------------------------------------------------------------
+
+
+def test_a_frame_of_protocol_version_1_is_refused_as_another_version() -> None:
+    payload = wire.encode_set(_record(session_key(new_id()), {"n": 1}), 5, 1, 1, 0)[1]
+    with pytest.raises(WireError) as info:
+        wire.decode([b"ms1s", payload])
+    assert info.value.kind == "other version" and "another memsession release" in str(info.value)
+    assert wire.decode([wire.PROTOCOL + b"s", payload]).op == wire.SET
+
+
+@pytest.mark.zmq
+@pytest.mark.timeout(60)
+def test_a_0_1_process_on_the_hub_is_counted_not_silently_ignored() -> None:
+    """A 0.1 publisher (raw ids, protocol version 1) reaches the hub and a worker, and both count it."""
+    with Hub() as hub:
+        publish, _, requests = HubConfig(runtime_dir=hub.runtime_dir).endpoints()
+        old = zmq.Context.instance().socket(zmq.PUB)
+        old.connect(publish)
+        sid = new_id()
+        frames = wire.encode_set(_record(sid, {"by": "0.1"}), 5, 1, 1, 0)
+        try:
+            with SessionCache(bus=ZmqBus(runtime_dir=hub.runtime_dir)) as worker:
+
+                def counted() -> bool:
+                    old.send_multipart([b"ms1" + frames[0][3:], frames[1]])
+                    hub_dropped = query_stats(requests)["dropped"]
+                    worker_dropped = worker.bus.stats()["dropped"]  # the hub's XPUB forwards what it hears
+                    return bool(hub_dropped.get("other version") and worker_dropped.get("other version"))
+
+                deadline = time.monotonic() + 20.0
+                while not counted():
+                    assert time.monotonic() < deadline, "the hub and the worker never counted the version-1 frame"
+                    time.sleep(0.2)
+                assert worker.get(sid) is None and worker.held(sid) is None
+                assert query_snapshot(requests) == []
+        finally:
+            old.close(linger=0)

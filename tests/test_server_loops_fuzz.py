@@ -144,7 +144,7 @@ scalars = st.one_of(st.none(), st.booleans(), numbers, st.text(max_size=20), st.
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4), max_leaves=12)
 request_topics = st.sampled_from(sorted(wire._TOPICS.values()))
 odd_topics = st.one_of(st.binary(max_size=6), st.builds(lambda b: wire.PROTOCOL + bytes([b]), st.integers(0, 255)),
-                       st.sampled_from([b"ms2S", b"ms1", b"MS1Q", b""]))
+                       st.sampled_from([b"ms9S", b"ms2", b"MS2Q", b""]))
 
 
 def _valid_requests() -> st.SearchStrategy[list[bytes]]:

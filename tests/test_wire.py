@@ -107,7 +107,7 @@ def test_clear_round_trips_as_a_numbered_data_message(h, version):
 @pytest.mark.parametrize("fields", [[], [0], [-1], ["7"], [1.5], [None], [1, 2], [True], [2**63]])
 def test_clear_with_a_bad_version_is_refused(fields):
     payload = msgpack.packb([1, 1, 1, 1, *fields])
-    bad([b"ms1c", payload])
+    bad([b"ms2c", payload])
 
 
 @pytest.mark.parametrize(
@@ -172,13 +172,13 @@ def test_wrong_frame_counts_and_types():
     bad([topic])
     bad([topic, payload, b""])
     bad([])
-    bad(["ms1s", payload])
+    bad(["ms2s", payload])
 
 
 def test_other_protocol_version_or_unknown_op():
     _, payload = wire.encode_set(GOOD, 1, 1, 1, 1)
-    bad([b"ms2s", payload])
-    bad([b"ms1?", payload])
+    bad([b"ms1s", payload])  # version 1: memsession 0.1
+    bad([b"ms2?", payload])
     bad([b"xx", payload])
 
 
@@ -228,33 +228,33 @@ DATA = msgpack.packb({"a": 1})
     ],
 )
 def test_malformed_set_payloads_are_refused(payload):
-    bad([b"ms1s", payload])
+    bad([b"ms2s", payload])
 
 
 def test_deeply_nested_data_is_refused():
     nested: object = 1
     for _ in range(40):
         nested = [nested]
-    bad([b"ms1s", pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": nested}))])
+    bad([b"ms2s", pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": nested}))])
 
 
 def test_a_bad_record_in_a_chunk_is_left_out_and_counted():
-    reply = wire.decode_reply([b"ms1C", pack(1, [[1, 2, 3]])])
+    reply = wire.decode_reply([b"ms2C", pack(1, [[1, 2, 3]])])
     assert reply.body == ([],) and reply.refused == 1
 
 
 def test_bad_requests_are_refused():
     for frames in (
-        [b"ms1S", pack()],
-        [b"ms1S", pack("rid")],
-        [b"ms1E", pack(1, 2, [[1, 2]], 0, 0)],
-        [b"ms1R", pack(1, ["k", 1, 1, 1.0, 1.0, 1.0, "yes", b"\x80"])],
-        [b"ms1s", pack(1)],
+        [b"ms2S", pack()],
+        [b"ms2S", pack("rid")],
+        [b"ms2E", pack(1, 2, [[1, 2]], 0, 0)],
+        [b"ms2R", pack(1, ["k", 1, 1, 1.0, 1.0, 1.0, "yes", b"\x80"])],
+        [b"ms2s", pack(1)],
     ):
         with pytest.raises(WireError):
             wire.decode_reply(frames)
     with pytest.raises(WireError):
-        wire.decode_reply([b"ms1C", pack(1, [wire.record_to_list(GOOD)] * 3)], wire.Limits(max_records=2))
+        wire.decode_reply([b"ms2C", pack(1, [wire.record_to_list(GOOD)] * 3)], wire.Limits(max_records=2))
 
 
 @settings(max_examples=300)
@@ -298,7 +298,7 @@ def test_mutated_frames_raise_only_wire_error_or_decode_cleanly(record, flips):
     ],
 )
 def test_malformed_batches_are_refused(items):
-    bad([b"ms1b", msgpack.packb([1, 1, 1, 1, items], use_bin_type=True)])
+    bad([b"ms2b", msgpack.packb([1, 1, 1, 1, items], use_bin_type=True)])
 
 
 def test_a_batch_without_a_sequence_number_or_past_the_last_one_is_refused():
@@ -321,4 +321,4 @@ def test_own_messages_are_recognised_without_decoding(record, h):
         assert not wire.is_own(frames, wire.own_prefix(origin ^ 1, epoch))
     # a process waits for its own hello: that one is never skipped
     assert not wire.is_own(wire.encode_hello(origin, epoch, 5, sent), mine)
-    assert not wire.is_own([b"ms1s", b""], mine) and not wire.is_own([b"ms1s"], mine)
+    assert not wire.is_own([b"ms2s", b""], mine) and not wire.is_own([b"ms2s"], mine)

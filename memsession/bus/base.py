@@ -167,7 +167,7 @@ class Replicator:
         try:
             msg = wire.decode(frames, self.config.limits)
         except WireError as exc:
-            return self.drop("malformed", exc)
+            return self.drop(exc.kind, exc)
         op = msg.op
         self.tracker.heard(msg.origin, self.clock.monotonic())
         if op == wire.HELLO:

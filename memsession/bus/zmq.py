@@ -301,7 +301,7 @@ class ZmqBus:
 
         sub = self._socket(zmq.SUB)
         sub.rcvhwm = self.config.rcvhwm
-        sub.setsockopt(zmq.SUBSCRIBE, wire.PROTOCOL)
+        sub.setsockopt(zmq.SUBSCRIBE, wire.PROTOCOL_FAMILY)
         dealer = self._socket(zmq.DEALER)
         rep = self.replicator
         assert rep is not None

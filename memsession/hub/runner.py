@@ -159,7 +159,7 @@ def _run(config: HubConfig, stop: threading.Event, ready: threading.Event | None
         out = ctx.socket(zmq.PUB)
         try:
             feed.rcvhwm = config.capture_hwm
-            feed.setsockopt(zmq.SUBSCRIBE, wire.PROTOCOL)
+            feed.setsockopt(zmq.SUBSCRIBE, wire.PROTOCOL_FAMILY)
             feed.connect(capture_ep)
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             router.sndhwm = 0

@@ -264,7 +264,7 @@ class HubState:
         try:
             msg = wire.decode(frames, self.limits)
         except WireError as exc:
-            self._drop("malformed", exc)
+            self._drop(exc.kind, exc)
             return []
         op = msg.op
         if msg.origin == self.hub_id or op in (wire.HELLO, wire.RESYNC, wire.HUB_BEAT):

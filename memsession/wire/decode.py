@@ -45,6 +45,7 @@ from .format import (
     WRITE,
     Message,
     Reply,
+    topic_refusal,
 )
 
 __all__ = [
@@ -167,7 +168,7 @@ def _split(frames: Sequence[bytes]) -> tuple[str, bytes]:
     op = _OPS.get(topic)
     if op is None:
         if topic[:3] != PROTOCOL:
-            raise WireError("unknown protocol or version")
+            raise topic_refusal(topic)
         raise WireError("unknown op")
     return op, payload
 

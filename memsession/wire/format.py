@@ -1,10 +1,17 @@
-"""The bus wire format, frame by frame (version 1). msgpack only; no pickle.
+"""The bus wire format, frame by frame (version 2). msgpack only; no pickle.
 
 Every message is exactly two ZeroMQ frames::
 
-    frame 0  topic    4 bytes: b"ms1" + one op byte
-                      ("ms1" is the protocol name and version; a SUB may filter
-                      on it, and a frame of another version is rejected whole)
+    frame 0  topic    4 bytes: b"ms2" + one op byte
+                      ("ms" is the protocol's name, "2" its version; sockets
+                      subscribe to ``PROTOCOL_FAMILY`` so that a frame of another
+                      version reaches the decoder, which rejects it whole as
+                      ``"other version"``, counted and logged)
+
+Version 2 differs from version 1 (memsession 0.1) in what a ``key`` is: the
+session key ``session_key(sid)``, the SHA-256 of the id in hex, never the id.
+The frames are otherwise laid out as in version 1; a process of each would
+look sessions up under different keys, so they refuse each other's frames.
     frame 1  payload  one msgpack array; its layout depends on the op
 
 Times travel as wall-clock seconds (float) except ``sent_us`` (int wall
@@ -93,6 +100,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from ..errors import WireError
+
 __all__ = [
     "ACK",
     "BATCH",
@@ -108,6 +117,8 @@ __all__ = [
     "HUB_BEAT",
     "INVALIDATE",
     "PROTOCOL",
+    "PROTOCOL_FAMILY",
+    "topic_refusal",
     "PUSH",
     "RECORD",
     "REPLY_OPS",
@@ -123,7 +134,9 @@ __all__ = [
     "Reply",
 ]
 
-PROTOCOL = b"ms1"
+PROTOCOL = b"ms2"
+#: What sockets subscribe to: every version, so another one is seen and counted, not filtered out unseen.
+PROTOCOL_FAMILY = b"ms"
 
 SET = "s"
 DESTROY = "d"
@@ -150,6 +163,14 @@ STATS = "Q"
 STATS_REPLY = "T"
 REQUEST_OPS = frozenset((SNAPSHOT, GET, PUSH, WRITE, STATS))
 REPLY_OPS = frozenset((CHUNK, END, RECORD, ACK, STATS_REPLY))
+
+def topic_refusal(topic: bytes) -> WireError:
+    """Why a topic not of this protocol version is refused: another version (counted apart), or not ours."""
+    if len(topic) == 4 and topic[:2] == PROTOCOL_FAMILY and topic[2:3].isdigit():
+        return WireError(f"protocol version {topic[2:3].decode()}, not {PROTOCOL[2:].decode()}: a process of another "
+                         "memsession release (upgrade every process together)", kind="other version")
+    return WireError("unknown protocol or version")
+
 
 _TOPICS = {op: PROTOCOL + op.encode() for op in BUS_OPS | REQUEST_OPS | REPLY_OPS}
 _OPS = {topic: op for op, topic in _TOPICS.items()}
