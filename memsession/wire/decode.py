@@ -32,7 +32,6 @@ from .format import (
     HELLO,
     HUB_BEAT,
     INVALIDATE,
-    PROTOCOL,
     PUSH,
     RECORD,
     REPLY_OPS,
@@ -167,9 +166,7 @@ def _split(frames: Sequence[bytes]) -> tuple[str, bytes]:
     topic = bytes(topic)
     op = _OPS.get(topic)
     if op is None:
-        if topic[:3] != PROTOCOL:
-            raise topic_refusal(topic)
-        raise WireError("unknown op")
+        raise topic_refusal(topic)
     return op, payload
 
 

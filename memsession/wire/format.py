@@ -165,7 +165,9 @@ REQUEST_OPS = frozenset((SNAPSHOT, GET, PUSH, WRITE, STATS))
 REPLY_OPS = frozenset((CHUNK, END, RECORD, ACK, STATS_REPLY))
 
 def topic_refusal(topic: bytes) -> WireError:
-    """Why a topic not of this protocol version is refused: another version (counted apart), or not ours."""
+    """Why a topic no op has is refused: an unknown op, another version (counted apart), or not ours at all."""
+    if topic[:3] == PROTOCOL:
+        return WireError("unknown op")
     if len(topic) == 4 and topic[:2] == PROTOCOL_FAMILY and topic[2:3].isdigit():
         return WireError(f"protocol version {topic[2:3].decode()}, not {PROTOCOL[2:].decode()}: a process of another "
                          "memsession release (upgrade every process together)", kind="other version")
