@@ -89,6 +89,9 @@ def one_client(url: str, user: str, load: Load) -> None:
             if response.status_code == 200:
                 written[f"k{i}"] = str(i)
                 load.acknowledged[user] = dict(written)
+                # What the browser sends next: the newest cookie, whose version asks any worker
+                # for this write (read-your-writes), whether or not replication has settled.
+                load.cookies[user] = c.cookies.get(COOKIE) or load.cookies[user]
             else:
                 load.failures.append(f"{user} k{i}: {response.status_code} {response.text[:200]}")
 
