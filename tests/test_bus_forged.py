@@ -11,9 +11,7 @@ hub process and check what two real worker processes still exchange.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -30,9 +28,9 @@ from memsession.errors import ConfigError
 from memsession.hub import HubConfig, HubState
 from memsession.session import Record, new_id, session_key
 from memsession.testing import FakeClock
+from tests.pipe_workers import PipeWorker
 from tests.test_replication_zmq import FAST, HubProcess
 
-SPAWN = multiprocessing.get_context("spawn")
 LARGEST_SEQ = 2**64 - 1
 BOUND = 100  # a small bound keeps the hypothesis cases short
 HOLD = 5.0
@@ -261,36 +259,13 @@ def _worker(conn: Any, bus_options: dict[str, Any]) -> None:
         conn.send(("bye", None))
 
 
-class Worker:
+class Worker(PipeWorker):
     """A worker process with its own SessionCache on the bus, driven over a pipe."""
 
     def __init__(self, bus_options: dict[str, Any]) -> None:
-        self.conn, child = SPAWN.Pipe()
-        self.proc = SPAWN.Process(target=_worker, args=(child, bus_options), daemon=True)
-        self.proc.start()
-        child.close()
-        self.origin, joined = self.call(None)
+        super().__init__(_worker, bus_options)
+        self.origin, joined = self.hello
         assert joined, "worker did not join the bus"
-
-    def call(self, cmd: tuple[str, Any] | None, timeout: float = 30.0) -> Any:
-        if cmd is not None:
-            self.conn.send(cmd)
-        if not self.conn.poll(timeout):
-            raise AssertionError(f"worker {self.proc.pid} did not answer {cmd!r} in {timeout}s")
-        return self.conn.recv()[1]
-
-    def stop(self) -> None:
-        if self.proc.is_alive():
-            try:
-                self.call(("stop", None), timeout=10)
-            except (AssertionError, OSError, EOFError):
-                pass
-            self.proc.join(10)
-            if self.proc.is_alive() and self.proc.pid is not None:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.join(5)
-        self.conn.close()
-        self.proc.close()
 
 
 def _poll(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -22,6 +22,7 @@ import pytest
 
 from memsession.hub import query_snapshot, query_stats
 from memsession.session import new_id, session_key
+from tests.pipe_workers import PipeWorker
 
 pytestmark = pytest.mark.zmq
 
@@ -87,39 +88,12 @@ def _worker(conn: Any, bus_options: dict[str, Any], sids: list[str], seed: int) 
         conn.send(("bye", None))
 
 
-class Worker:
+class Worker(PipeWorker):
+    """A worker process with its own SessionCache on the bus, driven over a pipe."""
+
     def __init__(self, bus_options: dict[str, Any], sids: list[str], seed: int) -> None:
-        self.conn, child = SPAWN.Pipe()
-        self.proc = SPAWN.Process(target=_worker, args=(child, bus_options, sids, seed), daemon=True)
-        self.proc.start()
-        child.close()
-        self.origin = self.call(None, timeout=30)
-
-    def call(self, cmd: tuple[str, Any] | None, timeout: float = 30.0) -> Any:
-        if cmd is not None:
-            self.conn.send(cmd)
-        if not self.conn.poll(timeout):
-            raise AssertionError(f"worker {self.proc.pid} did not answer {cmd!r} in {timeout}s")
-        return self.conn.recv()[1]
-
-    def stop(self) -> None:
-        if self.proc.is_alive():
-            try:
-                self.call(("stop", None), timeout=10)
-            except (AssertionError, OSError, EOFError):
-                pass
-            self.proc.join(10)
-            if self.proc.is_alive():
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.join(5)
-        self.conn.close()
-        self.proc.close()
-
-    def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.join(5)
-        self.conn.close()
-        self.proc.close()
+        super().__init__(_worker, bus_options, sids, seed)
+        self.origin = self.hello
 
 
 # -- hub process ------------------------------------------------------------------
