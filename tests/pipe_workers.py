@@ -8,6 +8,7 @@ Spawned, never forked, so each child builds its own sockets and threads.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -40,10 +41,9 @@ class PipeWorker:
     def stop(self) -> None:
         """Ask the child to stop (SIGKILL if it doesn't within 10 s), then release the pipe."""
         if self.proc.is_alive():
-            try:
+            # Gone or stuck: the join and SIGKILL below settle it.
+            with contextlib.suppress(AssertionError, OSError, EOFError):
                 self.call(("stop", None), timeout=10)
-            except (AssertionError, OSError, EOFError):
-                pass  # gone or stuck: the join and SIGKILL below settle it
             self.proc.join(10)
             if self.proc.is_alive() and self.proc.pid is not None:
                 os.kill(self.proc.pid, signal.SIGKILL)

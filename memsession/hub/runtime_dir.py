@@ -129,10 +129,9 @@ def _open_in(path: str, parent_fd: int, name: str, create: bool) -> int | None:
     if create:
         try:
             os.mkdir(name, 0o700, dir_fd=parent_fd)
-        except FileExistsError:
-            pass  # checked below, whatever it is
         except OSError as exc:
-            raise _refuse(path, f"cannot create: {exc.strerror}") from exc
+            if not isinstance(exc, FileExistsError):  # an existing one is checked below, whatever it is
+                raise _refuse(path, f"cannot create: {exc.strerror}") from exc
     try:
         return os.open(name, _OPEN_DIR | os.O_NOFOLLOW, dir_fd=parent_fd)
     except FileNotFoundError:
