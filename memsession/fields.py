@@ -117,10 +117,15 @@ __all__ = [
     "change",
     "clear_covered",
     "compact",
+    "drop_covered",
+    "drop_tombstones",
     "includes",
     "is_empty",
+    "keep_recent_seen",
     "latest_version",
     "merge",
+    "merge_keys",
+    "merge_seen",
 ]
 
 #: ``(version, origin)``: a hybrid-logical-clock version and the writer's id; higher is later.
@@ -160,6 +165,46 @@ class Fields:
 EMPTY = Fields()
 
 
+def merge_keys(
+    values: Mapping[str, Any], stamps: Mapping[str, Stamp], in_values: Mapping[str, Any], in_stamps: Mapping[str, Stamp]
+) -> tuple[dict[str, Any], dict[str, Stamp], bool]:
+    """The per-key rule on plain maps: ``(values, stamps, won)`` after merging ``in_*`` into the first pair.
+
+    Per key the higher stamp wins, its value or its removal; ``won`` says
+    whether any incoming key won (False: the result equals the first pair).
+    The inputs are not changed. ``merge`` and every record merge use this.
+    """
+    out_values: dict[str, Any] | None = None
+    out_stamps: dict[str, Stamp] | None = None
+    for key, stamp in in_stamps.items():
+        current = stamps.get(key)
+        if current is not None and current >= stamp:
+            continue
+        if out_stamps is None:
+            out_values, out_stamps = dict(values), dict(stamps)
+        assert out_values is not None
+        out_stamps[key] = stamp
+        if key in in_values:
+            out_values[key] = in_values[key]
+        else:
+            out_values.pop(key, None)
+    if out_stamps is None:
+        return dict(values), dict(stamps), False
+    assert out_values is not None
+    return out_values, out_stamps, True
+
+
+def merge_seen(seen: Mapping[int, int], in_seen: Mapping[int, int]) -> tuple[dict[int, int], bool]:
+    """Per origin the higher version: ``(seen, grew)``; ``grew`` is False when ``in_seen`` adds nothing."""
+    out: dict[int, int] | None = None
+    for origin, version in in_seen.items():
+        if version > seen.get(origin, 0):
+            if out is None:
+                out = dict(seen)
+            out[origin] = version
+    return (dict(seen), False) if out is None else (out, True)
+
+
 def merge(a: Fields, b: Fields) -> Fields:
     """Per key the higher stamp wins (its value, or its removal); ``seen`` is the per-origin maximum.
 
@@ -169,21 +214,8 @@ def merge(a: Fields, b: Fields) -> Fields:
     """
     if a is b:
         return a
-    values = dict(a.values)
-    stamps = dict(a.stamps)
-    for key, stamp in b.stamps.items():
-        current = stamps.get(key)
-        if current is not None and current >= stamp:
-            continue
-        stamps[key] = stamp
-        if key in b.values:
-            values[key] = b.values[key]
-        else:
-            values.pop(key, None)
-    seen = dict(a.seen)
-    for origin, version in b.seen.items():
-        if version > seen.get(origin, 0):
-            seen[origin] = version
+    values, stamps, _ = merge_keys(a.values, a.stamps, b.values, b.stamps)
+    seen, _ = merge_seen(a.seen, b.seen)
     return Fields(values, stamps, seen)
 
 
@@ -235,21 +267,46 @@ def includes(fields: Fields, stamp: Stamp) -> bool:
     return fields.seen.get(origin, 0) >= version
 
 
+def drop_covered(
+    values: Mapping[str, Any], stamps: Mapping[str, Stamp], watermark: int
+) -> tuple[Mapping[str, Any], Mapping[str, Stamp]]:
+    """``clear_covered`` on plain maps: the pair without every key stamped at or below ``watermark`` (same objects if none)."""
+    covered = [key for key, (version, _origin) in stamps.items() if version <= watermark]
+    if not covered:
+        return values, stamps
+    out_values = dict(values)
+    out_stamps = dict(stamps)
+    for key in covered:
+        del out_stamps[key]
+        out_values.pop(key, None)
+    return out_values, out_stamps
+
+
 def clear_covered(fields: Fields, watermark: int) -> Fields:
     """``fields`` without every key (value or tombstone) whose stamp version is ``<= watermark``.
 
     What a clear at version ``watermark`` ends; ``seen`` is kept. Commutes
     with ``merge`` for a watermark both sides apply (module docstring).
     """
-    covered = [key for key, (version, _origin) in fields.stamps.items() if version <= watermark]
-    if not covered:
+    values, stamps = drop_covered(fields.values, fields.stamps, watermark)
+    if stamps is fields.stamps:
         return fields
-    values = dict(fields.values)
-    stamps = dict(fields.stamps)
-    for key in covered:
-        del stamps[key]
-        values.pop(key, None)
     return Fields(values, stamps, fields.seen)
+
+
+def drop_tombstones(values: Mapping[str, Any], stamps: Mapping[str, Stamp], floor: int) -> Mapping[str, Stamp]:
+    """``stamps`` without the key tombstones stamped at or below ``floor`` (the same object if none)."""
+    if len(stamps) == len(values):
+        return stamps  # every stamped key is live: no tombstone at all
+    kept = {key: stamp for key, stamp in stamps.items() if key in values or stamp[0] > floor}
+    return stamps if len(kept) == len(stamps) else kept
+
+
+def keep_recent_seen(seen: Mapping[int, int], max_seen: int) -> Mapping[int, int]:
+    """``seen`` cut to the ``max_seen`` highest ``(version, origin)`` entries (the same object if within)."""
+    if len(seen) <= max_seen:
+        return seen
+    return dict(heapq.nlargest(max_seen, seen.items(), key=lambda entry: (entry[1], entry[0])))
 
 
 def is_empty(fields: Fields) -> bool:
@@ -269,15 +326,9 @@ def compact(fields: Fields, *, max_seen: int, tombstone_floor: int) -> Fields:
     """
     if max_seen < 0:
         raise ValueError(f"max_seen must be 0 or more, got {max_seen}")
-    stamps = {
-        key: stamp
-        for key, stamp in fields.stamps.items()
-        if key in fields.values or stamp[0] > tombstone_floor
-    }
-    seen: Mapping[int, int] = fields.seen
-    if len(seen) > max_seen:
-        seen = dict(heapq.nlargest(max_seen, seen.items(), key=lambda entry: (entry[1], entry[0])))
-    if len(stamps) == len(fields.stamps) and seen is fields.seen:
+    stamps = drop_tombstones(fields.values, fields.stamps, tombstone_floor)
+    seen = keep_recent_seen(fields.seen, max_seen)
+    if stamps is fields.stamps and seen is fields.seen:
         return fields
     return Fields(fields.values, stamps, seen)
 

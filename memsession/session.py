@@ -127,7 +127,9 @@ class Record:
     dataclass takes five times as long to build, on every write. ``data``
     belongs to the record too; ``copy_data`` hands callers a copy. ``deleted`` marks a tombstone (``data`` is then empty).
     ``version`` is a hybrid-logical-clock value and ``origin`` the writer's
-    id; ``supersedes`` orders two records of the same key.
+    id: the stamp of the newest change merged in. ``supersedes`` orders two
+    records of the same key as whole sessions (destroy, expiry); their data
+    merges key by key (``memsession.changes.merge_records``).
     """
 
     key: str
@@ -142,6 +144,15 @@ class Record:
     flat: bool = field(default=True, compare=False, repr=False)
     #: Serialized size of ``data`` in bytes (msgpack), for size accounting.
     size: int = field(default=0, compare=False, repr=False)
+    #: The stamp ``(version, origin)`` of the change that last set or removed each top-level key:
+    #: a key in ``stamps`` but not in ``data`` was removed (a key tombstone). None: every key of
+    #: ``data`` carries the record's own ``(version, origin)`` and none was removed.
+    stamps: dict[str, tuple[int, int]] | None = None
+    #: Per writer origin, the highest version of its changes merged in (read-your-writes).
+    #: None: ``{origin: version}``.
+    seen: dict[int, int] | None = None
+    #: Only what one change touched (a delta), not the whole session: merged into a copy, never served alone.
+    partial: bool = False
 
     def expired(self, wall_now: float) -> bool:
         return self.expires <= wall_now

@@ -1,0 +1,217 @@
+"""Sessions as changes: a request's change as a record and its delta, and the one merge of two records.
+
+A request changes some top-level keys of its session (sets some, removes
+some). ``record_change`` makes of that change two records: the session as
+this process now holds it, and the **delta** to publish and persist, which
+holds only the keys the request touched, all stamped with the change's
+``(version, origin)`` (``partial=True``, unless the session was new, so the
+delta is the whole session). Every replica, the hub and every store merge
+what arrives with ``merge_records``:
+
+* **Per top-level key** the change with the higher stamp wins, whether it set
+  the key or removed it (``memsession.fields``: a removal is kept as a key
+  tombstone, so an older concurrent set can't bring the key back). Two
+  requests of one user that change different keys on different workers both
+  survive; two that set the same key end with the later stamp everywhere.
+* **Per session** ``session.supersedes`` still decides first: a tombstone
+  (destroy) beats every key of every live copy; a clear's watermark refuses
+  a session whose newest change it covers and, within a newer one, drops the
+  keys it covers (``fields.drop_covered``); expiry is per session
+  (``created`` the earliest, ``accessed``/``expires`` those of the later
+  access).
+* ``seen`` (per writer, its newest change merged in) grows by the per-origin
+  maximum; ``reflects`` reads it for read-your-writes.
+
+Every part of the merge is a maximum, so it is commutative, associative and
+idempotent: replicas that merged the same changes hold the same session in
+whatever order, however often, and whether they came as deltas or as whole
+records (a snapshot, a store row). A partial record is never served alone:
+a worker merges a delta only into a copy it holds (a session it does not
+hold is read from the hub or store when asked for), and the hub completes
+one by reading its store.
+
+Bounds: key tombstones older than ``KEY_TOMBSTONE_TTL`` before the session's
+newest change are dropped (no request or message takes that long, so
+nothing they beat can still arrive); ``seen`` keeps the ``MAX_SEEN`` most
+recent writers (a forgotten writer's change reads as not reflected, unless
+the copy is newer than it altogether).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgpack
+
+from .clock import COUNTER_BITS
+from .fields import Stamp, drop_covered, drop_tombstones, keep_recent_seen, merge_keys, merge_seen
+from .session import Record, SessionData, compute_expires, is_flat, supersedes
+
+__all__ = [
+    "KEY_TOMBSTONE_TTL",
+    "MAX_SEEN",
+    "merge_records",
+    "record_change",
+    "reflects",
+    "seen_of",
+    "stamps_of",
+]
+
+#: Seconds a removed key's tombstone is kept after the session's newest change.
+KEY_TOMBSTONE_TTL = 3600.0
+_KEY_TOMBSTONE_SPAN = int(KEY_TOMBSTONE_TTL * 1000) << COUNTER_BITS
+#: Most writers a record remembers in ``seen``.
+MAX_SEEN = 16
+
+
+def stamps_of(record: Record) -> Mapping[str, Stamp]:
+    """The stamp of every key of ``record``, removed ones included (``Record.stamps`` spelled out)."""
+    if record.stamps is not None:
+        return record.stamps
+    return dict.fromkeys(record.data, (record.version, record.origin))
+
+
+def seen_of(record: Record) -> Mapping[int, int]:
+    """``Record.seen`` spelled out: per writer origin, its newest change merged into ``record``."""
+    return record.seen if record.seen is not None else {record.origin: record.version}
+
+
+def reflects(record: Record, version: int, origin: int = 0) -> bool:
+    """Whether ``record`` reflects the change ``(version, origin)`` (read-your-writes).
+
+    A tombstone reflects everything (nothing after it counts). ``origin`` 0
+    (a cookie from before changes were merged) or a writer ``seen`` no longer
+    names (more than ``MAX_SEEN`` wrote since) falls back to the session's
+    newest version, the one test a whole-value copy allows.
+    """
+    if record.deleted:
+        return True
+    seen = seen_of(record)
+    merged = seen.get(origin) if origin else None
+    if merged is not None:
+        return merged >= version
+    if origin and len(seen) < MAX_SEEN:
+        return False
+    return record.version >= version
+
+
+def _normal_stamps(
+    stamps: Mapping[str, Stamp], values: Mapping[str, Any], version: int, origin: int
+) -> dict[str, Stamp] | None:
+    """None when every key is live and carries ``(version, origin)``: the short form ``Record`` allows."""
+    if len(stamps) == len(values):
+        own = (version, origin)
+        if all(stamp == own for stamp in stamps.values()):
+            return None
+    return dict(stamps)
+
+
+def _normal_seen(seen: Mapping[int, int], version: int, origin: int) -> dict[int, int] | None:
+    if len(seen) == 1 and seen.get(origin) == version:
+        return None
+    return dict(seen)
+
+
+def _packed_size(data: Mapping[str, Any]) -> int:
+    return len(msgpack.packb(data, use_bin_type=True))
+
+
+def merge_records(old: Record | None, new: Record, *, cleared: int = 0) -> Record | None:
+    """What a copy ``old`` of one session becomes once ``new`` is merged in; None if ``new`` changes nothing.
+
+    The one merge of every replica, the hub, the write-behind queue and every
+    store (module docstring). ``cleared``: the merging side's clear
+    watermark; keys stamped at or below it are dropped from the result (the
+    caller refuses a live ``new`` the watermark covers whole, by
+    ``session.cleared_by``). With no ``old``, ``new`` itself is the result.
+    """
+    if old is None:
+        return new
+    if new.deleted or old.deleted:
+        return new if supersedes(new, old) else None
+    old_stamps = stamps_of(old)
+    values, stamps, won = merge_keys(old.data, old_stamps, new.data, stamps_of(new))
+    seen, grew = merge_seen(seen_of(old), seen_of(new))
+    later = new.accessed > old.accessed
+    completes = old.partial and not new.partial
+    if not (won or grew or completes):
+        # Nothing of the data is newer: at most a later access (a touch) slides the expiry.
+        return old.touched(new.accessed, new.expires) if later else None
+    version, origin = max((old.version, old.origin), (new.version, new.origin))
+    if cleared:
+        values, stamps = drop_covered(values, stamps, cleared)
+    stamps = drop_tombstones(values, stamps, version - _KEY_TOMBSTONE_SPAN)
+    seen = keep_recent_seen(seen, MAX_SEEN)
+    accessed, expires = (new.accessed, new.expires) if later else (old.accessed, old.expires)
+    values = dict(values)
+    return Record(
+        old.key,
+        values,
+        version,
+        origin,
+        min(old.created, new.created),
+        accessed,
+        expires,
+        False,
+        (old.flat and new.flat) if won else old.flat,
+        _packed_size(values) if won else old.size,
+        _normal_stamps(stamps, values, version, origin),
+        _normal_seen(seen, version, origin),
+        old.partial and new.partial,
+    )
+
+
+def record_change(
+    base: Record | None,
+    key: str,
+    data: SessionData,
+    changed: Iterable[str],
+    removed: Iterable[str],
+    *,
+    version: int,
+    origin: int,
+    wall: float,
+    idle_timeout: float | None,
+    max_age: float | None,
+    flat: bool,
+    size: int,
+) -> tuple[Record, Record]:
+    """A change made on ``base``: ``(the session as now held, the delta to publish and persist)``.
+
+    ``data`` is the whole session after the change, already checked and
+    copied (``session.prepare_packed``; ``flat`` and ``size`` from there);
+    ``changed`` names the keys the change set and ``removed`` those it
+    removed (each becomes a key tombstone). ``(version, origin)`` must be
+    later than everything ``base`` holds (a ``HybridClock`` that observed
+    it). The held record is ``merge_records(base, delta)``; the delta is
+    ``partial`` unless there was no live base (then it is the whole session).
+    Raises ``ValueError`` for a key both changed and removed.
+    """
+    changed = tuple(changed)
+    gone = tuple(dict.fromkeys(removed))
+    both = set(changed).intersection(gone)
+    if both:
+        raise ValueError(f"keys both set and removed: {sorted(both)!r}")
+    stamp = (version, origin)
+    live_base = base if base is not None and not base.deleted else None
+    created = live_base.created if live_base is not None else wall
+    expires = compute_expires(created, wall, idle_timeout, max_age)
+    touched = dict.fromkeys((*changed, *gone), stamp)
+    if live_base is None:
+        stamps: Mapping[str, Stamp] = touched
+        seen: Mapping[int, int] = {origin: version}
+    else:
+        stamps = {**stamps_of(live_base), **touched}
+        stamps = drop_tombstones(data, stamps, version - _KEY_TOMBSTONE_SPAN)
+        seen = keep_recent_seen({**seen_of(live_base), origin: version}, MAX_SEEN)
+    held = Record(key, data, version, origin, created, wall, expires, False, flat, size,
+                  _normal_stamps(stamps, data, version, origin), _normal_seen(seen, version, origin), False)
+    if live_base is None and not gone:
+        return held, held  # a new session: the delta is the whole of it
+    delta_data = {name: data[name] for name in changed}
+    delta = Record(
+        key, delta_data, version, origin, created, wall, expires, False, is_flat(delta_data),
+        _packed_size(delta_data), dict(touched) if gone else None, None, live_base is not None,
+    )
+    return held, delta
