@@ -130,8 +130,10 @@ def merge_records(old: Record | None, new: Record, *, cleared: int = 0) -> Recor
         return new
     if new.deleted or old.deleted:
         return new if supersedes(new, old) else None
-    old_stamps = stamps_of(old)
-    values, stamps, won = merge_keys(old.data, old_stamps, new.data, stamps_of(new))
+    values: Mapping[str, Any]
+    stamps: Mapping[str, Stamp]
+    seen: Mapping[int, int]
+    values, stamps, won = merge_keys(old.data, stamps_of(old), new.data, stamps_of(new))
     seen, grew = merge_seen(seen_of(old), seen_of(new))
     later = new.accessed > old.accessed
     completes = old.partial and not new.partial
@@ -144,10 +146,10 @@ def merge_records(old: Record | None, new: Record, *, cleared: int = 0) -> Recor
     stamps = drop_tombstones(values, stamps, version - _KEY_TOMBSTONE_SPAN)
     seen = keep_recent_seen(seen, MAX_SEEN)
     accessed, expires = (new.accessed, new.expires) if later else (old.accessed, old.expires)
-    values = dict(values)
+    data = dict(values)
     return Record(
         old.key,
-        values,
+        data,
         version,
         origin,
         min(old.created, new.created),
@@ -155,8 +157,8 @@ def merge_records(old: Record | None, new: Record, *, cleared: int = 0) -> Recor
         expires,
         False,
         (old.flat and new.flat) if won else old.flat,
-        _packed_size(values) if won else old.size,
-        _normal_stamps(stamps, values, version, origin),
+        _packed_size(data) if won else old.size,
+        _normal_stamps(stamps, data, version, origin),
         _normal_seen(seen, version, origin),
         old.partial and new.partial,
     )
