@@ -57,11 +57,13 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_ITEMS",
     "MAX_KEY",
+    "MAX_SEEN_ENTRIES",
     "MAX_VERSION",
     "RecordRules",
     "field_fault",
     "max_version_at",
     "scan_data",
+    "stamps_fault",
 ]
 
 #: Seconds a record's version or times may be ahead of this process's wall clock (clock drift between hosts).
@@ -196,6 +198,52 @@ def field_fault(
     return None
 
 
+#: Most writers a record's ``seen`` may name (``changes.MAX_SEEN`` keeps far fewer).
+MAX_SEEN_ENTRIES = 64
+
+
+def stamps_fault(
+    data: Any, stamps: Any, seen: Any, version: int, partial: Any, max_items: int = MAX_ITEMS
+) -> str | None:
+    """What is wrong with a live record's per-key stamps, ``seen`` or ``partial`` flag, or None (the shape rule).
+
+    Every key of ``data`` needs a stamp, no stamp or ``seen`` entry may be
+    later than the record's own ``version`` (the record is its newest
+    change), and there are at most ``max_items`` stamps (live keys and key
+    tombstones) and ``MAX_SEEN_ENTRIES`` writers.
+    """
+    if type(partial) is not bool:
+        return "partial is not a bool"
+    if stamps is not None:
+        if type(stamps) is not dict:
+            return "stamps is not a map"
+        if len(stamps) > max_items:
+            return f"more than {max_items} stamped keys"
+        for name, stamp in stamps.items():
+            if type(name) is not str:
+                return "a stamped key is not a str"
+            if type(stamp) is not tuple or len(stamp) != 2:
+                return "a stamp is not (version, origin)"
+            stamp_version, stamp_origin = stamp
+            if type(stamp_version) is not int or not 0 < stamp_version <= version:
+                return "a key's stamp is not in (0, the record's version]"
+            if type(stamp_origin) is not int or not _INT_MIN <= stamp_origin <= _U64:
+                return "a key's stamp origin is not a 64-bit int"
+        if type(data) is dict and any(name not in stamps for name in data):
+            return "a key of data has no stamp"
+    if seen is not None:
+        if type(seen) is not dict or not seen:
+            return "seen is not a non-empty map"
+        if len(seen) > MAX_SEEN_ENTRIES:
+            return f"seen names more than {MAX_SEEN_ENTRIES} writers"
+        for seen_origin, seen_version in seen.items():
+            if type(seen_origin) is not int or not _INT_MIN <= seen_origin <= _U64:
+                return "a seen origin is not a 64-bit int"
+            if type(seen_version) is not int or not 0 < seen_version <= version:
+                return "a seen version is not in (0, the record's version]"
+    return None
+
+
 def max_version_at(wall: float, max_skew: float) -> int:
     """The highest version accepted at wall time ``wall``: issued at most ``max_skew`` seconds ahead."""
     return min(MAX_VERSION, (int((wall + max_skew) * 1000) << COUNTER_BITS) | ((1 << COUNTER_BITS) - 1))
@@ -263,6 +311,10 @@ class RecordRules:
             if self.tombstone_ttl is not None and record.expires > record.accessed + self.tombstone_ttl:
                 return replace(record, expires=record.accessed + self.tombstone_ttl)
             return record
+        fault = stamps_fault(record.data, record.stamps, record.seen, record.version, record.partial,
+                             self.max_items)
+        if fault is not None:
+            raise RecordRefused(fault)
         if record.size > self.max_bytes:
             raise RecordRefused(f"data is {record.size} bytes serialized; the limit is {self.max_bytes}")
         try:
