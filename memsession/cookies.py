@@ -1,10 +1,16 @@
-"""The session cookie: a signed session id plus the version of its last write.
+"""The session cookie: a signed session id plus the stamp of its last write.
 
 Cookie value, all ASCII, at most ``max_size`` characters::
 
-    <sid: 43 chars base64url> "." <version: lowercase hex> "." <mac: 43 chars base64url>
+    <sid: 43 chars base64url> "." <version: lowercase hex> ["-" <origin: lowercase hex>] "." <mac: 43 chars base64url>
 
-``mac`` is HMAC-SHA256 over ``<sid>.<version>`` with a key derived from the
+The stamp ``(version, origin)`` names the user's last change (the writer's
+origin id is what read-your-writes looks up in a copy's ``seen``: with
+per-key merging a copy can be newer than a change and still lack it).
+A value without ``-<origin>`` (written before origins were signed) verifies
+with origin 0: then only the version is compared.
+
+``mac`` is HMAC-SHA256 over ``<sid>.<stamp>`` with a key derived from the
 secret and a salt, so the same ``SECRET_KEY`` used elsewhere in an app never
 signs anything this codec would accept. Several secrets may be configured:
 the first signs, every one verifies (key rotation). Verification is constant
@@ -32,8 +38,8 @@ _MAX_VERSION_HEX = 16  # versions are unsigned 64-bit
 _HEX = frozenset("0123456789abcdef")
 #: Most verified values remembered (about 20 MB at the limit).
 _VERIFIED_MAX = 100_000
-#: sid, two dots, version, mac: the longest value this codec ever produces.
-LONGEST_VALUE = SID_LENGTH + 2 + _MAX_VERSION_HEX + _MAC_LENGTH
+#: sid, two dots, version, dash, origin, mac: the longest value this codec ever produces.
+LONGEST_VALUE = SID_LENGTH + 2 + 2 * _MAX_VERSION_HEX + 1 + _MAC_LENGTH
 
 
 def _as_bytes(option: str, secret: object) -> bytes:
@@ -75,20 +81,25 @@ class CookieSigner:
         # Values that verified, so a returning cookie costs a dict lookup, not
         # an HMAC: a value that verified once verifies for this signer's life.
         # Only values carrying a valid MAC get in, so junk can't flush it out.
-        self._verified: dict[str, tuple[str, int]] = {}
+        self._verified: dict[str, tuple[str, int, int]] = {}
 
     def _mac(self, key: bytes, payload: bytes) -> str:
         # hmac.digest is the one-shot C path: several times faster than hmac.new().
         digest = hmac.digest(key, payload, "sha256")
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
-    def sign(self, sid: str, version: int) -> str:
-        """The cookie value for ``sid`` whose last write had ``version``."""
-        payload = f"{sid}.{version:x}"
+    def sign(self, sid: str, version: int, origin: int = 0) -> str:
+        """The cookie value for ``sid`` whose last write had stamp ``(version, origin)`` (origin 0: unknown)."""
+        payload = f"{sid}.{version:x}-{origin:x}" if origin else f"{sid}.{version:x}"
         return f"{payload}.{self._mac(self._keys[0], payload.encode('ascii'))}"
 
     def unsign(self, value: str) -> tuple[str, int]:
         """``(sid, version)`` from a cookie value, or ``SignatureError`` saying why not."""
+        sid, version, _origin = self.unsign_stamp(value)
+        return sid, version
+
+    def unsign_stamp(self, value: str) -> tuple[str, int, int]:
+        """``(sid, version, origin)`` from a cookie value (origin 0 if it names none), or ``SignatureError``."""
         known = self._verified.get(value) if type(value) is str else None
         if known is not None:
             return known
@@ -99,20 +110,22 @@ class CookieSigner:
         parts = value.split(".")
         if len(parts) != 3:
             raise SignatureError("cookie value is malformed")
-        sid, version_hex, mac = parts
+        sid, stamp, mac = parts
+        version_hex, dash, origin_hex = stamp.partition("-")
         if (
             not is_valid_sid(sid)
             or not 0 < len(version_hex) <= _MAX_VERSION_HEX
             or not _HEX.issuperset(version_hex)
+            or (dash and not (0 < len(origin_hex) <= _MAX_VERSION_HEX and _HEX.issuperset(origin_hex)))
             or len(mac) != _MAC_LENGTH
             or not mac.isascii()
         ):
             raise SignatureError("cookie value is malformed")
-        payload = f"{sid}.{version_hex}".encode("ascii")
+        payload = f"{sid}.{stamp}".encode("ascii")
         mac_bytes = mac.encode("ascii")
         for key in self._keys:
             if hmac.compare_digest(self._mac(key, payload).encode("ascii"), mac_bytes):
-                verified = (sid, int(version_hex, 16))
+                verified = (sid, int(version_hex, 16), int(origin_hex, 16) if dash else 0)
                 if len(self._verified) >= _VERIFIED_MAX:
                     self._verified.clear()  # crude but bounded; refills at one HMAC per value
                 self._verified[value] = verified

@@ -5,8 +5,8 @@ evicts: ``SegmentedLRUCache`` (sessions used more than once outlast floods of
 new ones), or ``ExpiringLRUCache`` with ``protected_fraction=0``. This
 object keeps what the core does not know about: the tombstones of destroyed
 sessions, the clear watermark, the bytes held, evictions by cause and the
-operation counters; and it applies the one merge rule (``session.supersedes``)
-to records that came from elsewhere.
+operation counters; and it applies the one merge (``changes.merge_records``:
+destroy first, then key by key) to records that came from elsewhere.
 
 No lock and no I/O: ``SessionCache`` calls every method with its lock held
 and publishes or persists what they return. ``core`` and ``counts`` are
@@ -21,11 +21,12 @@ from typing import Any
 from cachetools import Cache
 
 from .cache import EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE, Eviction, ExpiringLRUCache
+from .changes import merge_records, reflects
 from .clock import Clock
 from .config import Config
 from .expiring import ExpiringCache
 from .segmented import SegmentedLRUCache
-from .session import Record, cleared_by, compute_expires, supersedes
+from .session import Record, cleared_by, compute_expires
 
 __all__ = ["Holdings", "core_for"]
 
@@ -85,10 +86,10 @@ class Holdings:
         tomb = self.tombstone(key, now)
         return tomb if tomb is not None else self.core.peek(key)
 
-    def recent(self, key: str, version: int, now: float) -> Record | None:
-        """The record or tombstone for ``key`` if it is at least ``version`` (a tombstone always is)."""
+    def recent(self, key: str, version: int, origin: int, now: float) -> Record | None:
+        """The record or tombstone for ``key`` if it reflects the change ``(version, origin)`` (``changes.reflects``)."""
         record = self.tombstone(key, now) or self.core.peek(key)
-        if record is not None and (record.deleted or record.version >= version):
+        if record is not None and reflects(record, version, origin):
             return record
         return None
 
@@ -132,9 +133,12 @@ class Holdings:
     def merge(self, record: Record, now: float, wall: float) -> bool:
         """Merge a record that came from elsewhere by the one rule; True if it changed what is held.
 
-        A tombstone beats any live version, otherwise the higher ``(version,
-        origin)`` wins, and nothing the clear watermark covers is taken in. A
-        record that has already expired removes an older copy and is not kept.
+        ``changes.merge_records``: a tombstone beats any live version,
+        otherwise key by key the later change wins; nothing the clear
+        watermark covers is taken in. A delta (``partial``) is merged only
+        into a live copy held here: a session this process does not hold is
+        read whole from the hub or store when a request asks for it. A
+        result that has already expired removes the copy and is not kept.
         """
         if cleared_by(record, self.cleared):
             self.counts["ignored"] += 1
@@ -142,29 +146,30 @@ class Holdings:
         key = record.key
         tomb = self.tombstone(key, now) if self.tombstones else None
         old: Record | None = tomb if tomb is not None else self.core.peek(key)
-        if not supersedes(record, old):
+        merged = None if record.partial and old is None else merge_records(old, record, cleared=self.cleared)
+        if merged is None or merged.partial:
             self.counts["ignored"] += 1
             return False
         live = old if tomb is None else None
-        if record.deleted:
+        if merged.deleted:
             if live is not None:
                 self.remove(key, live)
-            self.bury(record, now)
+            self.bury(merged, now)
         else:
             if tomb is not None:  # a tombstone already dead when this was written
                 del self.tombstones[key]
-            if record.expires <= wall:
+            if merged.expires <= wall:
                 if live is not None:
                     self.remove(key, live)
                 self.counts["ignored"] += 1
                 return live is not None
             self.store(
-                record,
+                merged,
                 live,
                 now,
                 # the same creation keeps the same deadline: recomputing it would drift by rounding
-                created=None if live is not None and live.created == record.created else now - (wall - record.created),
-                accessed=now - (wall - record.accessed),
+                created=None if live is not None and live.created == merged.created else now - (wall - merged.created),
+                accessed=now - (wall - merged.accessed),
             )
         self.counts["applied"] += 1
         return True

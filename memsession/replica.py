@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .admission import RecordRules
+from .changes import reflects
 from .clock import Clock, HybridClock, version_wall_ms
 from .config import Config
 from .errors import CacheClosed, SessionUnavailable, StoreUnavailable
@@ -117,9 +118,9 @@ class Replica:
         The record passes the record rule first (``admission``: refused ones
         are counted as ``refused``, logged without their id, and change
         nothing, not even the clock). Then the same merge rule as on every
-        replica (``session.supersedes``): a tombstone beats any live version,
-        otherwise the higher ``(version, origin)`` wins; an equal version with
-        a later access time is a touch. A record that has already expired
+        replica (``changes.merge_records``): a tombstone beats any live version,
+        otherwise key by key the later change wins; a later access time
+        alone is a touch. A record that has already expired
         removes an older copy and is not kept. Nothing is emitted: the sender
         already published it.
         """
@@ -218,8 +219,12 @@ class Replica:
             self._repairing = False
             self._verified = set()
 
-    def wait_for(self, sid: str, version: int, timeout: float = 0.05) -> Record | None:
-        """Read-your-writes: the newest record of ``sid``, waiting for one at least ``version``.
+    def wait_for(self, sid: str, version: int, timeout: float = 0.05, origin: int = 0) -> Record | None:
+        """Read-your-writes: the newest record of ``sid``, waiting for one that reflects ``(version, origin)``.
+
+        ``(version, origin)`` is the stamp of the user's last change (from the
+        cookie); a copy reflects it once that change was merged in
+        (``changes.reflects``; origin 0 compares versions only).
 
         Waits up to ``timeout`` seconds for the bus to bring it (woken the
         moment it is merged), then asks the hub and the store, and returns the
@@ -235,7 +240,7 @@ class Replica:
         and an older copy is never served while a newer one may still arrive.
         """
         key = session_key(check_sid(sid))
-        record = self._await(key, version, timeout if self.bus is not None else 0.0)
+        record = self._await(key, version, origin, timeout if self.bus is not None else 0.0)
         if record is not None:
             return record
         if self.cleared >= version:
@@ -247,7 +252,7 @@ class Replica:
         first_answer: float | None = None
         while True:
             answered, newest = self._ask_elsewhere(key, version, give_up)
-            if newest is not None and (newest.deleted or newest.version >= version):
+            if newest is not None and reflects(newest, version, origin):
                 return newest
             settled = answered and self._hub_settled()
             if settled and not on_its_way:
@@ -261,7 +266,7 @@ class Replica:
             remaining = give_up - time.monotonic()
             if remaining <= 0:
                 break
-            record = self._await(key, version, min(_ASK_AGAIN, remaining))
+            record = self._await(key, version, origin, min(_ASK_AGAIN, remaining))
             if record is not None:
                 return record
         waited = time.monotonic() - started
@@ -281,15 +286,15 @@ class Replica:
                         "serving the newest copy left", waited)
         return newest
 
-    def _await(self, key: str, version: int, timeout: float) -> Record | None:
-        """The held record for ``key`` once it is at least ``version``, waiting up to ``timeout`` for the bus."""
+    def _await(self, key: str, version: int, origin: int, timeout: float) -> Record | None:
+        """The held record for ``key`` once it reflects ``(version, origin)``, waiting up to ``timeout`` for the bus."""
         # A real wait for real I/O, whatever clock versions are taken from.
         deadline = time.monotonic() + timeout
         with self._lock:
             self._waiters += 1
             try:
                 while True:
-                    record = self._held.recent(key, version, self.clock.monotonic())
+                    record = self._held.recent(key, version, origin, self.clock.monotonic())
                     if record is not None:
                         return record
                     remaining = deadline - time.monotonic()

@@ -9,9 +9,11 @@ through ``apply``: the seams where replication and persistence plug in.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .changes import record_change
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Config
 from .errors import CacheClosed, ConfigError, InvalidSessionId, SessionDestroyed
@@ -21,7 +23,6 @@ from .session import (
     Record,
     SessionData,
     check_sid,
-    compute_expires,
     copy_data,
     is_session_key,
     is_valid_sid,
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
     from .bus.base import Bus
 
 __all__ = ["SessionCache"]
+
+#: Seconds a change waits for the hub or store to hand back a copy this process no longer holds.
+BRING_BACK_TIMEOUT = 1.0
 
 
 class SessionCache(Replica):
@@ -143,36 +147,81 @@ class SessionCache(Replica):
     def set(self, sid: str, data: Mapping[str, Any]) -> Record:
         """Store ``data`` as the session's new value; return the new record.
 
-        Raises ``InvalidSessionId``, ``SessionDataError`` (a ``TypeError``
-        naming the bad value's key path), ``SessionTooLarge``, or
-        ``SessionDestroyed`` if the id was destroyed and its tombstone lives.
+        Every key of ``data`` is set and every other key the copy held here
+        is removed, by one change: a key another worker set meanwhile, which
+        this copy never held, is kept (``changes``). Raises
+        ``InvalidSessionId``, ``SessionDataError`` (a ``TypeError`` naming the
+        bad value's key path), ``SessionTooLarge``, or ``SessionDestroyed``
+        if the id was destroyed and its tombstone lives.
         """
         key = session_key(check_sid(sid))
         copy, packed, flat = prepare_packed(data, self.config.max_session_bytes, self.config.max_session_items)
         with self._lock:
-            self._check_open()
-            now = self.clock.monotonic()
-            if self._held.tombstone(key, now) is not None:
-                raise SessionDestroyed(sid)
-            wall = self.clock.wall()
-            old: Record | None = self._core.peek(key)
-            created = old.created if old is not None else wall
-            record = Record(
-                key,
-                copy,
-                self.hlc.now(),
-                self.origin,
-                created,
-                wall,
-                compute_expires(created, wall, self.config.idle_timeout, self.config.max_age),
-                False,
-                flat,
-                len(packed),
-            )
-            self._held.store(record, old, now)
-            self._counts["sets"] += 1
+            old = self._base_for(key, sid)
+            removed = [name for name in old.data if name not in copy] if old is not None else ()
+            record, _delta = self._change_locked(key, old, copy, copy, removed, flat, len(packed))
+        # The whole session travels: a receiver that does not hold it can take it as it is.
         self._emit(record, packed=packed)
         return record
+
+    def change(self, sid: str, changed: Mapping[str, Any], removed: Iterable[str] = ()) -> Record:
+        """Set the keys of ``changed`` and remove those of ``removed``, leaving every other key; return the new record.
+
+        What a request's save does: only this change is published and
+        persisted (a delta), and every replica and store merges it key by
+        key, so two requests of one user that change different keys, on
+        any workers, both survive; of two that change the same key, the
+        later one wins everywhere (``changes``). Removing every key leaves
+        an empty live session (``destroy`` ends one). The same errors as
+        ``set``, measured on the whole session after the change.
+        """
+        key = session_key(check_sid(sid))
+        gone = tuple(dict.fromkeys(removed))
+        self._bring_back(key)
+        with self._lock:
+            old = self._base_for(key, sid)
+            merged = dict(old.data) if old is not None else {}
+            merged.update(changed)
+            for name in gone:
+                merged.pop(name, None)
+            copy, packed, flat = prepare_packed(merged, self.config.max_session_bytes,
+                                                self.config.max_session_items)
+            record, delta = self._change_locked(key, old, copy, changed, gone, flat, len(packed))
+        self._emit(delta, packed=packed if delta is record else None)
+        return record
+
+    def _bring_back(self, key: str) -> None:
+        """Before a change: if this process holds no copy (evicted since the request read it), fetch the whole one.
+
+        Otherwise the change would be made on nothing, and this process would
+        hold the changed keys alone as the session (the others keep theirs:
+        the change merges key by key everywhere else).
+        """
+        with self._lock:
+            held = key in self._core or self._held.tombstone(key, self.clock.monotonic()) is not None
+        if not held and (self.bus is not None or self.persistence is not None):
+            self._ask_elsewhere(key, 0, time.monotonic() + BRING_BACK_TIMEOUT)
+
+    def _base_for(self, key: str, sid: str) -> Record | None:
+        """The live copy a change is made on (lock held); ``SessionDestroyed`` if a tombstone lives."""
+        self._check_open()
+        if self._held.tombstone(key, self.clock.monotonic()) is not None:
+            raise SessionDestroyed(sid)
+        base: Record | None = self._core.peek(key)
+        return base
+
+    def _change_locked(self, key: str, old: Record | None, data: SessionData, changed: Iterable[str],
+                       removed: Iterable[str], flat: bool, size: int) -> tuple[Record, Record]:
+        """Make and hold the change (lock held): ``(record held, delta)`` from ``changes.record_change``."""
+        config = self.config
+        record, delta = record_change(
+            old, key, data, changed, removed, version=self.hlc.now(), origin=self.origin,
+            wall=self.clock.wall(), idle_timeout=config.idle_timeout, max_age=config.max_age,
+            flat=flat, size=size,
+        )
+        self._held.store(record, old, self.clock.monotonic())
+        self._counts["sets"] += 1
+        return record, delta
 
     def touch(self, sid: str) -> bool:
         """Mark the session used now (sliding its idle timeout); False if unknown.

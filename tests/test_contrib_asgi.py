@@ -139,7 +139,7 @@ class SlowReplica(SessionCache):
         self.peer = peer
         self.wait_threads: list[threading.Thread] = []
 
-    def wait_for(self, sid: str, version: int, timeout: float) -> Record | None:
+    def wait_for(self, sid: str, version: int, timeout: float, origin: int = 0) -> Record | None:
         self.wait_threads.append(threading.current_thread())
         remote = self.peer.record(sid)
         if remote is not None:

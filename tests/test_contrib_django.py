@@ -473,7 +473,7 @@ class Replica(SessionCache):
         self.peer = peer
         self.waits: list[tuple[str, int, float]] = []
 
-    def wait_for(self, sid, version, timeout):
+    def wait_for(self, sid, version, timeout, origin=0):
         self.waits.append((sid, version, timeout))
         remote = self.peer.record(sid)
         if remote is not None:

@@ -243,17 +243,20 @@ def remote(cache, sid, data, *, version, origin=99, created=None, accessed=None,
                   size=len(msgpack.packb(data)))
 
 
-def test_apply_is_last_writer_wins_by_version_then_origin():
+def test_apply_merges_key_by_key_the_later_stamp_winning_each_key():
     cache, _ = make()
     sid = new_id()
     local = cache.set(sid, {"v": "local"})
-    assert not cache.apply(remote(cache, sid, {"v": "old"}, version=local.version - 1))
-    assert cache.get(sid) == {"v": "local"}
+    # An older change loses the key both wrote, and brings the key only it wrote.
+    assert cache.apply(remote(cache, sid, {"v": "old", "w": "other"}, version=local.version - 1))
+    assert cache.get(sid) == {"v": "local", "w": "other"}
+    # Merging the same record again changes nothing.
+    assert not cache.apply(remote(cache, sid, {"v": "old", "w": "other"}, version=local.version - 1))
     assert cache.apply(remote(cache, sid, {"v": "new"}, version=local.version + 1))
-    assert cache.get(sid) == {"v": "new"}
+    assert cache.get(sid) == {"v": "new", "w": "other"}
     tie = remote(cache, sid, {"v": "tie"}, version=local.version + 1, origin=100)
-    assert cache.apply(tie) and cache.get(sid) == {"v": "tie"}
-    assert cache.stats()["applied"] == 2 and cache.stats()["ignored"] == 1
+    assert cache.apply(tie) and cache.get(sid) == {"v": "tie", "w": "other"}
+    assert cache.stats()["applied"] == 3 and cache.stats()["ignored"] == 1
 
 
 def test_local_writes_after_a_remote_one_get_later_versions():

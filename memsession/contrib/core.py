@@ -11,10 +11,12 @@ A request's life, whatever the framework:
 2. The application reads and writes the dict.
 3. ``SessionManager.save(session)`` works out what the request changed (keys
    set and keys deleted, nested mutations included, by comparing with the
-   copy it started from) and applies only that onto the newest copy of the
-   session, so overlapping requests that change different keys both survive
-   and a session destroyed meanwhile stays destroyed. It returns what to do
-   with the cookie (``None``: leave it alone).
+   copy it started from) and saves only that change (``SessionCache.change``):
+   every worker, the hub and the store merge it key by key, so overlapping
+   requests that change different keys both survive, on one worker or on
+   several, and a session destroyed meanwhile stays destroyed. It returns
+   what to do with the cookie (``None``: leave it alone), which names the
+   change (its version and writer) for read-your-writes.
 
 Nothing is stored for a session that never held data, so cookie-less traffic
 can't flood the LRU.
@@ -30,10 +32,10 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..changes import reflects
 from ..clock import version_wall_ms
 from ..cookies import CookieSigner
 from ..errors import (
@@ -59,9 +61,9 @@ __all__ = [
 log = logging.getLogger("memsession.web")
 
 
-def is_stale(record: Record | None, version: int) -> bool:
-    """Whether ``record`` is older than a write of ``version`` (a tombstone never is)."""
-    return record is None or (not record.deleted and record.version < version)
+def is_stale(record: Record | None, version: int, origin: int = 0) -> bool:
+    """Whether ``record`` lacks the change ``(version, origin)`` (``changes.reflects``; a tombstone never does)."""
+    return record is None or not reflects(record, version, origin)
 
 
 def current_record(cache: SessionCache, sid: str) -> Record | None:
@@ -77,8 +79,8 @@ def current_record(cache: SessionCache, sid: str) -> Record | None:
     return record
 
 
-def catch_up(cache: SessionCache, sid: str, version: int, timeout: float) -> Record | None:
-    """The newest record of ``sid`` this process can get, waiting up to ``timeout`` for ``version``.
+def catch_up(cache: SessionCache, sid: str, version: int, timeout: float, origin: int = 0) -> Record | None:
+    """The newest record of ``sid`` this process can get, waiting up to ``timeout`` for change ``(version, origin)``.
 
     Uses ``cache.wait_for`` (a replicated cache: wait for the bus, then read
     through the hub or store); a cache without it can't learn of newer writes.
@@ -92,7 +94,7 @@ def catch_up(cache: SessionCache, sid: str, version: int, timeout: float) -> Rec
         # Replication has long had its chance: read through now. An old
         # cookie replayed in a loop thus never holds a worker for the timeout.
         timeout = 0.0
-    record: Record | None = wait_for(sid, version, timeout)
+    record: Record | None = wait_for(sid, version, timeout, origin)
     return record
 
 
@@ -155,9 +157,6 @@ class SessionManager:
         self.config = config
         self.signer = CookieSigner(config.secret_keys, salt=config.salt)
         self._wait_for = getattr(cache, "wait_for", None)
-        # Serialises read-newest/merge/write so two requests of one process
-        # can't both merge onto the same copy and lose each other's keys.
-        self.write_lock = threading.Lock()
         self._counts = dict.fromkeys(("bad_cookies", "stale_reads", "waits"), 0)
 
     @classmethod
@@ -189,19 +188,19 @@ class SessionManager:
         verified = self.verify(cookie_value)
         if verified is None:
             return session_class(had_cookie=True)
-        sid, version = verified
+        sid, version, origin = verified
         record = current_record(self.cache, sid)
-        if self._is_stale(record, version):
-            record = self._catch_up(sid, version)
+        if is_stale(record, version, origin):
+            record = self._catch_up(sid, version, origin)
         return self._session_from(sid, record, version, session_class)
 
-    def verify(self, cookie_value: str | Sequence[str]) -> tuple[str, int] | None:
-        """``(sid, version)`` from the first value that verifies, or None (counted)."""
+    def verify(self, cookie_value: str | Sequence[str]) -> tuple[str, int, int] | None:
+        """``(sid, version, origin)`` from the first value that verifies, or None (counted)."""
         values = (cookie_value,) if isinstance(cookie_value, str) else cookie_value
         reason = "no value"
         for value in values:
             try:
-                return self.signer.unsign(value)
+                return self.signer.unsign_stamp(value)
             except SignatureError as exc:
                 reason = exc.reason
         self._counts["bad_cookies"] += 1
@@ -215,22 +214,18 @@ class SessionManager:
         values = (cookie_value,) if isinstance(cookie_value, str) else cookie_value
         for value in values:
             try:
-                sid, version = self.signer.unsign(value)
+                sid, version, origin = self.signer.unsign_stamp(value)
             except SignatureError:
                 continue
-            return self._is_stale(self.cache.record(sid), version)
+            return is_stale(self.cache.record(sid), version, origin)
         return False
 
-    @staticmethod
-    def _is_stale(record: Record | None, version: int) -> bool:
-        return is_stale(record, version)
-
-    def _catch_up(self, sid: str, version: int) -> Record | None:
+    def _catch_up(self, sid: str, version: int, origin: int) -> Record | None:
         if self._wait_for is None:
             return self.cache.record(sid)
         self._counts["waits"] += 1
-        record = catch_up(self.cache, sid, version, self.config.consistency_timeout)
-        if is_stale(record, version) and record is not None:
+        record = catch_up(self.cache, sid, version, self.config.consistency_timeout, origin)
+        if is_stale(record, version, origin) and record is not None:
             self._counts["stale_reads"] += 1
         return record
 
@@ -321,23 +316,18 @@ class SessionManager:
             return None
 
     def _merge(self, sid: str, changed: dict[str, Any], removed: Iterable[str]) -> Record | None:
-        """Apply the request's own changes onto the newest copy; None if the session ended."""
-        cache = self.cache
-        with self.write_lock:
-            newest = cache.record(sid)
-            if newest is not None and newest.deleted:
-                return None  # destroyed meanwhile: a late save must not resurrect it
-            merged = copy_data(newest) if newest is not None else {}
-            merged.update(changed)
-            for key in removed:
-                merged.pop(key, None)
-            try:
-                if not merged:
-                    cache.destroy(sid)
-                    return None
-                return cache.set(sid, merged)
-            except SessionDestroyed:
-                return None
+        """Save the request's own changes (``SessionCache.change``); None if the session ended meanwhile.
+
+        Only the change travels, so it merges key by key with whatever other
+        requests changed, here or on other workers. A request that removes
+        every key leaves an empty session rather than ending it: ending it
+        would beat a key another request sets at the same moment
+        (``session.clear()`` ends a session).
+        """
+        try:
+            return self.cache.change(sid, changed, removed)
+        except SessionDestroyed:
+            return None  # destroyed meanwhile: a late save must not resurrect it
 
     def _cookie_for(self, sid: str, record: Record | None) -> Cookie | None:
         if record is None:
@@ -349,7 +339,7 @@ class SessionManager:
     def _cookie(self, sid: str, record: Record) -> Cookie:
         """The cookie for session ``sid`` at ``record``: the id, never the key, goes to the browser."""
         expires = record.expires if math.isfinite(record.expires) else None
-        return Cookie(self.signer.sign(sid, record.version), expires)
+        return Cookie(self.signer.sign(sid, record.version, record.origin), expires)
 
     # -- headers, for integrations that write them themselves ----------------------
 

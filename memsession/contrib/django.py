@@ -134,8 +134,9 @@ class SessionStore(SessionBase):
         self._cache = get_cache()
         # The data as loaded; a save writes only what differs from it.
         self._base: dict[str, Any] | None = None
-        #: Version of the user's last write, from the companion cookie (0: unknown).
+        #: Stamp (version, writer origin) of the user's last write, from the companion cookie (0: unknown).
         self.min_version = 0
+        self.min_origin = 0
         #: The record this request's last save wrote.
         #: The last save: the session id it was made under and its record (whose key is the id's digest).
         self.written: tuple[str, Record] | None = None
@@ -152,10 +153,11 @@ class SessionStore(SessionBase):
         record = current_record(self._cache, sid)
         # Without the companion cookie the version is unknown: any write since the last clear.
         version = self.min_version or self._cache.cleared + 1
-        if is_stale(record, version):
-            # Not here (or older than the companion cookie says): the hub or store may
+        origin = self.min_origin if self.min_version else 0
+        if is_stale(record, version, origin):
+            # Not here (or without the change the companion cookie names): the hub or store may
             # have it. ``catch_up`` raises SessionUnavailable rather than guess "no session".
-            record = catch_up(self._cache, sid, version, _settings()[1])
+            record = catch_up(self._cache, sid, version, _settings()[1], origin)
         return record
 
     def resolve(self) -> None:
@@ -208,26 +210,24 @@ class SessionStore(SessionBase):
         sid = self.session_key
         data = self._get_session(no_load=must_create)
         cache = self._cache
-        with _write_lock:
-            newest = cache.record(sid)
+        try:
             if must_create:
-                if newest is not None:
-                    raise CreateError
-                value = data
-            elif newest is None or newest.deleted:
-                raise UpdateError
-            elif self._base is None:
-                value = data
+                with _write_lock:  # two creates of one new key: the second is told so
+                    if cache.record(sid) is not None:
+                        raise CreateError
+                    record = cache.set(sid, data)
             else:
-                changed, removed = diff(self._base, data)
-                value = copy_data(newest)
-                value.update(changed)
-                for key in removed:
-                    value.pop(key, None)
-            try:
-                record = cache.set(sid, value)
-            except SessionDestroyed as exc:
-                raise (CreateError if must_create else UpdateError) from exc
+                newest = cache.record(sid)
+                if newest is None or newest.deleted:
+                    raise UpdateError
+                if self._base is None:
+                    record = cache.set(sid, data)
+                else:
+                    # Only what this request changed: merged key by key with what others changed.
+                    changed, removed = diff(self._base, data)
+                    record = cache.change(sid, changed, removed)
+        except SessionDestroyed as exc:
+            raise (CreateError if must_create else UpdateError) from exc
         self._base = record.data
         self.written = (sid, record)
 
@@ -301,11 +301,11 @@ class SessionMiddleware(DjangoSessionMiddleware):
         if not value or not isinstance(session, SessionStore) or not session.session_key:
             return
         try:
-            sid, version = self.signer.unsign(value)
+            sid, version, origin = self.signer.unsign_stamp(value)
         except SignatureError:
             return
         if sid == session.session_key:
-            session.min_version = version
+            session.min_version, session.min_origin = version, origin
 
     def _resolve(self, request: Any) -> Any:
         """503 with Retry-After if the request's session can't be resolved now; else None."""
@@ -344,7 +344,7 @@ class SessionMiddleware(DjangoSessionMiddleware):
             written_sid, written = session.written
             response.set_cookie(
                 self.version_cookie,
-                self.signer.sign(written_sid, written.version),
+                self.signer.sign(written_sid, written.version, written.origin),
                 max_age=int(max_age) if max_age != "" else None,
                 path=settings.SESSION_COOKIE_PATH,
                 domain=settings.SESSION_COOKIE_DOMAIN,
