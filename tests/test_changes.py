@@ -1,0 +1,153 @@
+"""A request's change as a record and its delta, the record merge, and SessionCache.change (no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from memsession import SessionCache, new_id, session_key
+from memsession.changes import merge_records, record_change, reflects, seen_of, stamps_of
+from memsession.contrib.core import SessionManager, WebConfig, is_stale
+from memsession.cookies import CookieSigner
+from memsession.errors import SessionDestroyed, SessionTooLarge
+from memsession.testing import FakeClock
+
+KEY = "ab" * 32
+
+
+def change(base, data, changed, removed=(), *, version, origin, wall=100.0):
+    return record_change(base, KEY, data, changed, removed, version=version, origin=origin, wall=wall,
+                         idle_timeout=None, max_age=None, flat=True, size=1)
+
+
+def test_a_new_sessions_first_change_is_the_whole_session():
+    held, delta = change(None, {"a": 1}, ["a"], version=10, origin=1)
+    assert delta is held and not held.partial
+    assert stamps_of(held) == {"a": (10, 1)} and seen_of(held) == {1: 10}
+
+
+def test_a_change_to_a_session_publishes_only_the_keys_it_touched():
+    base, _ = change(None, {"a": 1, "b": 2}, ["a", "b"], version=10, origin=1)
+    held, delta = change(base, {"a": 1, "c": 3}, ["c"], ["b"], version=20, origin=2, wall=101.0)
+    assert delta.partial and delta.data == {"c": 3}
+    assert stamps_of(delta) == {"c": (20, 2), "b": (20, 2)}  # b is a key tombstone
+    assert held.data == {"a": 1, "c": 3} and not held.partial
+    assert stamps_of(held) == {"a": (10, 1), "b": (20, 2), "c": (20, 2)}
+    assert seen_of(held) == {1: 10, 2: 20}
+    assert merge_records(base, delta) == held  # the held record is the base with the delta merged in
+
+
+def test_concurrent_changes_of_different_keys_commute():
+    base, _ = change(None, {"x": 0}, ["x"], version=10, origin=1)
+    held_a, delta_a = change(base, {"x": 0, "a": 1}, ["a"], version=20, origin=2)
+    held_b, delta_b = change(base, {"x": 0, "b": 1}, ["b"], version=21, origin=3)
+    one, other = merge_records(held_a, delta_b), merge_records(held_b, delta_a)
+    assert one == other and one.data == {"x": 0, "a": 1, "b": 1}
+    assert (one.version, one.origin) == (21, 3)
+
+
+def test_the_later_stamp_wins_a_key_and_a_removal_beats_an_older_set():
+    base, _ = change(None, {"k": "old"}, ["k"], version=10, origin=1)
+    _, removal = change(base, {}, [], ["k"], version=30, origin=2)
+    _, older_set = change(base, {"k": "set"}, ["k"], version=20, origin=3)
+    for first, second in ((removal, older_set), (older_set, removal)):
+        merged = merge_records(merge_records(base, first), second)
+        assert merged.data == {} and stamps_of(merged)["k"] == (30, 2)
+
+
+def test_an_older_change_merged_again_changes_nothing():
+    base, _ = change(None, {"k": 1}, ["k"], version=10, origin=1)
+    held, delta = change(base, {"k": 2}, ["k"], version=20, origin=2)
+    assert merge_records(held, delta) is None
+    assert merge_records(held, base) is None
+
+
+def test_a_tombstone_beats_every_key_and_a_clear_drops_the_keys_it_covers():
+    base, _ = change(None, {"k": 1}, ["k"], version=10, origin=1)
+    _, delta = change(base, {"k": 1, "n": 2}, ["n"], version=20, origin=2)
+    tomb = replace(base, data={}, version=15, deleted=True, stamps=None, seen=None)
+    assert merge_records(tomb, delta) is None and merge_records(delta, tomb) is tomb
+    merged = merge_records(base, delta, cleared=12)
+    assert merged.data == {"n": 2}  # "k" was last set at 10, before the clear at 12
+
+
+def test_reflects_asks_for_the_writers_change_not_a_newer_version():
+    base, _ = change(None, {"x": 0}, ["x"], version=10, origin=1)
+    mine, _ = change(base, {"x": 0, "a": 1}, ["a"], version=20, origin=2)
+    theirs, _ = change(base, {"x": 0, "b": 1}, ["b"], version=30, origin=3)
+    assert reflects(mine, 20, 2)
+    assert not reflects(theirs, 20, 2)  # newer, yet without my change
+    assert reflects(theirs, 20, 0)  # a cookie naming no writer can only compare versions
+    assert is_stale(theirs, 20, 2) and not is_stale(mine, 20, 2)
+
+
+def test_a_key_both_set_and_removed_is_refused():
+    with pytest.raises(ValueError, match="both set and removed"):
+        change(None, {"a": 1}, ["a"], ["a"], version=1, origin=1)
+
+
+# -- SessionCache.change ----------------------------------------------------------------
+
+
+@pytest.fixture
+def cache():
+    return SessionCache(clock=FakeClock(), max_session_bytes=256)
+
+
+def test_change_sets_and_removes_only_what_it_names(cache):
+    sid = new_id()
+    cache.set(sid, {"a": 1, "b": 2, "c": 3})
+    record = cache.change(sid, {"a": 10, "d": 4}, ["b"])
+    assert cache.get(sid) == {"a": 10, "c": 3, "d": 4} == record.data
+    assert stamps_of(record)["b"] == (record.version, record.origin)
+
+
+def test_change_is_measured_on_the_whole_session_and_refuses_a_destroyed_one(cache):
+    sid = new_id()
+    cache.set(sid, {"a": "x" * 120})
+    with pytest.raises(SessionTooLarge):
+        cache.change(sid, {"b": "y" * 150})
+    assert cache.get(sid) == {"a": "x" * 120}
+    cache.destroy(sid)
+    with pytest.raises(SessionDestroyed):
+        cache.change(sid, {"b": 1})
+
+
+def test_a_delta_for_a_session_not_held_is_not_taken_as_the_session(cache):
+    other = SessionCache(clock=cache.clock)
+    sid = new_id()
+    base = other.set(sid, {"a": 1, "b": 2})
+    held, delta = record_change(base, session_key(sid), {"a": 1, "b": 2, "c": 3}, ["c"], [],
+                                version=other.hlc.now(), origin=other.origin, wall=other.clock.wall(),
+                                idle_timeout=None, max_age=None, flat=True, size=1)
+    assert not cache.apply(delta) and cache.get(sid) is None  # "c" alone is not the session
+    assert cache.apply(base) and cache.apply(delta)
+    assert cache.get(sid) == {"a": 1, "b": 2, "c": 3}
+
+
+def test_two_managers_saving_different_keys_of_one_session_both_survive():
+    clock = FakeClock()
+    worker_a, worker_b = SessionCache(clock=clock), SessionCache(clock=clock)
+    a = SessionManager(worker_a, WebConfig(secret_keys=["s" * 32]))
+    b = SessionManager(worker_b, WebConfig(secret_keys=["s" * 32]))
+    first = a.open(None)
+    first["user"] = "ada"
+    cookie = a.save(first)
+    worker_b.apply(worker_a.record(first.sid))
+    on_a, on_b = a.open(cookie.value), b.open(cookie.value)
+    on_a["x"], on_b["y"] = 1, 2
+    a.save(on_a)
+    b.save(on_b)
+    # Each worker publishes its delta; both merge both.
+    worker_b.apply(worker_a.record(first.sid))
+    worker_a.apply(worker_b.record(first.sid))
+    assert worker_a.get(first.sid) == worker_b.get(first.sid) == {"user": "ada", "x": 1, "y": 2}
+
+
+def test_the_cookie_names_the_change_and_old_cookies_still_verify():
+    signer = CookieSigner(["s" * 32])
+    sid = new_id()
+    assert signer.unsign_stamp(signer.sign(sid, 0x1234, 0xABC)) == (sid, 0x1234, 0xABC)
+    assert signer.unsign(signer.sign(sid, 0x1234, 0xABC)) == (sid, 0x1234)
+    assert signer.unsign_stamp(signer.sign(sid, 0x1234)) == (sid, 0x1234, 0)
