@@ -668,3 +668,88 @@ def test_login_gives_a_new_key_and_the_planted_one_is_gone_everywhere(middleware
         finally:
             restarted.close()
             worker_b.close()
+
+
+# -- two workers, overlapping saves of one session --------------------------------------------
+
+
+@pytest.fixture
+def two_workers():
+    from memsession.bus import MemoryBus, MemoryHub
+
+    hub = MemoryHub()
+    a = SessionCache(bus=MemoryBus(hub), **CACHE_OPTIONS)
+    b = SessionCache(bus=MemoryBus(hub), **CACHE_OPTIONS)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def loaded_on(cache: SessionCache, sid: str) -> SessionStore:
+    """A request's session on the worker of ``cache``, loaded (as a view reading it would)."""
+    set_cache(cache)
+    store = SessionStore(sid)
+    assert store.get("user") == "ada"
+    return store
+
+
+def logged_in(cache: SessionCache) -> str:
+    set_cache(cache)
+    store = SessionStore()
+    store["user"] = "ada"
+    store.save()
+    return store.session_key
+
+
+def test_two_workers_saving_different_keys_and_an_expiry_keep_all_of_them(two_workers) -> None:
+    a, b = two_workers
+    sid = logged_in(a)
+    on_a, on_b = loaded_on(a, sid), loaded_on(b, sid)
+    on_a["cart"] = ["book"]
+    on_a.set_expiry(600)
+    on_b["theme"] = "dark"
+    on_a.save()
+    on_b.save()
+    for cache in (a, b):
+        assert cache.get(sid) == {"user": "ada", "cart": ["book"], "theme": "dark", "_session_expiry": 600}
+
+
+def test_a_key_deleted_on_one_worker_while_another_sets_one_ends_with_both_changes(two_workers) -> None:
+    a, b = two_workers
+    sid = logged_in(a)
+    set_cache(a)
+    extra = SessionStore(sid)
+    extra["x"] = 1
+    extra.save()
+    on_a, on_b = loaded_on(a, sid), loaded_on(b, sid)
+    del on_a["x"]
+    on_b["y"] = 2
+    on_b.save()
+    on_a.save()
+    assert a.get(sid) == b.get(sid) == {"user": "ada", "y": 2}
+
+
+def test_cycle_key_on_one_worker_tells_a_concurrent_save_of_the_old_key(two_workers) -> None:
+    # Django's login cycles the key; a request still holding the old key is told (UpdateError,
+    # which Django's middleware turns into SessionInterrupted) rather than writing a dead session.
+    a, b = two_workers
+    sid = logged_in(a)
+    on_a, on_b = loaded_on(a, sid), loaded_on(b, sid)
+    on_a.cycle_key()
+    on_b["theme"] = "dark"
+    with pytest.raises(UpdateError):
+        on_b.save()
+    new = on_a.session_key
+    assert new != sid and a.get(new) == b.get(new) == {"user": "ada"}
+    assert a.get(sid) is None and b.get(sid) is None
+
+
+def test_flush_on_one_worker_beats_a_concurrent_save(two_workers) -> None:
+    a, b = two_workers
+    sid = logged_in(a)
+    on_a, on_b = loaded_on(a, sid), loaded_on(b, sid)
+    on_a.flush()
+    on_b["theme"] = "dark"
+    with pytest.raises(UpdateError):
+        on_b.save()
+    assert a.get(sid) is None and b.get(sid) is None
