@@ -680,6 +680,7 @@ def two_workers():
     hub = MemoryHub()
     a = SessionCache(bus=MemoryBus(hub), **CACHE_OPTIONS)
     b = SessionCache(bus=MemoryBus(hub), **CACHE_OPTIONS)
+    a.hub = b.hub = hub  # type: ignore[attr-defined]
     yield a, b
     a.close()
     b.close()
@@ -708,8 +709,10 @@ def test_two_workers_saving_different_keys_and_an_expiry_keep_all_of_them(two_wo
     on_a["cart"] = ["book"]
     on_a.set_expiry(600)
     on_b["theme"] = "dark"
+    a.hub.hold()  # both save before either hears of the other's change, as bus latency allows
     on_a.save()
     on_b.save()
+    a.hub.release()
     for cache in (a, b):
         assert cache.get(sid) == {"user": "ada", "cart": ["book"], "theme": "dark", "_session_expiry": 600}
 
@@ -724,8 +727,10 @@ def test_a_key_deleted_on_one_worker_while_another_sets_one_ends_with_both_chang
     on_a, on_b = loaded_on(a, sid), loaded_on(b, sid)
     del on_a["x"]
     on_b["y"] = 2
+    a.hub.hold()
     on_b.save()
     on_a.save()
+    a.hub.release(reverse=True)
     assert a.get(sid) == b.get(sid) == {"user": "ada", "y": 2}
 
 

@@ -2,7 +2,9 @@
 
 ``MemoryHub`` plays the hub (a ``HubState``) and the proxy; every
 ``MemoryBus`` attached to it plays one process. Delivery is synchronous, in
-publish order, so tests are deterministic. ``partition``/``heal`` cut a bus
+publish order, so tests are deterministic; ``hold``/``release`` delay it
+(what bus latency does: requests on two workers each save before either
+hears of the other's change). ``partition``/``heal`` cut a bus
 off (its messages and everyone's messages to it are lost) to exercise gap
 detection and repair; ``beat`` sends heartbeats, which real buses send on a
 timer. ``hold_repairs`` keeps a detected repair pending until ``run_repairs``,
@@ -34,12 +36,17 @@ class MemoryHub:
         self.state = state if state is not None else HubState(clock=clock)
         self.buses: list[MemoryBus] = []
         self.cut: set[int] = set()
+        #: Messages published while delivery is held (``hold``), in publish order; None: not held.
+        self.held: list[tuple[list[bytes], MemoryBus | None]] | None = None
         self._lock = threading.RLock()
 
     def deliver(self, frames: list[bytes], sender: MemoryBus | None = None) -> None:
         """Forward one message as the proxy would: to the replica, then to every subscriber."""
         with self._lock:
             if sender is not None and id(sender) in self.cut:
+                return
+            if self.held is not None:
+                self.held.append((frames, sender))
                 return
             follow_up = self.state.on_bus(frames)
             for bus in list(self.buses):
@@ -73,6 +80,19 @@ class MemoryHub:
             # A new hub id and an epoch from the clock, whatever the clock did meanwhile:
             # workers tell a restart by the id.
             self.state = HubState(clock=self.clock)
+
+    def hold(self) -> None:
+        """Keep what is published from now on until ``release`` (hub and subscribers hear nothing meanwhile)."""
+        with self._lock:
+            if self.held is None:
+                self.held = []
+
+    def release(self, *, reverse: bool = False) -> None:
+        """Deliver what was held, in publish order (or the reverse: every publisher's stream then has a gap)."""
+        with self._lock:
+            held, self.held = self.held or [], None
+            for frames, sender in reversed(held) if reverse else held:
+                self.deliver(frames, sender)
 
     def partition(self, bus: MemoryBus) -> None:
         self.cut.add(id(bus))
