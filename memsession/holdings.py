@@ -175,9 +175,13 @@ class Holdings:
         return True
 
     def discard(self, key: str, version: int, origin: int) -> bool:
-        """Drop the live copy of ``key`` if it is older than ``(version, origin)``; True if dropped."""
+        """Drop the live copy of ``key`` unless it already reflects the change ``(version, origin)``; True if dropped.
+
+        Not "if older": a copy holding a later change of another writer can
+        still lack this one (changes merge key by key).
+        """
         old: Record | None = self.core.peek(key)
-        if old is None or (old.version, old.origin) >= (version, origin):
+        if old is None or reflects(old, version, origin):
             return False
         self.remove(key, old)
         self.counts["applied"] += 1

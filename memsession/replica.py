@@ -172,9 +172,9 @@ class Replica:
             return self._held.records(self.clock.monotonic())
 
     def discard(self, key: str, version: int, origin: int) -> bool:
-        """Drop the live copy of ``key`` if it is older than ``(version, origin)``; True if dropped.
+        """Drop the live copy of ``key`` unless it reflects the change ``(version, origin)``; True if dropped.
 
-        The ``invalidate`` replication mode: the newer value is read through on next use.
+        The ``invalidate`` replication mode: the merged value is read through the hub on next use.
         """
         with self._lock:
             self._check_open()

@@ -183,3 +183,24 @@ def test_starlette_two_workers_setting_different_keys_both_survive(workers) -> N
                             lambda: other.post(f"/set?key=b&value={round_}"), reverse=round_ % 2 == 1)
             expected = {"user": "ada", "a": str(round_), "b": str(round_)}
             assert workers.held(cookie.split(".")[0]) == [expected, expected]
+
+
+# -- invalidate mode: copies are dropped and read back from the hub ----------------------------------
+
+
+def test_invalidate_mode_drops_a_copy_that_lacks_a_change_even_if_it_holds_a_later_one() -> None:
+    hub = MemoryHub()
+    a = SessionCache(bus=MemoryBus(hub, mode="invalidate"))
+    b = SessionCache(bus=MemoryBus(hub, mode="invalidate"))
+    try:
+        sid = "s" * 43
+        a.set(sid, {"user": "ada"})
+        assert b.get(sid) == {"user": "ada"}  # read through the hub: b holds a copy now
+        hub.hold()
+        a.change(sid, {"x": 1})
+        b.change(sid, {"y": 2})  # later than a's change, and without it
+        hub.release()
+        assert a.get(sid) == b.get(sid) == {"user": "ada", "x": 1, "y": 2}
+    finally:
+        a.close()
+        b.close()
