@@ -40,6 +40,7 @@ the copy is newer than it altogether).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -117,17 +118,30 @@ def _packed_size(data: Mapping[str, Any]) -> int:
     return len(msgpack.packb(data, use_bin_type=True))
 
 
+def _without_covered(record: Record, cleared: int) -> Record:
+    """``record`` without its keys stamped at or below ``cleared``; ``record`` itself if it has none."""
+    stamps = stamps_of(record)
+    values, kept = drop_covered(record.data, stamps, cleared)
+    if kept is stamps:
+        return record
+    data = dict(values)
+    return replace(record, data=data, size=_packed_size(data),
+                   stamps=_normal_stamps(kept, data, record.version, record.origin))
+
+
 def merge_records(old: Record | None, new: Record, *, cleared: int = 0) -> Record | None:
-    """What a copy ``old`` of one session becomes once ``new`` is merged in; None if ``new`` changes nothing.
+    """What a copy ``old`` of one session becomes once ``new`` is merged in; None if that is ``old`` itself.
 
     The one merge of every replica, the hub, the write-behind queue and every
     store (module docstring). ``cleared``: the merging side's clear
-    watermark; keys stamped at or below it are dropped from the result (the
-    caller refuses a live ``new`` the watermark covers whole, by
-    ``session.cleared_by``). With no ``old``, ``new`` itself is the result.
+    watermark; keys stamped at or below it are dropped from the result, from
+    ``old``'s keys as much as from ``new``'s, so a copy kept from before the
+    clear came ends as one that never had them (the caller refuses a live
+    ``new`` the watermark covers whole, by ``session.cleared_by``). With no
+    ``old``, the result is ``new`` without what ``cleared`` covers.
     """
     if old is None:
-        return new
+        return new if new.deleted or not cleared else _without_covered(new, cleared)
     if new.deleted or old.deleted:
         return new if supersedes(new, old) else None
     values: Mapping[str, Any]
@@ -138,11 +152,18 @@ def merge_records(old: Record | None, new: Record, *, cleared: int = 0) -> Recor
     later = new.accessed > old.accessed
     completes = old.partial and not new.partial
     if not (won or grew or completes):
-        # Nothing of the data is newer: at most a later access (a touch) slides the expiry.
-        return old.touched(new.accessed, new.expires) if later else None
+        # Nothing of the data is newer: at most a later access (a touch) slides the expiry, and the
+        # clear still drops what it covers of ``old``, or copies would differ by what they held then.
+        kept = _without_covered(old, cleared) if cleared else old
+        if later:
+            return kept.touched(new.accessed, new.expires)
+        return None if kept is old else kept
     version, origin = max((old.version, old.origin), (new.version, new.origin))
+    reshaped = won
     if cleared:
-        values, stamps = drop_covered(values, stamps, cleared)
+        values, uncovered = drop_covered(values, stamps, cleared)
+        reshaped = reshaped or uncovered is not stamps
+        stamps = uncovered
     stamps = drop_tombstones(values, stamps, version - _KEY_TOMBSTONE_SPAN)
     seen = keep_recent_seen(seen, MAX_SEEN)
     accessed, expires = (new.accessed, new.expires) if later else (old.accessed, old.expires)
@@ -157,7 +178,7 @@ def merge_records(old: Record | None, new: Record, *, cleared: int = 0) -> Recor
         expires,
         False,
         (old.flat and new.flat) if won else old.flat,
-        _packed_size(data) if won else old.size,
+        _packed_size(data) if reshaped else old.size,
         _normal_stamps(stamps, data, version, origin),
         _normal_seen(seen, version, origin),
         old.partial and new.partial,
