@@ -47,11 +47,12 @@ import msgpack
 
 from .clock import COUNTER_BITS
 from .fields import Stamp, drop_covered, drop_tombstones, keep_recent_seen, merge_keys, merge_seen
-from .session import Record, SessionData, compute_expires, is_flat, supersedes
+from .session import Record, SessionData, cleared_by, compute_expires, is_flat, supersedes
 
 __all__ = [
     "KEY_TOMBSTONE_TTL",
     "MAX_SEEN",
+    "after_clear",
     "merge_records",
     "record_change",
     "reflects",
@@ -127,6 +128,21 @@ def _without_covered(record: Record, cleared: int) -> Record:
     data = dict(values)
     return replace(record, data=data, size=_packed_size(data),
                    stamps=_normal_stamps(kept, data, record.version, record.origin))
+
+
+def after_clear(record: Record, watermark: int) -> Record | None:
+    """What a clear at ``watermark`` leaves of a held ``record``: None if it ends it, else it without the keys it covers.
+
+    A live record whose newest change the clear covers is gone
+    (``session.cleared_by``); a newer one loses the keys last changed at or
+    before the clear, as ``merge_records(..., cleared=watermark)`` drops them
+    from everything merged afterwards. Tombstones stay as they are.
+    """
+    if record.deleted:
+        return record
+    if cleared_by(record, watermark):
+        return None
+    return _without_covered(record, watermark) if record.stamps is not None else record
 
 
 def merge_records(old: Record | None, new: Record, *, cleared: int = 0) -> Record | None:

@@ -21,7 +21,7 @@ from typing import Any
 from cachetools import Cache
 
 from .cache import EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE, Eviction, ExpiringLRUCache
-from .changes import merge_records, reflects
+from .changes import after_clear, merge_records, reflects
 from .clock import Clock
 from .config import Config
 from .expiring import ExpiringCache
@@ -188,13 +188,20 @@ class Holdings:
         return True
 
     def clear(self, version: int) -> None:
-        """Raise the watermark and drop the live sessions it covers; tombstones stay until they lapse."""
+        """Raise the watermark and drop what it covers (``changes.after_clear``); tombstones stay until they lapse."""
         self.cleared = version
         self.counts["clears"] += 1
         core = self.core
-        doomed = [(key, r) for key in list(core) if (r := core.peek(key)) is not None and cleared_by(r, version)]
-        for key, old in doomed:
-            self.remove(key, old)
+        now, wall = self.clock.monotonic(), self.clock.wall()
+        for key in list(core):
+            old = core.peek(key)
+            if old is None:
+                continue
+            kept = after_clear(old, version)
+            if kept is None:
+                self.remove(key, old)
+            elif kept is not old:  # a newer session keeps only the keys changed after the clear
+                self.store(kept, old, now, accessed=now - (wall - kept.accessed))  # its expiry unchanged
 
     # -- everything held ------------------------------------------------------------
 

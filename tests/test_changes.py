@@ -151,3 +151,14 @@ def test_the_cookie_names_the_change_and_old_cookies_still_verify():
     assert signer.unsign_stamp(signer.sign(sid, 0x1234, 0xABC)) == (sid, 0x1234, 0xABC)
     assert signer.unsign(signer.sign(sid, 0x1234, 0xABC)) == (sid, 0x1234)
     assert signer.unsign_stamp(signer.sign(sid, 0x1234)) == (sid, 0x1234, 0)
+
+
+def test_a_clear_drops_the_keys_it_covers_from_a_newer_session_held_here(cache):
+    sid = new_id()
+    cache.set(sid, {"old": 1})
+    other = SessionCache(clock=cache.clock)
+    watermark = other.hlc.now()
+    cache.clock.advance(1)
+    cache.change(sid, {"new": 2})  # after the clear was made elsewhere, before it arrived here
+    assert cache.apply_clear(watermark)
+    assert cache.get(sid) == {"new": 2}
