@@ -3,25 +3,39 @@
 A store keeps ``Record``s by key. Seven methods, each with the semantics below;
 ``persist.testing.StoreContract`` checks them for any implementation.
 
-The version guard is the one merge rule every replica applies,
-``memsession.session.supersedes`` (re-exported here): a record is written
-only if it supersedes the stored one of the same key. It covers touches
-(same version and origin, later ``accessed``: sliding expiry survives a
-restart) and dead tombstones (a tombstone whose ``expires`` is at or before
-the new record's ``accessed`` was already dead when the new write happened,
-so the new record replaces it, as it would in a cache where the dead
-tombstone is long swept away).
+Saving merges. A store writes a record into the stored one of its key with the
+one merge of every replica, ``memsession.changes.merge_records`` (``merge_row``
+says what a store writes): per top-level key the change with the higher stamp
+wins, its value or its removal, so a delta (``partial``: only the keys one
+change touched) keeps the row's other keys, and two writers that save changes
+of different keys of one session at the same moment both survive, provided the
+store reads, merges and writes a key as one step (a transaction that holds the
+key, a compare-and-set that is retried). Per session
+``memsession.session.supersedes`` (re-exported here) decides first: a
+tombstone beats every key of a live record, except a tombstone that was
+already dead when the live record was written (its ``expires`` at or before
+the new record's ``accessed``), which the new record replaces as it would in
+a cache where the dead tombstone is long swept away; a later ``accessed``
+slides the expiry, so sliding expiry survives a restart. A delta for a key
+with no stored record is stored as the record (all that is known of it).
+Whatever a store loads is a whole record: the ``partial`` flag is not kept,
+while ``stamps`` and ``seen`` are, exactly (records stored before they existed
+load with None: every key at the record's own version).
 
 Session data is JSON-like plus ``bytes``. Stores that keep JSON use
 ``encode_data`` / ``decode_data``: bytes become ``{"$bytes": "<base64>"}``
 and a user dict that would read as such a tag is wrapped as ``{"$dict": ...}``,
-so every value round-trips exactly.
+so every value round-trips exactly; stamps and ``seen`` have
+``persist.jsonstamps``.
 
 A clear (``Store.clear``) leaves a watermark behind: the version at or below
 which every live record is gone. Saves of live records at or below it are
 ignored, so a clear and a late batch from another writer give the same result
 in either order: the clear commutes with every save, and a cleared session
-never comes back. Tombstones are outside the watermark's reach, whatever their
+never comes back. The keys it covers inside a newer live record (stamped at or
+below it, written before the clear) are gone too: saves merge with the
+watermark, and reads leave out such keys of a record stored before the clear
+(``after_clear``). Tombstones are outside the watermark's reach, whatever their
 version: a tombstone beats any live version, so one at or below the watermark
 may already have beaten a live record above it, and removing it would bring
 that session back. They stay (and are saved) as usual until they lapse and
@@ -32,18 +46,22 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
 from msgpack import packb as _packb
 
-from memsession.admission import MAX_DEPTH, field_fault, scan_data
+from memsession.admission import MAX_DEPTH, field_fault, scan_data, stamps_fault
+from memsession.changes import merge_records
 from memsession.errors import ConfigError, RecordRefused, SessionDataError, StoreClosed, StoreCorrupt
+from memsession.fields import drop_covered
 from memsession.refusals import log_refusal
-from memsession.session import MAX_VERSION, Record, SessionData, cleared_by, supersedes
+from memsession.session import MAX_VERSION, Record, SessionData, cleared_by, is_flat, supersedes
 
 from .jsondata import STORE_MAX_ITEMS, decode_data, encode_data, json_default, jsonable_data
+from .jsonstamps import seen_from_json, seen_to_json, stamps_from_json, stamps_to_json
 
 __all__ = [
     "MAX_VERSION",
@@ -51,6 +69,7 @@ __all__ = [
     "WATERMARK_KEY",
     "RefusedRecords",
     "Store",
+    "after_clear",
     "check_clear_version",
     "cleared_by",
     "coalesce",
@@ -59,6 +78,7 @@ __all__ = [
     "json_default",
     "jsonable_data",
     "make_record",
+    "merge_row",
     "record_from_dict",
     "record_from_json",
     "record_to_dict",
@@ -97,16 +117,20 @@ class Store(Protocol):
         """
 
     def save(self, records: Sequence[Record]) -> int:
-        """Store a batch; return how many records replaced or created a stored one.
+        """Merge a batch into the stored records; return how many stored records it created or changed.
 
-        Version-guarded per key: a record is written only if it
-        ``supersedes`` the stored one, so a stale writer never overwrites a
-        newer session, whatever order batches from several writers land in.
-        A batch may hold several records of one key; the winner is kept.
-        A batch that raised may be retried as is: the guard makes saving
-        idempotent. ``StoreRejected`` means the store refused records
-        themselves (``keys`` says which, if it can; the others may have been
-        written): retrying those won't help.
+        Per key the stored record becomes ``merge_row(stored, merged batch
+        records of the key, cleared=the watermark)`` (the module docstring):
+        keys of the stored record the batch does not touch are kept, and a
+        record that changes nothing (older on every key, nothing new seen,
+        no later access) writes nothing and is not counted. Reading, merging
+        and writing a key is one step against every other writer of the
+        store, in this process or another: saves of different keys of one
+        session at the same moment both survive, whatever order batches from
+        several writers land in. A batch that raised may be retried as is:
+        merging is idempotent. ``StoreRejected`` means the store refused
+        records themselves (``keys`` says which, if it can; the others may
+        have been written): retrying those won't help.
         """
 
     def delete(self, keys: Iterable[str]) -> int:
@@ -133,10 +157,12 @@ class Store(Protocol):
 
         * ``save`` ignores, and does not count, any live record at or below
           the watermark, whether its key is stored or not: a clear and a late
-          batch land in the same state in either order. A tombstone is saved
-          under the usual version guard, whatever its version;
-        * ``load`` and ``load_all`` never return such a live record; they
-          return tombstones as usual;
+          batch land in the same state in either order; a newer record is
+          merged without the keys the watermark covers. A tombstone is
+          merged as usual, whatever its version;
+        * ``load`` and ``load_all`` never return such a live record, nor the
+          keys the watermark covers in a newer one stored before the clear
+          (``after_clear``); they return tombstones as usual;
         * ``purge`` and ``delete`` never remove the watermark, and nothing
           that counts sessions counts it.
 
@@ -164,14 +190,72 @@ def check_clear_version(version: object, store: str = "") -> int:
     return version
 
 
-def coalesce(records: Iterable[Record]) -> dict[str, Record]:
-    """The winning record per key of a batch, by ``supersedes``."""
+def coalesce(records: Iterable[Record], cleared: int = 0) -> dict[str, Record]:
+    """The records of a batch merged per key (``merge_records``), in the order keys first appear.
+
+    ``cleared``: the merging side's clear watermark (``merge_records``).
+    Live records it covers are kept here: ``merge_row`` refuses them.
+    """
     out: dict[str, Record] = {}
     for record in records:
         old = out.get(record.key)
-        if old is None or supersedes(record, old):
-            out[record.key] = record
+        merged = merge_records(old, record, cleared=cleared)
+        if merged is not None:
+            out[record.key] = merged
     return out
+
+
+def _short_stamps(stamps: Mapping[str, tuple[int, int]], data: Mapping[str, object], version: int,
+                  origin: int) -> dict[str, tuple[int, int]] | None:
+    """None when every key is live and carries the record's own stamp: the short form ``Record`` allows."""
+    own = (version, origin)
+    if len(stamps) == len(data) and all(stamp == own for stamp in stamps.values()):
+        return None
+    return dict(stamps)
+
+
+def after_clear(record: Record, watermark: int) -> Record | None:
+    """``record`` as a clear at ``watermark`` leaves it: None if it covers it whole, else without the keys it covers.
+
+    A live record at or below the watermark is gone (``cleared_by``); in a
+    newer one, the keys (values and key tombstones) stamped at or below it
+    were written before the clear and are dropped, as ``merge_records``
+    drops them with ``cleared``. Tombstones are returned as they are.
+    """
+    if cleared_by(record, watermark):
+        return None
+    if record.deleted or record.stamps is None or not watermark:
+        return record  # without stamps every key carries the record's version, above the watermark
+    values, stamps = drop_covered(record.data, record.stamps, watermark)
+    if stamps is record.stamps:
+        return record
+    data = dict(values)
+    return replace(
+        record, data=data, stamps=_short_stamps(stamps, data, record.version, record.origin),
+        flat=is_flat(data), size=len(_packb(data, use_bin_type=True)),
+    )
+
+
+def merge_row(stored: Record | None, record: Record, cleared: int = 0) -> Record | None:
+    """What a store writes when it saves ``record`` over its stored record ``stored``; None: nothing.
+
+    ``cleared`` is the store's clear watermark: a live ``record`` it covers
+    is ignored, and so is a stored live one (a store never keeps such a
+    record; if one slipped in, it is as good as absent). The result is
+    ``merge_records(stored, record, cleared=cleared)`` without the keys the
+    watermark covers and never ``partial``: a delta with nothing stored
+    becomes the stored record, all that is known of the session.
+    """
+    if cleared_by(record, cleared):
+        return None
+    if stored is not None and cleared_by(stored, cleared):
+        stored = None
+    merged = merge_records(stored, record, cleared=cleared)
+    if merged is None:
+        return None
+    kept = after_clear(merged, cleared)
+    assert kept is not None  # the merge is at least as new as ``record``, which the watermark does not cover
+    return replace(kept, partial=False) if kept.partial else kept
 
 
 def _time_out(value: float) -> float | None:
@@ -191,9 +275,11 @@ def _time_in(value: Any) -> float:
 def record_to_dict(record: Record) -> dict[str, Any]:
     """A record as a JSON object with short keys; ``data`` still needs ``encode_data``.
 
-    Infinite ``expires`` (no timeouts) is ``null``.
+    Infinite ``expires`` (no timeouts) is ``null``. ``s`` (stamps) and ``w``
+    (writers seen) are there only when the record has them
+    (``persist.jsonstamps``); ``partial`` is never kept.
     """
-    return {
+    obj = {
         "k": record.key,
         "v": record.version,
         "o": record.origin,
@@ -202,6 +288,11 @@ def record_to_dict(record: Record) -> dict[str, Any]:
         "e": _time_out(record.expires),
         "x": record.deleted,
     }
+    if record.stamps is not None:
+        obj["s"] = stamps_to_json(record.stamps)
+    if record.seen is not None:
+        obj["w"] = seen_to_json(record.seen)
+    return obj
 
 
 def make_record(
@@ -213,14 +304,17 @@ def make_record(
     accessed: Any,
     expires: Any,
     deleted: bool,
+    stamps: dict[str, tuple[int, int]] | None = None,
+    seen: dict[int, int] | None = None,
 ) -> Record:
-    """A Record from stored fields (stored data is untrusted).
+    """A Record from stored fields (stored data is untrusted); ``stamps`` and ``seen`` already decoded.
 
     ``ValueError`` if a field has the wrong type (the row or document is not
     a stored record); ``RecordRefused`` (also a ``ValueError``) if it is one
     but breaks the shape of the record rule (``memsession.admission``: key,
-    version and origin ranges, finite times, the data rule): callers that
-    read many records skip those, counted, and go on.
+    version and origin ranges, finite times, the data rule, and for a live
+    record its stamps and ``seen``): callers that read many records skip
+    those, counted, and go on. The record is never ``partial``.
     """
     if type(key) is not str or not key:
         raise ValueError(f"bad key of type {type(key).__name__}")
@@ -232,6 +326,9 @@ def make_record(
         raise ValueError("session data is not an object")
     created, accessed, expires = _time_in(created), _time_in(accessed), _time_in(expires)
     fault = field_fault(key, version, origin, created, accessed, expires, deleted)
+    if fault is None and not deleted:
+        # As ``RecordRules.admit``: a tombstone's stamps take part in no merge.
+        fault = stamps_fault(data, stamps, seen, version, False, STORE_MAX_ITEMS)
     if fault is not None:
         raise RecordRefused(fault)
     if deleted and data:
@@ -241,7 +338,8 @@ def make_record(
     except SessionDataError as exc:
         raise RecordRefused(f"data: {exc.reason}") from None
     return Record(
-        key, data, version, origin, created, accessed, expires, deleted, flat, len(_packb(data, use_bin_type=True))
+        key, data, version, origin, created, accessed, expires, deleted, flat,
+        len(_packb(data, use_bin_type=True)), stamps, seen,
     )
 
 
@@ -258,6 +356,8 @@ def record_from_dict(obj: Any, data: SessionData) -> Record:
         obj.get("a"),
         obj.get("e"),
         obj.get("x", False),
+        stamps_from_json(obj.get("s")),
+        seen_from_json(obj.get("w")),
     )
 
 

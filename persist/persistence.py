@@ -22,7 +22,8 @@ store refuses as such (``StoreRejected``) is dropped, logged and counted as
 ``rejected``, so it can't hold back the sessions queued behind it.
 
 Reads: a key memory doesn't hold is looked up in the queue, then in the store
-(one ``load``, a primary-key read). Unknown keys are remembered for
+(one ``load``, a primary-key read); a queue that holds only deltas of the
+key is merged into what the store has. Unknown keys are remembered for
 ``negative_ttl`` seconds so a flood of bogus ids doesn't reach the store.
 Reads and preloads never hand back a live record a clear covers.
 """
@@ -43,7 +44,7 @@ from memsession.errors import ConfigError, StoreError
 from memsession.session import Record, cleared_by
 from memsession.validate import check_choice, check_int, check_number
 
-from .base import Store, check_clear_version
+from .base import Store, check_clear_version, merge_row
 from .writer import Writer, WriterConfig
 
 __all__ = ["PersistConfig", "Persistence"]
@@ -192,11 +193,14 @@ class Persistence:
     # -- reads -------------------------------------------------------------------
 
     def read(self, key: str) -> Record | None:
-        """The newest record of ``key`` outside memory: queued, in flight, or stored.
+        """The newest record of ``key`` outside memory: queued, in flight, or stored; never a delta.
 
-        None when the store doesn't know it or holds only an expired copy
-        (remembered ``negative_ttl`` seconds). A store failure is raised, or
-        answered None when ``on_read_error="miss"``; either way logged and counted.
+        A whole record queued or in flight is the answer; deltas alone are
+        merged into the stored record (a delta with nothing stored stands for
+        the session, as the store will keep it). None when neither knows it
+        or the store holds only an expired copy (remembered ``negative_ttl``
+        seconds). A store failure is raised, or answered None when
+        ``on_read_error="miss"``; either way logged and counted.
         """
         self._check_process("load")
         cfg = self.config
@@ -204,10 +208,10 @@ class Persistence:
         queued = self._writer.get(key)
         with self._lock:
             counts["read_through"] += 1
-            if queued is not None:
+            if queued is not None and not queued.partial:
                 counts["read_hits"] += 1
                 return queued
-            until = self._negative.get(key)
+            until = self._negative.get(key) if queued is None else None
             if until is not None:
                 if until > self.clock.monotonic():
                     counts["negative_hits"] += 1
@@ -222,6 +226,8 @@ class Persistence:
             if cfg.on_read_error == "raise":
                 raise
             return None
+        if queued is not None:
+            record = merge_row(record, queued, self._cleared) or record
         if record is not None and (record.expires <= self.clock.wall() or cleared_by(record, self._cleared)):
             # Expired but not purged yet, or read just before a clear reached the store:
             # as good as unknown, and remembered as such.

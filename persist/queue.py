@@ -5,12 +5,16 @@
 sidecar both queue through it. It has no lock, thread or clock; the runner
 serialises calls. Rules:
 
-* **Coalescing.** One entry per key: a record that ``supersedes`` the queued
-  one replaces it, so N updates of one session cost one write.
+* **Coalescing.** One entry per key: a record is merged into the queued one
+  (``memsession.changes.merge_records``, the merge every store applies), so
+  N changes of one session cost one write, and deltas of different keys all
+  reach the store. A record that adds nothing is ``stale``.
 * **In flight.** ``take`` moves a batch out of the queue into ``inflight``
-  until the runner reports it ``done`` or ``failed``; reads (``get``) see both.
+  until the runner reports it ``done`` or ``failed``; reads (``get``) see
+  both, merged.
 * **Order.** Batches come out oldest key first; a batch that failed goes back
-  in front, except the records something newer replaced meanwhile.
+  in front, merged with what was queued for its keys meanwhile (a record
+  that newer one already holds whole stays where that one is).
 * **Refused records.** Records the store refused as such (``StoreRejected``)
   are never requeued: they are counted as ``rejected`` and remembered for a
   while (``refused``), so one bad record can't hold back the ones behind it.
@@ -37,7 +41,8 @@ from collections.abc import Iterable
 from itertools import islice
 from typing import Any
 
-from memsession.session import Record, cleared_by, supersedes
+from memsession.changes import merge_records
+from memsession.session import Record, cleared_by
 from memsession.validate import check_int
 
 __all__ = ["WriteQueue"]
@@ -84,8 +89,16 @@ class WriteQueue:
         return not self._pending and not self.inflight
 
     def get(self, key: str) -> Record | None:
-        """The newest record of ``key`` not yet stored (queued or in flight), unless a clear covers it."""
-        record = self._pending.get(key) or self.inflight.get(key)
+        """What of ``key`` is not yet stored (queued and in flight, merged), unless a clear covers it.
+
+        ``partial`` when it is only deltas: the store holds the rest.
+        """
+        pending = self._pending.get(key)
+        flying = self.inflight.get(key)
+        if pending is None or flying is None:
+            record = pending or flying
+        else:
+            record = merge_records(flying, pending, cleared=self.cleared) or flying
         return None if record is None or cleared_by(record, self.cleared) else record
 
     def add(self, record: Record) -> bool:
@@ -97,8 +110,9 @@ class WriteQueue:
         pending = self._pending
         old = pending.get(key)
         if old is not None:
-            if supersedes(record, old):
-                pending[key] = record
+            merged = merge_records(old, record, cleared=self.cleared)
+            if merged is not None:
+                pending[key] = merged
                 self.counts["coalesced"] += 1
             else:
                 self.counts["stale"] += 1
@@ -154,7 +168,7 @@ class WriteQueue:
         self.counts["batches"] += 1
 
     def failed(self, batch: list[Record], refused: Iterable[str] = ()) -> None:
-        """Writing ``batch`` failed: requeue it in front, except what was refused or replaced meanwhile."""
+        """Writing ``batch`` failed: requeue it in front, merged with what was queued since, except what was refused."""
         self._land(batch)
         refused = set(refused)
         self._refuse(batch, refused)
@@ -166,9 +180,12 @@ class WriteQueue:
             if record.key in refused or cleared_by(record, self.cleared):
                 continue
             newer = pending.get(record.key)
-            if newer is not None and not supersedes(record, newer):
-                continue
-            if newer is None and room <= 0:
+            if newer is not None:
+                merged = merge_records(newer, record, cleared=self.cleared)
+                if merged is None:
+                    continue  # what was queued since holds all of it
+                record = merged
+            elif room <= 0:
                 if not record.deleted:
                     if not self.rewrite_due:
                         self._overflow()
@@ -205,8 +222,8 @@ class WriteQueue:
     def settled(self, key: str, version: int, origin: int) -> bool | None:
         """Whether a record of ``key`` at ``(version, origin)`` that went through this queue is settled.
 
-        True: the store holds it or something that supersedes it (nothing of
-        the key waits or is in flight, and no rewrite is due). False: not yet.
+        True: the store has merged it (nothing of the key waits or is in
+        flight, and no rewrite is due). False: not yet.
         None: the store refused it. Only meaningful for a record that was
         handed to ``add`` (or merged by the queue's owner) before the call.
         """

@@ -6,11 +6,12 @@ key shaped like an id (``session.legacy_key``) is such a row. ``rekey_store``
 moves every one, through the ``Store`` protocol alone, so it is the same for
 every adapter (a store of your own included):
 
-* each legacy record is saved under its digest (the usual version guard: a
-  copy already there that is newer wins), then the legacy row is deleted;
+* each legacy record is saved under its digest (merged as every save is: a
+  copy already there keeps what is newer in it), then the legacy row is
+  deleted;
 * a crash in between leaves both, and the next run finishes the move (saving
-  is idempotent); several processes running it at once do the same work
-  twice, never harm;
+  merges, so it is idempotent); several processes running it at once do the
+  same work twice, never harm;
 * rows the record rule refuses are not returned by ``load_all`` and stay as
   they are (they were unreadable before the move too), counted in the
   store's ``refused``.

@@ -8,7 +8,10 @@ CREATE TABLE IF NOT EXISTS "memsession" (
     "created" double precision NOT NULL,
     "accessed" double precision NOT NULL,
     "expire" double precision NOT NULL,
-    "deleted" boolean NOT NULL DEFAULT false
+    "deleted" boolean NOT NULL DEFAULT false,
+    "stamps" json,
+    "seen" json
 );
 CREATE INDEX IF NOT EXISTS "memsession_expire_idx" ON "memsession" ("expire");
+ALTER TABLE "memsession" ADD COLUMN IF NOT EXISTS "stamps" json, ADD COLUMN IF NOT EXISTS "seen" json;
 COMMENT ON COLUMN "memsession"."sid" IS 'memsession session key: SHA-256 (hex) of the session id; the id itself is never stored';

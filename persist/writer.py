@@ -3,7 +3,7 @@
 ``Writer`` is the I/O half of the one write-behind engine (``persist.queue``
 is the pure half). A worker's ``Persistence`` and the sidecar each own one::
 
-    add(record) ──> WriteQueue (coalesced by key, bounded)
+    add(record) ──> WriteQueue (merged per key, bounded)
                         │ every flush_interval, or at once when batch_size keys wait
                         v
     writer thread: owed clear ─> store.save(batch) ─> refused records isolated
@@ -279,7 +279,7 @@ class Writer:
         self._written()
 
     def _rewrite(self) -> None:
-        """After an overflow: write everything the owner holds in memory (the store's guard skips old ones)."""
+        """After an overflow: write everything the owner holds in memory (the store's merge skips what it has)."""
         source = self.rewrite_source
         with self.lock:
             self.queue.start_rewrite()

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from memsession.errors import ConfigError, StoreCorrupt
+from persist.base import merge_row
 from persist.jsonfile import (
     FORMAT,
     FORMAT_VERSION,
@@ -20,7 +21,7 @@ from persist.jsonfile import (
     read_snapshot,
     write_snapshot,
 )
-from persist.testing import T0, StoreContract, make_test_record
+from persist.testing import T0, StoreContract, make_test_delta, make_test_record
 
 
 class FakeClock:
@@ -318,3 +319,55 @@ def test_moved_aside_file_keeps_its_readable_watermark(tmp_path: Path) -> None:
         assert store.save([make_test_record("b", version=150, deleted=True)]) == 1
     finally:
         store.close()
+
+
+# -- per-key stamps and seen in the file ------------------------------------------------
+
+
+def test_stamps_and_seen_are_written_only_when_a_record_has_them(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    plain = make_test_record("plain", {"a": 1}, version=100)
+    merged = merge_row(
+        make_test_record("merged", {"a": 1}, version=100),
+        make_test_delta("merged", {"b": 2}, removed=["c"], version=200, origin=9),
+    )
+    assert merged is not None
+    write_snapshot(str(path), [plain, merged], T0)
+    lines = {obj["k"]: obj for obj in map(orjson.loads, path.read_bytes().splitlines()[1:-1])}
+    assert "s" not in lines["plain"] and "w" not in lines["plain"]
+    assert lines["merged"]["s"] == {"a": [100, 7], "b": [200, 9], "c": [200, 9]}
+    assert lines["merged"]["w"] == {"7": 100, "9": 200}
+    assert "partial" not in lines["merged"] and set(lines["merged"]) == {*"kvocaexd", "s", "w"}
+    assert list(read_snapshot(str(path), T0)) == [plain, merged]
+
+
+def test_a_line_with_bad_stamps_is_skipped_and_counted_not_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    records = _write(path, 3)
+    lines = path.read_bytes().splitlines(keepends=True)
+    bad = [
+        orjson.loads(lines[1]) | {"s": {"i": [1 << 40, "x"]}},  # not an origin
+        orjson.loads(lines[2]) | {"s": {"b": [1 << 40, 7]}},  # a key of data without a stamp
+    ]
+    path.write_bytes(lines[0] + b"".join(orjson.dumps(obj) + b"\n" for obj in bad) + b"".join(lines[3:]))
+    store = JsonFileStore(path, save_interval=None, clock=FakeClock())
+    try:
+        assert store.stats()["refused"] == 2
+        assert store.load("k0") is None and store.load("k1") is None and store.load("k2") == records[2]
+    finally:
+        store.close()
+
+
+def test_a_clear_drops_the_keys_it_covers_from_newer_records_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    store = JsonFileStore(path, save_interval=None, clock=FakeClock(), fsync=False)
+    try:
+        store.save([make_test_record("k", {"old": 1}, version=100, origin=1)])
+        store.save([make_test_delta("k", {"new": 2}, version=300)])
+        assert store.clear(200) == 0
+    finally:
+        store.close()
+    (line,) = path.read_bytes().splitlines()[1:-1]
+    obj = orjson.loads(line)
+    # The key it covers is gone and so is its stamp; what the record reflects stays.
+    assert obj["d"] == {"new": 2} and "s" not in obj and obj["w"] == {"1": 100, "7": 300}

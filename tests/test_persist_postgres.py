@@ -182,9 +182,11 @@ def test_two_stores_on_one_table_keep_the_newest(postgres_url: str) -> None:
     b = PostgresStore(postgres_url, create_table=True)
     try:
         a.save([make_test_record("k", {"w": "a"}, version=10, origin=1)])
-        assert b.save([make_test_record("k", {"w": "b"}, version=9, origin=2)]) == 0
+        # Its key loses; the row now reflects b's change too (seen).
+        assert b.save([make_test_record("k", {"w": "b"}, version=9, origin=2)]) == 1
         loaded = b.load("k")
-        assert loaded is not None and loaded.data == {"w": "a"}
+        assert loaded is not None and loaded.data == {"w": "a"} and loaded.seen == {1: 10, 2: 9}
+        assert b.save([make_test_record("k", {"w": "b"}, version=9, origin=2)]) == 0
     finally:
         a.close()
         b.close()

@@ -21,9 +21,10 @@ from memsession import SessionCache
 from memsession.errors import ConfigError, SessionDestroyed, StoreRejected, StoreUnavailable
 from memsession.session import Record, new_id, session_key
 from memsession.testing import FakeClock
+from persist.base import merge_row
 from persist.jsonfile import JsonFileStore
 from persist.persistence import PersistConfig, Persistence
-from persist.testing import make_test_record
+from persist.testing import make_test_delta, make_test_record
 
 BEHIND_SLOW = PersistConfig(mode="write_behind", flush_interval=3600.0)
 
@@ -668,3 +669,29 @@ def test_cache_clear_ends_sessions_in_the_store_too(tmp_path: Path, clock: FakeC
         tomb = cold.persistence.store.load(session_key(destroyed))  # the clear kept the destroy
         assert tomb is not None and tomb.deleted
         assert cold.get(destroyed) is None
+
+
+# -- deltas --------------------------------------------------------------------------------
+
+
+def test_a_queued_delta_is_read_merged_into_the_stored_record(store: RecordingStore, persistence: Persistence) -> None:
+    """A delta alone is never the answer: what the store holds of the session comes with it."""
+    stored = make_test_record("s", {"user": "ada", "cart": [1]}, version=100)
+    store.save([stored])
+    deltas = [make_test_delta("s", {"cart": [1, 2]}, version=200, origin=9),
+              make_test_delta("s", {"coupon": "x"}, version=201, origin=3)]
+    for delta in deltas:
+        persistence.emit(delta)
+    read = persistence.read("s")
+    assert read is not None and not read.partial
+    assert read.data == {"user": "ada", "cart": [1, 2], "coupon": "x"}
+    assert read == merge_row(merge_row(stored, deltas[0]), deltas[1])
+    assert store.loads == 1
+    whole = make_test_record("w", {"only": "queued"}, version=300)
+    persistence.emit(whole)
+    assert persistence.read("w") == whole and store.loads == 1  # a whole record queued: no store read
+    persistence.emit(make_test_delta("new", {"first": 1}, version=400))
+    lone = persistence.read("new")
+    assert lone is not None and lone.data == {"first": 1} and not lone.partial  # nothing stored: all there is
+    persistence.flush()
+    assert store.load("s") == read and store.load("new") == lone

@@ -100,6 +100,26 @@ def test_the_writer_queues_what_the_replica_applies(tmp_path: Path) -> None:
         sidecar.store.close()
 
 
+def test_a_read_back_merges_queued_deltas_into_the_stored_session(tmp_path: Path) -> None:
+    """A session the bounded replica no longer holds: queue and store together, never a delta alone."""
+    store = JsonFileStore(tmp_path / "s.jsonl", save_interval=None)
+    sidecar = Sidecar(store, HubConfig(runtime_dir=str(tmp_path)))
+    try:
+        wall = sidecar.state.clock.wall()
+        store.save([Record("a", {"user": "ada"}, 10, 1, wall, wall, wall + 60)])
+        sidecar.writer.add(Record("a", {"cart": [1]}, 11, 2, wall, wall, wall + 60, partial=True))
+        sidecar.writer.add(Record("b", {"lone": 1}, 12, 2, wall, wall, wall + 60, partial=True))
+        a = sidecar._read_back("a")
+        assert a is not None and a.data == {"user": "ada", "cart": [1]} and not a.partial
+        assert a.seen == {1: 10, 2: 11}
+        b = sidecar._read_back("b")
+        assert b is not None and b.data == {"lone": 1} and not b.partial  # nothing stored: all there is
+        assert sidecar._read_back("c") is None
+    finally:
+        sidecar.writer.close()
+        store.close()
+
+
 def test_prometheus_text() -> None:
     text = prometheus_text({"sessions": 3, "epoch": 7, "role": "sidecar", "dropped": {"malformed": 2},
                             "persist": {"depth": 4, "failing": False, "last_error": "x"}, "lag_ms_p50": None})

@@ -7,9 +7,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from memsession.changes import merge_records
 from memsession.errors import ConfigError
 from memsession.session import Record
-from persist.base import supersedes
+from persist.base import merge_row, supersedes
 from persist.queue import WriteQueue
 
 KEYS = [f"k{i}" for i in range(8)]
@@ -119,6 +120,48 @@ def test_only_tombstones_beyond_the_limit_are_lost() -> None:
     assert q.get("t3") is not None  # the newest stay
 
 
+def delta(key: str, version: int, values: dict[str, int], removed: tuple[str, ...] = (), origin: int = 1) -> Record:
+    """A request's delta: only the keys it touched, stamped with its own ``(version, origin)``."""
+    stamps = dict.fromkeys((*values, *removed), (version, origin)) if removed else None
+    return Record(key, values, version, origin, 0.0, float(version), 1e12, False, stamps=stamps, partial=True)
+
+
+def test_deltas_of_one_session_merge_into_one_entry() -> None:
+    q = WriteQueue()
+    q.add(delta("a", 1, {"x": 1}, origin=1))
+    q.add(delta("a", 2, {"y": 2}, origin=2))
+    q.add(delta("a", 1, {"x": 1}, origin=1))  # again: adds nothing
+    queued = q.get("a")
+    assert queued is not None and queued.data == {"x": 1, "y": 2} and queued.partial
+    assert queued.seen == {1: 1, 2: 2}
+    assert q.counts["coalesced"] == 1 and q.counts["stale"] == 1 and len(q) == 1
+    q.add(rec("a", 3))  # a whole record completes it
+    whole = q.get("a")
+    assert whole is not None and not whole.partial and whole.data == {"x": 1, "y": 2, "v": 3}
+
+
+def test_reads_see_in_flight_and_queued_deltas_merged() -> None:
+    q = WriteQueue()
+    q.add(delta("a", 1, {"x": 1}))
+    flying = q.take(1)
+    q.add(delta("a", 2, {"y": 2}))
+    read = q.get("a")
+    assert read is not None and read.data == {"x": 1, "y": 2}
+    q.failed(flying)  # the in-flight one goes back, merged with what came meanwhile
+    assert len(q) == 1 and q.get("a") == read
+    assert [r.data for r in q.take(5)] == [{"x": 1, "y": 2}]
+
+
+def test_a_failed_delta_already_in_what_was_queued_since_is_not_requeued_twice() -> None:
+    q = WriteQueue()
+    for key in ("a", "b"):
+        q.add(delta(key, 1, {"x": 1}))
+    batch = q.take(2)
+    q.add(delta("a", 2, {"x": 2}))  # the same key, newer: the failed one adds nothing
+    q.failed(batch)
+    assert [(r.key, r.data) for r in q.take(5)] == [("b", {"x": 1}), ("a", {"x": 2})]
+
+
 @pytest.mark.parametrize("limit", [0, -1, True, 1.5])
 def test_limit_is_checked(limit: object) -> None:
     with pytest.raises(ConfigError):
@@ -221,3 +264,92 @@ class QueueMachine(RuleBasedStateMachine):
 
 TestQueueMachine = QueueMachine.TestCase
 TestQueueMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+class DeltaQueueMachine(RuleBasedStateMachine):
+    """Deltas of a few keys per session, from two writers, through failures and overflows: the store ends
+    holding every change, exactly what merging them all gives (``merge_records``, ``merge_row``).
+
+    The model: ``latest`` is what the replica holds (every change merged),
+    ``store`` what the store holds (``merge_row`` of what it was given).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = WriteQueue(limit=3)
+        self.latest: dict[str, Record] = {}
+        self.store: dict[str, Record] = {}
+        self.inflight: list[Record] = []
+        self.version = 0
+
+    def _save(self, records: list[Record]) -> None:
+        for r in records:
+            merged = merge_row(self.store.get(r.key), r)
+            if merged is not None:
+                self.store[r.key] = merged
+
+    @rule(key=st.sampled_from(KEYS[:5]), field=st.sampled_from("xyz"), origin=st.integers(1, 2),
+          kind=st.sampled_from(["set", "set", "remove", "destroy"]))
+    def change(self, key: str, field: str, origin: int, kind: str) -> None:
+        old = self.latest.get(key)
+        if old is not None and old.deleted:
+            return  # a destroyed id is never written again while its tombstone lives
+        self.version += 1
+        if kind == "destroy":
+            new = rec(key, self.version, deleted=True, accessed=float(self.version))
+        elif old is None:  # a new session: the first write is whole
+            new = Record(key, {field: self.version}, self.version, origin, 0.0, float(self.version), 1e12)
+        elif kind == "set":
+            new = delta(key, self.version, {field: self.version}, origin=origin)
+        else:
+            new = delta(key, self.version, {}, removed=(field,), origin=origin)
+        merged = merge_records(old, new)
+        assert merged is not None
+        self.latest[key] = merged
+        self.q.add(new)
+
+    @precondition(lambda self: not self.inflight)
+    @rule(n=st.integers(1, 5))
+    def take(self, n: int) -> None:
+        self.inflight = self.q.take(n)
+
+    @precondition(lambda self: bool(self.inflight))
+    @rule()
+    def store_takes_batch(self) -> None:
+        self._save(self.inflight)
+        self.q.done(self.inflight)
+        self.inflight = []
+
+    @precondition(lambda self: bool(self.inflight))
+    @rule()
+    def store_fails(self) -> None:
+        self.q.failed(self.inflight)
+        self.inflight = []
+
+    @precondition(lambda self: self.q.rewrite_due and not self.inflight)
+    @rule()
+    def rewrite(self) -> None:
+        self.q.start_rewrite()
+        self._save(list(self.latest.values()))
+        self.q.end_rewrite(True)
+
+    @invariant()
+    def never_partial_in_the_store(self) -> None:
+        assert not any(r.partial for r in self.store.values())
+
+    def teardown(self) -> None:
+        if self.inflight:
+            self._save(self.inflight)
+            self.q.done(self.inflight)
+        if self.q.rewrite_due:
+            self.q.start_rewrite()
+            self._save(list(self.latest.values()))
+            self.q.end_rewrite(True)
+        self._save(self.q.take(10**6))
+        if self.q.counts["lost"] == 0:
+            for key, held in self.latest.items():
+                assert self.store.get(key) == held, key
+
+
+TestDeltaQueueMachine = DeltaQueueMachine.TestCase
+TestDeltaQueueMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)

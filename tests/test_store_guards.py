@@ -1,12 +1,12 @@
-"""Every store's version guard states one rule: ``persist.base.supersedes``.
+"""Every store's save states one rule: ``persist.base.merge_row`` (``memsession.changes.merge_records``).
 
-PostgreSQL says it in SQL, CouchDB in Python around ``_rev`` conflicts, the
+PostgreSQL merges under its key locks, CouchDB around ``_rev`` conflicts, the
 JSON file and the SQLite example in Python. For pairs ``(old, new)`` of one
 key, covering every case of the rule (live or tombstone on either side, equal
 and different versions and origins, touches with a later, equal or earlier
 ``accessed``, a tombstone that was already dead when the new record was
-written, and one that was not), a real store must end up holding ``new``
-exactly when ``supersedes(new, old)``, and ``old`` otherwise: whether the two
+written, and one that was not, whole records and deltas of other keys), a real
+store must end up holding what ``merge_row`` makes of them: whether the two
 arrive in separate batches, one record per batch, or together in one batch.
 
 Each example saves a few hundred pairs in a handful of batches under fresh
@@ -21,7 +21,7 @@ import dataclasses
 import math
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -30,11 +30,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from memsession.session import Record
-from persist.base import Store, supersedes
+from persist.base import Store, coalesce, merge_row
 from persist.couchdb import CouchStore
 from persist.jsonfile import JsonFileStore
 from persist.postgres import PostgresStore
-from persist.testing import make_test_record
+from persist.testing import make_test_delta, make_test_record
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "own_store"))
 from sqlite_store import SqliteStore
@@ -43,7 +43,7 @@ from sqlite_store import SqliteStore
 BASE_TIME = 4_000_000_000.123_456_7
 #: Above the clear watermark, which stays 0 here (never cleared).
 BASE_VERSION = 1 << 40
-#: Pairs per example: each phase of ``check_guards`` saves them in one or two batches.
+#: Pairs per example: each phase of ``check_merges`` saves them in one or two batches.
 PAIRS = 200
 #: Pairs per example also saved one record per batch (a store may have a path for that).
 ALONE = 16
@@ -60,14 +60,24 @@ def spec(
     origin: int = 1,
     accessed: int = 0,
     lifetime: float = 4.0,
-    data: str = "",
+    fields: Sequence[str] = (),
+    partial: bool = False,
 ) -> Record:
-    """A record of the placeholder key ``"k"``; ``version`` and ``accessed`` count from the bases."""
+    """A record of the placeholder key ``"k"``; ``version`` and ``accessed`` count from the bases.
+
+    Values follow from the stamp (one stamp, one change): a whole record
+    holds ``"from"`` and ``fields``, a delta (``partial``) only ``fields``.
+    """
     start = BASE_TIME + accessed
+    version += BASE_VERSION
+    values = {name: f"{name}@{version}.{origin}" for name in fields}
+    if partial and not deleted:
+        delta = make_test_delta("k", values, version=version, origin=origin, created=BASE_TIME, accessed=start)
+        return dataclasses.replace(delta, expires=start + lifetime)
     return make_test_record(
         "k",
-        {"from": data},
-        version=BASE_VERSION + version,
+        {"from": f"{version}.{origin}", **values},
+        version=version,
         origin=origin,
         created=BASE_TIME,
         accessed=start,
@@ -76,40 +86,44 @@ def spec(
     )
 
 
-def records(data: str) -> st.SearchStrategy[Record]:
-    """Records from a small grid, so equal versions, origins and times come up often."""
-    return st.builds(
-        spec,
-        deleted=st.booleans(),
-        version=st.integers(0, 2),
-        origin=st.integers(1, 2),
-        accessed=st.integers(0, 3),
-        lifetime=st.sampled_from(LIFETIMES),
-        data=st.just(data),
-    )
+#: Records from a small grid, so equal versions, origins and times come up often.
+records = st.builds(
+    spec,
+    deleted=st.booleans(),
+    version=st.integers(0, 2),
+    origin=st.integers(1, 2),
+    accessed=st.integers(0, 3),
+    lifetime=st.sampled_from(LIFETIMES),
+    fields=st.lists(st.sampled_from("ab"), unique=True, max_size=2),
+    partial=st.booleans(),
+)
 
-
-pairs = st.tuples(records("old"), records("new"))
+pairs = st.tuples(records, records)
 
 #: One pair per case of the rule, so every example run covers all of them.
 EVERY_CASE: list[tuple[Record, Record]] = [
-    # Live over live: (version, origin) decides, then a later ``accessed`` (a touch).
-    (spec(data="old"), spec(version=1, data="new")),
-    (spec(version=1, data="old"), spec(data="new")),
-    (spec(origin=1, data="old"), spec(origin=2, data="new")),
-    (spec(origin=2, data="old"), spec(origin=1, data="new")),
-    (spec(data="old"), spec(accessed=1, data="new")),
-    (spec(data="old"), spec(data="new")),
-    (spec(accessed=1, data="old"), spec(data="new")),
+    # Live over live: (version, origin) decides per key, then a later ``accessed`` (a touch).
+    (spec(), spec(version=1)),
+    (spec(version=1), spec()),
+    (spec(origin=1), spec(origin=2)),
+    (spec(origin=2), spec(origin=1)),
+    (spec(), spec(accessed=1)),
+    (spec(), spec()),
+    (spec(accessed=1), spec()),
+    # Deltas: other keys are kept, whichever change is newer.
+    (spec(fields="a"), spec(version=1, fields="b", partial=True)),
+    (spec(version=2, fields="a"), spec(version=1, fields="b", partial=True)),
+    (spec(version=1, fields="a", partial=True), spec(origin=2, fields="ab", partial=True)),
+    (spec(fields="ab", partial=True), spec(version=2, fields="a")),
     # A tombstone replaces a live record, whatever the versions.
-    (spec(version=2, data="old"), spec(deleted=True)),
-    (spec(data="old"), spec(version=2, deleted=True)),
+    (spec(version=2), spec(deleted=True)),
+    (spec(fields="a", partial=True), spec(version=2, deleted=True)),
     # A live record after a tombstone: only if the tombstone was dead by then.
-    (spec(deleted=True, lifetime=4.0), spec(version=2, accessed=1, data="new")),
-    (spec(deleted=True, lifetime=1.0), spec(accessed=1, data="new")),
-    (spec(deleted=True, lifetime=0.0), spec(accessed=1, data="new")),
-    (spec(deleted=True, accessed=2, lifetime=0.0), spec(version=2, accessed=1, data="new")),
-    (spec(deleted=True, lifetime=math.inf), spec(version=2, accessed=3, data="new")),
+    (spec(deleted=True, lifetime=4.0), spec(version=2, accessed=1)),
+    (spec(deleted=True, lifetime=1.0), spec(accessed=1, fields="a", partial=True)),
+    (spec(deleted=True, lifetime=0.0), spec(accessed=1)),
+    (spec(deleted=True, accessed=2, lifetime=0.0), spec(version=2, accessed=1)),
+    (spec(deleted=True, lifetime=math.inf), spec(version=2, accessed=3)),
     # Tombstone over tombstone: as live over live, dead or not.
     (spec(deleted=True), spec(version=1, deleted=True)),
     (spec(version=1, deleted=True), spec(deleted=True)),
@@ -126,37 +140,52 @@ def keyed(pair: tuple[Record, Record], key: str) -> tuple[Record, Record]:
     return dataclasses.replace(old, key=key), dataclasses.replace(new, key=key)
 
 
-def winner(old: Record, new: Record) -> Record:
-    return new if supersedes(new, old) else old
+def saved_apart(old: Record, new: Record) -> tuple[Record, bool]:
+    """What a store holds after saving ``old`` then ``new`` onto nothing, and whether ``new`` changed it."""
+    first = merge_row(None, old)
+    assert first is not None
+    second = merge_row(first, new)
+    return (first, False) if second is None else (second, True)
 
 
-def check_guards(store: Store, drawn: list[tuple[Record, Record]]) -> None:
-    """Save each pair three ways under fresh keys; every key must hold what ``supersedes`` picks."""
+def saved_together(old: Record, new: Record) -> Record:
+    """What a store holds after saving ``[old, new]`` in one batch onto nothing."""
+    merged = merge_row(None, coalesce([old, new])[old.key])
+    assert merged is not None
+    return merged
+
+
+def check_merges(store: Store, drawn: list[tuple[Record, Record]]) -> None:
+    """Save each pair three ways under fresh keys; every key must hold what ``merge_row`` makes."""
     run = uuid.uuid4().hex[:12]  # the store outlives the example: keys must not repeat
     apart = [keyed(pair, f"{run}-apart-{i}") for i, pair in enumerate(drawn)]
     alone = [keyed(pair, f"{run}-alone-{i}") for i, pair in enumerate(drawn[:ALONE])]
     together = [keyed(pair, f"{run}-together-{i}") for i, pair in enumerate(drawn)]
 
     assert store.save([old for old, _ in apart]) == len(apart)
-    replaced = store.save([new for _, new in apart])
-    replaced_alone = 0
+    changed = store.save([new for _, new in apart])
+    changed_alone = 0
     for old, new in alone:
         assert store.save([old]) == 1
-        replaced_alone += store.save([new])
+        changed_alone += store.save([new])
     created = store.save([record for pair in together for record in pair])
 
     wrong = [
         (how, old, new, stored)
-        for how, group in (("apart", apart), ("alone", alone), ("together", together))
+        for how, group, expect in (
+            ("apart", apart, lambda o, n: saved_apart(o, n)[0]),
+            ("alone", alone, lambda o, n: saved_apart(o, n)[0]),
+            ("together", together, saved_together),
+        )
         for old, new in group
-        if (stored := store.load(old.key)) != winner(old, new)
+        if (stored := store.load(old.key)) != expect(old, new)
     ]
-    assert not wrong, "stored record is not the one supersedes picks (how, old, new, stored):\n" + "\n".join(
+    assert not wrong, "stored record is not what merge_row makes (how, old, new, stored):\n" + "\n".join(
         map(repr, wrong)
     )
     # What each save says it wrote agrees too.
-    assert replaced == sum(supersedes(new, old) for old, new in apart)
-    assert replaced_alone == sum(supersedes(new, old) for old, new in alone)
+    assert changed == sum(saved_apart(old, new)[1] for old, new in apart)
+    assert changed_alone == sum(saved_apart(old, new)[1] for old, new in alone)
     assert created == len(together)
 
 
@@ -208,20 +237,20 @@ def store(request: pytest.FixtureRequest) -> Iterator[Store]:
 @_SETTINGS
 @given(drawn=st.lists(pairs, min_size=PAIRS // 2, max_size=PAIRS))
 @example(drawn=EVERY_CASE)
-def test_the_stored_record_is_the_one_supersedes_picks(store: Store, drawn: list[tuple[Record, Record]]) -> None:
-    check_guards(store, drawn)
+def test_the_stored_record_is_what_merge_row_makes(store: Store, drawn: list[tuple[Record, Record]]) -> None:
+    check_merges(store, drawn)
 
 
 @_SETTINGS
 @given(drawn=st.lists(pairs, min_size=PAIRS // 2, max_size=PAIRS))
 @example(drawn=EVERY_CASE)
-def test_couch_decides_again_after_a_rev_conflict(couch_db_url: str, drawn: list[tuple[Record, Record]]) -> None:
-    """A writer whose batch meets ``_rev`` conflicts re-reads and applies the same rule.
+def test_couch_merges_again_after_a_rev_conflict(couch_db_url: str, drawn: list[tuple[Record, Record]]) -> None:
+    """A writer whose batch meets ``_rev`` conflicts reads again and merges again.
 
     Just before the store's first ``_bulk_docs`` request, another writer saves
-    every ``old``: the store decided on documents that no longer are what it
+    every ``old``: the store merged into documents that no longer are what it
     read (or did not exist), every document conflicts, and the store must
-    decide again against ``old``.
+    merge again, into ``old``.
     """
     run = uuid.uuid4().hex[:12]
     batch = [keyed(pair, f"{run}-{i}") for i, pair in enumerate(drawn)]
@@ -238,11 +267,13 @@ def test_couch_decides_again_after_a_rev_conflict(couch_db_url: str, drawn: list
     try:
         written = store.save([new for _, new in batch])
         assert raced
-        wrong = [(old, new, stored) for old, new in batch if (stored := store.load(old.key)) != winner(old, new)]
-        assert not wrong, "stored record is not the one supersedes picks (old, new, stored):\n" + "\n".join(
+        wrong = [
+            (old, new, stored) for old, new in batch if (stored := store.load(old.key)) != saved_apart(old, new)[0]
+        ]
+        assert not wrong, "stored record is not what merge_row makes (old, new, stored):\n" + "\n".join(
             map(repr, wrong)
         )
-        assert written == sum(supersedes(new, old) for old, new in batch)
+        assert written == sum(saved_apart(old, new)[1] for old, new in batch)
     finally:
         store.close()
         client.close()

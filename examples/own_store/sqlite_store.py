@@ -2,10 +2,13 @@
 
 The same shape fits any database with transactions or compare-and-set
 (MongoDB, Redis with WATCH/MULTI, DynamoDB, ...): keep each record as one
-JSON value, write a record only if it ``supersedes`` the stored one and is
-not ``cleared_by`` the clear watermark (kept in the same transaction's reach;
-it covers live records only, never tombstones), and translate the driver's errors into memsession's at the boundary.
-``tests/test_persist_own_store.py`` proves it with the public contract suite.
+JSON value, and in one transaction (or a compare-and-set that is retried)
+read the stored record, write what ``merge_row`` makes of it, the new record
+and the clear watermark (it ignores live records the watermark covers, never
+tombstones), so two writers of one session never lose each other's keys;
+hand reads through ``after_clear``; translate the driver's errors into
+memsession's at the boundary. ``tests/test_persist_own_store.py`` proves it
+with the public contract suite.
 """
 
 from __future__ import annotations
@@ -18,17 +21,19 @@ from contextlib import contextmanager
 from memsession.errors import StoreClosed, StoreError
 from memsession.session import Record
 from persist.base import (
+    after_clear,
     check_clear_version,
-    cleared_by,
     coalesce,
+    merge_row,
     record_from_json,
     record_to_json,
-    supersedes,
 )
 
-#: Rows the clear watermark (none yet: 0) does not cover: ``cleared_by`` in SQL, negated.
+#: The clear watermark (none yet: 0).
+WATERMARK = "(SELECT coalesce(max(version), 0) FROM watermark)"
+#: Rows the clear watermark does not cover: ``cleared_by`` in SQL, negated.
 #: Tombstones never are. Reads filter too, belt and braces.
-NOT_CLEARED = "NOT (NOT deleted AND version <= (SELECT coalesce(max(version), 0) FROM watermark))"
+NOT_CLEARED = f"NOT (NOT deleted AND version <= {WATERMARK})"
 
 
 class SqliteStore:
@@ -84,8 +89,9 @@ class SqliteStore:
             self._sql(op, "COMMIT")
 
     def load(self, key: str) -> Record | None:
-        rows = self._sql("load", f"SELECT record FROM sessions WHERE key = ? AND {NOT_CLEARED}", [key])
-        return record_from_json(rows[0][0]) if rows else None
+        rows = self._sql("load", f"SELECT record, {WATERMARK} FROM sessions WHERE key = ? AND {NOT_CLEARED}", [key])
+        # Without the keys a clear covers in a record written before it.
+        return after_clear(record_from_json(rows[0][0]), rows[0][1]) if rows else None
 
     def load_all(self, now: float) -> Iterator[Record]:
         self._sql("load_all", "SELECT 1")  # raises StoreClosed now, not at first next()
@@ -95,23 +101,27 @@ class SqliteStore:
         after = ""
         while rows := self._sql(
             "load_all",
-            f"SELECT key, record FROM sessions WHERE key > ? AND expires > ? AND {NOT_CLEARED}"
+            f"SELECT key, record, {WATERMARK} FROM sessions WHERE key > ? AND expires > ? AND {NOT_CLEARED}"
             " ORDER BY key LIMIT 500",
             [after, now],
         ):
-            yield from (record_from_json(raw) for _, raw in rows)
+            for _, raw, watermark in rows:
+                record = after_clear(record_from_json(raw), watermark)
+                if record is not None:
+                    yield record
             after = rows[-1][0]
 
     def save(self, records: Sequence[Record]) -> int:
         written = 0
         with self._transaction("save"):
-            (cleared,) = self._sql("save", "SELECT coalesce(max(version), 0) FROM watermark")[0]
+            (cleared,) = self._sql("save", f"SELECT {WATERMARK}")[0]
             for record in coalesce(records).values():
-                if not cleared_by(record, cleared) and supersedes(record, self.load(record.key)):
+                merged = merge_row(self.load(record.key), record, cleared)
+                if merged is not None:
                     self._sql(
                         "save",
                         "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?)",
-                        [record.key, record_to_json(record), record.expires, record.version, record.deleted],
+                        [merged.key, record_to_json(merged), merged.expires, merged.version, merged.deleted],
                     )
                     written += 1
         return written

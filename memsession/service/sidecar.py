@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from persist.base import Store
+from persist.base import Store, merge_row
 from persist.writer import Writer, WriterConfig
 
 from ..clock import SYSTEM_CLOCK, Clock
@@ -50,7 +50,7 @@ from ..errors import BusError, ConfigError, MemsessionError
 from ..hub import HubConfig, HubState, run_hub
 from ..hub.reads import StoreReads
 from ..hub.runner import start_in_thread
-from ..session import Record, supersedes
+from ..session import Record
 from ..validate import check_int, check_number
 from .ack_server import AckBook
 from .http import MAX_CONNECTIONS, REQUEST_TIMEOUT, StatusServer, parse_http, serve_http
@@ -154,17 +154,18 @@ class Sidecar:
         self.writer.clear(version, wait=False)
 
     def _read_back(self, key: str) -> Record | None:
-        """The newest copy of ``key`` outside the replica (on a reader thread).
+        """The newest copy of ``key`` outside the replica (on a reader thread), never a delta.
 
-        The write-behind queue first, then the store: a record the queue no
-        longer holds has landed in the store before it left the queue, so
-        one of the two has the newest write the hub applied.
+        What the write-behind queue holds merged into what the store has, as
+        the store will merge it (``persist.base.merge_row``): a record the
+        queue no longer holds has landed in the store before it left the
+        queue, so the two together have every write the hub applied.
         """
         pending = self.writer.get(key)
         stored = self.store.load(key)
-        if pending is not None and (stored is None or supersedes(pending, stored)):
-            return pending
-        return stored
+        if pending is None:
+            return stored
+        return merge_row(stored, pending, self.writer.queue.cleared) or stored
 
     def _replica_records(self) -> list[Any]:
         return list(self.state.replica.values())  # one C-level copy; the hub thread keeps merging

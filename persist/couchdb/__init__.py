@@ -1,8 +1,8 @@
 """The CouchDB adapter: sessions as CouchDB documents, over CouchDB 3's HTTP API with httpx.
 
-``CouchStore`` keeps one document per session (``store``), on top of the
-clear watermark's document and its sweep (``clear``) and the HTTP requests
-every part makes (``database``). ``CouchFollower`` (``follower``) follows the
+``CouchStore`` keeps one document per session (``store``, in the format
+``documents`` spells out), on top of the clear watermark's document and its
+sweep (``clear``) and the HTTP requests every part makes (``database``). ``CouchFollower`` (``follower``) follows the
 database's ``_changes`` feed and feeds other hosts' writes into a local
 SessionCache (``cache.apply``).
 """

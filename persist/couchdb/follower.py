@@ -22,7 +22,7 @@ from memsession.errors import RecordRefused, StoreError, StoreUnavailable
 from memsession.session import Record
 from memsession.validate import check_number
 
-from ..base import WATERMARK_KEY, cleared_by
+from ..base import WATERMARK_KEY, after_clear
 from .database import NAME
 from .store import CouchStore
 
@@ -59,7 +59,10 @@ class CouchFollower:
     that rose (in the feed, or read at each connect: clears made while not
     following count too) goes once to ``on_clear`` (e.g. the cache's
     ``apply_clear``), if given, as an int, and to ``watermark``; a live
-    document at or below it is not handed over. A document the record rule
+    document at or below it is not handed over, and a newer one without the
+    keys it covers (``persist.base.after_clear``). Every record handed over
+    carries its per-key stamps and the writers it reflects (``seen``), as
+    stored, for the cache to merge key by key. A document the record rule
     refuses (``memsession.admission``) is skipped and counted as
     ``refused``; ``on_record=cache.apply`` applies the cache's own rules on
     top. An exception from a callback is logged and counted; the follower
@@ -209,10 +212,11 @@ class CouchFollower:
                     self.store.refused.skip(exc)
                     self.since = seq
                     return True
-                if cleared_by(record, self.watermark):
+                kept = after_clear(record, self.watermark)
+                if kept is None:
                     self.counts["skipped"] += 1  # a late write the clear covers: stores ignore it too
                 else:
-                    self.on_record(record)
+                    self.on_record(kept)
                     self.counts["records"] += 1
         except Exception:
             self.counts["errors"] += 1

@@ -1,34 +1,30 @@
 """CouchStore: one CouchDB document per session, over CouchDB 3's HTTP API with httpx.
 
-A session document::
-
-    {"_id": "<prefix><key>", "_rev": "...", "type": "memsession",
-     "data": {...},            encode_data with safe_ints: exact through JavaScript servers too
-     "version": "<decimal>",   64-bit ints as strings: JSON numbers may be doubles
-     "origin": "<decimal>",
-     "created": 1763900000.123, "accessed": ..., "expires": ...,   wall seconds;
-                                                  no "expires" when it never expires
-     "deleted": false}         our tombstone (a live CouchDB document)
-
-``save`` reads the current revisions of a batch (``_all_docs``), writes the
-records that ``supersede`` what is stored with ``_bulk_docs``, and on a
-``_rev`` conflict (another writer got there first) reads and decides again,
-so the newer version always ends up stored. A Mango index on ``expires``
-serves ``purge``. HTTP is ``persist.couchdb.database``'s; the clear watermark
-and ``clear`` are ``persist.couchdb.clear``'s.
+The documents are ``persist.couchdb.documents``'s. ``save`` reads the current
+documents of a batch (``_all_docs``), merges each record into the one stored
+(``persist.base.merge_row``) and writes what changed with ``_bulk_docs``,
+each with the revision it was merged into. A ``_rev`` conflict means another
+writer got in between: the store reads those documents again and merges
+again, up to ``conflict_retries`` times, so no writer's keys are lost. A
+Mango index on ``expires`` serves ``purge``. HTTP is
+``persist.couchdb.database``'s; the clear watermark and ``clear`` are
+``persist.couchdb.clear``'s.
 
 ``save`` reads the watermark in the same ``_all_docs`` request as the
-revisions it decides on, and once more after writing: if a clear raised it
+documents it merges into, and once more after writing: if a clear raised it
 meanwhile, the save deletes the live sessions it wrote at or below it. Either
 that second read sees the new watermark, or the write happened before the
 watermark rose and so before the clear's scan, which deletes it. A cleared
 document that exists for a moment is never returned: ``load`` and
-``load_all`` compare with the watermark too.
+``load_all`` compare with the watermark too, and leave out the keys it covers
+in a newer document (``persist.base.after_clear``).
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -43,17 +39,16 @@ from ..base import (
     MAX_VERSION,
     WATERMARK_KEY,
     RefusedRecords,
+    after_clear,
     check_open,
     cleared_by,
     coalesce,
-    decode_data,
-    jsonable_data,
-    make_record,
-    supersedes,
+    merge_row,
 )
 from ..rekey import rekey_store
 from .clear import ClearableDatabase
 from .database import NAME
+from .documents import doc_record, session_doc
 
 __all__ = ["CouchStore"]
 
@@ -63,6 +58,9 @@ _DDOC = "memsession"
 _INDEX = "expires"
 #: Present once the database's documents are keyed by digests (``persist.rekey``); local: never replicated.
 _KEYED_MARK = "_local/memsession-keys"
+#: Seconds of the random pause before a save merges again after conflicts, doubling per attempt, and its cap.
+_CONFLICT_PAUSE = 0.005
+_CONFLICT_PAUSE_MAX = 0.1
 
 
 class CouchStore(ClearableDatabase):
@@ -76,7 +74,8 @@ class CouchStore(ClearableDatabase):
     (CouchDB reserves ids that start with ``_``; the watermark's id,
     ``memsession:cleared``, must not start with it). ``max_response_bytes``
     bounds every response read; ``page_size`` the documents per request;
-    ``conflict_retries`` how often a batch is re-read after ``_rev`` conflicts.
+    ``conflict_retries`` how often a batch is read and merged again after
+    ``_rev`` conflicts (after a short random pause, so writers that met part).
     With ``create=True`` documents a 0.1 store keeps under raw session ids
     are moved to the ids' digests (``rekey_legacy``).
     """
@@ -180,44 +179,11 @@ class CouchStore(ClearableDatabase):
         return self.prefix + key
 
     def _doc(self, record: Record) -> dict[str, Any]:
-        doc: dict[str, Any] = {
-            "_id": self.prefix + record.key,
-            "type": "memsession",
-            "data": jsonable_data(record.data, record.flat, safe_ints=True),
-            "version": str(record.version),
-            "origin": str(record.origin),
-            "created": record.created,
-            "accessed": record.accessed,
-            "deleted": record.deleted,
-        }
-        if record.expires != float("inf"):
-            doc["expires"] = record.expires
-        return doc
+        return session_doc(record, self.prefix)
 
     def _record(self, doc: Any) -> Record:
         """The document's record: ``RecordRefused`` if the record rule refuses it, ``StoreError`` if it is none."""
-        try:
-            doc_id = doc["_id"]
-            if not doc_id.startswith(self.prefix):
-                raise ValueError(f"the id lacks the prefix {self.prefix!r}")
-            version, origin = doc["version"], doc["origin"]
-            if type(version) is not str or type(origin) is not str:
-                raise ValueError("version and origin must be decimal strings")
-            return make_record(
-                doc_id[len(self.prefix) :],
-                decode_data(doc["data"]),
-                int(version),
-                int(origin),
-                doc["created"],
-                doc["accessed"],
-                doc.get("expires"),
-                doc.get("deleted", False),
-            )
-        except RecordRefused:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            # No id in the message: session ids must not reach logs.
-            raise StoreError(f"a CouchDB document is not a session: {exc}", store=NAME, op="load") from exc
+        return doc_record(doc, self.prefix)
 
     # -- the Store protocol ----------------------------------------------------------
 
@@ -234,9 +200,7 @@ class CouchStore(ClearableDatabase):
             self.refused.skip(exc)
             return None
         mark = current.get(WATERMARK_KEY)
-        if mark is not None and cleared_by(record, self._watermark_of(mark["doc"], "load")):
-            return None
-        return record
+        return after_clear(record, 0 if mark is None else self._watermark_of(mark["doc"], "load"))
 
     def load_all(self, now: float) -> Iterator[Record]:
         check_open(self._closed, NAME, "load_all")
@@ -264,8 +228,9 @@ class CouchStore(ClearableDatabase):
                     # One bad document must not cost every other (a sidecar loads them all at start).
                     self.refused.skip(exc)
                     continue
-                if record.expires > now and not cleared_by(record, watermark):
-                    yield record
+                kept = after_clear(record, watermark)
+                if kept is not None and kept.expires > now:
+                    yield kept
             if len(rows) < self.page_size:
                 return
             start = orjson.dumps(rows[-1]["id"]).decode()
@@ -307,40 +272,43 @@ class CouchStore(ClearableDatabase):
             del written[doc_id]
 
     def _save_page(self, page: list[Record], refused: list[str], written: dict[str, tuple[str, Record]]) -> int:
-        """Write one page; return the lowest watermark it decided by.
+        """Merge one page into the stored documents and write them; return the lowest watermark it merged with.
 
-        What it wrote goes to ``written`` (doc id to new revision and record),
-        documents the server refuses (not conflicts) to ``refused``.
+        What it wrote goes to ``written`` (doc id to new revision and the
+        merged record), documents the server refuses (not conflicts) to
+        ``refused``. A conflict reads the document again and merges again.
         """
         remaining = {self.prefix + r.key: r for r in page}
         floor = MAX_VERSION
-        for _ in range(self.conflict_retries):
+        for attempt in range(self.conflict_retries):
+            if attempt:
+                # Writers that met on a document would meet again if they all came straight back.
+                time.sleep(random.uniform(0.0, min(_CONFLICT_PAUSE_MAX, _CONFLICT_PAUSE * 2**attempt)))
             current = self._current("save", [*remaining, WATERMARK_KEY], include_docs=True)
             mark = current.pop(WATERMARK_KEY, None)
             watermark = 0 if mark is None else self._watermark_of(mark["doc"], "save")
             floor = min(floor, watermark)
             docs = []
+            merged_by_id: dict[str, Record] = {}
             for doc_id, record in list(remaining.items()):
-                if cleared_by(record, watermark):
-                    del remaining[doc_id]
-                    continue
                 row = current.get(doc_id)
-                if row is not None and not supersedes(record, self._record(row["doc"])):
-                    del remaining[doc_id]
+                merged = merge_row(None if row is None else self._stored(row["doc"]), record, watermark)
+                if merged is None:
+                    del remaining[doc_id]  # nothing to write: the stored document holds it all already
                     continue
-                doc = self._doc(record)
+                doc = self._doc(merged)
                 if row is not None:
                     doc["_rev"] = row["value"]["rev"]
                 docs.append(doc)
+                merged_by_id[doc_id] = merged
             if not docs:
                 return floor
             _, results = self._request("save", "POST", "_bulk_docs", body={"docs": docs})
             for result in results:
                 doc_id = result.get("id")
                 if result.get("ok"):
-                    done = remaining.pop(doc_id, None)
-                    if done is not None:
-                        written[doc_id] = (result.get("rev"), done)
+                    if remaining.pop(doc_id, None) is not None:
+                        written[doc_id] = (result.get("rev"), merged_by_id[doc_id])
                 elif result.get("error") != "conflict":
                     unwritten = remaining.pop(doc_id, None)
                     if unwritten is None:
@@ -352,10 +320,19 @@ class CouchStore(ClearableDatabase):
             if not remaining:
                 return floor
         raise StoreUnavailable(
-            f"CouchDB save: {len(remaining)} documents still conflicting after {self.conflict_retries} tries",
+            f"CouchDB save: {len(remaining)} documents were changed by other writers each of the "
+            f"{self.conflict_retries} times they were merged (conflict_retries); the batch may be retried",
             store=NAME,
             op="save",
         )
+
+    def _stored(self, doc: Any) -> Record | None:
+        """A stored document a save merges into; one that is no readable session is as good as absent (and counted)."""
+        try:
+            return self._record(doc)
+        except (RecordRefused, StoreError) as exc:
+            self.refused.skip(exc)
+            return None
 
     def delete(self, keys: Iterable[str]) -> int:
         check_open(self._closed, NAME, "delete")

@@ -9,17 +9,23 @@ File format, one JSON value per line (UTF-8)::
     {"format": "memsession-sessions", "version": 1, "count": N, "written": <wall seconds>,
      "cleared": <watermark>}
     {"k": key, "v": version, "o": origin, "c": created, "a": accessed,
-     "e": expires | null, "x": deleted, "d": data}          N lines, one per record
+     "e": expires | null, "x": deleted, "d": data,
+     "s": stamps, "w": seen}                                N lines, one per record
     {"end": N}
 
 ``e`` is null when the session never expires; ``d`` is ``encode_data``'s JSON
-(bytes tagged). The trailer makes truncation detectable. Expired records are
-left out when writing and skipped when loading; expiries are kept exactly.
-``cleared`` is the clear watermark (``persist.base.Store.clear``); a file
-without it (written before clears existed) reads as 0, never cleared. Adding
-it kept format version 1: the live records a clear removed are not in the
-file (its tombstones are, as a clear keeps them), so an older reader only
-misses the guard against late writes.
+(bytes tagged). ``s`` and ``w`` are the per-key stamps and the writers seen
+(``persist.jsonstamps``), present only when the record has them. The trailer
+makes truncation detectable. Expired records are left out when writing and
+skipped when loading; expiries are kept exactly. ``cleared`` is the clear
+watermark (``persist.base.Store.clear``); a file without it (written before
+clears existed) reads as 0, never cleared. Adding it kept format version 1:
+the live records a clear removed are not in the file (its tombstones are, as
+a clear keeps them), so an older reader only misses the guard against late
+writes. Adding ``s`` and ``w`` kept it too: a line without them (any file
+written before) reads as every key at the record's own version, and an older
+reader that ignores them loses only the key tombstones and which writers a
+record reflects, never a session.
 """
 
 from __future__ import annotations
@@ -34,7 +40,15 @@ import orjson
 from memsession.errors import RecordRefused, StoreCorrupt
 from memsession.session import Record
 
-from ..base import cleared_by, decode_data, json_default, jsonable_data, record_from_dict, record_to_dict
+from ..base import (
+    after_clear,
+    cleared_by,
+    decode_data,
+    json_default,
+    jsonable_data,
+    record_from_dict,
+    record_to_dict,
+)
 
 __all__ = [
     "FORMAT",
@@ -199,9 +213,10 @@ def _records(
             except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
                 raise StoreCorrupt(path, f"line {lineno}: bad record ({exc})", store=NAME) from exc
             seen += 1
-            # Belt and braces: a file never holds cleared live records, unless edited by hand.
-            if record.expires > now and not cleared_by(record, cleared):
-                yield record
+            # Belt and braces: a file never holds what a clear covers, unless edited by hand.
+            kept = after_clear(record, cleared)
+            if kept is not None and kept.expires > now:
+                yield kept
         if obj.get("end") != seen or count != seen:
             raise StoreCorrupt(
                 path, f"line {lineno}: trailer says {obj.get('end')!r} records, found {seen}", store=NAME

@@ -15,12 +15,13 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
+from memsession.changes import merge_records
 from memsession.clock import SYSTEM_CLOCK, Clock
 from memsession.errors import ConfigError, StoreCorrupt, StoreError
 from memsession.session import Record
 from memsession.validate import check_choice, check_number
 
-from ..base import RefusedRecords, check_clear_version, check_open, cleared_by, coalesce, supersedes
+from ..base import RefusedRecords, after_clear, check_clear_version, check_open, coalesce, merge_row
 from ..rekey import rekey_store
 from .snapshot import NAME, open_snapshot, write_snapshot
 
@@ -85,7 +86,8 @@ class JsonFileStore:
         self._fsync = fsync
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
-        #: Never holds a live record the watermark covers: loading, ``save`` and ``clear`` keep them out.
+        #: Never holds a live record the watermark covers, nor a key it covers in a newer one:
+        #: loading, ``save`` and ``clear`` keep them out.
         self._records: dict[str, Record] = {}
         #: The clear watermark; raised only, written with the records.
         self._cleared = 0
@@ -103,9 +105,10 @@ class JsonFileStore:
             self._cleared = snapshot.cleared
             records = self._records
             for record in snapshot.records:
-                # A file edited by hand (or joined from two) may repeat a key: the merge rule picks.
-                if supersedes(record, records.get(record.key)):
-                    records[record.key] = record
+                # A file edited by hand (or joined from two) may repeat a key: the lines merge.
+                merged = merge_records(records.get(record.key), record)
+                if merged is not None:
+                    records[record.key] = merged
         except FileNotFoundError:
             pass
         except StoreCorrupt:
@@ -152,12 +155,13 @@ class JsonFileStore:
             check_open(self._closed, NAME, "save")
             stored = self._records
             cleared = self._cleared
-            # The winner per key first, then the watermark (which lets tombstones through):
-            # as the other stores do, so a batch lands the same whether a clear came
-            # before or after it.
+            # The batch merged per key first, then the watermark (which lets tombstones
+            # through): as the other stores do, so a batch lands the same whether a clear
+            # came before or after it.
             for key, record in coalesce(records).items():
-                if not cleared_by(record, cleared) and supersedes(record, stored.get(key)):
-                    stored[key] = record
+                merged = merge_row(stored.get(key), record, cleared)
+                if merged is not None:
+                    stored[key] = merged
                     written += 1
             self._changes += written
         return written
@@ -165,6 +169,7 @@ class JsonFileStore:
     def clear(self, version: int) -> int:
         """Drop live records at or below ``version``, raise the watermark and write the file at once.
 
+        Newer live records lose the keys it covers (``after_clear``).
         Tombstones stay, whatever their version, until they lapse. The
         snapshot is written before returning (only if something changed):
         unlike a save, a clear lost in a crash would bring sessions back.
@@ -174,12 +179,19 @@ class JsonFileStore:
             check_open(self._closed, NAME, "clear")
             raised = version > self._cleared
             self._cleared = max(self._cleared, version)
-            gone = [k for k, r in self._records.items() if cleared_by(r, version)]
-            for key in gone:
-                del self._records[key]
-            self._changes += len(gone) + raised
+            records = self._records
+            gone = 0
+            for key, record in list(records.items()):
+                kept = after_clear(record, version)
+                if kept is None:
+                    del records[key]
+                    gone += 1
+                elif kept is not record:
+                    records[key] = kept
+                    self._changes += 1
+            self._changes += gone + raised
         self._snapshot(force=False)
-        return len(gone)
+        return gone
 
     def delete(self, keys: Iterable[str]) -> int:
         removed = 0

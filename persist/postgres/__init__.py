@@ -1,9 +1,9 @@
 """The PostgreSQL adapter: one row per session, via psycopg 3 and a connection pool.
 
-``PostgresStore`` (``store``) runs the statements of ``statements`` (the
-version guard and the clear watermark in SQL) on the table that ``table``
-names and creates (``ddl``; for the default names also shipped as
-``persist/schema.sql``).
+``PostgresStore`` (``store``) runs the statements of ``statements`` (the key
+locks of a save's read-merge-write and the clear watermark in SQL) on the
+table that ``table`` names, creates and upgrades (``ddl``; for the default
+names also shipped as ``persist/schema.sql``).
 """
 
 from __future__ import annotations

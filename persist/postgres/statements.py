@@ -1,40 +1,71 @@
-"""The SQL of PostgresStore, rendered once per table: the version guard and the clear watermark in SQL.
+"""The SQL of PostgresStore, rendered once per table: the key locks of a save and the clear watermark in SQL.
 
-Writes are one statement per batch (``INSERT ... SELECT FROM
-json_to_recordset(<the batch as one JSON array>) WHERE <not cleared>
-ON CONFLICT DO UPDATE ... WHERE <guard>``): the guard is ``persist.base.supersedes``
-in SQL, so a stale writer never overwrites a newer session.
+A save merges in Python (``persist.base.merge_row``, the one merge of every
+replica), so it is a read-merge-write in one transaction, one statement per
+step for the whole batch:
+
+1. ``save_lock``: the table in ROW EXCLUSIVE mode, which writers share and a
+   clear's lock waits for (see ``clear_lock`` below), so the watermark the
+   save reads next holds until it commits;
+2. ``key_locks``: a transaction-level advisory lock per key of the batch
+   (on the key's hash, per table), taken in one order by every save, so two
+   saves of one key, in this process or another, take turns and two batches
+   never deadlock;
+3. ``save_read``: the watermark and the stored rows of the batch's keys, read
+   after the locks are held (in a statement of its own: a statement's snapshot
+   is taken before it runs, so one that took the locks too could read rows
+   older than the writer it waited for);
+4. ``upsert``: the merged rows, one ``INSERT ... SELECT FROM
+   json_to_recordset(<the batch as one JSON array>) ... ON CONFLICT DO
+   UPDATE`` that writes them as they are.
+
+The SQL version guard of a whole-record upsert (``WHERE`` the stored
+``(version, origin)`` is older) no longer decides: a merged row may keep the
+stored ``(version, origin)`` with a newer key from an older change of another
+writer, and an older change may add to ``seen``. The key locks make the read
+and the write one step, the merge decides what is written, and ``upsert``
+only keeps its watermark test, belt and braces.
 
 The clear watermark lives in the same table, in one reserved row (key
 ``persist.base.WATERMARK_KEY``, which no session id can be): ``version`` holds
 the watermark, ``expires`` is infinite and ``deleted`` true, and every
 statement here leaves the row out of what it reads, deletes or purges. One
 table keeps the DDL users run unchanged; the row appears at the first clear.
-Every save compares its records with the row in the same statement
-(``persist.base.cleared_by`` in SQL: ``NOT deleted AND version <= watermark``;
-tombstones always pass), and ``clear`` raises the row and deletes the live rows
-it covers under a table lock that waits for saves in flight (see ``clear_lock``
-in ``statements_for``), so no save can slip a cleared live record in.
+Reads return the watermark with the rows, for ``persist.base.after_clear``,
+and leave out the live rows it covers (``persist.base.cleared_by`` in SQL:
+``NOT deleted AND version <= watermark``; tombstones always pass); ``clear``
+raises the row and deletes the live rows it covers under a table lock that
+waits for saves in flight, so no save can slip a cleared live record in.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from typing import Any
 
+import orjson
 from psycopg import sql
 
-from ..base import WATERMARK_KEY
+from memsession.session import Record
+
+from ..base import WATERMARK_KEY, encode_data, record_to_dict
 from .table import FIELDS, TableNames
 
-__all__ = ["Statements", "statements_for"]
+#: The columns of type json, read as text.
+JSON_FIELDS = ("data", "stamps", "seen")
+
+__all__ = ["Statements", "statements_for", "upsert_row"]
 
 
 @dataclass(frozen=True)
 class Statements:
     """Every statement the store runs, as SQL text with ``%s`` placeholders."""
 
+    save_lock: str
+    key_locks: str
+    save_read: str
     upsert: str
-    upsert_one: str
     load: str
     page: str
     delete: str
@@ -45,14 +76,36 @@ class Statements:
     clear_delete: str
 
 
+def upsert_row(record: Record) -> dict[str, Any]:
+    """A record as one element of ``upsert``'s JSON batch: the json columns as strings of JSON (see there)."""
+    row = record_to_dict(record)
+    row["d"] = encode_data(record.data, record.flat).decode()
+    for name in ("s", "w"):
+        if name in row:
+            row[name] = orjson.dumps(row[name]).decode()
+    return row
+
+
+def _lock_space(table: str) -> int:
+    """The first key of the advisory locks on a table's keys: a 32-bit hash of its qualified name."""
+    return int.from_bytes(hashlib.sha256(table.encode()).digest()[:4], "big", signed=True)
+
+
 def statements_for(names: TableNames) -> Statements:
     """The statements for the table ``names`` describes, each rendered to text."""
     c = names.col
     t = names.table_ident
     cols = sql.SQL(", ").join(c(f) for f in FIELDS)
-    select_cols = sql.SQL(", ").join(
-        sql.SQL("{}::text").format(c(f)) if f == "data" else c(f) for f in FIELDS
-    )
+
+    def read_cols(alias: sql.Composable | None) -> sql.Composed:
+        """Every column, the json ones as text (parsed once, by orjson), optionally qualified."""
+        def col(f: str) -> sql.Composable:
+            return c(f) if alias is None else sql.SQL("{}.{}").format(alias, c(f))
+
+        return sql.SQL(", ").join(
+            sql.SQL("{}::text").format(col(f)) if f in JSON_FIELDS else col(f) for f in FIELDS
+        )
+
     s = sql.Identifier("s")
     e = sql.Identifier("excluded")
     reserved = sql.Literal(WATERMARK_KEY)
@@ -65,61 +118,46 @@ def statements_for(names: TableNames) -> Statements:
         """``persist.base.cleared_by`` in SQL: live and at or below the watermark."""
         return sql.SQL("(NOT {d} AND {v} <= {w})").format(d=deleted, v=version, w=watermark)
 
-    def sc(f: str) -> sql.Composed:
-        return sql.SQL("{}.{}").format(s, c(f))
-
-    def ec(f: str) -> sql.Composed:
-        return sql.SQL("{}.{}").format(e, c(f))
-
-    guard = sql.SQL(
-        "CASE WHEN {sd} AND NOT {ed} THEN {sx} <= {ea}"
-        " WHEN {ed} <> {sd} THEN {ed}"
-        " ELSE ({ev}, {eo}) > ({sv}, {so})"
-        " OR (({ev}, {eo}) = ({sv}, {so}) AND {ea} > {sa}) END"
-    ).format(
-        sd=sc("deleted"), ed=ec("deleted"), sx=sc("expires"), ea=ec("accessed"), sa=sc("accessed"),
-        ev=ec("version"), eo=ec("origin"), sv=sc("version"), so=sc("origin"),
-    )
+    # Shared with saves (and purges), exclusive of a clear's SHARE ROW EXCLUSIVE.
+    save_lock = sql.SQL("LOCK TABLE {t} IN ROW EXCLUSIVE MODE").format(t=t)
+    # Sorted in a subquery of its own (which the planner does not flatten), so every
+    # save takes its locks in one order. The table's name keeps tables apart.
+    key_locks = sql.SQL(
+        "SELECT pg_advisory_xact_lock({space}, h)"
+        " FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(%s::text[]) AS k ORDER BY h) AS sorted"
+    ).format(space=sql.Literal(_lock_space(t.as_string(None))))
+    # At least one row, the watermark's; one more per stored row of the keys.
+    save_read = sql.SQL(
+        "SELECT w.v, {cols} FROM (SELECT {watermark} AS v) AS w"
+        " LEFT JOIN {t} AS s ON {sk} = ANY(%s) AND {sk} <> {r}"
+    ).format(cols=read_cols(s), watermark=watermark, t=t, sk=sql.SQL("s.{}").format(c("key")), r=reserved)
     # The batch travels as one JSON array (orjson on our side, one parse on the
-    # server's): far cheaper than binding eight arrays value by value. Data
-    # rides as a string of JSON, so escapes like \u0000 reach the column as
-    # written (the server refuses to de-escape them).
-    # The version guard, shared by the batch and the single-record statement.
-    on_conflict = sql.SQL(" ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {guard}").format(
-        key=c("key"),
-        sets=sql.SQL(", ").join(sql.SQL("{} = {}").format(c(f), ec(f)) for f in FIELDS if f != "key"),
-        guard=guard,
-    )
-    # Live records at or below the watermark are left out by the statement itself
-    # (the batch is coalesced first, as ``save`` documents); tombstones never are.
+    # server's): far cheaper than binding ten arrays value by value. Data, stamps
+    # and seen ride as strings of JSON, so escapes like \u0000 (in a value or a
+    # key) reach the columns as written: the server refuses to de-escape them
+    # into a nested json value.
     upsert = sql.SQL(
         "INSERT INTO {t} AS s ({cols})"
-        " SELECT b.k, b.d, b.v, b.o, b.c, b.a, coalesce(b.e, 'Infinity'::float8), b.x"
+        " SELECT b.k, b.d::json, b.v, b.o, b.c, b.a, coalesce(b.e, 'Infinity'::float8), b.x, b.s::json, b.w::json"
         " FROM json_to_recordset(%s::json)"
-        " AS b(k text, d json, v bigint, o bigint, c float8, a float8, e float8, x boolean)"
-        " WHERE NOT {cleared}{on_conflict}"
-    ).format(t=t, cols=cols, cleared=cleared(sql.SQL("b.x"), sql.SQL("b.v")), on_conflict=on_conflict)
-    # One record (write-through): plain parameters, no JSON batch to unpack; deleted
-    # and version come twice, the second time for the watermark test.
-    upsert_one = sql.SQL(
-        "INSERT INTO {t} AS s ({cols}) SELECT %s, %s::text::json, %s, %s, %s, %s, %s, %s"
-        " WHERE NOT {cleared}{on_conflict}"
+        " AS b(k text, d text, v bigint, o bigint, c float8, a float8, e float8, x boolean, s text, w text)"
+        " WHERE NOT {cleared}"
+        " ON CONFLICT ({key}) DO UPDATE SET {sets}"
     ).format(
-        t=t,
-        cols=cols,
-        cleared=cleared(sql.SQL("%s::boolean"), sql.SQL("%s::bigint")),
-        on_conflict=on_conflict,
+        t=t, cols=cols, cleared=cleared(sql.SQL("b.x"), sql.SQL("b.v")), key=c("key"),
+        sets=sql.SQL(", ").join(sql.SQL("{} = {}.{}").format(c(f), e, c(f)) for f in FIELDS if f != "key"),
     )
     # Reads leave out the live rows a clear covers (belt and braces: saves already
-    # do) and the reserved row, a tombstone-shaped row that is no session.
+    # do) and the reserved row, a tombstone-shaped row that is no session; the
+    # watermark comes along for the keys it covers inside newer rows.
     not_cleared = sql.SQL("NOT {}").format(cleared(c("deleted"), c("version")))
-    load = sql.SQL("SELECT {cols} FROM {t} WHERE {key} = %s AND {key} <> {r} AND {nc}").format(
-        cols=select_cols, t=t, key=c("key"), r=reserved, nc=not_cleared
+    load = sql.SQL("SELECT {cols}, {w} FROM {t} WHERE {key} = %s AND {key} <> {r} AND {nc}").format(
+        cols=read_cols(None), w=watermark, t=t, key=c("key"), r=reserved, nc=not_cleared
     )
     page = sql.SQL(
-        "SELECT {cols} FROM {t} WHERE {key} > %s AND {exp} > %s AND {key} <> {r} AND {nc}"
+        "SELECT {cols}, {w} FROM {t} WHERE {key} > %s AND {exp} > %s AND {key} <> {r} AND {nc}"
         " ORDER BY {key} LIMIT %s"
-    ).format(cols=select_cols, t=t, key=c("key"), exp=c("expires"), r=reserved, nc=not_cleared)
+    ).format(cols=read_cols(None), w=watermark, t=t, key=c("key"), exp=c("expires"), r=reserved, nc=not_cleared)
     delete = sql.SQL("DELETE FROM {t} WHERE {key} = ANY(%s) AND {key} <> {r}").format(
         t=t, key=c("key"), r=reserved
     )
@@ -127,23 +165,26 @@ def statements_for(names: TableNames) -> Statements:
         "DELETE FROM {t} WHERE {key} IN (SELECT {key} FROM {t} WHERE {exp} <= %s AND {key} <> {r}"
         " LIMIT %s FOR UPDATE SKIP LOCKED)"
     ).format(t=t, key=c("key"), exp=c("expires"), r=reserved)
-    # SHARE ROW EXCLUSIVE conflicts with every INSERT/UPDATE/DELETE (and itself), not
-    # with reads. A save's watermark subquery sees the snapshot its statement started
-    # with; without the lock, a save that started before a clear committed could
-    # insert a cleared live record after the clear's DELETE had looked. With it, the clear
-    # waits for saves in flight (its DELETE then sees their rows), and saves that come
-    # later wait for the clear and take their snapshot after it committed.
+    # SHARE ROW EXCLUSIVE conflicts with every INSERT/UPDATE/DELETE and with a
+    # save's ROW EXCLUSIVE (and itself), not with reads. A save reads the
+    # watermark before it writes; without the lock, a save that read it before a
+    # clear committed could write a cleared live record after the clear's DELETE
+    # had looked. With it, the clear waits for saves in flight (its DELETE then
+    # sees their rows), and saves that come later wait for the clear and read the
+    # watermark it raised.
     clear_lock = sql.SQL("LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE").format(t=t)
     select_watermark = sql.SQL("SELECT {watermark}").format(watermark=watermark)
     now = sql.SQL("extract(epoch FROM clock_timestamp())::float8")
     clear_raise = sql.SQL(
-        "INSERT INTO {t} AS s ({cols}) VALUES ({r}, '{{}}', %s, 0, {now}, {now}, 'Infinity', true)"
+        "INSERT INTO {t} AS s ({cols}) VALUES ({r}, '{{}}', %s, 0, {now}, {now}, 'Infinity', true, NULL, NULL)"
         " ON CONFLICT ({key}) DO UPDATE SET {v} = greatest({sv}, {ev}),"
         " {a} = CASE WHEN {ev} > {sv} THEN {ea} ELSE {sa} END"
         " RETURNING {v}"
     ).format(
         t=t, cols=cols, r=reserved, now=now, key=c("key"), v=c("version"),
-        sv=sc("version"), ev=ec("version"), a=c("accessed"), ea=ec("accessed"), sa=sc("accessed"),
+        sv=sql.SQL("s.{}").format(c("version")), ev=sql.SQL("excluded.{}").format(c("version")),
+        a=c("accessed"), ea=sql.SQL("excluded.{}").format(c("accessed")),
+        sa=sql.SQL("s.{}").format(c("accessed")),
     )
     # Live rows only: a tombstone at or below the watermark may have beaten a live
     # write above it, which would come back without it.
@@ -152,8 +193,10 @@ def statements_for(names: TableNames) -> Statements:
     ).format(t=t, d=c("deleted"), v=c("version"), key=c("key"), r=reserved)
     # Rendered once: composing identifiers on every call costs more than the query.
     return Statements(
+        save_lock=save_lock.as_string(None),
+        key_locks=key_locks.as_string(None),
+        save_read=save_read.as_string(None),
         upsert=upsert.as_string(None),
-        upsert_one=upsert_one.as_string(None),
         load=load.as_string(None),
         page=page.as_string(None),
         delete=delete.as_string(None),

@@ -1,8 +1,10 @@
 """PostgresStore: one row per session in PostgreSQL, via psycopg 3 and a connection pool.
 
 The table and its DDL are ``persist.postgres.table``'s; the statements, with
-the version guard (``persist.base.supersedes``) and the clear watermark in
-SQL, ``persist.postgres.statements``'s. Every operation is idempotent, so one
+the key locks of a save and the clear watermark in SQL,
+``persist.postgres.statements``'s. A save reads the stored rows of its batch
+under those locks, merges in Python (``persist.base.merge_row``) and writes
+the merged rows, in one transaction. Every operation is idempotent, so one
 that fails on a connection broken by a server restart is retried on the next
 pooled connection; if the server stays down the call raises
 ``StoreUnavailable`` and the caller's queue keeps the write.
@@ -10,6 +12,7 @@ pooled connection; if the server stays down the call raises
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -25,20 +28,19 @@ from memsession.validate import check_int
 
 from ..base import (
     RefusedRecords,
+    after_clear,
     check_clear_version,
     check_open,
     coalesce,
     decode_data,
-    encode_data,
-    json_default,
-    jsonable_data,
     make_record,
-    record_to_dict,
+    merge_row,
 )
+from ..jsonstamps import seen_from_json, stamps_from_json
 from ..rekey import rekey_store
 from .connect import open_pool
-from .statements import statements_for
-from .table import KEY_COMMENT, TableNames, comment_statement, ddl_statements
+from .statements import statements_for, upsert_row
+from .table import KEY_COMMENT, MERGE_FIELDS, TableNames, comment_statement, ddl_statements, upgrade_statement
 
 __all__ = ["PostgresStore"]
 
@@ -104,6 +106,8 @@ class PostgresStore:
         self.purge_batch = purge_batch
         #: Stored rows the record rule refused (skipped by ``load`` and ``load_all``).
         self.refused = RefusedRecords(_NAME)
+        #: Saves send their statements in pipeline mode, fewer round trips (libpq 14 or later).
+        self.pipelined = psycopg.Pipeline.is_supported()
         self._closed = False
         self._owns_pool = pool is None
         if pool is None:
@@ -127,7 +131,7 @@ class PostgresStore:
         try:
             if create_table:
                 self.create_table()
-            self._rekey_legacy()
+            self._bring_up_to_date()
         except BaseException:
             self.close()
             raise
@@ -181,30 +185,62 @@ class PostgresStore:
 
         self._run("create_table", work)
 
-    def _rekey_legacy(self) -> None:
-        """Move a 0.1 table's rows from raw ids to digests (``persist.rekey``), once.
+    def _bring_up_to_date(self) -> None:
+        """Give a table made by an older memsession what this one needs: one catalog query when it has it.
 
-        The key column's comment (``KEY_COMMENT``) marks a table that is done,
-        so an open costs one catalog query. Setting it needs the table's
-        owner: a store opened by another role moves the rows all the same and
-        logs that the check will run again at the next open.
+        * Columns for stamps and ``seen`` (``upgrade_statement``), which need
+          the table's owner: a store opened by another role on a table that
+          lacks them fails here, saying so.
+        * Rows keyed by raw ids (0.1) move to digests (``persist.rekey``),
+          once: the key column's comment (``KEY_COMMENT``) marks a table that
+          is done. Setting it needs the owner too: a store opened by another
+          role moves the rows all the same and logs that the check will run
+          again at the next open.
+
+        A table that does not exist yet is left alone (it will be created
+        with both).
         """
         names = self.names
 
         def state(conn: psycopg.Connection[Any]) -> tuple[Any, ...] | None:
             return conn.execute(
-                "SELECT col_description(c.oid, a.attnum) FROM pg_attribute a "
-                "JOIN (SELECT to_regclass(%s) AS oid) c ON a.attrelid = c.oid WHERE a.attname = %s",
-                [names.table_ident.as_string(conn), names.columns["key"]],
+                "SELECT col_description(c.oid, a.attnum),"
+                " (SELECT count(*) FROM pg_attribute m WHERE m.attrelid = c.oid AND m.attname = ANY(%s)"
+                " AND NOT m.attisdropped)"
+                " FROM pg_attribute a JOIN (SELECT to_regclass(%s) AS oid) c ON a.attrelid = c.oid"
+                " WHERE a.attname = %s",
+                [[names.columns[f] for f in MERGE_FIELDS], names.table_ident.as_string(conn), names.columns["key"]],
             ).fetchone()
 
-        found = self._run("rekey", state)
-        if found is None or found[0] == KEY_COMMENT:
-            return  # no table yet (it will be created with the comment), or already done
+        found = self._run("open", state)
+        if found is None:
+            return
+        comment, merge_columns = found
+        if merge_columns < len(MERGE_FIELDS):
+            self._add_merge_columns()
+        if comment != KEY_COMMENT:
+            self._rekey_legacy()
+
+    def _add_merge_columns(self) -> None:
+        def work(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(upgrade_statement(self.names))
+
+        try:
+            self._run("upgrade", work)
+        except StoreError as exc:
+            raise StoreError(
+                f"the sessions table lacks the columns for per-key stamps ({', '.join(MERGE_FIELDS)}) and "
+                f"they could not be added ({exc}); run the output of `memsession ddl` as the table's owner",
+                store=_NAME, op="upgrade",
+            ) from exc
+        log.info("added the columns %s to the sessions table", ", ".join(MERGE_FIELDS))
+
+    def _rekey_legacy(self) -> None:
+        """Move a 0.1 table's rows from raw ids to digests (``persist.rekey``) and mark it done."""
         rekey_store(self)
 
         def mark(conn: psycopg.Connection[Any]) -> None:
-            conn.execute(comment_statement(names))
+            conn.execute(comment_statement(self.names))
 
         try:
             self._run("rekey", mark)
@@ -214,12 +250,14 @@ class PostgresStore:
 
     # -- the Store protocol ---------------------------------------------------------
 
-    def _record(self, row: tuple[Any, ...]) -> Record | None:
-        """The row's record; None (counted in ``refused``) if the record rule refuses it."""
-        key, text, version, origin, created, accessed, expires, deleted = row
+    def _record(self, row: Sequence[Any], watermark: int) -> Record | None:
+        """The row's record as the watermark leaves it; None (counted in ``refused``) if the record rule refuses it."""
+        key, text, version, origin, created, accessed, expires, deleted, stamps, seen = row
         try:
-            return make_record(
-                key, decode_data(orjson.loads(text), text), version, origin, created, accessed, expires, deleted
+            record = make_record(
+                key, decode_data(orjson.loads(text), text), version, origin, created, accessed, expires, deleted,
+                stamps_from_json(None if stamps is None else orjson.loads(stamps)),
+                seen_from_json(None if seen is None else orjson.loads(seen)),
             )
         except RecordRefused as exc:
             self.refused.skip(exc)
@@ -227,13 +265,14 @@ class PostgresStore:
         except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
             # No key in the message: session ids must not reach logs.
             raise StoreError(f"a stored row can't be read: {exc}", store=_NAME, op="load") from exc
+        return after_clear(record, watermark)
 
     def load(self, key: str) -> Record | None:
         def work(conn: psycopg.Connection[Any]) -> tuple[Any, ...] | None:
             return conn.execute(self._sql.load, [key]).fetchone()
 
         row = self._run("load", work)
-        return None if row is None else self._record(row)
+        return None if row is None else self._record(row[:-1], row[-1])
 
     def load_all(self, now: float) -> Iterator[Record]:
         check_open(self._closed, _NAME, "load_all")
@@ -248,7 +287,7 @@ class PostgresStore:
             rows = self._run("load_all", work)
             for row in rows:
                 try:
-                    record = self._record(row)
+                    record = self._record(row[:-1], row[-1])
                 except StoreError as exc:
                     # One unreadable row must not cost every other (a sidecar loads them all at start).
                     self.refused.skip(exc)
@@ -260,37 +299,40 @@ class PostgresStore:
             after = rows[-1][0]
 
     def save(self, records: Sequence[Record]) -> int:
+        """Merge the batch into the stored rows, in one transaction (``persist.postgres.statements``)."""
         check_open(self._closed, _NAME, "save")
         if not records:
             return 0
-        if len(records) == 1:
-            r = records[0]
-            one = [
-                r.key, encode_data(r.data, r.flat).decode(), r.version, r.origin,
-                r.created, r.accessed, r.expires, r.deleted, r.deleted, r.version,
-            ]
-
-            def work_one(conn: psycopg.Connection[Any]) -> int:
-                return conn.execute(self._sql.upsert_one, one).rowcount
-
-            return self._run("save", work_one, keys=[r.key])
-        # The write-behind queue hands over one record per key; coalesce only a batch that
-        # repeats a key (one statement can't upsert a row twice).
-        if len({r.key for r in records}) != len(records):
-            records = list(coalesce(records).values())
-        rows = []
-        for record in records:
-            row = record_to_dict(record)
-            row["d"] = jsonable_data(record.data, record.flat)
-            rows.append(row)
-        # One JSON text for the whole batch, session data nested in it: a json column keeps
-        # its text as written, so data is encoded once.
-        params = [orjson.dumps(rows, default=json_default).decode()]
+        batch = coalesce(records)
+        keys = list(batch)
 
         def work(conn: psycopg.Connection[Any]) -> int:
-            return conn.execute(self._sql.upsert, params).rowcount
+            # Pipelined: the transaction, its locks and the read go in one round trip, the
+            # write and the commit in another (the server still runs them one after another).
+            with conn.pipeline() if self.pipelined else contextlib.nullcontext(), conn.transaction():
+                conn.execute(self._sql.save_lock)
+                conn.execute(self._sql.key_locks, [keys])
+                found = conn.execute(self._sql.save_read, [keys]).fetchall()
+                watermark = int(found[0][0])
+                stored = {row[1]: self._stored(row[1:], watermark) for row in found if row[1] is not None}
+                rows = [
+                    upsert_row(merged) for key, record in batch.items()
+                    if (merged := merge_row(stored.get(key), record, watermark)) is not None
+                ]
+                if not rows:
+                    return 0
+                written = conn.execute(self._sql.upsert, [orjson.dumps(rows).decode()])
+            return written.rowcount
 
-        return self._run("save", work)
+        return self._run("save", work, keys=keys if len(keys) == 1 else None)
+
+    def _stored(self, row: Sequence[Any], watermark: int) -> Record | None:
+        """A stored row a save merges into; one that can't be read is as good as absent (and counted)."""
+        try:
+            return self._record(row, watermark)
+        except StoreError as exc:
+            self.refused.skip(exc)
+            return None
 
     def delete(self, keys: Iterable[str]) -> int:
         check_open(self._closed, _NAME, "delete")

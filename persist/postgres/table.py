@@ -10,13 +10,18 @@ The table (names configurable, identifiers quoted with ``psycopg.sql``)::
     accessed  double precision     wall seconds
     expires   double precision     wall seconds; 'Infinity' when it never expires
     deleted   boolean              tombstone
+    stamps    json (null)          per-key stamps, ``persist.jsonstamps``; null: every key at version
+    seen      json (null)          per writer, its newest change merged in; null: only origin's
 
 plus an index on ``expires`` for purging and a comment on the key column
 (``KEY_COMMENT``) that says what it holds and marks the table as keyed by
-digests (``persist.rekey``: a 0.1 table without it is moved when a store opens). Times are stored as float8 so they
-come back bit for bit; ``json`` (not ``jsonb``) keeps the text as written.
-``ddl()`` renders the statements ``create_table=True`` runs; for the default
-names they are shipped as ``persist/schema.sql``.
+digests (``persist.rekey``: a 0.1 table without it is moved when a store
+opens). Times are stored as float8 so they come back bit for bit; ``json``
+(not ``jsonb``) keeps the text as written. ``stamps`` and ``seen`` came with
+per-key merging: a table made before lacks them, and the store adds them when
+it opens (``upgrade_statement``; its rows read back with null, as they were
+written). ``ddl()`` renders the statements ``create_table=True`` runs and that
+upgrade; for the default names they are shipped as ``persist/schema.sql``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,17 @@ from psycopg import sql
 
 from memsession.errors import ConfigError
 
-__all__ = ["DEFAULT_COLUMNS", "FIELDS", "KEY_COMMENT", "TableNames", "comment_statement", "ddl", "ddl_statements"]
+__all__ = [
+    "DEFAULT_COLUMNS",
+    "FIELDS",
+    "KEY_COMMENT",
+    "MERGE_FIELDS",
+    "TableNames",
+    "comment_statement",
+    "ddl",
+    "ddl_statements",
+    "upgrade_statement",
+]
 
 #: Column names by field; pass ``columns={"key": "sid", ...}`` to rename any of them.
 DEFAULT_COLUMNS: Mapping[str, str] = MappingProxyType({
@@ -41,8 +56,12 @@ DEFAULT_COLUMNS: Mapping[str, str] = MappingProxyType({
     "accessed": "accessed",
     "expires": "expire",
     "deleted": "deleted",
+    "stamps": "stamps",
+    "seen": "seen",
 })
 FIELDS = tuple(DEFAULT_COLUMNS)
+#: The columns per-key merging added, which a table made before lacks.
+MERGE_FIELDS = ("stamps", "seen")
 #: The key column's comment: what it holds, and the mark of a table whose keys are digests.
 KEY_COMMENT = "memsession session key: SHA-256 (hex) of the session id; the id itself is never stored"
 
@@ -106,7 +125,9 @@ def ddl_statements(names: TableNames) -> list[sql.Composed]:
             "    {created} double precision NOT NULL,\n"
             "    {accessed} double precision NOT NULL,\n"
             "    {expires} double precision NOT NULL,\n"
-            "    {deleted} boolean NOT NULL DEFAULT false\n"
+            "    {deleted} boolean NOT NULL DEFAULT false,\n"
+            "    {stamps} json,\n"
+            "    {seen} json\n"
             ")"
         ).format(t=names.table_ident, **{f: c(f) for f in FIELDS})
     )
@@ -118,6 +139,20 @@ def ddl_statements(names: TableNames) -> list[sql.Composed]:
     return out
 
 
+def upgrade_statement(names: TableNames) -> sql.Composed:
+    """``ALTER TABLE`` adding what a table made before per-key merging lacks (nothing if it has it).
+
+    It takes the table's strongest lock, however briefly, and needs its owner:
+    the store runs it only when the catalog says a column is missing.
+    """
+    return sql.SQL("ALTER TABLE {t} {columns}").format(
+        t=names.table_ident,
+        columns=sql.SQL(", ").join(
+            sql.SQL("ADD COLUMN IF NOT EXISTS {} json").format(names.col(f)) for f in MERGE_FIELDS
+        ),
+    )
+
+
 def comment_statement(names: TableNames) -> sql.Composed:
     """``COMMENT ON COLUMN`` for the key column (``KEY_COMMENT``): run apart, as only the owner may."""
     return sql.SQL("COMMENT ON COLUMN {t}.{key} IS {c}").format(
@@ -126,6 +161,11 @@ def comment_statement(names: TableNames) -> sql.Composed:
 
 
 def ddl(schema: str | None = None, table: str = "memsession", columns: Mapping[str, str] | None = None) -> str:
-    """The DDL that ``create_table=True`` runs, as SQL text (also shipped as ``persist/schema.sql``)."""
+    """The DDL that ``create_table=True`` runs, and the upgrade of an older table, as SQL text.
+
+    Also shipped as ``persist/schema.sql``; running it over a table made
+    before per-key merging adds the columns it lacks.
+    """
     names = TableNames.build(schema, table, columns)
-    return "".join(stmt.as_string(None) + ";\n" for stmt in (*ddl_statements(names), comment_statement(names)))
+    statements = (*ddl_statements(names), upgrade_statement(names), comment_statement(names))
+    return "".join(stmt.as_string(None) + ";\n" for stmt in statements)

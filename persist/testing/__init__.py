@@ -18,9 +18,11 @@ the durability checks, ``clear``'s watermark among them) closes a store and
 calls ``make_store`` again.
 
 The suite is put together from one mixin per topic: ``round_trips``,
-``version_guard`` (tombstones and expiry included), ``lifecycle`` (batches,
-concurrency, reopening, closed stores) and ``clear``; ``fixtures`` holds the
-fixtures they share and ``records`` the record maker.
+``version_guard`` (the merge of whole records, tombstones and expiry
+included), ``per_key`` (deltas, key tombstones, stamps and ``seen``,
+concurrent changes of one session), ``lifecycle`` (batches, concurrency,
+reopening, closed stores) and ``clear``; ``fixtures`` holds the fixtures they
+share and ``records`` the record makers.
 """
 
 from __future__ import annotations
@@ -28,14 +30,17 @@ from __future__ import annotations
 from .clear import ClearContract
 from .fixtures import StoreFixtures
 from .lifecycle import LifecycleContract
-from .records import T0, make_test_record
+from .per_key import PerKeyContract
+from .records import T0, make_test_delta, make_test_record
 from .round_trips import RoundTripContract
 from .version_guard import VersionGuardContract
 
-__all__ = ["T0", "StoreContract", "make_test_record"]
+__all__ = ["T0", "StoreContract", "make_test_delta", "make_test_record"]
 
 
 # pytest collects the tests of the last base first: the bases are listed in
 # reverse so the suite runs in reading order, round trips first, clear last.
-class StoreContract(ClearContract, LifecycleContract, VersionGuardContract, RoundTripContract, StoreFixtures):
+class StoreContract(
+    ClearContract, LifecycleContract, PerKeyContract, VersionGuardContract, RoundTripContract, StoreFixtures
+):
     """What every ``persist.base.Store`` must do. Subclasses provide ``make_store``."""

@@ -84,7 +84,7 @@ class ClearContract:
         assert store.save(tombs) == 3
         for tomb in tombs:
             assert store.load(tomb.key) == tomb
-        # Tombstones among themselves: the usual version guard.
+        # Tombstones among themselves: the usual merge (the newer wins).
         assert store.save([make_test_record(_key("new"), version=140, deleted=True, expires=T0 + 900)]) == 0
         newer = make_test_record(_key("new"), version=160, deleted=True, expires=T0 + 900)
         assert store.save([newer]) == 1

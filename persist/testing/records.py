@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from memsession.session import Record, prepare_data
 
-__all__ = ["T0", "make_test_record"]
+__all__ = ["T0", "make_test_delta", "make_test_record"]
 
 #: A wall time with more digits than a microsecond timestamp keeps.
 T0 = 1_763_900_000.123_456_7
@@ -39,6 +40,30 @@ def make_test_record(
         flat,
         size,
     )
+
+
+def make_test_delta(
+    key: str,
+    data: dict[str, Any],
+    *,
+    removed: Iterable[str] = (),
+    version: int = 1 << 40,
+    origin: int = 7,
+    created: float = T0,
+    accessed: float | None = None,
+) -> Record:
+    """A delta as a request's save makes one (``memsession.changes.record_change``): partial.
+
+    ``data`` holds the keys the change set, ``removed`` the keys it removed;
+    every one is stamped with ``(version, origin)`` (``stamps`` spelled out
+    only when something was removed, as ``record_change`` does).
+    """
+    gone = tuple(removed)
+    copy, size, flat = prepare_data(data, 1 << 24)
+    accessed = created if accessed is None else accessed
+    stamps = dict.fromkeys((*copy, *gone), (version, origin)) if gone else None
+    return Record(key, copy, version, origin, created, accessed, accessed + 3600.0, False, flat, size,
+                  stamps, None, True)
 
 
 def _key(n: int | str) -> str:

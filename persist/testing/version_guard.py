@@ -1,22 +1,23 @@
-"""Contract: the version guard, tombstones, and expiry (``load_all``, ``delete``, ``purge``)."""
+"""Contract: whole records merged (the newer wins), tombstones, expiry (load_all, delete, purge)."""
 
 from __future__ import annotations
 
 import math
 import random
 
+from memsession.changes import seen_of
 from memsession.session import Record
 
-from ..base import Store, supersedes
-from .records import T0, _key, make_test_record
+from ..base import Store, merge_row
+from .records import T0, _key, make_test_delta, make_test_record
 
 __all__ = ["VersionGuardContract"]
 
 
 class VersionGuardContract:
-    """A save keeps the winner by ``supersedes``; expired records stream out and purge away."""
+    """A save merges with ``merge_row``: of whole records of the same keys the newer wins; expired ones go."""
 
-    # -- the version guard -------------------------------------------------------
+    # -- whole records -------------------------------------------------------------
 
     def test_older_write_after_newer_loses(self, store: Store) -> None:
         new = make_test_record(_key(1), {"v": "new"}, version=200)
@@ -36,8 +37,12 @@ class VersionGuardContract:
         low = make_test_record(_key(1), {"o": "low"}, version=100, origin=1)
         high = make_test_record(_key(1), {"o": "high"}, version=100, origin=2)
         store.save([high])
-        assert store.save([low]) == 0
-        assert store.load(_key(1)) == high
+        # The lower change loses its key; the record now reflects it (``seen``), a change to keep.
+        assert store.save([low]) == 1
+        loaded = store.load(_key(1))
+        assert loaded is not None and loaded.data == {"o": "high"}
+        assert (loaded.version, loaded.origin) == (100, 2) and dict(seen_of(loaded)) == {1: 100, 2: 100}
+        assert store.save([low]) == 0 and store.save([high]) == 0
 
     def test_touch_with_same_version_slides_expiry(self, store: Store) -> None:
         first = make_test_record(_key(1), version=100)
@@ -81,24 +86,29 @@ class VersionGuardContract:
         loaded = store.load(_key(1))
         assert loaded is not None and loaded.data == {"v": 9}
 
-    def test_guard_matches_supersedes(self, store: Store) -> None:
+    def test_saves_match_merge_row(self, store: Store) -> None:
+        """Random whole records and deltas of a few keys: the store holds what ``merge_row`` makes, one by one."""
         rng = random.Random(4)
-        stored: dict[str, Record | None] = {}
+        stored: dict[str, Record] = {}
         for i in range(300):
             key = _key(rng.randrange(8))
-            record = make_test_record(
-                key,
-                {"i": i},
-                version=rng.randrange(1, 6),
-                origin=rng.randrange(1, 3),
-                accessed=T0 + rng.randrange(0, 5),
-                expires=T0 + rng.randrange(3, 9),
-                deleted=rng.random() < 0.2,
-            )
-            expected = supersedes(record, stored.get(key))
-            assert store.save([record]) == int(expected), (i, record, stored.get(key))
-            if expected:
-                stored[key] = record
+            version, origin = rng.randrange(1, 6), rng.randrange(1, 3)
+            # A key's value follows from its stamp: two records with one stamp are one change.
+            fields = {name: f"{name}{version}.{origin}" for name in rng.sample("abc", rng.randrange(0, 3))}
+            if rng.random() < 0.4:
+                removed = [name for name in "abc" if name not in fields and rng.random() < 0.3]
+                record = make_test_delta(key, fields, removed=removed, version=version, origin=origin,
+                                         accessed=T0 + rng.randrange(0, 5))
+            else:
+                record = make_test_record(
+                    key, {"i": f"{version}.{origin}", **fields}, version=version, origin=origin,
+                    accessed=T0 + rng.randrange(0, 5), expires=T0 + rng.randrange(3, 9),
+                    deleted=rng.random() < 0.2,
+                )
+            expected = merge_row(stored.get(key), record)
+            assert store.save([record]) == int(expected is not None), (i, record, stored.get(key))
+            if expected is not None:
+                stored[key] = expected
         for key, kept in stored.items():
             assert store.load(key) == kept
 
