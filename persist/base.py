@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -54,11 +54,10 @@ import orjson
 from msgpack import packb as _packb
 
 from memsession.admission import MAX_DEPTH, field_fault, scan_data, stamps_fault
-from memsession.changes import merge_records
+from memsession.changes import after_clear, merge_records
 from memsession.errors import ConfigError, RecordRefused, SessionDataError, StoreClosed, StoreCorrupt
-from memsession.fields import drop_covered
 from memsession.refusals import log_refusal
-from memsession.session import MAX_VERSION, Record, SessionData, cleared_by, is_flat, supersedes
+from memsession.session import MAX_VERSION, Record, SessionData, cleared_by, supersedes
 
 from .jsondata import STORE_MAX_ITEMS, decode_data, encode_data, json_default, jsonable_data
 from .jsonstamps import seen_from_json, seen_to_json, stamps_from_json, stamps_to_json
@@ -203,37 +202,6 @@ def coalesce(records: Iterable[Record], cleared: int = 0) -> dict[str, Record]:
         if merged is not None:
             out[record.key] = merged
     return out
-
-
-def _short_stamps(stamps: Mapping[str, tuple[int, int]], data: Mapping[str, object], version: int,
-                  origin: int) -> dict[str, tuple[int, int]] | None:
-    """None when every key is live and carries the record's own stamp: the short form ``Record`` allows."""
-    own = (version, origin)
-    if len(stamps) == len(data) and all(stamp == own for stamp in stamps.values()):
-        return None
-    return dict(stamps)
-
-
-def after_clear(record: Record, watermark: int) -> Record | None:
-    """``record`` as a clear at ``watermark`` leaves it: None if it covers it whole, else without the keys it covers.
-
-    A live record at or below the watermark is gone (``cleared_by``); in a
-    newer one, the keys (values and key tombstones) stamped at or below it
-    were written before the clear and are dropped, as ``merge_records``
-    drops them with ``cleared``. Tombstones are returned as they are.
-    """
-    if cleared_by(record, watermark):
-        return None
-    if record.deleted or record.stamps is None or not watermark:
-        return record  # without stamps every key carries the record's version, above the watermark
-    values, stamps = drop_covered(record.data, record.stamps, watermark)
-    if stamps is record.stamps:
-        return record
-    data = dict(values)
-    return replace(
-        record, data=data, stamps=_short_stamps(stamps, data, record.version, record.origin),
-        flat=is_flat(data), size=len(_packb(data, use_bin_type=True)),
-    )
 
 
 def merge_row(stored: Record | None, record: Record, cleared: int = 0) -> Record | None:
