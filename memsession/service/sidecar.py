@@ -45,6 +45,7 @@ from typing import Any
 from persist.base import Store, merge_row
 from persist.writer import Writer, WriterConfig
 
+from ..changes import reflects
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BusError, ConfigError, MemsessionError
 from ..hub import HubConfig, HubState, run_hub
@@ -305,14 +306,15 @@ class Sidecar:
         The queue alone can't tell a record it never saw from one it wrote:
         after a restart, the PUSH may have gone to the sidecar before this one.
         The replica (loaded from the store, then merged with every change
-        before it was queued) holds that version, something newer, or a
-        clear that covers it, once this sidecar has it.
+        before it was queued) reflects that change (``changes.reflects``:
+        merged in, possibly since overwritten) or a clear covers it, once
+        this sidecar has it.
         """
         verdict = self.writer.settled(key, version, origin)
         if not verdict:
             return verdict
         held = self.state.replica.get(key)  # one C-level read; the hub thread keeps merging
-        if held is not None and (held.deleted or (held.version, held.origin) >= (version, origin)):
+        if held is not None and reflects(held, version, origin):
             return True
         return version <= self.state.cleared
 
