@@ -30,13 +30,11 @@ from .bounded import Recency, merge_into, warm_fill
 from .config import DEFAULT_MAXSIZE
 from .misses import ReadBack, StoreMisses
 from .requests import CHUNK_RECORDS, answer_request, snapshot_frames
+from .resyncs import Resyncs
 
 __all__ = ["CHUNK_RECORDS", "HubState", "merge_into"]
 
 log = logging.getLogger("memsession.hub")
-
-#: Seconds between two resync requests to one origin (its push takes a moment to arrive).
-_RESYNC_SPACING = 0.5
 
 
 class HubState:
@@ -102,8 +100,7 @@ class HubState:
         self.misses = StoreMisses(read_back, self.counts)
         self.dropped: dict[str, int] = {}
         self.lag_ms: list[float] = []
-        self._last_resync: dict[int, float] = {}
-        self._owed: set[int] = set()
+        self._resyncs = Resyncs(clock, self.counts)
 
     def _drop(self, reason: str, exc: Exception) -> None:
         count = self.dropped[reason] = self.dropped.get(reason, 0) + 1
@@ -239,25 +236,13 @@ class HubState:
         return True
 
     def _resync(self, origin: int) -> list[list[bytes]]:
-        now = self.clock.monotonic()
-        if now - self._last_resync.get(origin, -1e9) < _RESYNC_SPACING:
-            # A push is probably on its way, but it may have been cut before this loss:
-            # owe the origin another request once the spacing has passed (``owed_resyncs``).
-            self._owed.add(origin)
+        if not self._resyncs.ask_now(origin):
             return []
-        self._owed.discard(origin)
-        self._last_resync[origin] = now
-        self.counts["resyncs_sent"] += 1
-        log.info("gap in the stream of origin %x; asking it to resync", origin)
         return [wire.encode_resync(self.hub_id, self.epoch, origin, self._now_us())]
 
     def owed_resyncs(self) -> list[list[bytes]]:
         """Resync requests held back by the spacing whose time has come (the runner polls this)."""
-        if not self._owed:
-            return []
-        now = self.clock.monotonic()
-        due = [o for o in self._owed if now - self._last_resync.get(o, -1e9) >= _RESYNC_SPACING]
-        return [frames for origin in due for frames in self._resync(origin)]
+        return [frames for origin in self._resyncs.due() for frames in self._resync(origin)]
 
     def on_bus(self, frames: list[bytes]) -> list[list[bytes]]:
         """One message from the capture socket; returns frames to publish."""
@@ -388,8 +373,7 @@ class HubState:
                 self._tombstone_count -= record.deleted
         self.counts["pruned"] += pruned
         for origin in self.tracker.forget_silent(self.clock.monotonic(), self.forget_after):
-            self._last_resync.pop(origin, None)
-            self._owed.discard(origin)
+            self._resyncs.forget(origin)
             self.counts["forgotten"] += 1
         return pruned
 
