@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -69,10 +70,20 @@ def test_touch_messages_slide_only_the_matching_version(state):
     assert state.replica["k"].accessed == NOW + 30
 
 
+def test_a_version_2_frame_is_counted_as_another_version_and_not_merged(state):
+    state.on_bus(wire.encode_set(rec(key="k"), 7, 1, 1, 0))
+    payload = msgpack.packb([7, 1, 2, 0, "k", 20, 7, NOW, NOW, NOW + 100, msgpack.packb({"v": 20})],
+                            use_bin_type=True)
+    assert state.on_bus([b"ms2s", payload]) == []
+    assert state.dropped == {"other version": 1} and state.replica["k"].data == {"v": 10}
+    assert state.on_request([b"ms2S", msgpack.packb([1])]) == ([], [])  # nor is a version-2 request answered
+    assert state.dropped == {"other version": 1, "malformed request": 1}
+
+
 def test_own_relays_hellos_and_bad_frames_are_not_merged(state):
     state.on_bus(wire.encode_set(rec(), 99, 5, 1, 0))
     state.on_bus(wire.encode_hello(7, 1, 1234, 0))
-    state.on_bus([b"ms2s", b"\xc1"])
+    state.on_bus([b"ms3s", b"\xc1"])
     assert state.replica == {} and state.dropped == {"malformed": 1}
 
 
@@ -108,7 +119,7 @@ def test_get_and_stats_requests(state):
     (reply,), _ = state.on_request(wire.encode_request(wire.STATS, 5))
     stats = wire.decode_reply(reply).body[0]
     assert stats["sessions"] == 1 and stats["gets"] == 2 and stats["epoch"] == 5
-    assert state.on_request([b"ms2S", b"junk"]) == ([], [])
+    assert state.on_request([b"ms3S", b"junk"]) == ([], [])
 
 
 def test_prune_drops_expired_sessions_and_lapsed_tombstones():
