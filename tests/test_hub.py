@@ -101,6 +101,18 @@ def test_snapshot_is_chunked_and_carries_the_sequence_vector(state):
     assert sum(len(r.body[0]) for r in replies[:-1]) == 2501
 
 
+def test_snapshot_chunks_stay_within_what_a_frame_may_carry_of_stamps():
+    limits = wire.Limits(max_stamps=4)
+    state = HubState(clock=FakeClock(wall=NOW), limits=limits)
+    for i in range(5):  # two stamps on the wire each: a key of another writer and a removed key
+        record = rec(key=f"k{i}", data={"v": 10, "w": 1})
+        record.stamps = {"v": (10, 1), "w": (9, 2), "gone": (8, 2)}
+        assert state.merge(record)
+    *chunks, end = state.snapshot(1)
+    assert [len(wire.decode_reply(chunk, limits).body[0]) for chunk in chunks] == [2, 2, 1]
+    assert wire.decode_reply(end).body[2:4] == (3, 5)
+
+
 def test_push_merges_and_relays_only_what_changed(state):
     state.merge(rec(key="a", version=10))
     batch = [wire.record_to_list(r) for r in (rec(key="a", version=5), rec(key="b", version=6))]

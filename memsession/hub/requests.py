@@ -32,11 +32,9 @@ def snapshot_frames(state: HubState, rid: int) -> Iterator[list[bytes]]:
     live = [r for r in state.replica.values() if r.expires > wall]
     state.counts["snapshots"] += 1
     chunks = 0
-    for start in range(0, len(live), CHUNK_RECORDS):
+    for chunk in wire.record_lists(live, CHUNK_RECORDS, state.limits.max_stamps):
         chunks += 1
-        yield wire.encode_request(
-            wire.CHUNK, rid, [wire.record_to_list(r) for r in live[start:start + CHUNK_RECORDS]]
-        )
+        yield wire.encode_request(wire.CHUNK, rid, chunk)
     yield wire.encode_request(wire.END, rid, state.epoch, vector, chunks, len(live), state.cleared)
 
 

@@ -29,7 +29,6 @@ from .encode import (
     record_to_list,
     set_fields,
     touch_fields,
-    wire_entries,
 )
 
 # Private, but reachable as ``wire._TOPICS``: the hub spots snapshot requests by their topic frame
@@ -120,5 +119,4 @@ __all__ = [
     "record_to_list",
     "set_fields",
     "touch_fields",
-    "wire_entries",
 ]

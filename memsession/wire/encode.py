@@ -47,7 +47,6 @@ __all__ = [
     "record_to_list",
     "set_fields",
     "touch_fields",
-    "wire_entries",
 ]
 
 _packb = msgpack.packb
@@ -71,11 +70,6 @@ def _wire_stamps(record: Record) -> dict[str, list[int]]:
 def _wire_seen(record: Record) -> list[list[int]] | None:
     seen = record.seen
     return None if seen is None else [[origin, version] for origin, version in seen.items()]
-
-
-def wire_entries(record: Record) -> int:
-    """At most how many stamps and ``seen`` entries ``record`` puts on the wire (``Limits.max_stamps``)."""
-    return (len(record.stamps) if record.stamps else 0) + (len(record.seen) if record.seen else 0)
 
 
 def record_to_list(record: Record) -> list[Any]:
@@ -108,11 +102,12 @@ def record_lists(records: Sequence[Record], max_records: int,
     chunk: list[list[Any]] = []
     entries = 0
     for record in records:
-        count = wire_entries(record)
+        item = record_to_list(record)
+        count = len(item[8]) + (len(item[9]) if item[9] is not None else 0)  # stamps and seen as sent
         if chunk and (len(chunk) >= max_records or entries + count > max_stamps):
             yield chunk
             chunk, entries = [], 0
-        chunk.append(record_to_list(record))
+        chunk.append(item)
         entries += count
     if chunk:
         yield chunk
