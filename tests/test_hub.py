@@ -42,7 +42,9 @@ def test_merge_rule_matches_the_cache():
     assert replica["k"].deleted
     assert not merge_into(replica, rec(key="x", expires=NOW - 1), NOW)  # born expired: not kept
     merge_into(replica, rec(key="y"), NOW)
-    assert merge_into(replica, rec(key="y", version=11, expires=NOW - 1), NOW) and "y" not in replica
+    # A later access that has already expired ends the live copy (expiry is that of the later access).
+    assert merge_into(replica, rec(key="y", version=11, accessed=NOW + 1, expires=NOW - 1), NOW)
+    assert "y" not in replica
 
 
 def test_bus_messages_are_merged_and_gaps_ask_for_a_resync(state):

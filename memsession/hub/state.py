@@ -1,13 +1,23 @@
 """The hub's protocol without sockets: its replica of every session and what it answers.
 
-``HubState`` merges bus messages into the replica (``merge_into``: one
-``supersedes`` rule, nothing expired kept), answers snapshot, key read, push,
-write and stats requests, and says what to publish in return: relays of what
-a push brought, resync requests to an origin whose stream has a gap, and its
-own heartbeats. It owns no socket, thread or clock of its own, so tests and
-the in-memory bus drive it directly; ``runner`` moves its frames. The replica
-holds at most ``maxsize`` live sessions (``bounded``); a sidecar reads what it
-evicted back from its store when asked for (``misses``).
+``HubState`` merges bus messages into the replica (``merge_into``: the one
+merge of every replica, ``changes.merge_records``, key by key; nothing
+expired kept), answers snapshot, key read, push, write and stats requests,
+and says what to publish in return: relays of what a push brought, resync
+requests to an origin whose stream has a gap, and its own heartbeats. It owns
+no socket, thread or clock of its own, so tests and the in-memory bus drive
+it directly; ``runner`` moves its frames. The replica holds at most
+``maxsize`` live sessions (``bounded``); a sidecar reads what it evicted back
+from its store when asked for (``misses``).
+
+**Partial records.** A delta for a session the hub does not hold (it
+restarted, or evicted the session) is held as it is, partial: only the keys
+that change touched. It is never answered as the session while a store could
+complete it: a GET of it waits for a store read like a miss, and the store's
+row merged in completes it. After that read (whatever it found), or at once
+when there is no store, the partial record is all there is of the session:
+it is marked complete and answered. A complete record pushed by a worker
+completes it too.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import heapq
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from .. import wire
@@ -133,7 +144,8 @@ class HubState:
         replica = self.replica
         key = record.key
         old = replica.get(key)
-        changed = not cleared_by(record, self.cleared) and merge_into(replica, record, self.clock.wall())
+        changed = not cleared_by(record, self.cleared) and merge_into(replica, record, self.clock.wall(),
+                                                                      self.cleared)
         self.counts["applied" if changed else "ignored"] += 1
         if changed:
             new = replica.get(key)
@@ -316,6 +328,13 @@ class HubState:
         """A miss for ``key`` may be a session the store has, and there is a store to ask."""
         return self.misses.read_back is not None and not self.holds_all
 
+    def needs_read_back(self, key: str) -> bool:
+        """A GET of ``key`` waits for the store: nothing is held that the store may have, or only a delta."""
+        held = self.replica.get(key)
+        if held is None:
+            return self._may_be_stored(key)
+        return held.partial and self.misses.read_back is not None
+
     def read_back_done(self, key: str, record: Record | None, ok: bool) -> None:
         """The store was read for ``key`` (``ok``) or could not be: merge what it had, apply a held-back touch."""
         if record is not None:
@@ -325,12 +344,18 @@ class HubState:
             self._touch(touch)
 
     def answer_get(self, rid: int, key: str) -> list[bytes]:
-        """The RECORD reply to a GET of ``key``: the live record or tombstone held (a read counts as an access)."""
+        """The RECORD reply to a GET of ``key``: the live record or tombstone held (a read counts as an access).
+
+        A partial record held here is what there is of the session by now (the
+        store was read, or there is none): it is marked complete and answered.
+        """
         record = self.replica.get(key)
         if record is not None and record.expires <= self.clock.wall():
             record = None
         if record is not None and not record.deleted:
             self._recency.used(key)
+            if record.partial:
+                record = self.replica[key] = replace(record, partial=False)
         body = None if record is None else wire.record_to_list(record)
         return wire.encode_request(wire.RECORD, rid, body)
 
