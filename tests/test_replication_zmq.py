@@ -126,7 +126,7 @@ class HubProcess:
         return _state(query_snapshot(self.requests, keys=self.keys))
 
     def stats(self) -> dict[str, Any]:
-        return query_stats(self.requests, keys=self.keys)
+        return query_stats(self.requests, keys=self.keys, timeout=10.0)
 
     def kill(self) -> None:
         assert self.proc is not None
