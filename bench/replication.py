@@ -16,7 +16,9 @@ system-wide on Linux, so send and receive times compare across processes).
   first send to the last receipt (losses are shown, not hidden);
 * set cost: ``SessionCache.set`` on the sender with the bus attached against a
   cache with no bus, back to back (changes queue and travel in batches) and
-  1 ms apart (each change is sent by the calling thread at once).
+  1 ms apart (each change is sent by the calling thread at once);
+* bytes on the bus per one-key change of a 1 KB session, as sent, against raw
+  pyzmq's bytes for the same value (``bench.bus_bytes``; ``--bytes`` runs only this).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import tempfile
 import time
 from typing import Any
 
+from bench.bus_bytes import bus_bytes, bus_bytes_rows
 from bench.table import render, verdict
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -344,6 +347,7 @@ def _start_redis() -> tuple[Any, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.replication", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer messages")
+    parser.add_argument("--bytes", action="store_true", help="only the bytes on the bus per change (no Redis)")
     args = parser.parse_args(argv)
     scale = 0.2 if args.quick else 1.0
     n_paced = {1000: int(3000 * scale), 10_000: int(20_000 * scale)}
@@ -353,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime_dir = os.path.join(tmp, "rt")
     hub = subprocess.Popen([sys.executable, "-m", "memsession", "hub", "--runtime-dir", runtime_dir,
                             "--log-level", "WARNING"])
-    redis_server, redis_url = _start_redis()
+    redis_server, redis_url = (None, "") if args.bytes else _start_redis()
     try:
         from memsession.hub import query_stats
 
@@ -365,6 +369,13 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:
                 if time.monotonic() > deadline:
                     raise
+        byte_rows, byte_target = bus_bytes_rows(bus_bytes(runtime_dir, int(200 * scale)), verdict)
+        print(render("Bytes on the bus per change, ~1 KB session (topic + payload, as sent)",
+                     ["memsession", "bytes", "raw pyzmq, same value", "bytes"], byte_rows))
+        if args.bytes:
+            print()
+            print(render("Target (issue 15)", ["measure", "value", "target", ""], [byte_target]))
+            return 0
         targets = {"memsession": runtime_dir, "zmq": runtime_dir, "redis": redis_url}
         kinds = ["memsession", "zmq", "redis"]
         lat_rows = []
@@ -396,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         ms, raw, red = (results[k, None]["per_s"] for k in kinds)
         p50 = {k: pct(results[k, 10_000]["latency_ns"], 50) for k in kinds}
         p99_ms = pct(results["memsession", 10_000]["latency_ns"], 99)
-        rows = [
+        rows: list[list[object]] = [
             ["throughput vs raw pyzmq", f"{ms / raw:.2f}x" if raw else "n/a", ">= 0.50x",
              verdict(bool(raw) and ms / raw >= 0.5)],
             ["throughput vs Redis pub/sub", f"{ms / red:.2f}x" if red else "n/a", ">= 5x",
@@ -408,13 +419,16 @@ def main(argv: list[str] | None = None) -> int:
              verdict(wired < 10_000)],
             ["set() with bus, 1 ms apart (us, median)", f"{paced / 1000:.2f} (no bus {paced_bare / 1000:.2f})",
              "< 10", verdict(paced < 10_000)],
+            byte_target,
         ]
         print()
-        print(render("Targets (issue 3)", ["measure", "value", "target", ""], rows))
+        print(render("Targets (issues 3 and 15)", ["measure", "value", "target", ""], rows))
     finally:
         hub.terminate()
         hub.wait(10)
-        if hasattr(redis_server, "stop"):
+        if redis_server is None:
+            pass  # --bytes: none was started
+        elif hasattr(redis_server, "stop"):
             redis_server.stop()
         else:
             redis_server.terminate()

@@ -116,7 +116,7 @@ def test_a_version_beyond_63_bits_in_a_file_is_skipped(tmp_path: Path) -> None:
 
 def test_an_empty_ext_value_in_data_is_refused_by_the_decoder() -> None:
     blob = msgpack.packb({"x": msgpack.ExtType(1, b"")})
-    payload = msgpack.packb([5, 1, 1, 0, new_id(), 1 << 40, 5, WALL, WALL, WALL + 60, blob])
+    payload = msgpack.packb([5, 1, 1, 0, new_id(), 1 << 40, 5, WALL, WALL, WALL + 60, blob, {}, None, False])
     with pytest.raises(WireError):
         wire.decode([wire.PROTOCOL + b"s", payload])
 
@@ -291,7 +291,7 @@ def test_a_bus_record_larger_than_the_local_limit_is_refused() -> None:
 
 def test_the_decoder_counts_values_in_data() -> None:
     blob = msgpack.packb({"a": [0] * 70_000})
-    payload = msgpack.packb([5, 1, 1, 0, new_id(), 1 << 40, 5, WALL, WALL, WALL + 60, blob])
+    payload = msgpack.packb([5, 1, 1, 0, new_id(), 1 << 40, 5, WALL, WALL, WALL + 60, blob, {}, None, False])
     with pytest.raises(WireError, match="values"):
         wire.decode([wire.PROTOCOL + b"s", payload])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -223,9 +224,9 @@ def test_hub_restart_new_epoch_workers_push_and_resnapshot(hub, clock):
 @pytest.mark.parametrize(
     "frames",
     [
-        [b"ms2s", b"\x00garbage"],
-        [b"ms2s", b"\x90"],
-        [b"ms2s"],
+        [b"ms3s", b"\x00garbage"],
+        [b"ms3s", b"\x90"],
+        [b"ms3s"],
         [b"nope", b"nope"],
         wire.encode_set(Record("k", {"a": 1}, 1, 1, 1.0, 1.0, 2.0), 1, 1, 1, 1)[:1] + [b"\x95\x01"],
     ],
@@ -240,6 +241,22 @@ def test_bad_frames_are_dropped_counted_and_change_nothing(hub, clock, frames):
     assert state(a.records()) == before
     assert a.stats()["replication"]["dropped"] == {"malformed": 2}  # once direct, once via the hub
     assert hub.state.dropped == {"malformed": 1}
+
+
+def test_a_version_2_frame_is_refused_whole_and_counted_as_another_version(hub, clock):
+    a = cache(hub, clock)
+    sid = new_id()
+    a.set(sid, {"n": 1, "m": 1})
+    before = state(a.records())
+    record = a.record(sid)
+    # What a version-2 process sends for a newer write: the whole session, no stamps.
+    payload = msgpack.packb([77, 1, 1, 0, record.key, record.version + 1, 77, record.created, record.accessed,
+                             record.expires, msgpack.packb({"n": 2})], use_bin_type=True)
+    assert a.bus.receive([b"ms2s", payload]) == "dropped"
+    hub.deliver([b"ms2s", payload])
+    assert state(a.records()) == before and hub_state(hub) == before
+    assert a.stats()["replication"]["dropped"] == {"other version": 2}  # once direct, once via the hub
+    assert hub.state.dropped == {"other version": 1}
 
 
 def test_fetch_reads_through_the_hub(hub, clock):

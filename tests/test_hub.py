@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -41,7 +42,9 @@ def test_merge_rule_matches_the_cache():
     assert replica["k"].deleted
     assert not merge_into(replica, rec(key="x", expires=NOW - 1), NOW)  # born expired: not kept
     merge_into(replica, rec(key="y"), NOW)
-    assert merge_into(replica, rec(key="y", version=11, expires=NOW - 1), NOW) and "y" not in replica
+    # A later access that has already expired ends the live copy (expiry is that of the later access).
+    assert merge_into(replica, rec(key="y", version=11, accessed=NOW + 1, expires=NOW - 1), NOW)
+    assert "y" not in replica
 
 
 def test_bus_messages_are_merged_and_gaps_ask_for_a_resync(state):
@@ -69,10 +72,20 @@ def test_touch_messages_slide_only_the_matching_version(state):
     assert state.replica["k"].accessed == NOW + 30
 
 
+def test_a_version_2_frame_is_counted_as_another_version_and_not_merged(state):
+    state.on_bus(wire.encode_set(rec(key="k"), 7, 1, 1, 0))
+    payload = msgpack.packb([7, 1, 2, 0, "k", 20, 7, NOW, NOW, NOW + 100, msgpack.packb({"v": 20})],
+                            use_bin_type=True)
+    assert state.on_bus([b"ms2s", payload]) == []
+    assert state.dropped == {"other version": 1} and state.replica["k"].data == {"v": 10}
+    assert state.on_request([b"ms2S", msgpack.packb([1])]) == ([], [])  # nor is a version-2 request answered
+    assert state.dropped == {"other version": 1, "malformed request": 1}
+
+
 def test_own_relays_hellos_and_bad_frames_are_not_merged(state):
     state.on_bus(wire.encode_set(rec(), 99, 5, 1, 0))
     state.on_bus(wire.encode_hello(7, 1, 1234, 0))
-    state.on_bus([b"ms2s", b"\xc1"])
+    state.on_bus([b"ms3s", b"\xc1"])
     assert state.replica == {} and state.dropped == {"malformed": 1}
 
 
@@ -88,6 +101,18 @@ def test_snapshot_is_chunked_and_carries_the_sequence_vector(state):
     assert hub_epoch == 5 and chunks == 3 and count == 2501
     assert vector == {7: (1, 1), 99: (5, 0)}
     assert sum(len(r.body[0]) for r in replies[:-1]) == 2501
+
+
+def test_snapshot_chunks_stay_within_what_a_frame_may_carry_of_stamps():
+    limits = wire.Limits(max_stamps=4)
+    state = HubState(clock=FakeClock(wall=NOW), limits=limits)
+    for i in range(5):  # two stamps on the wire each: a key of another writer and a removed key
+        record = rec(key=f"k{i}", data={"v": 10, "w": 1})
+        record.stamps = {"v": (10, 1), "w": (9, 2), "gone": (8, 2)}
+        assert state.merge(record)
+    *chunks, end = state.snapshot(1)
+    assert [len(wire.decode_reply(chunk, limits).body[0]) for chunk in chunks] == [2, 2, 1]
+    assert wire.decode_reply(end).body[2:4] == (3, 5)
 
 
 def test_push_merges_and_relays_only_what_changed(state):
@@ -108,7 +133,7 @@ def test_get_and_stats_requests(state):
     (reply,), _ = state.on_request(wire.encode_request(wire.STATS, 5))
     stats = wire.decode_reply(reply).body[0]
     assert stats["sessions"] == 1 and stats["gets"] == 2 and stats["epoch"] == 5
-    assert state.on_request([b"ms2S", b"junk"]) == ([], [])
+    assert state.on_request([b"ms3S", b"junk"]) == ([], [])
 
 
 def test_prune_drops_expired_sessions_and_lapsed_tombstones():

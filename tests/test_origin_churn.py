@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from memsession import wire
+from memsession.changes import MAX_SEEN
 from memsession.session import new_id, session_key
 from tests.test_replication_zmq import FAST, SPAWN, HubProcess, Worker, _poll, wait_converged
 
@@ -140,7 +141,9 @@ def test_100000_worker_lifetimes_leave_the_hub_as_small_as_10() -> None:
     # Hub memory and the snapshot a joiner receives follow the live processes, not the history.
     assert many["hub_streams"] == few["hub_streams"] == 1
     assert many["vector"] == few["vector"] == 2  # the live worker and the hub itself
-    assert many["snapshot_bytes"] <= few["snapshot_bytes"] + 10 * SESSIONS  # only the larger counters
+    # Only the larger counters, and per session the writers ``seen`` remembers: at most MAX_SEEN of
+    # them however many wrote, each an [origin, version] of at most 19 bytes.
+    assert many["snapshot_bytes"] <= few["snapshot_bytes"] + (10 + MAX_SEEN * 19) * SESSIONS
     assert many["joined"]["streams"] <= few["joined"]["streams"] + 1
     print(f"\n10 lifetimes: {few['hub_streams']} streams, snapshot {few['snapshot_bytes']} bytes; "
           f"100,000 lifetimes: {many['hub_streams']} streams, snapshot {many['snapshot_bytes']} bytes")

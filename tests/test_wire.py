@@ -27,13 +27,30 @@ versions = st.integers(1, 2**63 - 1)  # what every store can keep (0 is no write
 keys = st.text(min_size=1, max_size=64).filter(str.isprintable)  # the record rule's keys
 
 
+origins = st.integers(-(2**63), 2**64 - 1)
+
+
 @st.composite
 def records(draw, deleted=None):
+    """Any record in the form ``changes`` makes: stamps None unless some differ from the record's own or a
+    key was removed, seen None unless it names more than the record's own change."""
     dead = draw(st.booleans()) if deleted is None else deleted
     data = {} if dead else draw(datas)
     size = 0 if dead else len(msgpack.packb(data, use_bin_type=True))
-    return Record(draw(keys), data, draw(versions), draw(st.integers(1, 2**63 - 1)), draw(times), draw(times),
-                  draw(times), dead, is_flat(data), size)
+    version, origin = draw(versions), draw(st.integers(1, 2**63 - 1))
+    stamps = seen = None
+    partial = False
+    if not dead:
+        own = (version, origin)
+        older = st.tuples(st.integers(1, version), origins)
+        stamps = {name: draw(st.one_of(st.just(own), older)) for name in data}
+        stamps.update(draw(st.dictionaries(st.text(max_size=10).filter(lambda n: n not in data), older, max_size=3)))
+        if all(stamp == own for stamp in stamps.values()) and len(stamps) == len(data):
+            stamps = None
+        seen = draw(st.none() | st.dictionaries(origins, st.integers(1, version), min_size=1, max_size=4))
+        partial = draw(st.booleans())
+    return Record(draw(keys), data, version, origin, draw(times), draw(times), draw(times), dead, is_flat(data),
+                  size, stamps, seen, partial)
 
 
 def same(a: Record, b: Record) -> bool:
@@ -107,7 +124,7 @@ def test_clear_round_trips_as_a_numbered_data_message(h, version):
 @pytest.mark.parametrize("fields", [[], [0], [-1], ["7"], [1.5], [None], [1, 2], [True], [2**63]])
 def test_clear_with_a_bad_version_is_refused(fields):
     payload = msgpack.packb([1, 1, 1, 1, *fields])
-    bad([b"ms2c", payload])
+    bad([b"ms3c", payload])
 
 
 @pytest.mark.parametrize(
@@ -172,14 +189,24 @@ def test_wrong_frame_counts_and_types():
     bad([topic])
     bad([topic, payload, b""])
     bad([])
-    bad(["ms2s", payload])
+    bad(["ms3s", payload])
 
 
 def test_other_protocol_version_or_unknown_op():
     _, payload = wire.encode_set(GOOD, 1, 1, 1, 1)
     bad([b"ms1s", payload])  # version 1: memsession 0.1
-    bad([b"ms2?", payload])
+    bad([b"ms3?", payload])
     bad([b"xx", payload])
+
+
+def test_a_version_2_frame_is_refused_whole_as_another_version():
+    """Version 2 sent the whole session without stamps: merged as a delta it would lose every other key."""
+    version_2_set = [b"ms2s", pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": 1}))]
+    for decoder in (wire.decode, wire.decode_reply):
+        with pytest.raises(WireError) as info:
+            decoder(version_2_set)
+        assert info.value.kind == "other version" and "protocol version 2, not 3" in str(info.value)
+    assert wire.PROTOCOL == b"ms3"
 
 
 def test_truncated_payloads_are_refused():
@@ -202,24 +229,26 @@ def pack(*items):
 
 
 DATA = msgpack.packb({"a": 1})
+#: What follows ``data`` in a SET of a whole record whose keys all carry its own stamp.
+TAIL = ({}, None, False)
 
 
 @pytest.mark.parametrize(
     "payload",
     [
-        pack(1, 1, 0, 1, "key", 10, 2, 1.0, 1.0, 5.0, DATA),  # data message without a seq
-        pack(1, 1, 1, 1, "key", -10, 2, 1.0, 1.0, 5.0, DATA),  # negative version
-        pack(1, 1, 1, 1, "key", 10, 2, "1.0", 1.0, 5.0, DATA),  # time as str
-        pack(1, 1, 1, 1, "key", 10, 2, float("nan"), 1.0, 5.0, DATA),  # NaN time
-        pack(1, 1, 1, 1, 5, 10, 2, 1.0, 1.0, 5.0, DATA),  # key not str
-        pack(1, 1, 1, 1, "", 10, 2, 1.0, 1.0, 5.0, DATA),  # empty key
-        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, {"a": 1}),  # data not bin
-        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb([1])),  # data not a map
-        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, b"\xc1"),  # data undecodable
-        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": float("inf")})),
-        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": {"b": float("nan")}})),
-        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({1: 2}, strict_types=False)),
-        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": msgpack.ExtType(1, b"x")})),
+        pack(1, 1, 0, 1, "key", 10, 2, 1.0, 1.0, 5.0, DATA, *TAIL),  # data message without a seq
+        pack(1, 1, 1, 1, "key", -10, 2, 1.0, 1.0, 5.0, DATA, *TAIL),  # negative version
+        pack(1, 1, 1, 1, "key", 10, 2, "1.0", 1.0, 5.0, DATA, *TAIL),  # time as str
+        pack(1, 1, 1, 1, "key", 10, 2, float("nan"), 1.0, 5.0, DATA, *TAIL),  # NaN time
+        pack(1, 1, 1, 1, 5, 10, 2, 1.0, 1.0, 5.0, DATA, *TAIL),  # key not str
+        pack(1, 1, 1, 1, "", 10, 2, 1.0, 1.0, 5.0, DATA, *TAIL),  # empty key
+        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, {"a": 1}, *TAIL),  # data not bin
+        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb([1]), *TAIL),  # data not a map
+        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, b"\xc1", *TAIL),  # data undecodable
+        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": float("inf")}), *TAIL),
+        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": {"b": float("nan")}}), *TAIL),
+        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({1: 2}, strict_types=False), *TAIL),
+        pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": msgpack.ExtType(1, b"x")}), *TAIL),
         pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0),  # too few fields
         pack(1, 1, 1),  # truncated header
         msgpack.packb({"not": "an array"}),
@@ -228,33 +257,33 @@ DATA = msgpack.packb({"a": 1})
     ],
 )
 def test_malformed_set_payloads_are_refused(payload):
-    bad([b"ms2s", payload])
+    bad([b"ms3s", payload])
 
 
 def test_deeply_nested_data_is_refused():
     nested: object = 1
     for _ in range(40):
         nested = [nested]
-    bad([b"ms2s", pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": nested}))])
+    bad([b"ms3s", pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": nested}), *TAIL)])
 
 
 def test_a_bad_record_in_a_chunk_is_left_out_and_counted():
-    reply = wire.decode_reply([b"ms2C", pack(1, [[1, 2, 3]])])
+    reply = wire.decode_reply([b"ms3C", pack(1, [[1, 2, 3]])])
     assert reply.body == ([],) and reply.refused == 1
 
 
 def test_bad_requests_are_refused():
     for frames in (
-        [b"ms2S", pack()],
-        [b"ms2S", pack("rid")],
-        [b"ms2E", pack(1, 2, [[1, 2]], 0, 0)],
-        [b"ms2R", pack(1, ["k", 1, 1, 1.0, 1.0, 1.0, "yes", b"\x80"])],
-        [b"ms2s", pack(1)],
+        [b"ms3S", pack()],
+        [b"ms3S", pack("rid")],
+        [b"ms3E", pack(1, 2, [[1, 2]], 0, 0)],
+        [b"ms3R", pack(1, ["k", 1, 1, 1.0, 1.0, 1.0, "yes", b"\x80", {}, None, False])],
+        [b"ms3s", pack(1)],
     ):
         with pytest.raises(WireError):
             wire.decode_reply(frames)
     with pytest.raises(WireError):
-        wire.decode_reply([b"ms2C", pack(1, [wire.record_to_list(GOOD)] * 3)], wire.Limits(max_records=2))
+        wire.decode_reply([b"ms3C", pack(1, [wire.record_to_list(GOOD)] * 3)], wire.Limits(max_records=2))
 
 
 @settings(max_examples=300)
@@ -298,7 +327,7 @@ def test_mutated_frames_raise_only_wire_error_or_decode_cleanly(record, flips):
     ],
 )
 def test_malformed_batches_are_refused(items):
-    bad([b"ms2b", msgpack.packb([1, 1, 1, 1, items], use_bin_type=True)])
+    bad([b"ms3b", msgpack.packb([1, 1, 1, 1, items], use_bin_type=True)])
 
 
 def test_a_batch_without_a_sequence_number_or_past_the_last_one_is_refused():
@@ -321,4 +350,4 @@ def test_own_messages_are_recognised_without_decoding(record, h):
         assert not wire.is_own(frames, wire.own_prefix(origin ^ 1, epoch))
     # a process waits for its own hello: that one is never skipped
     assert not wire.is_own(wire.encode_hello(origin, epoch, 5, sent), mine)
-    assert not wire.is_own([b"ms2s", b""], mine) and not wire.is_own([b"ms2s"], mine)
+    assert not wire.is_own([b"ms3s", b""], mine) and not wire.is_own([b"ms3s"], mine)

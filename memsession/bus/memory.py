@@ -25,6 +25,9 @@ from .base import REPAIR, RESYNC, BusConfig, Clear, ReplicaTarget, Replicator
 
 __all__ = ["MemoryBus", "MemoryHub"]
 
+#: Most records in one PUSH, as the ZeroMQ bus sends them.
+_PUSH_RECORDS = 1000
+
 
 class MemoryHub:
     """An in-process hub: replica, snapshots and fan-out to every attached ``MemoryBus``."""
@@ -178,8 +181,9 @@ class MemoryBus:
 
     def push_state(self) -> None:
         assert self._cache is not None
-        batch = [wire.record_to_list(r) for r in self._cache.records()]
-        self.hub.request(wire.encode_request(wire.PUSH, 1, batch, self._cache.cleared))
+        records = self._cache.records()
+        for batch in list(wire.record_lists(records, _PUSH_RECORDS, self.config.limits.max_stamps)) or [[]]:
+            self.hub.request(wire.encode_request(wire.PUSH, 1, batch, self._cache.cleared))
 
     def fetch(self, key: str, timeout: float | None = None) -> Record | None:
         return self.lookup(key, timeout)[1]

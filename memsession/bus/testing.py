@@ -335,7 +335,9 @@ def _malformed_frames(network: BusNetwork) -> list[list[bytes]]:
         [wire.PROTOCOL + b"S", valid],  # a request op on the bus
         [topic, valid[: len(valid) // 2]],  # truncated
         [topic, payload(*header, "x" * 300, *fields[1:])],  # key over max_key
-        [topic, payload(*header, *fields[:6], msgpack.packb(deep, use_bin_type=True))],  # data nested too deep
+        [topic, payload(*header, *fields[:6], msgpack.packb(deep, use_bin_type=True), *fields[7:])],  # too deep
+        [topic, payload(*header, *fields[:7], {"n": [1 << 63, 1]}, *fields[8:])],  # a stamp past every version
+        [topic, payload(*header, *fields[:8], [[1, 1]] * 2, *fields[9:])],  # seen names a writer twice
         [topic, payload(*header, fields[0], "1", *fields[2:])],  # version not an int
         [wire.PROTOCOL + b"b", payload(*header, [["z", 1]])],  # batch item with an unknown op
         [wire.PROTOCOL + b"h", payload(*header, "extra")],  # heartbeat with fields

@@ -390,8 +390,8 @@ class ZmqBus:
         cache = self._cache
         assert cache is not None
         records = cache.records()
-        for start in range(0, max(len(records), 1), _PUSH_BATCH):
-            batch = [wire.record_to_list(r) for r in records[start:start + _PUSH_BATCH]]
+        # One push even of nothing: it carries the clear watermark.
+        for batch in list(wire.record_lists(records, _PUSH_BATCH, self.config.limits.max_stamps)) or [[]]:
             rid = self._next_rid()
             dealer.send_multipart(wire.encode_request(wire.PUSH, rid, batch, cache.cleared))
             if self._collect(dealer, rid, wire.ACK, time.monotonic() + self.config.request_timeout) is None:

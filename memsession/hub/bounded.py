@@ -1,4 +1,4 @@
-"""What the hub's replica holds: the merge rule, the bound on live sessions, and the warm start's choice.
+"""What the hub's replica holds: the merge, the bound on live sessions, and the warm start's choice.
 
 The replica is a plain ``dict`` (other threads of a sidecar read it with one
 C-level call); ``Recency`` keeps the access order of its live records beside
@@ -22,27 +22,32 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 
+from ..changes import merge_records
 from ..segmented import SegmentedLRUCache
-from ..session import Record, cleared_by, supersedes
+from ..session import Record, cleared_by
 
 __all__ = ["Recency", "merge_into", "warm_fill"]
 
 
-def merge_into(replica: dict[str, Record], record: Record, wall: float) -> bool:
-    """Merge ``record`` into ``replica`` by ``supersedes``; True if ``replica`` changed.
+def merge_into(replica: dict[str, Record], record: Record, wall: float, cleared: int = 0) -> bool:
+    """Merge ``record`` into ``replica`` by ``changes.merge_records``; True if ``replica`` changed.
 
-    A winner that has already expired is not kept; it only removes the live copy it beat.
+    ``cleared`` is the clear watermark (the caller refuses a live record it
+    covers whole, ``session.cleared_by``; within a newer one it drops the
+    keys it covers). A result that has already expired is not kept; it only
+    removes the live copy it replaced.
     """
     key = record.key
     old = replica.get(key)
-    if not supersedes(record, old):
+    merged = merge_records(old, record, cleared=cleared)
+    if merged is None:
         return False
-    if record.expires <= wall:
+    if merged.expires <= wall:
         if old is not None and not old.deleted:
             del replica[key]
             return True
         return False
-    replica[key] = record
+    replica[key] = merged
     return True
 
 
@@ -94,7 +99,7 @@ def warm_fill(replica: dict[str, Record], records: Iterable[Record], *, maxsize:
             continue
         key = record.key
         old = replica.get(key)
-        if not merge_into(replica, record, wall):
+        if not merge_into(replica, record, wall, cleared):
             continue
         new = replica.get(key)
         live += (new is not None and not new.deleted) - (old is not None and not old.deleted)

@@ -1,12 +1,13 @@
 """Misses of a bounded replica that its store may answer: reads waiting for a read-back, touches held back.
 
 Once the hub's replica has evicted a session (or a warm start left some in
-the store), a key it does not hold may still be a live session. A hub with a
-store (the sidecar) hands such a GET to ``read_back`` and answers it once the
-store was read; a touch of such a key is held here and applied to the copy
-read back (dropping it would let the store's copy lapse while the session is
-in use). No I/O here: ``read_back`` queues the read, the runner brings the
-result back to the hub thread.
+the store), a key it does not hold may still be a live session; and a key it
+holds only as a delta (a partial record) is a session the store may hold the
+rest of. A hub with a store (the sidecar) hands such a GET to ``read_back``
+and answers it once the store was read; a touch of a key it does not hold is
+held here and applied to the copy read back (dropping it would let the
+store's copy lapse while the session is in use). No I/O here: ``read_back``
+queues the read, the runner brings the result back to the hub thread.
 """
 
 from __future__ import annotations

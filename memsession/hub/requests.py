@@ -29,14 +29,13 @@ def snapshot_frames(state: HubState, rid: int) -> Iterator[list[bytes]]:
     wall = state.clock.wall()
     vector = [[o, e, s] for o, (e, s) in state.tracker.vector().items()]
     vector.append([state.hub_id, state.epoch, state.seq])
+    # Partial records as they are: a worker merges one only into a copy it holds.
     live = [r for r in state.replica.values() if r.expires > wall]
     state.counts["snapshots"] += 1
     chunks = 0
-    for start in range(0, len(live), CHUNK_RECORDS):
+    for chunk in wire.record_lists(live, CHUNK_RECORDS, state.limits.max_stamps):
         chunks += 1
-        yield wire.encode_request(
-            wire.CHUNK, rid, [wire.record_to_list(r) for r in live[start:start + CHUNK_RECORDS]]
-        )
+        yield wire.encode_request(wire.CHUNK, rid, chunk)
     yield wire.encode_request(wire.END, rid, state.epoch, vector, chunks, len(live), state.cleared)
 
 
@@ -45,7 +44,8 @@ def answer_request(
 ) -> tuple[list[list[bytes]], list[list[bytes]]]:
     """One request from ``sender``; returns ``(replies, frames to publish)``.
 
-    A GET the store may have to answer (``read_back``) is answered once it was read (``answer_get``).
+    A GET the store may have to answer or complete (``needs_read_back``) is answered once it was
+    read (``answer_get``).
     """
     try:
         req = wire.decode_reply(frames, state.limits)
@@ -60,7 +60,7 @@ def answer_request(
     if req.op == wire.GET:
         state.counts["gets"] += 1
         key = req.body[0]
-        if key not in state.replica and sender and state._may_be_stored(key):
+        if sender and state.needs_read_back(key):
             state.misses.ask(sender, req.rid, key)
             return [], []
         return [state.answer_get(req.rid, key)], []

@@ -1,13 +1,23 @@
 """The hub's protocol without sockets: its replica of every session and what it answers.
 
-``HubState`` merges bus messages into the replica (``merge_into``: one
-``supersedes`` rule, nothing expired kept), answers snapshot, key read, push,
-write and stats requests, and says what to publish in return: relays of what
-a push brought, resync requests to an origin whose stream has a gap, and its
-own heartbeats. It owns no socket, thread or clock of its own, so tests and
-the in-memory bus drive it directly; ``runner`` moves its frames. The replica
-holds at most ``maxsize`` live sessions (``bounded``); a sidecar reads what it
-evicted back from its store when asked for (``misses``).
+``HubState`` merges bus messages into the replica (``merge_into``: the one
+merge of every replica, ``changes.merge_records``, key by key; nothing
+expired kept), answers snapshot, key read, push, write and stats requests,
+and says what to publish in return: relays of what a push brought, resync
+requests to an origin whose stream has a gap, and its own heartbeats. It owns
+no socket, thread or clock of its own, so tests and the in-memory bus drive
+it directly; ``runner`` moves its frames. The replica holds at most
+``maxsize`` live sessions (``bounded``); a sidecar reads what it evicted back
+from its store when asked for (``misses``).
+
+**Partial records.** A delta for a session the hub does not hold (it
+restarted, or evicted the session) is held as it is, partial: only the keys
+that change touched. It is never answered as the session while a store could
+complete it: a GET of it waits for a store read like a miss, and the store's
+row merged in completes it. After that read (whatever it found), or at once
+when there is no store, the partial record is all there is of the session:
+it is marked complete and answered. A complete record pushed by a worker
+completes it too.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import heapq
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from .. import wire
@@ -30,13 +41,11 @@ from .bounded import Recency, merge_into, warm_fill
 from .config import DEFAULT_MAXSIZE
 from .misses import ReadBack, StoreMisses
 from .requests import CHUNK_RECORDS, answer_request, snapshot_frames
+from .resyncs import Resyncs
 
 __all__ = ["CHUNK_RECORDS", "HubState", "merge_into"]
 
 log = logging.getLogger("memsession.hub")
-
-#: Seconds between two resync requests to one origin (its push takes a moment to arrive).
-_RESYNC_SPACING = 0.5
 
 
 class HubState:
@@ -102,8 +111,7 @@ class HubState:
         self.misses = StoreMisses(read_back, self.counts)
         self.dropped: dict[str, int] = {}
         self.lag_ms: list[float] = []
-        self._last_resync: dict[int, float] = {}
-        self._owed: set[int] = set()
+        self._resyncs = Resyncs(clock, self.counts)
 
     def _drop(self, reason: str, exc: Exception) -> None:
         count = self.dropped[reason] = self.dropped.get(reason, 0) + 1
@@ -136,7 +144,8 @@ class HubState:
         replica = self.replica
         key = record.key
         old = replica.get(key)
-        changed = not cleared_by(record, self.cleared) and merge_into(replica, record, self.clock.wall())
+        changed = not cleared_by(record, self.cleared) and merge_into(replica, record, self.clock.wall(),
+                                                                      self.cleared)
         self.counts["applied" if changed else "ignored"] += 1
         if changed:
             new = replica.get(key)
@@ -239,25 +248,13 @@ class HubState:
         return True
 
     def _resync(self, origin: int) -> list[list[bytes]]:
-        now = self.clock.monotonic()
-        if now - self._last_resync.get(origin, -1e9) < _RESYNC_SPACING:
-            # A push is probably on its way, but it may have been cut before this loss:
-            # owe the origin another request once the spacing has passed (``owed_resyncs``).
-            self._owed.add(origin)
+        if not self._resyncs.ask_now(origin):
             return []
-        self._owed.discard(origin)
-        self._last_resync[origin] = now
-        self.counts["resyncs_sent"] += 1
-        log.info("gap in the stream of origin %x; asking it to resync", origin)
         return [wire.encode_resync(self.hub_id, self.epoch, origin, self._now_us())]
 
     def owed_resyncs(self) -> list[list[bytes]]:
         """Resync requests held back by the spacing whose time has come (the runner polls this)."""
-        if not self._owed:
-            return []
-        now = self.clock.monotonic()
-        due = [o for o in self._owed if now - self._last_resync.get(o, -1e9) >= _RESYNC_SPACING]
-        return [frames for origin in due for frames in self._resync(origin)]
+        return [frames for origin in self._resyncs.due() for frames in self._resync(origin)]
 
     def on_bus(self, frames: list[bytes]) -> list[list[bytes]]:
         """One message from the capture socket; returns frames to publish."""
@@ -331,6 +328,13 @@ class HubState:
         """A miss for ``key`` may be a session the store has, and there is a store to ask."""
         return self.misses.read_back is not None and not self.holds_all
 
+    def needs_read_back(self, key: str) -> bool:
+        """A GET of ``key`` waits for the store: nothing is held that the store may have, or only a delta."""
+        held = self.replica.get(key)
+        if held is None:
+            return self._may_be_stored(key)
+        return held.partial and self.misses.read_back is not None
+
     def read_back_done(self, key: str, record: Record | None, ok: bool) -> None:
         """The store was read for ``key`` (``ok``) or could not be: merge what it had, apply a held-back touch."""
         if record is not None:
@@ -340,12 +344,18 @@ class HubState:
             self._touch(touch)
 
     def answer_get(self, rid: int, key: str) -> list[bytes]:
-        """The RECORD reply to a GET of ``key``: the live record or tombstone held (a read counts as an access)."""
+        """The RECORD reply to a GET of ``key``: the live record or tombstone held (a read counts as an access).
+
+        A partial record held here is what there is of the session by now (the
+        store was read, or there is none): it is marked complete and answered.
+        """
         record = self.replica.get(key)
         if record is not None and record.expires <= self.clock.wall():
             record = None
         if record is not None and not record.deleted:
             self._recency.used(key)
+            if record.partial:
+                record = self.replica[key] = replace(record, partial=False)
         body = None if record is None else wire.record_to_list(record)
         return wire.encode_request(wire.RECORD, rid, body)
 
@@ -388,8 +398,7 @@ class HubState:
                 self._tombstone_count -= record.deleted
         self.counts["pruned"] += pruned
         for origin in self.tracker.forget_silent(self.clock.monotonic(), self.forget_after):
-            self._last_resync.pop(origin, None)
-            self._owed.discard(origin)
+            self._resyncs.forget(origin)
             self.counts["forgotten"] += 1
         return pruned
 

@@ -2,8 +2,9 @@
 
 ``format`` documents every frame one by one and names the ops and topics;
 ``encode`` builds the frames; ``decode`` reads them back, checking sizes
-(``Limits``) and every field before it builds anything. Everything is
-re-exported here, so callers use ``wire.X`` whichever module ``X`` lives in.
+(``limits.Limits``) and every field before it builds anything (the records
+they carry with ``records``). Everything is re-exported here, so callers use
+``wire.X`` whichever module ``X`` lives in.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .encode import (
     encode_set,
     encode_touch,
     invalidate_fields,
+    record_lists,
     record_to_list,
     set_fields,
     touch_fields,
@@ -113,6 +115,7 @@ __all__ = [
     "is_own",
     "own_prefix",
     "record_from_list",
+    "record_lists",
     "record_to_list",
     "set_fields",
     "touch_fields",

@@ -1,21 +1,20 @@
 """Decoding bus frames, checking every size and field under ``Limits`` before trusting them.
 
 The frames are documented one by one in ``memsession.wire.format``, whose last
-paragraph says what decoding checks and what it raises.
+paragraph says what decoding checks and what it raises; the records they carry
+are decoded by ``memsession.wire.records``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
-from ..admission import MAX_ITEMS, field_fault, scan_data
-from ..errors import SessionDataError, WireError
-from ..session import MAX_VERSION, Record
+from ..errors import WireError
+from ..session import MAX_VERSION
 from .format import (
     _OPS,
     _TOPICS,
@@ -46,6 +45,10 @@ from .format import (
     Reply,
     topic_refusal,
 )
+from .limits import DEFAULT_LIMITS, Limits
+from .records import I64_MIN as _I64_MIN
+from .records import U64 as _U64
+from .records import live_record, record_from_list, records_from_list, refuse_ext, tombstone
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -57,31 +60,11 @@ __all__ = [
     "record_from_list",
 ]
 
-_U64 = (1 << 64) - 1
-_I64_MIN = -(1 << 63)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Limits:
-    """Upper bounds the decoder enforces before it trusts a frame."""
-
-    #: Largest payload frame (bytes); snapshot chunks and pushes included.
-    max_frame: int = 16 * 1024 * 1024
-    #: Largest serialized session data (bytes).
-    max_data: int = 1024 * 1024
-    #: Longest key (characters).
-    max_key: int = 256
-    #: Most records in one chunk or push.
-    max_records: int = 10_000
-    #: Deepest nesting inside session data.
-    max_depth: int = 32
-    #: Most values in one session's data (``admission``): bounds the objects decoding a record builds.
-    max_items: int = 8 * MAX_ITEMS
-    #: Most changes in one BATCH message (senders put 256 in one).
-    max_batch: int = 1024
-
-
-DEFAULT_LIMITS = Limits()
+#: Array items a record of a record list or a change of a BATCH builds besides its stamps: its own
+#: array (11 items) and an empty stamps map.
+_RECORD_ITEMS = 13
+#: Array items a stamp or ``seen`` entry builds: its map slot and its two-int array (``_ArrayBudget``).
+_STAMP_ITEMS = 4
 
 _packb = msgpack.packb
 _unpackb = msgpack.unpackb
@@ -97,17 +80,13 @@ def is_own(frames: Sequence[bytes], prefix: bytes) -> bool:
 
     A subscriber gets its own messages back from the hub; skipping them here
     saves decoding every change this process made. Every bus payload is an
-    array of at most 15 items, so its header is one fixarray byte.
+    array of at most 15 items (a SET, the longest, has 14), so its header is
+    one fixarray byte.
     """
     if len(frames) != 2 or frames[0] == _TOPICS[HELLO]:
         return False
     payload = frames[1]
     return bool(payload) and payload[0] & 0xF0 == 0x90 and payload.startswith(prefix, 1)
-
-
-def _refuse_ext(code: int, data: bytes) -> Any:
-    # No ext type is in the format; an empty one passes max_ext_len and would fail every store later.
-    raise ValueError(f"ext type {code}")
 
 
 class _ArrayBudget:
@@ -144,7 +123,7 @@ def _unpack(frame: bytes, limits: Limits, items: int, maps: int = 0) -> list[Any
             max_array_len=items,
             max_map_len=maps,
             max_ext_len=0,
-            ext_hook=_refuse_ext,
+            ext_hook=refuse_ext,
             list_hook=budget,
             object_hook=budget if maps else None,
         )
@@ -153,6 +132,11 @@ def _unpack(frame: bytes, limits: Limits, items: int, maps: int = 0) -> list[Any
     if type(value) is not list:
         raise WireError("payload is not an array")
     return value
+
+
+def _stamp_items(limits: Limits) -> int:
+    """Array items the stamps and ``seen`` entries of one frame may build in all."""
+    return _STAMP_ITEMS * limits.max_stamps
 
 
 def _split(frames: Sequence[bytes]) -> tuple[str, bytes]:
@@ -193,76 +177,20 @@ def _key(value: Any, limits: Limits) -> str:
     return value
 
 
-def _data(blob: Any, limits: Limits) -> tuple[dict[str, Any], int, bool]:
-    if type(blob) is not bytes:
-        raise WireError("data must be bin")
-    if len(blob) > limits.max_data:
-        raise WireError("data exceeds max_data")
-    try:
-        data = _unpackb(blob, raw=False, strict_map_key=True, max_ext_len=0, ext_hook=_refuse_ext)
-    except Exception as exc:
-        raise WireError(f"undecodable data ({type(exc).__name__})") from exc
-    if type(data) is not dict:
-        raise WireError("data must be a map")
-    # One pass takes the common flat session (msgpack ints are 64-bit, keys str or bytes);
-    # anything else is the record rule's to judge (``admission.scan_data``).
-    if len(data) <= limits.max_items:
-        for k, v in data.items():
-            kind = type(v)
-            if type(k) is not str or not (
-                kind is str or kind is int or kind is bool or kind is bytes or v is None
-                or (kind is float and v - v == 0.0)  # inf - inf and nan - nan are nan
-            ):
-                break
-        else:
-            return data, len(blob), True
-    try:
-        flat = scan_data(data, limits.max_depth, limits.max_items)
-    except SessionDataError as exc:
-        raise WireError(f"data: {exc.reason}") from None
-    return data, len(blob), flat
-
-
-def _record(fields: Sequence[Any], deleted: bool, blob: Any, limits: Limits) -> Record:
-    key, version, rorigin, created, accessed, expires = fields
-    # Inline checks: this runs for every change on every hop; the record rule names what is wrong.
-    if (
-        type(key) is not str or not 0 < len(key) <= limits.max_key
-        or type(version) is not int or not 0 < version <= MAX_VERSION
-        or type(rorigin) is not int or not _I64_MIN <= rorigin <= _U64
-        or type(created) is not float or type(accessed) is not float or type(expires) is not float
-        or created - created != 0.0 or accessed - accessed != 0.0 or expires != expires  # inf, NaN
-        or not key.isprintable()
-    ):
-        created, accessed, expires = (float(t) if type(t) is int else t for t in (created, accessed, expires))
-        fault = field_fault(key, version, rorigin, created, accessed, expires, deleted, limits.max_key)
-        if fault is not None:
-            raise WireError(fault)
-    if deleted:
-        if blob is not None and blob != b"\x80":
-            raise WireError("tombstone carries data")
-        return Record(key, {}, version, rorigin, created, accessed, expires, True, True, 0)
-    data, size, flat = _data(blob, limits)
-    return Record(key, data, version, rorigin, created, accessed, expires, False, flat, size)
-
-
-def record_from_list(value: Any, limits: Limits = DEFAULT_LIMITS) -> Record:
-    """The record of a snapshot chunk, push or get reply."""
-    if type(value) is not list or len(value) != 8:
-        raise WireError("record must be an array of 8")
-    deleted = value[6]
-    if type(deleted) is not bool:
-        raise WireError("deleted must be a bool")
-    return _record(value[:6], deleted, value[7], limits)
-
-
 def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
     """A bus message from its two frames, or ``WireError``."""
     op, payload = _split(frames)
     if op not in BUS_OPS:
         raise WireError("not a bus op")
-    # What each op can carry, counted in array items: a BATCH its changes of up to 8 fields each.
-    items = _unpack(payload, limits, 16 + 10 * limits.max_batch if op == BATCH else 16)
+    # What each op can carry, counted in array items: a SET one change with its stamps, a BATCH its
+    # changes and at most ``max_stamps`` stamps over them all; the other ops a few fields.
+    if op == BATCH:
+        items = _unpack(payload, limits, 16 + _RECORD_ITEMS * limits.max_batch + _stamp_items(limits),
+                        maps=limits.max_items)
+    elif op == SET:
+        items = _unpack(payload, limits, 16 + _stamp_items(limits), maps=limits.max_items)
+    else:
+        items = _unpack(payload, limits, 16)
     if len(items) < 4:
         raise WireError("truncated header")
     origin = _int(items[0], "origin", _I64_MIN, _U64)
@@ -298,13 +226,13 @@ def _body(op: str, rest: list[Any], limits: Limits) -> Any:
     """The decoded fields of one message after its header (see the table in ``format``)."""
     n = len(rest)
     if op == SET:
-        if n != 7:
-            raise WireError("SET needs 7 fields")
-        return _record(rest[:6], False, rest[6], limits)
+        if n != 10:
+            raise WireError("SET needs 10 fields")
+        return live_record(rest[:6], rest[6], rest[7], rest[8], rest[9], limits)
     if op == DESTROY:
         if n != 6:
             raise WireError("DESTROY needs 6 fields")
-        return _record(rest, True, None, limits)
+        return tombstone(rest, limits)
     if op == TOUCH:
         if n != 5:
             raise WireError("TOUCH needs 5 fields")
@@ -334,31 +262,18 @@ def _body(op: str, rest: list[Any], limits: Limits) -> Any:
     return _int(rest[0], "nonce" if op == HELLO else "target", _I64_MIN, _U64)
 
 
-def _records(value: Any, limits: Limits) -> tuple[list[Record], int]:
-    """The records of a list, skipping the ones the record rule refuses: ``(records, refused)``.
-
-    One bad record must not cost the others: a snapshot chunk that carried
-    one would otherwise fail every join.
-    """
-    if type(value) is not list or len(value) > limits.max_records:
-        raise WireError("records must be an array within max_records")
-    out = []
-    for item in value:
-        try:
-            out.append(record_from_list(item, limits))
-        except WireError:
-            continue  # left out, and counted: ``refused`` below, ``Reply.refused`` for the caller
-    return out, len(value) - len(out)
-
-
 def decode_reply(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Reply:
     """A request or reply from its two frames (ROUTER identities already removed)."""
     op, payload = _split(frames)
     if op not in REQUEST_OPS and op not in REPLY_OPS:
         raise WireError("not a request/reply op")
-    if op in (CHUNK, WRITE, PUSH, END):  # record lists (8 fields a record) or the sequence vector
-        # Maps too (within the same budget): a record whose field is one is left out, not the whole list.
-        items = _unpack(payload, limits, 16 + 10 * limits.max_records, maps=limits.max_records)
+    if op in (CHUNK, WRITE, PUSH, END):  # record lists (11 fields a record) or the sequence vector
+        # Maps (the stamps) within the same budget: a record whose other field is one is left out,
+        # not the whole list.
+        items = _unpack(payload, limits, 16 + _RECORD_ITEMS * limits.max_records + _stamp_items(limits),
+                        maps=max(limits.max_records, limits.max_items))
+    elif op == RECORD:
+        items = _unpack(payload, limits, 16 + _stamp_items(limits), maps=limits.max_items)
     elif op == STATS_REPLY:
         items = _unpack(payload, limits, 16 + limits.max_records, maps=limits.max_records)
     else:
@@ -377,12 +292,12 @@ def decode_reply(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Re
     elif op in (CHUNK, WRITE):
         if n != 1:
             raise WireError(f"{op} needs a record list")
-        records, refused = _records(rest[0], limits)
+        records, refused = records_from_list(rest[0], limits)
         body = (records,)
     elif op == PUSH:
         if n != 2:
             raise WireError("PUSH needs a record list and a clear watermark")
-        records, refused = _records(rest[0], limits)
+        records, refused = records_from_list(rest[0], limits)
         body = (records, _int(rest[1], "cleared", 0, MAX_VERSION))
     elif op == END:
         if n != 5:

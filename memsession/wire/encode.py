@@ -5,7 +5,7 @@ The frames themselves are documented one by one in ``memsession.wire.format``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgpack
@@ -26,6 +26,7 @@ from .format import (
     SET,
     TOUCH,
 )
+from .limits import DEFAULT_LIMITS
 
 __all__ = [
     "destroy_fields",
@@ -42,19 +43,39 @@ __all__ = [
     "encode_set",
     "encode_touch",
     "invalidate_fields",
+    "record_lists",
     "record_to_list",
     "set_fields",
     "touch_fields",
 ]
 
 _packb = msgpack.packb
+_EMPTY_MAP = _packb({})
 
 
 def _pack_data(data: dict[str, Any]) -> bytes:
     return _packb(data, use_bin_type=True)
 
 
+def _wire_stamps(record: Record) -> dict[str, list[int]]:
+    """The stamps that differ from the record's own, and every removed key: what the receiver can't infer."""
+    stamps = record.stamps
+    if not stamps:
+        return {}
+    own = (record.version, record.origin)
+    data = record.data
+    return {name: [stamp[0], stamp[1]] for name, stamp in stamps.items() if stamp != own or name not in data}
+
+
+def _wire_seen(record: Record) -> list[list[int]] | None:
+    seen = record.seen
+    return None if seen is None else [[origin, version] for origin, version in seen.items()]
+
+
 def record_to_list(record: Record) -> list[Any]:
+    if record.deleted:  # as a DESTROY: a tombstone ends every key at once
+        return [record.key, record.version, record.origin, record.created, record.accessed, record.expires,
+                True, _EMPTY_MAP, {}, None, False]
     return [
         record.key,
         record.version,
@@ -62,15 +83,41 @@ def record_to_list(record: Record) -> list[Any]:
         record.created,
         record.accessed,
         record.expires,
-        record.deleted,
+        False,
         _pack_data(record.data),
+        _wire_stamps(record),
+        _wire_seen(record),
+        record.partial,
     ]
+
+
+def record_lists(records: Sequence[Record], max_records: int,
+                 max_stamps: int = DEFAULT_LIMITS.max_stamps) -> Iterator[list[list[Any]]]:
+    """``records`` as record lists (``record_to_list``), each one frame's worth.
+
+    A list holds at most ``max_records`` records and ``max_stamps`` stamps and
+    ``seen`` entries in all (what the receiver's ``Limits`` let one frame
+    build); a record with more than that goes alone.
+    """
+    chunk: list[list[Any]] = []
+    entries = 0
+    for record in records:
+        item = record_to_list(record)
+        count = len(item[8]) + (len(item[9]) if item[9] is not None else 0)  # stamps and seen as sent
+        if chunk and (len(chunk) >= max_records or entries + count > max_stamps):
+            yield chunk
+            chunk, entries = [], 0
+        chunk.append(item)
+        entries += count
+    if chunk:
+        yield chunk
 
 
 def set_fields(record: Record, packed: bytes | None = None) -> list[Any]:
     """``packed``: ``record.data`` already serialized by the writer, if it has it."""
     return [record.key, record.version, record.origin, record.created, record.accessed, record.expires,
-            _pack_data(record.data) if packed is None else packed]
+            _pack_data(record.data) if packed is None else packed, _wire_stamps(record), _wire_seen(record),
+            record.partial]
 
 
 def destroy_fields(record: Record) -> list[Any]:

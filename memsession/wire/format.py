@@ -1,18 +1,24 @@
-"""The bus wire format, frame by frame (version 2). msgpack only; no pickle.
+"""The bus wire format, frame by frame (version 3). msgpack only; no pickle.
 
 Every message is exactly two ZeroMQ frames::
 
-    frame 0  topic    4 bytes: b"ms2" + one op byte
-                      ("ms" is the protocol's name, "2" its version; sockets
+    frame 0  topic    4 bytes: b"ms3" + one op byte
+                      ("ms" is the protocol's name, "3" its version; sockets
                       subscribe to ``PROTOCOL_FAMILY`` so that a frame of another
                       version reaches the decoder, which rejects it whole as
                       ``"other version"``, counted and logged)
-
-Version 2 differs from version 1 (memsession 0.1) in what a ``key`` is: the
-session key ``session_key(sid)``, the SHA-256 of the id in hex, never the id.
-The frames are otherwise laid out as in version 1; a process of each would
-look sessions up under different keys, so they refuse each other's frames.
     frame 1  payload  one msgpack array; its layout depends on the op
+
+Version 3 differs from version 2 in what a record carries: sessions now merge
+key by key (``memsession.changes``), so a SET and every record list carry
+the per-key ``stamps``, what the record has ``seen`` and whether it is a
+``partial`` delta, and a one-key change travels as a delta of that one key
+instead of the whole session. A version-2 process would take such a delta
+for the whole session and drop every key it does not carry, and its own
+whole sessions carry no stamps to merge by, so the versions refuse each
+other's frames. Version 2 differed from version 1 (memsession 0.1) in
+what a ``key`` is: the session key ``session_key(sid)``, the SHA-256 of the
+id in hex, never the id.
 
 Times travel as wall-clock seconds (float) except ``sent_us`` (int wall
 microseconds at publish, for lag measurement). ``version`` is the writer's
@@ -20,15 +26,33 @@ hybrid-logical-clock int (as is a clear's watermark: at most ``2**63 - 1``,
 what every store can keep), ``rorigin`` the record's origin id (a touch or a
 hub relay republishes a record written by someone else, so it differs from
 the publisher's ``origin``). ``data`` is itself a msgpack ``bin`` holding the
-session's dict, so a receiver knows its serialized size without re-packing.
+session's live top-level keys (all of them, or a delta's), so a receiver knows
+its serialized size without re-packing. The three fields of the merge:
+
+``stamps``   a map ``{name: [version, origin]}`` of the stamps the receiver
+             can't infer: every key whose stamp differs from the record's own
+             ``(version, rorigin)``, and every removed key (a key tombstone:
+             stamped but not in ``data``). Every key of ``data`` not in the map
+             carries ``(version, rorigin)``; so a delta that sets keys and
+             removes none sends an empty map (1 byte). The receiver rebuilds
+             ``Record.stamps``: None for an empty map, else every key of
+             ``data`` at ``(version, rorigin)`` updated with the map.
+``seen``     nil (``Record.seen`` None: ``{rorigin: version}``) or
+             ``[[origin, version], ...]``, per writer the newest of its
+             changes merged in (read-your-writes), at most
+             ``admission.MAX_SEEN_ENTRIES`` writers.
+``partial``  a bool: true for a delta, the keys one change touched, which a
+             receiver merges into a copy it holds and never serves alone.
 
 Bus messages (PUB -> hub XSUB -> XPUB -> SUB). Every payload starts with the
 publisher's stream header ``origin, epoch, seq, sent_us``:
 
     op  name       payload after the header
-    s   SET        key, version, rorigin, created, accessed, expires, data
+    s   SET        key, version, rorigin, created, accessed, expires, data,
+                   stamps, seen, partial
     d   DESTROY    key, version, rorigin, created, accessed, expires
-                   (a tombstone: ``expires`` is when the tombstone lapses)
+                   (a tombstone: ``expires`` is when the tombstone lapses;
+                   it ends every key, so it carries no stamps)
     t   TOUCH      key, version, rorigin, accessed, expires
                    (same version, later access; receivers holding that exact
                    version slide its expiry, others ignore it)
@@ -38,7 +62,8 @@ publisher's stream header ``origin, epoch, seq, sent_us``:
     c   CLEAR      version
                    (every live session whose last write has a version at
                    or below ``version`` is gone, everywhere; receivers keep
-                   it as a watermark and refuse live records at or below it;
+                   it as a watermark and refuse live records at or below it,
+                   and drop the keys stamped at or below it from newer ones;
                    tombstones are untouched and always merged)
     h   HEARTBEAT  (nothing; ``seq`` is the last data seq sent)
     H   HUB BEAT   (nothing; ``origin`` is the hub id, ``epoch`` the hub's
@@ -59,6 +84,12 @@ publisher's stream header ``origin, epoch, seq, sent_us``:
 s, d, t, i and c are data messages: each publisher numbers them 1, 2, 3... per
 ``(origin, epoch)``; the epoch is random per bus start, so a restarted process
 starts a new stream. Subscribers track the last seq per origin; a jump is a gap.
+
+A one-key change of a 1 KB session is a SET of about 160 bytes, topic and
+payload (``python -m bench.replication --bytes`` measures what the bus
+sends): the topic and stream header (~35), the key as its 64 hex digits (66),
+version and rorigin (18), the three times (27), the one key's value, and an
+empty stamps map, nil and false (3). Version 2 sent the whole session: 1.1 KB.
 
 Requests (DEALER -> hub ROUTER) and replies (ROUTER -> DEALER), same two
 frames; ``rid`` is the requester's request id, echoed in every reply:
@@ -83,17 +114,25 @@ frames; ``rid`` is the requester's request id, echoed in every reply:
     T  STATS REPLY rid, {name: number or {name: number}}
 
 where ``record`` is ``[key, version, rorigin, created, accessed, expires,
-deleted, data]``.
+deleted, data, stamps, seen, partial]``, the last four as in a SET (a
+tombstone's: the empty map packed as bin, ``{}``, nil and false).
+A snapshot carries the hub's records as they are, partial ones too (a worker
+merges one only into a copy it holds); ``wire.record_lists`` cuts a list to
+what one frame may carry.
 
 Decoding checks the topic, the frame count, every size limit (``Limits``) and
 every field's type before building anything. Each op bounds how many array
 items its payload may build (a BATCH ``max_batch`` changes, a record list
-``max_records`` records), so decoding work never grows with a frame
-beyond what its op carries; no msgpack ext type is accepted. Records obey
-the record rule's shape (``memsession.admission``). Whatever is wrong, the
-decoder raises ``WireError`` with a short ``reason``; receivers count and log
-it and carry on. In a record list (CHUNK, PUSH, WRITE) a refused record is
-left out and counted in ``Reply.refused``; the others are taken.
+``max_records`` records, and a frame that carries records room for
+``max_stamps`` stamps and ``seen`` entries more over all of them; one
+record's stamps map holds at most ``max_items`` entries, its ``seen``
+``MAX_SEEN_ENTRIES``), so decoding work never grows with a frame beyond what
+its op carries; no msgpack ext type is accepted. Records obey the record rule's shape (``memsession.admission``;
+whether the stamps fit the record is judged where it is merged, by
+``RecordRules.admit``). Whatever is wrong, the decoder raises ``WireError``
+with a short ``reason``; receivers count and log it and carry on. In a record
+list (CHUNK, PUSH, WRITE) a refused record is left out and counted in
+``Reply.refused``; the others are taken.
 """
 
 from __future__ import annotations
@@ -134,7 +173,7 @@ __all__ = [
     "Reply",
 ]
 
-PROTOCOL = b"ms2"
+PROTOCOL = b"ms3"
 #: What sockets subscribe to: every version, so another one is seen and counted, not filtered out unseen.
 PROTOCOL_FAMILY = b"ms"
 
