@@ -114,6 +114,16 @@ def test_keys_a_clear_covers_are_dropped_from_a_newer_record() -> None:
     assert not state.merge(old)  # covered whole: refused
 
 
+def test_a_clear_drops_the_keys_it_covers_from_a_newer_record_the_hub_already_holds() -> None:
+    key = session_key(new_id())
+    old, _ = change(None, key, {"old": 1}, ["old"], version=V)
+    held, _ = change(old, key, {"old": 1, "new": 2}, ["new"], version=V + 10)
+    state = HubState(clock=FakeClock(wall=NOW))
+    assert state.merge(held)
+    assert state.clear(V + 5)
+    assert state.replica[key].data == {"new": 2}  # as a copy merged after the clear would be
+
+
 # -- partial records -------------------------------------------------------------------------------
 
 

@@ -11,13 +11,9 @@ it directly; ``runner`` moves its frames. The replica holds at most
 from its store when asked for (``misses``).
 
 **Partial records.** A delta for a session the hub does not hold (it
-restarted, or evicted the session) is held as it is, partial: only the keys
-that change touched. It is never answered as the session while a store could
-complete it: a GET of it waits for a store read like a miss, and the store's
-row merged in completes it. After that read (whatever it found), or at once
-when there is no store, the partial record is all there is of the session:
-it is marked complete and answered. A complete record pushed by a worker
-completes it too.
+restarted, or evicted it) is held partial. A GET of it waits for a store read
+like a miss (the row completes it); after that read, or at once without a
+store, it is all there is: marked complete and answered. A push completes it.
 """
 
 from __future__ import annotations
@@ -33,6 +29,7 @@ from .. import wire
 from ..admission import DEFAULT_MAX_SKEW, RecordRules
 from ..bus.sequence import DEFAULT_JUMP_HOLD, DEFAULT_MAX_JUMP, GAP, JUMP, SequenceTracker
 from ..bus.streams import new_epoch, percentiles
+from ..changes import after_clear
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import WireError
 from ..refusals import log_refusal
@@ -225,10 +222,9 @@ class HubState:
         heapq.heapify(self._expiry)
 
     def clear(self, version: int) -> bool:
-        """Raise the clear watermark to ``version``, dropping the live sessions at or below it; True if raised.
+        """Raise the clear watermark to ``version``, dropping what it covers (``changes.after_clear``); True if raised.
 
-        A watermark beyond the skew bound of the record rule is refused (counted): it would clear
-        every session written for as long as the clock takes to catch up.
+        A watermark beyond the skew bound is refused (counted): it would clear every session written until then.
         """
         if version <= self.cleared:
             return False
@@ -239,9 +235,13 @@ class HubState:
         self.cleared = version
         self.counts["clears"] += 1
         replica = self.replica
-        for key in [k for k, r in replica.items() if cleared_by(r, version)]:
-            del replica[key]
-            self._recency.release(key)
+        for key, record in list(replica.items()):
+            kept = after_clear(record, version)  # a newer session keeps only the keys changed after it
+            if kept is None:
+                del replica[key]
+                self._recency.release(key)
+            elif kept is not record:
+                replica[key] = kept
         self._rebuild_expiry()
         if self.on_clear is not None:
             self.on_clear(version)
