@@ -21,7 +21,7 @@ import msgpack
 
 __all__ = ["TARGET_BYTES", "bus_bytes", "bus_bytes_rows"]
 
-#: Bytes on the bus for a one-key change of a 1 KB session (issue 15).
+#: Bytes on the bus for a one-key change of a 1 KB session: the target.
 TARGET_BYTES = 200
 _RAW = b"raw"
 

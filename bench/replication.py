@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                      ["memsession", "bytes", "raw pyzmq, same value", "bytes"], byte_rows))
         if args.bytes:
             print()
-            print(render("Target (issue 15)", ["measure", "value", "target", ""], [byte_target]))
+            print(render("Target", ["measure", "value", "target", ""], [byte_target]))
             return 0
         targets = {"memsession": runtime_dir, "zmq": runtime_dir, "redis": redis_url}
         kinds = ["memsession", "zmq", "redis"]
@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             byte_target,
         ]
         print()
-        print(render("Targets (issues 3 and 15)", ["measure", "value", "target", ""], rows))
+        print(render("Targets", ["measure", "value", "target", ""], rows))
     finally:
         hub.terminate()
         hub.wait(10)
