@@ -214,9 +214,12 @@ class SessionCache(Replica):
                        removed: Iterable[str], flat: bool, size: int) -> tuple[Record, Record]:
         """Make and hold the change (lock held): ``(record held, delta)`` from ``changes.record_change``."""
         config = self.config
+        # The access time is read before the version is issued, so a write never looks like a touch
+        # (``bus.streams.is_touch``: a version older than its access time) and is never sent as one.
+        wall = self.clock.wall()
         record, delta = record_change(
             old, key, data, changed, removed, version=self.hlc.now(), origin=self.origin,
-            wall=self.clock.wall(), idle_timeout=config.idle_timeout, max_age=config.max_age,
+            wall=wall, idle_timeout=config.idle_timeout, max_age=config.max_age,
             flat=flat, size=size,
         )
         self._held.store(record, old, self.clock.monotonic())
