@@ -28,10 +28,12 @@ from .expiring import ExpiringCache
 from .segmented import SegmentedLRUCache
 from .session import Record, cleared_by, compute_expires
 
-__all__ = ["Holdings", "core_for"]
+__all__ = ["ORPHANS_MAX", "Holdings", "core_for"]
 
 #: How often (monotonic seconds) reads sweep expired sessions and tombstones.
 _SWEEP_EVERY = 1.0
+#: Most deltas of sessions not held here kept for when their whole session arrives.
+ORPHANS_MAX = 10_000
 
 
 def core_for(config: Config, clock: Clock) -> ExpiringCache:
@@ -55,6 +57,11 @@ class Holdings:
         self.core = core_for(config, clock)
         #: Destroyed sessions in burial order: ``{key: (tombstone, monotonic time it lapses)}``.
         self.tombstones: OrderedDict[str, tuple[Record, float]] = OrderedDict()
+        #: Deltas of sessions not held here, merged (oldest first, at most ``ORPHANS_MAX``): each
+        #: publisher's messages arrive in order, but not across publishers, so the change a second
+        #: worker made may come before the first worker's whole new session. Never served; merged
+        #: into the session when it arrives (by the bus or read through).
+        self.orphans: OrderedDict[str, Record] = OrderedDict()
         #: The clear watermark: no live session written at or before this version is held or accepted.
         self.cleared = 0
         #: Serialized size of the live records held.
@@ -146,7 +153,15 @@ class Holdings:
         key = record.key
         tomb = self.tombstone(key, now) if self.tombstones else None
         old: Record | None = tomb if tomb is not None else self.core.peek(key)
-        merged = None if record.partial and old is None else merge_records(old, record, cleared=self.cleared)
+        if record.partial and old is None:
+            self._keep_orphan(record, wall)
+            self.counts["ignored"] += 1
+            return False
+        merged = merge_records(old, record, cleared=self.cleared)
+        if merged is not None and not merged.deleted and self.orphans:
+            orphan = self.orphans.pop(key, None)
+            if orphan is not None:
+                merged = merge_records(merged, orphan, cleared=self.cleared) or merged
         if merged is None or merged.partial:
             self.counts["ignored"] += 1
             return False
@@ -154,6 +169,7 @@ class Holdings:
         if merged.deleted:
             if live is not None:
                 self.remove(key, live)
+            self.orphans.pop(key, None)
             self.bury(merged, now)
         else:
             if tomb is not None:  # a tombstone already dead when this was written
@@ -173,6 +189,16 @@ class Holdings:
             )
         self.counts["applied"] += 1
         return True
+
+    def _keep_orphan(self, delta: Record, wall: float) -> None:
+        """Keep a delta of a session not held here until the session arrives (merged with earlier ones)."""
+        orphans = self.orphans
+        earlier = orphans.pop(delta.key, None)
+        kept = delta if earlier is None else (merge_records(earlier, delta, cleared=self.cleared) or earlier)
+        if kept is not None and kept.expires > wall:
+            orphans[delta.key] = kept
+            while len(orphans) > ORPHANS_MAX:
+                orphans.popitem(last=False)
 
     def discard(self, key: str, version: int, origin: int) -> bool:
         """Drop the live copy of ``key`` unless it already reflects the change ``(version, origin)``; True if dropped.
@@ -202,6 +228,12 @@ class Holdings:
                 self.remove(key, old)
             elif kept is not old:  # a newer session keeps only the keys changed after the clear
                 self.store(kept, old, now, accessed=now - (wall - kept.accessed))  # its expiry unchanged
+        for key, orphan in list(self.orphans.items()):
+            kept = after_clear(orphan, version)
+            if kept is None:
+                del self.orphans[key]
+            else:
+                self.orphans[key] = kept
 
     # -- everything held ------------------------------------------------------------
 
@@ -216,6 +248,7 @@ class Holdings:
     def drop_live(self) -> None:
         """Forget every live record (tombstones and the watermark stay)."""
         self.core.clear()
+        self.orphans.clear()
         self.bytes = 0
 
     def count(self) -> int:
