@@ -57,6 +57,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_ITEMS",
     "MAX_KEY",
+    "MAX_KEY_TOMBSTONES",
     "MAX_SEEN_ENTRIES",
     "MAX_VERSION",
     "RecordRules",
@@ -200,6 +201,8 @@ def field_fault(
 
 #: Most writers a record's ``seen`` may name (``changes.MAX_SEEN`` keeps far fewer).
 MAX_SEEN_ENTRIES = 64
+#: Most key tombstones (removed keys) a record keeps, beyond its live values (``changes``).
+MAX_KEY_TOMBSTONES = 1024
 
 
 def stamps_fault(
@@ -209,7 +212,7 @@ def stamps_fault(
 
     Every key of ``data`` needs a stamp, no stamp or ``seen`` entry may be
     later than the record's own ``version`` (the record is its newest
-    change), and there are at most ``max_items`` stamps (live keys and key
+    change), and there are at most ``max_items + MAX_KEY_TOMBSTONES`` stamps (live keys and key
     tombstones) and ``MAX_SEEN_ENTRIES`` writers.
     """
     if type(partial) is not bool:
@@ -217,8 +220,8 @@ def stamps_fault(
     if stamps is not None:
         if type(stamps) is not dict:
             return "stamps is not a map"
-        if len(stamps) > max_items:
-            return f"more than {max_items} stamped keys"
+        if len(stamps) > max_items + MAX_KEY_TOMBSTONES:
+            return f"more than {max_items + MAX_KEY_TOMBSTONES} stamped keys"
         for name, stamp in stamps.items():
             if type(name) is not str:
                 return "a stamped key is not a str"

@@ -32,7 +32,9 @@ one by reading its store.
 
 Bounds: key tombstones older than ``KEY_TOMBSTONE_TTL`` before the session's
 newest change are dropped (no request or message takes that long, so
-nothing they beat can still arrive); ``seen`` keeps the ``MAX_SEEN`` most
+nothing they beat can still arrive), and beyond the ``MAX_KEY_TOMBSTONES``
+most recent ones (an app removing thousands of distinct keys within the hour
+risks only that an older concurrent set of one of the oldest comes back); ``seen`` keeps the ``MAX_SEEN`` most
 recent writers (a forgotten writer's change reads as not reflected, unless
 the copy is newer than it altogether).
 """
@@ -45,12 +47,22 @@ from typing import Any
 
 import msgpack
 
+from .admission import MAX_KEY_TOMBSTONES
 from .clock import COUNTER_BITS
-from .fields import Stamp, drop_covered, drop_tombstones, keep_recent_seen, merge_keys, merge_seen
+from .fields import (
+    Stamp,
+    drop_covered,
+    drop_tombstones,
+    keep_recent_seen,
+    keep_recent_tombstones,
+    merge_keys,
+    merge_seen,
+)
 from .session import Record, SessionData, cleared_by, compute_expires, is_flat, supersedes
 
 __all__ = [
     "KEY_TOMBSTONE_TTL",
+    "MAX_KEY_TOMBSTONES",
     "MAX_SEEN",
     "after_clear",
     "merge_records",
@@ -180,7 +192,8 @@ def merge_records(old: Record | None, new: Record, *, cleared: int = 0) -> Recor
         values, uncovered = drop_covered(values, stamps, cleared)
         reshaped = reshaped or uncovered is not stamps
         stamps = uncovered
-    stamps = drop_tombstones(values, stamps, version - _KEY_TOMBSTONE_SPAN)
+    stamps = keep_recent_tombstones(values, drop_tombstones(values, stamps, version - _KEY_TOMBSTONE_SPAN),
+                                    MAX_KEY_TOMBSTONES)
     seen = keep_recent_seen(seen, MAX_SEEN)
     accessed, expires = (new.accessed, new.expires) if later else (old.accessed, old.expires)
     data = dict(values)
@@ -242,7 +255,8 @@ def record_change(
         seen: Mapping[int, int] = {origin: version}
     else:
         stamps = {**stamps_of(live_base), **touched}
-        stamps = drop_tombstones(data, stamps, version - _KEY_TOMBSTONE_SPAN)
+        stamps = keep_recent_tombstones(data, drop_tombstones(data, stamps, version - _KEY_TOMBSTONE_SPAN),
+                                        MAX_KEY_TOMBSTONES)
         seen = keep_recent_seen({**seen_of(live_base), origin: version}, MAX_SEEN)
     held = Record(key, data, version, origin, created, wall, expires, False, flat, size,
                   _normal_stamps(stamps, data, version, origin), _normal_seen(seen, version, origin), False)

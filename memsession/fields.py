@@ -122,6 +122,7 @@ __all__ = [
     "includes",
     "is_empty",
     "keep_recent_seen",
+    "keep_recent_tombstones",
     "latest_version",
     "merge",
     "merge_keys",
@@ -300,6 +301,19 @@ def drop_tombstones(values: Mapping[str, Any], stamps: Mapping[str, Stamp], floo
         return stamps  # every stamped key is live: no tombstone at all
     kept = {key: stamp for key, stamp in stamps.items() if key in values or stamp[0] > floor}
     return stamps if len(kept) == len(stamps) else kept
+
+
+def keep_recent_tombstones(values: Mapping[str, Any], stamps: Mapping[str, Stamp], limit: int) -> Mapping[str, Stamp]:
+    """``stamps`` with at most ``limit`` key tombstones, the ones with the highest stamps (the same object if within).
+
+    Keeping the top ``limit`` of the union is what merging two bounded sets
+    and bounding again gives, so the bound commutes with ``merge``.
+    """
+    if len(stamps) - len(values) <= limit:
+        return stamps
+    removed = [(stamp, key) for key, stamp in stamps.items() if key not in values]
+    kept = {key for _stamp, key in heapq.nlargest(limit, removed)}
+    return {key: stamp for key, stamp in stamps.items() if key in values or key in kept}
 
 
 def keep_recent_seen(seen: Mapping[int, int], max_seen: int) -> Mapping[int, int]:

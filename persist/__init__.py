@@ -5,7 +5,9 @@
 ``JsonFileStore``, ``PostgresStore`` (needs ``memsession[postgres]``),
 ``CouchStore`` and ``CouchFollower`` (need ``memsession[couchdb]``); the last
 three are imported on first use so a missing extra only fails when asked for.
-``Persistence(store, ...)`` puts a store behind a cache
+A store's ``save`` merges each record into its row with ``merge_row``
+(per key, ``memsession.changes.merge_records``) and hands what it reads
+through ``after_clear``. ``Persistence(store, ...)`` puts a store behind a cache
 (``SessionCache(persistence=Persistence(store))``); ``PersistConfig`` holds its
 options. ``WriteQueue`` and ``Writer`` are the one write-behind engine, which the
 sidecar runs too.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import Store, supersedes
+from .base import Store, after_clear, merge_row, supersedes
 from .jsonfile import JsonFileStore
 from .persistence import PersistConfig, Persistence
 from .queue import WriteQueue
@@ -37,6 +39,8 @@ __all__ = [
     "WriteQueue",
     "Writer",
     "WriterConfig",
+    "after_clear",
+    "merge_row",
     "rekey_store",
     "supersedes",
 ]

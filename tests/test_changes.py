@@ -186,3 +186,18 @@ def test_a_change_is_never_sent_as_a_touch_however_late_its_version_is_issued():
     second = writer.change(sid, {"b": 2})
     assert not is_touch(first) and not is_touch(second)
     assert reader.get(sid) == {"a": 1, "b": 2}
+
+
+def test_key_tombstones_are_bounded_keeping_the_most_recent():
+    from memsession.changes import MAX_KEY_TOMBSTONES
+
+    cache = SessionCache(clock=FakeClock())
+    sid = new_id()
+    cache.set(sid, {"keep": 1})
+    for n in range(MAX_KEY_TOMBSTONES + 10):
+        cache.change(sid, {f"k{n}": n})
+        cache.change(sid, {}, [f"k{n}"])
+    record = cache.record(sid)
+    removed = set(stamps_of(record)) - set(record.data)
+    assert len(removed) == MAX_KEY_TOMBSTONES and f"k{MAX_KEY_TOMBSTONES + 9}" in removed and "k0" not in removed
+    assert record.data == {"keep": 1}

@@ -17,6 +17,8 @@ def test_all_is_pinned_and_importable() -> None:
         "WriteQueue",
         "Writer",
         "WriterConfig",
+        "after_clear",
+        "merge_row",
         "rekey_store",
         "supersedes",
     ]
