@@ -35,6 +35,7 @@ import time
 from typing import Any
 
 from bench.bus_bytes import bus_bytes, bus_bytes_rows
+from bench.redis_server import start_redis, stop_redis
 from bench.table import render, verdict
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -312,38 +313,6 @@ def set_cost(runtime_dir: str, n: int) -> tuple[float, float]:
     return bare, wired
 
 
-def _start_redis() -> tuple[Any, str]:
-    try:
-        from tests.servers import RedisServer
-    except ImportError:
-        RedisServer = None
-    if RedisServer is not None:
-        server = RedisServer().start()
-        return server, server.url
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("redis-server not found (apt-get install -y redis-server)")
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(port), "--save", ""],
-                            stdout=subprocess.DEVNULL)
-    import redis
-
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            redis.Redis(port=port).ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    return proc, f"redis://127.0.0.1:{port}/0"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.replication", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer messages")
@@ -357,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime_dir = os.path.join(tmp, "rt")
     hub = subprocess.Popen([sys.executable, "-m", "memsession", "hub", "--runtime-dir", runtime_dir,
                             "--log-level", "WARNING"])
-    redis_server, redis_url = (None, "") if args.bytes else _start_redis()
+    redis_server, redis_url = (None, "") if args.bytes else start_redis()
     try:
         from memsession.hub import query_stats
 
@@ -426,13 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         hub.terminate()
         hub.wait(10)
-        if redis_server is None:
-            pass  # --bytes: none was started
-        elif hasattr(redis_server, "stop"):
-            redis_server.stop()
-        else:
-            redis_server.terminate()
-            redis_server.wait(10)
+        if redis_server is not None:  # --bytes starts none
+            stop_redis(redis_server)
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -168,7 +170,41 @@ def test_limit_is_checked(limit: object) -> None:
         WriteQueue(limit)  # type: ignore[arg-type]
 
 
-class QueueMachine(RuleBasedStateMachine):
+class _QueueRules(RuleBasedStateMachine):
+    """The store's side, shared by the machines below: take a batch, store or fail it, rewrite after an overflow."""
+
+    q: WriteQueue
+    inflight: list[Record]
+    latest: dict[str, Record]
+    _save: Callable[[list[Record]], None]  # each machine's store
+
+    @precondition(lambda self: not self.inflight)
+    @rule(n=st.integers(1, 5))
+    def take(self, n: int) -> None:
+        self.inflight = self.q.take(n)
+
+    @precondition(lambda self: bool(self.inflight))
+    @rule()
+    def store_takes_batch(self) -> None:
+        self._save(self.inflight)
+        self.q.done(self.inflight)
+        self.inflight = []
+
+    @precondition(lambda self: bool(self.inflight))
+    @rule()
+    def store_fails(self) -> None:
+        self.q.failed(self.inflight)
+        self.inflight = []
+
+    @precondition(lambda self: self.q.rewrite_due and not self.inflight)
+    @rule()
+    def rewrite(self) -> None:
+        self.q.start_rewrite()
+        self._save(list(self.latest.values()))
+        self.q.end_rewrite(True)
+
+
+class QueueMachine(_QueueRules):
     """Whatever the order of writes, failures and overflows, the store ends with the newest of every key.
 
     The model: ``latest`` is what the replica holds (the newest record of
@@ -205,30 +241,6 @@ class QueueMachine(RuleBasedStateMachine):
         self.latest[key] = new
         self.q.add(new)
 
-    @precondition(lambda self: not self.inflight)
-    @rule(n=st.integers(1, 5))
-    def take(self, n: int) -> None:
-        self.inflight = self.q.take(n)
-
-    @precondition(lambda self: bool(self.inflight))
-    @rule()
-    def store_takes_batch(self) -> None:
-        self._save(self.inflight)
-        self.q.done(self.inflight)
-        self.inflight = []
-
-    @precondition(lambda self: bool(self.inflight))
-    @rule()
-    def store_fails(self) -> None:
-        self.q.failed(self.inflight)
-        self.inflight = []
-
-    @precondition(lambda self: self.q.rewrite_due and not self.inflight)
-    @rule()
-    def rewrite(self) -> None:
-        self.q.start_rewrite()
-        self._save(list(self.latest.values()))
-        self.q.end_rewrite(True)
 
     @invariant()
     def bounded(self) -> None:
@@ -266,7 +278,7 @@ TestQueueMachine = QueueMachine.TestCase
 TestQueueMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 
 
-class DeltaQueueMachine(RuleBasedStateMachine):
+class DeltaQueueMachine(_QueueRules):
     """Deltas of a few keys per session, from two writers, through failures and overflows: the store ends
     holding every change, exactly what merging them all gives (``merge_records``, ``merge_row``).
 
@@ -308,30 +320,6 @@ class DeltaQueueMachine(RuleBasedStateMachine):
         self.latest[key] = merged
         self.q.add(new)
 
-    @precondition(lambda self: not self.inflight)
-    @rule(n=st.integers(1, 5))
-    def take(self, n: int) -> None:
-        self.inflight = self.q.take(n)
-
-    @precondition(lambda self: bool(self.inflight))
-    @rule()
-    def store_takes_batch(self) -> None:
-        self._save(self.inflight)
-        self.q.done(self.inflight)
-        self.inflight = []
-
-    @precondition(lambda self: bool(self.inflight))
-    @rule()
-    def store_fails(self) -> None:
-        self.q.failed(self.inflight)
-        self.inflight = []
-
-    @precondition(lambda self: self.q.rewrite_due and not self.inflight)
-    @rule()
-    def rewrite(self) -> None:
-        self.q.start_rewrite()
-        self._save(list(self.latest.values()))
-        self.q.end_rewrite(True)
 
     @invariant()
     def never_partial_in_the_store(self) -> None:
