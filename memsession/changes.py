@@ -228,11 +228,13 @@ def record_change(
     max_age: float | None,
     flat: bool,
     size: int,
+    delta_size: int | None = None,
 ) -> tuple[Record, Record]:
     """A change made on ``base``: ``(the session as now held, the delta to publish and persist)``.
 
     ``data`` is the whole session after the change, already checked and
-    copied (``session.prepare_packed``; ``flat`` and ``size`` from there);
+    copied (``session.prepare_packed``; ``flat`` and ``size`` from there;
+    ``delta_size``: the delta's data serialized, if the caller packed it);
     ``changed`` names the keys the change set and ``removed`` those it
     removed (each becomes a key tombstone). ``(version, origin)`` must be
     later than everything ``base`` holds (a ``HybridClock`` that observed
@@ -265,6 +267,7 @@ def record_change(
     delta_data = {name: data[name] for name in changed}
     delta = Record(
         key, delta_data, version, origin, created, wall, expires, False, is_flat(delta_data),
-        _packed_size(delta_data), dict(touched) if gone else None, None, live_base is not None,
+        _packed_size(delta_data) if delta_size is None else delta_size, dict(touched) if gone else None, None,
+        live_base is not None,
     )
     return held, delta

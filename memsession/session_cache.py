@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import msgpack
+
 from .changes import record_change
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Config
@@ -186,8 +188,11 @@ class SessionCache(Replica):
                 merged.pop(name, None)
             copy, packed, flat = prepare_packed(merged, self.config.max_session_bytes,
                                                 self.config.max_session_items)
-            record, delta = self._change_locked(key, old, copy, changed, gone, flat, len(packed))
-        self._emit(delta, packed=packed if delta is record else None)
+            # Packed once here: its size goes into the delta and the bus sends these very bytes.
+            delta_packed = msgpack.packb({name: copy[name] for name in changed}, use_bin_type=True)
+            record, delta = self._change_locked(key, old, copy, changed, gone, flat, len(packed),
+                                                len(delta_packed))
+        self._emit(delta, packed=packed if delta is record else delta_packed)
         return record
 
     def _bring_back(self, key: str) -> None:
@@ -211,7 +216,8 @@ class SessionCache(Replica):
         return base
 
     def _change_locked(self, key: str, old: Record | None, data: SessionData, changed: Iterable[str],
-                       removed: Iterable[str], flat: bool, size: int) -> tuple[Record, Record]:
+                       removed: Iterable[str], flat: bool, size: int,
+                       delta_size: int | None = None) -> tuple[Record, Record]:
         """Make and hold the change (lock held): ``(record held, delta)`` from ``changes.record_change``."""
         config = self.config
         # The access time is read before the version is issued, so a write never looks like a touch
@@ -220,7 +226,7 @@ class SessionCache(Replica):
         record, delta = record_change(
             old, key, data, changed, removed, version=self.hlc.now(), origin=self.origin,
             wall=wall, idle_timeout=config.idle_timeout, max_age=config.max_age,
-            flat=flat, size=size,
+            flat=flat, size=size, delta_size=delta_size,
         )
         self._held.store(record, old, self.clock.monotonic())
         self._counts["sets"] += 1

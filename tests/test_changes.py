@@ -201,3 +201,34 @@ def test_key_tombstones_are_bounded_keeping_the_most_recent():
     removed = set(stamps_of(record)) - set(record.data)
     assert len(removed) == MAX_KEY_TOMBSTONES and f"k{MAX_KEY_TOMBSTONES + 9}" in removed and "k0" not in removed
     assert record.data == {"keep": 1}
+
+
+def test_set_replaces_what_this_copy_held_and_keeps_a_key_another_worker_set_meanwhile():
+    from memsession.bus import MemoryBus, MemoryHub
+
+    hub = MemoryHub()
+    a, b = SessionCache(bus=MemoryBus(hub)), SessionCache(bus=MemoryBus(hub))
+    sid = new_id()
+    a.set(sid, {"old": 1, "x": 1})
+    hub.hold()  # both write before either hears of the other
+    a.set(sid, {"x": 2})  # "old" was held here: removed
+    b.change(sid, {"b": 1})  # "b" was never in a's copy: kept
+    hub.release()
+    assert a.get(sid) == b.get(sid) == {"x": 2, "b": 1}
+
+
+def test_deltas_kept_aside_are_bounded_oldest_first(monkeypatch):
+    import memsession.holdings as holdings
+
+    monkeypatch.setattr(holdings, "ORPHANS_MAX", 3)
+    writer, reader = SessionCache(clock=FakeClock()), SessionCache(clock=FakeClock())
+    sids = [new_id() for _ in range(5)]
+    for sid in sids:
+        base = writer.set(sid, {"a": 1})
+        _, delta = record_change(base, session_key(sid), {"a": 1, "b": 2}, ["b"], [], version=writer.hlc.now(),
+                                 origin=writer.origin, wall=writer.clock.wall(), idle_timeout=None,
+                                 max_age=None, flat=True, size=1)
+        assert not reader.apply(delta)
+    assert list(reader._held.orphans) == [session_key(sid) for sid in sids[2:]]
+    reader.apply(writer.record(sids[4]))
+    assert reader.get(sids[4]) == {"a": 1, "b": 2}
