@@ -193,11 +193,12 @@ class Persistence:
     # -- reads -------------------------------------------------------------------
 
     def read(self, key: str) -> Record | None:
-        """The newest record of ``key`` outside memory: queued, in flight, or stored; never a delta.
+        """The newest record of ``key`` outside memory: what is queued or in flight merged into the stored record.
 
-        A whole record queued or in flight is the answer; deltas alone are
-        merged into the stored record (a delta with nothing stored stands for
-        the session, as the store will keep it). None when neither knows it
+        Never a delta alone, and never a queued record alone either: even a
+        whole one is only what this process held, and the store may have keys
+        other workers wrote (a delta with nothing stored stands for the
+        session, as the store will keep it). None when neither knows it
         or the store holds only an expired copy (remembered ``negative_ttl``
         seconds). A store failure is raised, or answered None when
         ``on_read_error="miss"``; either way logged and counted.
@@ -208,9 +209,6 @@ class Persistence:
         queued = self._writer.get(key)
         with self._lock:
             counts["read_through"] += 1
-            if queued is not None and not queued.partial:
-                counts["read_hits"] += 1
-                return queued
             until = self._negative.get(key) if queued is None else None
             if until is not None:
                 if until > self.clock.monotonic():

@@ -202,14 +202,17 @@ def test_close_flushes_write_behind(store: RecordingStore, tmp_path: Path) -> No
         reopened.close()
 
 
-def test_queued_write_is_read_before_the_store(store: RecordingStore, clock: FakeClock) -> None:
+def test_a_queued_write_is_merged_into_what_the_store_has(store: RecordingStore, clock: FakeClock) -> None:
     with make_cache(store, clock, BEHIND_SLOW, maxsize=1) as cache:
         first, second = new_id(), new_id()
-        cache.set(first, {"n": 1})
+        other = SessionCache(clock=clock)  # another worker, whose write of "theirs" is stored already
+        store.save([other.set(first, {"theirs": 1})])
+        cache.set(first, {"n": 1})  # not yet written: the queue holds it
         cache.set(second, {"n": 2})
         assert first not in cache
-        assert cache.get(first) == {"n": 1}
-        assert store.loads == 0
+        # The queued record is what this process held, not the whole session: merged with the row.
+        assert cache.get(first) == {"theirs": 1, "n": 1}
+        assert store.loads == 1
 
 
 def test_unknown_ids_are_cached_negatively(store: RecordingStore, clock: FakeClock) -> None:
@@ -689,7 +692,8 @@ def test_a_queued_delta_is_read_merged_into_the_stored_record(store: RecordingSt
     assert store.loads == 1
     whole = make_test_record("w", {"only": "queued"}, version=300)
     persistence.emit(whole)
-    assert persistence.read("w") == whole and store.loads == 1  # a whole record queued: no store read
+    # A whole record queued is still merged with the row: it is what one process held, not the session.
+    assert persistence.read("w") == whole and store.loads == 2
     persistence.emit(make_test_delta("new", {"first": 1}, version=400))
     lone = persistence.read("new")
     assert lone is not None and lone.data == {"first": 1} and not lone.partial  # nothing stored: all there is
