@@ -192,7 +192,7 @@ class SessionManager:
         record = current_record(self.cache, sid)
         if is_stale(record, version, origin):
             record = self._catch_up(sid, version, origin)
-        return self._session_from(sid, record, version, session_class)
+        return self._session_from(sid, record, version, origin, session_class)
 
     def verify(self, cookie_value: str | Sequence[str]) -> tuple[str, int, int] | None:
         """``(sid, version, origin)`` from the first value that verifies, or None (counted)."""
@@ -230,7 +230,7 @@ class SessionManager:
         return record
 
     def _session_from(
-        self, sid: str, record: Record | None, version: int, session_class: type[Session]
+        self, sid: str, record: Record | None, version: int, origin: int, session_class: type[Session]
     ) -> Session:
         if record is None or record.deleted:
             # Unknown, expired or destroyed (a replayed cookie): a fresh session,
@@ -244,10 +244,14 @@ class SessionManager:
         if not self.cache.touch(sid):
             return session_class(had_cookie=True)  # ended since it was looked up
         refresh = refresh and self.config.refresh_each_request
-        return session_class(
-            copy_data(record), sid=sid, version=max(record.version, version), base=record.data,
+        session = session_class(
+            copy_data(record), sid=sid, version=version if origin else record.version, base=record.data,
             had_cookie=True, refresh=refresh,
         )
+        # The user's last change, re-signed if the cookie is only refreshed: the newest change of the
+        # copy may be another writer's, and a copy holding that one can still lack the user's own.
+        session.origin = origin or record.origin
+        return session
 
     # -- save -------------------------------------------------------------------
 
@@ -287,12 +291,12 @@ class SessionManager:
             changed, removed = session.changes()
             if not changed and not removed:
                 if session.modified or session._refresh:
-                    return self._cookie_for(sid, cache.record(sid))
+                    return self._cookie_for(sid, cache.record(sid), session)
                 return None
             record = self._merge(sid, changed, removed)
         if record is None:
             return _DELETE
-        session.version = record.version
+        session.version, session.origin = record.version, record.origin
         session._base = record.data
         return self._cookie(sid, record)
 
@@ -301,7 +305,7 @@ class SessionManager:
         record = self.cache.set(sid, session)
         session.sid = sid
         session.new = True
-        session.version = record.version
+        session.version, session.origin = record.version, record.origin
         session._base = record.data
         return self._cookie(sid, record)
 
@@ -329,17 +333,22 @@ class SessionManager:
         except SessionDestroyed:
             return None  # destroyed meanwhile: a late save must not resurrect it
 
-    def _cookie_for(self, sid: str, record: Record | None) -> Cookie | None:
+    def _cookie_for(self, sid: str, record: Record | None, session: Session) -> Cookie | None:
+        """A refreshed cookie: ``record``'s expiry, the stamp of the user's last change kept."""
         if record is None:
             return None
         if record.deleted:
             return _DELETE
-        return self._cookie(sid, record)
+        return self._cookie(sid, record, (session.version, session.origin))
 
-    def _cookie(self, sid: str, record: Record) -> Cookie:
-        """The cookie for session ``sid`` at ``record``: the id, never the key, goes to the browser."""
+    def _cookie(self, sid: str, record: Record, stamp: tuple[int, int] | None = None) -> Cookie:
+        """The cookie for session ``sid`` at ``record``: the id, never the key, goes to the browser.
+
+        It names ``stamp`` (the user's last change), or the change that made ``record``.
+        """
         expires = record.expires if math.isfinite(record.expires) else None
-        return Cookie(self.signer.sign(sid, record.version, record.origin), expires)
+        version, origin = stamp if stamp is not None else (record.version, record.origin)
+        return Cookie(self.signer.sign(sid, version, origin), expires)
 
     # -- headers, for integrations that write them themselves ----------------------
 

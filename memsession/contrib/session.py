@@ -48,7 +48,9 @@ class Session(dict):  # type: ignore[type-arg]
     ) -> None:
         super().__init__(data or ())
         self.sid = sid
+        #: The stamp ``(version, origin)`` of the user's last change (what the cookie names).
         self.version = version
+        self.origin = 0
         self.new = sid is None
         self.modified = False
         self.accessed = had_cookie
