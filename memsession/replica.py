@@ -370,18 +370,8 @@ class Replica:
         return current if current is not None and not current.deleted else None
 
     def _read_through(self, key: str) -> Record | None:
-        """Bring ``key`` from the hub or the store into memory; the live record, or None.
-
-        The hub first, in ``update`` mode too while it is settled: a store
-        written behind may lag the bus, and a copy read from it would lack a
-        change the bus has already delivered and won't deliver again.
-        """
-        bus = self.bus
-        found = None
-        if bus is not None and self._bus_reads:
-            found = bus.fetch(key)
-        elif bus is not None and self._hub_settled():
-            found = bus.fetch(key, timeout=_REVALIDATE_TIMEOUT)
+        """Bring ``key`` from the hub (invalidate mode) or the store into memory; the live record, or None."""
+        found = self.bus.fetch(key) if self._bus_reads and self.bus is not None else None
         if found is None and self.persistence is not None:
             found = self.persistence.read(key)
         if found is None:
