@@ -11,7 +11,6 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -183,7 +182,7 @@ class SessionCache(Replica):
         both = changed.keys() & set(gone)
         if both:
             raise ValueError(f"keys both set and removed: {sorted(both)!r}")
-        brought = self._bring_back(key)
+        self._bring_back(key)
         with self._lock:
             old = self._base_for(key, sid)
             merged = dict(old.data) if old is not None else {}
@@ -194,10 +193,6 @@ class SessionCache(Replica):
                                                 self.config.max_session_items)
             # Packed once here: its size goes into the delta and the bus sends these very bytes.
             delta_packed = msgpack.packb({name: copy[name] for name in changed}, use_bin_type=True)
-            if old is None and not brought:
-                delta = self._change_unheld(key, copy, changed, gone, len(delta_packed))
-                self._emit(delta, packed=delta_packed)
-                return delta
             record, delta = self._change_locked(key, old, copy, changed, gone, flat, len(packed),
                                                 len(delta_packed))
         self._emit(delta, packed=packed if delta is record else delta_packed)
@@ -206,7 +201,7 @@ class SessionCache(Replica):
     def _bring_back(self, key: str) -> bool:
         """Before a change: if no copy is held here (evicted since the request read it), fetch the whole one.
 
-        False when none is held and neither hub nor store answered (see ``_change_unheld``).
+        False when none is held and neither hub nor store answered.
         """
         with self._lock:
             held = key in self._core or self._held.tombstone(key, self.clock.monotonic()) is not None
@@ -214,22 +209,6 @@ class SessionCache(Replica):
             return True
         answered, _newest = self._ask_elsewhere(key, 0, time.monotonic() + BRING_BACK_TIMEOUT)
         return answered
-
-    def _change_unheld(self, key: str, data: SessionData, changed: Iterable[str], removed: Iterable[str],
-                       delta_size: int) -> Record:
-        """A change of a session nobody could hand this process (lock held): a delta, merged by every copy
-        and store that has the session, kept aside here (``Holdings.orphans``), never served alone."""
-        config = self.config
-        wall = self.clock.wall()  # before the version, as in ``_change_locked``
-        _, whole = record_change(
-            None, key, {name: data[name] for name in changed}, changed, removed, version=self.hlc.now(),
-            origin=self.origin, wall=wall, idle_timeout=config.idle_timeout, max_age=config.max_age,
-            flat=False, size=delta_size, delta_size=delta_size,
-        )
-        delta = replace(whole, partial=True)
-        self._held.keep_orphan(delta, wall)
-        self._counts["sets"] += 1
-        return delta
 
     def _base_for(self, key: str, sid: str) -> Record | None:
         """The live copy a change is made on (lock held); ``SessionDestroyed`` if a tombstone lives."""
