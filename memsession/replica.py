@@ -107,6 +107,24 @@ class Replica:
         """The live record of the session of id ``sid`` (or its tombstone) without counting an access."""
         return self.held(session_key(check_sid(sid)))
 
+    def checked_record(self, sid: str) -> Record | None:
+        """``record``, checked with the hub first while lost messages are being repaired (as ``get`` does).
+
+        A copy that missed changes may since have merged a later one, which
+        makes it look as new as that change (``changes.reflects``) while it
+        still lacks the ones before: until the repair is done, the hub's copy
+        is merged in before it is trusted.
+        """
+        key = session_key(check_sid(sid))
+        with self._lock:
+            record = self._held.record(key, self.clock.monotonic())
+            unchecked = self._repairing and key not in self._verified
+        if record is not None and not record.deleted and unchecked:
+            self._revalidate(key, record)
+            with self._lock:
+                record = self._held.record(key, self.clock.monotonic())
+        return record
+
     def held(self, key: str) -> Record | None:
         """``record`` by key (``session_key(sid)``): what replication, which never sees ids, asks."""
         with self._lock:

@@ -73,7 +73,8 @@ def current_record(cache: SessionCache, sid: str) -> Record | None:
     cache's store (or the hub, in ``invalidate`` mode) when it has one, so a
     restarted process still finds sessions its store holds.
     """
-    record = cache.record(sid)
+    checked = getattr(cache, "checked_record", None)  # checked with the hub during a repair
+    record = checked(sid) if checked is not None else cache.record(sid)
     if record is None and cache.get(sid) is not None:
         record = cache.record(sid)
     return record
