@@ -154,7 +154,7 @@ class Holdings:
         tomb = self.tombstone(key, now) if self.tombstones else None
         old: Record | None = tomb if tomb is not None else self.core.peek(key)
         if record.partial and old is None:
-            self.keep_orphan(record, wall)
+            self._keep_orphan(record, wall)
             self.counts["ignored"] += 1
             return False
         merged = merge_records(old, record, cleared=self.cleared)
@@ -190,7 +190,7 @@ class Holdings:
         self.counts["applied"] += 1
         return True
 
-    def keep_orphan(self, delta: Record, wall: float) -> None:
+    def _keep_orphan(self, delta: Record, wall: float) -> None:
         """Keep a delta of a session not held here until the session arrives (merged with earlier ones)."""
         orphans = self.orphans
         earlier = orphans.pop(delta.key, None)

@@ -198,17 +198,16 @@ class SessionCache(Replica):
         self._emit(delta, packed=packed if delta is record else delta_packed)
         return record
 
-    def _bring_back(self, key: str) -> bool:
+    def _bring_back(self, key: str) -> None:
         """Before a change: if no copy is held here (evicted since the request read it), fetch the whole one.
 
-        False when none is held and neither hub nor store answered.
+        Otherwise the change would be made on nothing, and this process would
+        hold the changed keys alone as the session.
         """
         with self._lock:
             held = key in self._core or self._held.tombstone(key, self.clock.monotonic()) is not None
-        if held or (self.bus is None and self.persistence is None):
-            return True
-        answered, _newest = self._ask_elsewhere(key, 0, time.monotonic() + BRING_BACK_TIMEOUT)
-        return answered
+        if not held and (self.bus is not None or self.persistence is not None):
+            self._ask_elsewhere(key, 0, time.monotonic() + BRING_BACK_TIMEOUT)
 
     def _base_for(self, key: str, sid: str) -> Record | None:
         """The live copy a change is made on (lock held); ``SessionDestroyed`` if a tombstone lives."""
