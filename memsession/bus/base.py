@@ -1,8 +1,8 @@
 """The replication logic every transport shares.
 
-``Replicator`` is the pure part of a bus: it numbers outgoing messages,
-decodes incoming ones, tracks sequences, merges records into the cache and
-says when a repair is due. It owns no socket, thread or clock of its own;
+``Replicator`` is the pure part of a bus: it numbers outgoing messages (the
+``OutgoingStream`` it builds on, in ``outgoing``), decodes incoming ones,
+tracks sequences, merges records into the cache and says when a repair is due. It owns no socket, thread or clock of its own;
 transports (``MemoryBus``, ``ZmqBus``) move its frames and run its repairs.
 
 The contract it serves (``Bus``, ``ReplicaTarget``, ``Clear``) is in
@@ -13,7 +13,6 @@ The contract it serves (``Bus``, ``ReplicaTarget``, ``Clear``) is in
 from __future__ import annotations
 
 import logging
-import secrets
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -24,8 +23,9 @@ from ..errors import WireError
 from ..refusals import log_refusal
 from ..session import Record, touched_copy
 from .config import BusConfig
-from .contract import Bus, Clear, Outgoing, ReplicaTarget
-from .sequence import DUP, GAP, JUMP, SequenceTracker
+from .contract import Bus, Clear, ReplicaTarget
+from .outgoing import OutgoingStream
+from .sequence import GAP, JUMP, SequenceTracker
 from .streams import is_touch, new_epoch, percentiles
 
 __all__ = ["Bus", "BusConfig", "Clear", "ReplicaTarget", "Replicator", "is_touch", "new_epoch", "percentiles"]
@@ -41,13 +41,16 @@ HELLO = "hello"
 RESYNC = "resync"
 REPAIR = "repair"
 SKIPPED = "skipped"
+#: (within ``Replicator``) a message whose changes were taken in, merged or waiting in a run
+_DATA = "data"
 
 
-class Replicator:
+class Replicator(OutgoingStream):
     """Replication protocol of one process, without I/O.
 
     ``outgoing`` numbers and encodes local changes (one caller thread at a
-    time); ``receive`` classifies and merges incoming frames (one thread);
+    time); ``receive`` classifies and merges incoming frames, ``receive_many``
+    the frames a transport drained at once (one thread);
     ``install_snapshot`` splices a hub snapshot in. ``repair_due`` is set by a
     gap, a hub restart or a silence and cleared by a snapshot.
     """
@@ -60,13 +63,9 @@ class Replicator:
         epoch: int | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        super().__init__(cache.origin, config, epoch=epoch, clock=clock)
         self.cache = cache
-        self.config = config
-        self.origin = cache.origin
-        self.clock = clock
-        self.epoch = epoch if epoch is not None else new_epoch(clock)
         self._own = wire.own_prefix(self.origin, self.epoch)
-        self.seq = 0
         self.tracker = SequenceTracker(strict=True, max_jump=config.max_seq_jump, hold=config.seq_jump_hold)
         self.hub_epoch: int | None = None
         self.hub_id: int | None = None
@@ -82,65 +81,15 @@ class Replicator:
         self.repair_reason = ""
         #: True until the join snapshot is installed: what arrives before it, gaps included, it covers.
         self.joining = True
-        self.nonce = secrets.randbits(62)
-        self.counts = dict.fromkeys(
-            ("published", "queue_dropped", "received", "applied", "ignored", "duplicates",
+        self.counts.update(dict.fromkeys(
+            ("queue_dropped", "received", "applied", "ignored", "duplicates",
              "gaps", "repairs", "hub_restarts", "stale_hub_beats", "resyncs", "snapshot_records", "write_failures",
              "refused_records"),
             0,
-        )
+        ))
         self.dropped: dict[str, int] = {}
         self.lag_ms: deque[float] = deque(maxlen=4096)
         self._last_drop_log = 0.0
-
-    # -- sending ----------------------------------------------------------------
-
-    def needs_write(self, record: Record) -> bool:
-        """In ``invalidate`` mode a new value goes to the hub (WRITE) before its INVALIDATE."""
-        return self.config.mode == "invalidate" and not record.deleted and not is_touch(record)
-
-    def outgoing(self, record: Outgoing, *, full: bool = False) -> list[bytes]:
-        """Frames for one local change, numbered next in our stream.
-
-        ``full`` sends the value even in ``invalidate`` mode (the hub did not
-        acknowledge the WRITE, so receivers must not be sent to read it there).
-        """
-        self.seq += 1
-        op, fields = self._item(record, full)
-        self.counts["published"] += 1
-        return wire.encode_message(op, self.origin, self.epoch, self.seq, int(self.clock.wall() * 1_000_000), fields)
-
-    def outgoing_batch(self, records: Sequence[Outgoing], *, full: bool = False) -> list[bytes]:
-        """One BATCH message for several local changes (numbered consecutively), or a plain one for one."""
-        if len(records) == 1:
-            return self.outgoing(records[0], full=full)
-        first = self.seq + 1
-        self.seq += len(records)
-        items = [self._item(r, full) for r in records]
-        self.counts["published"] += len(records)
-        return wire.encode_batch(items, self.origin, self.epoch, first, int(self.clock.wall() * 1_000_000))
-
-    def _item(self, item: Outgoing, full: bool) -> tuple[str, list[Any]]:
-        if isinstance(item, Clear):
-            return wire.CLEAR, [item.version]
-        packed: bytes | None = None
-        if isinstance(item, tuple):  # (record, its data already packed)
-            record, packed = item
-        else:
-            record = item
-        if record.deleted:
-            return wire.DESTROY, wire.destroy_fields(record)
-        if is_touch(record):
-            return wire.TOUCH, wire.touch_fields(record)
-        if self.config.mode == "invalidate" and not full:
-            return wire.INVALIDATE, wire.invalidate_fields(record)
-        return wire.SET, wire.set_fields(record, packed)
-
-    def heartbeat(self) -> list[bytes]:
-        return wire.encode_heartbeat(self.origin, self.epoch, self.seq, int(self.clock.wall() * 1_000_000))
-
-    def hello(self) -> list[bytes]:
-        return wire.encode_hello(self.origin, self.epoch, self.nonce, int(self.clock.wall() * 1_000_000))
 
     # -- receiving --------------------------------------------------------------
 
@@ -162,77 +111,89 @@ class Replicator:
 
     def receive(self, frames: list[bytes]) -> str:
         """Handle one bus message; the return value tells the transport what to do."""
+        run: list[Record] = []
+        verdict, changed = self._take(frames, run)
+        if run and self._merge_run(run):
+            changed = True
+        if verdict == _DATA:
+            return APPLIED if changed else IGNORED
+        return verdict
+
+    def receive_many(self, messages: Iterable[list[bytes]]) -> set[str]:
+        """``receive`` for the messages a transport drained at once; the verdicts it must act on.
+
+        The sets and destroys of consecutive messages are merged under one
+        lock (``ReplicaTarget.apply_many``), as a BATCH's are; any other change
+        is merged after them, in stream order. A message that fails is logged,
+        counted (``dropped["error"]``) and skipped; the others are not lost.
+        """
+        run: list[Record] = []
+        verdicts: set[str] = set()
+        for frames in messages:
+            try:
+                verdicts.add(self._take(frames, run)[0])
+            except Exception as exc:  # replication is best-effort: one bad message never costs the rest
+                log.exception("failed to apply a bus message")
+                self.drop("error", exc)
+        if run:
+            self._merge_run(run)
+        return verdicts
+
+    def _take(self, frames: list[bytes], run: list[Record]) -> tuple[str, bool]:
+        """Classify one message and merge its changes, its sets and destroys appended to ``run`` for the caller.
+
+        ``(verdict, changed)``: ``_DATA`` for changes taken in, ``changed`` if
+        those merged here (not the ones left in ``run``) changed the cache.
+        """
         if wire.is_own(frames, self._own):
-            return OWN
+            return OWN, False
         try:
             msg = wire.decode(frames, self.config.limits)
         except WireError as exc:
-            return self.drop(exc.kind, exc)
+            return self.drop(exc.kind, exc), False
         op = msg.op
         self.tracker.heard(msg.origin, self.clock.monotonic())
         if op == wire.HELLO:
-            if msg.origin == self.origin and msg.body == self.nonce:
-                return HELLO
-            return SKIPPED
+            return (HELLO if msg.origin == self.origin and msg.body == self.nonce else SKIPPED), False
         if op == wire.HUB_BEAT:
-            return self._hub_beat(msg)
+            return self._hub_beat(msg), False
         if msg.origin == self.origin and msg.epoch == self.epoch:
-            return OWN
+            return OWN, False
         if op == wire.RESYNC:
             if msg.body == self.origin:
                 self.counts["resyncs"] += 1
-                return RESYNC
-            return SKIPPED
+                return RESYNC, False
+            return SKIPPED, False
         if op == wire.HEARTBEAT:
             verdict = self.tracker.heartbeat(msg.origin, msg.epoch, msg.seq)
             if verdict == JUMP:
-                return self._jump(msg)
+                return self._jump(msg), False
             if verdict == GAP:
-                return self._gap(f"heartbeat of origin {msg.origin:x}")
-            return SKIPPED
-        if op == wire.BATCH:
-            return self._receive_batch(msg)
-        verdict = self.tracker.observe(msg.origin, msg.epoch, msg.seq)
-        if verdict == JUMP:
-            return self._jump(msg)
-        if verdict == DUP:
-            self.counts["duplicates"] += 1
-            return SKIPPED
-        self.counts["received"] += 1
-        changed = self._merge(op, msg.body)
-        self.lag_ms.append(self.clock.wall() * 1000 - msg.sent_us / 1000)
-        if verdict == GAP:
-            return self._gap(f"seq {msg.seq} of origin {msg.origin:x}")
-        return APPLIED if changed else IGNORED
-
-    def _receive_batch(self, msg: wire.Message) -> str:
-        """Items of a BATCH, each as its own numbered message."""
-        merge = self._merge
-        origin = msg.origin
-        lag = self.clock.wall() * 1000 - msg.sent_us / 1000
-        fresh, gap_at, jumped = self.tracker.accept(origin, msg.epoch, msg.seq, msg.body)
+                return self._gap(f"heartbeat of origin {msg.origin:x}"), False
+            return SKIPPED, False
+        # A BATCH is a run of numbered messages; a single change is a run of one.
+        items = msg.body if op == wire.BATCH else ((op, msg.body),)
+        fresh, gap_at, jumped = self.tracker.accept(msg.origin, msg.epoch, msg.seq, items)
         if jumped:
-            return self._jump(msg)
+            return self._jump(msg), False
         received = len(fresh)
-        self.counts["duplicates"] += len(msg.body) - received
-        outcome = IGNORED
-        run: list[Record] = []  # consecutive sets and destroys, merged under one lock
-        for op, body in fresh:
-            if op == wire.SET or op == wire.DESTROY:
+        self.counts["duplicates"] += len(items) - received
+        changed = False
+        for item_op, body in fresh:
+            if item_op == wire.SET or item_op == wire.DESTROY:
                 run.append(body)
                 continue
-            if run and self._merge_run(run):
-                outcome = APPLIED
-            run = []
-            if merge(op, body):
-                outcome = APPLIED
-        if run and self._merge_run(run):
-            outcome = APPLIED
+            if run and self._merge_run(run):  # what came before merges first: a touch needs the record
+                changed = True
+            run.clear()
+            if self._merge(item_op, body):
+                changed = True
         self.counts["received"] += received
-        self.lag_ms.extend([lag] * received)  # every item waited since the batch was sent
+        lag = self.clock.wall() * 1000 - msg.sent_us / 1000
+        self.lag_ms.extend([lag] * received)  # every item waited since the message was sent
         if gap_at:
-            return self._gap(f"seq {gap_at} of origin {origin:x}")
-        return outcome if received else SKIPPED
+            return self._gap(f"seq {gap_at} of origin {msg.origin:x}"), changed
+        return (_DATA if received else SKIPPED), changed
 
     def _merge(self, op: str, body: Any) -> bool:
         cache = self.cache
@@ -251,7 +212,18 @@ class Replicator:
         return changed
 
     def _merge_run(self, records: list[Record]) -> bool:
-        changed = self.cache.apply_many(records)
+        """Merge ``records`` under one lock; if that fails, one by one, so a bad one costs only itself."""
+        try:
+            changed = self.cache.apply_many(records)
+        except Exception:
+            log.exception("failed to merge %d changes together; merging them one by one", len(records))
+            changed = 0
+            for record in records:
+                try:
+                    changed += self.cache.apply(record)  # merging again what was merged changes nothing
+                except Exception as exc:
+                    log.exception("failed to apply a bus message")
+                    self.drop("error", exc)
         self.counts["applied"] += changed
         self.counts["ignored"] += len(records) - changed
         return changed > 0
