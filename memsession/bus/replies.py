@@ -10,7 +10,7 @@ from typing import Any
 from .. import wire
 from ..errors import WireError
 
-__all__ = ["collect_replies"]
+__all__ = ["Requests", "collect_replies"]
 
 
 def collect_replies(
@@ -43,3 +43,25 @@ def collect_replies(
         out.append(reply)
         if reply.op == until:
             return out
+
+
+class Requests:
+    """Request ids and reply collection for one bus client, shared by its threads."""
+
+    def __init__(self, stop: threading.Event, limits: wire.Limits,
+                 malformed: Callable[[str, Exception], object] | None = None) -> None:
+        self._stop = stop
+        self._limits = limits
+        self._malformed = malformed
+        self._rid = 0
+        self._lock = threading.Lock()
+
+    def next_rid(self) -> int:
+        with self._lock:
+            self._rid += 1
+            return self._rid
+
+    def collect(self, dealer: Any, rid: int, until: str, deadline: float) -> list[wire.Reply] | None:
+        """Replies to ``rid`` up to the one with op ``until``; None on timeout (``collect_replies``)."""
+        return collect_replies(dealer, rid, until, deadline, stop=self._stop, limits=self._limits,
+                               malformed=self._malformed)

@@ -1,11 +1,26 @@
 """The ZeroMQ bus: PUB to the hub's XSUB, SUB from its XPUB, DEALER to its ROUTER.
 
-Two background threads per process, each owning its sockets:
+Sending. A change is sent by the thread that made it, at once: ``publish``
+takes the send lock without waiting, numbers the change, encodes it and
+hands it to ZeroMQ, whose own I/O thread writes it, so a change made alone
+wakes no thread of ours on its way out. When the lock is held (another
+thread is sending) or changes are already waiting, the change is queued
+instead, and the sender thread sends what waits, up to 256 changes in one
+BATCH message: batching only what already waits never delays a change. The
+sender thread also sends the heartbeats and hellos, and in ``invalidate`` mode
+every change (its WRITE waits for the hub's ACK, which a request must not).
 
-* sender: drains the bounded queue of local changes into the PUB (the request
-  thread only appends and signals), sends heartbeats and hellos;
-* receiver: reads the SUB, merges remote changes into the cache, and runs
-  repairs over the DEALER (snapshot, push of local state).
+Order and numbers. A change goes out directly only if nothing is queued while
+the lock is held, and the queue is drained only under the lock, so a change
+leaves after every change queued before it; numbers are taken under the lock,
+so the stream stays gapless whichever thread sends. The PUB is made in the
+sender thread and used by the calling threads only under the lock: ZeroMQ
+sockets are not thread-safe, but may pass between threads with a full memory
+barrier, which taking and releasing a lock is.
+
+Receiving (``zmq_receiver``): the receiver thread reads the SUB, merges remote
+changes into the cache, and runs repairs over the DEALER (snapshot, push of
+local state).
 
 Joining: the receiver subscribes, waits until its own hello comes back
 (proof that the subscription is live at the hub), then takes a snapshot; only
@@ -13,8 +28,11 @@ then does ``attach`` return. If the hub is not there, ``attach`` returns after
 ``request_timeout`` and the receiver keeps trying in the background.
 
 Fork safety: nothing ZeroMQ exists until ``attach``. A child forked after that
-gets a fresh context, fresh threads, a new origin id and a new stream; the
-parent's sockets are left untouched in the child.
+gets a fresh context, fresh threads, locks and queue, a new origin id and a
+new stream; the parent's sockets are left untouched in the child.
+
+Closing flushes: the sender thread sends what is queued, then closes the PUB
+with a linger, so what is already in its pipe still reaches the hub.
 """
 
 from __future__ import annotations
@@ -34,15 +52,16 @@ from ..clock import SYSTEM_CLOCK
 from ..errors import BusError, ConfigError
 from ..refusals import log_refusal
 from ..session import Record
-from .base import HELLO, RESYNC, BusConfig, Clear, ReplicaTarget, Replicator
-from .replies import collect_replies
+from .base import BusConfig, Clear, ReplicaTarget, Replicator
+from .contract import Outgoing
+from .replies import Requests
+from .zmq_receiver import Receiver
 
 __all__ = ["ZmqBus"]
 
 log = logging.getLogger("memsession.bus")
 
 _INHERITED: list[Any] = []  # objects inherited across fork: never closed or collected in the child
-_PUSH_BATCH = 1000
 #: Most changes in one BATCH message (1 KB sessions: ~256 KB, well inside ``Limits.max_frame``).
 _SEND_BATCH = 256
 
@@ -71,16 +90,19 @@ class ZmqBus:
         self.replicator: Replicator | None = None
         self._pid = 0
         self._ctx: Any = None
-        self._queue: deque[Any] = deque()
-        self._wake = threading.Event()
+        self._zmq: Any = None  # the pyzmq module, once attached (nothing imports it before)
+        self._new_sending_state()
         self._stop = threading.Event()
         self._joined = threading.Event()
+        self._requests: Requests | None = None
         self._threads: list[threading.Thread] = []
         self._closed = False
         self._queue_dropped = 0
-        self._rid = 0
-        self._rid_lock = threading.Lock()
+        self._send_errors = 0
+        self._queued_sends = 0
         self._sent_hello = 0.0
+        self._drop_rate = config.fault_drop_rate
+        self._rng = random.Random()  # fault injection only
         self.reads_through = config.mode == "invalidate"
         ref = weakref.ref(self)
 
@@ -106,18 +128,51 @@ class ZmqBus:
         if self._closed:
             return
         # No getpid() check here (a system call per change): a fork runs _after_fork in the child.
+        item: Outgoing = (record, packed) if packed is not None and isinstance(record, Record) else record
         queue = self._queue
+        lock = self._send_lock
+        if not queue and lock.acquire(blocking=False):
+            try:
+                pub = self._pub
+                if pub is not None and not queue:  # nothing waits to go before it: send it now
+                    self._send_now(pub, item)
+                    return
+            finally:
+                lock.release()
         if len(queue) >= self.config.queue_size:
             # Dropped before it is numbered (no receiver sees a gap): it stays here and in our store.
             self._queue_dropped += 1
             log_refusal(log, "bus send queue full: a change was not sent", self._queue_dropped,
                         f"queue_size={self.config.queue_size}")
             return
-        queue.append(record if packed is None else (record, packed))
+        queue.append(item)
         if len(queue) == 1:
             # Only the first change after the sender drained needs to wake it; later ones
             # join the batch it is about to take (it re-checks the queue before waiting).
             self._wake.set()
+
+    def _send_now(self, pub: Any, item: Outgoing) -> None:
+        """Number, encode and send one change from the calling thread (send lock held); never raises.
+
+        A change that fails here was numbered: receivers see the gap, and the
+        hub's resync request brings it from this process's state.
+        """
+        rep = self.replicator
+        assert rep is not None
+        zmq = self._zmq
+        try:
+            frames = rep.outgoing(item)
+        except Exception:  # a bug, not the bus's trouble: the request that made the change must not fail
+            self._send_errors += 1
+            log.exception("a change could not be encoded for the bus")
+            return
+        if self._drop_rate and self._rng.random() < self._drop_rate:
+            return  # fault injection: numbered, then lost
+        try:
+            pub.send_multipart(frames, zmq.NOBLOCK)  # a PUB past its high-water mark drops: a gap
+        except zmq.ZMQError as exc:
+            self._send_errors += 1
+            log_refusal(log, "a change could not be sent on the bus", self._send_errors, exc)
 
     def fetch(self, key: str, timeout: float | None = None) -> Record | None:
         return self.lookup(key, timeout)[1]
@@ -141,6 +196,8 @@ class ZmqBus:
         rep = self.replicator
         out: dict[str, Any] = rep.stats() if rep is not None else {}
         out["queue_dropped"] = self._queue_dropped
+        out["send_errors"] = self._send_errors
+        out["queued_sends"] = self._queued_sends  # changes the sender thread sent; the others went at once
         out["queued"] = len(self._queue)
         out["joined"] = self._joined.is_set()
         return out
@@ -181,13 +238,19 @@ class ZmqBus:
         if self._cache is None:
             raise BusError("bus is not attached to a cache")
         self._pid = os.getpid()
+        self._zmq = zmq
         self._ctx = zmq.Context()
-        self.replicator = Replicator(self._cache, self.config, clock=getattr(self._cache, "clock", SYSTEM_CLOCK))
+        self.replicator = rep = Replicator(self._cache, self.config,
+                                           clock=getattr(self._cache, "clock", SYSTEM_CLOCK))
         self._stop = threading.Event()
         self._joined = threading.Event()
+        self._requests = Requests(self._stop, self.config.limits, malformed=rep.drop)
+        receiver = Receiver(config=self.config, replicator=rep, cache=self._cache, addresses=self._at,
+                            make_socket=self._socket, requests=self._requests, stop=self._stop,
+                            joined=self._joined, on_join=self._wake.set)
         self._threads = [
             threading.Thread(target=self._sender, name="memsession-bus-send", daemon=True),
-            threading.Thread(target=self._receiver, name="memsession-bus-recv", daemon=True),
+            threading.Thread(target=receiver.run, name="memsession-bus-recv", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
@@ -209,14 +272,21 @@ class ZmqBus:
         _INHERITED.append(self._ctx)
         self._ctx = None
         self._threads = []
-        self._queue = deque()
-        self._wake = threading.Event()
+        self._new_sending_state()  # the parent's lock may have been held by one of its threads
         cache = self._cache
         if cache is not None:
             cache.origin = secrets.randbits(63) or 1  # two processes must never share an origin
             self._start()
 
     # -- threads ------------------------------------------------------------------------
+
+    def _new_sending_state(self) -> None:
+        """The queue, the send lock and the sender's wake-up, fresh (at construction and in a forked child)."""
+        self._queue: deque[Outgoing] = deque()
+        self._send_lock = threading.Lock()
+        self._wake = threading.Event()
+        #: The sender thread's PUB while calling threads may send on it (under ``_send_lock``); else None.
+        self._pub: Any = None
 
     def _socket(self, kind: int) -> Any:
         sock = self._ctx.socket(kind)
@@ -239,180 +309,97 @@ class ZmqBus:
         queue = self._queue
         wake = self._wake
         stop = self._stop
-        send = pub.send_multipart
-        drop_rate = self.config.fault_drop_rate
-        rng = random.Random()
+        lock = self._send_lock
         heartbeat = self.config.heartbeat
         try:
             pub.connect(self._at.publish)
             if writer is not None:
-                writer.connect(self._at.requests)
+                writer.connect(self._at.requests)  # every change goes through this thread (its WRITE)
+            else:
+                with lock:
+                    self._pub = pub  # from now on a change may go out from the thread that made it
             next_beat = time.monotonic()
             while True:
-                while queue:
-                    # Everything queued by now goes out, up to _SEND_BATCH changes a message:
-                    # batching only what is already waiting never delays a change.
-                    batch = [queue.popleft() for _ in range(min(len(queue), _SEND_BATCH))]
-                    written = self._write(writer, batch) if writer is not None else False
-                    if drop_rate:  # fault injection: one change a message, so each can be lost alone
-                        for item in batch:
-                            frames = rep.outgoing(item, full=not written)
-                            if rng.random() >= drop_rate:
-                                send(frames)
-                        continue
-                    send(rep.outgoing_batch(batch, full=not written))
+                if queue:
+                    with lock:
+                        self._send_queued(pub, writer)
                 if stop.is_set():
                     break
                 now = time.monotonic()
-                if not self._joined.is_set() and now - self._sent_hello >= 0.02:
-                    self._sent_hello = now
-                    send(rep.hello())
-                if now >= next_beat:
-                    send(rep.heartbeat())
-                    next_beat = now + heartbeat
-                wake.wait(0.02 if not self._joined.is_set() else max(0.0, next_beat - now))
+                joined = self._joined.is_set()
+                hello = not joined and now - self._sent_hello >= 0.02
+                if hello or now >= next_beat:
+                    with lock:  # after every change numbered before it: a beat carries the last number
+                        if hello:
+                            self._sent_hello = now
+                            pub.send_multipart(rep.hello())
+                        if now >= next_beat:
+                            pub.send_multipart(rep.heartbeat())
+                            next_beat = now + heartbeat
+                wake.wait(0.02 if not joined else max(0.0, next_beat - now))
                 wake.clear()
         except zmq.ZMQError as exc:
             log.error("bus sender stopped: %s", exc)
         finally:
+            with lock:
+                self._pub = None  # no calling thread sends on it any more; what comes later is queued
             # An orderly close flushes what is already in the PUB's pipe; a dead hub costs at most this.
             pub.close(linger=500)
             if writer is not None:
                 writer.close(linger=0)
 
-    def _write(self, writer: Any, batch: list[Any]) -> bool:
-        """``invalidate`` mode: hand new values to the hub and wait for its ACK before announcing them."""
+    def _send_queued(self, pub: Any, writer: Any) -> None:
+        """Everything queued by now goes out, up to ``_SEND_BATCH`` changes a message (send lock held)."""
         rep = self.replicator
         assert rep is not None
+        queue = self._queue
+        send = pub.send_multipart
+        while queue:
+            batch = [queue.popleft() for _ in range(min(len(queue), _SEND_BATCH))]
+            self._queued_sends += len(batch)
+            written = self._write(writer, batch) if writer is not None else False
+            if self._drop_rate:  # fault injection: one change a message, so each can be lost alone
+                for item in batch:
+                    frames = rep.outgoing(item, full=not written)
+                    if self._rng.random() >= self._drop_rate:
+                        send(frames)
+                continue
+            send(rep.outgoing_batch(batch, full=not written))
+
+    def _write(self, writer: Any, batch: list[Outgoing]) -> bool:
+        """``invalidate`` mode: hand new values to the hub and wait for its ACK before announcing them."""
+        rep = self.replicator
+        requests = self._requests
+        assert rep is not None and requests is not None
         records = [item[0] if type(item) is tuple else item for item in batch]
         values = [wire.record_to_list(r) for r in records if type(r) is Record and rep.needs_write(r)]
         if not values:
             return True
-        rid = self._next_rid()
+        rid = requests.next_rid()
         writer.send_multipart(wire.encode_request(wire.WRITE, rid, values))
-        if self._collect(writer, rid, wire.ACK, time.monotonic() + self.config.request_timeout) is None:
+        if requests.collect(writer, rid, wire.ACK, time.monotonic() + self.config.request_timeout) is None:
             rep.counts["write_failures"] += 1
             log.warning("hub did not acknowledge %d writes; sending the values on the bus instead", len(values))
             return False
         return True
 
-    def _receiver(self) -> None:
-        import zmq
-
-        sub = self._socket(zmq.SUB)
-        sub.rcvhwm = self.config.rcvhwm
-        sub.setsockopt(zmq.SUBSCRIBE, wire.PROTOCOL_FAMILY)
-        dealer = self._socket(zmq.DEALER)
-        rep = self.replicator
-        assert rep is not None
-        stop = self._stop
-        try:
-            sub.connect(self._at.subscribe)
-            dealer.connect(self._at.requests)
-            poller = zmq.Poller()
-            poller.register(sub, zmq.POLLIN)
-            recv = sub.recv_multipart
-            receive = rep.receive
-            hello_seen = False
-            while not stop.is_set():
-                if not self._joined.is_set() and hello_seen:
-                    if self._repair(dealer, push=False):
-                        self._joined.set()
-                        log.info("joined the bus (%s)", self.config.subscribe)
-                        self._wake.set()
-                    else:
-                        hello_seen = False  # hub not answering yet: prove the path again later
-                elif rep.repair_due and self._joined.is_set() and not rep.silent():
-                    push = rep.repair_reason in ("hub restart", "silence")
-                    self._repair(dealer, push=push)
-                if not poller.poll(50):  # no hub heard lately, or ever: its directory may be a new one
-                    self._at.follow_if(rep.silent() or rep.last_hub_beat is None, time.monotonic())
-                    continue
-                for _ in range(1000):
-                    try:
-                        frames = recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    try:
-                        verdict = receive(frames)
-                    except Exception as exc:  # replication is best-effort: never lose the receiver
-                        log.exception("failed to apply a bus message")
-                        rep.drop("error", exc)
-                        continue
-                    if verdict == HELLO:
-                        hello_seen = True
-                    elif verdict == RESYNC:
-                        self._push_state(dealer)
-        except zmq.ZMQError as exc:
-            if not stop.is_set():
-                log.error("bus receiver stopped: %s", exc)
-        finally:
-            sub.close(linger=0)
-            dealer.close(linger=0)
-
     # -- requests ---------------------------------------------------------------------
-
-    def _next_rid(self) -> int:
-        with self._rid_lock:
-            self._rid += 1
-            return self._rid
-
-    def _collect(self, dealer: Any, rid: int, until: str, deadline: float) -> list[wire.Reply] | None:
-        """Replies to ``rid`` up to the one with op ``until``; None on timeout."""
-        rep = self.replicator
-        return collect_replies(dealer, rid, until, deadline, stop=self._stop, limits=self.config.limits,
-                               malformed=rep.drop if rep is not None else None)
-
-    def _repair(self, dealer: Any, *, push: bool) -> bool:
-        """Push our state if the hub may have lost it, then splice in a fresh snapshot."""
-        rep = self.replicator
-        assert rep is not None
-        if push and not self._push_state(dealer):
-            return False
-        rid = self._next_rid()
-        dealer.send_multipart(wire.encode_request(wire.SNAPSHOT, rid))
-        replies = self._collect(dealer, rid, wire.END, time.monotonic() + self.config.request_timeout)
-        if replies is None:
-            log.warning("snapshot request to %s timed out", self.config.requests)
-            return False
-        end = replies[-1]
-        hub_epoch, vector, chunks, count, cleared = end.body
-        records, refused = rep.snapshot_records(replies[:-1])
-        if len(replies) - 1 != chunks or len(records) + refused != count:
-            rep.drop("incomplete snapshot")
-            return False
-        changed = rep.install_snapshot(records, vector, hub_epoch, cleared)
-        log.info("snapshot of %d sessions from hub %x applied (%d changed here)", count, hub_epoch, changed)
-        return True
-
-    def _push_state(self, dealer: Any) -> bool:
-        """Hand the hub every record we hold (after a hub restart or a resync request)."""
-        cache = self._cache
-        assert cache is not None
-        records = cache.records()
-        # One push even of nothing: it carries the clear watermark.
-        for batch in list(wire.record_lists(records, _PUSH_BATCH, self.config.limits.max_stamps)) or [[]]:
-            rid = self._next_rid()
-            dealer.send_multipart(wire.encode_request(wire.PUSH, rid, batch, cache.cleared))
-            if self._collect(dealer, rid, wire.ACK, time.monotonic() + self.config.request_timeout) is None:
-                log.warning("push of local state to %s timed out", self.config.requests)
-                return False
-        return True
 
     def _request(self, op: str, *fields: Any, timeout: float | None = None) -> list[wire.Reply] | None:
         """One request/reply from the calling thread over a short-lived DEALER."""
         import zmq
 
-        if self._closed or self._ctx is None or self._pid != os.getpid():
+        requests = self._requests
+        if self._closed or self._ctx is None or self._pid != os.getpid() or requests is None:
             return None
         until = {wire.GET: wire.RECORD, wire.STATS: wire.STATS_REPLY}[op]
-        rid = self._next_rid()
+        rid = requests.next_rid()
         dealer = self._socket(zmq.DEALER)
         try:
             dealer.connect(self._at.requests)
             dealer.send_multipart(wire.encode_request(op, rid, *fields))
             wait = self.config.request_timeout if timeout is None else timeout
-            return self._collect(dealer, rid, until, time.monotonic() + wait)
+            return requests.collect(dealer, rid, until, time.monotonic() + wait)
         except zmq.ZMQError as exc:
             log.warning("hub request failed: %s", exc)
             return None
