@@ -84,12 +84,17 @@ class HubConfig:
     maxsize: int = DEFAULT_MAXSIZE
     #: Seconds a record's version, created or accessed may be ahead of the hub's clock (``admission``).
     max_skew: float = 60.0
+    #: Seconds between two reads of the proxy's capture feed into the replica (``runner``). The
+    #: replica is on no message's way to the workers and is brought up to date before every request
+    #: is answered, so a busy hub merges changes in batches instead of waking for each one.
+    merge_interval: float = 0.002
 
     def __post_init__(self) -> None:
         check_number("heartbeat", self.heartbeat)
         check_number("seq_jump_hold", self.seq_jump_hold)
         check_number("max_skew", self.max_skew)
         check_number("forget_after", self.forget_after)
+        check_number("merge_interval", self.merge_interval, allow_zero=True)
         if self.forget_after <= 3 * self.heartbeat:
             raise ConfigError("forget_after", self.forget_after, "must exceed three heartbeats")
         for name in ("sndhwm", "capture_hwm", "max_seq_jump", "maxsize"):

@@ -7,14 +7,27 @@ hands every bus message and request to a ``HubState``, publishes what that
 returns, beats and prunes on time, and closes everything on the way out.
 
 The replica is fed from the proxy's capture socket, so it sees messages in the
-order the proxy forwarded them. Before it cuts a snapshot it drains the
-capture queue: anything a subscriber could have missed before its
-subscription took effect is then in the snapshot or behind it in the stream.
+order the proxy forwarded them. The proxy (``zmq.proxy_steerable``, no Python
+on the way) forwards every message to the subscribers at once; the replica is
+on no message's way, so the feed is read in batches, at most every
+``HubConfig.merge_interval`` (2 ms) instead of waking this thread for each
+message: a hub taking 10,000 changes a second wakes for 500 batches of them.
+Before it cuts a snapshot it drains the capture queue: anything a subscriber
+could have missed before its subscription took effect is then in the
+snapshot or behind it in the stream. Before any other request it merges what
+waits, up to ``_FEED_BATCH`` messages: a key read sees what was forwarded
+before it (all of it, unless a flood is running behind), and no request waits
+for a flood to end. What else reads the replica (a sidecar's rewrite after an
+overflow, its ack checks, which follow a push) needs it no newer; the resync
+requests a gap calls for wait at most ``merge_interval``; and on the way out
+the feed is drained, so a sidecar writes everything captured before it
+stopped.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -31,6 +44,9 @@ from .state import HubState
 __all__ = ["Hub", "run_hub"]
 
 log = logging.getLogger("memsession.hub")
+
+#: Most captured messages merged in one go before the loop looks at requests again.
+_FEED_BATCH = 1000
 
 
 def run_hub(
@@ -192,25 +208,45 @@ def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: thr
            reads: StoreReads | None) -> None:
     import zmq
 
-    poller = zmq.Poller()
-    poller.register(feed, zmq.POLLIN)
-    poller.register(router, zmq.POLLIN)
+    # The capture feed is read at most every merge_interval (every request drains it first):
+    # see the module docstring. Requests and store reads wake the loop at once.
+    everything = zmq.Poller()
+    requests = zmq.Poller()
+    everything.register(feed, zmq.POLLIN)
+    for poller in (everything, requests):
+        poller.register(router, zmq.POLLIN)
     doorbell = None if reads is None else reads.fileno()
     if doorbell is not None:
-        poller.register(doorbell, zmq.POLLIN)
+        for poller in (everything, requests):
+            poller.register(doorbell, zmq.POLLIN)
     next_beat = time.monotonic()
     next_prune = time.monotonic() + 1.0
+    next_feed = 0.0
+    merge_interval = config.merge_interval
     recv_feed = feed.recv_multipart
-
-    def on_bus(frames: list[bytes]) -> list[list[bytes]]:
-        try:
-            return state.on_bus(frames)
-        except Exception as exc:  # a hub that dies on one message takes every worker's repairs with it
-            log.exception("hub failed on a bus message")
-            state._drop("error", exc)
-            return []
-
     send = out.send_multipart
+
+    def drain_feed(most: int) -> int:
+        """Merge up to ``most`` captured messages; how many there were. The feed is next due in
+        ``merge_interval``, or at once if there may be more."""
+        nonlocal next_feed
+        for n in range(most):
+            try:
+                frames = recv_feed(zmq.NOBLOCK)
+            except zmq.Again:
+                next_feed = time.monotonic() + merge_interval
+                return n
+            try:
+                published = state.on_bus(frames)
+            except Exception as exc:  # a hub that dies on one message takes every worker's repairs with it
+                log.exception("hub failed on a bus message")
+                state._drop("error", exc)
+                continue
+            for outgoing in published:
+                send(outgoing)
+        next_feed = time.monotonic()
+        return most
+
     if ready is not None:
         ready.set()
     log.info("hub %x epoch %x serving", state.hub_id, state.epoch)
@@ -226,16 +262,12 @@ def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: thr
             next_prune = now + 1.0
         for outgoing in state.owed_resyncs():
             send(outgoing)
-        timeout = max(0.0, min(next_beat, next_prune) - time.monotonic())
-        events = dict(poller.poll(int(min(timeout, 0.2) * 1000)))
+        feed_due = now >= next_feed
+        wake_at = min(next_beat, next_prune) if feed_due else min(next_beat, next_prune, next_feed)
+        timeout = max(0.0, wake_at - time.monotonic())
+        events = dict((everything if feed_due else requests).poll(math.ceil(min(timeout, 0.2) * 1000)))
         if feed in events:
-            for _ in range(1000):  # bounded batch, then look at requests again
-                try:
-                    frames = recv_feed(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                for outgoing in on_bus(frames):
-                    send(outgoing)
+            drain_feed(_FEED_BATCH)  # a bounded batch, then requests again
         if router in events:
             while True:
                 try:
@@ -248,12 +280,12 @@ def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: thr
                 ident, body = frames[0], frames[1:]
                 if body[:1] == [wire._TOPICS[wire.SNAPSHOT]]:
                     # Everything the proxy forwarded before this request must be in the snapshot.
-                    while True:
-                        try:
-                            for outgoing in on_bus(recv_feed(zmq.NOBLOCK)):
-                                send(outgoing)
-                        except zmq.Again:
-                            break
+                    while drain_feed(_FEED_BATCH) == _FEED_BATCH:
+                        pass
+                else:
+                    # What waits is merged first, up to a batch: a read sees what was forwarded before
+                    # it, and under a flood a request is not held back until the flood ends.
+                    drain_feed(_FEED_BATCH)
                 try:
                     replies, publish = state.on_request(body, ident)
                 except Exception as exc:
@@ -269,6 +301,11 @@ def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: thr
                     log.debug("hub reply not delivered: %s", exc)
         if reads is not None and doorbell in events:
             _answer_reads(state, reads, router)
+    # What was captured before the stop is merged (a sidecar writes it behind before it closes); a
+    # flood still coming in after the stop is cut off after a second.
+    give_up = time.monotonic() + 1.0
+    while drain_feed(_FEED_BATCH) == _FEED_BATCH and time.monotonic() < give_up:
+        pass
 
 
 def _answer_reads(state: HubState, reads: StoreReads, router: Any) -> None:
