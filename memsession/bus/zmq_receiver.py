@@ -68,6 +68,7 @@ class Receiver:
             dealer.connect(self._at.requests)
             poller = zmq.Poller()
             poller.register(sub, zmq.POLLIN)
+            poll = poller.poll
             recv = sub.recv_multipart
             receive_many = rep.receive_many
             hello_seen = False
@@ -81,11 +82,13 @@ class Receiver:
                         hello_seen = False  # hub not answering yet: prove the path again later
                 elif rep.repair_due and joined.is_set() and not rep.silent():
                     self.repair(dealer, push=rep.repair_reason in ("hub restart", "silence"))
-                if not poller.poll(50):  # no hub heard lately, or ever: its directory may be a new one
+                if not poll(50):  # no hub heard lately, or ever: its directory may be a new one
                     self._at.follow_if(rep.silent() or rep.last_hub_beat is None, time.monotonic())
                     continue
                 drained: list[list[bytes]] = []
                 size = 0
+                # Whether more waits is asked of the poller: cheaper than a receive that raises Again,
+                # which a message arriving alone would otherwise pay for every time.
                 while len(drained) < _DRAIN_MESSAGES and size < _DRAIN_BYTES:
                     try:
                         frames = recv(zmq.NOBLOCK)
@@ -93,6 +96,8 @@ class Receiver:
                         break
                     drained.append(frames)
                     size += sum(len(frame) for frame in frames)
+                    if not poll(0):
+                        break
                 verdicts = receive_many(drained)
                 if HELLO in verdicts:
                     hello_seen = True

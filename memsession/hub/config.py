@@ -87,7 +87,7 @@ class HubConfig:
     #: Seconds between two reads of the proxy's capture feed into the replica (``runner``). The
     #: replica is on no message's way to the workers and is brought up to date before every request
     #: is answered, so a busy hub merges changes in batches instead of waking for each one.
-    merge_interval: float = 0.002
+    merge_interval: float = 0.005
 
     def __post_init__(self) -> None:
         check_number("heartbeat", self.heartbeat)
