@@ -52,20 +52,24 @@ def progress(text: str) -> None:
     print(f"[replication] {text}", file=sys.stderr, flush=True)
 
 
-def _cpu_us(result: dict[str, Any], who: str) -> str:
-    cpu = result.get(f"{who}_cpu_ns")
+_PROCESSES = ("sender", "hub", "receiver")
+
+
+def _per_message(result: dict[str, Any], measure: str, scale: float, digits: int) -> str:
+    """``sender / hub / receiver`` of ``measure`` (``cpu_ns``, ``wakeups``) per message received."""
     received = result["received"]
-    return "-" if cpu is None or not received else f"{cpu / received / 1000:.1f}"
+    values = [result.get(f"{who}_{measure}") for who in _PROCESSES]
+    return " / ".join("-" if v is None or not received else f"{v / received / scale:.{digits}f}" for v in values)
 
 
 def _row(label: str, result: dict[str, Any], sent: int) -> list[object]:
     lat = result["latency_ns"]
-    return [label, result["received"], sent, pct(lat, 50), pct(lat, 99), _cpu_us(result, "sender"),
-            _cpu_us(result, "hub"), _cpu_us(result, "receiver"), result.get("gaps", "-"), result.get("repairs", "-")]
+    return [label, result["received"], sent, pct(lat, 50), pct(lat, 99), _per_message(result, "cpu_ns", 1000, 1),
+            _per_message(result, "wakeups", 1, 2), result.get("gaps", "-"), result.get("repairs", "-")]
 
 
-_LATENCY_HEADER = ["sender -> receiver", "received", "sent", "p50 us", "p99 us", "CPU us/msg: sender", "hub",
-                   "receiver", "gaps", "repairs"]
+_PER_MESSAGE = ["CPU us/msg: sender / hub / receiver", "wake-ups/msg: s / h / r"]
+_LATENCY_HEADER = ["sender -> receiver", "received", "sent", "p50 us", "p99 us", *_PER_MESSAGE, "gaps", "repairs"]
 
 
 def paced_set_cost(runtime_dir: str, n: int) -> tuple[float, float]:
@@ -194,8 +198,9 @@ def throughput(targets: dict[str, str], pids: dict[str, int | None],
         r = run_pair(kind, targets[kind], n_blast, None, pids[kind])
         span = max(r["last"] - r["first"], 1) / 1e9
         per_s[kind] = r["received"] / span if r["received"] > 1 else 0.0
-        rows.append([kind, r["received"], n_blast, per_s[kind], r["call_ns"] / 1000, _cpu_us(r, "sender"),
-                     _cpu_us(r, "hub"), _cpu_us(r, "receiver"), r.get("gaps", "-"), r.get("repairs", "-")])
+        rows.append([kind, r["received"], n_blast, per_s[kind], r["call_ns"] / 1000,
+                     _per_message(r, "cpu_ns", 1000, 1), _per_message(r, "wakeups", 1, 2), r.get("gaps", "-"),
+                     r.get("repairs", "-")])
     ms, raw, red = (per_s[k] for k in KINDS)
     return rows, [
         ["throughput / raw pyzmq through the same proxy", f"{ms / raw:.2f}x" if raw else "n/a",
@@ -235,15 +240,15 @@ def main(argv: list[str] | None = None) -> int:
         if "latency" in parts:
             rows, decided = latency(targets, pids, n_paced, args.runs)
             print()
-            print(render("One-way propagation, 1 KB payload (microseconds; CPU of every thread, per message; "
-                         "hub: redis-server for Redis)", _LATENCY_HEADER, rows))
+            print(render("One-way propagation, 1 KB payload (microseconds; CPU and wake-ups of every thread, per "
+                         "message; hub: redis-server for Redis)", _LATENCY_HEADER, rows))
             targets_rows += decided
         if "throughput" in parts:
             rows, decided = throughput(targets, pids, n_blast)
             print()
             print(render("Sustained throughput, 1 KB payload, sender flat out",
-                         ["system", "received", "sent", "delivered/s", "send call us", "CPU us/msg: sender",
-                          "hub", "receiver", "gaps", "repairs"], rows))
+                         ["system", "received", "sent", "delivered/s", "send call us", *_PER_MESSAGE, "gaps",
+                          "repairs"], rows))
             targets_rows += decided
         if "set" in parts:
             progress("set() cost")

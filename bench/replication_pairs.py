@@ -5,8 +5,10 @@ joiners), sends ``n`` messages of ~1 KB (paced at ``rate`` a second by
 sleeping, as a server idles between requests, or flat out) and returns what
 the receiver saw: one-way latencies (CLOCK_MONOTONIC is system-wide on Linux,
 so send and receive times compare across processes), first and last receipt,
-and the CPU time each process spent (``time.process_time``: every thread of
-the process) and, given its pid, the hub's (``/proc/PID/task/*/schedstat``).
+the CPU time each process spent (``time.process_time``: every thread of the
+process) and, given its pid, the hub's (``/proc/PID/task/*/schedstat``), and
+how often the threads of each went to sleep and were woken again (voluntary
+context switches, ``/proc/PID/task/*/status``): the wake-ups a message costs.
 
 Kinds: ``memsession`` (a ``SessionCache`` with a ``ZmqBus`` on each side; the
 receive time is when the change is merged into the receiver's cache),
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PAYLOAD", "cpu_ns_of", "pct", "run_pair"]
+__all__ = ["PAYLOAD", "cpu_ns_of", "pct", "run_pair", "wakeups_of"]
 
 SPAWN = multiprocessing.get_context("spawn")
 PAYLOAD = 1000
@@ -38,6 +40,20 @@ def cpu_ns_of(pid: int) -> int:
             total += int((task / "schedstat").read_text().split()[0])
         except (FileNotFoundError, ProcessLookupError):
             continue  # a thread that ended meanwhile
+    return total
+
+
+def wakeups_of(pid: int) -> int:
+    """How many times the live threads of process ``pid`` have blocked and been woken again."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
     return total
 
 
@@ -58,7 +74,7 @@ def _collect(conn: Any, n: int, poll: Any, extra: Any = dict) -> None:
     seen = 0
     warm_told = False
     first = last = 0
-    cpu_start = 0
+    cpu_start = woken_start = 0
     idle_deadline = time.monotonic() + 30
     conn.send("ready")
     while seen < n and time.monotonic() < idle_deadline:
@@ -69,6 +85,7 @@ def _collect(conn: Any, n: int, poll: Any, extra: Any = dict) -> None:
                     conn.send("warm")
                     warm_told = True
                     cpu_start = time.process_time_ns()
+                    woken_start = wakeups_of(os.getpid())
                 continue
             if not first:
                 first = now
@@ -77,8 +94,9 @@ def _collect(conn: Any, n: int, poll: Any, extra: Any = dict) -> None:
             lat.append(now - sent)
             idle_deadline = time.monotonic() + 3
     cpu = time.process_time_ns() - cpu_start
+    woken = wakeups_of(os.getpid()) - woken_start
     conn.send({"latency_ns": lat, "received": seen, "first": first, "last": last, "receiver_cpu_ns": cpu,
-               **extra()})
+               "receiver_wakeups": woken, **extra()})
 
 
 def _receiver(kind: str, conn: Any, target: str, n: int, run: int) -> None:
@@ -214,6 +232,7 @@ def _sender(kind: str, conn: Any, target: str, n: int, rate: float | None, run: 
             send(-1)  # warm-up until the receiver has seen one (slow joiners)
         conn.recv()
         cpu_start = time.process_time_ns()
+        woken_start = wakeups_of(os.getpid())
         start = time.perf_counter_ns()
         if rate is None:
             for i in range(n):
@@ -229,7 +248,8 @@ def _sender(kind: str, conn: Any, target: str, n: int, rate: float | None, run: 
                 send(i)
         call_ns = (time.perf_counter_ns() - start) / n
         drain()
-        conn.send({"call_ns": call_ns, "sender_cpu_ns": time.process_time_ns() - cpu_start})
+        conn.send({"call_ns": call_ns, "sender_cpu_ns": time.process_time_ns() - cpu_start,
+                   "sender_wakeups": wakeups_of(os.getpid()) - woken_start})
     finally:
         for fn in reversed(cleanup):
             fn()
@@ -249,11 +269,13 @@ def run_pair(kind: str, target: str, n: int, rate: float | None, hub_pid: int | 
         assert sconn.poll(60) and sconn.recv() == "ready"
         assert rconn.poll(60) and rconn.recv() == "warm"
         hub_before = cpu_ns_of(hub_pid) if hub_pid is not None else 0
+        hub_woken = wakeups_of(hub_pid) if hub_pid is not None else 0
         sconn.send("go")
         assert rconn.poll(300), f"{kind} receiver did not finish"
         result: dict[str, Any] = rconn.recv()
         if hub_pid is not None:
             result["hub_cpu_ns"] = cpu_ns_of(hub_pid) - hub_before
+            result["hub_wakeups"] = wakeups_of(hub_pid) - hub_woken
         assert sconn.poll(60)
         result.update(sconn.recv())
         return result
