@@ -118,12 +118,12 @@ def test_a_change_goes_out_at_once_unless_others_wait_and_then_leaves_behind_the
     cache = SessionCache(bus=bus)
     sid = new_id()
     deadline = time.monotonic() + 10
-    while bus._send_lock.locked():  # a last hello of the join may still be on its way
+    while bus._sending.lock.locked():  # a last hello of the join may still be on its way
         assert time.monotonic() < deadline
         time.sleep(0.001)
     cache.set(sid, {"n": 0})
     assert bus.stats()["queued_sends"] == 0  # sent by this thread: the sender thread had nothing to do
-    with bus._send_lock:  # another thread sending: these wait for the sender thread
+    with bus._sending.lock:  # another thread sending: these wait for the sender thread
         for n in range(1, 6):
             cache.set(sid, {"n": n})
         assert bus.stats()["queued"] == 5
