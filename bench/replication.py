@@ -19,7 +19,10 @@ both memsession's messages and the raw pyzmq baseline. Redis is a
   cache with no bus, back to back (changes queue and travel in batches) and
   1 ms apart (each change is sent by the calling thread at once);
 * bytes on the bus per one-key change of a 1 KB session, as sent, against raw
-  pyzmq's bytes for the same value (``bench.bus_bytes``; ``--bytes`` runs only this).
+  pyzmq's bytes for the same value (``bench.bus_bytes``; ``--bytes`` runs only this);
+* the floor: CPU per change of encoding, and of decoding and merging in the hub
+  and a receiver, with no socket at all, and the changes a second the machine's
+  cores allow at that cost (``bench.replication_floor``).
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ from typing import Any
 
 from bench.bus_bytes import bus_bytes, bus_bytes_rows
 from bench.redis_server import start_redis, stop_redis
+from bench.replication_floor import FLOOR_HEADER, ceiling, cpu_count, floor, floor_rows
 from bench.replication_pairs import pct, run_pair
 from bench.table import render, verdict
 
-PARTS = ("bytes", "latency", "throughput", "set")
+PARTS = ("bytes", "latency", "throughput", "floor", "set")
 KINDS = ("memsession", "zmq", "redis")
 #: The issue's targets.
 MIN_THROUGHPUT_RATIO = 0.6
@@ -189,10 +193,10 @@ def latency(targets: dict[str, str], pids: dict[str, int | None], n_paced: dict[
     return rows, targets_rows
 
 
-def throughput(targets: dict[str, str], pids: dict[str, int | None],
-               n_blast: int) -> tuple[list[list[object]], list[list[object]]]:
+def throughput(targets: dict[str, str], pids: dict[str, int | None], n_blast: int,
+               per_s: dict[str, float]) -> tuple[list[list[object]], list[list[object]]]:
+    """Rows of the throughput table and its target rows; ``per_s`` gets each system's delivered/s."""
     rows: list[list[object]] = []
-    per_s: dict[str, float] = {}
     for kind in KINDS:
         progress(f"{kind} flat out")
         r = run_pair(kind, targets[kind], n_blast, None, pids[kind])
@@ -228,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     hub = _start_hub(runtime_dir)
     redis_server, redis_url = start_redis() if parts & {"latency", "throughput"} else (None, "")
     targets_rows: list[list[object]] = []
+    per_s: dict[str, float] = {}
     try:
         targets = {"memsession": runtime_dir, "zmq": runtime_dir, "redis": redis_url}
         pids = {"memsession": hub.pid, "zmq": hub.pid, "redis": _redis_pid(redis_url) if redis_url else None}
@@ -244,12 +249,23 @@ def main(argv: list[str] | None = None) -> int:
                          "message; hub: redis-server for Redis)", _LATENCY_HEADER, rows))
             targets_rows += decided
         if "throughput" in parts:
-            rows, decided = throughput(targets, pids, n_blast)
+            rows, decided = throughput(targets, pids, n_blast, per_s)
             print()
             print(render("Sustained throughput, 1 KB payload, sender flat out",
                          ["system", "received", "sent", "delivered/s", "send call us", *_PER_MESSAGE, "gaps",
                           "repairs"], rows))
             targets_rows += decided
+        if "floor" in parts:
+            progress("floor (no sockets)")
+            costs, cores = floor(), cpu_count()
+            print()
+            print(render(f"Floor: CPU per change with no socket at all, and the most changes a second "
+                         f"{cores} cores allow at that cost", FLOOR_HEADER, floor_rows(costs, cores)))
+            if per_s.get("zmq"):
+                most = ceiling(costs, cores) / per_s["zmq"]
+                targets_rows.append(["(floor) most changes/s these cores allow / raw pyzmq delivered",
+                                     f"{most:.2f}x", f">= {MIN_THROUGHPUT_RATIO:g}x needed",
+                                     "reachable" if most >= MIN_THROUGHPUT_RATIO else "out of reach"])
         if "set" in parts:
             progress("set() cost")
             bare, wired = set_cost(runtime_dir, int(20_000 * scale))
