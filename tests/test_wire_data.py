@@ -164,6 +164,7 @@ HOSTILE = {
     "empty ext": b"\x81\xa1a\xc7\x00\x05",
     "fixext": b"\x81\xa1a\xd4\x05\x00",
     "timestamp": b"\x81\xa1a\xd6\xff\x00\x00\x00\x01",
+    "empty timestamp ext": b"\x81\xa1a\xc7\x00\xff",
     "not a map": b"\x91\x01",
     "nil": b"\xc0",
     "trailing bytes": b"\x80\x00",

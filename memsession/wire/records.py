@@ -2,7 +2,9 @@
 
 The fields are laid out in ``memsession.wire.format``. Every field is checked
 for its type and range before a ``Record`` is built; what is wrong raises
-``WireError`` with a short reason. Whether the stamps fit the record (every
+``WireError`` with a short reason. Session data is held to the data rule
+(``admission.scan_data``) without walking it where its bytes prove it
+obeys (``_bounded``), and walked where they don't. Whether the stamps fit the record (every
 key stamped, none later than the record) is the record rule's to judge
 (``admission.stamps_fault``), which the merging side runs.
 """
@@ -85,8 +87,9 @@ def _bounded(blob: bytes, limits: Limits) -> bool:
     * at most ``max_items`` values: each takes at least one byte;
     * no NaN or infinity and no b"" (key or value): neither can be encoded
       without a byte pair ``_SUSPECT`` finds;
-    * at most ``max_depth`` levels: nesting that deep takes that many
-      containers, each starting with a header byte.
+    * nested at most ``max_depth`` deep: deeper takes more than
+      ``max_depth`` containers (the top map is one), each starting with a
+      header byte.
 
     False sends the data to the walk (``scan_data``): the proof only skips
     the walk where the walk could not refuse anything.
