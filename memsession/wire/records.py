@@ -3,10 +3,10 @@
 The fields are laid out in ``memsession.wire.format``. Every field is checked
 for its type and range before a ``Record`` is built; what is wrong raises
 ``WireError`` with a short reason. Session data is held to the data rule
-(``admission.scan_data``) without walking it where its bytes prove it
-obeys (``_bounded``), and walked where they don't. Whether the stamps fit the record (every
-key stamped, none later than the record) is the record rule's to judge
-(``admission.stamps_fault``), which the merging side runs.
+(``admission.scan_data``): without walking it where its bytes prove it
+obeys (``_bounded``), by the walk where they don't. Whether the stamps fit
+the record (every key stamped, none later than the record) is the record
+rule's to judge (``admission.stamps_fault``), which the merging side runs.
 """
 
 from __future__ import annotations
