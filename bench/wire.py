@@ -64,7 +64,8 @@ def nested_session() -> dict[str, Any]:
 
 def flat_session() -> dict[str, Any]:
     """What Flask-Login and Flask-WTF keep for a logged-in user."""
-    return {"_user_id": "10452", "_fresh": True, "_id": "9c" * 64, "csrf_token": "4f1d9a0c2be37e58d6a1f0c93b7e2d4a5c8f1e06"}
+    return {"_user_id": "10452", "_fresh": True, "_id": "9c" * 64,
+            "csrf_token": "4f1d9a0c2be37e58d6a1f0c93b7e2d4a5c8f1e06"}
 
 
 def set_frame(data: dict[str, Any], wall: float) -> tuple[list[bytes], int]:

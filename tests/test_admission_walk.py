@@ -55,7 +55,8 @@ values = st.recursive(scalars, lambda inner: st.one_of(
     st.dictionaries(st.text(max_size=5), inner, max_size=5), st.dictionaries(keys, inner, max_size=3),
     st.dictionaries(st.text(max_size=3), inner, max_size=3).map(Mapping),
 ), max_leaves=50)
-sessions = st.one_of(st.dictionaries(st.text(max_size=6), values, max_size=8), st.dictionaries(keys, values, max_size=4),
+sessions = st.one_of(st.dictionaries(st.text(max_size=6), values, max_size=8),
+                     st.dictionaries(keys, values, max_size=4),
                      st.dictionaries(st.text(max_size=4), values, max_size=4).map(OrderedDict))
 
 
@@ -133,7 +134,9 @@ def test_each_bad_field_alone_is_named_as_before(at: int, bad: Any) -> None:
 
 
 def test_infinite_expiry_and_a_version_0_tombstone_pass_as_before() -> None:
-    for args in (GOOD_FIELDS[:5] + (math.inf,) + GOOD_FIELDS[6:], GOOD_FIELDS[:1] + (0,) + GOOD_FIELDS[2:6] + (True, 256)):
+    never_expires = GOOD_FIELDS[:5] + (math.inf,) + GOOD_FIELDS[6:]
+    version_0_tombstone = GOOD_FIELDS[:1] + (0,) + GOOD_FIELDS[2:6] + (True, 256)
+    for args in (never_expires, version_0_tombstone):
         assert field_fault(*args) is None and reference.field_fault(*args) is None
 
 

@@ -186,7 +186,7 @@ ALLOWED = {
     "map16": b"\xde\x00\x01\xa1a\x01",
     "array32": b"\x81\xa1a\xdd\x00\x00\x00\x01\x01",
     "duplicate keys": b"\x82\xa1a\x01\xa1a\x02",
-    "a float whose bytes hold a bin marker": b"\x81\xa1a" + _f64(struct.unpack(">d", b"\x40\x23\xc4\x00\x00\x00\x00\x01")[0]),
+    "a float whose bytes hold a bin marker": b"\x81\xa1a\xcb\x40\x23\xc4\x00\x00\x00\x00\x01",
     "nesting at the limit": b"\x81\xa1a" + b"\x91" * (MAX_DEPTH - 2) + b"\x01",
     "u64 and i64": b"\x82\xa1a\xcf" + b"\xff" * 8 + b"\xa1b\xd3\x80" + b"\x00" * 7,
 }
@@ -205,7 +205,8 @@ def test_allowed_data_is_taken_whatever_its_encoding(name: str) -> None:
 
 
 def test_oversized_and_non_bin_data_are_refused_before_decoding() -> None:
-    assert same_as_the_walk(msgpack.packb({"a": "x" * 100}), Limits(max_data=50)) == ("refused", "data exceeds max_data")
+    too_long = msgpack.packb({"a": "x" * 100})
+    assert same_as_the_walk(too_long, Limits(max_data=50)) == ("refused", "data exceeds max_data")
     assert same_as_the_walk("not bytes", Limits()) == ("refused", "data must be bin")
 
 
