@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-SUITES = ["core", "eviction", "replication", "persistence", "sidecar", "web"]
+SUITES = ["core", "eviction", "wire", "replication", "persistence", "sidecar", "web"]
 #: Run only when named: minutes of load, not a comparison.
 LONG_RUNNING = ["soak"]
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .clock import COUNTER_BITS
@@ -85,35 +85,67 @@ _U64 = (1 << 64) - 1
 # -- data ---------------------------------------------------------------------------
 
 
-def _count(value: Any, depth: int, max_depth: int) -> int:
-    """How many values ``value`` is (itself included), or -1 if it is not allowed: the fast walk."""
-    kind = type(value)
-    if kind is str or kind is bool or value is None or kind is bytes:
-        return 1
-    if kind is int:
-        return 1 if _INT_MIN <= value <= _U64 else -1
-    if kind is float:
-        return 1 if value - value == 0.0 else -1  # false for inf and nan
-    if depth >= max_depth:
-        return -1
-    n = 1
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str:
-                return -1
-            c = _count(item, depth + 1, max_depth)
-            if c < 0:
-                return -1
-            n += c
-        return n
-    if kind is list or kind is tuple:
-        for item in value:
-            c = _count(item, depth + 1, max_depth)
-            if c < 0:
-                return -1
-            n += c
-        return n
-    return -1
+def _inside_dict(value: dict[Any, Any], depth: int, max_depth: int) -> int:
+    """How many values the dict ``value`` (at ``depth``) holds at every depth, or -1 if one is not allowed.
+
+    The fast walk: scalars are checked in the loop, only containers cost a call.
+    """
+    n = len(value)
+    for key, item in value.items():
+        if type(key) is not str:
+            return -1
+        kind = type(item)
+        if kind is str or kind is bool or item is None or kind is bytes:
+            continue
+        if kind is int:
+            if _INT_MIN <= item <= _U64:
+                continue
+            return -1
+        if kind is float:
+            if item - item == 0.0:  # false for inf and nan
+                continue
+            return -1
+        if depth + 1 >= max_depth:
+            return -1
+        if kind is dict:
+            c = _inside_dict(item, depth + 1, max_depth)
+        elif kind is list or kind is tuple:
+            c = _inside_list(item, depth + 1, max_depth)
+        else:
+            return -1
+        if c < 0:
+            return -1
+        n += c
+    return n
+
+
+def _inside_list(value: list[Any] | tuple[Any, ...], depth: int, max_depth: int) -> int:
+    """``_inside_dict`` for a list or tuple."""
+    n = len(value)
+    for item in value:
+        kind = type(item)
+        if kind is str or kind is bool or item is None or kind is bytes:
+            continue
+        if kind is int:
+            if _INT_MIN <= item <= _U64:
+                continue
+            return -1
+        if kind is float:
+            if item - item == 0.0:
+                continue
+            return -1
+        if depth + 1 >= max_depth:
+            return -1
+        if kind is dict:
+            c = _inside_dict(item, depth + 1, max_depth)
+        elif kind is list or kind is tuple:
+            c = _inside_list(item, depth + 1, max_depth)
+        else:
+            return -1
+        if c < 0:
+            return -1
+        n += c
+    return n
 
 
 def _fault(value: Any, path: str, depth: int, max_depth: int) -> SessionDataError | None:
@@ -156,22 +188,36 @@ def scan_data(data: Mapping[str, Any], max_depth: int = MAX_DEPTH, max_items: in
     if len(data) > max_items:
         raise SessionDataError("session", data, f"holds more than {max_items} values")
     flat = True
-    items = 0
+    items = len(data)
     for key, value in data.items():
         if type(key) is not str:
             raise SessionDataError(f"session[{key!r}]", key, "keys must be str")
         kind = type(value)
         if kind is str or kind is bool or value is None or kind is bytes:
-            items += 1
             continue
-        if kind is dict or kind is list or kind is tuple:
+        if kind is int:
+            if _INT_MIN <= value <= _U64:
+                continue
+            inside = -1
+        elif kind is float:
+            if value - value == 0.0:
+                continue
+            inside = -1
+        elif 1 >= max_depth:
+            inside = -1
+        elif kind is dict:
             flat = False
-        c = _count(value, 1, max_depth)
-        if c < 0:
+            inside = _inside_dict(value, 1, max_depth)
+        elif kind is list or kind is tuple:
+            flat = False
+            inside = _inside_list(value, 1, max_depth)
+        else:
+            inside = -1
+        if inside < 0:
             fault = _fault(value, f"session[{key!r}]", 1, max_depth)
             assert fault is not None  # the two walks apply the same rule
             raise fault
-        items += c
+        items += inside
     if items > max_items:
         raise SessionDataError("session", data, f"holds {items} values; the limit is {max_items}")
     return flat
@@ -185,6 +231,16 @@ def field_fault(
     max_key: int = MAX_KEY,
 ) -> str | None:
     """What is wrong with a record's fields (never quoting the key), or None: the shape rule."""
+    if (  # every door runs this for every record: one expression for the common case first
+        type(key) is str and 0 < len(key) <= max_key
+        and type(version) is int and 0 < version <= MAX_VERSION
+        and type(origin) is int and _INT_MIN <= origin <= _U64
+        and type(created) is float and created - created == 0.0  # false for inf and nan
+        and type(accessed) is float and accessed - accessed == 0.0
+        and type(expires) is float and expires <= math.inf  # false for nan
+        and key.isprintable()
+    ):
+        return None
     if type(key) is not str or not 0 < len(key) <= max_key or not key.isprintable():
         return f"key is not a printable str of 1 to {max_key} characters"
     if type(version) is not int or not (0 < version <= MAX_VERSION or (version == 0 and deleted)):
@@ -274,6 +330,14 @@ class RecordRules:
     max_age: float | None = None
     #: How long this process keeps a tombstone (None: a tombstone's ``expires`` is not clamped).
     tombstone_ttl: float | None = None
+    #: ``session.compute_expires``, looked up once: a lookup per record cost more than the rest of ``admit``.
+    _expiry_bound: Callable[[float, float, float | None, float | None], float] = field(
+        init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        from .session import compute_expires  # session imports this module for the data rule
+
+        object.__setattr__(self, "_expiry_bound", compute_expires)
 
     @classmethod
     def for_cache(cls, config: Config) -> RecordRules:
@@ -297,37 +361,39 @@ class RecordRules:
 
     def admit(self, record: Record, wall: float) -> Record:
         """``record`` as this process may hold it (``expires`` clamped), or ``RecordRefused``."""
-        fault = field_fault(record.key, record.version, record.origin, record.created, record.accessed,
-                            record.expires, record.deleted, self.max_key)
+        created, accessed, expires, deleted = record.created, record.accessed, record.expires, record.deleted
+        fault = field_fault(record.key, record.version, record.origin, created, accessed, expires, deleted,
+                            self.max_key)
         if fault is not None:
             raise RecordRefused(fault)
         ahead = wall + self.max_skew
         if record.version > max_version_at(wall, self.max_skew):
             raise RecordRefused(f"version is more than {self.max_skew:g}s ahead of this clock")
-        if record.created > ahead or record.accessed > ahead:
+        if created > ahead or accessed > ahead:
             raise RecordRefused(f"created or accessed is more than {self.max_skew:g}s ahead of this clock")
-        if type(record.data) is not dict:
+        data = record.data
+        if type(data) is not dict:
             raise RecordRefused("data is not a dict")
-        if record.deleted:
-            if record.data:
+        if deleted:
+            if data:
                 raise RecordRefused("a tombstone carries data")
-            if self.tombstone_ttl is not None and record.expires > record.accessed + self.tombstone_ttl:
-                return replace(record, expires=record.accessed + self.tombstone_ttl)
+            if self.tombstone_ttl is not None and expires > accessed + self.tombstone_ttl:
+                return replace(record, expires=accessed + self.tombstone_ttl)
             return record
-        fault = stamps_fault(record.data, record.stamps, record.seen, record.version, record.partial,
-                             self.max_items)
-        if fault is not None:
-            raise RecordRefused(fault)
+        if record.stamps is not None or record.seen is not None or type(record.partial) is not bool:
+            fault = stamps_fault(data, record.stamps, record.seen, record.version, record.partial, self.max_items)
+            if fault is not None:
+                raise RecordRefused(fault)
         if record.size > self.max_bytes:
             raise RecordRefused(f"data is {record.size} bytes serialized; the limit is {self.max_bytes}")
         try:
-            scan_data(record.data, self.max_depth, self.max_items)
+            scan_data(data, self.max_depth, self.max_items)
         except SessionDataError as exc:
             raise RecordRefused(f"data: {exc.reason}") from None
-        from .session import compute_expires  # session imports this module for the data rule
-
-        bound = compute_expires(record.created, record.accessed, self.idle_timeout, self.max_age)
-        if record.expires > bound:
+        if self.idle_timeout is None and self.max_age is None:
+            return record
+        bound = self._expiry_bound(created, accessed, self.idle_timeout, self.max_age)
+        if expires > bound:
             return replace(record, expires=bound)
         return record
 

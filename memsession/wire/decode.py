@@ -112,7 +112,9 @@ def _unpack(frame: bytes, limits: Limits, items: int, maps: int = 0) -> list[Any
     """The payload array of ``frame``: at most ``items`` array elements in all and ``maps`` map entries."""
     if len(frame) > limits.max_frame:
         raise WireError(f"frame of {len(frame)} bytes exceeds {limits.max_frame}")
-    budget = _ArrayBudget(items)
+    # Each array or map costs the budget its length + 1: less than two per byte of the frame in all
+    # (every value takes a byte), so a frame of at most half the budget can't run it out.
+    budget = _ArrayBudget(items) if 2 * len(frame) > items else None
     try:
         value = _unpackb(
             frame,
@@ -125,7 +127,7 @@ def _unpack(frame: bytes, limits: Limits, items: int, maps: int = 0) -> list[Any
             max_ext_len=0,
             ext_hook=refuse_ext,
             list_hook=budget,
-            object_hook=budget if maps else None,
+            object_hook=budget if maps and budget else None,
         )
     except Exception as exc:  # msgpack raises many types for bad input; all mean the same here
         raise WireError(f"undecodable payload ({type(exc).__name__})") from exc

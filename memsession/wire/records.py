@@ -2,13 +2,16 @@
 
 The fields are laid out in ``memsession.wire.format``. Every field is checked
 for its type and range before a ``Record`` is built; what is wrong raises
-``WireError`` with a short reason. Whether the stamps fit the record (every
-key stamped, none later than the record) is the record rule's to judge
-(``admission.stamps_fault``), which the merging side runs.
+``WireError`` with a short reason. Session data is held to the data rule
+(``admission.scan_data``): without walking it where its bytes prove it
+obeys (``_bounded``), by the walk where they don't. Whether the stamps fit
+the record (every key stamped, none later than the record) is the record
+rule's to judge (``admission.stamps_fault``), which the merging side runs.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,20 +46,73 @@ def refuse_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"ext type {code}")
 
 
-def _data(blob: Any, limits: Limits) -> tuple[dict[str, Any], int, bool]:
-    if type(blob) is not bytes:
-        raise WireError("data must be bin")
-    if len(blob) > limits.max_data:
-        raise WireError("data exceeds max_data")
+#: Header bytes of msgpack containers (fixmap, fixarray, array 16/32, map 16/32): every container starts with one.
+_HEADERS = bytes(range(0x80, 0xA0)) + b"\xdc\xdd\xde\xdf"
+#: What ``_bounded`` looks at besides the headers: the float markers with the first byte of a
+#: NaN's or infinity's exponent (7f, ff), and the bin markers with the zero of an empty bin's length.
+_MARKERS = b"\xca\xcb\x7f\xff\xc4\xc5\xc6\x00"
+_ALL_BUT_KEPT = bytes(b for b in range(256) if b not in _HEADERS + _MARKERS)
+_ALL_BUT_HEADERS = bytes(b for b in range(256) if b not in _HEADERS)
+#: In the kept bytes: a float whose encoding may be NaN or infinite, or an empty bin (a b"" key or value).
+#: Bytes next to each other in the blob are next to each other in what is kept, so neither can hide.
+_SUSPECT = re.compile(rb"[\xca\xcb][\x7f\xff]|[\xc4-\xc6]\x00")
+
+
+def _unpack_data(blob: bytes) -> dict[str, Any]:
     try:
         data = _unpackb(blob, raw=False, strict_map_key=True, max_ext_len=0, ext_hook=refuse_ext)
     except Exception as exc:
         raise WireError(f"undecodable data ({type(exc).__name__})") from exc
     if type(data) is not dict:
         raise WireError("data must be a map")
-    # One pass takes the common flat session (msgpack ints are 64-bit, keys str or bytes);
-    # anything else is the record rule's to judge (``admission.scan_data``).
+    return data
+
+
+def _unpack_without_bin(blob: bytes) -> Any:
+    """``blob`` decoded as ``_unpack_data`` does, but None if it holds a non-empty bin (or is bad at all)."""
+    try:
+        return _unpackb(blob, raw=False, strict_map_key=True, max_bin_len=0, max_ext_len=0, ext_hook=refuse_ext)
+    except Exception:  # noqa: BLE001 (not lost: ``_unpack_data`` decodes it again and says what is wrong)
+        return None
+
+
+def _bounded(blob: bytes, limits: Limits) -> bool:
+    """Whether the bytes of ``blob`` alone prove that its data (``_unpack_without_bin``) obeys the data rule.
+
+    For data msgpack decoded from ``blob`` with no bin longer than 0 and no
+    ext, everything the data rule asks holds by construction but three
+    things: values are str, 64-bit int, float, bool, None, b"", list or dict,
+    keys str or b"". The three, read off the bytes in C:
+
+    * at most ``max_items`` values: each takes at least one byte;
+    * no NaN or infinity and no b"" (key or value): neither can be encoded
+      without a byte pair ``_SUSPECT`` finds;
+    * nested at most ``max_depth`` deep: deeper takes more than
+      ``max_depth`` containers (the top map is one), each starting with a
+      header byte.
+
+    False sends the data to the walk (``scan_data``): the proof only skips
+    the walk where the walk could not refuse anything.
+    """
+    if len(blob) > limits.max_items:
+        return False
+    kept = blob.translate(None, _ALL_BUT_KEPT)
+    return len(kept.translate(None, _ALL_BUT_HEADERS)) <= limits.max_depth and _SUSPECT.search(kept) is None
+
+
+def _data(blob: Any, limits: Limits) -> tuple[dict[str, Any], int, bool]:
+    if type(blob) is not bytes:
+        raise WireError("data must be bin")
+    if len(blob) > limits.max_data:
+        raise WireError("data exceeds max_data")
+    data = _unpack_without_bin(blob)
+    binless = data is not None
+    if not binless:
+        data = _unpack_data(blob)
+    elif type(data) is not dict:
+        raise WireError("data must be a map")
     if len(data) <= limits.max_items:
+        # One pass takes the common flat session (msgpack ints are 64-bit, keys str or bytes).
         for k, v in data.items():
             kind = type(v)
             if type(k) is not str or not (
@@ -66,6 +122,10 @@ def _data(blob: Any, limits: Limits) -> tuple[dict[str, Any], int, bool]:
                 break
         else:
             return data, len(blob), True
+        # It stopped at a container, unless at a NaN, an infinity or a b"" key, which ``_bounded`` refuses.
+        if binless and _bounded(blob, limits):
+            return data, len(blob), False
+    # Anything else is the record rule's to judge (``admission.scan_data``).
     try:
         flat = scan_data(data, limits.max_depth, limits.max_items)
     except SessionDataError as exc:

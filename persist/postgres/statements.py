@@ -17,7 +17,8 @@ step for the whole batch:
    older than the writer it waited for);
 4. ``upsert``: the merged rows, one ``INSERT ... SELECT FROM
    json_to_recordset(<the batch as one JSON array>) ... ON CONFLICT DO
-   UPDATE`` that writes them as they are.
+   UPDATE`` that writes them as they are; in a large batch, the rows of keys
+   step 3 did not find by ``copy`` first (``persist.postgres.saving``).
 
 The SQL version guard of a whole-record upsert (``WHERE`` the stored
 ``(version, origin)`` is older) no longer decides: a merged row may keep the
@@ -50,12 +51,13 @@ from psycopg import sql
 from memsession.session import Record
 
 from ..base import WATERMARK_KEY, encode_data, record_to_dict
+from ..jsonstamps import seen_to_json, stamps_to_json
 from .table import FIELDS, TableNames
 
 #: The columns of type json, read as text.
 JSON_FIELDS = ("data", "stamps", "seen")
 
-__all__ = ["Statements", "statements_for", "upsert_row"]
+__all__ = ["COPY_TYPES", "Statements", "copy_row", "keys_param", "statements_for", "upsert_row"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class Statements:
     key_locks: str
     save_read: str
     upsert: str
+    copy: str
     load: str
     page: str
     delete: str
@@ -84,6 +87,28 @@ def upsert_row(record: Record) -> dict[str, Any]:
         if name in row:
             row[name] = orjson.dumps(row[name]).decode()
     return row
+
+
+#: How ``copy`` sends each column, in ``FIELDS`` order (``table``'s DDL). The json columns go as
+#: text: their binary form is the JSON text itself, which ``copy_row`` encoded already (a json
+#: dumper would encode that str once more, into a JSON string).
+COPY_TYPES = ("text", "text", "int8", "int8", "float8", "float8", "float8", "bool", "text", "text")
+
+
+def copy_row(record: Record) -> tuple[Any, ...]:
+    """A record as one row of ``copy``, the columns in ``FIELDS`` order (json ones as JSON text)."""
+    stamps, seen = stamps_to_json(record.stamps), seen_to_json(record.seen)
+    return (
+        record.key, encode_data(record.data, record.flat).decode(), record.version, record.origin,
+        record.created, record.accessed, record.expires, record.deleted,
+        None if stamps is None else orjson.dumps(stamps).decode(),
+        None if seen is None else orjson.dumps(seen).decode(),
+    )
+
+
+def keys_param(keys: list[str]) -> str:
+    """The keys of a save as ``key_locks`` and ``save_read`` take them: one JSON array."""
+    return orjson.dumps(keys).decode()
 
 
 def _lock_space(table: str) -> int:
@@ -122,14 +147,15 @@ def statements_for(names: TableNames) -> Statements:
     save_lock = sql.SQL("LOCK TABLE {t} IN ROW EXCLUSIVE MODE").format(t=t)
     # Sorted in a subquery of its own (which the planner does not flatten), so every
     # save takes its locks in one order. The table's name keeps tables apart.
+    # The keys travel as one JSON array of strings (``keys_param``), as the rows do.
     key_locks = sql.SQL(
         "SELECT pg_advisory_xact_lock({space}, h)"
-        " FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(%s::text[]) AS k ORDER BY h) AS sorted"
+        " FROM (SELECT DISTINCT hashtext(k) AS h FROM json_array_elements_text(%s::json) AS k ORDER BY h) AS sorted"
     ).format(space=sql.Literal(_lock_space(t.as_string(None))))
     # At least one row, the watermark's; one more per stored row of the keys.
     save_read = sql.SQL(
         "SELECT w.v, {cols} FROM (SELECT {watermark} AS v) AS w"
-        " LEFT JOIN {t} AS s ON {sk} = ANY(%s) AND {sk} <> {r}"
+        " LEFT JOIN {t} AS s ON {sk} = ANY(ARRAY(SELECT json_array_elements_text(%s::json))) AND {sk} <> {r}"
     ).format(cols=read_cols(s), watermark=watermark, t=t, sk=sql.SQL("s.{}").format(c("key")), r=reserved)
     # The batch travels as one JSON array (orjson on our side, one parse on the
     # server's): far cheaper than binding ten arrays value by value. Data, stamps
@@ -147,6 +173,9 @@ def statements_for(names: TableNames) -> Statements:
         t=t, cols=cols, cleared=cleared(sql.SQL("b.x"), sql.SQL("b.v")), key=c("key"),
         sets=sql.SQL(", ").join(sql.SQL("{} = {}.{}").format(c(f), e, c(f)) for f in FIELDS if f != "key"),
     )
+    # The rows of keys the table does not hold, in FIELDS order (``copy_row``), in binary: the
+    # times go as they are, no float is formatted or parsed (``COPY_TYPES``).
+    copy = sql.SQL("COPY {t} ({cols}) FROM STDIN (FORMAT BINARY)").format(t=t, cols=cols)
     # Reads leave out the live rows a clear covers (belt and braces: saves already
     # do) and the reserved row, a tombstone-shaped row that is no session; the
     # watermark comes along for the keys it covers inside newer rows.
@@ -197,6 +226,7 @@ def statements_for(names: TableNames) -> Statements:
         key_locks=key_locks.as_string(None),
         save_read=save_read.as_string(None),
         upsert=upsert.as_string(None),
+        copy=copy.as_string(None),
         load=load.as_string(None),
         page=page.as_string(None),
         delete=delete.as_string(None),

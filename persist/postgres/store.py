@@ -4,7 +4,7 @@ The table and its DDL are ``persist.postgres.table``'s; the statements, with
 the key locks of a save and the clear watermark in SQL,
 ``persist.postgres.statements``'s. A save reads the stored rows of its batch
 under those locks, merges in Python (``persist.base.merge_row``) and writes
-the merged rows, in one transaction. Every operation is idempotent, so one
+the merged rows, in one transaction (``persist.postgres.saving``). Every operation is idempotent, so one
 that fails on a connection broken by a server restart is retried on the next
 pooled connection; if the server stays down the call raises
 ``StoreUnavailable`` and the caller's queue keeps the write.
@@ -12,7 +12,6 @@ pooled connection; if the server stays down the call raises
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -34,12 +33,12 @@ from ..base import (
     coalesce,
     decode_data,
     make_record,
-    merge_row,
 )
 from ..jsonstamps import seen_from_json, stamps_from_json
 from ..rekey import rekey_store
 from .connect import open_pool
-from .statements import statements_for, upsert_row
+from .saving import COPY_ROWS, save_batch
+from .statements import statements_for
 from .table import KEY_COMMENT, MERGE_FIELDS, TableNames, comment_statement, ddl_statements, upgrade_statement
 
 __all__ = ["PostgresStore"]
@@ -73,6 +72,8 @@ class PostgresStore:
     schemaName/tableName); ``create_table=True`` creates schema, table and
     index if missing (connect-pg-simple's createTableIfMissing).
     ``purge_batch`` bounds how many rows one purge statement deletes.
+    A save of at least ``copy_rows`` records writes the rows of keys the
+    table lacks by ``COPY`` (``persist.postgres.saving``).
     ``timeout`` bounds the wait for a pooled connection per operation and
     ``statement_timeout`` (seconds, None: the server's setting) every
     statement on the store's own connections, so a stuck server can't stall
@@ -97,12 +98,14 @@ class PostgresStore:
         statement_timeout: float | None = 30.0,
         page_size: int = 1000,
         purge_batch: int = 1000,
+        copy_rows: int = COPY_ROWS,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.names = TableNames.build(schema, table, columns)
-        for option, value in (("page_size", page_size), ("purge_batch", purge_batch)):
+        for option, value in (("page_size", page_size), ("purge_batch", purge_batch), ("copy_rows", copy_rows)):
             check_int(option, value)
         self.page_size = page_size
+        self.copy_rows = copy_rows
         self.purge_batch = purge_batch
         #: Stored rows the record rule refused (skipped by ``load`` and ``load_all``).
         self.refused = RefusedRecords(_NAME)
@@ -299,32 +302,17 @@ class PostgresStore:
             after = rows[-1][0]
 
     def save(self, records: Sequence[Record]) -> int:
-        """Merge the batch into the stored rows, in one transaction (``persist.postgres.statements``)."""
+        """Merge the batch into the stored rows, in one transaction (``persist.postgres.saving``)."""
         check_open(self._closed, _NAME, "save")
         if not records:
             return 0
         batch = coalesce(records)
-        keys = list(batch)
 
         def work(conn: psycopg.Connection[Any]) -> int:
-            # Pipelined: the transaction, its locks and the read go in one round trip, the
-            # write and the commit in another (the server still runs them one after another).
-            with conn.pipeline() if self.pipelined else contextlib.nullcontext(), conn.transaction():
-                conn.execute(self._sql.save_lock)
-                conn.execute(self._sql.key_locks, [keys])
-                found = conn.execute(self._sql.save_read, [keys]).fetchall()
-                watermark = int(found[0][0])
-                stored = {row[1]: self._stored(row[1:], watermark) for row in found if row[1] is not None}
-                rows = [
-                    upsert_row(merged) for key, record in batch.items()
-                    if (merged := merge_row(stored.get(key), record, watermark)) is not None
-                ]
-                if not rows:
-                    return 0
-                written = conn.execute(self._sql.upsert, [orjson.dumps(rows).decode()])
-            return written.rowcount
+            return save_batch(conn, self._sql, batch, stored=self._stored, pipelined=self.pipelined,
+                              copy_rows=self.copy_rows)
 
-        return self._run("save", work, keys=keys if len(keys) == 1 else None)
+        return self._run("save", work, keys=list(batch) if len(batch) == 1 else None)
 
     def _stored(self, row: Sequence[Any], watermark: int) -> Record | None:
         """A stored row a save merges into; one that can't be read is as good as absent (and counted)."""
