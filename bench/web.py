@@ -9,8 +9,10 @@ benchmark starts) and no session at all; Django with memsession and with
 Django's ``cached_db`` (local-memory cache over SQLite). Each app serves a
 session-read route and a session-write route; wrk drives each one for a
 fixed time from 127.0.0.1 with a logged-in cookie, in interleaved rounds
-(best round counts). Prints req/s and p50/p99 latency with the ratios the
-targets are stated in, and draws a PNG chart.
+(best round counts). Prints req/s, p50/p99 latency and the CPU time a request
+cost across every process that serves it (gunicorn master and workers, the
+sidecar, redis-server; not wrk: ``bench.web_cpu``), with the ratios the targets
+are stated in, and draws a PNG chart. Progress goes to stderr, tables to stdout.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 import httpx
 
 from bench.table import render, verdict
+from bench.web_cpu import CpuMeter
 from tests.servers import RedisServer
 from tests.webservers import WebServer
 
@@ -55,6 +58,20 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    #: CPU microseconds per request, summed over the processes serving it.
+    cpu_us: float
+
+
+@dataclass(frozen=True)
+class WrkRun:
+    """What one wrk run measured."""
+
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    #: non-2xx/3xx responses plus socket errors
+    errors: int
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -65,12 +82,13 @@ def _ms(text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
-def run_wrk(url: str, cookie: str | None, duration: float, connections: int) -> tuple[float, float, float, int]:
-    """``(req/s, p50 ms, p99 ms, non-2xx + socket errors)`` from one wrk run."""
-    argv = ["wrk", "-t2", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "5s", url]
-    if cookie:
-        argv[1:1] = ["-H", f"Cookie: {cookie}"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=True).stdout
+def progress(message: str) -> None:
+    print(f"[web] {message}", file=sys.stderr, flush=True)
+
+
+def parse_wrk(out: str) -> WrkRun:
+    """The figures of wrk's ``--latency`` report."""
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
@@ -79,7 +97,14 @@ def run_wrk(url: str, cookie: str | None, duration: float, connections: int) -> 
         errors += int(m.group(1))
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
         errors += sum(int(g) for g in m.groups())
-    return rps, p50, p99, errors
+    return WrkRun(requests, rps, p50, p99, errors)
+
+
+def run_wrk(url: str, cookie: str | None, duration: float, connections: int) -> WrkRun:
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "5s", url]
+    if cookie:
+        argv[1:1] = ["-H", f"Cookie: {cookie}"]
+    return parse_wrk(subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=True).stdout)
 
 
 def logged_in_cookie(base: str) -> str | None:
@@ -91,16 +116,19 @@ def logged_in_cookie(base: str) -> str | None:
     return "; ".join(jar) or None
 
 
-def bench_all(env: dict[str, str], tmp: str, duration: float, connections: int, rounds: int) -> list[Result]:
+def bench_all(env: dict[str, str], tmp: str, duration: float, connections: int, rounds: int,
+              redis_pid: int) -> list[Result]:
     """Every variant's server up at once; rounds interleave them and the best round counts.
 
     The machine is shared: interleaving spreads other load over all variants
-    alike, and best-of-rounds drops the rounds it disturbed most.
+    alike, and best-of-rounds drops the rounds it disturbed most. A result's
+    CPU per request is that of its best round, measured around the same wrk run.
     """
     best: dict[tuple[str, str], Result] = {}
     with contextlib.ExitStack() as stack:
         servers = []
-        for label, framework, kind, target in VARIANTS:
+        for number, (label, framework, kind, target) in enumerate(VARIANTS, 1):
+            progress(f"starting {label} ({framework}, gunicorn, {WORKERS} workers) [{number}/{len(VARIANTS)}]")
             server_env = {**env, "BENCH_SESSION": kind}
             config = None
             if kind == "memsession":
@@ -114,16 +142,24 @@ def bench_all(env: dict[str, str], tmp: str, duration: float, connections: int, 
             cookie = logged_in_cookie(server.url)
             # A short warm-up so every worker has imported, joined and served once.
             run_wrk(server.url + "/read", cookie, 1, connections)
-            servers.append((label, server, cookie))
+            assert server.proc is not None
+            # The gunicorn master's tree holds its workers and the sidecar its hooks spawned.
+            meter = CpuMeter([server.proc.pid, redis_pid] if kind == "redis" else [server.proc.pid])
+            servers.append((label, server, cookie, meter))
         for round_ in range(1, rounds + 1):
-            for label, server, cookie in servers:
+            progress(f"round {round_}/{rounds}: {len(servers)} variants x {len(ROUTES)} routes, "
+                     f"{duration:g} s each")
+            for label, server, cookie, meter in servers:
                 for route in ROUTES:
-                    rps, p50, p99, errors = run_wrk(f"{server.url}/{route}", cookie, duration, connections)
-                    print(f"  round {round_}  {label:20s} {route:5s} {rps:8.0f} req/s  p50 {p50:6.2f} ms"
-                          f"  p99 {p99:6.2f} ms" + (f"  ERRORS {errors}" if errors else ""), flush=True)
-                    result = Result(label, route, rps, p50, p99, errors)
+                    before = meter.sample()
+                    run = run_wrk(f"{server.url}/{route}", cookie, duration, connections)
+                    cpu_us = meter.us_per(before, meter.sample(), run.requests)
+                    progress(f"round {round_}  {label:20s} {route:5s} {run.rps:8.0f} req/s  "
+                             f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  {cpu_us:5.0f} us CPU/req"
+                             + (f"  ERRORS {run.errors}" if run.errors else ""))
+                    result = Result(label, route, run.rps, run.p50_ms, run.p99_ms, run.errors, cpu_us)
                     key = (label, route)
-                    if key not in best or rps > best[key].rps:
+                    if key not in best or run.rps > best[key].rps:
                         best[key] = result
     return [best[(label, route)] for label, *_ in VARIANTS for route in ROUTES if (label, route) in best]
 
@@ -134,50 +170,64 @@ def migrate(env: dict[str, str]) -> None:
                    "BENCH_SESSION": "cached_db"}, check=True, timeout=120, cwd=ROOT)
 
 
+#: The issue's targets: (name, numerator variant, denominator variant, route, at least); None: shown only.
+CHECKS: list[tuple[str, str, str, str, float | None]] = [
+    ("read: memsession / no session", "memsession", "no session", "read", 0.95),
+    ("read: memsession / flask-session redis", "memsession", "flask-session redis", "read", 1.7),
+    ("write: memsession / flask-session redis", "memsession", "flask-session redis", "write", 1.3),
+    ("write: memsession / flask cookie", "memsession", "flask cookie", "write", 0.85),
+    ("read: django memsession / cached_db", "django memsession", "django cached_db", "read", 1.0),
+    ("read: memsession / flask cookie", "memsession", "flask cookie", "read", None),
+    ("write: memsession / no session", "memsession", "no session", "write", None),
+    ("write: django memsession / cached_db", "django memsession", "django cached_db", "write", None),
+]
+
+
 def draw(results: list[Result], path: Path) -> None:
+    """Two panels: req/s (higher is better) and CPU per request across the serving processes (lower)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = [v[0] for v in VARIANTS if any(r.label == v[0] for r in results)]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig, (rate_ax, cpu_ax) = plt.subplots(1, 2, figsize=(14, 4.8))
     width = 0.38
-    for i, route in enumerate(ROUTES):
-        values = [next((r.rps for r in results if r.label == lab and r.route == route), 0.0) for lab in labels]
-        xs = [x + (i - 0.5) * width for x in range(len(labels))]
-        bars = ax.bar(xs, values, width, label=f"session {route}")
-        ax.bar_label(bars, fmt="%.0f", fontsize=8)
-    ax.set_xticks(range(len(labels)), labels, rotation=15)
-    ax.set_ylabel("requests/s (higher is better)")
-    ax.set_title(f"Same app under gunicorn, {WORKERS} sync workers, wrk on 127.0.0.1")
-    ax.legend()
+    panels = [(rate_ax, "rps", "requests/s (higher is better)", "%.0f"),
+              (cpu_ax, "cpu_us", "CPU us per request, all serving processes (lower is better)", "%.0f")]
+    for ax, field, ylabel, fmt in panels:
+        for i, route in enumerate(ROUTES):
+            values = [next((getattr(r, field) for r in results if r.label == lab and r.route == route), 0.0)
+                      for lab in labels]
+            xs = [x + (i - 0.5) * width for x in range(len(labels))]
+            bars = ax.bar(xs, values, width, label=f"session {route}")
+            ax.bar_label(bars, fmt=fmt, fontsize=7)
+        ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.margins(y=0.15)  # room above the tallest bar for its label and the legend
+        ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"Same app under gunicorn, {WORKERS} sync workers, wrk on 127.0.0.1")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def report(results: list[Result]) -> str:
-    def rps(label: str, route: str) -> float:
-        return next((r.rps for r in results if r.label == label and r.route == route), float("nan"))
+    def find(label: str, route: str) -> Result | None:
+        return next((r for r in results if r.label == label and r.route == route), None)
 
-    rows = [[r.label, r.route, r.rps, r.p50_ms, r.p99_ms, r.errors] for r in results]
-    table = render("web benchmark", ["backend", "route", "req/s", "p50 ms", "p99 ms", "errors"], rows)
-    checks = [
-        ("read: memsession / no session", rps("memsession", "read") / rps("no session", "read"), 0.95),
-        ("read: memsession / flask-session redis",
-         rps("memsession", "read") / rps("flask-session redis", "read"), 1.5),
-        ("write: memsession / flask-session redis",
-         rps("memsession", "write") / rps("flask-session redis", "write"), 1.3),
-        ("read: memsession / flask cookie", rps("memsession", "read") / rps("flask cookie", "read"), None),
-        ("read: django memsession / cached_db",
-         rps("django memsession", "read") / rps("django cached_db", "read"), None),
-        ("write: django memsession / cached_db",
-         rps("django memsession", "write") / rps("django cached_db", "write"), None),
-    ]
-    ratio_rows = [[name, ratio, "" if target is None else f">= {target}",
-                   "" if target is None else verdict(ratio >= target)] for name, ratio, target in checks]
-    return table + "\n\n" + render("ratios (same run)", ["ratio", "value", "target", ""], ratio_rows)
+    rows = [[r.label, r.route, r.rps, r.p50_ms, r.p99_ms, r.cpu_us, r.errors] for r in results]
+    table = render("web benchmark (best round of each)",
+                   ["backend", "route", "req/s", "p50 ms", "p99 ms", "CPU us/req", "errors"], rows)
+    ratio_rows = []
+    for name, numerator, denominator, route, target in CHECKS:
+        top, bottom = find(numerator, route), find(denominator, route)
+        rate = top.rps / bottom.rps if top and bottom else float("nan")
+        cpu = top.cpu_us / bottom.cpu_us if top and bottom else float("nan")
+        ratio_rows.append([name, rate, "" if target is None else f">= {target}",
+                           "" if target is None else verdict(rate >= target), cpu])
+    ratios = render("ratios (same run)", ["req/s ratio", "value", "target", "", "CPU/req ratio"], ratio_rows)
+    return table + "\n\n" + ratios
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,16 +239,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one round of 2 s per route")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
-        print("wrk not found (Debian: apt-get install wrk)", file=sys.stderr)
+        print("wrk not found: scripts/bench installs it (scripts/bootstrap --bench; Debian: apt-get install wrk)",
+              file=sys.stderr)
         return 2
     duration = 2.0 if args.quick else args.duration
     results: list[Result] = []
     tmp = tempfile.mkdtemp(prefix="ms-bench-web-")
     try:
+        progress("starting redis-server and migrating the Django database")
         with RedisServer() as redis_server:
+            assert redis_server.pid is not None
             env = {"BENCH_REDIS_URL": redis_server.url, "BENCH_DB": os.path.join(tmp, "db.sqlite3")}
             migrate(env)
-            results = bench_all(env, tmp, duration, args.connections, 1 if args.quick else args.rounds)
+            results = bench_all(env, tmp, duration, args.connections, 1 if args.quick else args.rounds,
+                                redis_server.pid)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print()
