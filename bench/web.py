@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 
 from bench.table import render, verdict
-from bench.web_cpu import CpuMeter
+from bench.web_cpu import ROLES, CpuMeter
 from tests.servers import RedisServer
 from tests.webservers import WebServer
 
@@ -58,8 +58,13 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
-    #: CPU microseconds per request, summed over the processes serving it.
-    cpu_us: float
+    #: CPU microseconds per request of each role (``bench.web_cpu.ROLES``) and their ``"total"``.
+    cpu: dict[str, float]
+
+    @property
+    def cpu_us(self) -> float:
+        """CPU microseconds per request, summed over the processes serving it."""
+        return self.cpu["total"]
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,7 @@ def bench_all(env: dict[str, str], tmp: str, duration: float, connections: int, 
             run_wrk(server.url + "/read", cookie, 1, connections)
             assert server.proc is not None
             # The gunicorn master's tree holds its workers and the sidecar its hooks spawned.
-            meter = CpuMeter([server.proc.pid, redis_pid] if kind == "redis" else [server.proc.pid])
+            meter = CpuMeter(server.proc.pid, redis_pid if kind == "redis" else None)
             servers.append((label, server, cookie, meter))
         for round_ in range(1, rounds + 1):
             progress(f"round {round_}/{rounds}: {len(servers)} variants x {len(ROUTES)} routes, "
@@ -153,11 +158,11 @@ def bench_all(env: dict[str, str], tmp: str, duration: float, connections: int, 
                 for route in ROUTES:
                     before = meter.sample()
                     run = run_wrk(f"{server.url}/{route}", cookie, duration, connections)
-                    cpu_us = meter.us_per(before, meter.sample(), run.requests)
+                    cpu = meter.us_per(before, meter.sample(), run.requests)
                     progress(f"round {round_}  {label:20s} {route:5s} {run.rps:8.0f} req/s  "
-                             f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  {cpu_us:5.0f} us CPU/req"
+                             f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  {cpu['total']:5.0f} us CPU/req"
                              + (f"  ERRORS {run.errors}" if run.errors else ""))
-                    result = Result(label, route, run.rps, run.p50_ms, run.p99_ms, run.errors, cpu_us)
+                    result = Result(label, route, run.rps, run.p50_ms, run.p99_ms, run.errors, cpu)
                     key = (label, route)
                     if key not in best or run.rps > best[key].rps:
                         best[key] = result
@@ -227,7 +232,11 @@ def report(results: list[Result]) -> str:
         ratio_rows.append([name, rate, "" if target is None else f">= {target}",
                            "" if target is None else verdict(rate >= target), cpu])
     ratios = render("ratios (same run)", ["req/s ratio", "value", "target", "", "CPU/req ratio"], ratio_rows)
-    return table + "\n\n" + ratios
+    # Only the roles some variant used: a column of zeros says nothing.
+    roles = [role for role in ROLES if any(r.cpu[role] >= 0.5 for r in results)]
+    split = render("CPU us per request by role (same rounds as above)", ["backend", "route", *roles, "total"],
+                   [[r.label, r.route, *(r.cpu[role] for role in roles), r.cpu_us] for r in results])
+    return table + "\n\n" + ratios + "\n\n" + split
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""CPU time spent by the processes that serve a benchmark run, read from ``/proc``.
+"""CPU time spent by the processes that serve a benchmark run, read from ``/proc``, by role.
 
 A web variant's cost to the machine is not only its req/s: a sidecar or a
 redis-server works for every request too, and on a shared machine the CPU a
@@ -9,6 +9,14 @@ master: its workers and the sidecar it spawned; a redis-server), plus
 a process that ends between two samples is still counted. wrk is never among
 the roots.
 
+The sum is split by role, to show where a request's CPU goes: a worker's
+request thread (its main thread: a sync worker serves requests there) and its
+other threads (a bus's sender and receiver, ZeroMQ's I/O thread; the
+process's total minus its main thread, so threads that ended count too), the
+master, a sidecar, anything else it spawned, and children reaped meanwhile.
+Workers are the processes forked from the master (the same command line);
+anything it started with another command line is named by that.
+
 A process counts while its parent chain reaches a root; one that its parent
 left to init (not waited for) drops out of the sum, which then undercounts.
 The servers measured here reap their children.
@@ -17,13 +25,27 @@ The servers measured here reap their children.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CpuMeter", "ProcStat", "descendants", "parse_stat", "read_stats", "tree_ticks"]
+__all__ = [
+    "ROLES", "CpuMeter", "ProcStat", "Snapshot", "descendants", "parse_stat", "read_snapshot", "read_stats",
+    "roles", "tree_ticks",
+]
 
 PROC = Path("/proc")
+
+REQUEST_THREADS = "request threads"
+OTHER_THREADS = "other worker threads"
+MASTER = "master"
+SIDECAR = "sidecar"
+REDIS = "redis-server"
+OTHER_PROCESSES = "other processes"
+REAPED = "exited children"
+#: Every role, in the order tables show them.
+ROLES = (REQUEST_THREADS, OTHER_THREADS, MASTER, SIDECAR, REDIS, OTHER_PROCESSES, REAPED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,14 +54,14 @@ class ProcStat:
 
     pid: int
     ppid: int
-    #: utime + stime: CPU time of the process itself (all its threads).
+    #: utime + stime: CPU time of the process itself (all its threads, ended ones included).
     own_ticks: int
     #: cutime + cstime: CPU time of its children that exited and were waited for.
     reaped_ticks: int
 
 
 def parse_stat(text: str) -> ProcStat:
-    """Parse one ``/proc/<pid>/stat`` line (see proc(5)); ``ValueError`` if it is not one."""
+    """Parse one ``/proc/<pid>/stat`` (or ``task/<tid>/stat``) line, see proc(5); ``ValueError`` if not one."""
     # Field 2, the command name in parentheses, may itself hold spaces and ")":
     # the fixed-position fields start after the last ")".
     head, close, tail = text.rpartition(")")
@@ -90,8 +112,63 @@ def tree_ticks(roots: Iterable[int], stats: Mapping[int, ProcStat]) -> int:
     return sum(stats[pid].own_ticks + stats[pid].reaped_ticks for pid in descendants(roots, stats))
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """The processes of the measured trees at one moment."""
+
+    stats: Mapping[int, ProcStat]
+    #: Ticks of each process's main thread (``task/<pid>/stat``).
+    main_thread_ticks: Mapping[int, int]
+    #: Each process's command line, arguments joined by spaces.
+    cmdlines: Mapping[int, str]
+
+
+def read_snapshot(roots: Sequence[int], proc: Path = PROC) -> Snapshot:
+    """The trees under ``roots`` now, with main threads and command lines."""
+    tree = descendants(roots, read_stats(proc))
+    stats: dict[int, ProcStat] = {}
+    main: dict[int, int] = {}
+    cmdlines: dict[int, str] = {}
+    for pid in tree:
+        base = Path(proc, str(pid))
+        try:
+            # The main thread first, then the whole process: its total includes the
+            # main thread's time, which only grows, so the rest is never negative.
+            main_ticks = parse_stat(Path(base, "task", str(pid), "stat").read_text()).own_ticks
+            stat = parse_stat(Path(base, "stat").read_text())
+            cmdline = Path(base, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited since it was listed: its time reaches its parent's reaped ticks
+        stats[pid], main[pid], cmdlines[pid] = stat, main_ticks, cmdline
+    return Snapshot(stats, main, cmdlines)
+
+
+def roles(snapshot: Snapshot, server_root: int, redis_root: int | None = None) -> Counter[str]:
+    """Ticks so far of each role (``ROLES``) in the trees of ``server_root`` and ``redis_root``."""
+    ticks: Counter[str] = Counter()
+    stats = snapshot.stats
+    server_cmdline = snapshot.cmdlines.get(server_root)
+    redis_tree = descendants([redis_root], stats) if redis_root is not None else set()
+    for pid in descendants([server_root], stats) | redis_tree:
+        stat = stats[pid]
+        ticks[REAPED] += stat.reaped_ticks
+        if pid in redis_tree:
+            ticks[REDIS] += stat.own_ticks
+        elif pid == server_root:
+            ticks[MASTER] += stat.own_ticks
+        elif snapshot.cmdlines.get(pid) == server_cmdline:  # forked from the master: a worker
+            main = snapshot.main_thread_ticks[pid]
+            ticks[REQUEST_THREADS] += main
+            ticks[OTHER_THREADS] += stat.own_ticks - main
+        elif "sidecar" in snapshot.cmdlines.get(pid, ""):
+            ticks[SIDECAR] += stat.own_ticks
+        else:
+            ticks[OTHER_PROCESSES] += stat.own_ticks
+    return ticks
+
+
 class CpuMeter:
-    """CPU seconds that the process trees under ``roots`` use between two ``sample()`` calls.
+    """CPU time by role that a server's process tree (and a redis-server's) uses between two samples.
 
     ``read`` and ``ticks_per_second`` are injectable, so the arithmetic runs
     in tests without the processes.
@@ -99,27 +176,28 @@ class CpuMeter:
 
     def __init__(
         self,
-        roots: Sequence[int],
+        server_root: int,
+        redis_root: int | None = None,
         *,
-        read: Callable[[], Mapping[int, ProcStat]] = read_stats,
+        read: Callable[[Sequence[int]], Snapshot] = read_snapshot,
         ticks_per_second: int | None = None,
     ) -> None:
-        if not roots:
-            raise ValueError("CpuMeter needs at least one root pid")
-        self.roots = tuple(roots)
+        self.server_root = server_root
+        self.redis_root = redis_root
         self._read = read
         self.ticks_per_second = ticks_per_second or os.sysconf("SC_CLK_TCK")
 
-    def sample(self) -> int:
-        """The trees' clock ticks so far (only differences of two samples mean anything)."""
-        return tree_ticks(self.roots, self._read())
+    def sample(self) -> Counter[str]:
+        """Each role's clock ticks so far (only differences of two samples mean anything)."""
+        roots = [self.server_root] if self.redis_root is None else [self.server_root, self.redis_root]
+        return roles(self._read(roots), self.server_root, self.redis_root)
 
-    def seconds(self, before: int, after: int) -> float:
-        """CPU seconds between two samples."""
-        return (after - before) / self.ticks_per_second
+    def us_per(self, before: Counter[str], after: Counter[str], count: int) -> dict[str, float]:
+        """Microseconds of CPU per item (request) of each role between two samples, and ``"total"``.
 
-    def us_per(self, before: int, after: int, count: int) -> float:
-        """Microseconds of CPU per item (request) between two samples; NaN for no items."""
-        if count <= 0:
-            return float("nan")
-        return self.seconds(before, after) * 1e6 / count
+        NaN everywhere for no items.
+        """
+        scale = 1e6 / self.ticks_per_second / count if count > 0 else float("nan")
+        per = {role: (after[role] - before[role]) * scale for role in ROLES}
+        per["total"] = sum(per.values())
+        return per

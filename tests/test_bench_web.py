@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.web import CHECKS, VARIANTS, Result, parse_wrk, report
+from bench.web_cpu import REQUEST_THREADS, ROLES
 
 WRK_OUTPUT = """Running 2s test @ http://127.0.0.1:39891/write
   2 threads and 16 connections
@@ -33,8 +34,13 @@ def test_parse_wrk() -> None:
     assert run.errors == 4 + 3
 
 
-def results(rps: dict[tuple[str, str], float], cpu: float = 100.0) -> list[Result]:
-    return [Result(label, route, rate, 1.0, 2.0, 0, cpu) for (label, route), rate in rps.items()]
+def cpu(total: float) -> dict[str, float]:
+    """A CPU split that puts it all in the request threads."""
+    return {role: 0.0 for role in ROLES} | {REQUEST_THREADS: total, "total": total}
+
+
+def results(rps: dict[tuple[str, str], float], total: float = 100.0) -> list[Result]:
+    return [Result(label, route, rate, 1.0, 2.0, 0, cpu(total)) for (label, route), rate in rps.items()]
 
 
 def ratio_row(text: str, name: str) -> str:
@@ -58,7 +64,7 @@ def test_report_states_ratio_verdict_and_cpu_ratio() -> None:
     rates = {(label, route): 1000.0 for label, *_ in VARIANTS for route in ("read", "write")}
     rates[("memsession", "write")] = 800.0  # 0.8 of flask cookie's: below 0.85
     rows = results(rates)
-    rows[0] = Result("memsession", "read", 1000.0, 1.0, 2.0, 0, 50.0)
+    rows[0] = Result("memsession", "read", 1000.0, 1.0, 2.0, 0, cpu(50.0))
     text = report(rows)
     assert "CPU us/req" in text
     missed = ratio_row(text, "write: memsession / flask cookie")
@@ -67,6 +73,8 @@ def test_report_states_ratio_verdict_and_cpu_ratio() -> None:
     assert read.split()[-3:] == ["0.95", "ok", "0.50"]  # target, verdict, half the CPU per request
     assert "1.00" in read
     assert "MISSED" in ratio_row(text, "read: memsession / flask-session redis").split()  # 1.0 < 1.7
+    split = text.split("CPU us per request by role")[1]
+    assert REQUEST_THREADS in split and "sidecar" not in split  # only roles that some variant used
 
 
 def test_a_missing_variant_is_nan_not_a_crash() -> None:

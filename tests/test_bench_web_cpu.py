@@ -7,7 +7,25 @@ from pathlib import Path
 
 import pytest
 
-from bench.web_cpu import CpuMeter, ProcStat, descendants, parse_stat, read_stats, tree_ticks
+from bench.web_cpu import (
+    MASTER,
+    OTHER_PROCESSES,
+    OTHER_THREADS,
+    REAPED,
+    REDIS,
+    REQUEST_THREADS,
+    ROLES,
+    SIDECAR,
+    CpuMeter,
+    ProcStat,
+    Snapshot,
+    descendants,
+    parse_stat,
+    read_snapshot,
+    read_stats,
+    roles,
+    tree_ticks,
+)
 
 
 def stat_line(pid: int, comm: str, ppid: int, utime: int, stime: int, cutime: int = 0, cstime: int = 0) -> str:
@@ -74,44 +92,100 @@ class TestTree:
         assert tree_ticks([5], looped) == 3
 
 
+def snapshot(*processes: tuple[ProcStat, int, str]) -> Snapshot:
+    """A snapshot of ``(stat, main thread ticks, command line)`` per process."""
+    return Snapshot({p.pid: p for p, _, _ in processes}, {p.pid: main for p, main, _ in processes},
+                    {p.pid: cmd for p, _, cmd in processes})
+
+
+GUNICORN = "python -m gunicorn --bind 127.0.0.1:1 bench.web_flask:app"
+SIDECAR_CMD = "python -m memsession sidecar --parent-pid 10"
+
+
+class TestRoles:
+    def test_workers_sidecar_master_and_redis(self) -> None:
+        snap = snapshot(
+            (ProcStat(10, 1, 5, 3), 5, GUNICORN),  # master, 3 ticks of reaped children
+            (ProcStat(11, 10, 100, 0), 70, GUNICORN),  # worker: 70 in its main thread, 30 in others
+            (ProcStat(12, 10, 90, 0), 80, GUNICORN),
+            (ProcStat(13, 10, 40, 0), 10, SIDECAR_CMD),
+            (ProcStat(14, 10, 2, 0), 2, "/bin/sh -c something"),
+            (ProcStat(30, 1, 25, 0), 25, "redis-server 127.0.0.1:6379"),
+            (ProcStat(40, 1, 999, 0), 999, "wrk -t2"),  # not in any tree given
+        )
+        ticks = roles(snap, server_root=10, redis_root=30)
+        assert ticks[REQUEST_THREADS] == 150
+        assert ticks[OTHER_THREADS] == 40
+        assert ticks[MASTER] == 5
+        assert ticks[SIDECAR] == 40
+        assert ticks[OTHER_PROCESSES] == 2  # wrk is in neither tree
+        assert ticks[REDIS] == 25
+        assert ticks[REAPED] == 3
+        assert set(ticks) <= set(ROLES)
+
+    def test_without_redis(self) -> None:
+        snap = snapshot((ProcStat(10, 1, 5, 0), 5, GUNICORN), (ProcStat(11, 10, 8, 0), 8, GUNICORN))
+        assert roles(snap, server_root=10)[REDIS] == 0
+
+
 class TestCpuMeter:
-    def meter(self, samples: list[dict[int, ProcStat]], roots: list[int]) -> CpuMeter:
-        feed = iter(samples)
-        return CpuMeter(roots, read=lambda: next(feed), ticks_per_second=100)
+    def meter(self, snapshots: list[Snapshot], redis_root: int | None = None) -> CpuMeter:
+        feed = iter(snapshots)
+        return CpuMeter(10, redis_root, read=lambda roots: next(feed), ticks_per_second=100)
 
     def test_difference_of_two_samples_per_request(self) -> None:
-        before = table(ProcStat(10, 1, 100, 0), ProcStat(11, 10, 200, 0))
-        after = table(ProcStat(10, 1, 110, 0), ProcStat(11, 10, 290, 0))
-        meter = self.meter([before, after], [10])
-        a, b = meter.sample(), meter.sample()
-        assert meter.seconds(a, b) == pytest.approx(1.0)  # 100 ticks
-        assert meter.us_per(a, b, 1000) == pytest.approx(1000.0)
+        before = snapshot((ProcStat(10, 1, 100, 0), 100, GUNICORN), (ProcStat(11, 10, 200, 0), 150, GUNICORN))
+        after = snapshot((ProcStat(10, 1, 110, 0), 110, GUNICORN), (ProcStat(11, 10, 290, 0), 220, GUNICORN))
+        meter = self.meter([before, after])
+        per = meter.us_per(meter.sample(), meter.sample(), 1000)
+        # 100 ticks at 100/s is 1 s over 1000 requests: 1000 us each.
+        assert per["total"] == pytest.approx(1000.0)
+        assert per[REQUEST_THREADS] == pytest.approx(700.0)
+        assert per[OTHER_THREADS] == pytest.approx(200.0)
+        assert per[MASTER] == pytest.approx(100.0)
 
     def test_a_child_that_exited_and_was_reaped_still_counts(self) -> None:
-        # Worker 11 ran 50 more ticks, exited; the master reaped it (its total, 250, moves to cutime).
-        before = table(ProcStat(10, 1, 100, 0), ProcStat(11, 10, 200, 0))
-        after = table(ProcStat(10, 1, 100, 250))
-        meter = self.meter([before, after], [10])
-        a, b = meter.sample(), meter.sample()
-        assert b - a == 50
+        # Worker 11 ran 50 more ticks and exited; the master reaped it (its 250 move to cutime).
+        before = snapshot((ProcStat(10, 1, 100, 0), 100, GUNICORN), (ProcStat(11, 10, 200, 0), 200, GUNICORN))
+        after = snapshot((ProcStat(10, 1, 100, 250), 100, GUNICORN))
+        meter = self.meter([before, after])
+        assert meter.us_per(meter.sample(), meter.sample(), 100)["total"] == pytest.approx(50 * 100.0)
 
-    def test_a_child_born_between_samples_counts_whole(self) -> None:
-        before = table(ProcStat(10, 1, 100, 0))
-        after = table(ProcStat(10, 1, 100, 0), ProcStat(15, 10, 8, 0))
-        meter = self.meter([before, after], [10])
-        a, b = meter.sample(), meter.sample()
-        assert b - a == 8
-
-    def test_other_processes_never_count(self) -> None:
-        before = table(ProcStat(10, 1, 100, 0), ProcStat(30, 1, 0, 0))
-        after = table(ProcStat(10, 1, 100, 0), ProcStat(30, 1, 9999, 0))
-        meter = self.meter([before, after], [10])
-        assert meter.sample() == meter.sample()
+    def test_other_processes_never_count(self, tmp_path: Path) -> None:
+        (tmp_path / "40").mkdir()
+        (tmp_path / "40" / "stat").write_text(stat_line(40, "wrk", 1, 500, 0))
+        assert read_snapshot([10], proc=tmp_path).stats == {}
 
     def test_no_requests_is_nan_not_a_division_error(self) -> None:
-        meter = self.meter([], [10])
-        assert meter.us_per(0, 10, 0) != meter.us_per(0, 10, 0)  # NaN
+        empty = snapshot()
+        meter = self.meter([empty, empty])
+        per = meter.us_per(meter.sample(), meter.sample(), 0)
+        assert per["total"] != per["total"]  # NaN
 
-    def test_needs_a_root(self) -> None:
-        with pytest.raises(ValueError):
-            CpuMeter([])
+
+def test_read_snapshot_from_a_proc_tree(tmp_path: Path) -> None:
+    """read_snapshot reads stat, the main thread's stat and cmdline of the tree's processes only."""
+
+    def process(pid: int, ppid: int, own: int, main: int, cmdline: bytes) -> None:
+        (tmp_path / str(pid) / "task" / str(pid)).mkdir(parents=True)
+        (tmp_path / str(pid) / "stat").write_text(stat_line(pid, "python", ppid, own, 0))
+        (tmp_path / str(pid) / "task" / str(pid) / "stat").write_text(stat_line(pid, "python", ppid, main, 0))
+        (tmp_path / str(pid) / "cmdline").write_bytes(cmdline)
+
+    process(10, 1, 5, 5, b"python\0-m\0gunicorn\0")
+    process(11, 10, 30, 20, b"python\0-m\0gunicorn\0")
+    process(50, 1, 70, 70, b"other\0")
+    (tmp_path / "self").mkdir()  # not a pid: skipped
+    snap = read_snapshot([10], proc=tmp_path)
+    assert set(snap.stats) == {10, 11}
+    assert snap.main_thread_ticks == {10: 5, 11: 20}
+    assert snap.cmdlines[11] == "python -m gunicorn"
+    assert roles(snap, server_root=10)[OTHER_THREADS] == 10
+
+
+def test_this_process_from_the_real_proc() -> None:
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("no /proc on this system")
+    snap = read_snapshot([os.getpid()])
+    assert os.getpid() in snap.stats
+    assert "pytest" in snap.cmdlines[os.getpid()] or "python" in snap.cmdlines[os.getpid()]
