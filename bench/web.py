@@ -1,6 +1,6 @@
 """End-to-end web benchmark: the same tiny app under gunicorn (2 workers), several session backends.
 
-``python -m bench.web [--duration 3] [--rounds 3] [--connections 16] [--chart bench/web.png] [--quick]``
+``python -m bench.web [--duration 2] [--rounds 5] [--connections 16] [--chart bench/web.png] [--quick]``
 
 Flask with memsession (the embedded default: gunicorn hooks run a sidecar with
 a JSON file store, each worker's cache joins it),
@@ -8,11 +8,13 @@ Flask's signed-cookie sessions, Flask-Session on Redis (a redis-server this
 benchmark starts) and no session at all; Django with memsession and with
 Django's ``cached_db`` (local-memory cache over SQLite). Each app serves a
 session-read route and a session-write route; wrk drives each one for a
-fixed time from 127.0.0.1 with a logged-in cookie, in interleaved rounds
-(best round counts). Prints req/s, p50/p99 latency and the CPU time a request
-cost across every process that serves it (gunicorn master and workers, the
-sidecar, redis-server; not wrk: ``bench.web_cpu``), with the ratios the targets
-are stated in, and draws a PNG chart. Progress goes to stderr, tables to stdout.
+fixed time from 127.0.0.1 with a logged-in cookie, in interleaved rounds.
+Prints req/s (best and median round), p50/p99 latency and the CPU time a
+request cost across every process that serves it (gunicorn master and workers,
+the sidecar, redis-server; not wrk: ``bench.web_cpu``), split by role; the
+ratios the targets are stated in are taken within each round (variants
+measured seconds apart, under the same outside load) and their median is
+judged, and draws a PNG chart. Progress goes to stderr, tables to stdout.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import contextlib
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,6 +55,8 @@ ROUTES = ("read", "write")
 
 @dataclass
 class Result:
+    """One wrk run of one variant's route in one round."""
+
     label: str
     route: str
     rps: float
@@ -60,6 +65,7 @@ class Result:
     errors: int
     #: CPU microseconds per request of each role (``bench.web_cpu.ROLES``) and their ``"total"``.
     cpu: dict[str, float]
+    round: int = 1
 
     @property
     def cpu_us(self) -> float:
@@ -123,13 +129,13 @@ def logged_in_cookie(base: str) -> str | None:
 
 def bench_all(env: dict[str, str], tmp: str, duration: float, connections: int, rounds: int,
               redis_pid: int) -> list[Result]:
-    """Every variant's server up at once; rounds interleave them and the best round counts.
+    """Every variant's server up at once; every round runs each route of each variant once.
 
     The machine is shared: interleaving spreads other load over all variants
-    alike, and best-of-rounds drops the rounds it disturbed most. A result's
-    CPU per request is that of its best round, measured around the same wrk run.
+    alike, and every other round runs them in the reverse order, so a variant
+    is not always measured just after the same neighbour. Returns every run.
     """
-    best: dict[tuple[str, str], Result] = {}
+    results: list[Result] = []
     with contextlib.ExitStack() as stack:
         servers = []
         for number, (label, framework, kind, target) in enumerate(VARIANTS, 1):
@@ -150,23 +156,19 @@ def bench_all(env: dict[str, str], tmp: str, duration: float, connections: int, 
             assert server.proc is not None
             # The gunicorn master's tree holds its workers and the sidecar its hooks spawned.
             meter = CpuMeter(server.proc.pid, redis_pid if kind == "redis" else None)
-            servers.append((label, server, cookie, meter))
+            for route in ROUTES:
+                servers.append((label, route, server, cookie, meter))
         for round_ in range(1, rounds + 1):
-            progress(f"round {round_}/{rounds}: {len(servers)} variants x {len(ROUTES)} routes, "
-                     f"{duration:g} s each")
-            for label, server, cookie, meter in servers:
-                for route in ROUTES:
-                    before = meter.sample()
-                    run = run_wrk(f"{server.url}/{route}", cookie, duration, connections)
-                    cpu = meter.us_per(before, meter.sample(), run.requests)
-                    progress(f"round {round_}  {label:20s} {route:5s} {run.rps:8.0f} req/s  "
-                             f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  {cpu['total']:5.0f} us CPU/req"
-                             + (f"  ERRORS {run.errors}" if run.errors else ""))
-                    result = Result(label, route, run.rps, run.p50_ms, run.p99_ms, run.errors, cpu)
-                    key = (label, route)
-                    if key not in best or run.rps > best[key].rps:
-                        best[key] = result
-    return [best[(label, route)] for label, *_ in VARIANTS for route in ROUTES if (label, route) in best]
+            progress(f"round {round_}/{rounds}: {len(servers)} runs of {duration:g} s")
+            for label, route, server, cookie, meter in servers if round_ % 2 else servers[::-1]:
+                before = meter.sample()
+                run = run_wrk(f"{server.url}/{route}", cookie, duration, connections)
+                cpu = meter.us_per(before, meter.sample(), run.requests)
+                progress(f"round {round_}  {label:20s} {route:5s} {run.rps:8.0f} req/s  "
+                         f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  {cpu['total']:5.0f} us CPU/req"
+                         + (f"  ERRORS {run.errors}" if run.errors else ""))
+                results.append(Result(label, route, run.rps, run.p50_ms, run.p99_ms, run.errors, cpu, round_))
+    return results
 
 
 def migrate(env: dict[str, str]) -> None:
@@ -188,25 +190,55 @@ CHECKS: list[tuple[str, str, str, str, float | None]] = [
 ]
 
 
+def best_runs(results: list[Result]) -> list[Result]:
+    """The fastest round of each variant's route, in ``VARIANTS`` order."""
+    best: dict[tuple[str, str], Result] = {}
+    for r in results:
+        key = (r.label, r.route)
+        if key not in best or r.rps > best[key].rps:
+            best[key] = r
+    return [best[(label, route)] for label, *_ in VARIANTS for route in ROUTES if (label, route) in best]
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def round_ratios(results: list[Result], numerator: str, denominator: str, route: str) -> list[tuple[float, float]]:
+    """``(req/s ratio, CPU/req ratio)`` of two variants' route within each round both ran in."""
+    by_round: dict[int, dict[str, Result]] = {}
+    for r in results:
+        if r.route == route and r.label in (numerator, denominator):
+            by_round.setdefault(r.round, {})[r.label] = r
+    return [(pair[numerator].rps / pair[denominator].rps, pair[numerator].cpu_us / pair[denominator].cpu_us)
+            for _, pair in sorted(by_round.items()) if len(pair) == 2]
+
+
 def draw(results: list[Result], path: Path) -> None:
-    """Two panels: req/s (higher is better) and CPU per request across the serving processes (lower)."""
+    """Two panels: best req/s (higher is better) and median CPU per request across the serving processes (lower)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [v[0] for v in VARIANTS if any(r.label == v[0] for r in results)]
+    best = best_runs(results)
+    labels = [v[0] for v in VARIANTS if any(r.label == v[0] for r in best)]
+
+    def rate(label: str, route: str) -> float:
+        return next((r.rps for r in best if r.label == label and r.route == route), 0.0)
+
+    def cpu(label: str, route: str) -> float:
+        return _median([r.cpu_us for r in results if r.label == label and r.route == route])
+
     fig, (rate_ax, cpu_ax) = plt.subplots(1, 2, figsize=(14, 4.8))
     width = 0.38
-    panels = [(rate_ax, "rps", "requests/s (higher is better)", "%.0f"),
-              (cpu_ax, "cpu_us", "CPU us per request, all serving processes (lower is better)", "%.0f")]
-    for ax, field, ylabel, fmt in panels:
+    panels = [(rate_ax, rate, "requests/s, best round (higher is better)"),
+              (cpu_ax, cpu, "CPU us per request, all serving processes, median (lower is better)")]
+    for ax, value, ylabel in panels:
         for i, route in enumerate(ROUTES):
-            values = [next((getattr(r, field) for r in results if r.label == lab and r.route == route), 0.0)
-                      for lab in labels]
             xs = [x + (i - 0.5) * width for x in range(len(labels))]
-            bars = ax.bar(xs, values, width, label=f"session {route}")
-            ax.bar_label(bars, fmt=fmt, fontsize=7)
+            bars = ax.bar(xs, [value(label, route) for label in labels], width, label=f"session {route}")
+            ax.bar_label(bars, fmt="%.0f", fontsize=7)
         ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
         ax.set_ylabel(ylabel, fontsize=9)
         ax.margins(y=0.15)  # room above the tallest bar for its label and the legend
@@ -218,40 +250,50 @@ def draw(results: list[Result], path: Path) -> None:
 
 
 def report(results: list[Result]) -> str:
-    def find(label: str, route: str) -> Result | None:
-        return next((r for r in results if r.label == label and r.route == route), None)
-
-    rows = [[r.label, r.route, r.rps, r.p50_ms, r.p99_ms, r.cpu_us, r.errors] for r in results]
-    table = render("web benchmark (best round of each)",
-                   ["backend", "route", "req/s", "p50 ms", "p99 ms", "CPU us/req", "errors"], rows)
+    rounds = len({r.round for r in results})
+    rows = []
+    for best in best_runs(results):
+        runs = [r for r in results if r.label == best.label and r.route == best.route]
+        rows.append([best.label, best.route, best.rps, _median([r.rps for r in runs]), best.p50_ms, best.p99_ms,
+                     _median([r.cpu_us for r in runs]), sum(r.errors for r in runs)])
+    table = render(f"web benchmark ({rounds} interleaved rounds; p50/p99 of the best round)",
+                   ["backend", "route", "req/s best", "req/s median", "p50 ms", "p99 ms", "CPU us/req median",
+                    "errors"], rows)
     ratio_rows = []
     for name, numerator, denominator, route, target in CHECKS:
-        top, bottom = find(numerator, route), find(denominator, route)
-        rate = top.rps / bottom.rps if top and bottom else float("nan")
-        cpu = top.cpu_us / bottom.cpu_us if top and bottom else float("nan")
-        ratio_rows.append([name, rate, "" if target is None else f">= {target}",
-                           "" if target is None else verdict(rate >= target), cpu])
-    ratios = render("ratios (same run)", ["req/s ratio", "value", "target", "", "CPU/req ratio"], ratio_rows)
+        pairs = round_ratios(results, numerator, denominator, route)
+        rate = _median([p[0] for p in pairs])
+        spread = f"{min(p[0] for p in pairs):.2f}-{max(p[0] for p in pairs):.2f}" if pairs else ""
+        ratio_rows.append([name, rate, spread, "" if target is None else f">= {target}",
+                           "" if target is None else verdict(rate >= target), _median([p[1] for p in pairs])])
+    ratios = render("ratios within each round (same run): median, and the rounds' range",
+                    ["req/s ratio", "median", "range", "target", "", "CPU/req ratio median"], ratio_rows)
     # Only the roles some variant used: a column of zeros says nothing.
-    roles = [role for role in ROLES if any(r.cpu[role] >= 0.5 for r in results)]
-    split = render("CPU us per request by role (same rounds as above)", ["backend", "route", *roles, "total"],
-                   [[r.label, r.route, *(r.cpu[role] for role in roles), r.cpu_us] for r in results])
+    used = [role for role in ROLES if any(r.cpu[role] >= 0.5 for r in results)]
+    split_rows = []
+    for best in best_runs(results):
+        runs = [r for r in results if r.label == best.label and r.route == best.route]
+        split_rows.append([best.label, best.route, *(_median([r.cpu[role] for r in runs]) for role in used),
+                           _median([r.cpu_us for r in runs])])
+    split = render("CPU us per request by role (median over rounds)", ["backend", "route", *used, "total"],
+                   split_rows)
     return table + "\n\n" + ratios + "\n\n" + split
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.web", description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds of load per route and round (default 3)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best counts (default 3)")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds of load per route and round (default 2)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved rounds; ratios are the median of the rounds' (default 5)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     parser.add_argument("--chart", type=Path, default=ROOT / "bench" / "web.png", help="PNG output")
-    parser.add_argument("--quick", action="store_true", help="one round of 2 s per route")
+    parser.add_argument("--quick", action="store_true", help="one round of 1 s per route")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk not found: scripts/bench installs it (scripts/bootstrap --bench; Debian: apt-get install wrk)",
               file=sys.stderr)
         return 2
-    duration = 2.0 if args.quick else args.duration
+    duration = 1.0 if args.quick else args.duration
     results: list[Result] = []
     tmp = tempfile.mkdtemp(prefix="ms-bench-web-")
     try:

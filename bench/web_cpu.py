@@ -11,9 +11,12 @@ the roots.
 
 The sum is split by role, to show where a request's CPU goes: a worker's
 request thread (its main thread: a sync worker serves requests there) and its
-other threads (a bus's sender and receiver, ZeroMQ's I/O thread; the
-process's total minus its main thread, so threads that ended count too), the
-master, a sidecar, anything else it spawned, and children reaped meanwhile.
+other threads (a bus's sender and receiver, ZeroMQ's I/O thread), each read
+from ``task/<tid>/stat`` (the kernel keeps each thread's time monotonic, not
+the difference of a process's and a thread's), the master, a sidecar,
+anything else it spawned, and children reaped meanwhile. A worker thread that
+ends between two samples drops out of the sum (those measured live as long as
+their worker).
 Workers are the processes forked from the master (the same command line);
 anything it started with another command line is named by that.
 
@@ -117,30 +120,34 @@ class Snapshot:
     """The processes of the measured trees at one moment."""
 
     stats: Mapping[int, ProcStat]
-    #: Ticks of each process's main thread (``task/<pid>/stat``).
-    main_thread_ticks: Mapping[int, int]
+    #: Ticks of each live thread of each process (``task/<tid>/stat``), by thread id.
+    thread_ticks: Mapping[int, Mapping[int, int]]
     #: Each process's command line, arguments joined by spaces.
     cmdlines: Mapping[int, str]
 
 
 def read_snapshot(roots: Sequence[int], proc: Path = PROC) -> Snapshot:
-    """The trees under ``roots`` now, with main threads and command lines."""
+    """The trees under ``roots`` now, with each process's threads and command line."""
     tree = descendants(roots, read_stats(proc))
     stats: dict[int, ProcStat] = {}
-    main: dict[int, int] = {}
+    threads: dict[int, dict[int, int]] = {}
     cmdlines: dict[int, str] = {}
     for pid in tree:
         base = Path(proc, str(pid))
         try:
-            # The main thread first, then the whole process: its total includes the
-            # main thread's time, which only grows, so the rest is never negative.
-            main_ticks = parse_stat(Path(base, "task", str(pid), "stat").read_text()).own_ticks
             stat = parse_stat(Path(base, "stat").read_text())
             cmdline = Path(base, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            tasks = [entry.name for entry in os.scandir(Path(base, "task"))]
         except (FileNotFoundError, ProcessLookupError):
             continue  # exited since it was listed: its time reaches its parent's reaped ticks
-        stats[pid], main[pid], cmdlines[pid] = stat, main_ticks, cmdline
-    return Snapshot(stats, main, cmdlines)
+        ticks: dict[int, int] = {}
+        for tid in tasks:
+            try:
+                ticks[int(tid)] = parse_stat(Path(base, "task", tid, "stat").read_text()).own_ticks
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # the thread ended meanwhile
+        stats[pid], threads[pid], cmdlines[pid] = stat, ticks, cmdline
+    return Snapshot(stats, threads, cmdlines)
 
 
 def roles(snapshot: Snapshot, server_root: int, redis_root: int | None = None) -> Counter[str]:
@@ -157,9 +164,8 @@ def roles(snapshot: Snapshot, server_root: int, redis_root: int | None = None) -
         elif pid == server_root:
             ticks[MASTER] += stat.own_ticks
         elif snapshot.cmdlines.get(pid) == server_cmdline:  # forked from the master: a worker
-            main = snapshot.main_thread_ticks[pid]
-            ticks[REQUEST_THREADS] += main
-            ticks[OTHER_THREADS] += stat.own_ticks - main
+            for tid, thread in snapshot.thread_ticks.get(pid, {}).items():
+                ticks[REQUEST_THREADS if tid == pid else OTHER_THREADS] += thread
         elif "sidecar" in snapshot.cmdlines.get(pid, ""):
             ticks[SIDECAR] += stat.own_ticks
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.web import CHECKS, VARIANTS, Result, parse_wrk, report
+from bench.web import CHECKS, VARIANTS, Result, parse_wrk, report, round_ratios
 from bench.web_cpu import REQUEST_THREADS, ROLES
 
 WRK_OUTPUT = """Running 2s test @ http://127.0.0.1:39891/write
@@ -39,8 +39,8 @@ def cpu(total: float) -> dict[str, float]:
     return {role: 0.0 for role in ROLES} | {REQUEST_THREADS: total, "total": total}
 
 
-def results(rps: dict[tuple[str, str], float], total: float = 100.0) -> list[Result]:
-    return [Result(label, route, rate, 1.0, 2.0, 0, cpu(total)) for (label, route), rate in rps.items()]
+def results(rps: dict[tuple[str, str], float], total: float = 100.0, round_: int = 1) -> list[Result]:
+    return [Result(label, route, rate, 1.0, 2.0, 0, cpu(total), round_) for (label, route), rate in rps.items()]
 
 
 def ratio_row(text: str, name: str) -> str:
@@ -70,8 +70,8 @@ def test_report_states_ratio_verdict_and_cpu_ratio() -> None:
     missed = ratio_row(text, "write: memsession / flask cookie")
     assert "0.80" in missed and ">= 0.85" in missed and "MISSED" in missed
     read = ratio_row(text, "read: memsession / no session")
-    assert read.split()[-3:] == ["0.95", "ok", "0.50"]  # target, verdict, half the CPU per request
-    assert "1.00" in read
+    # median and range of the one round, target, verdict, half the CPU per request
+    assert read.split()[-6:] == ["1.00", "1.00-1.00", ">=", "0.95", "ok", "0.50"]
     assert "MISSED" in ratio_row(text, "read: memsession / flask-session redis").split()  # 1.0 < 1.7
     split = text.split("CPU us per request by role")[1]
     assert REQUEST_THREADS in split and "sidecar" not in split  # only roles that some variant used
@@ -80,3 +80,23 @@ def test_report_states_ratio_verdict_and_cpu_ratio() -> None:
 def test_a_missing_variant_is_nan_not_a_crash() -> None:
     text = report(results({("memsession", "read"): 1000.0}))
     assert "nan" in ratio_row(text, "read: memsession / no session")
+
+
+def test_ratios_are_medians_of_each_rounds_own_ratio() -> None:
+    """A variant's luckiest round is not compared with another's: ratios pair runs of the same round."""
+    runs = []
+    # memsession 1000, 900, 2000 (a lucky round); no session 1000, 1000, 4000 (luckier still, same round).
+    for round_, (mine, base) in enumerate([(1000.0, 1000.0), (900.0, 1000.0), (2000.0, 4000.0)], 1):
+        runs += results({("memsession", "read"): mine, ("no session", "read"): base}, round_=round_)
+    assert [p[0] for p in round_ratios(runs, "memsession", "no session", "read")] == [1.0, 0.9, 0.5]
+    row = ratio_row(report(runs), "read: memsession / no session").split()
+    assert row[-6:] == ["0.90", "0.50-1.00", ">=", "0.95", "MISSED", "1.00"]  # median 0.90
+    # The best rounds alone (2000 / 4000) would say 0.50; each variant's best is still in the table.
+    table = report(runs).split("ratios within")[0]
+    assert "2,000" in table and "4,000" in table
+
+
+def test_rounds_missing_a_variant_are_left_out() -> None:
+    runs = results({("memsession", "read"): 1000.0, ("no session", "read"): 800.0}, round_=1)
+    runs += results({("memsession", "read"): 5000.0}, round_=2)
+    assert round_ratios(runs, "memsession", "no session", "read") == [(1.25, 1.0)]

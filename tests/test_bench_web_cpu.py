@@ -93,9 +93,9 @@ class TestTree:
 
 
 def snapshot(*processes: tuple[ProcStat, int, str]) -> Snapshot:
-    """A snapshot of ``(stat, main thread ticks, command line)`` per process."""
-    return Snapshot({p.pid: p for p, _, _ in processes}, {p.pid: main for p, main, _ in processes},
-                    {p.pid: cmd for p, _, cmd in processes})
+    """A snapshot of ``(stat, main thread ticks, command line)`` per process; its other threads are one more."""
+    threads = {p.pid: {p.pid: main, p.pid + 1000: p.own_ticks - main} for p, main, _ in processes}
+    return Snapshot({p.pid: p for p, _, _ in processes}, threads, {p.pid: cmd for p, _, cmd in processes})
 
 
 GUNICORN = "python -m gunicorn --bind 127.0.0.1:1 bench.web_flask:app"
@@ -166,21 +166,24 @@ class TestCpuMeter:
 def test_read_snapshot_from_a_proc_tree(tmp_path: Path) -> None:
     """read_snapshot reads stat, the main thread's stat and cmdline of the tree's processes only."""
 
-    def process(pid: int, ppid: int, own: int, main: int, cmdline: bytes) -> None:
-        (tmp_path / str(pid) / "task" / str(pid)).mkdir(parents=True)
-        (tmp_path / str(pid) / "stat").write_text(stat_line(pid, "python", ppid, own, 0))
-        (tmp_path / str(pid) / "task" / str(pid) / "stat").write_text(stat_line(pid, "python", ppid, main, 0))
+    def process(pid: int, ppid: int, threads: dict[int, int], cmdline: bytes) -> None:
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(stat_line(pid, "python", ppid, sum(threads.values()), 0))
         (tmp_path / str(pid) / "cmdline").write_bytes(cmdline)
+        for tid, ticks in threads.items():
+            (tmp_path / str(pid) / "task" / str(tid)).mkdir(parents=True)
+            (tmp_path / str(pid) / "task" / str(tid) / "stat").write_text(stat_line(tid, "python", ppid, ticks, 0))
 
-    process(10, 1, 5, 5, b"python\0-m\0gunicorn\0")
-    process(11, 10, 30, 20, b"python\0-m\0gunicorn\0")
-    process(50, 1, 70, 70, b"other\0")
+    process(10, 1, {10: 5}, b"python\0-m\0gunicorn\0")
+    process(11, 10, {11: 20, 12: 6, 13: 4}, b"python\0-m\0gunicorn\0")
+    process(50, 1, {50: 70}, b"other\0")
     (tmp_path / "self").mkdir()  # not a pid: skipped
     snap = read_snapshot([10], proc=tmp_path)
     assert set(snap.stats) == {10, 11}
-    assert snap.main_thread_ticks == {10: 5, 11: 20}
+    assert snap.thread_ticks == {10: {10: 5}, 11: {11: 20, 12: 6, 13: 4}}
     assert snap.cmdlines[11] == "python -m gunicorn"
-    assert roles(snap, server_root=10)[OTHER_THREADS] == 10
+    split = roles(snap, server_root=10)
+    assert (split[REQUEST_THREADS], split[OTHER_THREADS], split[MASTER]) == (20, 10, 5)
 
 
 def test_this_process_from_the_real_proc() -> None:
