@@ -41,9 +41,12 @@ from tests.webservers import WebServer
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 2
 
+FLOOR = "unreplicated (floor)"
 #: (label, framework, BENCH_SESSION, gunicorn target)
 VARIANTS = [
     ("memsession", "flask", "memsession", "bench.web_flask:app"),
+    # Not a deployment: what a memsession request costs without replication (bench.web_flask).
+    (FLOOR, "flask", "unreplicated", "bench.web_flask:app"),
     ("flask cookie", "flask", "cookie", "bench.web_flask:app"),
     ("flask-session redis", "flask", "redis", "bench.web_flask:app"),
     ("no session", "flask", "none", "bench.web_flask:app"),
@@ -118,9 +121,13 @@ def run_wrk(url: str, cookie: str | None, duration: float, connections: int) -> 
     return parse_wrk(subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=True).stdout)
 
 
-def logged_in_cookie(base: str) -> str | None:
-    """One write, to get the session cookie every request then carries."""
+def logged_in_cookie(base: str, kind: str) -> str | None:
+    """One write, to get the session cookie every request then carries (the floor's: its own)."""
     with httpx.Client(base_url=base, timeout=10, trust_env=False) as client:
+        if kind == "unreplicated":
+            response = client.get("/floor-cookie")
+            response.raise_for_status()
+            return f"session={response.text}"
         response = client.get("/write")
         response.raise_for_status()
         jar = [f"{name}={value}" for name, value in client.cookies.items()]
@@ -147,10 +154,13 @@ def bench_all(env: dict[str, str], tmp: str, duration: float, connections: int, 
                 # never reach the other's workers), its store in a temp dir.
                 server_env["MEMSESSION_STORE"] = os.path.join(tmp, f"{framework}-sessions.json")
                 config = str(ROOT / "bench" / "web_gunicorn.py")
+            elif kind == "unreplicated":
+                # The app, and the session it makes, exist before the fork: both workers hold it.
+                server_env["GUNICORN_CMD_ARGS"] = "--preload"
             server = stack.enter_context(
                 WebServer("gunicorn", target, workers=WORKERS, env=server_env, probe="/read", config=config)
             )
-            cookie = logged_in_cookie(server.url)
+            cookie = logged_in_cookie(server.url, kind)
             # A short warm-up so every worker has imported, joined and served once.
             run_wrk(server.url + "/read", cookie, 1, connections)
             assert server.proc is not None
@@ -186,6 +196,9 @@ CHECKS: list[tuple[str, str, str, str, float | None]] = [
     ("read: django memsession / cached_db", "django memsession", "django cached_db", "read", 1.0),
     ("read: memsession / flask cookie", "memsession", "flask cookie", "read", None),
     ("write: memsession / no session", "memsession", "no session", "write", None),
+    ("write floor: unreplicated / flask cookie", FLOOR, "flask cookie", "write", None),
+    ("write floor: unreplicated / flask-session redis", FLOOR, "flask-session redis", "write", None),
+    ("write: memsession / unreplicated floor", "memsession", FLOOR, "write", None),
     ("write: django memsession / cached_db", "django memsession", "django cached_db", "write", None),
 ]
 
