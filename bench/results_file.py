@@ -61,13 +61,17 @@ def cpu_model(cpuinfo: str) -> tuple[str, int]:
     return (models[0] if models else "unknown CPU"), cores
 
 
+#: What the benchmarks themselves write: a checkout is not "changed" by an earlier run's output.
+_OUTPUTS = (":(exclude)bench/results", ":(exclude)bench/*.png")
+
+
 def git_commit(root: Path = ROOT) -> str:
     """The checkout's commit, marked when tracked files differ from it; says why when git can't tell."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                               text=True, timeout=30, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *_OUTPUTS],
+                               cwd=root, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError) as exc:
         return f"unknown ({type(exc).__name__}: {exc})"
     return f"{head} (with uncommitted changes)" if dirty else head
@@ -111,11 +115,13 @@ def header(when: datetime, machine: Machine, command: str, load: str | None) -> 
     return "\n".join(lines) + "\n"
 
 
-def latest_section(suite: str, output: str, when: datetime, machine: Machine, filename: str) -> str:
+def latest_section(suite: str, output: str, when: datetime, machine: Machine, filename: str,
+                   load: str | None = None) -> str:
     """One suite's section of ``latest.md``."""
+    busy = f" · load average {load}" if load else ""
     return (
         f"## {suite}\n\n"
-        f"{when:%Y-%m-%d %H:%M} UTC · {machine.summary()} · [{filename}]({filename})\n\n"
+        f"{when:%Y-%m-%d %H:%M} UTC · {machine.summary()}{busy} · [{filename}]({filename})\n\n"
         f"```text\n{output.strip()}\n```\n"
     )
 
@@ -168,6 +174,7 @@ class ResultsLog:
         self.order = order
         self.when = when
         self.machine = machine
+        self.load = load
         self.filename = run_filename(when, suites, quick)
         self.path = directory / self.filename
         self.outputs: dict[str, str] = {}
@@ -195,7 +202,7 @@ class ResultsLog:
             return None
         latest = self.directory / LATEST
         existing = latest.read_text(encoding="utf-8") if latest.exists() else ""
-        sections = {name: latest_section(name, out, self.when, self.machine, self.filename)
+        sections = {name: latest_section(name, out, self.when, self.machine, self.filename, self.load)
                     for name, out in self.outputs.items()}
         text = merge_latest(existing, sections, self.order)
         temp = latest.with_suffix(".md.tmp")

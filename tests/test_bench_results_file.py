@@ -64,6 +64,28 @@ def test_git_commit_of_this_checkout_or_why_not(tmp_path: Path) -> None:
     assert git_commit(tmp_path).startswith("unknown (")  # not a repository: says so, does not raise
 
 
+def test_a_checkout_changed_only_by_benchmark_output_is_not_marked(tmp_path: Path) -> None:
+    import subprocess
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    for name in ("bench/web.png", "bench/results/latest.md", "code.py"):
+        (tmp_path / name).write_text("v1")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    clean = git_commit(tmp_path)
+    assert len(clean) == 12 and " " not in clean
+    (tmp_path / "bench" / "web.png").write_text("v2")
+    (tmp_path / "bench" / "results" / "latest.md").write_text("v2")
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("v2")
+    assert git_commit(tmp_path) == f"{clean} (with uncommitted changes)"
+
+
 def section(suite: str, body: str) -> str:
     return latest_section(suite, body, WHEN, MACHINE, "x.txt")
 
