@@ -157,9 +157,8 @@ def bench_all(env: dict[str, str], tmp: str, duration: float, connections: int, 
             elif kind == "unreplicated":
                 # The app, and the session it makes, exist before the fork: both workers hold it.
                 server_env["GUNICORN_CMD_ARGS"] = "--preload"
-            server = stack.enter_context(
-                WebServer("gunicorn", target, workers=WORKERS, env=server_env, probe="/read", config=config)
-            )
+            server = WebServer("gunicorn", target, workers=WORKERS, env=server_env, probe="/read", config=config)
+            stack.enter_context(server)
             cookie = logged_in_cookie(server.url, kind)
             # A short warm-up so every worker has imported, joined and served once.
             run_wrk(server.url + "/read", cookie, 1, connections)
