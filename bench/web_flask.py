@@ -3,6 +3,12 @@
 ``memsession`` (the embedded default: ``bench/web_gunicorn.py``'s hooks run a sidecar),
 ``cookie`` (Flask's signed-cookie sessions), ``redis`` (Flask-Session on the
 server in ``BENCH_REDIS_URL``) or ``none`` (the same routes, no session).
+
+``unreplicated`` is a floor, not a deployment: memsession with no bus and no
+store, each worker keeping its own copy of one session made before the fork
+(gunicorn ``--preload``), whose cookie ``/floor-cookie`` hands out. A request
+then does all a memsession request does except replicate, so the distance to
+``memsession`` is what replication costs.
 """
 
 from __future__ import annotations
@@ -21,6 +27,23 @@ if KIND == "memsession":
     from memsession.contrib.process import session_cache
 
     MemSession(app, cache=session_cache())
+elif KIND == "unreplicated":
+    from memsession import SessionCache
+    from memsession.contrib.flask import MemSession
+    from memsession.session import new_id
+
+    MemSession(app, cache=SessionCache())
+    floor_manager = app.extensions["memsession"]
+    _floor_sid = new_id()
+    _floor_record = floor_manager.cache.set(_floor_sid, {"n": 0})
+    # The cookie of the session as both workers inherit it: every later write on either
+    # worker still reflects it, so no request waits for a change its worker can't get.
+    FLOOR_COOKIE = floor_manager.signer.sign(_floor_sid, _floor_record.version, _floor_record.origin)
+
+    @app.get("/floor-cookie")
+    def floor_cookie():
+        return FLOOR_COOKIE
+
 elif KIND == "redis":
     import redis
     from flask_session import Session

@@ -75,23 +75,28 @@ class CookieSigner:
         if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < LONGEST_VALUE:
             raise ConfigError("max_size", max_size, f"must be an int >= {LONGEST_VALUE}")
         label = b"memsession.cookie-signer|" + salt.encode("utf-8")
-        # Derive once: per-request work is then one HMAC with a fixed key.
-        self._keys = [hmac.new(s, label, hashlib.sha256).digest() for s in secrets]
+        # Derive once, and key an HMAC once per secret: a request copies the
+        # keyed state, so it pays neither the key schedule nor the digest's
+        # lookup by name (half the cost of a one-shot hmac.digest per cookie).
+        keys = [hmac.new(s, label, hashlib.sha256).digest() for s in secrets]
+        self._keyed = [hmac.new(key, digestmod=hashlib.sha256) for key in keys]
         self.max_size = max_size
         # Values that verified, so a returning cookie costs a dict lookup, not
         # an HMAC: a value that verified once verifies for this signer's life.
         # Only values carrying a valid MAC get in, so junk can't flush it out.
         self._verified: dict[str, tuple[str, int, int]] = {}
 
-    def _mac(self, key: bytes, payload: bytes) -> str:
-        # hmac.digest is the one-shot C path: several times faster than hmac.new().
-        digest = hmac.digest(key, payload, "sha256")
-        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    @staticmethod
+    def _mac(keyed: hmac.HMAC, payload: bytes) -> bytes:
+        """The base64url MAC (no padding) of ``payload`` under the pre-keyed ``keyed``."""
+        mac = keyed.copy()
+        mac.update(payload)
+        return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=")
 
     def sign(self, sid: str, version: int, origin: int = 0) -> str:
         """The cookie value for ``sid`` whose last write had stamp ``(version, origin)`` (origin 0: unknown)."""
         payload = f"{sid}.{version:x}-{origin:x}" if origin else f"{sid}.{version:x}"
-        return f"{payload}.{self._mac(self._keys[0], payload.encode('ascii'))}"
+        return f"{payload}.{self._mac(self._keyed[0], payload.encode('ascii')).decode('ascii')}"
 
     def unsign(self, value: str) -> tuple[str, int]:
         """``(sid, version)`` from a cookie value, or ``SignatureError`` saying why not."""
@@ -123,8 +128,8 @@ class CookieSigner:
             raise SignatureError("cookie value is malformed")
         payload = f"{sid}.{stamp}".encode("ascii")
         mac_bytes = mac.encode("ascii")
-        for key in self._keys:
-            if hmac.compare_digest(self._mac(key, payload).encode("ascii"), mac_bytes):
+        for keyed in self._keyed:
+            if hmac.compare_digest(self._mac(keyed, payload), mac_bytes):
                 verified = (sid, int(version_hex, 16), int(origin_hex, 16) if dash else 0)
                 if len(self._verified) >= _VERIFIED_MAX:
                     self._verified.clear()  # crude but bounded; refills at one HMAC per value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import logging
 from datetime import timedelta
 
@@ -57,6 +58,12 @@ def make_app(**config: object) -> Flask:
         if "big" in request.args:
             session["big"] = "x" * int(request.args["big"])
         return "ok"
+
+    @app.get("/read-varying")
+    def read_varying():
+        response = jsonify(dict(session))
+        response.headers["Vary"] = "Accept-Encoding"
+        return response
 
     @app.post("/boom")
     def boom():
@@ -115,6 +122,41 @@ def test_reads_do_not_resend_the_cookie_but_vary_on_it(client) -> None:
     response = client.get("/read")
     assert cookie_of(response) is None
     assert "Cookie" in response.headers["Vary"]
+
+
+def test_vary_cookie_joins_what_the_view_varies_on(client) -> None:
+    client.post("/set", json={"user": "ada"})
+    response = client.get("/read-varying")
+    assert response.json == {"user": "ada"}
+    assert response.headers.getlist("Vary") == ["Accept-Encoding, Cookie"]
+    assert client.get("/read").headers.getlist("Vary") == ["Cookie"]
+
+
+def test_set_cookie_is_the_managers_header(app, client) -> None:
+    """The header Flask sends is the one the WSGI and ASGI integrations send, attribute for attribute."""
+    manager = app.extensions["memsession"]
+    header = cookie_of(client.post("/set", json={"user": "ada"}))
+    value = client.get_cookie("session").value
+    record = manager.cache.record(manager.signer.unsign(value)[0])
+    pair, max_age, expires, *rest = header.split("; ")
+    assert pair == f"session={value}"
+    assert expires == "Expires=" + email.utils.formatdate(record.expires, usegmt=True)
+    assert max_age.startswith("Max-Age=") and 0 < int(max_age[8:]) <= manager.cache.config.idle_timeout
+    assert rest == ["Path=/", "HttpOnly", "SameSite=Lax"]
+    deleted = cookie_of(client.post("/clear"))
+    assert deleted == "session=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; HttpOnly; SameSite=Lax"
+
+
+def test_the_first_session_cookie_that_verifies_counts(app, client) -> None:
+    """Browsers may send the name twice (another path or domain): a stale one never hides the live one."""
+    client.post("/set", json={"user": "ada"})
+    live = client.get_cookie("session").value
+    stale = live[:-2] + ("AA" if not live.endswith("AA") else "BB")
+    for header in (f"session={stale}; session={live}", f"theme=dark; session={live}; session={stale}",
+                   f'session="{live}"'):
+        response = app.test_client(use_cookies=False).get("/read", headers={"Cookie": header})
+        assert response.json == {"user": "ada"}, header
+    assert app.test_client(use_cookies=False).get("/read", headers={"Cookie": f"xsession={live}"}).json == {}
 
 
 def test_tampered_cookie_is_a_fresh_session_and_is_removed(client) -> None:

@@ -50,7 +50,7 @@ from ..replica import RECENT_WRITE
 from ..session import Record, SessionData, copy_data, new_id
 from ..session_cache import SessionCache
 from .config import WebConfig
-from .cookie import Cookie, parse_cookie_header, set_cookie_header
+from .cookie import Cookie, HttpDates, cookie_attributes, parse_cookie_header, set_cookie_header
 from .session import Session, diff
 
 __all__ = [
@@ -157,6 +157,9 @@ class SessionManager:
         self.cache = cache
         self.config = config
         self.signer = CookieSigner(config.secret_keys, salt=config.salt)
+        # What every Set-Cookie shares, joined once; Expires formatted once a second.
+        self._cookie_attributes = cookie_attributes(config)
+        self._http_dates = HttpDates()
         self._wait_for = getattr(cache, "wait_for", None)
         self._counts = dict.fromkeys(("bad_cookies", "stale_reads", "waits"), 0)
 
@@ -355,7 +358,8 @@ class SessionManager:
 
     def set_cookie_header(self, cookie: Cookie, *, permanent: bool | None = None) -> str:
         """The ``Set-Cookie`` header value for ``cookie``; ``permanent`` overrides the config."""
-        return set_cookie_header(self.config, cookie, self.cache.clock.wall, permanent=permanent)
+        return set_cookie_header(self.config, cookie, self.cache.clock.wall, permanent=permanent,
+                                 attributes=self._cookie_attributes, http_date=self._http_dates)
 
     def max_age(self, cookie: Cookie) -> int | None:
         """Seconds until ``cookie`` expires, for frameworks that take Max-Age."""

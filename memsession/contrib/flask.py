@@ -53,7 +53,15 @@ from flask.sessions import SessionInterface, SessionMixin
 from ..config import Config
 from ..errors import ConfigError, SessionTooLarge
 from ..session_cache import SessionCache
-from .core import UNAVAILABLE, Session, SessionManager, WebConfig, too_large_reply, unavailable_reply
+from .core import (
+    UNAVAILABLE,
+    Session,
+    SessionManager,
+    WebConfig,
+    parse_cookie_header,
+    too_large_reply,
+    unavailable_reply,
+)
 
 __all__ = ["FlaskSession", "MemSession", "MemSessionInterface", "config_from_flask"]
 
@@ -145,8 +153,10 @@ class MemSessionInterface(SessionInterface):
         self.manager = manager
 
     def open_session(self, app: Flask, request: Request) -> FlaskSession:
-        name = self.manager.config.cookie_name
-        values = request.cookies.getlist(name) if name in request.cookies else None
+        # The Cookie header itself, not request.cookies: that parses every cookie
+        # into a MultiDict, on every request, to find this one.
+        header = request.environ.get("HTTP_COOKIE")
+        values = parse_cookie_header(header, self.manager.config.cookie_name) if header else None
         try:
             return self.manager.open(values, FlaskSession)  # type: ignore[return-value]
         except UNAVAILABLE as exc:
@@ -169,34 +179,23 @@ class MemSessionInterface(SessionInterface):
             _replace_response(response, *too_large_reply(exc))
             return
         if session.accessed:
-            response.vary.add("Cookie")
+            _vary_on_cookie(response)
         if cookie is None:
             return
-        cfg = manager.config
-        if cookie.value is None:
-            response.delete_cookie(
-                cfg.cookie_name,
-                path=cfg.cookie_path,
-                domain=cfg.cookie_domain,
-                secure=cfg.cookie_secure,
-                httponly=cfg.cookie_httponly,
-                samesite=cfg.cookie_samesite,
-                partitioned=cfg.cookie_partitioned,
-            )
-            return
-        permanent = cfg.permanent or session.permanent
-        response.set_cookie(
-            cfg.cookie_name,
-            cookie.value,
-            max_age=manager.max_age(cookie) if permanent else None,
-            expires=cookie.expires if permanent else None,
-            path=cfg.cookie_path,
-            domain=cfg.cookie_domain,
-            secure=cfg.cookie_secure,
-            httponly=cfg.cookie_httponly,
-            samesite=cfg.cookie_samesite,
-            partitioned=cfg.cookie_partitioned,
-        )
+        # Built here rather than by response.set_cookie: the attributes that never
+        # change are joined once per app, and the header is the WSGI and ASGI
+        # integrations' own, byte for byte.
+        permanent = manager.config.permanent or session.permanent
+        response.headers.add("Set-Cookie", manager.set_cookie_header(cookie, permanent=permanent))
+
+
+def _vary_on_cookie(response: Response) -> None:
+    """``Vary: Cookie`` (a cached response must not serve one user's session to another)."""
+    if "Vary" in response.headers:
+        response.vary.add("Cookie")  # merged with what the view said it varies on
+    else:
+        # response.vary parses and re-joins the header each time it is touched.
+        response.headers["Vary"] = "Cookie"
 
 
 def _replace_response(response: Response, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
