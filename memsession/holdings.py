@@ -18,8 +18,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from cachetools import Cache
-
 from .cache import EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE, Eviction, ExpiringLRUCache
 from .changes import after_clear, merge_records, reflects
 from .clock import Clock
@@ -255,7 +253,7 @@ class Holdings:
         """How many live records are held; exact right after a sweep."""
         # The core's own len() sweeps and would drop what it evicts unreported;
         # callers sweep first, so the raw count is the live count.
-        return Cache.__len__(self.core)
+        return self.core.held_count()
 
     def sweep(self, now: float) -> int:
         """Drop expired sessions and lapsed tombstones; return how many sessions went."""
