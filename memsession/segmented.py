@@ -74,6 +74,7 @@ class SegmentedLRUCache(ExpiringCache):
         self.__demoted = demoted
         self.__track_demoted = idle_timeout is not None  # only the idle sweep needs them
         self.__fraction = protected_fraction
+        self.__limit = protected_fraction * maxsize
         self.__protected_size: float = 0
         # The read path: protected first, that is where most hits land; bound C methods.
         self._hot = protected.get
@@ -93,12 +94,13 @@ class SegmentedLRUCache(ExpiringCache):
             self.__demoted.pop(key, None)
         self.__protected[key] = node
         self.__protected_size += node.size
-        self.__demote_overflow(node)
+        if self.__protected_size > self.__limit or not self.__limit:
+            self.__demote_overflow(node)
 
     def __demote_overflow(self, used: Node) -> None:
         """While protected is over its share, its least recently used goes to probation's most recent end."""
         protected, probation = self.__protected, self.__probation
-        limit = self.__fraction * self.maxsize
+        limit = self.__limit
         # A share of 0 holds nothing, not even entries ``getsizeof`` counts as 0: that is plain LRU.
         while protected and (self.__protected_size > limit or not limit):
             key, node = protected.popitem(last=False)
