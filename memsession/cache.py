@@ -37,16 +37,17 @@ class ExpiringLRUCache(ExpiringCache):
         getsizeof: Callable[[Any], float] | None = None,
     ) -> None:
         order: OrderedDict[Any, Node] = OrderedDict()  # least recently used first
-        super().__init__(maxsize, idle_timeout, max_age, timer, getsizeof, orders=(order,))
+        super().__init__(maxsize, idle_timeout, max_age, timer, getsizeof, orders=(order,), primary=(order,))
         self.__order = order
         # The read path calls these bound C methods directly.
-        self._find = order.get
-        self._used = order.move_to_end
+        self._hot = self._find = order.get
+        self._reuse = order.move_to_end
+        self._cold = None
 
     def _added(self, key: Any, node: Node) -> None:
         self.__order[key] = node
 
-    def _rewritten(self, key: Any, node: Node) -> None:
+    def _rewritten(self, key: Any, node: Node, old_size: float) -> None:
         self.__order.move_to_end(key)
 
     def _discard(self, key: Any) -> Node:

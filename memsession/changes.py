@@ -45,8 +45,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-import msgpack
-
 from .admission import MAX_KEY_TOMBSTONES
 from .clock import COUNTER_BITS
 from .fields import (
@@ -58,7 +56,7 @@ from .fields import (
     merge_keys,
     merge_seen,
 )
-from .session import Record, SessionData, cleared_by, compute_expires, is_flat, supersedes
+from .session import Record, SessionData, cleared_by, compute_expires, is_flat, pack_data, supersedes
 
 __all__ = [
     "KEY_TOMBSTONE_TTL",
@@ -67,6 +65,7 @@ __all__ = [
     "after_clear",
     "merge_records",
     "record_change",
+    "record_set",
     "reflects",
     "seen_of",
     "stamps_of",
@@ -77,6 +76,7 @@ KEY_TOMBSTONE_TTL = 3600.0
 _KEY_TOMBSTONE_SPAN = int(KEY_TOMBSTONE_TTL * 1000) << COUNTER_BITS
 #: Most writers a record remembers in ``seen``.
 MAX_SEEN = 16
+_INF = float("inf")
 
 
 def stamps_of(record: Record) -> Mapping[str, Stamp]:
@@ -128,7 +128,7 @@ def _normal_seen(seen: Mapping[int, int], version: int, origin: int) -> dict[int
 
 
 def _packed_size(data: Mapping[str, Any]) -> int:
-    return len(msgpack.packb(data, use_bin_type=True))
+    return len(pack_data(data))
 
 
 def _without_covered(record: Record, cleared: int) -> Record:
@@ -212,6 +212,48 @@ def merge_records(old: Record | None, new: Record, *, cleared: int = 0) -> Recor
         _normal_seen(seen, version, origin),
         old.partial and new.partial,
     )
+
+
+def record_set(
+    base: Record | None,
+    key: str,
+    data: SessionData,
+    *,
+    version: int,
+    origin: int,
+    wall: float,
+    idle_timeout: float | None,
+    max_age: float | None,
+    flat: bool,
+    size: int,
+) -> Record:
+    """A write of the whole session (``SessionCache.set``) on ``base``: the session as now held.
+
+    The held record of ``record_change`` with every key of ``data`` changed
+    and every other key ``base`` holds removed; the delta is not built (the
+    whole session travels). Its common cases, a new session and a rewrite that
+    removes no key of a base without key tombstones, are made directly; the
+    rest go through ``record_change``. The arguments as there.
+    """
+    live = base if base is not None and not base.deleted else None
+    created = wall if live is None else live.created
+    # ``session.compute_expires``, spelled out on this path.
+    expires = wall + idle_timeout if idle_timeout is not None else _INF
+    if max_age is not None and created + max_age < expires:
+        expires = created + max_age
+    if live is None:
+        return Record(key, data, version, origin, wall, wall, expires, False, flat, size, None, None, False)
+    if live.stamps is None and live.data.keys() <= data.keys():
+        # Every key is set by this change and none was removed before or now: the short form of stamps.
+        if live.seen is None and live.origin == origin:
+            seen = None
+        else:
+            seen = _normal_seen(keep_recent_seen({**seen_of(live), origin: version}, MAX_SEEN), version, origin)
+        return Record(key, data, version, origin, created, wall, expires, False, flat, size, None, seen, False)
+    removed = [name for name in live.data if name not in data]
+    held, _delta = record_change(base, key, data, data, removed, version=version, origin=origin, wall=wall,
+                                 idle_timeout=idle_timeout, max_age=max_age, flat=flat, size=size)
+    return held
 
 
 def record_change(

@@ -91,6 +91,14 @@ class DeadlineOrder:
                 return node
         return None
 
+    def earliest(self) -> float:
+        """No node here is due before this (``inf`` if none); a heap entry gone stale may make it early."""
+        head = self._root.next
+        soonest = head.deadline if head is not None else _INF  # the root's own is inf
+        if self._late and self._late[0][0] < soonest:
+            soonest = self._late[0][0]
+        return soonest
+
     def compact(self, limit: int, held: Callable[[Node], bool]) -> None:
         """Drop stale heap entries once there are more than ``limit``."""
         if len(self._late) > limit:

@@ -11,66 +11,45 @@ are removed by ``expire()``, which also runs before every insert, as in
 
 Subclasses choose only the eviction order (``ExpiringLRUCache``: one LRU
 order; ``SegmentedLRUCache``: probation and protected). They keep every entry
-in at least one of their ``orders`` (``OrderedDict``s, least recently used
-first), which the idle sweep walks.
+in at least one of their ``orders`` (``OrderedDict``s of key to ``Node``,
+least recently used first), which the idle sweep walks. Those orders are the
+only place entries live: ``cachetools.Cache``'s own dict is left empty, so an
+entry costs one order slot and one ``Node`` (which holds the value).
 
-Expiry bookkeeping is amortised O(1) per operation:
-
-* idle: each order is kept in access order, so idle-expired entries sit at
-  its LRU end and a sweep stops at the first live one;
-* max age: entries are kept in deadline order (``memsession.deadlines``);
-  local inserts append, entries arriving from elsewhere with an older
-  ``created`` are slotted in by a short walk back, or, past that, kept in a heap;
-* an entry placed behind the newest access (it arrived with an older
-  ``accessed``, or a subclass moved it between orders) sits where the idle
-  sweep can't see it, so a heap keeps it until it is next touched.
-
-Heap entries are checked against the live entry when popped, and the heaps
-are rebuilt when stale entries outnumber live ones (amortised O(1)).
+Expiry bookkeeping is amortised O(1) per operation (``memsession.sweep``):
+idle-expired entries sit at the LRU end of their order, the rest are found
+through deadline order and a heap. A sweep leaves behind a lower bound on the
+earliest expiry of anything held (``quiet_until``); reads only push expiries
+later and inserts lower the bound, so until then a sweep, and the one before
+every insert, costs one comparison.
 """
 
 from __future__ import annotations
 
-import heapq
 from abc import abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any
 
 from cachetools import Cache
 
-from .deadlines import DeadlineOrder, Node
+from .deadlines import Node
+from .expiring_views import ExpiringViews
+from .sweep import EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE, Eviction, ExpirySweep
 from .validate import check_number
 
 __all__ = ["EVICTED_IDLE", "EVICTED_MAX_AGE", "EVICTED_SIZE", "Eviction", "ExpiringCache", "Node"]
-
-EVICTED_IDLE = "idle"
-EVICTED_MAX_AGE = "max_age"
-EVICTED_SIZE = "size"
 
 _INF = float("inf")
 _MISSING = object()
 
 
-class Eviction(NamedTuple):
-    """One entry the cache removed on its own, and why (``idle``, ``max_age``, ``size``)."""
-
-    key: Any
-    value: Any
-    cause: str
-
-
-class ExpiringCache(Cache):
+class ExpiringCache(ExpiringViews):
     """A cachetools cache whose entries also expire when idle and at an absolute age.
 
     ``maxsize`` and ``getsizeof`` as in every cachetools cache; timeouts in the
     timer's unit. Subclasses choose which entry a full cache evicts.
     """
-
-    #: The node for a key, or None. Set by each subclass; on the read path: a bound C method if it can be.
-    _find: Callable[[Any], Node | None]
-    #: A read hit on a held key: what it does to the eviction order. Set by each subclass, like ``_find``.
-    _used: Callable[[Any], None]
 
     def __init__(
         self,
@@ -81,24 +60,28 @@ class ExpiringCache(Cache):
         getsizeof: Callable[[Any], float] | None,
         *,
         orders: tuple[OrderedDict[Any, Node], ...],
+        primary: tuple[OrderedDict[Any, Node], ...],
     ) -> None:
         Cache.__init__(self, maxsize, getsizeof)
         check_number("idle_timeout", idle_timeout, allow_none=True)
         check_number("max_age", max_age, allow_none=True)
-        self.__idle = idle_timeout
-        self.__idle_or_inf = _INF if idle_timeout is None else float(idle_timeout)
-        self.__max_age = max_age
-        self.__timed = idle_timeout is not None or max_age is not None
-        self.__timer = timer
-        # None when nothing expires: reads then never consult the clock, as in LRUCache
-        self.__read_timer = timer if self.__timed else None
+        self._maxsize = maxsize
+        self.__sized = self.getsizeof is not Cache.getsizeof  # as cachetools tells them apart
+        self._currsize: float = 0
+        self._idle_or_inf = _INF if idle_timeout is None else idle_timeout
+        self._max_age = max_age
+        self._timed = idle_timeout is not None or max_age is not None
+        self._timer = timer
         #: Every held node is in at least one order; the idle sweep walks each from its LRU end.
         self._orders = orders
-        self.__deadlines = DeadlineOrder()
-        self.__is_held = self.__held  # bound once: every sweep passes it
-        self.__late_idle: list[tuple[float, int, Node]] = []  # (expires when pushed, tiebreak, node)
+        #: Orders that hold every entry exactly once between them.
+        self._primary = primary
+        #: Without timeouts iteration follows first insertion, as every cachetools cache's does.
+        self._inserted: dict[Any, None] | None = None if self._timed else {}
+        self.__sweep = ExpirySweep(self.__held, self.held_count)
         self.__newest_access = -_INF
-        self.__tiebreak = 0
+        #: No held entry expires before this (a lower bound, set by each sweep, lowered by inserts).
+        self.__quiet_until = _INF
         self.__evicting: list[Eviction] | None = None
 
     # -- the eviction order: what each subclass decides -------------------------------
@@ -108,12 +91,12 @@ class ExpiringCache(Cache):
         """A new entry: put ``node`` in an order."""
 
     @abstractmethod
-    def _rewritten(self, key: Any, node: Node) -> None:
-        """A held entry was written again (``node.value`` is the new value)."""
+    def _rewritten(self, key: Any, node: Node, old_size: float) -> None:
+        """A held entry was written again (``node.value`` and ``node.size`` are the new ones)."""
 
     @abstractmethod
     def _discard(self, key: Any) -> Node:
-        """Take ``key`` out of its order; its node."""
+        """Take ``key`` out of its order; its node (``KeyError`` if not held)."""
 
     @abstractmethod
     def _victim(self) -> Any:
@@ -121,26 +104,33 @@ class ExpiringCache(Cache):
 
     def _out_of_order(self, node: Node) -> None:
         """``node`` sits in an order behind entries accessed after it: the idle heap finds it in time."""
-        if node.expires < node.deadline:  # else the deadline order finds it
-            self.__tiebreak += 1
-            heapq.heappush(self.__late_idle, (node.expires, self.__tiebreak, node))
-            self.__compact()
+        self.__sweep.behind(node)
 
     # -- reading -----------------------------------------------------------
 
     def __getitem__(self, key: Any) -> Any:
-        node = self._find(key)
+        # Hooks and the timer are read into locals before the call: an instance attribute
+        # called as ``self.x()`` takes the interpreter's slow path for methods. A conditional
+        # expression, not min(): a builtin call costs more than the rest of the hit.
+        hot = self._hot
+        node = hot(key)
         if node is None:
-            return self.__missing__(key)
-        timer = self.__read_timer
-        if timer is not None:
+            if self._cold is None:
+                return self.__missing__(key)
+            timer = self._timer
+            value = self.lookup(key, timer() if self._timed else 0.0, _MISSING)
+            return self.__missing__(key) if value is _MISSING else value
+        if self._timed:
+            timer = self._timer
             now = timer()
             if now >= node.expires:
                 return self.__missing__(key)
-            end = now + self.__idle_or_inf
-            node.expires = min(node.deadline, end)
-            self.__newest_access = now
-        self._used(key)
+            end = now + self._idle_or_inf
+            deadline = node.deadline
+            node.expires = end if end < deadline else deadline
+            self.__newest_access = now  # read from the timer, which never goes back
+        reuse = self._reuse
+        reuse(key)
         return node.value
 
     def lookup(self, key: Any, now: float, default: Any = None) -> Any:
@@ -149,59 +139,34 @@ class ExpiringCache(Cache):
         The facade's read path: no exception on a miss, and the caller's
         clock reading is reused.
         """
-        node = self._find(key)
-        if node is None or now >= node.expires:
-            return default
-        if self.__timed:
-            end = now + self.__idle_or_inf
-            node.expires = min(node.deadline, end)
-            self.__newest_access = max(self.__newest_access, now)
-        self._used(key)
-        return node.value
-
-    def __contains__(self, key: object) -> bool:
-        node = self._find(key)
+        hot = self._hot
+        node = hot(key)
+        cold = node is None
         if node is None:
-            return False
-        return not self.__timed or self.__timer() < node.expires
-
-    def __iter__(self) -> Iterator[Any]:
-        if not self.__timed:
-            yield from Cache.__iter__(self)
-            return
-        find = self._find
-        for key in list(Cache.__iter__(self)):
-            node = find(key)
-            if node is not None and self.__timer() < node.expires:
-                yield key
-
-    def __len__(self) -> int:
-        if self.__timed:
-            self.expire()
-        return Cache.__len__(self)
-
-    def __repr__(self) -> str:
-        if self.__timed:
-            self.expire()
-        return Cache.__repr__(self)
-
-    @property
-    def currsize(self) -> float:
-        if self.__timed:
-            self.expire()
-        return Cache.currsize.fget(self)  # type: ignore[attr-defined]
-
-    def peek(self, key: Any, default: Any = None) -> Any:
-        """The live value for ``key`` without counting it as an access."""
-        node = self._find(key)
-        if node is None or (self.__timed and self.__timer() >= node.expires):
+            find_cold = self._cold
+            if find_cold is None:
+                return default
+            node = find_cold(key)
+            if node is None:
+                return default
+        if now >= node.expires:
             return default
+        if self._timed:
+            end = now + self._idle_or_inf
+            deadline = node.deadline
+            node.expires = end if end < deadline else deadline
+            if now >= self.__newest_access:
+                self.__newest_access = now
+            else:  # a read at a time before the newest access seen: it lands behind later ones
+                self._out_of_order(node)
+                if node.expires < self.__quiet_until:
+                    self.__quiet_until = node.expires
+        if cold:
+            self._promote(key, node)
+        else:
+            reuse = self._reuse
+            reuse(key)
         return node.value
-
-    def expires_at(self, key: Any) -> float | None:
-        """Timer value at which ``key`` expires (``inf`` if never), or None if absent."""
-        node = self._find(key)
-        return None if node is None else node.expires
 
     # -- writing -----------------------------------------------------------
 
@@ -222,63 +187,111 @@ class ExpiringCache(Cache):
         ``created`` and ``accessed`` (timer values, default now) place an
         entry that began elsewhere: it expires exactly when it would have
         there. Replacing a live entry keeps its ``created`` unless one is
-        given. ``accessed`` later than now counts as now.
+        given. ``accessed`` later than now counts as now. Sizes and their
+        errors as in ``cachetools.Cache``.
         """
         if now is None:
-            now = self.__timer()
-        removed = self.evict_expired(now) if self.__timed else []
-        node = self._find(key)
-        self.__evicting = removed
-        try:
-            Cache.__setitem__(self, key, value)
-        finally:
-            self.__evicting = None
-        if node is not None and self._find(key) is not node:
-            node = None  # evicted by the size check while making room
+            timer = self._timer
+            now = timer()
+        removed = self.evict_expired(now) if self._timed and now >= self.__quiet_until else []
+        hot = self._hot
+        node = hot(key)
+        if node is None and self._cold is not None:
+            cold = self._cold
+            node = cold(key)
+        if node is not None and created is None and accessed is None and not self.__sized:
+            # A held entry written again, here and now (a local write or touch): its size, its
+            # age and its place in deadline order stay; only its value and idle expiry change.
+            end = now + self._idle_or_inf
+            deadline = node.deadline
+            expires = node.expires = end if end < deadline else deadline
+            node.value = value
+            self._rewritten(key, node, 1)
+            if now >= self.__newest_access:
+                self.__newest_access = now
+            else:
+                self._out_of_order(node)
+            if expires < self.__quiet_until:
+                self.__quiet_until = expires
+            return removed
+        maxsize = self._maxsize
+        if self.__sized:
+            size = self.getsizeof(value)
+            if size > maxsize:
+                raise ValueError("value too large")
+            if size < 0:
+                raise ValueError("value size must be non-negative")
+        elif maxsize < 1:
+            raise ValueError("value too large")
+        else:
+            size = 1
+        grows = size - node.size if node is not None else size
+        if self._currsize + grows > maxsize:
+            self.__evicting = removed
+            try:
+                while self._currsize + grows > maxsize:
+                    self.popitem()
+                    if node is not None and self._find(key) is not node:
+                        node, grows = None, size  # evicted itself while making room
+            finally:
+                self.__evicting = None
         if accessed is None or accessed > now:
             accessed = now
-        max_age = self.__max_age
+        max_age = self._max_age
         if max_age is None:
             deadline = _INF
         elif created is None and node is not None:
             deadline = node.deadline  # a replaced entry keeps its age
         else:
             deadline = (accessed if created is None or created > accessed else created) + max_age
-        idle_end = accessed + self.__idle_or_inf
-        expires = min(deadline, idle_end)
+        end = accessed + self._idle_or_inf
+        expires = end if end < deadline else deadline
         if node is None:
             node = Node(key, value, deadline, expires)
+            node.size = size
             self._added(key, node)
+            if self._inserted is not None:
+                self._inserted[key] = None
             if deadline != _INF:
-                self.__link(node)
+                self.__sweep.link(node)
         else:
+            old_size = node.size
             node.value = value
+            node.size = size
             if node.deadline != deadline:
-                DeadlineOrder.unlink(node)
+                ExpirySweep.unlink(node)
                 node.deadline = deadline
-                self.__link(node)
+                self.__sweep.link(node)
             node.expires = expires
-            self._rewritten(key, node)
+            self._rewritten(key, node, old_size)
+        self._currsize += grows
         if accessed >= self.__newest_access:
             self.__newest_access = accessed
         else:
             # Older than entries already at the MRU end: the idle sweep from the
             # LRU end can't be relied on to reach it in time.
             self._out_of_order(node)
+        if expires < self.__quiet_until:
+            self.__quiet_until = expires
         return removed
 
     def __delitem__(self, key: Any) -> None:
-        Cache.__delitem__(self, key)
-        DeadlineOrder.unlink(self._discard(key))
+        self.__forget(self._discard(key))
+
+    def __forget(self, node: Node) -> None:
+        """``node`` has left its order: drop what else knows of it."""
+        ExpirySweep.unlink(node)
+        self._currsize -= node.size
+        if self._inserted is not None:
+            del self._inserted[node.key]
 
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
         """Remove ``key`` and return its live value (or ``default``)."""
-        if key in self:
-            value = Cache.__getitem__(self, key)
-            del self[key]
-            return value
-        if self._find(key) is not None:
+        node = self._find(key)
+        if node is not None:
             del self[key]  # expired: gone either way
+            if not self._timed or self._timer() < node.expires:
+                return node.value
         if default is _MISSING:
             raise KeyError(key)
         return default
@@ -289,83 +302,43 @@ class ExpiringCache(Cache):
             key = self._victim()
         except StopIteration:
             raise KeyError(f"{type(self).__name__} is empty") from None
-        value = Cache.__getitem__(self, key)
-        del self[key]
+        node = self._discard(key)
+        self.__forget(node)
         if self.__evicting is not None:
-            self.__evicting.append(Eviction(key, value, EVICTED_SIZE))
-        return (key, value)
+            self.__evicting.append(Eviction(key, node.value, EVICTED_SIZE))
+        return (key, node.value)
 
     def clear(self) -> None:
-        Cache.clear(self)
         for order in self._orders:
             order.clear()
-        self.__deadlines.clear()
-        self.__late_idle.clear()
+        if self._inserted is not None:
+            self._inserted.clear()
+        self._currsize = 0
+        self.__sweep.clear()
+        self.__quiet_until = _INF
 
     # -- expiry ------------------------------------------------------------
 
     def expire(self, time: float | None = None) -> list[tuple[Any, Any]]:
-        """Remove expired entries; return the removed ``(key, value)`` pairs."""
         return [(e.key, e.value) for e in self.evict_expired(time)]
 
     def evict_expired(self, now: float | None = None) -> list[Eviction]:
         """Remove expired entries; return them with the cause of each."""
-        if not self.__timed:
+        if not self._timed:
             return []
         if now is None:
-            now = self.__timer()
-        out: list[Eviction] = []
-        # idle: least recently used first; stop at the first live entry
-        for order in self._orders:
-            while order:
-                node = order[next(iter(order))]
-                if now < node.expires:
-                    break
-                out.append(self.__drop(node, now))
-        deadlines, held = self.__deadlines, self.__is_held
-        while (due := deadlines.first_due(now, held)) is not None:
-            out.append(self.__drop(due, now))
-        find = self._find
-        late_idle = self.__late_idle
-        while late_idle and late_idle[0][0] <= now:
-            node = heapq.heappop(late_idle)[2]
-            if find(node.key) is node and node.expires <= now:
-                out.append(self.__drop(node, now))
+            now = self._timer()
+        if now < self.__quiet_until:
+            return []
+        out = self.__sweep.run(now, self._orders, self.__drop)
+        self.__quiet_until = self.__sweep.earliest(self._orders)
         return out
 
     def __drop(self, node: Node, now: float) -> Eviction:
         key = node.key
-        Cache.__delitem__(self, key)
         self._discard(key)
-        DeadlineOrder.unlink(node)
+        self.__forget(node)
         return Eviction(key, node.value, EVICTED_MAX_AGE if node.deadline <= now else EVICTED_IDLE)
-
-    def __link(self, node: Node) -> None:
-        if self.__deadlines.link(node):
-            self.__compact()
 
     def __held(self, node: Node) -> bool:
         return self._find(node.key) is node
-
-    def __compact(self) -> None:
-        """Drop stale heap entries once they outnumber live entries."""
-        limit = 2 * Cache.__len__(self) + 1024
-        self.__deadlines.compact(limit, self.__is_held)
-        if len(self.__late_idle) > limit:
-            held = self.__held
-            self.__late_idle = [e for e in self.__late_idle if held(e[2]) and e[2].expires == e[0]]
-            heapq.heapify(self.__late_idle)
-
-    # -- properties --------------------------------------------------------
-
-    @property
-    def idle_timeout(self) -> float | None:
-        return self.__idle
-
-    @property
-    def max_age(self) -> float | None:
-        return self.__max_age
-
-    @property
-    def timer(self) -> Callable[[], float]:
-        return self.__timer

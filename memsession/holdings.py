@@ -18,8 +18,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from cachetools import Cache
-
 from .cache import EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE, Eviction, ExpiringLRUCache
 from .changes import after_clear, merge_records, reflects
 from .clock import Clock
@@ -112,7 +110,8 @@ class Holdings:
         """Hold ``record`` in place of ``old`` (the live copy it replaces, if any)."""
         evicted = self.core.insert(record.key, record, created=created, accessed=accessed, now=now)
         self.bytes += record.size - (old.size if old is not None else 0)
-        self._account(evicted, replaced=old)
+        if evicted:
+            self._account(evicted, replaced=old)
 
     def touch(self, record: Record, wall: float) -> Record:
         """Hold ``record`` as accessed at ``wall`` (its expiry slid); return the touched copy."""
@@ -127,6 +126,19 @@ class Holdings:
         """Drop the live copy ``old`` of ``key``."""
         del self.core[key]
         self.bytes -= old.size
+
+    def destroy(self, key: str, version: int, origin: int, now: float, wall: float) -> tuple[Record, bool]:
+        """End ``key`` by the change ``(version, origin)``: ``(its tombstone, whether a live copy was held)``.
+
+        The tombstone keeps the session's ``created`` and lives ``tombstone_ttl``.
+        """
+        old: Record | None = self.core.peek(key, now=now)
+        if old is not None:
+            self.remove(key, old)
+        created = old.created if old is not None else wall
+        tombstone = Record(key, {}, version, origin, created, wall, wall + self.config.tombstone_ttl, True)
+        self.bury(tombstone, now)
+        return tombstone, old is not None
 
     def bury(self, tombstone: Record, now: float) -> None:
         """Keep ``tombstone`` until its ``expires`` (wall time) has passed."""
@@ -255,7 +267,7 @@ class Holdings:
         """How many live records are held; exact right after a sweep."""
         # The core's own len() sweeps and would drop what it evicts unreported;
         # callers sweep first, so the raw count is the live count.
-        return Cache.__len__(self.core)
+        return self.core.held_count()
 
     def sweep(self, now: float) -> int:
         """Drop expired sessions and lapsed tombstones; return how many sessions went."""

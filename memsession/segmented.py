@@ -66,7 +66,8 @@ class SegmentedLRUCache(ExpiringCache):
         # newer entries in probation: the idle sweep walks this order to find them in time.
         demoted: OrderedDict[Any, Node] = OrderedDict()
         orders = (probation, protected, demoted)
-        super().__init__(maxsize, idle_timeout, max_age, timer, getsizeof, orders=orders)
+        super().__init__(maxsize, idle_timeout, max_age, timer, getsizeof, orders=orders,
+                         primary=(probation, protected))
         check_fraction("protected_fraction", protected_fraction)
         self.__probation = probation
         self.__protected = protected
@@ -75,37 +76,33 @@ class SegmentedLRUCache(ExpiringCache):
         self.__fraction = protected_fraction
         self.__limit = protected_fraction * maxsize
         self.__protected_size: float = 0
-        self._find = self.__find
-        self._used = self.__use
+        # The read path: protected first, that is where most hits land; bound C methods.
+        self._hot = protected.get
+        self._reuse = protected.move_to_end
+        self._cold = probation.get
 
     # -- the segments ------------------------------------------------------------------------
 
-    def __find(self, key: Any) -> Node | None:
-        # Protected first: that is where most hits land. Nodes are always truthy.
+    def _find(self, key: Any) -> Node | None:
+        # Nodes are always truthy.
         return self.__protected.get(key) or self.__probation.get(key)
 
-    def __use(self, key: Any) -> None:
-        protected = self.__protected
-        if key in protected:  # a membership test: cheaper than a raised KeyError on every promotion
-            protected.move_to_end(key)
-        else:
-            self.__promote(key)
-
-    def __promote(self, key: Any) -> None:
-        """``key`` leaves probation on its second use."""
-        node = self.__probation.pop(key)
+    def _promote(self, key: Any, node: Node) -> None:
+        """``key`` (``node``) leaves probation on its second use."""
+        del self.__probation[key]
         if self.__demoted:
             self.__demoted.pop(key, None)
-        node.size = self.getsizeof(node.value)
         self.__protected[key] = node
         self.__protected_size += node.size
-        self.__demote_overflow(node)
+        if self.__protected_size > self.__limit or not self.__limit:
+            self.__demote_overflow(node)
 
     def __demote_overflow(self, used: Node) -> None:
         """While protected is over its share, its least recently used goes to probation's most recent end."""
         protected, probation = self.__protected, self.__probation
+        limit = self.__limit
         # A share of 0 holds nothing, not even entries ``getsizeof`` counts as 0: that is plain LRU.
-        while protected and (self.__protected_size > self.__limit or not self.__limit):
+        while protected and (self.__protected_size > limit or not limit):
             key, node = protected.popitem(last=False)
             self.__protected_size -= node.size
             probation[key] = node
@@ -115,16 +112,14 @@ class SegmentedLRUCache(ExpiringCache):
     def _added(self, key: Any, node: Node) -> None:
         self.__probation[key] = node
 
-    def _rewritten(self, key: Any, node: Node) -> None:
+    def _rewritten(self, key: Any, node: Node, old_size: float) -> None:
         protected = self.__protected
         if key in protected:
-            size = self.getsizeof(node.value)
-            self.__protected_size += size - node.size
-            node.size = size
+            self.__protected_size += node.size - old_size
             protected.move_to_end(key)
             self.__demote_overflow(node)
         else:
-            self.__promote(key)
+            self._promote(key, node)
 
     def _discard(self, key: Any) -> Node:
         node = self.__protected.pop(key, None)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import secrets
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,13 +29,16 @@ __all__ = [
     "Record",
     "SessionData",
     "check_sid",
+    "checked_key",
     "cleared_by",
     "compute_expires",
     "copy_data",
+    "copy_tree",
     "is_session_key",
     "is_valid_sid",
     "legacy_key",
     "new_id",
+    "pack_data",
     "prepare_data",
     "prepare_packed",
     "session_key",
@@ -48,8 +51,15 @@ SessionData = dict[str, Any]
 #: 32 random bytes, base64url without padding: 43 characters.
 SID_BYTES = 32
 SID_LENGTH = 43
-_SID_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 
+
+def _byte_table(allowed: bytes) -> bytes:
+    """A ``bytes.translate`` table: 0 for each allowed byte, 1 for every other."""
+    return bytes(0 if byte in allowed else 1 for byte in range(256))
+
+
+#: An id is 43 of the base64url alphabet: its ASCII bytes translated by this hold no 1 (two C calls, no regex).
+_SID_TABLE = _byte_table(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 def new_id() -> str:
@@ -59,19 +69,29 @@ def new_id() -> str:
 
 def is_valid_sid(sid: object) -> bool:
     """Cheap shape check: could memsession have issued this id?"""
-    return type(sid) is str and len(sid) == SID_LENGTH and _SID_RE.fullmatch(sid) is not None
+    return (
+        type(sid) is str
+        and len(sid) == SID_LENGTH
+        and sid.isascii()
+        and 1 not in sid.encode().translate(_SID_TABLE)
+    )
 
 
 def check_sid(sid: object) -> str:
     """Return ``sid`` or raise ``InvalidSessionId``."""
-    if type(sid) is str and len(sid) == SID_LENGTH and _SID_RE.fullmatch(sid) is not None:
+    if (
+        type(sid) is str
+        and len(sid) == SID_LENGTH
+        and sid.isascii()
+        and 1 not in sid.encode().translate(_SID_TABLE)
+    ):
         return sid
     raise InvalidSessionId(sid)
 
 
 #: A session key: SHA-256 of the id, 64 lowercase hex digits.
 KEY_LENGTH = 64
-_KEY_RE = re.compile(r"[0-9a-f]{64}")
+_KEY_TABLE = _byte_table(b"0123456789abcdef")
 
 
 def session_key(sid: str) -> str:
@@ -95,9 +115,26 @@ def session_key(sid: str) -> str:
     return hashlib.sha256(sid.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def checked_key(sid: object) -> str:
+    """``session_key(check_sid(sid))``: the key of a valid id, or ``InvalidSessionId``."""
+    if (
+        type(sid) is str
+        and len(sid) == SID_LENGTH
+        and sid.isascii()
+        and 1 not in (raw := sid.encode()).translate(_SID_TABLE)
+    ):
+        return hashlib.sha256(raw).hexdigest()  # an ASCII id: the bytes ``session_key`` hashes
+    raise InvalidSessionId(sid)
+
+
 def is_session_key(key: object) -> bool:
     """Could ``key`` be a session key (``session_key`` of some id)?"""
-    return type(key) is str and len(key) == KEY_LENGTH and _KEY_RE.fullmatch(key) is not None
+    return (
+        type(key) is str
+        and len(key) == KEY_LENGTH
+        and key.isascii()
+        and 1 not in key.encode().translate(_KEY_TABLE)
+    )
 
 
 def legacy_key(key: str) -> str | None:
@@ -218,6 +255,17 @@ def cleared_by(record: Record, watermark: int) -> bool:
 
 
 _COPIED = frozenset((dict, list, tuple))
+#: One msgpack ``Packer`` per thread: ``msgpack.packb`` builds a new one, with its buffer, on every call.
+_packers = threading.local()
+
+
+def pack_data(data: Any) -> bytes:
+    """``msgpack.packb(data, use_bin_type=True)``, by this thread's reused ``Packer``."""
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(data)  # resets its buffer after each call, and after a failed one
 
 
 def _copy_value(value: Any) -> Any:
@@ -252,7 +300,7 @@ def prepare_packed(
     if type(data) is not dict and not isinstance(data, Mapping):
         raise SessionDataError("session", data, "session data must be a mapping")
     flat = scan_data(data, MAX_DEPTH, max_items)
-    packed = msgpack.packb(data if type(data) is dict else dict(data), use_bin_type=True)
+    packed = pack_data(data if type(data) is dict else dict(data))
     if len(packed) > max_bytes:
         raise SessionTooLarge(len(packed), max_bytes)
     if flat:
@@ -268,13 +316,35 @@ def is_flat(data: Mapping[str, Any]) -> bool:
     return True
 
 
-def _copy_container(value: Any) -> Any:
-    if type(value) is dict:
-        return {k: _copy_container(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
-    return [_copy_container(v) if type(v) in _CONTAINERS else v for v in value]
+def _copy_list(value: list[Any]) -> list[Any]:
+    out = value.copy()
+    for index, item in enumerate(out):
+        kind = type(item)
+        if kind is list:
+            out[index] = _copy_list(item)
+        elif kind is dict:
+            out[index] = _copy_dict(item)
+    return out
 
 
-_CONTAINERS = frozenset((dict, list))
+def _copy_dict(value: dict[str, Any]) -> dict[str, Any]:
+    out = value.copy()
+    for key, item in out.items():
+        kind = type(item)
+        if kind is list:
+            out[key] = _copy_list(item)
+        elif kind is dict:
+            out[key] = _copy_dict(item)
+    return out
+
+
+def copy_tree(data: SessionData) -> SessionData:
+    """A deep copy of session data as records hold it (dicts, lists and immutable scalars).
+
+    Each container is copied whole in C first; only its container items are
+    then replaced by copies of their own.
+    """
+    return _copy_dict(data)
 
 
 def copy_data(record: Record) -> SessionData:
@@ -283,9 +353,4 @@ def copy_data(record: Record) -> SessionData:
     Record data holds only dicts, lists and immutable scalars (``prepare_data``
     turned tuples into lists), so copying the containers is a deep copy.
     """
-    out = dict(record.data)
-    if not record.flat:
-        for key, value in out.items():
-            if type(value) in _CONTAINERS:
-                out[key] = _copy_container(value)
-    return out
+    return dict(record.data) if record.flat else _copy_dict(record.data)

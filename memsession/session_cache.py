@@ -11,11 +11,10 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from hashlib import sha256
 from typing import TYPE_CHECKING, Any
 
-import msgpack
-
-from .changes import record_change
+from .changes import record_change, record_set
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Config
 from .errors import CacheClosed, ConfigError, InvalidSessionId, SessionDestroyed
@@ -24,10 +23,12 @@ from .session import (
     SID_LENGTH,
     Record,
     SessionData,
-    check_sid,
+    checked_key,
     copy_data,
+    copy_tree,
     is_session_key,
     is_valid_sid,
+    pack_data,
     prepare_packed,
     session_key,
 )
@@ -74,6 +75,10 @@ class SessionCache(Replica):
         super().__init__(cfg, clock, origin)
         self._touch_interval = cfg.touch_interval
         self._hits = self._misses = 0  # attributes, not dict items: they are on the read path
+        # The read path calls these through locals (bound once; neither the clock nor the core is rebound).
+        self._monotonic = self.clock.monotonic
+        self._wall = self.clock.wall
+        self._lookup = self._core.lookup
         # Joins the bus before the constructor returns.
         self.connect(bus=bus, persistence=persistence)
 
@@ -107,33 +112,40 @@ class SessionCache(Replica):
         A malformed id is a miss, counted as ``invalid_ids``: cookies come
         from outside and a bad one must not raise.
         """
-        if type(sid) is not str or len(sid) != SID_LENGTH:
+        if type(sid) is not str or len(sid) != SID_LENGTH or not sid.isascii():
             self._counts["invalid_ids"] += 1
             return None
-        key = session_key(sid)
+        # ``session_key(sid)`` spelled out: an ASCII str encodes to the same bytes either way.
+        key = sha256(sid.encode()).hexdigest()
         touched = None
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not ``with``: the pair of calls costs half as much on this path
+        try:
             if self._closed:
                 raise CacheClosed("SessionCache is closed")
-            now = self.clock.monotonic()
+            monotonic = self._monotonic
+            now = monotonic()
             # Only valid ids are ever stored, so a hit needs no validation.
-            record: Record | None = self._core.lookup(key, now)
-            if now >= self._held.next_sweep:
-                self._held.sweep(now)
+            lookup = self._lookup
+            record: Record | None = lookup(key, now)
+            held = self._held
+            if now >= held.next_sweep:
+                held.sweep(now)
             if record is None:
                 if not is_valid_sid(sid):
                     self._counts["invalid_ids"] += 1
                     return None
                 self._misses += 1
-                if (self.persistence is None and not self._bus_reads) or self._held.tombstone(
-                    key, now
-                ) is not None:
+                if (self.persistence is None and not self._bus_reads) or held.tombstone(key, now) is not None:
                     return None
             else:
                 self._hits += 1
-                wall = self.clock.wall()
-                if wall - record.accessed >= self._touch_interval:
-                    touched = self._held.touch(record, wall)
+                wall = self._wall
+                wall_now = wall()
+                if wall_now - record.accessed >= self._touch_interval:
+                    touched = held.touch(record, wall_now)
+        finally:
+            lock.release()
         if record is None:
             record = self._read_through(key)
             if record is None:
@@ -144,7 +156,7 @@ class SessionCache(Replica):
                 return None
         if touched is not None:
             self._emit(touched, touch=True)
-        return dict(record.data) if record.flat else copy_data(record)
+        return record.data.copy() if record.flat else copy_tree(record.data)
 
     def set(self, sid: str, data: Mapping[str, Any]) -> Record:
         """Store ``data`` as the session's new value; return the new record.
@@ -156,12 +168,25 @@ class SessionCache(Replica):
         bad value's key path), ``SessionTooLarge``, or ``SessionDestroyed``
         if the id was destroyed and its tombstone lives.
         """
-        key = session_key(check_sid(sid))
-        copy, packed, flat = prepare_packed(data, self.config.max_session_bytes, self.config.max_session_items)
-        with self._lock:
-            old = self._base_for(key, sid)
-            removed = [name for name in old.data if name not in copy] if old is not None else ()
-            record, _delta = self._change_locked(key, old, copy, copy, removed, flat, len(packed))
+        key = checked_key(sid)
+        config = self.config
+        copy, packed, flat = prepare_packed(data, config.max_session_bytes, config.max_session_items)
+        lock = self._lock
+        lock.acquire()
+        try:
+            monotonic = self._monotonic
+            now = monotonic()
+            old = self._base_for(key, sid, now)
+            # The access time is read before the version is issued, as in ``_change_locked``.
+            wall = self._wall
+            wall_now = wall()
+            record = record_set(old, key, copy, version=self.hlc.now(), origin=self.origin, wall=wall_now,
+                                idle_timeout=config.idle_timeout, max_age=config.max_age,
+                                flat=flat, size=len(packed))
+            self._held.store(record, old, now)
+            self._counts["sets"] += 1
+        finally:
+            lock.release()
         # The whole session travels: a receiver that does not hold it can take it as it is.
         self._emit(record, packed=packed)
         return record
@@ -177,14 +202,14 @@ class SessionCache(Replica):
         an empty live session (``destroy`` ends one). The same errors as
         ``set``, measured on the whole session after the change.
         """
-        key = session_key(check_sid(sid))
+        key = checked_key(sid)
         gone = tuple(dict.fromkeys(removed))
         both = changed.keys() & set(gone)
         if both:
             raise ValueError(f"keys both set and removed: {sorted(both)!r}")
         self._bring_back(key)
         with self._lock:
-            old = self._base_for(key, sid)
+            old = self._base_for(key, sid, self.clock.monotonic())
             merged = dict(old.data) if old is not None else {}
             merged.update(changed)
             for name in gone:
@@ -192,7 +217,7 @@ class SessionCache(Replica):
             copy, packed, flat = prepare_packed(merged, self.config.max_session_bytes,
                                                 self.config.max_session_items)
             # Packed once here: its size goes into the delta and the bus sends these very bytes.
-            delta_packed = msgpack.packb({name: copy[name] for name in changed}, use_bin_type=True)
+            delta_packed = pack_data({name: copy[name] for name in changed})
             record, delta = self._change_locked(key, old, copy, changed, gone, flat, len(packed),
                                                 len(delta_packed))
         self._emit(delta, packed=packed if delta is record else delta_packed)
@@ -209,12 +234,17 @@ class SessionCache(Replica):
         if not held and (self.bus is not None or self.persistence is not None):
             self._ask_elsewhere(key, 0, time.monotonic() + BRING_BACK_TIMEOUT)
 
-    def _base_for(self, key: str, sid: str) -> Record | None:
-        """The live copy a change is made on (lock held); ``SessionDestroyed`` if a tombstone lives."""
-        self._check_open()
-        if self._held.tombstone(key, self.clock.monotonic()) is not None:
+    def _base_for(self, key: str, sid: str, now: float) -> Record | None:
+        """The live copy a change is made on (lock held; ``now`` read under it).
+
+        ``SessionDestroyed`` if a tombstone lives.
+        """
+        if self._closed:
+            raise CacheClosed("SessionCache is closed")
+        held = self._held
+        if held.tombstones and held.tombstone(key, now) is not None:
             raise SessionDestroyed(sid)
-        base: Record | None = self._core.peek(key)
+        base: Record | None = self._core.peek(key, now=now)
         return base
 
     def _change_locked(self, key: str, old: Record | None, data: SessionData, changed: Iterable[str],
@@ -239,7 +269,7 @@ class SessionCache(Replica):
 
         The new access time is propagated at most once per ``touch_interval``.
         """
-        key = session_key(check_sid(sid))
+        key = checked_key(sid)
         touched = None
         with self._lock:
             self._check_open()
@@ -267,7 +297,7 @@ class SessionCache(Replica):
         Leaves a tombstone for ``tombstone_ttl`` seconds, so no write of this
         id (local or remote, however late) brings it back.
         """
-        return self.destroy_key(session_key(check_sid(sid)))
+        return self.destroy_key(checked_key(sid))
 
     def destroy_key(self, key: str) -> bool:
         """``destroy`` by key (``session_key(sid)``, what ``all()``, iteration and the stores show)."""
@@ -275,23 +305,8 @@ class SessionCache(Replica):
             raise InvalidSessionId(key)
         with self._lock:
             self._check_open()
-            now = self.clock.monotonic()
-            wall = self.clock.wall()
-            old: Record | None = self._core.peek(key)
-            existed = old is not None
-            if old is not None:
-                self._held.remove(key, old)
-            tombstone = Record(
-                key,
-                {},
-                self.hlc.now(),
-                self.origin,
-                old.created if old is not None else wall,
-                wall,
-                wall + self.config.tombstone_ttl,
-                True,
-            )
-            self._held.bury(tombstone, now)
+            now, wall = self.clock.monotonic(), self.clock.wall()  # the access time before the version
+            tombstone, existed = self._held.destroy(key, self.hlc.now(), self.origin, now, wall)
             self._counts["destroys"] += 1
         self._emit(tombstone)
         return existed

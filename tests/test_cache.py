@@ -215,8 +215,8 @@ def test_heaps_stay_bounded_under_churn_of_late_arrivals():
     now = clock()
     for i in range(20000):
         cache.insert(i, i, created=now - 5000, accessed=now - 500)  # late on both counts
-    late_deadlines = cache._ExpiringCache__deadlines._late
-    late_idle = cache._ExpiringCache__late_idle
+    late_deadlines = cache._ExpiringCache__sweep.deadlines._late
+    late_idle = cache._ExpiringCache__sweep.late_idle
     assert len(cache) == 100
     assert len(late_deadlines) <= 2 * 100 + 1024 + 1
     assert len(late_idle) <= 2 * 100 + 1024 + 1
@@ -246,4 +246,4 @@ def test_repeated_arrivals_of_one_entry_keep_bookkeeping_small():
     now = clock()
     for i in range(5000):
         cache.insert(i % 10, i, created=now - 5000 - (i % 7) * 1e-9, accessed=now - 1)
-    assert len(cache._ExpiringCache__deadlines._late) <= 2 * 10 + 1024 + 1
+    assert len(cache._ExpiringCache__sweep.deadlines._late) <= 2 * 10 + 1024 + 1
