@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -213,14 +214,20 @@ def best_runs(results: list[Result]) -> list[Result]:
 
 
 def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+    """The median of the finite values (a run that served nothing has NaN CPU per request)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite) if finite else float("nan")
 
 
 def round_ratios(results: list[Result], numerator: str, denominator: str, route: str) -> list[tuple[float, float]]:
-    """``(req/s ratio, CPU/req ratio)`` of two variants' route within each round both ran in."""
+    """``(req/s ratio, CPU/req ratio)`` of two variants' route within each round both served in.
+
+    A run that completed no request (a server stalled for the whole run: wrk
+    counts a request only once answered) leaves its round out.
+    """
     by_round: dict[int, dict[str, Result]] = {}
     for r in results:
-        if r.route == route and r.label in (numerator, denominator):
+        if r.route == route and r.label in (numerator, denominator) and r.rps > 0:
             by_round.setdefault(r.round, {})[r.label] = r
     return [(pair[numerator].rps / pair[denominator].rps, pair[numerator].cpu_us / pair[denominator].cpu_us)
             for _, pair in sorted(by_round.items()) if len(pair) == 2]

@@ -96,7 +96,14 @@ def test_ratios_are_medians_of_each_rounds_own_ratio() -> None:
     assert "2,000" in table and "4,000" in table
 
 
-def test_rounds_missing_a_variant_are_left_out() -> None:
+def test_rounds_missing_a_variant_or_serving_nothing_are_left_out() -> None:
     runs = results({("memsession", "read"): 1000.0, ("no session", "read"): 800.0}, round_=1)
     runs += results({("memsession", "read"): 5000.0}, round_=2)
+    runs += results({("memsession", "read"): 900.0, ("no session", "read"): 0.0}, round_=3)  # a stalled run
     assert round_ratios(runs, "memsession", "no session", "read") == [(1.25, 1.0)]
+    stalled = Result("no session", "read", 0.0, 0.0, 0.0, 0, cpu(float("nan")), 3)
+    runs = [r if (r.label, r.round) != ("no session", 3) else stalled for r in runs]
+    text = report(runs)
+    assert "1.25" in ratio_row(text, "read: memsession / no session")
+    no_session = next(line for line in text.splitlines() if line.startswith("no session"))
+    assert no_session.split()[-2] == "100"  # median CPU of the runs that served, not NaN
