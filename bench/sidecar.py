@@ -38,7 +38,7 @@ import tempfile
 import time
 from typing import Any
 
-from bench.sidecar_feed import feed
+from bench.sidecar_feed import fed_rates
 from bench.table import render, verdict
 from persist import Persistence
 
@@ -271,18 +271,7 @@ def acked_latency(pg_url: str, n: int) -> tuple[float, float]:
     return pct(times, 50), pct(times, 99)
 
 
-# -- 2. frames fed flat out ---------------------------------------------------------------
-
-
-def fed_rates(pg_url: str, count: int) -> list[dict[str, float]]:
-    """Two runs of ``bench.sidecar_feed.feed`` into one sidecar persisting to ``pg_url``."""
-    from tests.sidecars import SidecarProcess
-
-    with SidecarProcess(pg_url, "--log-level", "WARNING", "--prune-interval", "0") as sidecar:
-        return [feed(sidecar, count, origin, wait) for origin in (1001, 1002)]
-
-
-# -- 3. PostgreSQL's own rate --------------------------------------------------------------
+# -- 2. PostgreSQL's own rate --------------------------------------------------------------
 
 
 def pg_ceiling(url: str, n: int) -> tuple[float, float]:
@@ -314,7 +303,7 @@ def pg_ceiling(url: str, n: int) -> tuple[float, float]:
     return save_rate, copy_rate
 
 
-# -- 4. recovery ------------------------------------------------------------------------------
+# -- 3. recovery ------------------------------------------------------------------------------
 
 
 def recovery(pg_url: str, sessions: int) -> dict[str, float]:
@@ -400,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         print(render("\nacknowledged mode: set() returns once the row is in PostgreSQL",
                      ["", "p50 ms", "p99 ms"], [["set() latency, one client", acked[0] * 1000, acked[1] * 1000]]))
 
-        fed = fed_rates(fresh_db(), ceiling_rows)
+        fed = fed_rates(fresh_db(), ceiling_rows, wait)
         print(render(f"\nframes fed flat out into a sidecar persisting to PostgreSQL, {ceiling_rows:,} fresh sessions",
                      ["run", "offered/s", "received/s", "persisted/s", "gaps"],
                      [[f"run {i + 1}", r["offered"], r["received"], r["persisted"], int(r["gaps"])]

@@ -21,7 +21,7 @@ import multiprocessing
 import time
 from typing import Any
 
-__all__ = ["feed"]
+__all__ = ["fed_rates", "feed"]
 
 SPAWN = multiprocessing.get_context("spawn")
 #: Changes per BATCH frame, as a publisher's sender cuts them.
@@ -115,3 +115,11 @@ def feed(sidecar: Any, count: int, origin: int, wait: Any) -> dict[str, float]:
     saved = after["persist"]["saved"] - before["persist"]["saved"]
     return {"offered": count / sent_s, "received": count / received_s, "persisted": saved / persisted_s,
             "saved": float(saved), "gaps": float(after["gaps"] - before["gaps"])}
+
+
+def fed_rates(pg_url: str, count: int, wait: Any) -> list[dict[str, float]]:
+    """Two runs of ``feed`` into one sidecar persisting to ``pg_url``."""
+    from tests.sidecars import SidecarProcess
+
+    with SidecarProcess(pg_url, "--log-level", "WARNING", "--prune-interval", "0") as sidecar:
+        return [feed(sidecar, count, origin, wait) for origin in (1001, 1002)]

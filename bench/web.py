@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -34,7 +35,7 @@ from pathlib import Path
 import httpx
 
 from bench.table import render, verdict
-from bench.web_cpu import ROLES, CpuMeter
+from bench.web_cpu import ROLES, CpuMeter, machine_sample, outside_share
 from tests.servers import RedisServer
 from tests.webservers import WebServer
 
@@ -69,6 +70,8 @@ class Result:
     #: CPU microseconds per request of each role (``bench.web_cpu.ROLES``) and their ``"total"``.
     cpu: dict[str, float]
     round: int = 1
+    #: Share of the machine's CPU that other work (not this run) used meanwhile.
+    outside: float = float("nan")
 
     @property
     def cpu_us(self) -> float:
@@ -170,13 +173,16 @@ def bench_all(env: dict[str, str], tmp: str, duration: float, connections: int, 
         for round_ in range(1, rounds + 1):
             progress(f"round {round_}/{rounds}: {len(servers)} runs of {duration:g} s")
             for label, route, server, cookie, meter in servers if round_ % 2 else servers[::-1]:
-                before = meter.sample()
+                machine, before = machine_sample(), meter.sample()
                 run = run_wrk(f"{server.url}/{route}", cookie, duration, connections)
-                cpu = meter.us_per(before, meter.sample(), run.requests)
+                after = meter.sample()
+                outside = outside_share(machine, machine_sample(), sum(after.values()) - sum(before.values()))
+                cpu = meter.us_per(before, after, run.requests)
                 progress(f"round {round_}  {label:20s} {route:5s} {run.rps:8.0f} req/s  "
                          f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  {cpu['total']:5.0f} us CPU/req"
-                         + (f"  ERRORS {run.errors}" if run.errors else ""))
-                results.append(Result(label, route, run.rps, run.p50_ms, run.p99_ms, run.errors, cpu, round_))
+                         f"  other work {outside:4.0%}" + (f"  ERRORS {run.errors}" if run.errors else ""))
+                results.append(Result(label, route, run.rps, run.p50_ms, run.p99_ms, run.errors, cpu, round_,
+                                      outside))
     return results
 
 
@@ -213,14 +219,20 @@ def best_runs(results: list[Result]) -> list[Result]:
 
 
 def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+    """The median of the finite values (a run that served nothing has NaN CPU per request)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite) if finite else float("nan")
 
 
 def round_ratios(results: list[Result], numerator: str, denominator: str, route: str) -> list[tuple[float, float]]:
-    """``(req/s ratio, CPU/req ratio)`` of two variants' route within each round both ran in."""
+    """``(req/s ratio, CPU/req ratio)`` of two variants' route within each round both served in.
+
+    A run that completed no request (a server stalled for the whole run: wrk
+    counts a request only once answered) leaves its round out.
+    """
     by_round: dict[int, dict[str, Result]] = {}
     for r in results:
-        if r.route == route and r.label in (numerator, denominator):
+        if r.route == route and r.label in (numerator, denominator) and r.rps > 0:
             by_round.setdefault(r.round, {})[r.label] = r
     return [(pair[numerator].rps / pair[denominator].rps, pair[numerator].cpu_us / pair[denominator].cpu_us)
             for _, pair in sorted(by_round.items()) if len(pair) == 2]
@@ -292,6 +304,23 @@ def report(results: list[Result]) -> str:
     return table + "\n\n" + ratios + "\n\n" + split
 
 
+#: Above this median share of the CPU taken by other work, the report says the machine was busy.
+BUSY = 0.15
+
+
+def busy_note(results: list[Result]) -> str:
+    """How much of the machine other work used during the runs, and a warning when it was a lot."""
+    shares = [r.outside for r in results if math.isfinite(r.outside)]
+    if not shares:
+        return "other work on the machine: not measured"
+    median = statistics.median(shares)
+    line = f"other work on the machine used {median:.0%} of its CPU (median over runs, up to {max(shares):.0%})"
+    if median > BUSY:
+        line += ("\nNOTE: the machine was busy: rates and their ratios swing with the other work far more"
+                 " than the targets' margins; the CPU per request is steadier, and a quiet machine is the test")
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.web", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=2.0, help="seconds of load per route and round (default 2)")
@@ -319,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print()
+    print(busy_note(results))
     print(report(results))
     draw(results, args.chart)
     print(f"\nchart: {args.chart}")

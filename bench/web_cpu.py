@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "ROLES", "CpuMeter", "ProcStat", "Snapshot", "descendants", "parse_stat", "read_snapshot", "read_stats",
-    "roles", "tree_ticks",
+    "ROLES", "CpuMeter", "MachineSample", "ProcStat", "Snapshot", "descendants", "machine_sample",
+    "outside_share", "parse_proc_stat", "parse_stat", "read_snapshot", "read_stats", "roles", "tree_ticks",
 ]
 
 PROC = Path("/proc")
@@ -207,3 +207,43 @@ class CpuMeter:
         per = {role: (after[role] - before[role]) * scale for role in ROLES}
         per["total"] = sum(per.values())
         return per
+
+
+@dataclass(frozen=True, slots=True)
+class MachineSample:
+    """All CPUs' clock ticks so far, and this process's own with its reaped children's (wrk)."""
+
+    busy: int
+    total: int
+    mine: int
+
+
+def parse_proc_stat(text: str) -> tuple[int, int]:
+    """``(busy, total)`` ticks of all CPUs from /proc/stat's first line (user nice system idle iowait irq ...)."""
+    fields = text.split("\n", 1)[0].split()
+    if len(fields) < 8 or fields[0] != "cpu":
+        raise ValueError(f"not the cpu line of /proc/stat: {text[:80]!r}")
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(f) for f in fields[1:9])
+    busy = user + nice + system + irq + softirq + steal  # guest time is already inside user
+    return busy, busy + idle + iowait
+
+
+def machine_sample(proc: Path = PROC, ticks_per_second: int | None = None) -> MachineSample:
+    busy, total = parse_proc_stat(Path(proc, "stat").read_text())
+    times = os.times()
+    mine = times.user + times.system + times.children_user + times.children_system
+    return MachineSample(busy, total, round(mine * (ticks_per_second or os.sysconf("SC_CLK_TCK"))))
+
+
+def outside_share(before: MachineSample, after: MachineSample, measured_ticks: int) -> float:
+    """The share of the machine's CPU that other work used between two samples.
+
+    Everything busy minus ``measured_ticks`` (the server trees measured
+    meanwhile) and minus this process with its reaped children (wrk, once
+    waited for). NaN if no time passed.
+    """
+    total = after.total - before.total
+    if total <= 0:
+        return float("nan")
+    others = (after.busy - before.busy) - measured_ticks - (after.mine - before.mine)
+    return max(0.0, others / total)

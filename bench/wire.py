@@ -1,11 +1,12 @@
 """Decoding and checking a received SET frame, as a receiving worker and the hub do it, next to bare msgpack.
 
-``python -m bench.wire [--quick] [--frames N]``
+``python -m bench.wire [--quick] [--frames N] [--repeat N]``
 
 One SET frame of a whole nested session of about 1 KB of msgpack (dicts in
 lists in dicts; str, int, float, bool and None values), built by
-``wire.encode_set`` as a publisher sends it. Per frame, best of 5 (the
-loop's own cost removed):
+``wire.encode_set`` as a publisher sends it. Per frame, the best of many
+short timings (a shared machine preempts long ones; the loop's own cost
+removed):
 
 * ``msgpack.unpackb`` of the payload and of the session data it carries: the
   objects alone, no check (the floor any decoder pays);
@@ -121,31 +122,33 @@ def frame_loops(frames: list[bytes], wall: float) -> dict[str, Callable[[Sequenc
             "worker's record rule alone": rule_only, "  of which its data walk (scan_data)": walk_only}
 
 
-def measure(data: dict[str, Any], count: int, wall: float) -> tuple[dict[str, float], int, int]:
+def measure(data: dict[str, Any], count: int, repeat: int, wall: float) -> tuple[dict[str, float], int, int]:
     frames, data_bytes = set_frame(data, wall)
     items = [None] * count
-    results = {name: ns_per_op(loop, items) for name, loop in frame_loops(frames, wall).items()}
+    results = {name: ns_per_op(loop, items, repeat) for name, loop in frame_loops(frames, wall).items()}
     return results, data_bytes, len(frames[0]) + len(frames[1])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.wire", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer frames per timing")
-    parser.add_argument("--frames", type=int, default=None, help="frames per timing (default 20,000; 5,000 quick)")
+    parser.add_argument("--frames", type=int, default=2_000, help="frames per timing")
+    parser.add_argument("--repeat", type=int, default=None, help="timings, the best counts (default 25; 8 quick)")
     args = parser.parse_args(argv)
-    count = args.frames or (5_000 if args.quick else 20_000)
+    count = args.frames
+    repeat = args.repeat or (8 if args.quick else 25)
     wall = time.time()
 
     rows = []
     nested: dict[str, float] = {}
     for label, make in (("nested", nested_session), ("flat", flat_session)):
-        results, data_bytes, frame_bytes = measure(make(), count, wall)
+        results, data_bytes, frame_bytes = measure(make(), count, repeat, wall)
         if label == "nested":
             nested = results
         floor = results["msgpack.unpackb (payload + data)"]
         for name, ns in results.items():
             rows.append([f"{label} ({data_bytes:,} B data, {frame_bytes:,} B frame): {name}", ns, ns / floor])
-    print(render(f"\nns per received SET frame (best of 5, {count:,} frames, loop cost removed)",
+    print(render(f"\nns per received SET frame (best of {repeat} timings of {count:,} frames, loop cost removed)",
                  ["path", "ns/frame", "x msgpack"], rows))
 
     targets = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.web import CHECKS, VARIANTS, Result, parse_wrk, report, round_ratios
+from bench.web import CHECKS, VARIANTS, Result, busy_note, parse_wrk, report, round_ratios
 from bench.web_cpu import REQUEST_THREADS, ROLES
 
 WRK_OUTPUT = """Running 2s test @ http://127.0.0.1:39891/write
@@ -96,7 +96,24 @@ def test_ratios_are_medians_of_each_rounds_own_ratio() -> None:
     assert "2,000" in table and "4,000" in table
 
 
-def test_rounds_missing_a_variant_are_left_out() -> None:
+def test_rounds_missing_a_variant_or_serving_nothing_are_left_out() -> None:
     runs = results({("memsession", "read"): 1000.0, ("no session", "read"): 800.0}, round_=1)
     runs += results({("memsession", "read"): 5000.0}, round_=2)
+    runs += results({("memsession", "read"): 900.0, ("no session", "read"): 0.0}, round_=3)  # a stalled run
     assert round_ratios(runs, "memsession", "no session", "read") == [(1.25, 1.0)]
+    stalled = Result("no session", "read", 0.0, 0.0, 0.0, 0, cpu(float("nan")), 3)
+    runs = [r if (r.label, r.round) != ("no session", 3) else stalled for r in runs]
+    text = report(runs)
+    assert "1.25" in ratio_row(text, "read: memsession / no session")
+    no_session = next(line for line in text.splitlines() if line.startswith("no session"))
+    assert no_session.split()[-2] == "100"  # median CPU of the runs that served, not NaN
+
+
+def test_a_busy_machine_is_said_so() -> None:
+    def run(outside: float) -> Result:
+        return Result("memsession", "read", 1000.0, 1.0, 2.0, 0, cpu(100.0), 1, outside)
+
+    assert busy_note([run(0.02), run(0.08)]).startswith("other work on the machine used 5% of its CPU")
+    assert "NOTE" not in busy_note([run(0.02), run(0.08)])
+    assert "NOTE: the machine was busy" in busy_note([run(0.3), run(0.5), run(float("nan"))])
+    assert busy_note([]) == "other work on the machine: not measured"

@@ -17,9 +17,12 @@ from bench.web_cpu import (
     ROLES,
     SIDECAR,
     CpuMeter,
+    MachineSample,
     ProcStat,
     Snapshot,
     descendants,
+    outside_share,
+    parse_proc_stat,
     parse_stat,
     read_snapshot,
     read_stats,
@@ -192,3 +195,18 @@ def test_this_process_from_the_real_proc() -> None:
     snap = read_snapshot([os.getpid()])
     assert os.getpid() in snap.stats
     assert "pytest" in snap.cmdlines[os.getpid()] or "python" in snap.cmdlines[os.getpid()]
+
+
+def test_parse_proc_stat() -> None:
+    text = "cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 50 2 25 500 10 1 1 0 0 0\n"
+    assert parse_proc_stat(text) == (100 + 5 + 50 + 3 + 2 + 1, 100 + 5 + 50 + 3 + 2 + 1 + 1000 + 20)
+    with pytest.raises(ValueError):
+        parse_proc_stat("intr 1 2 3")
+
+
+def test_outside_share_is_what_neither_the_servers_nor_this_process_used() -> None:
+    before = MachineSample(busy=1000, total=5000, mine=100)
+    after = MachineSample(busy=1600, total=6000, mine=250)  # 600 busy of 1000: 300 servers, 150 us and wrk
+    assert outside_share(before, after, measured_ticks=300) == pytest.approx(0.15)
+    assert outside_share(before, after, measured_ticks=600) == 0.0  # never below zero (rounding of ticks)
+    assert outside_share(before, before, measured_ticks=0) != outside_share(before, before, 0)  # NaN

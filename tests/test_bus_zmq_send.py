@@ -33,6 +33,8 @@ class Listener:
         import zmq
 
         self.ctx = zmq.Context()
+        #: BATCH messages seen by ``changes``.
+        self.batches = 0
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.SUBSCRIBE, wire.PROTOCOL)
         self.sub.setsockopt(zmq.SUBSCRIBE, _PROBE)
@@ -62,6 +64,7 @@ class Listener:
             if (msg.origin, msg.epoch) != (origin, epoch) or msg.op not in (wire.SET, wire.BATCH):
                 continue
             items = msg.body if msg.op == wire.BATCH else [(msg.op, msg.body)]
+            self.batches += msg.op == wire.BATCH
             out += [(msg.seq + i, record) for i, (_, record) in enumerate(items)]
         return out
 
@@ -157,3 +160,21 @@ def test_heartbeats_carry_the_last_number_sent_whichever_thread_sent_it(hub):
             assert msg.seq == 200
             break
     cache.close()
+
+
+def test_a_stream_of_changes_travels_in_batches_numbered_as_its_changes(hub, monkeypatch):
+    from memsession.bus import zmq_sender
+
+    runtime_dir, listener = hub
+    monkeypatch.setattr(zmq_sender, "_QUIET", 3600.0)  # every change after the first follows it closely
+    bus = ZmqBus(runtime_dir=runtime_dir)
+    cache = SessionCache(bus=bus)
+    sid = new_id()
+    for n in range(600):
+        cache.set(sid, {"n": n})
+    origin, epoch = _stream(bus)
+    cache.close()
+    changes = listener.changes(origin, epoch, 600)
+    assert [(seq, r.data["n"]) for seq, r in changes] == [(n + 1, n) for n in range(600)]
+    assert bus.stats()["queued_sends"] >= 599  # (the first may have gone at once)
+    assert listener.batches > 0  # the sender thread's wake-ups carried several changes each

@@ -183,6 +183,47 @@ def test_out_of_order_arrivals_are_all_found_by_expire():
     assert len(cache) == 0
 
 
+def test_a_read_at_a_time_before_the_newest_access_still_expires_on_time():
+    """A lookup stamped earlier than an access already seen lands behind it in LRU order."""
+    cache, clock = make(idle=10, age=100)
+    cache["a"], cache["b"] = 1, 2
+    start = clock()
+    clock.advance(5)
+    cache["b"]  # the newest access: start + 5
+    assert cache.lookup("a", start + 1) == 1  # order now b, a; a expires at start + 11, b at start + 15
+    clock.advance(6.5)
+    assert cache.evict_expired() == [Eviction("a", 1, EVICTED_IDLE)]
+    assert list(iter(cache)) == ["b"]
+
+
+def test_an_entry_due_before_everything_held_is_swept_on_time():
+    """A sweep skips work until the earliest expiry it saw; an insert due sooner moves that point."""
+    cache, clock = make(idle=100, age=1000)
+    cache["long"] = 1
+    assert cache.evict_expired() == []
+    now = clock()
+    cache.insert("short", 2, accessed=now - 95)  # due at now + 5, long at now + 100
+    clock.advance(4)
+    assert cache.evict_expired() == []
+    clock.advance(2)
+    assert cache.evict_expired() == [Eviction("short", 2, EVICTED_IDLE)]
+    assert cache.insert("new", 3) == [] and sorted(cache) == ["long", "new"]
+
+
+def test_a_rewrite_here_and_now_keeps_the_age_and_slides_the_idle_expiry():
+    cache, clock = make(idle=10, age=25)
+    cache["k"] = 1
+    created = clock()
+    clock.advance(8)
+    cache["k"] = 2
+    assert cache.expires_at("k") == created + 18
+    clock.advance(8)
+    cache["k"] = 3
+    assert cache.expires_at("k") == created + 25  # capped by the age
+    clock.advance(9)
+    assert cache.evict_expired() == [Eviction("k", 3, EVICTED_MAX_AGE)]
+
+
 def test_a_future_access_time_counts_as_now():
     cache, clock = make(idle=10, age=100)
     cache.insert("k", 1, accessed=clock() + 1000)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from memsession import SessionCache, new_id, session_key
-from memsession.changes import merge_records, record_change, reflects, seen_of, stamps_of
+from memsession.changes import merge_records, record_change, record_set, reflects, seen_of, stamps_of
 from memsession.contrib.core import SessionManager, WebConfig, is_stale
 from memsession.cookies import CookieSigner
 from memsession.errors import SessionDestroyed, SessionTooLarge
@@ -80,6 +82,50 @@ def test_reflects_asks_for_the_writers_change_not_a_newer_version():
     assert not reflects(theirs, 20, 2)  # newer, yet without my change
     assert reflects(theirs, 20, 0)  # a cookie naming no writer can only compare versions
     assert is_stale(theirs, 20, 2) and not is_stale(mine, 20, 2)
+
+
+_names = st.sampled_from("abcde")
+_values = st.dictionaries(_names, st.integers(0, 3), max_size=5)
+#: One step of a session's history: (values it ends with, keys it removes, origin, set the whole session?).
+_steps = st.lists(st.tuples(_values, st.lists(_names, max_size=2), st.integers(1, 3), st.booleans()),
+                  max_size=5)
+
+
+def _history(steps, deleted):
+    """A base built the way sessions are: a run of changes and whole writes by up to three writers."""
+    base = None
+    version = 10
+    for values, removed, origin, whole in steps:
+        version += 10
+        live = base.data if base is not None else {}
+        gone = [k for k in dict.fromkeys(removed) if k not in values]
+        data = {k: v for k, v in {**live, **values}.items() if k not in gone}
+        if whole:
+            gone = [k for k in live if k not in values]
+            data = dict(values)
+        base, _ = record_change(base, KEY, data, values, gone, version=version, origin=origin,
+                                wall=100.0 + version, idle_timeout=50.0, max_age=500.0, flat=True, size=1)
+    if base is not None and deleted:
+        base = replace(base, data={}, deleted=True, stamps=None, seen=None)
+    return base, version
+
+
+@given(_steps, st.booleans(), _values, st.integers(1, 3), st.sampled_from([(50.0, 500.0), (None, 500.0),
+                                                                           (50.0, None), (None, None)]))
+def test_a_whole_session_write_holds_what_the_general_change_holds(steps, deleted, data, origin, timeouts):
+    """``record_set``'s short paths and ``record_change`` with every key set and every other one removed agree."""
+    base, version = _history(steps, deleted)
+    idle, age = timeouts
+    wall = 100.0 + version + 7
+    live = base.data if base is not None and not base.deleted else {}
+    removed = [k for k in live if k not in data]
+    expected, _ = record_change(base, KEY, data, data, removed, version=version + 10, origin=origin, wall=wall,
+                                idle_timeout=idle, max_age=age, flat=True, size=3)
+    got = record_set(base, KEY, data, version=version + 10, origin=origin, wall=wall, idle_timeout=idle,
+                     max_age=age, flat=True, size=3)
+    assert got == expected
+    assert (got.stamps, got.seen, got.size, got.flat, got.partial) == (
+        expected.stamps, expected.seen, expected.size, expected.flat, expected.partial)
 
 
 def test_a_key_both_set_and_removed_is_refused():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import msgpack
 import pytest
@@ -15,12 +16,17 @@ from memsession.session import (
     SID_LENGTH,
     Record,
     check_sid,
+    checked_key,
     compute_expires,
     copy_data,
+    copy_tree,
+    is_session_key,
     is_valid_sid,
     new_id,
+    pack_data,
     prepare_data,
     prepare_packed,
+    session_key,
     supersedes,
 )
 from memsession.testing import session_data
@@ -39,6 +45,66 @@ def test_malformed_ids_are_rejected(bad):
     assert not is_valid_sid(bad)
     with pytest.raises(InvalidSessionId):
         check_sid(bad)
+
+
+# What an id and a key are, stated as the regular expressions the exact checks replace.
+_SID = re.compile(r"[A-Za-z0-9_-]{43}")
+_KEY = re.compile(r"[0-9a-f]{64}")
+# Mostly the right alphabet, with the wrong characters that sit next to it in ASCII and beyond.
+_near_id = st.text(alphabet="AZaz09_-+/=.~ \n\x00\x7f\x80é\ud800G", min_size=40, max_size=46) | st.text(max_size=50)
+_near_key = st.text(alphabet="0123456789abcdefABCDEFg \x00é", min_size=62, max_size=66) | st.text(max_size=70)
+
+
+@given(_near_id)
+def test_the_id_check_accepts_exactly_43_characters_of_the_base64url_alphabet(text):
+    valid = _SID.fullmatch(text) is not None
+    assert is_valid_sid(text) is valid
+    if valid:
+        assert check_sid(text) == text and checked_key(text) == session_key(text)
+    else:
+        with pytest.raises(InvalidSessionId):
+            check_sid(text)
+        with pytest.raises(InvalidSessionId):
+            checked_key(text)
+
+
+@given(_near_key)
+def test_the_key_check_accepts_exactly_64_lowercase_hex_digits(text):
+    assert is_session_key(text) is (_KEY.fullmatch(text) is not None)
+
+
+def test_keys_of_issued_ids_pass_the_key_check_and_are_never_ids():
+    for sid in (new_id() for _ in range(200)):
+        key = checked_key(sid)
+        assert key == session_key(sid) and is_session_key(key) and not is_valid_sid(key)
+
+
+@given(session_data())
+def test_the_reused_packer_packs_as_packb_does(data):
+    assert pack_data(data) == msgpack.packb(data, use_bin_type=True)
+
+
+def test_a_failed_pack_leaves_nothing_behind_for_the_next():
+    with pytest.raises(TypeError):
+        pack_data({"a": [1, 2, object()]})
+    assert pack_data({"b": 1}) == msgpack.packb({"b": 1}, use_bin_type=True)
+
+
+def _containers(value, out):
+    if type(value) in (dict, list):
+        out.append(value)
+        for item in value.values() if type(value) is dict else value:
+            _containers(item, out)
+    return out
+
+
+@given(session_data())
+def test_a_tree_copy_equals_the_data_and_shares_no_container_with_it(data):
+    copy, _, _ = prepare_data(data, 1 << 20)  # as records hold data: tuples already lists
+    out = copy_tree(copy)
+    assert out == copy
+    held = {id(c) for c in _containers(copy, [])}
+    assert not any(id(c) in held for c in _containers(out, []))
 
 
 def test_invalid_id_error_does_not_echo_huge_input():

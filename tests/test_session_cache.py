@@ -81,6 +81,22 @@ def test_malformed_ids_miss_on_read_and_raise_on_write():
         cache.destroy("x" * 10)
 
 
+def test_ids_of_the_right_length_but_not_of_the_alphabet_miss_and_count_as_invalid():
+    cache, _ = make()
+    for bad in ("é" * 43, "!" * 43, "\ud800" * 43, "a" * 42 + "="):
+        assert cache.get(bad) is None
+    assert cache.stats()["invalid_ids"] == 4 and cache.stats()["misses"] == 0
+
+
+def test_get_finds_a_session_that_came_from_elsewhere_under_the_key_of_its_id():
+    """get() hashes the id itself: it must land on the key every other replica and store uses."""
+    cache, clock = make()
+    sid = new_id()
+    wall = clock.wall()
+    cache.apply(Record(session_key(sid), {"from": "elsewhere"}, 5 << 16, 7, wall, wall, wall + 60))
+    assert cache.get(sid) == {"from": "elsewhere"}
+
+
 def test_bad_data_fails_at_set_time_with_the_key_path():
     cache, _ = make()
     with pytest.raises(TypeError, match=r"session\['u'\]\['when'\]"):
