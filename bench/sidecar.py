@@ -17,7 +17,8 @@
    sidecar's path from frame to PostgreSQL batch sustains.
 3. Ceiling. The same PostgreSQL, same run: ``PostgresStore.save`` of fresh
    2,000-row batches (the sidecar's own write path, called directly) and a raw
-   ``COPY`` of the same rows into an unlogged-free plain table.
+   ``COPY`` of the same rows into an unlogged-free plain table, twice each (the
+   better run counts, as for the feeder).
 4. Recovery. Workers hold 100k sessions; the sidecar is SIGKILLed and
    started again: seconds until it has reloaded from PostgreSQL and every
    worker has repaired it (pushed its state, taken a snapshot) and all agree.
@@ -396,15 +397,18 @@ def main(argv: list[str] | None = None) -> int:
                       for i, r in enumerate(fed)]))
         fed_persisted = max(r["persisted"] for r in fed)
 
-        save_rate, copy_rate = pg_ceiling(fresh_db(), ceiling_rows)
+        # Twice, as the feeder runs, and the better of each counts: the ratios compare best with best.
+        ceilings = [pg_ceiling(fresh_db(), ceiling_rows) for _ in range(2)]
+        save_rate, copy_rate = max(c[0] for c in ceilings), max(c[1] for c in ceilings)
         pg_rows = [r for r in rows if r[0] == "PostgreSQL, fresh keys"]
         pg_hot = [r for r in rows if r[0] == "PostgreSQL, hot keys"]
         persisted = float(pg_rows[0][3]) if pg_rows else float("nan")  # type: ignore[arg-type]
         offered = float(pg_rows[0][1]) if pg_rows else float("nan")  # type: ignore[arg-type]
         applied_hot = float(pg_hot[0][2]) if pg_hot else float("nan")  # type: ignore[arg-type]
-        print(render(f"\nPostgreSQL's own bulk insert, same server, {ceiling_rows:,} rows",
-                     ["path", "rows/s"], [["PostgresStore.save, 2,000-row batches", save_rate],
-                                          ["raw COPY", copy_rate]]))
+        print(render(f"\nPostgreSQL's own bulk insert, same server, {ceiling_rows:,} rows, two runs",
+                     ["path", "rows/s", "rows/s"],
+                     [["PostgresStore.save, 2,000-row batches", *(c[0] for c in ceilings)],
+                      ["raw COPY", *(c[1] for c in ceilings)]]))
         rec = recovery(fresh_db(), sessions)
         print(render(f"\nrecovery after SIGKILL of the sidecar, {sessions:,} sessions in 2 workers",
                      ["phase", "seconds"], [["restart -> serving (warm load from PostgreSQL included)", rec["serving"]],

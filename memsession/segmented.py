@@ -117,7 +117,8 @@ class SegmentedLRUCache(ExpiringCache):
         if key in protected:
             self.__protected_size += node.size - old_size
             protected.move_to_end(key)
-            self.__demote_overflow(node)
+            if self.__protected_size > self.__limit or not self.__limit:
+                self.__demote_overflow(node)
         else:
             self._promote(key, node)
 

@@ -332,7 +332,15 @@ def _copy_dict(value: dict[str, Any]) -> dict[str, Any]:
     for key, item in out.items():
         kind = type(item)
         if kind is list:
-            out[key] = _copy_list(item)
+            # A list's own loop, here rather than in _copy_list: a session's lists are mostly of scalars.
+            copy = item.copy()
+            for index, element in enumerate(copy):
+                element_kind = type(element)
+                if element_kind is list:
+                    copy[index] = _copy_list(element)
+                elif element_kind is dict:
+                    copy[index] = _copy_dict(element)
+            out[key] = copy
         elif kind is dict:
             out[key] = _copy_dict(item)
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memsession import SessionCache, new_id, session_key
@@ -110,6 +110,7 @@ def _history(steps, deleted):
     return base, version
 
 
+@settings(deadline=None)  # no time limit per example: a loaded machine must not fail the test
 @given(_steps, st.booleans(), _values, st.integers(1, 3), st.sampled_from([(50.0, 500.0), (None, 500.0),
                                                                            (50.0, None), (None, None)]))
 def test_a_whole_session_write_holds_what_the_general_change_holds(steps, deleted, data, origin, timeouts):

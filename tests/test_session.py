@@ -7,10 +7,11 @@ import re
 
 import msgpack
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memsession import wire
+from memsession.admission import scan_data
 from memsession.errors import InvalidSessionId, SessionDataError, SessionTooLarge
 from memsession.session import (
     SID_LENGTH,
@@ -55,6 +56,7 @@ _near_id = st.text(alphabet="AZaz09_-+/=.~ \n\x00\x7f\x80é\ud800G", min_size=40
 _near_key = st.text(alphabet="0123456789abcdefABCDEFg \x00é", min_size=62, max_size=66) | st.text(max_size=70)
 
 
+@settings(deadline=None)  # no time limit per example: a loaded machine must not fail the test
 @given(_near_id)
 def test_the_id_check_accepts_exactly_43_characters_of_the_base64url_alphabet(text):
     valid = _SID.fullmatch(text) is not None
@@ -68,6 +70,7 @@ def test_the_id_check_accepts_exactly_43_characters_of_the_base64url_alphabet(te
             checked_key(text)
 
 
+@settings(deadline=None)  # no time limit per example: a loaded machine must not fail the test
 @given(_near_key)
 def test_the_key_check_accepts_exactly_64_lowercase_hex_digits(text):
     assert is_session_key(text) is (_KEY.fullmatch(text) is not None)
@@ -79,6 +82,7 @@ def test_keys_of_issued_ids_pass_the_key_check_and_are_never_ids():
         assert key == session_key(sid) and is_session_key(key) and not is_valid_sid(key)
 
 
+@settings(deadline=None)  # no time limit per example: a loaded machine must not fail the test
 @given(session_data())
 def test_the_reused_packer_packs_as_packb_does(data):
     assert pack_data(data) == msgpack.packb(data, use_bin_type=True)
@@ -90,6 +94,32 @@ def test_a_failed_pack_leaves_nothing_behind_for_the_next():
     assert pack_data({"b": 1}) == msgpack.packb({"b": 1}, use_bin_type=True)
 
 
+class _Text(str):
+    pass
+
+
+_odd_values = st.one_of(st.integers(-(2**64), 2**65), st.floats(), st.builds(_Text, st.text(max_size=3)),
+                        st.sets(st.integers(0, 2), max_size=1), st.lists(st.none(), max_size=2))
+_odd_data = st.dictionaries(st.one_of(st.text(max_size=3), st.integers(0, 2), st.builds(_Text, st.text(max_size=2))),
+                            st.one_of(st.text(max_size=3), st.booleans(), st.none(), st.binary(max_size=3), _odd_values),
+                            max_size=6)
+
+
+@settings(deadline=None)  # no time limit per example: a loaded machine must not fail the test
+@given(_odd_data | session_data(), st.integers(1, 8))
+def test_set_takes_and_refuses_exactly_what_the_data_rule_does(data, max_items):
+    """The set() door applies the data rule itself: the same data taken, the same refused at the same path."""
+    try:
+        expected = scan_data(data, 32, max_items)
+    except SessionDataError as exc:
+        with pytest.raises(SessionDataError) as info:
+            prepare_packed(data, 1 << 20, max_items)
+        assert info.value.path == exc.path
+    else:
+        _, _, flat = prepare_packed(data, 1 << 20, max_items)
+        assert flat is expected
+
+
 def _containers(value, out):
     if type(value) in (dict, list):
         out.append(value)
@@ -98,6 +128,7 @@ def _containers(value, out):
     return out
 
 
+@settings(deadline=None)  # no time limit per example: a loaded machine must not fail the test
 @given(session_data())
 def test_a_tree_copy_equals_the_data_and_shares_no_container_with_it(data):
     copy, _, _ = prepare_data(data, 1 << 20)  # as records hold data: tuples already lists
