@@ -84,7 +84,7 @@ class Replicator(OutgoingStream):
         self.counts.update(dict.fromkeys(
             ("queue_dropped", "received", "applied", "ignored", "duplicates",
              "gaps", "repairs", "hub_restarts", "stale_hub_beats", "resyncs", "snapshot_records", "write_failures",
-             "refused_records"),
+             "refused_records", "sent_whole"),
             0,
         ))
         self.dropped: dict[str, int] = {}
@@ -306,13 +306,38 @@ class Replicator(OutgoingStream):
         return seen is not None and not self.repair_due and self.clock.monotonic() - seen >= gather
 
     def holds_only_copy(self) -> bool:
-        """Whether changes published here may have reached no hub: a repair is due, the hub is late, or
-        we published since we last heard it (a process closing then would take them along)."""
+        """Whether changes published here may have reached no hub: ``hub_may_lack_ours``, or we
+        published since we last heard it (a process closing then would take them along)."""
+        return self.hub_may_lack_ours() or (self.seq > 0 and self.seq > self.seq_at_beat)
+
+    def hub_may_lack_ours(self) -> bool:
+        """Whether changes published here may not have reached the hub: a repair is due, or the hub
+        is late (not heard for 1.5 heartbeats) or not heard yet. False before we published any."""
         if self.seq == 0:
             return False
         last = self.last_hub_beat
-        return (self.repair_due or self.seq > self.seq_at_beat or last is None
-                or self.clock.monotonic() - last > 1.5 * self.config.heartbeat)
+        return self.repair_due or last is None or self.clock.monotonic() - last > 1.5 * self.config.heartbeat
+
+    def sendable(self, record: Record, packed: bytes | None) -> tuple[Record, bytes | None]:
+        """What goes on the bus for the local change ``record`` (``packed``: its data serialized).
+
+        A delta (``partial``: only the keys a change set) is sent as it is,
+        unless the hub may lack changes this process published before it
+        (``hub_may_lack_ours``: the hub was away or restarted and has not been
+        repaired yet). Then the whole session as held here travels instead: a
+        receiver that missed those changes would merge the delta into its older
+        copy, and that copy would name the newest change (``changes.reflects``)
+        while it lacks the ones before, so a request would be served it as the
+        newest. The whole session carries every key with its own stamp, so it
+        merges as the delta would, and completes what the receiver missed.
+        """
+        if not record.partial or not self.hub_may_lack_ours():
+            return record, packed
+        whole = self.cache.held(record.key)
+        if whole is None or whole.deleted or whole.partial:
+            return record, packed  # ended or gone since: the delta is all there is to send
+        self.counts["sent_whole"] += 1
+        return whole, None
 
     def silent(self) -> bool:
         """True when the hub has not been heard for ``silence`` seconds (checked by the transport)."""

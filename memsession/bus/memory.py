@@ -133,6 +133,8 @@ class MemoryBus:
         if self._closed or self.replicator is None:
             return
         rep = self.replicator
+        if type(record) is Record and record.partial:
+            record, packed = rep.sendable(record, packed)
         written = True
         if type(record) is Record and rep.needs_write(record):
             written = id(self) not in self.hub.cut

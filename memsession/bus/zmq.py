@@ -105,7 +105,13 @@ class ZmqBus:
         if self._closed:
             return
         # No getpid() check here (a system call per change): a fork runs _after_fork in the child.
-        self._sending.publish((record, packed) if packed is not None and isinstance(record, Record) else record)
+        if isinstance(record, Record):
+            rep = self.replicator
+            if record.partial and rep is not None:
+                record, packed = rep.sendable(record, packed)
+            self._sending.publish((record, packed) if packed is not None else record)
+        else:
+            self._sending.publish(record)
 
     def fetch(self, key: str, timeout: float | None = None) -> Record | None:
         return self.lookup(key, timeout)[1]
