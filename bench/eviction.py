@@ -45,14 +45,33 @@ from memsession.testing import FakeClock
 from persist.jsonfile import JsonFileStore
 from persist.persistence import PersistConfig, Persistence
 
-from .core import facade_loops
 from .table import ns_per_op, render, verdict
 
 MAXSIZE = 10_000
 USERS = 1_000
 FLOOD_PER_SECOND = 20_000
 IDLE, MAX_AGE = 1800.0, 43200.0
+Loop = Callable[[Sequence[str]], None]
 POLICIES = (("segmented LRU", Config().protected_fraction), ("plain LRU", 0.0))
+
+
+
+def facade_loops(facade: SessionCache, value: Any) -> tuple[Loop, Loop, Loop]:
+    """Timing loops over ``facade``'s get, set (of ``value``) and touch, its methods bound once."""
+
+    def f_get(ks: Sequence[str], get: Any = facade.get) -> None:
+        for k in ks:
+            get(k)
+
+    def f_set(ks: Sequence[str], put: Any = facade.set, v: Any = value) -> None:
+        for k in ks:
+            put(k, v)
+
+    def f_touch(ks: Sequence[str], touch: Any = facade.touch) -> None:
+        for k in ks:
+            touch(k)
+
+    return f_get, f_set, f_touch
 
 
 @dataclass
