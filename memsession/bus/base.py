@@ -315,7 +315,8 @@ class Replicator(OutgoingStream):
         is late (not heard for 1.5 heartbeats) or not heard yet. False before we published any."""
         if self.seq == 0:
             return False
-        last = self.last_hub_beat
+        # A worker that has just joined heard the hub answer its snapshot, if no beat yet.
+        last = self.last_hub_beat if self.last_hub_beat is not None else self.hub_seen
         return self.repair_due or last is None or self.clock.monotonic() - last > 1.5 * self.config.heartbeat
 
     def sendable(self, record: Record, packed: bytes | None) -> tuple[Record, bytes | None]:
