@@ -17,6 +17,8 @@ on a fake clock (the waits themselves are real and bounded by a short
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from memsession import SessionCache
@@ -30,7 +32,7 @@ BUDGET = 0.3
 
 
 @pytest.fixture
-def world() -> tuple[MemoryHub, SessionCache, SessionCache, SessionManager, SessionManager]:
+def world() -> Iterator[tuple[MemoryHub, SessionCache, SessionCache, SessionManager, SessionManager]]:
     clock = FakeClock()
     hub = MemoryHub(clock=clock)
     writer = SessionCache(clock=clock, bus=MemoryBus(hub), outage_budget=BUDGET)
@@ -81,8 +83,8 @@ def _push(writer: SessionCache) -> None:
 
 
 def test_a_copy_that_missed_a_change_is_not_served_after_a_delta_from_a_new_hub(world) -> None:
-    _hub, _writer, reader, _, on_reader = world
-    sid, cookie = _restart_while_the_writer_writes(world)
+    _hub, _writer, _reader, _, on_reader = world
+    _sid, cookie = _restart_while_the_writer_writes(world)
     try:
         session = on_reader.open(cookie)
     except SessionUnavailable:
