@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from memsession import SessionCache
+from memsession import SessionCache, new_id
 from memsession.bus import MemoryBus, MemoryHub
 from memsession.contrib.core import SessionManager, WebConfig
 from memsession.errors import SessionUnavailable
@@ -129,3 +129,16 @@ def test_deltas_travel_as_deltas_while_the_hub_has_everything_and_whole_after_an
     assert writer.bus.stats()["sent_whole"] == 1
     sid = on_writer.verify(cookie)[0]
     assert reader.get(sid) == {"a": "1", "b": "4", "c": "3"}
+
+
+def test_a_worker_that_has_just_joined_sends_its_changes_as_deltas() -> None:
+    clock = FakeClock()
+    hub = MemoryHub(clock=clock)
+    writer = SessionCache(clock=clock, bus=MemoryBus(hub))  # joined by its snapshot, no hub beat heard yet
+    try:
+        sid = new_id()
+        writer.set(sid, {"a": "1"})
+        writer.change(sid, {"b": "2"})
+        assert writer.bus.stats()["sent_whole"] == 0
+    finally:
+        writer.close()
