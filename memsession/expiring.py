@@ -33,6 +33,7 @@ from typing import Any
 
 from cachetools import Cache
 
+from .cache_copy import clone, shared
 from .deadlines import Node
 from .expiring_views import ExpiringViews
 from .sweep import EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE, Eviction, ExpirySweep
@@ -167,6 +168,25 @@ class ExpiringCache(ExpiringViews):
             reuse = self._reuse
             reuse(key)
         return node.value
+
+    # -- copies --------------------------------------------------------------
+
+    def __copy__(self) -> ExpiringCache:
+        """A copy that shares the values and the clock, nothing else (as ``cachetools.LRUCache`` since 8.0).
+
+        Changing, reading (which reorders) or expiring entries of one never
+        touches the other; each entry keeps its age and idle deadline.
+        """
+        memo = shared(self._timer, self.getsizeof)
+        for order in self._primary:
+            for node in order.values():
+                memo[id(node.value)] = node.value
+        return clone(self, memo)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ExpiringCache:
+        """A copy with copied values; the clock stays shared (a copy keeps the original's time)."""
+        memo.update(shared(self._timer, self.getsizeof))
+        return clone(self, memo)
 
     # -- writing -----------------------------------------------------------
 
