@@ -30,10 +30,12 @@ if KIND == "memsession":
 elif KIND == "unreplicated":
     from memsession import SessionCache
     from memsession.contrib.flask import MemSession
+    from memsession.contrib.workers import allow_unshared
     from memsession.session import new_id
 
     MemSession(app, cache=SessionCache())
     floor_manager = app.extensions["memsession"]
+    allow_unshared(floor_manager.cache)  # a floor, not a deployment: each worker's copy on purpose
     _floor_sid = new_id()
     _floor_record = floor_manager.cache.set(_floor_sid, {"n": 0})
     # The cookie of the session as both workers inherit it: every later write on either

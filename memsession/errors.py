@@ -5,7 +5,8 @@ psycopg, httpx, pyzmq and the operating system are translated into it at the
 boundary where they happen (``raise ... from exc``) so callers catch one tree::
 
     MemsessionError
-    ├── ConfigError(ValueError)            bad option at construction  .option .value
+    ├── ConfigError(ValueError)            bad option at construction, .option .value
+    │                                      or private sessions in one of several workers
     ├── SessionError
     │   ├── InvalidSessionId(ValueError)   malformed id                .sid
     │   ├── SessionDataError(TypeError)    value not JSON-like         .path .value
@@ -59,7 +60,13 @@ class MemsessionError(Exception):
 
 
 class ConfigError(MemsessionError, ValueError):
-    """An option has an invalid value; raised at construction, never at first use."""
+    """An option has an invalid value; raised at construction, never at first use.
+
+    One exception: a web integration whose cache keeps private sessions while
+    other worker processes serve the same app raises it on its first request
+    (and every one after), the first moment the server is known
+    (``memsession.contrib.workers``).
+    """
 
     def __init__(self, option: str, value: Any, reason: str) -> None:
         super().__init__(f"{option}={value!r}: {reason}")

@@ -19,7 +19,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*install `httpx2`", category=UserWarning)
     from starlette.testclient import TestClient
 
-from memsession import SessionCache
+from memsession import ConfigError, SessionCache
 from memsession.contrib.asgi import SessionMiddleware
 from memsession.session import Record
 
@@ -181,3 +181,23 @@ def test_a_session_grown_past_the_limit_is_one_500_and_one_log_line_and_stays_as
         assert "max_session_bytes=256" in records[0].getMessage()
         assert stored(cache) == before
         assert client.get("/").json() == {"a": 1}
+
+
+def _app_with(**options) -> TestClient:
+    return TestClient(Starlette(routes=routes, middleware=[Middleware(SessionMiddleware, secret_key=SECRET, **options)]))
+
+
+def test_with_cache_given_the_cookie_follows_the_caches_idle_timeout() -> None:
+    cache = SessionCache(idle_timeout=60, max_age=None)
+    for options in ({"cache": cache}, {"cache": cache, "max_age": 60}):  # left out, or the same
+        with _app_with(**options) as client:
+            assert "Max-Age=60" in client.post("/set", json={"user": "ada"}).headers["set-cookie"]
+
+
+def test_a_max_age_the_given_cache_cannot_honour_is_refused_not_ignored() -> None:
+    with pytest.raises(ConfigError, match=r"max_age=60: is the idle timeout.*idle_timeout=1800"):
+        SessionMiddleware(read, secret_key=SECRET, max_age=60, cache=SessionCache())
+    with pytest.raises(ConfigError, match="cache options can't be combined with cache="):
+        SessionMiddleware(read, secret_key=SECRET, idle_timeout=60, cache=SessionCache())
+    # A browser-session cookie is the cookie's business, not the cache's: allowed with any cache.
+    assert SessionMiddleware(read, secret_key=SECRET, max_age=None, cache=SessionCache()).manager.config.permanent is False

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import timedelta
+from email.utils import parsedate_to_datetime
 
 import django
 import pytest
@@ -43,6 +45,7 @@ from django.utils import timezone
 from memsession import SessionCache, is_valid_sid
 from memsession.contrib import django as backend
 from memsession.contrib.django import SessionStore, get_cache, set_cache
+from memsession.testing import FakeClock
 from persist import Persistence
 
 CACHE_OPTIONS = {"maxsize": 1000, "max_age": 3600, "idle_timeout": 1209600}
@@ -70,6 +73,12 @@ def run(coro):
 
 
 class TestSessionContract:
+    @pytest.fixture(autouse=True, params=[True, False], ids=["USE_TZ=True", "USE_TZ=False"])
+    def use_tz(self, request):
+        # Django's own session tests run under both settings: naive and aware datetimes.
+        with override_settings(USE_TZ=request.param):
+            yield
+
     def test_new_session(self, session) -> None:
         assert session.modified is False and session.accessed is False
 
@@ -188,9 +197,13 @@ class TestSessionContract:
         assert is_valid_sid(session.session_key)
 
     def test_default_expiry(self, session) -> None:
-        assert session.get_expiry_age() == settings.SESSION_COOKIE_AGE
+        # Django's check, with memsession's one difference: the age never goes past the cache's
+        # max_age (3600 s here), so a cookie never outlives its session.
+        assert session.get_expiry_age() == min(settings.SESSION_COOKIE_AGE, 3600)
         session.set_expiry(0)
-        assert session.get_expiry_age() == settings.SESSION_COOKIE_AGE
+        assert session.get_expiry_age() == min(settings.SESSION_COOKIE_AGE, 3600)
+        set_cache(SessionCache(maxsize=10, idle_timeout=settings.SESSION_COOKIE_AGE, max_age=None))
+        assert SessionStore().get_expiry_age() == settings.SESSION_COOKIE_AGE  # Django's own, exactly
 
     def test_custom_expiry_seconds(self, session) -> None:
         modification = timezone.now()
@@ -208,7 +221,7 @@ class TestSessionContract:
         session.set_expiry(None)
         session.set_expiry(10)
         session.set_expiry(None)
-        assert session.get_expiry_age() == settings.SESSION_COOKIE_AGE
+        assert session.get_expiry_age() == min(settings.SESSION_COOKIE_AGE, 3600)
 
     def test_get_expire_at_browser_close(self, session) -> None:
         for at_close, expected in ((False, (False, True, False)), (True, (False, True, True))):
@@ -453,6 +466,40 @@ def test_middleware_with_an_unknown_key_gives_a_fresh_session() -> None:
     assert client.get("/me").json() == {}
     response = client.get("/add?key=k")
     assert response.cookies["sessionid"].value != "x" * 43
+
+
+@pytest.mark.parametrize("use_tz", [True, False])
+def test_an_expiry_set_as_a_timedelta_loads_under_either_time_zone_setting(use_tz: bool) -> None:
+    with override_settings(USE_TZ=use_tz):
+        session = SessionStore()
+        session["k"] = "v"
+        session.set_expiry(timedelta(minutes=5))
+        session.save()
+        again = SessionStore(session.session_key)
+        assert again["k"] == "v" and 299 <= again.get_expiry_age() <= 300
+
+
+@pytest.mark.parametrize("use_tz", [True, False])
+def test_the_cookie_ends_when_the_session_does_at_the_latest(use_tz: bool) -> None:
+    """Max-Age is Django's lifetime, cut to what the cache's ``max_age`` leaves of the session."""
+    clock = FakeClock(wall=time.time())
+    set_cache(SessionCache(clock=clock, **CACHE_OPTIONS))  # max_age 3600, idle timeout 14 days
+    with override_settings(USE_TZ=use_tz):
+        client = Client()
+        first = client.get("/add?key=a").cookies["sessionid"]
+        assert first["max-age"] == 3600
+        clock.advance(3000)
+        later = client.get("/add?key=b").cookies["sessionid"]
+        assert later.value == first.value and later["max-age"] == 600
+        expires = parsedate_to_datetime(later["expires"]).timestamp()
+        assert abs(expires - (time.time() + 600)) < 5
+        # set_expiry shorter than what is left wins, as in Django.
+        session = SessionStore(first.value)
+        session.set_expiry(60)
+        session.save()
+        assert session.get_expiry_age() == 60
+        clock.advance(590)
+        assert SessionStore(first.value).get_expiry_age() == 10
 
 
 def test_module_exposes_a_session_engine() -> None:

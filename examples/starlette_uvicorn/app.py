@@ -44,8 +44,8 @@ app = Starlette(
         Middleware(
             SessionMiddleware,
             secret_key=os.environ.get("SECRET_KEY", "change-me: examples only"),
-            max_age=30 * 60,  # idle timeout, as in Starlette's own SessionMiddleware
-            cache=SessionCache(bus=ZmqBus(runtime_dir=os.environ["MEMSESSION_RUNTIME_DIR"])),
+            # The cache's timeouts are the sessions' (and the cookie's): no max_age here.
+            cache=SessionCache(idle_timeout=30 * 60, bus=ZmqBus(runtime_dir=os.environ["MEMSESSION_RUNTIME_DIR"])),
         )
     ],
 )

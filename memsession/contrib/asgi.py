@@ -9,8 +9,11 @@
 It takes Starlette's ``SessionMiddleware`` arguments (``secret_key``,
 ``session_cookie``, ``max_age``, ``path``, ``same_site``, ``https_only``,
 ``domain``, ``partitioned``) and memsession's own (``WebConfig`` and cache ``Config`` fields,
-``cache=``, ``manager=``). ``max_age`` becomes the idle timeout; ``None``
-makes the cookie a browser-session cookie.
+``cache=``, ``manager=``). ``max_age`` becomes the idle timeout (Starlette's
+default, 14 days, when it is not given); with ``cache=`` the cache's own idle
+timeout counts and a different ``max_age`` is refused (``ConfigError``), since
+the cookie could not honour it. ``None`` makes the cookie a browser-session
+cookie.
 
 At login, call ``request.session.regenerate()``: the session's data moves to
 a new id when the response starts and the old id is destroyed everywhere, so a
@@ -38,7 +41,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from ..errors import SessionTooLarge
+from ..errors import ConfigError, SessionTooLarge
 from ..session_cache import SessionCache
 from .core import (
     UNAVAILABLE,
@@ -58,6 +61,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _STARLETTE_DEFAULT_MAX_AGE = 14 * 24 * 3600
+#: ``max_age`` not given: Starlette's default, or the idle timeout of the ``cache=`` given.
+_DEFAULT: Any = object()
 #: WebSocket close code "try again later" (RFC 6455 registry).
 _TRY_AGAIN_LATER = 1013
 
@@ -90,7 +95,7 @@ class SessionMiddleware:
         app: ASGIApp,
         secret_key: str | bytes | None = None,
         session_cookie: str = "session",
-        max_age: int | None = _STARLETTE_DEFAULT_MAX_AGE,
+        max_age: int | None = _DEFAULT,  # Starlette's 14 days, or the cache='s idle timeout
         path: str = "/",
         same_site: str = "lax",
         https_only: bool = False,
@@ -114,10 +119,18 @@ class SessionMiddleware:
             if max_age is None:
                 options.setdefault("permanent", False)
             elif cache is None:
-                options.setdefault("idle_timeout", max_age)
+                options.setdefault("idle_timeout", _STARLETTE_DEFAULT_MAX_AGE if max_age is _DEFAULT else max_age)
+            elif max_age is not _DEFAULT and max_age != cache.config.idle_timeout:
+                # The cache decides when its sessions end, and the cookie says what it decided:
+                # a max_age it can't honour would be ignored without a word.
+                raise ConfigError("max_age", max_age, f"is the idle timeout, and the cache= given has its own "
+                                  f"(idle_timeout={cache.config.idle_timeout!r}): build that cache with "
+                                  f"SessionCache(idle_timeout={max_age!r}, ...) or leave max_age out")
             manager = SessionManager.build(cache, **options)
         self.manager = manager
         self._cookie_name = manager.config.cookie_name.encode("latin-1")
+        # Starlette builds its middleware when the server starts the app (lifespan): refused there, loudly.
+        manager.check_shared("memsession.contrib.asgi")
 
     def _cookie_values(self, scope: Scope) -> list[str]:
         values: list[str] = []
@@ -132,6 +145,7 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
             return
         manager = self.manager
+        manager.check_shared("memsession.contrib.asgi")
         values = self._cookie_values(scope)
         try:
             if values and manager.needs_catch_up(values):

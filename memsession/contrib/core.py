@@ -52,6 +52,7 @@ from ..session_cache import SessionCache
 from .config import WebConfig
 from .cookie import Cookie, HttpDates, cookie_attributes, parse_cookie_header, set_cookie_header
 from .session import Session, diff
+from .workers import refuse_unshared
 
 __all__ = [
     "UNAVAILABLE", "Cookie", "Session", "SessionManager", "WebConfig", "catch_up", "current_record", "diff",
@@ -162,6 +163,7 @@ class SessionManager:
         self._http_dates = HttpDates()
         self._wait_for = getattr(cache, "wait_for", None)
         self._counts = dict.fromkeys(("bad_cookies", "stale_reads", "waits"), 0)
+        self._shared_checked = False
 
     @classmethod
     def build(cls, cache: SessionCache | None = None, **options: Any) -> SessionManager:
@@ -173,6 +175,18 @@ class SessionManager:
         if cache is None:
             cache = SessionCache(**cache_opts)
         return cls(cache, WebConfig(**web))
+
+    def check_shared(self, integration: str, multiprocess: object = None) -> None:
+        """Refuse (``ConfigError``) to serve private sessions in one of several workers; checked until it passes.
+
+        Integrations call it on each request before ``open`` (a flag test once
+        it has passed): at their first request a server integration has
+        connected the caches made at import. ``multiprocess``: the WSGI
+        environ's ``wsgi.multiprocess``.
+        """
+        if not self._shared_checked:
+            refuse_unshared(self.cache, integration, multiprocess)
+            self._shared_checked = True
 
     def stats(self) -> dict[str, int]:
         return dict(self._counts)

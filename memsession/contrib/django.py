@@ -48,7 +48,7 @@ cookies stay as they were (with Django's own middleware the
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -56,6 +56,7 @@ from django.conf import settings
 from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
 from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
 from django.http import HttpResponse
+from django.utils.timezone import now as django_now
 
 from ..clock import version_wall_ms
 from ..cookies import CookieSigner
@@ -72,13 +73,17 @@ from .core import (
     too_large_reply,
     unavailable_reply,
 )
+from .workers import refuse_unshared
 
 __all__ = ["SessionMiddleware", "SessionStore", "get_cache", "set_cache"]
 
+_INF = float("inf")
 _setup_lock = threading.Lock()
 # Serialises read-newest/merge/write between this process's threads.
 _write_lock = threading.Lock()
 _cache: SessionCache | None = None
+#: This process's cache was checked to be shared when other workers serve the app (``workers``).
+_shared_checked = False
 
 
 def _settings() -> tuple[dict[str, Any], float]:
@@ -117,21 +122,28 @@ def get_cache() -> SessionCache:
 
 def set_cache(cache: SessionCache | None) -> SessionCache | None:
     """Use ``cache`` from now on (None: build from settings again); return the previous one."""
-    global _cache
+    global _cache, _shared_checked
     with _setup_lock:
         previous, _cache = _cache, cache
+        _shared_checked = False
     return previous
 
 
 def _last_write(record: Record) -> datetime:
-    return datetime.fromtimestamp(version_wall_ms(record.version) / 1000.0, tz=timezone.utc)
+    """When ``record`` was written, as Django's ``timezone.now()`` gives times: aware only with ``USE_TZ``."""
+    seconds = version_wall_ms(record.version) / 1000.0
+    return datetime.fromtimestamp(seconds, tz=timezone.utc) if settings.USE_TZ else datetime.fromtimestamp(seconds)
 
 
 class SessionStore(SessionBase):
     """Django's ``request.session`` kept in memsession."""
 
     def __init__(self, session_key: str | None = None) -> None:
+        global _shared_checked
         self._cache = get_cache()
+        if not _shared_checked:
+            refuse_unshared(self._cache, "memsession.contrib.django")
+            _shared_checked = True
         # The data as loaded; a save writes only what differs from it.
         self._base: dict[str, Any] | None = None
         #: Stamp (version, writer origin) of the user's last write, from the companion cookie (0: unknown).
@@ -142,6 +154,8 @@ class SessionStore(SessionBase):
         self.written: tuple[str, Record] | None = None
         #: ``(sid, record)`` found by ``resolve`` before the view, used by the first load.
         self._resolved: tuple[str, Record | None] | None = None
+        #: ``(sid, record)`` the last load found.
+        self._loaded: tuple[str, Record] | None = None
         super().__init__(session_key)
 
     def _current(self, sid: str) -> Record | None:
@@ -189,6 +203,7 @@ class SessionStore(SessionBase):
             return {}
         self._cache.touch(sid)
         self._base = record.data
+        self._loaded = (sid, record)
         return copy_data(record)
 
     def exists(self, session_key: str | None) -> bool:
@@ -253,6 +268,39 @@ class SessionStore(SessionBase):
 
     async def aexists(self, session_key: str | None) -> bool:
         return self.exists(session_key)
+
+    # The cookie's lifetime: Django's (``SESSION_COOKIE_AGE`` or ``set_expiry``), never past
+    # the moment the session ends here (its idle timeout or the cache's ``max_age``).
+    def get_expiry_age(self, **kwargs: Any) -> int:
+        age: int = super().get_expiry_age(**kwargs)
+        left = None if kwargs else self._seconds_left()
+        return age if left is None else min(age, left)
+
+    def get_expiry_date(self, **kwargs: Any) -> datetime:
+        date: datetime = super().get_expiry_date(**kwargs)
+        left = None if kwargs else self._seconds_left()
+        if left is None:
+            return date
+        return min(date, django_now() + timedelta(seconds=left))
+
+    def _seconds_left(self) -> int | None:
+        """Whole seconds the session has left in the cache if it is saved now; None if it never ends.
+
+        Django asks before it saves: a save counts as a use (the idle timeout
+        starts again), while the absolute end stays where the session's
+        creation put it (now, for a session not stored yet).
+        """
+        config = self._cache.config
+        now = self._cache.clock.wall()
+        created = now
+        sid = self.session_key
+        for known in (self.written, self._loaded):
+            if known is not None and known[0] == sid:
+                created = known[1].created
+                break
+        ends = min(now + config.idle_timeout if config.idle_timeout is not None else _INF,
+                   created + config.max_age if config.max_age is not None else _INF)
+        return None if ends == _INF else max(0, int(ends - now))
 
     def _expired(self, record: Record) -> bool:
         expiry = record.data.get("_session_expiry")

@@ -155,6 +155,7 @@ class MemSessionInterface(SessionInterface):
     def open_session(self, app: Flask, request: Request) -> FlaskSession:
         # The Cookie header itself, not request.cookies: that parses every cookie
         # into a MultiDict, on every request, to find this one.
+        self.manager.check_shared("memsession.contrib.flask", request.environ.get("wsgi.multiprocess"))
         header = request.environ.get("HTTP_COOKIE")
         values = parse_cookie_header(header, self.manager.config.cookie_name) if header else None
         try:

@@ -67,6 +67,7 @@ class SessionMiddleware:
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         manager = self.manager
+        manager.check_shared("memsession.contrib.wsgi", environ.get("wsgi.multiprocess"))
         header = environ.get("HTTP_COOKIE", "")
         values = parse_cookie_header(header, self._cookie_name) if header else []
         try:
