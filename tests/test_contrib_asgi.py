@@ -201,3 +201,39 @@ def test_a_max_age_the_given_cache_cannot_honour_is_refused_not_ignored() -> Non
         SessionMiddleware(read, secret_key=SECRET, idle_timeout=60, cache=SessionCache())
     # A browser-session cookie is the cookie's business, not the cache's: allowed with any cache.
     assert SessionMiddleware(read, secret_key=SECRET, max_age=None, cache=SessionCache()).manager.config.permanent is False
+
+
+def test_every_memsession_option_is_a_named_argument() -> None:
+    from dataclasses import fields
+
+    from memsession.config import Config
+    from memsession.contrib.asgi import OWN_OPTIONS
+    from memsession.contrib.config import WebConfig
+
+    # Starlette's own arguments stand for these; the absolute max_age comes with cache=.
+    through_starlette = {"cookie_name", "cookie_path", "cookie_samesite", "cookie_secure", "cookie_domain",
+                         "cookie_partitioned", "permanent", "max_age"}
+    every = {f.name for f in fields(WebConfig)} | {f.name for f in fields(Config)}
+    assert set(OWN_OPTIONS) == every - through_starlette
+    middleware = SessionMiddleware(read, secret_key=SECRET, maxsize=7, salt="s", cookie_httponly=False)
+    assert middleware.manager.cache.config.maxsize == 7
+    assert (middleware.manager.config.salt, middleware.manager.config.cookie_httponly) == ("s", False)
+
+
+async def typed_logout(request: Request) -> PlainTextResponse:
+    from memsession.contrib.asgi import get_session
+
+    get_session(request).destroy()
+    return PlainTextResponse("bye")
+
+
+def test_get_session_is_the_requests_session_typed() -> None:
+    from memsession.contrib.asgi import get_session
+
+    app = Starlette(routes=[*routes, Route("/typed-logout", typed_logout, methods=["POST"])],
+                    middleware=[Middleware(SessionMiddleware, secret_key=SECRET)])
+    with TestClient(app) as client:
+        client.post("/set", json={"user": "ada"})
+        assert "Max-Age=0" in client.post("/typed-logout").headers["set-cookie"]
+    with pytest.raises(TypeError, match="SessionMiddleware"):
+        get_session({"type": "http", "session": {}})

@@ -343,3 +343,27 @@ def test_a_new_session_over_the_limit_stores_nothing_and_sets_no_cookie(caplog) 
     assert response.status_code == 500 and cookie_of(response) is None
     assert len(caplog.records) == 1, caplog.text
     assert stored(app) == {}
+
+
+def test_get_session_is_flask_session_typed() -> None:
+    from memsession.contrib.flask import FlaskSession, get_session
+
+    app = make_app()
+
+    @app.post("/typed-regenerate")
+    def typed_regenerate():
+        typed = get_session()
+        assert isinstance(typed, FlaskSession) and typed is session._get_current_object()
+        typed.regenerate()
+        return "ok"
+
+    client = app.test_client()
+    client.post("/set", json={"user": "ada"})
+    before = client.get_cookie("session").value
+    client.post("/typed-regenerate")
+    assert client.get_cookie("session").value.split(".")[0] != before.split(".")[0]
+    assert client.get("/read").get_json() == {"user": "ada"}
+    plain = Flask(__name__)
+    plain.secret_key = "k"
+    with plain.test_request_context("/"), pytest.raises(TypeError, match="MemSession"):
+        get_session()

@@ -36,7 +36,7 @@ reach a store) run in a worker thread.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 import anyio.to_thread
@@ -52,7 +52,7 @@ from .core import (
     unavailable_reply,
 )
 
-__all__ = ["SessionMiddleware"]
+__all__ = ["SessionMiddleware", "get_session"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -63,6 +63,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _STARLETTE_DEFAULT_MAX_AGE = 14 * 24 * 3600
 #: ``max_age`` not given: Starlette's default, or the idle timeout of the ``cache=`` given.
 _DEFAULT: Any = object()
+#: memsession's options the middleware takes by name, besides Starlette's (``WebConfig`` and cache
+#: ``Config`` fields; the cache's absolute ``max_age`` needs ``cache=``: Starlette's ``max_age`` is
+#: the idle timeout).
+OWN_OPTIONS = ("secret_keys", "cookie_httponly", "refresh_each_request", "consistency_timeout", "salt",
+               "maxsize", "protected_fraction", "idle_timeout", "touch_interval", "tombstone_ttl",
+               "max_session_bytes", "max_session_items", "max_skew", "outage_budget")
 #: WebSocket close code "try again later" (RFC 6455 registry).
 _TRY_AGAIN_LATER = 1013
 
@@ -87,6 +93,21 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, exc: BaseException
     await send({"type": "http.response.body", "body": body})
 
 
+def get_session(connection: Any) -> Session:
+    """The request's (or WebSocket's, or scope's) session, typed: ``get_session(request).regenerate()``.
+
+    Starlette types ``request.session`` as a plain ``dict``, which has no
+    ``regenerate()`` or ``destroy()``. Raises ``TypeError`` when the session
+    is not memsession's (``SessionMiddleware`` not installed).
+    """
+    scope = getattr(connection, "scope", connection)
+    current = scope.get("session") if isinstance(scope, MutableMapping) else None
+    if not isinstance(current, Session):
+        raise TypeError("no memsession session on this connection: is memsession.contrib.asgi.SessionMiddleware "
+                        "in the app's middleware?")
+    return current
+
+
 class SessionMiddleware:
     """Starlette-compatible session middleware backed by a ``SessionCache``."""
 
@@ -104,9 +125,26 @@ class SessionMiddleware:
         *,
         cache: SessionCache | None = None,
         manager: SessionManager | None = None,
-        **options: Any,
+        # memsession's own options, named (not ``**options``) so that type checkers can follow
+        # ``Middleware(SessionMiddleware, ...)``; the cache ones only without ``cache=``.
+        secret_keys: Sequence[str | bytes] = _DEFAULT,
+        cookie_httponly: bool = _DEFAULT,
+        refresh_each_request: bool = _DEFAULT,
+        consistency_timeout: float = _DEFAULT,
+        salt: str = _DEFAULT,
+        maxsize: int = _DEFAULT,
+        protected_fraction: float = _DEFAULT,
+        idle_timeout: float | None = _DEFAULT,
+        touch_interval: float = _DEFAULT,
+        tombstone_ttl: float = _DEFAULT,
+        max_session_bytes: int = _DEFAULT,
+        max_session_items: int = _DEFAULT,
+        max_skew: float = _DEFAULT,
+        outage_budget: float = _DEFAULT,
     ) -> None:
         self.app = app
+        given = locals()
+        options: dict[str, Any] = {name: given[name] for name in OWN_OPTIONS if given[name] is not _DEFAULT}
         if manager is None:
             if secret_key is not None:
                 options.setdefault("secret_keys", (str(secret_key),) if not isinstance(secret_key, bytes) else (secret_key,))

@@ -48,6 +48,7 @@ from typing import Any
 
 import flask
 from flask import Flask, Request, Response
+from flask import session as flask_session
 from flask.sessions import SessionInterface, SessionMixin
 
 from ..config import Config
@@ -63,7 +64,7 @@ from .core import (
     unavailable_reply,
 )
 
-__all__ = ["FlaskSession", "MemSession", "MemSessionInterface", "config_from_flask"]
+__all__ = ["FlaskSession", "MemSession", "MemSessionInterface", "config_from_flask", "get_session"]
 
 
 class FlaskSession(Session, SessionMixin):
@@ -71,6 +72,19 @@ class FlaskSession(Session, SessionMixin):
 
     #: Why the request's session could not be resolved (then the request is answered 503).
     unavailable: BaseException | None = None
+
+
+def get_session() -> FlaskSession:
+    """``flask.session`` as memsession's session, typed: ``get_session().regenerate()``, ``.destroy()``.
+
+    Flask types ``flask.session`` as its ``SessionMixin``, which has neither.
+    Raises ``TypeError`` when this app's sessions are not memsession's
+    (``MemSession(app)`` not set up) and ``RuntimeError`` outside a request.
+    """
+    current = flask_session._get_current_object()  # type: ignore[attr-defined]
+    if not isinstance(current, FlaskSession):
+        raise TypeError(f"flask.session is a {type(current).__name__}, not memsession's: is MemSession(app) set up?")
+    return current
 
 
 def _refuse_unavailable() -> None:
