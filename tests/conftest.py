@@ -111,3 +111,14 @@ def promtool() -> str:
     if path is None:
         _unavailable("promtool is not installed (apt-get install prometheus, or run scripts/bootstrap)")
     return path
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of a Chromium binary (Debian's ``chromium`` package; scripts/bootstrap installs it)."""
+    from tests.browser import chromium_binary
+
+    path = chromium_binary()
+    if path is None:
+        _unavailable("chromium is not installed (apt-get install chromium, or run scripts/bootstrap)")
+    return path

@@ -1,4 +1,5 @@
-"""The sidecar's HTTP status server: ``/health`` (JSON) and ``/metrics`` (Prometheus text, ``metrics``).
+"""The sidecar's HTTP status server: ``/health`` (JSON), ``/metrics`` (Prometheus text, ``metrics``)
+and ``/``, a status page (``status_page``) that reads ``/health`` in the browser.
 
 It serves whatever ``stats()`` callable it is given, answering 503 while the
 store fails (``persist.failing``) or before the first stats are published.
@@ -35,6 +36,7 @@ from typing import Any
 from ..errors import ConfigError, MemsessionError
 from ..refusals import log_refusal
 from .metrics import prometheus_text
+from .status_page import status_page
 
 __all__ = ["MAX_CONNECTIONS", "REQUEST_TIMEOUT", "StatusServer", "parse_http", "prometheus_text", "serve_http"]
 
@@ -184,12 +186,14 @@ def serve_http(
     timeout: float = REQUEST_TIMEOUT,
     max_connections: int = MAX_CONNECTIONS,
 ) -> StatusServer:
-    """A tiny HTTP server in a daemon thread: ``/health`` (JSON) and ``/metrics`` (Prometheus text).
+    """A tiny HTTP server in a daemon thread: ``/health`` (JSON), ``/metrics`` (Prometheus text), ``/`` (HTML).
 
     What ``http.server`` accepts is bounded there (a request line or header line of
     64 KiB, 100 headers; no body is read); a connection gets ``timeout`` seconds in
     all and at most ``max_connections`` are served at once (see the module docstring).
     """
+
+    page, page_headers = status_page()  # read once, here: a broken package fails at start
 
     class Handler(BaseHTTPRequestHandler):
         server: StatusServer
@@ -208,6 +212,10 @@ def serve_http(
                 self._reply(404, "text/plain", b"not found\n")
                 return
             self.server.count("served")
+            if path == "/":
+                # Static: the page asks /health itself, so it loads even while the stats are not served yet.
+                self._reply(200, "text/html; charset=utf-8", page, page_headers)
+                return
             try:
                 current = stats()
             except MemsessionError as exc:
@@ -226,9 +234,11 @@ def serve_http(
             # for a request that timed out: each is a refusal.
             self.server.refused(f"{self.client_address[0]}: {format % args}")
 
-        def _reply(self, code: int, kind: str, body: bytes) -> None:
+        def _reply(self, code: int, kind: str, body: bytes, headers: dict[str, str] | None = None) -> None:
             self.send_response(code)
             self.send_header("Content-Type", kind)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
