@@ -411,10 +411,9 @@ class Writer:
             out: dict[str, Any] = dict(self.counts)
             out.update(self.queue.stats())
             wall = self.clock.wall()
-            out["store"] = self.store.name
-            out["failing"] = self.failing
-            out["last_error"] = self.last_error
-            out["cleared"] = self.queue.cleared
+            # Wall times (None: never / nothing unwritten) besides the ages, for /metrics' timestamps.
+            out.update(store=self.store.name, failing=self.failing, last_error=self.last_error,
+                       cleared=self.queue.cleared, last_flush_at=self.last_flush, unwritten_since=self.dirty_since)
             out["last_flush_age_s"] = -1.0 if self.last_flush is None else round(wall - self.last_flush, 3)
             out["unwritten_age_s"] = 0.0 if self.dirty_since is None else round(wall - self.dirty_since, 3)
         return out

@@ -100,3 +100,25 @@ def couch_url(couch_server: CouchServer) -> str:
 def unique_name_fixture() -> Callable[..., str]:
     """The ``tests.servers.unique_name`` helper, for tests that prefer a fixture to an import."""
     return unique_name
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Path of Prometheus' ``promtool`` (Debian's ``prometheus`` package; scripts/bootstrap installs it)."""
+    import shutil
+
+    path = shutil.which("promtool")
+    if path is None:
+        _unavailable("promtool is not installed (apt-get install prometheus, or run scripts/bootstrap)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of a Chromium binary (Debian's ``chromium`` package; scripts/bootstrap installs it)."""
+    from tests.browser import chromium_binary
+
+    path = chromium_binary()
+    if path is None:
+        _unavailable("chromium is not installed (apt-get install chromium, or run scripts/bootstrap)")
+    return path

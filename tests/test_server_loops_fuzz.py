@@ -401,11 +401,11 @@ def test_the_http_counters_are_in_health_and_metrics_and_a_flood_logs_a_few_line
             while chunk := conn.recv(65536):
                 text += chunk
         for line in text.decode().splitlines():
-            if line.startswith("memsession_http_malformed "):
+            if line.startswith("memsession_http_malformed_total "):
                 return int(line.split()[1])
         return -1
 
-    wait_until(lambda: metric() >= malformed, 5, "/metrics to show memsession_http_malformed")
+    wait_until(lambda: metric() >= malformed, 5, "/metrics to show memsession_http_malformed_total")
     assert 1 <= warnings_about(sidecar, "http request refused") <= 4
     sidecar.check_alive()
 

@@ -17,7 +17,8 @@ import pytest
 from memsession import SessionCache, ZmqBus
 from memsession.errors import ConfigError, StoreUnavailable
 from memsession.hub import HubConfig
-from memsession.service.http import parse_http, prometheus_text
+from memsession.service.http import parse_http
+from memsession.service.metrics import prometheus_text
 from memsession.service.sidecar import Sidecar, SidecarConfig
 from memsession.session import Record, new_id, session_key
 from persist.jsonfile import JsonFileStore, read_snapshot
@@ -121,15 +122,24 @@ def test_a_read_back_merges_queued_deltas_into_the_stored_session(tmp_path: Path
 
 
 def test_prometheus_text() -> None:
-    text = prometheus_text({"sessions": 3, "epoch": 7, "role": "sidecar", "dropped": {"malformed": 2},
-                            "persist": {"depth": 4, "failing": False, "last_error": "x"}, "lag_ms_p50": None})
+    text = prometheus_text({"sessions": 3, "epoch": 7, "role": "sidecar", "store": 'odd"name', "received": 2,
+                            "dropped": {"malformed": 2, "new reason": 1}, "lag_ms_p50": None, "lag_ms_sum": 30.0,
+                            "persist": {"depth": 4, "failing": True, "last_error": "x", "last_flush_at": None,
+                                        "unwritten_since": 1_700_000_000.25}})
     lines = set(text.splitlines())
-    assert "memsession_sessions 3" in lines
-    assert 'memsession_dropped{reason="malformed"} 2' in lines
-    assert "memsession_persist_depth 4" in lines
-    assert "memsession_persist_failing 0" in lines
-    assert 'memsession_info{role="sidecar"} 1' in lines
-    assert not any("lag_ms_p50" in line or "last_error" in line for line in lines)
+    assert "# TYPE memsession_sessions gauge" in lines and "memsession_sessions 3" in lines
+    assert 'memsession_dropped_total{reason="malformed"} 2' in lines
+    assert 'memsession_dropped_total{reason="new reason"} 1' in lines
+    assert 'memsession_dropped_total{reason="seq jump"} 0' in lines  # every known reason from the start
+    assert "memsession_persist_depth 4" in lines and "memsession_persist_failing 1" in lines
+    assert "memsession_persist_last_flush_timestamp_seconds 0" in lines  # never
+    assert "memsession_persist_oldest_unwritten_timestamp_seconds 1700000000.25" in lines
+    assert 'memsession_info{epoch="7",role="sidecar",store="odd\\"name"} 1' in lines
+    assert "memsession_replication_lag_seconds_sum 0.03" in lines
+    assert "memsession_replication_lag_seconds_count 2" in lines
+    samples = [line for line in lines if not line.startswith("#")]
+    assert not any("quantile" in line or "last_error" in line for line in samples)  # no lag samples yet
+    assert "memsession_ack_asked_total 0" in lines  # a component that does not run reads as zero
 
 
 # -- a sidecar in this process, real sockets, JSON file store ------------------------------

@@ -113,7 +113,7 @@ def test_a_refused_record_is_counted_and_holds_back_nothing(postgres_url: str, b
         assert health.json()["ok"] is True
 
         metrics = http.get("/metrics").text.splitlines()
-        assert "memsession_persist_rejected 1" in metrics, [m for m in metrics if "persist" in m]
+        assert "memsession_persist_rejected_total 1" in metrics, [m for m in metrics if "persist" in m]
 
         raw = _status(sidecar.runtime_dir, "--json")
         assert raw.returncode == 0, raw.stderr

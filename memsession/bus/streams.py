@@ -1,8 +1,8 @@
 """Helpers every end of a stream shares, the workers' replicators and the hub alike.
 
-``new_epoch`` names a stream when its process starts; ``percentiles`` sums up
-the delivery lag of what it received, for ``stats``; ``is_touch`` tells a
-coalesced access from a write.
+``new_epoch`` names a stream when its process starts; ``percentiles`` (and
+``LagWindow``, which keeps the samples) sums up the delivery lag of what it
+received, for ``stats``; ``is_touch`` tells a coalesced access from a write.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from ..clock import SYSTEM_CLOCK, Clock, version_wall_ms
 from ..session import Record
 
-__all__ = ["is_touch", "new_epoch", "percentiles"]
+__all__ = ["LagWindow", "is_touch", "new_epoch", "percentiles"]
 
 
 def is_touch(record: Record) -> bool:
@@ -45,3 +45,30 @@ def percentiles(samples: Iterable[float], points: Iterable[float] = (50, 99)) ->
         else:
             out[key] = ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
     return out
+
+
+class LagWindow:
+    """Delivery lags in milliseconds: the recent ones for percentiles, and the sum of all of them.
+
+    The window keeps between ``size / 2`` and ``size`` of the latest samples (it
+    sheds the older half at once, cheaper than a sample at a time); the sum
+    never forgets, so that with the count of changes received the lag is a
+    Prometheus summary (``rate(sum) / rate(count)`` is the mean over any range).
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self.samples: list[float] = []
+        self.total_ms = 0.0
+
+    def add(self, lag_ms: float, count: int) -> None:
+        """``count`` items that each waited ``lag_ms`` (they came in one message)."""
+        if len(self.samples) >= self.size:
+            del self.samples[: self.size // 2]
+        self.samples.extend([lag_ms] * count)
+        self.total_ms += lag_ms * count
+
+    def stats(self) -> dict[str, float | None]:
+        """``lag_ms_p50`` and ``lag_ms_p99`` of the window (None while it is empty) and ``lag_ms_sum``."""
+        lag = percentiles(self.samples)
+        return {"lag_ms_p50": lag["p50"], "lag_ms_p99": lag["p99"], "lag_ms_sum": self.total_ms}

@@ -28,7 +28,7 @@ from typing import Any
 from .. import wire
 from ..admission import DEFAULT_MAX_SKEW, RecordRules
 from ..bus.sequence import DEFAULT_JUMP_HOLD, DEFAULT_MAX_JUMP, GAP, JUMP, SequenceTracker
-from ..bus.streams import new_epoch, percentiles
+from ..bus.streams import LagWindow, new_epoch
 from ..changes import after_clear
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import WireError
@@ -107,7 +107,7 @@ class HubState:
             0)
         self.misses = StoreMisses(read_back, self.counts)
         self.dropped: dict[str, int] = {}
-        self.lag_ms: list[float] = []
+        self.lag = LagWindow()
         self._resyncs = Resyncs(clock, self.counts)
 
     def _drop(self, reason: str, exc: Exception) -> None:
@@ -276,15 +276,13 @@ class HubState:
                 return self._resync(msg.origin)
             return []
         items = msg.body if op == wire.BATCH else ((op, msg.body),)
-        if len(self.lag_ms) >= 4096:
-            del self.lag_ms[:2048]
         lag = self.clock.wall() * 1000 - msg.sent_us / 1000
         fresh, gap_at, jumped = self.tracker.accept(msg.origin, msg.epoch, msg.seq, items)
         if jumped:
             return self._jump(msg)
         self.counts["duplicates"] += len(items) - len(fresh)
         self.counts["received"] += len(fresh)
-        self.lag_ms.extend([lag] * len(fresh))
+        self.lag.add(lag, len(fresh))
         for item_op, body in fresh:
             self._apply(item_op, body)
         if gap_at:
@@ -411,10 +409,9 @@ class HubState:
         out["streams"] = len(self.tracker)
         out["cleared"] = self.cleared
         out["epoch"] = self.epoch
+        out["started"] = self.started  # Unix time; Prometheus wants it rather than the uptime
         out["uptime"] = round(self.clock.wall() - self.started, 3)
-        lag = percentiles(self.lag_ms)
-        out["lag_ms_p50"] = lag["p50"]
-        out["lag_ms_p99"] = lag["p99"]
+        out.update(self.lag.stats())
         if self.extra_stats is not None:
             out.update(self.extra_stats())
         return out

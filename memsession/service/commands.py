@@ -56,7 +56,8 @@ def _sidecar_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schema", default=None, help="PostgreSQL: schema name")
     p.add_argument("--no-create-table", action="store_true", help="PostgreSQL: don't create the table if missing")
     p.add_argument("--http", default=None, metavar="HOST:PORT",
-                   help="serve /health (JSON) and /metrics (Prometheus) here, e.g. 127.0.0.1:9108")
+                   help="serve /health (JSON), /metrics (Prometheus) and a status page (/) here, "
+                        "e.g. 127.0.0.1:9108")
     p.add_argument("--http-timeout", type=float, default=10.0,
                    help="seconds an HTTP connection has, in all, to send its request and take the answer")
     p.add_argument("--http-max-connections", type=int, default=32,

@@ -1,4 +1,5 @@
-"""The sidecar's HTTP status server: ``/health`` (JSON) and ``/metrics`` (Prometheus text).
+"""The sidecar's HTTP status server: ``/health`` (JSON), ``/metrics`` (Prometheus text, ``metrics``)
+and ``/``, a status page (``status_page``) that reads ``/health`` in the browser.
 
 It serves whatever ``stats()`` callable it is given, answering 503 while the
 store fails (``persist.failing``) or before the first stats are published.
@@ -24,7 +25,6 @@ import contextlib
 import io
 import json
 import logging
-import math
 import socket
 import sys
 import threading
@@ -35,6 +35,8 @@ from typing import Any
 
 from ..errors import ConfigError, MemsessionError
 from ..refusals import log_refusal
+from .metrics import prometheus_text
+from .status_page import status_page
 
 __all__ = ["MAX_CONNECTIONS", "REQUEST_TIMEOUT", "StatusServer", "parse_http", "prometheus_text", "serve_http"]
 
@@ -58,47 +60,6 @@ def parse_http(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError("http", value, "must be HOST:PORT, e.g. 127.0.0.1:9108")
     return host or "127.0.0.1", int(port)
-
-
-def prometheus_text(stats: dict[str, Any], prefix: str = "memsession") -> str:
-    """Numeric stats in the Prometheus text format; nested maps become labels."""
-    lines: list[str] = []
-
-    def emit(name: str, value: Any, labels: str = "") -> None:
-        if isinstance(value, bool):
-            value = int(value)
-        if not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
-            return
-        lines.append(f"{prefix}_{name}{labels} {value}")
-
-    info_labels = []
-    for key in sorted(stats):
-        value = stats[key]
-        if isinstance(value, dict):
-            group = key
-            nested = {k: v for k, v in value.items()}
-            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in nested.values()) \
-                    and key in ("dropped",):
-                for label in sorted(nested):
-                    emit(group, nested[label], f'{{reason="{_escape(label)}"}}')
-                continue
-            for sub in sorted(nested):
-                if isinstance(nested[sub], str):
-                    continue
-                emit(f"{group}_{sub}", nested[sub])
-        elif isinstance(value, str):
-            info_labels.append(f'{key}="{_escape(value)}"')
-        elif value is None:
-            continue
-        else:
-            emit(key, value)
-    if info_labels:
-        lines.append(f"{prefix}_info{{{','.join(info_labels)}}} 1")
-    return "\n".join(lines) + "\n"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 class _DeadlineSocket(io.RawIOBase):
@@ -225,12 +186,14 @@ def serve_http(
     timeout: float = REQUEST_TIMEOUT,
     max_connections: int = MAX_CONNECTIONS,
 ) -> StatusServer:
-    """A tiny HTTP server in a daemon thread: ``/health`` (JSON) and ``/metrics`` (Prometheus text).
+    """A tiny HTTP server in a daemon thread: ``/health`` (JSON), ``/metrics`` (Prometheus text), ``/`` (HTML).
 
     What ``http.server`` accepts is bounded there (a request line or header line of
     64 KiB, 100 headers; no body is read); a connection gets ``timeout`` seconds in
     all and at most ``max_connections`` are served at once (see the module docstring).
     """
+
+    page, page_headers = status_page()  # read once, here: a broken package fails at start
 
     class Handler(BaseHTTPRequestHandler):
         server: StatusServer
@@ -249,6 +212,10 @@ def serve_http(
                 self._reply(404, "text/plain", b"not found\n")
                 return
             self.server.count("served")
+            if path == "/":
+                # Static: the page asks /health itself, so it loads even while the stats are not served yet.
+                self._reply(200, "text/html; charset=utf-8", page, page_headers)
+                return
             try:
                 current = stats()
             except MemsessionError as exc:
@@ -256,7 +223,7 @@ def serve_http(
                 self._reply(503, "application/json", body)
                 return
             if path == "/metrics":
-                self._reply(200, "text/plain; version=0.0.4", prometheus_text(current).encode())
+                self._reply(200, "text/plain; version=0.0.4; charset=utf-8", prometheus_text(current).encode())
                 return
             healthy = not current.get("persist", {}).get("failing", False)
             body = json.dumps({"ok": healthy, **current}, sort_keys=True).encode()
@@ -267,9 +234,11 @@ def serve_http(
             # for a request that timed out: each is a refusal.
             self.server.refused(f"{self.client_address[0]}: {format % args}")
 
-        def _reply(self, code: int, kind: str, body: bytes) -> None:
+        def _reply(self, code: int, kind: str, body: bytes, headers: dict[str, str] | None = None) -> None:
             self.send_response(code)
             self.send_header("Content-Type", kind)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

@@ -67,7 +67,7 @@ class SidecarConfig(WriterConfig):
 
     #: The sidecar is the store's one pruner, so it purges every minute unless told otherwise.
     prune_interval: float | None = 60.0
-    #: ``"127.0.0.1:PORT"``: serve ``/health`` (JSON) and ``/metrics`` (Prometheus) there.
+    #: ``"127.0.0.1:PORT"``: serve ``/health`` (JSON), ``/metrics`` (Prometheus) and a status page (``/``) there.
     http: str | None = None
     #: Seconds an HTTP connection has, in all, to send its request and take the answer.
     http_timeout: float = REQUEST_TIMEOUT
@@ -393,4 +393,4 @@ class Sidecar:
             raise ConfigError("http", address, f"cannot listen: {exc.strerror}") from exc
         bound_host, bound_port = self._http.server_address[:2]
         self.http_address = (str(bound_host), int(bound_port))
-        log.info("health and metrics on http://%s:%d/ (/health, /metrics)", *self.http_address)
+        log.info("status page, health and metrics on http://%s:%d/ (/, /health, /metrics)", *self.http_address)
