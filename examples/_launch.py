@@ -111,6 +111,7 @@ def demo(base: str, workers: int) -> None:
                 break
     for answer, count in sorted(by_worker.items()):
         print(f"{count:3d} requests answered: {answer}")
+    print(f"{sum(by_worker.values())} requests in all, on {len(by_worker)} workers")
     with opener.open(urllib.request.Request(base + "/logout", method="POST")) as r:
         print("logout served by worker", r.read().decode())
     print("after logout the browser's next request:", read(0, "; ".join(f"{c.name}={c.value}" for c in jar)))
