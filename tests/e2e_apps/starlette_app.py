@@ -35,12 +35,12 @@ async def logout(request: Request) -> JSONResponse:
     return JSONResponse({"pid": os.getpid()})
 
 
-app = Starlette(
-    routes=[
-        Route("/me", me),
-        Route("/login", login, methods=["POST"]),
-        Route("/write", write, methods=["POST"]),
-        Route("/logout", logout, methods=["POST"]),
-    ],
-    middleware=[Middleware(SessionMiddleware, secret_key="e2e-starlette-secret", cache=worker_cache())],
-)
+ROUTES = [
+    Route("/me", me),
+    Route("/login", login, methods=["POST"]),
+    Route("/write", write, methods=["POST"]),
+    Route("/logout", logout, methods=["POST"]),
+]
+
+app = Starlette(routes=ROUTES,
+                middleware=[Middleware(SessionMiddleware, secret_key="e2e-starlette-secret", cache=worker_cache())])

@@ -9,19 +9,11 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route
 
 from memsession.contrib.asgi import SessionMiddleware
 from memsession.contrib.process import session_cache
 
-from .starlette_app import login, logout, me, write
+from .starlette_app import ROUTES
 
-app = Starlette(
-    routes=[
-        Route("/me", me),
-        Route("/login", login, methods=["POST"]),
-        Route("/write", write, methods=["POST"]),
-        Route("/logout", logout, methods=["POST"]),
-    ],
-    middleware=[Middleware(SessionMiddleware, secret_key="e2e-starlette-secret", cache=session_cache())],
-)
+app = Starlette(routes=ROUTES,
+                middleware=[Middleware(SessionMiddleware, secret_key="e2e-starlette-secret", cache=session_cache())])
