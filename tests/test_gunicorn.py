@@ -254,3 +254,19 @@ def test_a_corrupt_session_file_stops_gunicorn_at_start(tmp_path: Path) -> None:
         assert store.read_text().endswith("broken\n")  # and leaves it alone
     finally:
         server.stop()
+
+
+def test_a_store_in_a_missing_folder_stops_gunicorn_at_start_with_one_clear_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nonexistent" / "dir"
+    server = gunicorn(missing / "sessions.json")
+    try:
+        with pytest.raises(ProcessError, match="exited with code [1-9]"):
+            server.start(timeout=60)
+        log = server.tail(200)
+        said = [line for line in log.splitlines() if f"the folder {missing} does not exist" in line]
+        assert len(said) == 1 and "create it" in said[0], log
+        assert "Traceback" not in log, log
+        assert "memsession sidecar" not in log  # refused before one was started
+        assert not missing.exists()
+    finally:
+        server.stop()

@@ -107,10 +107,11 @@ def store_options(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _sidecar(args: argparse.Namespace) -> int:
-    from persist.url import open_store, redact, store_kind
+    from persist.url import check_store, open_store, redact, store_kind
 
     from .sidecar import Sidecar, SidecarConfig
 
+    check_store(args.store)  # a store it can't keep is said before anything (the runtime dir) is made
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log = logging.getLogger("memsession.sidecar")
     config = SidecarConfig(

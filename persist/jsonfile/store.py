@@ -30,6 +30,15 @@ __all__ = ["JsonFileStore"]
 log = logging.getLogger("memsession.persist")
 
 
+def folder_problem(path: str) -> str | None:
+    """Why no session file can be kept at ``path`` (its folder is missing, or not a folder); None if it can."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(folder):
+        return None
+    # The folder is never made here: a typo in the path would silently start an empty store elsewhere.
+    what = "is not a folder" if os.path.exists(folder) else "does not exist"
+    return f"the folder {folder} {what}; create it or choose a store in an existing folder"
+
 
 def _lock_file(path: str) -> int | None:
     """Hold an exclusive lock on ``<folder>/.<name>.lock``; ConfigError if another process holds it."""
@@ -77,9 +86,9 @@ class JsonFileStore:
         check_number("save_interval", save_interval, allow_none=True)
         check_choice("on_corrupt", on_corrupt, ("raise", "move_aside"))
         self.path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(folder):
-            raise ConfigError("path", self.path, f"folder {folder} does not exist")
+        problem = folder_problem(self.path)
+        if problem is not None:
+            raise ConfigError("path", self.path, problem)
         self._lock_fd = _lock_file(self.path)
         self.save_interval = save_interval
         self.clock = clock
