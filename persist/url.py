@@ -10,6 +10,9 @@
 
 Options that are not part of the URL are keyword arguments, passed to the
 adapter. Credentials in a URL are never logged: ``redact`` hides them.
+``check_store`` refuses, before anything starts, a location the store can't
+use whoever opens it (a file in a missing folder); a server is checked when
+the store connects.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from memsession.errors import ConfigError
 
 from .base import Store
 
-__all__ = ["open_store", "redact", "store_kind"]
+__all__ = ["check_store", "file_path", "open_store", "redact", "store_kind"]
 
 
 def store_kind(url: str) -> str:
@@ -49,6 +52,17 @@ def file_path(url: str) -> str:
     if url.startswith("file:"):
         return os.path.abspath(unquote(url[5:]))
     return os.path.abspath(url)
+
+
+def check_store(url: str) -> None:
+    """``ConfigError`` (option ``store``) for a URL no store can open, saying how to fix it."""
+    if store_kind(url) != "file":
+        return
+    from .jsonfile.store import folder_problem
+
+    problem = folder_problem(file_path(url))
+    if problem is not None:
+        raise ConfigError("store", url, problem)
 
 
 def redact(url: str) -> str:

@@ -7,6 +7,7 @@ they were started with.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -252,5 +253,41 @@ def test_a_corrupt_session_file_stops_gunicorn_at_start(tmp_path: Path) -> None:
         assert "exited" in str(failure.value)
         assert str(store) in server.tail(80)  # the error names the file
         assert store.read_text().endswith("broken\n")  # and leaves it alone
+    finally:
+        server.stop()
+
+
+def test_a_store_in_a_missing_folder_stops_gunicorn_at_start_with_one_clear_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nonexistent" / "dir"
+    server = gunicorn(missing / "sessions.json")
+    try:
+        with pytest.raises(ProcessError, match="exited with code [1-9]"):
+            server.start(timeout=60)
+        log = server.tail(200)
+        said = [line for line in log.splitlines() if f"the folder {missing} does not exist" in line]
+        assert len(said) == 1 and "create it" in said[0], log
+        assert "Traceback" not in log, log
+        assert "memsession sidecar" not in log  # refused before one was started
+        assert not missing.exists()
+    finally:
+        server.stop()
+
+
+def test_stopping_gunicorn_leaves_no_sockets_and_no_lock_file_behind(tmp_path: Path) -> None:
+    runtime_dir, data = tmp_path / "rt", tmp_path / "data"
+    data.mkdir()
+    runtime_dir.mkdir(mode=0o700)  # given, so the master does not remove it: what is left in it shows
+    store = data / "s.json"
+    server = Gunicorn(CONFIG, APP, env={"MEMSESSION_STORE": str(store), "WORKERS": "2",
+                                        "MEMSESSION_RUNTIME_DIR": str(runtime_dir)})
+    try:
+        server.start()
+        cookie = login(server.url, "ada")
+        assert me(server.url, cookie)["session"] == {"user": "ada"}
+        assert {"hub.lock", "req.sock", "ack.sock"} <= set(os.listdir(runtime_dir))
+        assert server.terminate() == 0
+        assert os.listdir(runtime_dir) == []
+        assert os.listdir(data) == ["s.json"]  # the sessions, and no .s.json.lock
+        assert any(r.data == {"user": "ada"} for r in read_snapshot(str(store), time.time()))
     finally:
         server.stop()

@@ -129,8 +129,9 @@ def test_no_temp_files_left_behind(tmp_path: Path) -> None:
     store.save([make_test_record(f"k{i}") for i in range(100)])
     store.snapshot()
     store.save([make_test_record("more")])
-    store.close()
     assert sorted(os.listdir(tmp_path)) == [".s.jsonl.lock", "s.jsonl"]
+    store.close()
+    assert sorted(os.listdir(tmp_path)) == ["s.jsonl"]  # the lock file goes with the lock
 
 
 def test_failed_write_keeps_previous_file_and_changes(tmp_path: Path) -> None:
@@ -208,10 +209,20 @@ def test_one_store_per_file(tmp_path: Path) -> None:
     try:
         with pytest.raises(ConfigError, match="in use"):
             JsonFileStore(path, save_interval=None)
+        with pytest.raises(ConfigError, match="in use"):  # the refused one took nothing of the first's
+            JsonFileStore(path, save_interval=None)
     finally:
         first.close()
     second = JsonFileStore(path, save_interval=None)
     second.close()
+
+
+def test_a_lock_file_left_by_a_killed_process_is_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    (tmp_path / ".s.jsonl.lock").write_bytes(b"")  # what a SIGKILLed owner leaves: nobody holds it
+    store = JsonFileStore(path, save_interval=None)
+    store.close()
+    assert os.listdir(tmp_path) == []
 
 
 def test_refused_file_releases_the_lock(tmp_path: Path) -> None:

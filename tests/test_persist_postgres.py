@@ -63,6 +63,16 @@ def test_schema_sql_file_matches_ddl() -> None:
     assert body == ddl()
 
 
+@pytest.mark.parametrize("names", [("plain",), ('we"ird',), ("with space",), ("ünï",), ("o'k",), ("%s",),
+                                   ("a\\b",), ("app", "x.y")])
+def test_the_ddl_quotes_identifiers_as_psycopg_does(names: tuple[str, ...]) -> None:
+    from psycopg import sql
+
+    from persist.postgres.table import quote_ident
+
+    assert quote_ident(*names) == sql.Identifier(*names).as_string(None)
+
+
 def test_shipped_ddl_creates_a_working_table(postgres_url: str) -> None:
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(ddl())

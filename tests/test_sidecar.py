@@ -56,6 +56,35 @@ def test_store_url_errors_and_redaction() -> None:
     assert redact("postgresql://db/x") == "postgresql://db/x"
 
 
+def test_a_store_in_a_missing_folder_is_refused_saying_how_to_fix_it(tmp_path: Path) -> None:
+    from persist.url import check_store
+
+    missing = tmp_path / "missing"
+    for url in (f"file://{missing}/s.json", str(missing / "s.json")):
+        with pytest.raises(ConfigError, match=f"folder {missing} does not exist; create it") as refused:
+            check_store(url)
+        assert refused.value.option == "store"
+    check_store(f"file://{tmp_path}/s.json")  # an existing folder, a file not made yet: fine
+    check_store("postgresql://u@h/db")  # a server is checked when the store connects
+    with pytest.raises(ConfigError, match="folder .* does not exist; create it"):
+        JsonFileStore(missing / "s.json")  # the store says the same
+
+
+def test_the_sidecar_command_refuses_a_store_in_a_missing_folder_in_one_line(tmp_path: Path) -> None:
+    runtime_dir = tmp_path / "rt"
+    store = f"file://{tmp_path}/nonexistent/dir/sessions.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "memsession", "sidecar", "--store", store, "--runtime-dir", str(runtime_dir)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"memsession sidecar: store={store!r}: the folder {tmp_path}/nonexistent/dir does not exist; "
+        "create it or choose a store in an existing folder"
+    ]
+    assert not runtime_dir.exists()  # checked before anything was made
+
+
 def test_open_store_file(tmp_path: Path) -> None:
     store = open_store(f"file://{tmp_path}/s.json", save_interval=None)
     try:

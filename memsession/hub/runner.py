@@ -1,10 +1,11 @@
 """The hub's sockets and loops: ``run_hub`` in this thread, ``Hub`` in a background one.
 
 ``run_hub`` creates its own ZeroMQ context, takes ``hub.lock`` in every ipc
-directory (binding ipc would silently steal a live hub's sockets), binds the
-XSUB/XPUB proxy, the replica's capture feed and the ROUTER, and loops: it
-hands every bus message and request to a ``HubState``, publishes what that
-returns, beats and prunes on time, and closes everything on the way out.
+directory (``ipc_dirs``: binding ipc would silently steal a live hub's
+sockets), binds the XSUB/XPUB proxy, the replica's capture feed and the
+ROUTER, and loops: it hands every bus message and request to a ``HubState``,
+publishes what that returns, beats and prunes on time, and closes everything
+on the way out, its socket files and lock files included.
 
 The replica is fed from the proxy's capture socket, so it sees messages in the
 order the proxy forwarded them. The proxy (``zmq.proxy_steerable``, no Python
@@ -37,11 +38,12 @@ from typing import Any
 from .. import wire
 from ..errors import BusError, WireError
 from .config import HubConfig
+from .ipc_dirs import IpcDirs
 from .reads import StoreReads
-from .runtime_dir import ipc_path, open_private_dir, socket_address
+from .runtime_dir import socket_address
 from .state import HubState
 
-__all__ = ["Hub", "run_hub"]
+__all__ = ["Hub", "run_hub", "stop_summary"]
 
 log = logging.getLogger("memsession.hub")
 
@@ -57,6 +59,7 @@ def run_hub(
     state: HubState | None = None,
     every_second: Callable[[], None] | None = None,
     reads: StoreReads | None = None,
+    dirs: IpcDirs | None = None,
 ) -> HubState:
     """Run a hub in this thread until ``stop`` is set; return its final state.
 
@@ -65,7 +68,10 @@ def run_hub(
     ``every_second`` runs in the hub thread after each once-a-second prune
     (the sidecar publishes its stats there). ``reads``: the store reads
     ``state`` asks for (its ``read_back``); their results are merged and
-    answered in the hub thread.
+    answered in the hub thread. ``dirs``: the ipc directories, already held
+    by a caller that binds more there (a sidecar's ack socket) and releases
+    them, and says it stopped, itself; by default the hub holds them, and on
+    a clean stop removes its files and logs one line.
     """
 
     from .. import security
@@ -77,39 +83,22 @@ def run_hub(
     )
     pub_ep, sub_ep, req_ep = config.endpoints()
     secure = security.server_policy(config, (pub_ep, sub_ep, req_ep))
-    lock = _lock_ipc_dirs((pub_ep, sub_ep, req_ep))
+    held = dirs if dirs is not None else IpcDirs((pub_ep, sub_ep, req_ep))
     try:
         _run(config, stop, ready, state, pub_ep, sub_ep, req_ep, secure, every_second, reads)
     finally:
-        for fd in lock:
-            os.close(fd)
+        if dirs is None:
+            held.release()
+    if dirs is None:
+        log.info("hub %x stopped, %s", state.hub_id, stop_summary(state))
     return state
 
 
-def _lock_ipc_dirs(endpoints: tuple[str, ...]) -> list[int]:
-    """Hold ``hub.lock`` in every ipc directory: binding ipc would silently steal a live hub's sockets."""
-    import fcntl
-
-    fds: list[int] = []
-    paths = [path for path in map(ipc_path, endpoints) if path is not None]
-    for directory in sorted({os.path.dirname(path) or "." for path in paths}):
-        try:
-            # Inside the directory checked (and held) for the sockets, whatever its path names now.
-            fd = os.open("hub.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=open_private_dir(directory))
-        except BaseException:
-            for held in fds:
-                os.close(held)
-            raise
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            for held in fds:
-                os.close(held)
-            raise BusError(f"another hub is running in {directory}", endpoint=endpoints[0]) from exc
-        fds.append(fd)
-    return fds
+def stop_summary(state: HubState) -> str:
+    """What a stopping hub held and had seen, for its last log line."""
+    stats = state.stats()
+    return (f"up {stats['uptime']:.0f}s; sessions={stats['sessions']} tombstones={stats['tombstones']} "
+            f"received={stats.get('received', 0)} applied={stats.get('applied', 0)}")
 
 
 def _run(config: HubConfig, stop: threading.Event, ready: threading.Event | None, state: HubState,

@@ -1,7 +1,9 @@
-"""The ``memsession`` command: ``hub``, ``hub --stats``, ``keys``, ``ddl``.
+"""The ``memsession`` command: ``hub``, ``keys``, ``ddl`` here; ``sidecar`` and ``status`` in ``commands``.
 
-Subcommands register themselves in ``COMMANDS``-style functions below so
-other ones (a sidecar, a status page) slot in next to them.
+Subcommands register themselves in ``COMMANDS``-style lists so other ones
+slot in next to them. What ``--help`` shows is ``DESCRIPTION`` (plain text,
+not this docstring) and each option's default where it says something
+(``HelpFormatter``).
 """
 
 from __future__ import annotations
@@ -16,14 +18,29 @@ from collections.abc import Callable, Sequence
 
 from ..errors import ConfigError, MemsessionError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["DESCRIPTION", "HelpFormatter", "build_parser", "main"]
 
 #: ``(name, help, add_arguments, run)`` for every subcommand.
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
+DESCRIPTION = ("Sessions kept in every worker's memory, replicated through a hub, persisted by a sidecar. "
+               "Run 'memsession COMMAND --help' for a command's options.")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it tells something: not for flags, unset options, nor where the help
+    already says in words what happens by default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default in ("", []) or "(default" in text:
+            return text
+        return super()._get_help_string(action)
+
 
 def _hub_arguments(p: argparse.ArgumentParser) -> None:
-    from .commands import endpoint_arguments, maxsize_argument
+    from .commands import endpoint_arguments, log_level_argument, maxsize_argument
 
     endpoint_arguments(p)
     p.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
@@ -32,7 +49,7 @@ def _hub_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds after which a silent publisher's stream bookkeeping is dropped")
     maxsize_argument(p)
     p.add_argument("--stats", action="store_true", help="print a running hub's counters as JSON and exit")
-    p.add_argument("--log-level", default="INFO")
+    log_level_argument(p)
 
 
 def _hub(args: argparse.Namespace) -> int:
@@ -73,7 +90,7 @@ def _keys(args: argparse.Namespace) -> int:
 
 def _ddl_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schema", default=None, help="schema of the sessions table (default: the search path)")
-    p.add_argument("--table", default="memsession", help="table name (default: memsession)")
+    p.add_argument("--table", default="memsession", help="table name")
     p.add_argument("--column", action="append", default=[], metavar="FIELD=NAME",
                    help="rename a column, e.g. --column key=session_id (fields: key data version origin "
                         "created accessed expires deleted); repeatable")
@@ -106,10 +123,11 @@ def _sidecar_commands() -> list[Command]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="memsession", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="memsession", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
     for name, help_text, add_arguments, run in [*COMMANDS, *_sidecar_commands()]:
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+                           formatter_class=HelpFormatter)
         add_arguments(p)
         p.set_defaults(run=run)
     return parser

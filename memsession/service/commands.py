@@ -9,18 +9,30 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["COMMANDS", "endpoint_arguments", "format_status", "maxsize_argument"]
+__all__ = ["COMMANDS", "endpoint_arguments", "format_status", "log_level_argument", "maxsize_argument"]
 
 
-def endpoint_arguments(p: argparse.ArgumentParser) -> None:
-    """The hub's endpoints and keys, as every command that serves or asks a hub takes them."""
+def endpoint_arguments(p: argparse.ArgumentParser, *, serving: bool = True) -> None:
+    """The hub's endpoints and keys, as a command that serves a hub takes them.
+
+    ``serving=False``: what a command that only asks a running hub uses (its
+    runtime dir, or its requests endpoint, and keys).
+    """
     p.add_argument("--runtime-dir", default="", help="directory of the ipc sockets (0700; default "
                    "$XDG_RUNTIME_DIR/memsession or /tmp/memsession-UID)")
-    p.add_argument("--publish", default="", help="endpoint publishers connect to (XSUB), e.g. tcp://0.0.0.0:5561")
-    p.add_argument("--subscribe", default="", help="endpoint subscribers connect to (XPUB)")
-    p.add_argument("--requests", default="", help="endpoint for snapshots, reads and stats (ROUTER)")
+    if serving:
+        p.add_argument("--publish", default="", help="endpoint publishers connect to (XSUB), e.g. tcp://0.0.0.0:5561")
+        p.add_argument("--subscribe", default="", help="endpoint subscribers connect to (XPUB)")
+        p.add_argument("--requests", default="", help="endpoint for snapshots, reads and stats (ROUTER)")
+    else:
+        p.add_argument("--requests", default="", help="the hub's requests endpoint (ROUTER), e.g. "
+                       "tcp://10.0.0.5:5563, instead of --runtime-dir")
     p.add_argument("--keys", default=None, help="CURVE keys directory (required for tcp)")
     p.add_argument("--insecure", action="store_true", help="allow tcp without CURVE (logs a warning)")
+
+
+def log_level_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
 def maxsize_argument(p: argparse.ArgumentParser) -> None:
@@ -29,7 +41,7 @@ def maxsize_argument(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--maxsize", type=int, default=DEFAULT_MAXSIZE,
                    help="most live sessions the hub holds; past it the least recently used is evicted "
-                        f"(a sidecar reads it back from the store when asked for; default {DEFAULT_MAXSIZE})")
+                        "(a sidecar reads it back from the store when asked for)")
 
 
 def _sidecar_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,8 +64,8 @@ def _sidecar_arguments(p: argparse.ArgumentParser) -> None:
                    help="on SIGTERM, keep retrying queued writes this long")
     p.add_argument("--save-interval", type=float, default=1.0,
                    help="file store only: seconds between snapshots of the JSON file")
-    p.add_argument("--table", default=None, help="PostgreSQL: table name (default memsession)")
-    p.add_argument("--schema", default=None, help="PostgreSQL: schema name")
+    p.add_argument("--table", default=None, help="PostgreSQL: table name (default: memsession)")
+    p.add_argument("--schema", default=None, help="PostgreSQL: schema name (default: the search path)")
     p.add_argument("--no-create-table", action="store_true", help="PostgreSQL: don't create the table if missing")
     p.add_argument("--http", default=None, metavar="HOST:PORT",
                    help="serve /health (JSON), /metrics (Prometheus) and a status page (/) here, "
@@ -70,7 +82,7 @@ def _sidecar_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remove-runtime-dir", action="store_true",
                    help="with --parent-pid: remove --runtime-dir when exiting because the parent is gone")
     p.add_argument("--ready-file", default=None, help="write this file once the sidecar serves requests")
-    p.add_argument("--log-level", default="INFO")
+    log_level_argument(p)
 
 
 def _hub_config(args: argparse.Namespace, **extra: Any) -> Any:
@@ -96,10 +108,11 @@ def store_options(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _sidecar(args: argparse.Namespace) -> int:
-    from persist.url import open_store, redact, store_kind
+    from persist.url import check_store, open_store, redact, store_kind
 
     from .sidecar import Sidecar, SidecarConfig
 
+    check_store(args.store)  # a store it can't keep is said before anything (the runtime dir) is made
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log = logging.getLogger("memsession.sidecar")
     config = SidecarConfig(
@@ -133,7 +146,7 @@ def _sidecar(args: argparse.Namespace) -> int:
 
 
 def _status_arguments(p: argparse.ArgumentParser) -> None:
-    endpoint_arguments(p)
+    endpoint_arguments(p, serving=False)
     p.add_argument("--json", action="store_true", help="print the raw counters as JSON")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer")
 
@@ -148,61 +161,67 @@ def _ms(value: Any) -> str:
     return f"{value:.3f} ms" if isinstance(value, (int, float)) else "-"
 
 
+def _n(count: Any, noun: str, plural: str = "") -> str:
+    """``count`` and ``noun``, plural unless it is one: "1 tombstone", "2 tombstones", "0 batches"."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
 def format_status(stats: dict[str, Any], requests: str) -> str:
-    """A hub's or sidecar's counters as a short human-readable report."""
+    """A hub's or sidecar's counters as a short human-readable report (numbers as the JSON has them)."""
     role = stats.get("role", "hub")
+    get = stats.get
     lines = [
         f"{role} at {requests}",
-        f"  epoch        {stats.get('epoch', 0):x}   up {stats.get('uptime', 0):.0f}s",
-        f"  peers seen   {stats.get('streams', 0)} publisher streams",
-        f"  sessions     {stats.get('sessions', 0)} live, {stats.get('tombstones', 0)} tombstones",
-        (f"  bound        maxsize {stats.get('maxsize', '?')}, {stats.get('evicted', 0)} evicted, "
-         f"{stats.get('read_backs', 0)} read back from the store"),
-        (f"  bus          {stats.get('received', 0)} received, {stats.get('applied', 0)} applied, "
-         f"{stats.get('gaps', 0)} gaps, lag p50 {_ms(stats.get('lag_ms_p50'))} / p99 {_ms(stats.get('lag_ms_p99'))}"),
+        f"  epoch        {get('epoch', 0)}   up {get('uptime', 0):.0f}s",
+        f"  peers seen   {_n(get('streams', 0), 'publisher stream')}",
+        f"  sessions     {get('sessions', 0)} live, {_n(get('tombstones', 0), 'tombstone')}",
+        (f"  bound        maxsize {get('maxsize', '?')}, {get('evicted', 0)} evicted, "
+         f"{get('read_backs', 0)} read back from the store"),
+        (f"  bus          {get('received', 0)} received, {get('applied', 0)} applied, "
+         f"{_n(get('gaps', 0), 'gap')}, lag p50 {_ms(get('lag_ms_p50'))} / p99 {_ms(get('lag_ms_p99'))}"),
     ]
-    persist_stats = stats.get("persist")
+    persist_stats = get("persist")
     store_refused = persist_stats.get("store_refused", 0) if isinstance(persist_stats, dict) else 0
-    if stats.get("refused") or store_refused:
+    if get("refused") or store_refused:
         # Records the record rule kept out (memsession.admission): each was skipped, the others went on.
-        lines.append(f"  refused      {stats.get('refused', 0)} records from the bus or workers, "
-                     f"{store_refused} stored records")
-    if stats.get("cleared"):
+        lines.append(f"  refused      {_n(get('refused', 0), 'record')} from the bus or workers, "
+                     f"{_n(store_refused, 'stored record')}")
+    if get("cleared"):
         lines.append(f"  cleared      every session at or below version {stats['cleared']}")
-    dropped = stats.get("dropped") or {}
+    dropped = get("dropped") or {}
     if dropped:
         lines.append("  dropped      " + ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items())))
-    persist = stats.get("persist")
+    persist = get("persist")
     if isinstance(persist, dict):
         state = "FAILING" if persist.get("failing") else "ok"
         lines += [
-            f"  store        {stats.get('store', '?')}: {state}",
-            (f"  queue        {persist.get('depth', 0)} keys waiting (limit {persist.get('limit', 0)}), "
+            f"  store        {get('store', '?')}: {state}",
+            (f"  queue        {_n(persist.get('depth', 0), 'key')} waiting (limit {persist.get('limit', 0)}), "
              f"oldest unwritten change {persist.get('unwritten_age_s', 0):.2f}s old"),
-            (f"  last flush   {_age(persist.get('last_flush_age_s'))}; {persist.get('saved', 0)} records in "
-             f"{persist.get('batches', 0)} batches, {persist.get('coalesced', 0)} coalesced"),
+            (f"  last flush   {_age(persist.get('last_flush_age_s'))}; {_n(persist.get('saved', 0), 'record')} in "
+             f"{_n(persist.get('batches', 0), 'batch', 'batches')}, {persist.get('coalesced', 0)} coalesced"),
             (f"  errors       {persist.get('write_errors', 0)} write, {persist.get('purge_errors', 0)} purge, "
-             f"{persist.get('rejected', 0)} rejected, {persist.get('overflows', 0)} overflows, "
+             f"{persist.get('rejected', 0)} rejected, {_n(persist.get('overflows', 0), 'overflow')}, "
              f"{persist.get('lost', 0)} lost"),
         ]
         clears, due = persist.get("clears", 0), persist.get("clear_due", 0)
         if clears or due:
             # An owed clear means the store may still hand back sessions a clear ended.
             owed = f"; one owed, watermark {due}" if due else ""
-            lines.append(f"  clears       {clears} applied to the store{owed}")
+            lines.append(f"  clears       {_n(clears, 'clear')} applied to the store{owed}")
         if persist.get("last_error"):
             lines.append(f"  last error   {persist['last_error']}")
-        lines.append(f"  pruned       {persist.get('purged', 0)} expired sessions from the store")
+        lines.append(f"  pruned       {_n(persist.get('purged', 0), 'expired session')} from the store")
     return "\n".join(lines)
 
 
 def _status(args: argparse.Namespace) -> int:
     from ..errors import BusError
-    from ..hub import query_stats
+    from ..hub import HubConfig, query_stats
 
     try:
         # Only the ROUTER is asked: --requests alone is enough (tcp, another host).
-        requests = args.requests or _hub_config(args).query_endpoint()
+        requests = args.requests or HubConfig(runtime_dir=args.runtime_dir).query_endpoint()
         stats = query_stats(requests, keys=args.keys, insecure=args.insecure, timeout=args.timeout)
     except BusError as exc:
         print(f"memsession status: {exc}", file=sys.stderr)

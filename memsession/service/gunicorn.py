@@ -57,7 +57,7 @@ from typing import Any
 from ..config import Config
 from ..contrib import process
 from ..contrib.process import session_cache
-from ..errors import BusError, ConfigError
+from ..errors import BusError, ConfigError, MemsessionError
 from ..hub import wait_ready
 from ..session_cache import SessionCache
 from .ack import DEFAULT_TIMEOUT as ACK_TIMEOUT
@@ -254,14 +254,28 @@ class GunicornHooks:
                 "--parent-pid", str(os.getpid()), *cleanup, *self.sidecar_args]
 
     def on_starting(self, server: Any) -> None:
-        global _embedded
-        from ..hub import HubConfig
-
         if self.external is not None:
             self._check_external({**self.bus_options, **self.external})
             return
+        try:
+            self._start_embedded()
+        except MemsessionError as exc:
+            # gunicorn calls on_starting outside its own error handling: an exception would end the master
+            # with a traceback through gunicorn's internals. A refusal to start is one line and an exit code.
+            pidfile = getattr(server, "pidfile", None)  # made just before this hook; nothing else removes it
+            if pidfile is not None:
+                pidfile.unlink()
+            raise SystemExit(f"memsession: gunicorn not started: {exc}") from None
+
+    def _start_embedded(self) -> None:
+        global _embedded
+        from persist.url import check_store
+
+        from ..hub import HubConfig
+
         if _embedded is not None:
             return  # already running (a second on_starting never happens; be safe)
+        check_store(self.store)  # before a sidecar is spawned only to say it
         owns_dir = self.runtime_dir is None
         runtime_dir = self.runtime_dir or tempfile.mkdtemp(prefix="memsession-")
         requests = HubConfig(runtime_dir=runtime_dir).endpoints()[2]

@@ -49,8 +49,9 @@ from ..changes import reflects
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BusError, ConfigError, MemsessionError
 from ..hub import HubConfig, HubState, run_hub
+from ..hub.ipc_dirs import IpcDirs
 from ..hub.reads import StoreReads
-from ..hub.runner import start_in_thread
+from ..hub.runner import start_in_thread, stop_summary
 from ..session import Record
 from ..validate import check_int, check_number
 from .ack_server import AckBook
@@ -191,7 +192,12 @@ class Sidecar:
         """Serve until ``stop`` is set, then flush and close the store."""
         stop = stop or self._stop
         cfg = self.config
+        # Held from before the ack socket binds until after it closed, so a second sidecar in this
+        # runtime dir is refused before it binds anything, and the files removed on the way out are ours.
+        dirs: IpcDirs | None = None
+        clean = False
         try:
+            dirs = IpcDirs((*self.hub_config.endpoints(), *([self.ack_endpoint] if self.ack_endpoint else [])))
             start = time.monotonic()
             self.warm_loaded = self.state.warm(self.store.load_all(self.clock.wall()))
             log.info("loaded %d sessions from %s in %.2fs (%d held)", self.warm_loaded, self.store.name,
@@ -206,11 +212,17 @@ class Sidecar:
                 threading.Thread(target=self._watch_parent, args=(stop,), name="memsession-sidecar-parent",
                                  daemon=True).start()
             run_hub(self.hub_config, stop=stop, ready=ready, state=self.state, every_second=self._tick,
-                    reads=self.reads)
+                    reads=self.reads, dirs=dirs)
+            clean = True
         finally:
             self._shutdown()
+            if dirs is not None:
+                dirs.release()
             if self._orphaned and cfg.remove_runtime_dir:
                 self._remove_runtime_dir()
+        if clean:
+            log.info("sidecar stopped, %s; %d records written to %s", stop_summary(self.state),
+                     self.writer.stats().get("saved", 0), self.store.name)
 
     def _remove_runtime_dir(self) -> None:
         path = self.hub_config.runtime_dir

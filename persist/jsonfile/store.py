@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
+from memsession import lockfile
 from memsession.changes import merge_records
 from memsession.clock import SYSTEM_CLOCK, Clock
 from memsession.errors import ConfigError, StoreCorrupt, StoreError
@@ -30,20 +31,35 @@ __all__ = ["JsonFileStore"]
 log = logging.getLogger("memsession.persist")
 
 
+def folder_problem(path: str) -> str | None:
+    """Why no session file can be kept at ``path`` (its folder is missing, or not a folder); None if it can."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(folder):
+        return None
+    # The folder is never made here: a typo in the path would silently start an empty store elsewhere.
+    what = "is not a folder" if os.path.exists(folder) else "does not exist"
+    return f"the folder {folder} {what}; create it or choose a store in an existing folder"
+
+
+def _lock_name(path: str) -> str:
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.lock")
+
 
 def _lock_file(path: str) -> int | None:
-    """Hold an exclusive lock on ``<folder>/.<name>.lock``; ConfigError if another process holds it."""
+    """Hold an exclusive lock on ``<folder>/.<name>.lock``; ConfigError if another process holds it.
+
+    ``close`` removes the lock file as it lets go (``memsession.lockfile`` says why that never
+    lets two stores in); one left by a process killed outright is taken over.
+    """
     if sys.platform == "win32":  # pragma: no cover - no flock; one owner per file is then up to you
         return None
-    import fcntl
-
-    folder, name = os.path.split(os.path.abspath(path))
-    fd = os.open(os.path.join(folder, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ConfigError("path", path, "the file is in use by another JsonFileStore (one owner per file)") from None
+        fd = lockfile.acquire(_lock_name(path))
+    except OSError as exc:
+        raise StoreError(f"can't lock {_lock_name(path)}: {exc}", store=NAME, op="open") from exc
+    if fd is None:
+        raise ConfigError("path", path, "the file is in use by another JsonFileStore (one owner per file)")
     return fd
 
 
@@ -77,9 +93,9 @@ class JsonFileStore:
         check_number("save_interval", save_interval, allow_none=True)
         check_choice("on_corrupt", on_corrupt, ("raise", "move_aside"))
         self.path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(folder):
-            raise ConfigError("path", self.path, f"folder {folder} does not exist")
+        problem = folder_problem(self.path)
+        if problem is not None:
+            raise ConfigError("path", self.path, problem)
         self._lock_fd = _lock_file(self.path)
         self.save_interval = save_interval
         self.clock = clock
@@ -263,7 +279,7 @@ class JsonFileStore:
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            lockfile.release(_lock_name(self.path), self._lock_fd)
             self._lock_fd = None
 
     def stats(self) -> dict[str, Any]:

@@ -18,8 +18,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
-import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
+
+try:
+    import psycopg
+    from psycopg_pool import ConnectionPool, PoolTimeout
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError("PostgresStore needs psycopg 3 and psycopg-pool: pip install 'memsession[postgres]'") from exc
 
 from memsession.errors import ConfigError, RecordRefused, StoreError, StoreRejected, StoreUnavailable
 from memsession.session import Record
@@ -179,7 +183,7 @@ class PostgresStore:
         def work(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ["memsession.create_table"])
-                created = conn.execute("SELECT to_regclass(%s) IS NULL", [self.names.table_ident.as_string(conn)])
+                created = conn.execute("SELECT to_regclass(%s) IS NULL", [self.names.qualified])
                 fresh = created.fetchone() == (True,)
                 for stmt in statements:
                     conn.execute(stmt)
@@ -212,7 +216,7 @@ class PostgresStore:
                 " AND NOT m.attisdropped)"
                 " FROM pg_attribute a JOIN (SELECT to_regclass(%s) AS oid) c ON a.attrelid = c.oid"
                 " WHERE a.attname = %s",
-                [[names.columns[f] for f in MERGE_FIELDS], names.table_ident.as_string(conn), names.columns["key"]],
+                [[names.columns[f] for f in MERGE_FIELDS], names.qualified, names.columns["key"]],
             ).fetchone()
 
         found = self._run("open", state)

@@ -1,6 +1,6 @@
 """The sessions table: its names (schema, table, columns) and its DDL.
 
-The table (names configurable, identifiers quoted with ``psycopg.sql``)::
+The table (names configurable, identifiers quoted as PostgreSQL quotes them)::
 
     key       text PRIMARY KEY     session key: SHA-256 of the session id, hex (never the id)
     data      json                 session data, ``persist.base.encode_data``
@@ -22,6 +22,10 @@ per-key merging: a table made before lacks them, and the store adds them when
 it opens (``upgrade_statement``; its rows read back with null, as they were
 written). ``ddl()`` renders the statements ``create_table=True`` runs and that
 upgrade; for the default names they are shipped as ``persist/schema.sql``.
+
+The DDL is plain text made here (``quote_ident``), without psycopg: ``memsession
+ddl`` prints it on a machine that only prepares the database. The statements
+the store runs on rows take ``table_ident`` and ``col``, which are psycopg's.
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-
-from psycopg import sql
+from typing import TYPE_CHECKING
 
 from memsession.errors import ConfigError
+
+if TYPE_CHECKING:
+    from psycopg import sql
 
 __all__ = [
     "DEFAULT_COLUMNS",
@@ -43,6 +49,7 @@ __all__ = [
     "comment_statement",
     "ddl",
     "ddl_statements",
+    "quote_ident",
     "upgrade_statement",
 ]
 
@@ -64,6 +71,22 @@ FIELDS = tuple(DEFAULT_COLUMNS)
 MERGE_FIELDS = ("stamps", "seen")
 #: The key column's comment: what it holds, and the mark of a table whose keys are digests.
 KEY_COMMENT = "memsession session key: SHA-256 (hex) of the session id; the id itself is never stored"
+
+
+def quote_ident(*names: str) -> str:
+    """A (schema-qualified) identifier quoted as PostgreSQL reads it: in double quotes, each ``"`` doubled.
+
+    The same text as ``psycopg.sql.Identifier(*names).as_string()``; names hold no NUL
+    (``TableNames.build`` refuses it), the one character quoting can't carry.
+    """
+    return ".".join('"' + name.replace('"', '""') + '"' for name in names)
+
+
+def _quote_literal(text: str) -> str:
+    """A string constant, read the same whatever ``standard_conforming_strings`` says (as psycopg writes one)."""
+    if "\\" in text:
+        return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+    return "'" + text.replace("'", "''") + "'"
 
 
 @dataclass(frozen=True)
@@ -97,7 +120,17 @@ class TableNames:
         return cls(schema, table, MappingProxyType(merged))
 
     @property
+    def qualified(self) -> str:
+        """The table, schema-qualified if a schema is named, quoted (``quote_ident``)."""
+        return quote_ident(self.table) if self.schema is None else quote_ident(self.schema, self.table)
+
+    def quoted(self, field: str) -> str:
+        return quote_ident(self.columns[field])
+
+    @property
     def table_ident(self) -> sql.Composable:
+        from psycopg import sql
+
         if self.schema is None:
             return sql.Identifier(self.table)
         return sql.Identifier(self.schema, self.table)
@@ -107,57 +140,47 @@ class TableNames:
         return (self.table + "_" + self.columns["expires"] + "_idx")[:63]
 
     def col(self, field: str) -> sql.Identifier:
+        from psycopg import sql
+
         return sql.Identifier(self.columns[field])
 
 
-def ddl_statements(names: TableNames) -> list[sql.Composed]:
-    c = names.col
+def ddl_statements(names: TableNames) -> list[str]:
+    c = {f: names.quoted(f) for f in FIELDS}
     out = []
     if names.schema is not None:
-        out.append(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(names.schema)))
+        out.append(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(names.schema)}")
     out.append(
-        sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {t} (\n"
-            '    {key} text COLLATE "C" PRIMARY KEY,\n'
-            "    {data} json NOT NULL,\n"
-            "    {version} bigint NOT NULL,\n"
-            "    {origin} bigint NOT NULL,\n"
-            "    {created} double precision NOT NULL,\n"
-            "    {accessed} double precision NOT NULL,\n"
-            "    {expires} double precision NOT NULL,\n"
-            "    {deleted} boolean NOT NULL DEFAULT false,\n"
-            "    {stamps} json,\n"
-            "    {seen} json\n"
-            ")"
-        ).format(t=names.table_ident, **{f: c(f) for f in FIELDS})
+        f"CREATE TABLE IF NOT EXISTS {names.qualified} (\n"
+        f'    {c["key"]} text COLLATE "C" PRIMARY KEY,\n'
+        f"    {c['data']} json NOT NULL,\n"
+        f"    {c['version']} bigint NOT NULL,\n"
+        f"    {c['origin']} bigint NOT NULL,\n"
+        f"    {c['created']} double precision NOT NULL,\n"
+        f"    {c['accessed']} double precision NOT NULL,\n"
+        f"    {c['expires']} double precision NOT NULL,\n"
+        f"    {c['deleted']} boolean NOT NULL DEFAULT false,\n"
+        f"    {c['stamps']} json,\n"
+        f"    {c['seen']} json\n"
+        ")"
     )
-    out.append(
-        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} ({e})").format(
-            i=sql.Identifier(names.index_name), t=names.table_ident, e=c("expires")
-        )
-    )
+    out.append(f"CREATE INDEX IF NOT EXISTS {quote_ident(names.index_name)} ON {names.qualified} ({c['expires']})")
     return out
 
 
-def upgrade_statement(names: TableNames) -> sql.Composed:
+def upgrade_statement(names: TableNames) -> str:
     """``ALTER TABLE`` adding what a table made before per-key merging lacks (nothing if it has it).
 
     It takes the table's strongest lock, however briefly, and needs its owner:
     the store runs it only when the catalog says a column is missing.
     """
-    return sql.SQL("ALTER TABLE {t} {columns}").format(
-        t=names.table_ident,
-        columns=sql.SQL(", ").join(
-            sql.SQL("ADD COLUMN IF NOT EXISTS {} json").format(names.col(f)) for f in MERGE_FIELDS
-        ),
-    )
+    columns = ", ".join(f"ADD COLUMN IF NOT EXISTS {names.quoted(f)} json" for f in MERGE_FIELDS)
+    return f"ALTER TABLE {names.qualified} {columns}"
 
 
-def comment_statement(names: TableNames) -> sql.Composed:
+def comment_statement(names: TableNames) -> str:
     """``COMMENT ON COLUMN`` for the key column (``KEY_COMMENT``): run apart, as only the owner may."""
-    return sql.SQL("COMMENT ON COLUMN {t}.{key} IS {c}").format(
-        t=names.table_ident, key=names.col("key"), c=sql.Literal(KEY_COMMENT)
-    )
+    return f"COMMENT ON COLUMN {names.qualified}.{names.quoted('key')} IS {_quote_literal(KEY_COMMENT)}"
 
 
 def ddl(schema: str | None = None, table: str = "memsession", columns: Mapping[str, str] | None = None) -> str:
@@ -168,4 +191,4 @@ def ddl(schema: str | None = None, table: str = "memsession", columns: Mapping[s
     """
     names = TableNames.build(schema, table, columns)
     statements = (*ddl_statements(names), upgrade_statement(names), comment_statement(names))
-    return "".join(stmt.as_string(None) + ";\n" for stmt in statements)
+    return "".join(stmt + ";\n" for stmt in statements)
