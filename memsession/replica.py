@@ -41,7 +41,8 @@ _REVALIDATE_TIMEOUT = 0.25
 #: the bus delivers in milliseconds, a restarted hub gathers the workers' copies within a second or two.
 RECENT_WRITE = 5.0
 #: How long a restarted hub takes to gather what the workers hold (they push within a heartbeat or two).
-_GATHER = 2.0
+GATHER = 2.0
+_GATHER = GATHER
 #: While the hub or store is away, how often a read asks again, and how long one ask may take.
 _ASK_AGAIN = 0.1
 _ASK_TIMEOUT = 1.0

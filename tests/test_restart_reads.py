@@ -142,3 +142,42 @@ def test_a_worker_that_has_just_joined_sends_its_changes_as_deltas() -> None:
         assert writer.bus.stats()["sent_whole"] == 0
     finally:
         writer.close()
+
+
+def test_a_delta_right_after_a_hub_restart_never_makes_an_older_copy_pass_for_the_newest() -> None:
+    """Another worker's change must not complete a copy that lacks a change the new hub is still gathering.
+
+    The user writes ``b`` on one worker while the hub is away, then ``c`` on a
+    second worker once a new hub has the first one's push. A third worker
+    that has not noticed the new hub yet (its beat, and the relay of that
+    push, are still on their way) merges the second worker's change: as a
+    delta, its copy would name the user's newest change while lacking ``b``,
+    and be served as the newest.
+    """
+    clock = FakeClock()
+    hub = MemoryHub(clock=clock)
+    caches = [SessionCache(clock=clock, bus=MemoryBus(hub), outage_budget=BUDGET) for _ in range(3)]
+    first, second, reader = caches
+    config = WebConfig(secret_keys=[SECRET], consistency_timeout=0.01)
+    on_first, on_second, on_reader = (SessionManager(cache, config) for cache in caches)
+    try:
+        cookie = _write(on_first, None, a="1")
+        hub.partition(first.bus)  # the hub is away for the first worker: its next change reaches nobody
+        clock.advance(5.0)
+        cookie = _write(on_first, cookie, b="2")
+        hub.restart()
+        hub.heal(first.bus)
+        hub.partition(reader.bus)
+        hub.beat()  # the two writers notice the new hub and repair: the first one's push brings b
+        hub.heal(reader.bus)
+        cookie = _write(on_second, cookie, c="3")  # the second worker had b from the new hub's snapshot
+        sid = on_second.verify(cookie)[0]
+        assert second.get(sid) == {"a": "1", "b": "2", "c": "3"}
+        try:
+            session = on_reader.open(cookie)
+        except SessionUnavailable:
+            return  # refused while the new hub gathers: allowed
+        assert dict(session) == {"a": "1", "b": "2", "c": "3"}, "an older copy was served as the newest"
+    finally:
+        for cache in caches:
+            cache.close()

@@ -21,6 +21,7 @@ from .. import wire
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import WireError
 from ..refusals import log_refusal
+from ..replica import GATHER
 from ..session import Record, touched_copy
 from .config import BusConfig
 from .contract import Bus, Clear, ReplicaTarget
@@ -75,6 +76,8 @@ class Replicator(OutgoingStream):
         self.last_hub_beat: float | None = None
         #: When (monotonic) this process first heard the current hub.
         self.hub_seen: float | None = None
+        #: When (monotonic) this process last saw the hub replaced by a restarted one; None: never.
+        self.hub_restarted_at: float | None = None
         #: ``seq`` when the hub was last heard: what we published after may not have reached it yet.
         self.seq_at_beat = 0
         self.repair_due = False
@@ -294,14 +297,11 @@ class Replicator(OutgoingStream):
             self._past_hubs.append(self.hub_id)
         self.hub_id = hub_id
         self.hub_epoch = epoch
-        self.hub_seen = self.clock.monotonic()
+        self.hub_seen = self.hub_restarted_at = self.clock.monotonic()
 
     def hub_settled(self, gather: float) -> bool:
-        """Whether the hub's "not found" can be believed: heard for ``gather`` seconds, no repair due.
-
-        A hub that has just restarted is still gathering what the workers hold
-        (each pushes its state when it notices the new hub).
-        """
+        """Whether the hub's "not found" can be believed: heard for ``gather`` seconds, no repair due
+        (a hub that has just restarted is still gathering what the workers push as they notice it)."""
         seen = self.hub_seen
         return seen is not None and not self.repair_due and self.clock.monotonic() - seen >= gather
 
@@ -319,20 +319,27 @@ class Replicator(OutgoingStream):
         last = self.last_hub_beat if self.last_hub_beat is not None else self.hub_seen
         return self.repair_due or last is None or self.clock.monotonic() - last > 1.5 * self.config.heartbeat
 
+    def others_may_lack(self) -> bool:
+        """``hub_may_lack_ours``, or the hub restarted less than ``GATHER`` ago and is still gathering the
+        workers' pushes: a receiver may then lack changes made before ours elsewhere (``sendable``)."""
+        if self.hub_may_lack_ours():
+            return True
+        restarted = self.hub_restarted_at
+        return restarted is not None and self.clock.monotonic() - restarted < GATHER
+
     def sendable(self, record: Record, packed: bytes | None) -> tuple[Record, bytes | None]:
         """What goes on the bus for the local change ``record`` (``packed``: its data serialized).
 
         A delta (``partial``: only the keys a change set) is sent as it is,
-        unless the hub may lack changes this process published before it
-        (``hub_may_lack_ours``: the hub was away or restarted and has not been
-        repaired yet). Then the whole session as held here travels instead: a
-        receiver that missed those changes would merge the delta into its older
-        copy, and that copy would name the newest change (``changes.reflects``)
-        while it lacks the ones before, so a request would be served it as the
-        newest. The whole session carries every key with its own stamp, so it
-        merges as the delta would, and completes what the receiver missed.
+        unless a receiver may lack changes made before it (``others_may_lack``:
+        the hub was away or restarted and is not repaired, or restarted moments
+        ago and other workers' pushes may not be relayed yet). Then the whole
+        session as held here travels: merged into an older copy, the delta would
+        make it name the newest change (``changes.reflects``) while it lacks the
+        ones before, and a request would be served it as the newest. Every key
+        carries its own stamp, so the whole merges as the delta would.
         """
-        if not record.partial or not self.hub_may_lack_ours():
+        if not record.partial or not self.others_may_lack():
             return record, packed
         whole = self.cache.held(record.key)
         if whole is None or whole.deleted or whole.partial:
