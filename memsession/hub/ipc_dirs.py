@@ -70,7 +70,7 @@ class IpcDirs:
             try:
                 os.unlink(name, dir_fd=dir_fd)
             except FileNotFoundError:
-                pass  # never bound (a failed start), or removed by hand
+                continue  # never bound (a failed start), or removed by hand
             except OSError as exc:
                 log.warning("could not remove the socket file %s: %s", name, exc)
         self._let_go()
