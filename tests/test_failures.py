@@ -23,6 +23,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,10 @@ class Load:
     def _thread(self, n: int) -> None:
         clients = [client(self.url) for _ in range(self.sessions_per_thread)]
         current: list[str | None] = [None] * len(clients)
+        # Each client's last writes (step, key, worker, seconds since the load began): a stale
+        # read's report shows which worker wrote what when, for the one that missed it.
+        history: list[deque[tuple[int, str, object, float]]] = [deque(maxlen=8) for _ in clients]
+        began = time.monotonic()
         try:
             step = 0
             while not self.stop.is_set() and self.requests < self.max_requests:
@@ -92,6 +97,7 @@ class Load:
                 wrote = self._call(c, "post", "/set", {"key": key, "value": str(step)})
                 if wrote is None:
                     continue
+                history[i].append((step, key, wrote["worker"], round(time.monotonic() - began, 3)))
                 seen = self._call(c, "get", "/me", None)
                 if seen is None:
                     continue
@@ -111,7 +117,8 @@ class Load:
                     self.cookies[sid] = cookie
                     if seen["session"] != wrote["session"]:
                         self.errors.append(f"stale read on {seen['worker']}: {seen['session']} "
-                                           f"!= {wrote['session']} written by {wrote['worker']}")
+                                           f"!= {wrote['session']} written by {wrote['worker']}; "
+                                           f"this client's last writes (step, key, worker, s): {list(history[i])}")
         finally:
             for c in clients:
                 c.close()
