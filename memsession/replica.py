@@ -42,7 +42,6 @@ _REVALIDATE_TIMEOUT = 0.25
 RECENT_WRITE = 5.0
 #: How long a restarted hub takes to gather what the workers hold (they push within a heartbeat or two).
 GATHER = 2.0
-_GATHER = GATHER
 #: While the hub or store is away, how often a read asks again, and how long one ask may take.
 _ASK_AGAIN = 0.1
 _ASK_TIMEOUT = 1.0
@@ -252,7 +251,7 @@ class Replica:
         is still gathering what the workers push) and only for a write older
         than ``RECENT_WRITE`` when the wait began (a younger one may be on its
         way); until then they are asked again, up to ``outage_budget`` (and at
-        least ``_GATHER`` seconds after the first answer). A believed answer
+        least ``GATHER`` seconds after the first answer). A believed answer
         gives the newest copy left (the write was lost: logged, counted
         ``lost_writes``) or None (no copy left). Otherwise
         ``SessionUnavailable``: "no answer" is never taken for "no session",
@@ -281,7 +280,7 @@ class Replica:
                     # A hub that answers only now may have just restarted: give the workers
                     # time to push what they hold to it, even if the budget ends sooner.
                     first_answer = time.monotonic()
-                    give_up = max(give_up, first_answer + _GATHER)
+                    give_up = max(give_up, first_answer + GATHER)
             remaining = give_up - time.monotonic()
             if remaining <= 0:
                 break
@@ -355,7 +354,7 @@ class Replica:
         if bus is None:
             return True  # a store's answer is the answer
         hub_settled = getattr(bus, "hub_settled", None)  # a bus of one's own may lack it
-        return hub_settled is None or bool(hub_settled(_GATHER))
+        return hub_settled is None or bool(hub_settled(GATHER))
 
     def _may_be_on_its_way(self, version: int) -> bool:
         return self.clock.wall() - version_wall_ms(version) / 1000.0 < RECENT_WRITE

@@ -167,8 +167,6 @@ class SessionMiddleware:
             manager = SessionManager.build(cache, **options)
         self.manager = manager
         self._cookie_name = manager.config.cookie_name.encode("latin-1")
-        # Starlette builds its middleware when the server starts the app (lifespan): refused there, loudly.
-        manager.check_shared("memsession.contrib.asgi")
 
     def _cookie_values(self, scope: Scope) -> list[str]:
         values: list[str] = []
@@ -183,6 +181,8 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
             return
         manager = self.manager
+        # On each request until it passes, not when built: a middleware made before a fork
+        # (--preload) gets its cache connected by the server's hooks afterwards.
         manager.check_shared("memsession.contrib.asgi")
         values = self._cookie_values(scope)
         try:
