@@ -14,7 +14,10 @@ local state).
 Joining: the receiver subscribes, waits until its own hello comes back
 (proof that the subscription is live at the hub), then takes a snapshot; only
 then does ``attach`` return. If the hub is not there, ``attach`` returns after
-``request_timeout`` and the receiver keeps trying in the background.
+``request_timeout`` and the receiver keeps trying in the background. Changes
+made before the join (in a child right after a fork, or while no hub is
+there) wait in the send queue until it: a PUB the hub's subscription has not
+reached yet drops what it is given.
 
 Fork safety: nothing ZeroMQ exists until ``attach``. A child forked after that
 gets a fresh context, fresh threads, locks and queue, a new origin id and a

@@ -163,18 +163,22 @@ class Sender:
             pub.connect(addresses.publish)
             if writer is not None:
                 writer.connect(addresses.requests)  # every change goes through this thread (its WRITE)
-            else:
-                with lock:
-                    self._pub = pub  # from now on a change may go out from the thread that made it
             next_beat = time.monotonic()
             while True:
-                if queue:
+                # Changes wait for the join: until our hello has come back, the hub's subscription
+                # may not have reached our PUB, which then drops what it is given (a change made
+                # right after a fork would be lost with no one to see the gap).
+                is_joined = joined.is_set()
+                if queue and (is_joined or stop.is_set()):
                     with lock:
                         self._send_queued(pub, writer)
+                if is_joined and writer is None and self._pub is None:
+                    with lock:
+                        self._send_queued(pub, writer)  # what came in meanwhile goes first
+                        self._pub = pub  # from now on a change may go out from the thread that made it
                 if stop.is_set():
                     break
                 now = time.monotonic()
-                is_joined = joined.is_set()
                 hello = not is_joined and now - self._sent_hello >= 0.02
                 if hello or now >= next_beat:
                     with lock:  # after every change numbered before it: a beat carries the last number
