@@ -6,7 +6,7 @@ CouchDB changes feed, the JSON snapshot file. Every door applies the same two
 checks from this module, so one bad record is refused the same way wherever
 it comes from, and never more than that one record is lost:
 
-* **shape** (``field_fault``, ``scan_data``), which needs no clock and no
+* **shape** (``record_shape.field_fault`` and ``stamps_fault``, ``scan_data``), which needs no clock and no
   local option: the key is a printable str of 1..``max_key`` characters; the
   version an int in ``(0, MAX_VERSION]`` (0 only for a tombstone: the CouchDB
   follower's evictions outrank no real write); the origin a 64-bit int;
@@ -47,6 +47,17 @@ from typing import TYPE_CHECKING, Any
 
 from .clock import COUNTER_BITS
 from .errors import RecordRefused, SessionDataError
+from .record_shape import (
+    _INT_MIN,
+    _U64,
+    MAX_ITEMS,
+    MAX_KEY,
+    MAX_KEY_TOMBSTONES,
+    MAX_SEEN_ENTRIES,
+    MAX_VERSION,
+    field_fault,
+    stamps_fault,
+)
 
 if TYPE_CHECKING:
     from .config import Config
@@ -71,15 +82,6 @@ __all__ = [
 DEFAULT_MAX_SKEW = 60.0
 #: Deepest nesting of session data (the top-level dict is depth 0).
 MAX_DEPTH = 32
-#: Most values (scalars and containers, at every depth) in one session's data, locally.
-MAX_ITEMS = 8192
-#: Longest key (characters).
-MAX_KEY = 256
-#: The largest version (and clear watermark) anything accepts: a signed 64-bit int, as stores keep it.
-MAX_VERSION = (1 << 63) - 1
-
-_INT_MIN = -(1 << 63)
-_U64 = (1 << 64) - 1
 
 
 # -- data ---------------------------------------------------------------------------
@@ -223,86 +225,6 @@ def scan_data(data: Mapping[str, Any], max_depth: int = MAX_DEPTH, max_items: in
     return flat
 
 
-# -- fields ---------------------------------------------------------------------------
-
-
-def field_fault(
-    key: Any, version: Any, origin: Any, created: Any, accessed: Any, expires: Any, deleted: bool,
-    max_key: int = MAX_KEY,
-) -> str | None:
-    """What is wrong with a record's fields (never quoting the key), or None: the shape rule."""
-    if (  # every door runs this for every record: one expression for the common case first
-        type(key) is str and 0 < len(key) <= max_key
-        and type(version) is int and 0 < version <= MAX_VERSION
-        and type(origin) is int and _INT_MIN <= origin <= _U64
-        and type(created) is float and created - created == 0.0  # false for inf and nan
-        and type(accessed) is float and accessed - accessed == 0.0
-        and type(expires) is float and expires <= math.inf  # false for nan
-        and key.isprintable()
-    ):
-        return None
-    if type(key) is not str or not 0 < len(key) <= max_key or not key.isprintable():
-        return f"key is not a printable str of 1 to {max_key} characters"
-    if type(version) is not int or not (0 < version <= MAX_VERSION or (version == 0 and deleted)):
-        return "version is not an int in (0, 2**63 - 1]"
-    if type(origin) is not int or not _INT_MIN <= origin <= _U64:
-        return "origin is not a 64-bit int"
-    for name, value in (("created", created), ("accessed", accessed)):
-        if type(value) is not float or not math.isfinite(value):
-            return f"{name} is not a finite float"
-    if type(expires) is not float or expires != expires:
-        return "expires is not a float"
-    return None
-
-
-#: Most writers a record's ``seen`` may name (``changes.MAX_SEEN`` keeps far fewer).
-MAX_SEEN_ENTRIES = 64
-#: Most key tombstones (removed keys) a record keeps, beyond its live values (``changes``).
-MAX_KEY_TOMBSTONES = 1024
-
-
-def stamps_fault(
-    data: Any, stamps: Any, seen: Any, version: int, partial: Any, max_items: int = MAX_ITEMS
-) -> str | None:
-    """What is wrong with a live record's per-key stamps, ``seen`` or ``partial`` flag, or None (the shape rule).
-
-    Every key of ``data`` needs a stamp, no stamp or ``seen`` entry may be
-    later than the record's own ``version`` (the record is its newest
-    change), and there are at most ``max_items + MAX_KEY_TOMBSTONES`` stamps (live keys and key
-    tombstones) and ``MAX_SEEN_ENTRIES`` writers.
-    """
-    if type(partial) is not bool:
-        return "partial is not a bool"
-    if stamps is not None:
-        if type(stamps) is not dict:
-            return "stamps is not a map"
-        if len(stamps) > max_items + MAX_KEY_TOMBSTONES:
-            return f"more than {max_items + MAX_KEY_TOMBSTONES} stamped keys"
-        for name, stamp in stamps.items():
-            if type(name) is not str:
-                return "a stamped key is not a str"
-            if type(stamp) is not tuple or len(stamp) != 2:
-                return "a stamp is not (version, origin)"
-            stamp_version, stamp_origin = stamp
-            if type(stamp_version) is not int or not 0 < stamp_version <= version:
-                return "a key's stamp is not in (0, the record's version]"
-            if type(stamp_origin) is not int or not _INT_MIN <= stamp_origin <= _U64:
-                return "a key's stamp origin is not a 64-bit int"
-        if type(data) is dict and any(name not in stamps for name in data):
-            return "a key of data has no stamp"
-    if seen is not None:
-        if type(seen) is not dict or not seen:
-            return "seen is not a non-empty map"
-        if len(seen) > MAX_SEEN_ENTRIES:
-            return f"seen names more than {MAX_SEEN_ENTRIES} writers"
-        for seen_origin, seen_version in seen.items():
-            if type(seen_origin) is not int or not _INT_MIN <= seen_origin <= _U64:
-                return "a seen origin is not a 64-bit int"
-            if type(seen_version) is not int or not 0 < seen_version <= version:
-                return "a seen version is not in (0, the record's version]"
-    return None
-
-
 def max_version_at(wall: float, max_skew: float) -> int:
     """The highest version accepted at wall time ``wall``: issued at most ``max_skew`` seconds ahead."""
     return min(MAX_VERSION, (int((wall + max_skew) * 1000) << COUNTER_BITS) | ((1 << COUNTER_BITS) - 1))
@@ -380,8 +302,10 @@ class RecordRules:
             if self.tombstone_ttl is not None and expires > accessed + self.tombstone_ttl:
                 return replace(record, expires=accessed + self.tombstone_ttl)
             return record
-        if record.stamps is not None or record.seen is not None or type(record.partial) is not bool:
-            fault = stamps_fault(data, record.stamps, record.seen, record.version, record.partial, self.max_items)
+        if (record.stamps is not None or record.seen is not None or record.base is not None
+                or type(record.partial) is not bool):
+            fault = stamps_fault(data, record.stamps, record.seen, record.version, record.partial, self.max_items,
+                                 record.base)
             if fault is not None:
                 raise RecordRefused(fault)
         if record.size > self.max_bytes:

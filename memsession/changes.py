@@ -20,15 +20,26 @@ what arrives with ``merge_records``:
   (``created`` the earliest, ``accessed``/``expires`` those of the later
   access).
 * ``seen`` (per writer, its newest change merged in) grows by the per-origin
-  maximum; ``reflects`` reads it for read-your-writes.
+  maximum; ``reflects`` reads it for read-your-writes. A copy names a change
+  in ``seen`` only if it holds everything the writer's copy held when it made
+  it: a delta carries the ``base`` its change was made on (that copy's
+  ``seen``), and a copy that does not reflect all of it takes the delta's keys
+  but not its ``seen`` (``_merged_seen``). Otherwise a copy that missed an
+  earlier change of the user, made on another worker, would pass for the
+  newest once it merged a later one, and be served as such.
 
-Every part of the merge is a maximum, so it is commutative, associative and
-idempotent: replicas that merged the same changes hold the same session in
-whatever order, however often, and whether they came as deltas or as whole
-records (a snapshot, a store row). A partial record is never served alone:
-a worker merges a delta only into a copy it holds (a session it does not
-hold is read from the hub or store when asked for), and the hub completes
-one by reading its store.
+Every part of the merge of the data is a maximum, so it is commutative,
+associative and idempotent: replicas that merged the same changes hold the
+same session in whatever order, however often, and whether they came as
+deltas or as whole records (a snapshot, a store row). ``seen`` is the one
+part that can lag: a copy that merged a delta before its base names less
+than one that merged them the other way round, until a later whole record or
+a delta whose base it holds (reads that need the change ask the hub or store
+meanwhile; they are never served less). A partial record is never served
+alone: a worker merges a delta only into a copy it holds (a session it does
+not hold is read from the hub or store when asked for), and the hub
+completes one by reading its store (``completed``: a delta taken as all
+there is of its session names no change it can't vouch for).
 
 Bounds: key tombstones older than ``KEY_TOMBSTONE_TTL`` before the session's
 newest change are dropped (no request or message takes that long, so
@@ -63,6 +74,7 @@ __all__ = [
     "MAX_KEY_TOMBSTONES",
     "MAX_SEEN",
     "after_clear",
+    "completed",
     "merge_records",
     "record_change",
     "record_set",
@@ -127,6 +139,62 @@ def _normal_seen(seen: Mapping[int, int], version: int, origin: int) -> dict[int
     return dict(seen)
 
 
+def _holds(record: Record, base: Mapping[int, int]) -> bool:
+    """Whether ``record`` reflects every change of ``base`` (a delta's base: what its ``seen`` stands on)."""
+    return all(reflects(record, version, origin) for origin, version in base.items())
+
+
+def _merged_seen(old: Record, new: Record) -> tuple[Mapping[int, int], bool]:
+    """``seen`` of ``old`` and ``new`` merged: ``(seen, grew)`` (``grew``: more than ``old``'s).
+
+    The per-writer maximum, except for a delta merged into (or completed by) a
+    whole record that does not reflect the delta's ``base``: then the result
+    holds the delta's keys but not all the delta's writer held, so only the
+    whole record's ``seen`` counts.
+    """
+    if new.partial != old.partial:
+        delta, whole = (new, old) if new.partial else (old, new)
+        if delta.base and not _holds(whole, delta.base):
+            return dict(seen_of(whole)), whole is new
+    return merge_seen(seen_of(old), seen_of(new))
+
+
+def _merged_base(one: Record, other: Record) -> dict[int, int] | None:
+    """What two deltas merged into one stand on: each one's base, less what the other one brings.
+
+    ``other`` brings, of each writer it names, the changes after its own base's
+    (given that base, which the result needs too): a need of ``one`` within
+    them is only a need of what ``other``'s base needs of that writer.
+    """
+    need: dict[int, int] = {}
+    for first, second in ((one, other), (other, one)):
+        if not first.base:
+            continue
+        brings_from = second.base or {}
+        brings_to = seen_of(second)
+        for origin, version in first.base.items():
+            low = brings_from.get(origin, 0)
+            if low < version <= brings_to.get(origin, 0):
+                version = low
+            if version > need.get(origin, 0):
+                need[origin] = version
+    return need or None
+
+
+def completed(record: Record) -> Record:
+    """A delta taken as all there is of its session (a hub or store that has nothing else of it).
+
+    It is no longer ``partial``; it names in ``seen`` only what it can vouch
+    for: all its writers' changes if it stands on nothing, none if it stands
+    on a base it lacks (a read that needs one asks on, as for a lost write).
+    """
+    if not record.partial:
+        return record
+    if record.base:
+        return replace(record, partial=False, base=None, seen={})
+    return replace(record, partial=False)
+
+
 def _packed_size(data: Mapping[str, Any]) -> int:
     return len(pack_data(data))
 
@@ -176,10 +244,13 @@ def merge_records(old: Record | None, new: Record, *, cleared: int = 0) -> Recor
     stamps: Mapping[str, Stamp]
     seen: Mapping[int, int]
     values, stamps, won = merge_keys(old.data, stamps_of(old), new.data, stamps_of(new))
-    seen, grew = merge_seen(seen_of(old), seen_of(new))
+    seen, grew = _merged_seen(old, new)
     later = new.accessed > old.accessed
     completes = old.partial and not new.partial
-    if not (won or grew or completes):
+    partial = old.partial and new.partial
+    base = _merged_base(old, new) if partial else None
+    rebased = partial and base != old.base  # ``new`` brings changes ``old`` stood on, even if none won
+    if not (won or grew or completes or rebased):
         # Nothing of the data is newer: at most a later access (a touch) slides the expiry, and the
         # clear still drops what it covers of ``old``, or copies would differ by what they held then.
         kept = _without_covered(old, cleared) if cleared else old
@@ -210,7 +281,8 @@ def merge_records(old: Record | None, new: Record, *, cleared: int = 0) -> Recor
         _packed_size(data) if reshaped else old.size,
         _normal_stamps(stamps, data, version, origin),
         _normal_seen(seen, version, origin),
-        old.partial and new.partial,
+        partial,
+        base,
     )
 
 
@@ -310,6 +382,12 @@ def record_change(
     delta = Record(
         key, delta_data, version, origin, created, wall, expires, False, is_flat(delta_data),
         _packed_size(delta_data) if delta_size is None else delta_size, dict(touched) if gone else None, None,
-        live_base is not None,
+        live_base is not None, None if live_base is None else _base_of(live_base),
     )
     return held, delta
+
+
+def _base_of(record: Record) -> dict[int, int]:
+    """What a delta made on ``record`` stands on: its ``seen`` (shared: records are not changed in place)."""
+    seen = record.seen
+    return {record.origin: record.version} if seen is None else seen

@@ -190,6 +190,10 @@ class Record:
     seen: dict[int, int] | None = None
     #: Only what one change touched (a delta), not the whole session: merged into a copy, never served alone.
     partial: bool = False
+    #: For a delta, what its ``seen`` stands on: per writer, the newest change the copy it was made on
+    #: had merged in. A copy merging the delta takes its ``seen`` in only if it reflects all of these
+    #: (``changes.merge_records``). None: a whole record, or a delta that needs nothing.
+    base: dict[int, int] | None = None
 
     def expired(self, wall_now: float) -> bool:
         return self.expires <= wall_now

@@ -47,14 +47,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
 from msgpack import packb as _packb
 
 from memsession.admission import MAX_DEPTH, field_fault, scan_data, stamps_fault
-from memsession.changes import after_clear, merge_records
+from memsession.changes import after_clear, completed, merge_records
 from memsession.errors import ConfigError, RecordRefused, SessionDataError, StoreClosed, StoreCorrupt
 from memsession.refusals import log_refusal
 from memsession.session import MAX_VERSION, Record, SessionData, cleared_by, supersedes
@@ -212,7 +211,8 @@ def merge_row(stored: Record | None, record: Record, cleared: int = 0) -> Record
     record; if one slipped in, it is as good as absent). The result is
     ``merge_records(stored, record, cleared=cleared)`` without the keys the
     watermark covers and never ``partial``: a delta with nothing stored
-    becomes the stored record, all that is known of the session.
+    becomes the stored record, all that is known of the session
+    (``changes.completed``).
     """
     if cleared_by(record, cleared):
         return None
@@ -223,7 +223,7 @@ def merge_row(stored: Record | None, record: Record, cleared: int = 0) -> Record
         return None
     kept = after_clear(merged, cleared)
     assert kept is not None  # the merge is at least as new as ``record``, which the watermark does not cover
-    return replace(kept, partial=False) if kept.partial else kept
+    return completed(kept)
 
 
 def _time_out(value: float) -> float | None:

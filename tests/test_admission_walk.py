@@ -160,7 +160,8 @@ def test_expiry_is_clamped_to_local_timeouts_and_only_when_there_are_some(rules:
 
 
 @pytest.mark.parametrize("fields", [
-    {"stamps": {"a": (1 << 70, 3)}}, {"stamps": {"b": (1, 3)}}, {"seen": {3: 1 << 70}}, {"seen": {}},
+    {"stamps": {"a": (1 << 70, 3)}}, {"stamps": {"b": (1, 3)}}, {"seen": {3: 1 << 70}}, {"seen": []},
+        {"base": {3: 1}}, {"partial": True, "base": {3: 1 << 70}}, {"partial": True, "base": [(3, 1)]},
     {"partial": 1}, {"partial": None}, {"data": {"a": {1: 2}}}, {"data": {"a": [math.nan]}},
     {"data": {"a": chain(MAX_DEPTH)}}, {"created": math.inf}, {"version": 0}, {"key": "a\tb"},
 ])

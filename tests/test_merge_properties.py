@@ -27,7 +27,7 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memsession.changes import merge_records, record_change, seen_of, stamps_of
+from memsession.changes import merge_records, record_change, reflects, seen_of, stamps_of
 from memsession.fields import Stamp
 from memsession.session import Record, cleared_by, prepare_data
 
@@ -206,6 +206,8 @@ class Run:
     pending: list[tuple[int, int, Message]] = field(default_factory=list)
     #: (receiver, message) delivered at least once, to be delivered again.
     delivered: list[tuple[int, Message]] = field(default_factory=list)
+    #: Per change, the stamp of every key of its writer's copy just after it: what naming it vouches for.
+    made_on: dict[Stamp, dict[str, Stamp]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, count: int) -> Run:
@@ -237,6 +239,7 @@ class Run:
             wall=self.tick(draw), idle_timeout=IDLE_TIMEOUT, max_age=None, flat=flat, size=size,
         )
         self.changes.append(Change((version, replica.origin), values, frozenset(removing)))
+        self.made_on[(version, replica.origin)] = dict(stamps_of(replica.held))
         self.send(writer, delta)
         return delta
 
@@ -396,6 +399,27 @@ def test_every_key_ends_as_its_latest_change_left_it_and_a_clear_ends_what_it_co
         assert seen.keys() <= newest.keys()
         for origin, version in newest.items():
             assert seen.get(origin, 0) == version if version > watermark else seen.get(origin, 0) <= version
+
+
+@_settings
+@given(st.integers(2, 4), st.integers(1, 40), st.data())
+def test_a_copy_names_a_change_only_once_it_holds_what_its_writer_held(
+    count: int, steps: int, data: st.DataObject
+) -> None:
+    """Read-your-writes trusts ``seen``: a copy that names a change holds, key by key, at least what the
+    writer's copy held when it made it, whatever was lost, duplicated or delivered out of order."""
+    run = Run.of(count)
+    play(data.draw, run, steps, clears=False, destroys=False)
+    for replica in run.replicas:
+        held = replica.held
+        if held is None or held.deleted:
+            continue
+        stamps = stamps_of(held)
+        for (version, origin), made_on in run.made_on.items():
+            if reflects(held, version, origin):
+                for name, stamp in made_on.items():
+                    assert stamps.get(name, (0, 0)) >= stamp, (
+                        f"replica {replica.origin} names change {(version, origin)} but lacks {name} at {stamp}")
 
 
 # -- the merge is a join ------------------------------------------------------------------------------

@@ -224,7 +224,7 @@ def test_stamps_and_seen_round_trip_through_record_json_and_partial_is_not_kept(
         ({"a": (101, 1)}, None),  # later than the record
         ({}, None),  # a key of data without a stamp
         (None, {1: 101}),
-        (None, {}),
+        (None, {1: 0}),  # no change has version 0
     ],
 )
 def test_make_record_runs_the_stamps_rule_on_live_records(stamps, seen) -> None:

@@ -124,7 +124,7 @@ def test_clear_round_trips_as_a_numbered_data_message(h, version):
 @pytest.mark.parametrize("fields", [[], [0], [-1], ["7"], [1.5], [None], [1, 2], [True], [2**63]])
 def test_clear_with_a_bad_version_is_refused(fields):
     payload = msgpack.packb([1, 1, 1, 1, *fields])
-    bad([b"ms3c", payload])
+    bad([b"ms4c", payload])
 
 
 @pytest.mark.parametrize(
@@ -189,13 +189,13 @@ def test_wrong_frame_counts_and_types():
     bad([topic])
     bad([topic, payload, b""])
     bad([])
-    bad(["ms3s", payload])
+    bad(["ms4s", payload])
 
 
 def test_other_protocol_version_or_unknown_op():
     _, payload = wire.encode_set(GOOD, 1, 1, 1, 1)
     bad([b"ms1s", payload])  # version 1: memsession 0.1
-    bad([b"ms3?", payload])
+    bad([b"ms4?", payload])
     bad([b"xx", payload])
 
 
@@ -205,8 +205,16 @@ def test_a_version_2_frame_is_refused_whole_as_another_version():
     for decoder in (wire.decode, wire.decode_reply):
         with pytest.raises(WireError) as info:
             decoder(version_2_set)
-        assert info.value.kind == "other version" and "protocol version 2, not 3" in str(info.value)
-    assert wire.PROTOCOL == b"ms3"
+        assert info.value.kind == "other version" and "protocol version 2, not 4" in str(info.value)
+    assert wire.PROTOCOL == b"ms4"
+
+
+def test_a_version_3_delta_is_refused_whole_as_another_version():
+    """Version 3 deltas carry no base: merged, they could make a copy that missed a change pass for the newest."""
+    version_3_set = [b"ms3s", pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": 1}), {}, None, True)]
+    with pytest.raises(WireError) as info:
+        wire.decode(version_3_set)
+    assert info.value.kind == "other version" and "protocol version 3, not 4" in str(info.value)
 
 
 def test_truncated_payloads_are_refused():
@@ -257,33 +265,33 @@ TAIL = ({}, None, False)
     ],
 )
 def test_malformed_set_payloads_are_refused(payload):
-    bad([b"ms3s", payload])
+    bad([b"ms4s", payload])
 
 
 def test_deeply_nested_data_is_refused():
     nested: object = 1
     for _ in range(40):
         nested = [nested]
-    bad([b"ms3s", pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": nested}), *TAIL)])
+    bad([b"ms4s", pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": nested}), *TAIL)])
 
 
 def test_a_bad_record_in_a_chunk_is_left_out_and_counted():
-    reply = wire.decode_reply([b"ms3C", pack(1, [[1, 2, 3]])])
+    reply = wire.decode_reply([b"ms4C", pack(1, [[1, 2, 3]])])
     assert reply.body == ([],) and reply.refused == 1
 
 
 def test_bad_requests_are_refused():
     for frames in (
-        [b"ms3S", pack()],
-        [b"ms3S", pack("rid")],
-        [b"ms3E", pack(1, 2, [[1, 2]], 0, 0)],
-        [b"ms3R", pack(1, ["k", 1, 1, 1.0, 1.0, 1.0, "yes", b"\x80", {}, None, False])],
-        [b"ms3s", pack(1)],
+        [b"ms4S", pack()],
+        [b"ms4S", pack("rid")],
+        [b"ms4E", pack(1, 2, [[1, 2]], 0, 0)],
+        [b"ms4R", pack(1, ["k", 1, 1, 1.0, 1.0, 1.0, "yes", b"\x80", {}, None, False])],
+        [b"ms4s", pack(1)],
     ):
         with pytest.raises(WireError):
             wire.decode_reply(frames)
     with pytest.raises(WireError):
-        wire.decode_reply([b"ms3C", pack(1, [wire.record_to_list(GOOD)] * 3)], wire.Limits(max_records=2))
+        wire.decode_reply([b"ms4C", pack(1, [wire.record_to_list(GOOD)] * 3)], wire.Limits(max_records=2))
 
 
 @settings(max_examples=300)
@@ -327,7 +335,7 @@ def test_mutated_frames_raise_only_wire_error_or_decode_cleanly(record, flips):
     ],
 )
 def test_malformed_batches_are_refused(items):
-    bad([b"ms3b", msgpack.packb([1, 1, 1, 1, items], use_bin_type=True)])
+    bad([b"ms4b", msgpack.packb([1, 1, 1, 1, items], use_bin_type=True)])
 
 
 def test_a_batch_without_a_sequence_number_or_past_the_last_one_is_refused():
@@ -350,4 +358,4 @@ def test_own_messages_are_recognised_without_decoding(record, h):
         assert not wire.is_own(frames, wire.own_prefix(origin ^ 1, epoch))
     # a process waits for its own hello: that one is never skipped
     assert not wire.is_own(wire.encode_hello(origin, epoch, 5, sent), mine)
-    assert not wire.is_own([b"ms3s", b""], mine) and not wire.is_own([b"ms3s"], mine)
+    assert not wire.is_own([b"ms4s", b""], mine) and not wire.is_own([b"ms4s"], mine)

@@ -62,7 +62,8 @@ def test_a_one_key_delta_round_trips_with_an_empty_stamps_map() -> None:
     for decoded in (via_set(delta), via_list(delta)):
         assert same(decoded, delta)
     *_, data, stamps, seen, partial = set_payload(delta)
-    assert msgpack.unpackb(data) == {"user": 43} and (stamps, seen, partial) == ({}, None, True)
+    assert msgpack.unpackb(data) == {"user": 43} and (stamps, seen) == ({}, None)
+    assert partial == [[ME, V]]  # its base: the copy it was made on had the writer's first change
 
 
 def test_a_delta_that_removes_a_key_carries_the_key_tombstone_alone() -> None:
@@ -118,9 +119,12 @@ def pack(*items: Any) -> bytes:
 
 
 def test_the_payload_the_refused_ones_start_from_decodes() -> None:
-    body = wire.decode([b"ms3s", pack(*GOOD_HEAD, {"gone": [V - 1, OTHER]}, [[ME, V], [OTHER, V - 1]], True)]).body
+    body = wire.decode([b"ms4s", pack(*GOOD_HEAD, {"gone": [V - 1, OTHER]}, [[ME, V], [OTHER, V - 1]],
+                                      [[OTHER, V - 1]])]).body
     assert body.stamps == {"a": (V, ME), "gone": (V - 1, OTHER)} and body.seen == {ME: V, OTHER: V - 1}
-    assert body.partial
+    assert body.partial and body.base == {OTHER: V - 1}
+    empty_base = wire.decode([b"ms4s", pack(*GOOD_HEAD, {}, None, [])]).body
+    assert empty_base.partial and empty_base.base is None
 
 
 @pytest.mark.parametrize(
@@ -138,22 +142,27 @@ def test_the_payload_the_refused_ones_start_from_decodes() -> None:
         ({"a": [V, 1.5]}, None, False),
         ({b"a": [V, ME]}, None, False),  # a stamped key that is bin
         ({}, {}, False),  # seen as a map
-        ({}, [], False),  # an empty seen
+        ({}, [[ME, V]] * 65, False),  # more writers than MAX_SEEN_ENTRIES
         ({}, [[ME]], False),
         ({}, [[ME, V, 1]], False),
         ({}, [[ME, 0]], False),
         ({}, [[None, V]], False),
         ({}, [[ME, V], [ME, V - 1]], False),  # one writer twice
-        ({}, None, None),  # partial not a bool
+        ({}, None, None),  # partial neither false nor a base
         ({}, None, 1),
+        ({}, None, True),  # a delta without its base (version 3)
+        ({}, None, [[ME]]),
+        ({}, None, [[ME, 0]]),
+        ({}, None, [[ME, V], [ME, V - 1]]),
+        ({}, None, [[ME, V]] * 65),
     ],
 )
 def test_bad_stamps_seen_or_partial_fields_are_refused(stamps: Any, seen: Any, partial: Any) -> None:
-    assert wire.decode([b"ms3s", pack(*GOOD_HEAD, {}, None, False)]).body.data == {"a": 1}
+    assert wire.decode([b"ms4s", pack(*GOOD_HEAD, {}, None, False)]).body.data == {"a": 1}
     with pytest.raises(WireError):
-        wire.decode([b"ms3s", pack(*GOOD_HEAD, stamps, seen, partial)])
+        wire.decode([b"ms4s", pack(*GOOD_HEAD, stamps, seen, partial)])
     good = [*GOOD_HEAD[4:10], False, GOOD_HEAD[10], {}, None, False]
-    reply = wire.decode_reply([b"ms3C", pack(1, [good, [*good[:8], stamps, seen, partial]])])
+    reply = wire.decode_reply([b"ms4C", pack(1, [good, [*good[:8], stamps, seen, partial]])])
     assert len(reply.body[0]) == 1 and reply.refused == 1  # left out of its list, which is taken
 
 
@@ -165,37 +174,37 @@ def test_bad_stamps_seen_or_partial_fields_are_refused(stamps: Any, seen: Any, p
 ])
 def test_a_tombstone_with_stamps_seen_partial_or_data_is_refused(fields: list[Any]) -> None:
     good = [*GOOD_HEAD[4:10], True, msgpack.packb({}), {}, None, False]
-    reply = wire.decode_reply([b"ms3C", pack(1, [good, [*good[:7], *fields]])])
+    reply = wire.decode_reply([b"ms4C", pack(1, [good, [*good[:7], *fields]])])
     assert [r.deleted for r in reply.body[0]] == [True] and reply.refused == 1
 
 
 def test_a_stamps_map_beyond_max_items_is_refused() -> None:
     limits = wire.Limits(max_items=4)
     fits = {f"k{i}": [V - 1, OTHER] for i in range(4)}
-    assert wire.decode([b"ms3s", pack(*GOOD_HEAD, fits, None, False)], limits).body.stamps is not None
+    assert wire.decode([b"ms4s", pack(*GOOD_HEAD, fits, None, False)], limits).body.stamps is not None
     with pytest.raises(WireError):
-        wire.decode([b"ms3s", pack(*GOOD_HEAD, {**fits, "k4": [V - 1, OTHER]}, None, False)], limits)
+        wire.decode([b"ms4s", pack(*GOOD_HEAD, {**fits, "k4": [V - 1, OTHER]}, None, False)], limits)
 
 
 def test_seen_beyond_max_seen_entries_is_refused() -> None:
     writers = [[origin, V] for origin in range(1, MAX_SEEN_ENTRIES + 1)]
-    assert len(wire.decode([b"ms3s", pack(*GOOD_HEAD, {}, writers, False)]).body.seen) == MAX_SEEN_ENTRIES
+    assert len(wire.decode([b"ms4s", pack(*GOOD_HEAD, {}, writers, False)]).body.seen) == MAX_SEEN_ENTRIES
     with pytest.raises(WireError):
-        wire.decode([b"ms3s", pack(*GOOD_HEAD, {}, [*writers, [0, V]], False)])
+        wire.decode([b"ms4s", pack(*GOOD_HEAD, {}, [*writers, [0, V]], False)])
 
 
 def test_stamps_count_against_the_frame_budget_of_max_stamps() -> None:
     """Each op may build its own fields and about ``max_stamps`` stamps more, over all its records."""
     limits = wire.Limits(max_records=2, max_stamps=8)
     stamps = {f"k{i}": [V - 1, OTHER] for i in range(8)}
-    assert wire.decode([b"ms3s", pack(*GOOD_HEAD, stamps, None, False)], limits).body.stamps is not None
+    assert wire.decode([b"ms4s", pack(*GOOD_HEAD, stamps, None, False)], limits).body.stamps is not None
     with pytest.raises(WireError):
-        wire.decode([b"ms3s", pack(*GOOD_HEAD, {**stamps, "k8": [V - 1, OTHER], "k9": [V - 1, OTHER]}, None,
+        wire.decode([b"ms4s", pack(*GOOD_HEAD, {**stamps, "k8": [V - 1, OTHER], "k9": [V - 1, OTHER]}, None,
                                    False)], limits)
     record = [*GOOD_HEAD[4:10], False, GOOD_HEAD[10], stamps, None, False]
-    assert wire.decode_reply([b"ms3C", pack(1, [record])], limits).body[0][0].stamps is not None
+    assert wire.decode_reply([b"ms4C", pack(1, [record])], limits).body[0][0].stamps is not None
     with pytest.raises(WireError):
-        wire.decode_reply([b"ms3C", pack(1, [record, record])], limits)  # 16 stamps in one chunk
+        wire.decode_reply([b"ms4C", pack(1, [record, record])], limits)  # 16 stamps in one chunk
 
 
 def test_record_lists_cut_at_max_records_and_max_stamps() -> None:

@@ -22,14 +22,13 @@ import heapq
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
 from typing import Any
 
 from .. import wire
 from ..admission import DEFAULT_MAX_SKEW, RecordRules
 from ..bus.sequence import DEFAULT_JUMP_HOLD, DEFAULT_MAX_JUMP, GAP, JUMP, SequenceTracker
 from ..bus.streams import LagWindow, new_epoch
-from ..changes import after_clear
+from ..changes import after_clear, completed
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import WireError
 from ..refusals import log_refusal
@@ -345,7 +344,8 @@ class HubState:
         """The RECORD reply to a GET of ``key``: the live record or tombstone held (a read counts as an access).
 
         A partial record held here is what there is of the session by now (the
-        store was read, or there is none): it is marked complete and answered.
+        store was read, or there is none): it is taken as complete
+        (``changes.completed``: naming no change it can't vouch for) and answered.
         """
         record = self.replica.get(key)
         if record is not None and record.expires <= self.clock.wall():
@@ -353,7 +353,7 @@ class HubState:
         if record is not None and not record.deleted:
             self._recency.used(key)
             if record.partial:
-                record = self.replica[key] = replace(record, partial=False)
+                record = self.replica[key] = completed(record)
         body = None if record is None else wire.record_to_list(record)
         return wire.encode_request(wire.RECORD, rid, body)
 

@@ -72,6 +72,14 @@ def _wire_seen(record: Record) -> list[list[int]] | None:
     return None if seen is None else [[origin, version] for origin, version in seen.items()]
 
 
+def _wire_partial(record: Record) -> bool | list[list[int]]:
+    """``false`` for a whole record; a delta's ``base`` as ``[[origin, version], ...]`` (maybe empty)."""
+    if not record.partial:
+        return False
+    base = record.base
+    return [] if base is None else [[origin, version] for origin, version in base.items()]
+
+
 def record_to_list(record: Record) -> list[Any]:
     if record.deleted:  # as a DESTROY: a tombstone ends every key at once
         return [record.key, record.version, record.origin, record.created, record.accessed, record.expires,
@@ -87,7 +95,7 @@ def record_to_list(record: Record) -> list[Any]:
         _pack_data(record.data),
         _wire_stamps(record),
         _wire_seen(record),
-        record.partial,
+        _wire_partial(record),
     ]
 
 
@@ -95,15 +103,16 @@ def record_lists(records: Sequence[Record], max_records: int,
                  max_stamps: int = DEFAULT_LIMITS.max_stamps) -> Iterator[list[list[Any]]]:
     """``records`` as record lists (``record_to_list``), each one frame's worth.
 
-    A list holds at most ``max_records`` records and ``max_stamps`` stamps and
-    ``seen`` entries in all (what the receiver's ``Limits`` let one frame
+    A list holds at most ``max_records`` records and ``max_stamps`` stamps,
+    ``seen`` and ``base`` entries in all (what the receiver's ``Limits`` let one frame
     build); a record with more than that goes alone.
     """
     chunk: list[list[Any]] = []
     entries = 0
     for record in records:
         item = record_to_list(record)
-        count = len(item[8]) + (len(item[9]) if item[9] is not None else 0)  # stamps and seen as sent
+        # stamps, seen and a delta's base as sent
+        count = len(item[8]) + (len(item[9]) if item[9] is not None else 0) + (len(item[10]) if item[10] else 0)
         if chunk and (len(chunk) >= max_records or entries + count > max_stamps):
             yield chunk
             chunk, entries = [], 0
@@ -117,7 +126,7 @@ def set_fields(record: Record, packed: bytes | None = None) -> list[Any]:
     """``packed``: ``record.data`` already serialized by the writer, if it has it."""
     return [record.key, record.version, record.origin, record.created, record.accessed, record.expires,
             _pack_data(record.data) if packed is None else packed, _wire_stamps(record), _wire_seen(record),
-            record.partial]
+            _wire_partial(record)]
 
 
 def destroy_fields(record: Record) -> list[Any]:

@@ -1,15 +1,22 @@
-"""The bus wire format, frame by frame (version 3). msgpack only; no pickle.
+"""The bus wire format, frame by frame (version 4). msgpack only; no pickle.
 
 Every message is exactly two ZeroMQ frames::
 
-    frame 0  topic    4 bytes: b"ms3" + one op byte
-                      ("ms" is the protocol's name, "3" its version; sockets
+    frame 0  topic    4 bytes: b"ms4" + one op byte
+                      ("ms" is the protocol's name, "4" its version; sockets
                       subscribe to ``PROTOCOL_FAMILY`` so that a frame of another
                       version reaches the decoder, which rejects it whole as
                       ``"other version"``, counted and logged)
     frame 1  payload  one msgpack array; its layout depends on the op
 
-Version 3 differs from version 2 in what a record carries: sessions now merge
+Version 4 differs from version 3 in what a delta carries: its ``base``, what
+the copy it was made on had ``seen``, in place of the ``partial`` flag's
+``true``. A receiver whose copy does not reflect that base takes the delta's
+keys but not its ``seen`` (``memsession.changes``), so a copy that missed an
+earlier change never passes for the newest. A version-3 delta carries no
+base to check, so the versions refuse each other's frames.
+
+Version 3 differed from version 2 in what a record carries: sessions now merge
 key by key (``memsession.changes``), so a SET and every record list carry
 the per-key ``stamps``, what the record has ``seen`` and whether it is a
 ``partial`` delta, and a one-key change travels as a delta of that one key
@@ -40,9 +47,13 @@ its serialized size without re-packing. The three fields of the merge:
 ``seen``     nil (``Record.seen`` None: ``{rorigin: version}``) or
              ``[[origin, version], ...]``, per writer the newest of its
              changes merged in (read-your-writes), at most
-             ``admission.MAX_SEEN_ENTRIES`` writers.
-``partial``  a bool: true for a delta, the keys one change touched, which a
-             receiver merges into a copy it holds and never serves alone.
+             ``admission.MAX_SEEN_ENTRIES`` writers (none: a record that
+             vouches for no change, a delta taken as all there is).
+``partial``  ``false`` for a whole record; for a delta (the keys one change
+             touched, which a receiver merges into a copy it holds and never
+             serves alone) its base ``[[origin, version], ...]``: per writer
+             the newest change the copy it was made on had merged in, at most
+             ``MAX_SEEN_ENTRIES`` (``Record.base``; empty: it needs none).
 
 Bus messages (PUB -> hub XSUB -> XPUB -> SUB). Every payload starts with the
 publisher's stream header ``origin, epoch, seq, sent_us``:
@@ -85,11 +96,12 @@ s, d, t, i and c are data messages: each publisher numbers them 1, 2, 3... per
 ``(origin, epoch)``; the epoch is random per bus start, so a restarted process
 starts a new stream. Subscribers track the last seq per origin; a jump is a gap.
 
-A one-key change of a 1 KB session is a SET of about 160 bytes, topic and
+A one-key change of a 1 KB session is a SET of about 176 bytes, topic and
 payload (``python -m bench.replication --bytes`` measures what the bus
 sends): the topic and stream header (~35), the key as its 64 hex digits (66),
-version and rorigin (18), the three times (27), the one key's value, and an
-empty stamps map, nil and false (3). Version 2 sent the whole session: 1.1 KB.
+version and rorigin (18), the three times (27), the one key's value, an
+empty stamps map and nil (2), and the base, one writer for a session one
+worker wrote (~20). Version 2 sent the whole session: 1.1 KB.
 
 Requests (DEALER -> hub ROUTER) and replies (ROUTER -> DEALER), same two
 frames; ``rid`` is the requester's request id, echoed in every reply:
@@ -173,7 +185,7 @@ __all__ = [
     "Reply",
 ]
 
-PROTOCOL = b"ms3"
+PROTOCOL = b"ms4"
 #: What sockets subscribe to: every version, so another one is seen and counted, not filtered out unseen.
 PROTOCOL_FAMILY = b"ms"
 

@@ -157,25 +157,37 @@ def _stamps(value: Any, data: dict[str, Any], version: int, rorigin: int,
     return stamps
 
 
-def _seen(value: Any) -> dict[int, int] | None:
-    """``Record.seen`` from nil or ``[[origin, version], ...]``."""
-    if value is None:
-        return None
-    if type(value) is not list or not 0 < len(value) <= MAX_SEEN_ENTRIES:
-        raise WireError(f"seen must be nil or 1 to {MAX_SEEN_ENTRIES} [origin, version] pairs")
-    seen: dict[int, int] = {}
+def _writers(value: Any, what: str) -> dict[int, int]:
+    """A map of writer origin -> version (``Record.seen``, a delta's ``base``) from ``[[origin, version], ...]``."""
+    if type(value) is not list or len(value) > MAX_SEEN_ENTRIES:
+        raise WireError(f"{what} must be at most {MAX_SEEN_ENTRIES} [origin, version] pairs")
+    writers: dict[int, int] = {}
     for entry in value:
         if type(entry) is not list or len(entry) != 2:
-            raise WireError("a seen entry is not [origin, version]")
-        seen_origin, seen_version = entry
-        if type(seen_origin) is not int or not I64_MIN <= seen_origin <= U64:
-            raise WireError("a seen origin is not a 64-bit int")
-        if type(seen_version) is not int or not 0 < seen_version <= MAX_VERSION:
-            raise WireError("a seen version is not an int in (0, 2**63 - 1]")
-        if seen_origin in seen:
-            raise WireError("seen names a writer twice")
-        seen[seen_origin] = seen_version
-    return seen
+            raise WireError(f"a {what} entry is not [origin, version]")
+        writer, version = entry
+        if type(writer) is not int or not I64_MIN <= writer <= U64:
+            raise WireError(f"a {what} origin is not a 64-bit int")
+        if type(version) is not int or not 0 < version <= MAX_VERSION:
+            raise WireError(f"a {what} version is not an int in (0, 2**63 - 1]")
+        if writer in writers:
+            raise WireError(f"{what} names a writer twice")
+        writers[writer] = version
+    return writers
+
+
+def _seen(value: Any) -> dict[int, int] | None:
+    """``Record.seen`` from nil or ``[[origin, version], ...]`` (empty: a record that names no change)."""
+    return None if value is None else _writers(value, "seen")
+
+
+def _partial(value: Any) -> tuple[bool, dict[int, int] | None]:
+    """``(Record.partial, Record.base)`` from ``false`` or a delta's base ``[[origin, version], ...]``."""
+    if value is False:
+        return False, None
+    if type(value) is not list:
+        raise WireError("partial must be false or a delta's base")
+    return True, _writers(value, "base") or None
 
 
 def _check_fields(fields: Sequence[Any], deleted: bool, limits: Limits) -> tuple[Any, ...]:
@@ -205,14 +217,13 @@ def tombstone(fields: Sequence[Any], limits: Limits) -> Record:
 
 def live_record(fields: Sequence[Any], blob: Any, stamps: Any, seen: Any, partial: Any,
                 limits: Limits) -> Record:
-    """The live record of a SET (``key .. expires``, then ``data, stamps, seen, partial``)."""
+    """The live record of a SET (``key .. expires``, then ``data, stamps, seen, partial``; see ``format``)."""
     key, version, rorigin, created, accessed, expires = _check_fields(fields, False, limits)
     data, size, flat = _data(blob, limits)
-    if type(partial) is not bool:
-        raise WireError("partial must be a bool")
+    is_partial, base = _partial(partial)
     return Record(key, data, version, rorigin, created, accessed, expires, False, flat, size,
                   None if stamps == {} else _stamps(stamps, data, version, rorigin, limits),
-                  None if seen is None else _seen(seen), partial)
+                  None if seen is None else _seen(seen), is_partial, base)
 
 
 def record_from_list(value: Any, limits: Limits = DEFAULT_LIMITS) -> Record:
