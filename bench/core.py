@@ -23,6 +23,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from typing import Any
 
 from cachetools import LRUCache, TTLCache
@@ -318,7 +319,7 @@ def memory_breakdown(count: int, make: Callable[[int], dict[str, Any]] = session
     return [
         ["key: SHA-256 hex of the id (a 64-character str)", key, key / total],
         ["the session's data (the same objects a dict holds)", data, data / total],
-        ["Record: 13 slots, version, accessed/expires floats", record, record / total],
+        [f"Record: {len(fields(Record))} slots, version, accessed/expires floats", record, record / total],
         ["core entry: node, deadline/expires floats, order slot", entry, entry / total],
         ["sum", total, 1.0],
     ]
