@@ -48,13 +48,13 @@ from typing import TYPE_CHECKING, Any
 from .clock import COUNTER_BITS
 from .errors import RecordRefused, SessionDataError
 from .record_shape import (
-    _INT_MIN,
-    _U64,
+    I64_MIN,
     MAX_ITEMS,
     MAX_KEY,
     MAX_KEY_TOMBSTONES,
     MAX_SEEN_ENTRIES,
     MAX_VERSION,
+    U64,
     field_fault,
     stamps_fault,
 )
@@ -100,7 +100,7 @@ def _inside_dict(value: dict[Any, Any], depth: int, max_depth: int) -> int:
         if kind is str or kind is bool or item is None or kind is bytes:
             continue
         if kind is int:
-            if _INT_MIN <= item <= _U64:
+            if I64_MIN <= item <= U64:
                 continue
             return -1
         if kind is float:
@@ -129,7 +129,7 @@ def _inside_list(value: list[Any] | tuple[Any, ...], depth: int, max_depth: int)
         if kind is str or kind is bool or item is None or kind is bytes:
             continue
         if kind is int:
-            if _INT_MIN <= item <= _U64:
+            if I64_MIN <= item <= U64:
                 continue
             return -1
         if kind is float:
@@ -156,7 +156,7 @@ def _fault(value: Any, path: str, depth: int, max_depth: int) -> SessionDataErro
     if kind is str or kind is bool or value is None or kind is bytes:
         return None
     if kind is int:
-        return None if _INT_MIN <= value <= _U64 else SessionDataError(path, value, "integer outside the 64-bit range")
+        return None if I64_MIN <= value <= U64 else SessionDataError(path, value, "integer outside the 64-bit range")
     if kind is float:
         return None if math.isfinite(value) else SessionDataError(path, value, f"{value!r} is not JSON-compatible")
     if depth >= max_depth:
@@ -198,7 +198,7 @@ def scan_data(data: Mapping[str, Any], max_depth: int = MAX_DEPTH, max_items: in
         if kind is str or kind is bool or value is None or kind is bytes:
             continue
         if kind is int:
-            if _INT_MIN <= value <= _U64:
+            if I64_MIN <= value <= U64:
                 continue
             inside = -1
         elif kind is float:

@@ -12,11 +12,13 @@ import math
 from typing import Any
 
 __all__ = [
+    "I64_MIN",
     "MAX_ITEMS",
     "MAX_KEY",
     "MAX_KEY_TOMBSTONES",
     "MAX_SEEN_ENTRIES",
     "MAX_VERSION",
+    "U64",
     "field_fault",
     "stamps_fault",
 ]
@@ -28,8 +30,9 @@ MAX_VERSION = (1 << 63) - 1
 #: Most values (scalars and containers, at every depth) in one session's data, locally.
 MAX_ITEMS = 8192
 
-_INT_MIN = -(1 << 63)
-_U64 = (1 << 64) - 1
+#: The range of an origin (and of an int in session data): a signed or an unsigned 64-bit int.
+I64_MIN = -(1 << 63)
+U64 = (1 << 64) - 1
 
 
 def field_fault(
@@ -40,7 +43,7 @@ def field_fault(
     if (  # every door runs this for every record: one expression for the common case first
         type(key) is str and 0 < len(key) <= max_key
         and type(version) is int and 0 < version <= MAX_VERSION
-        and type(origin) is int and _INT_MIN <= origin <= _U64
+        and type(origin) is int and I64_MIN <= origin <= U64
         and type(created) is float and created - created == 0.0  # false for inf and nan
         and type(accessed) is float and accessed - accessed == 0.0
         and type(expires) is float and expires <= math.inf  # false for nan
@@ -51,7 +54,7 @@ def field_fault(
         return f"key is not a printable str of 1 to {max_key} characters"
     if type(version) is not int or not (0 < version <= MAX_VERSION or (version == 0 and deleted)):
         return "version is not an int in (0, 2**63 - 1]"
-    if type(origin) is not int or not _INT_MIN <= origin <= _U64:
+    if type(origin) is not int or not I64_MIN <= origin <= U64:
         return "origin is not a 64-bit int"
     for name, value in (("created", created), ("accessed", accessed)):
         if type(value) is not float or not math.isfinite(value):
@@ -93,7 +96,7 @@ def stamps_fault(
             stamp_version, stamp_origin = stamp
             if type(stamp_version) is not int or not 0 < stamp_version <= version:
                 return "a key's stamp is not in (0, the record's version]"
-            if type(stamp_origin) is not int or not _INT_MIN <= stamp_origin <= _U64:
+            if type(stamp_origin) is not int or not I64_MIN <= stamp_origin <= U64:
                 return "a key's stamp origin is not a 64-bit int"
         if type(data) is dict and any(name not in stamps for name in data):
             return "a key of data has no stamp"
@@ -115,7 +118,7 @@ def _writers_fault(writers: Any, version: int, what: str) -> str | None:
     if len(writers) > MAX_SEEN_ENTRIES:
         return f"{what} names more than {MAX_SEEN_ENTRIES} writers"
     for writer, writer_version in writers.items():
-        if type(writer) is not int or not _INT_MIN <= writer <= _U64:
+        if type(writer) is not int or not I64_MIN <= writer <= U64:
             return f"a {what} origin is not a 64-bit int"
         if type(writer_version) is not int or not 0 < writer_version <= version:
             return f"a {what} version is not in (0, the record's version]"

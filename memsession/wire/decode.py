@@ -14,6 +14,8 @@ from typing import Any
 import msgpack
 
 from ..errors import WireError
+from ..record_shape import I64_MIN as _I64_MIN
+from ..record_shape import U64 as _U64
 from ..session import MAX_VERSION
 from .format import (
     _OPS,
@@ -46,8 +48,6 @@ from .format import (
     topic_refusal,
 )
 from .limits import DEFAULT_LIMITS, Limits
-from .records import I64_MIN as _I64_MIN
-from .records import U64 as _U64
 from .records import live_record, record_from_list, records_from_list, refuse_ext, tombstone
 
 __all__ = [

@@ -19,6 +19,7 @@ import msgpack
 
 from ..admission import MAX_SEEN_ENTRIES, field_fault, scan_data
 from ..errors import SessionDataError, WireError
+from ..record_shape import I64_MIN, U64
 from ..session import MAX_VERSION, Record
 from .limits import DEFAULT_LIMITS, Limits
 
@@ -33,8 +34,6 @@ __all__ = [
     "tombstone",
 ]
 
-U64 = (1 << 64) - 1
-I64_MIN = -(1 << 63)
 #: Fields of a record in a list: ``key .. expires, deleted, data, stamps, seen, partial``.
 RECORD_FIELDS = 11
 
