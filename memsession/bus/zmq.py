@@ -189,7 +189,7 @@ class ZmqBus:
         self._requests = Requests(self._stop, self.config.limits, malformed=rep.drop)
         receiver = Receiver(config=self.config, replicator=rep, cache=self._cache, addresses=self._at,
                             make_socket=self._socket, requests=self._requests, stop=self._stop,
-                            joined=self._joined, on_join=self._sending.wake)
+                            joined=self._joined, on_join=self._sending.open_direct)
         sending = {"replicator": rep, "make_socket": self._socket, "addresses": self._at,
                    "requests": self._requests, "stop": self._stop, "joined": self._joined}
         self._threads = [

@@ -75,9 +75,9 @@ class Receiver:
             while not stop.is_set():
                 if not joined.is_set() and hello_seen:
                     if self.repair(dealer, push=False):
+                        self._on_join()  # before ``attach`` returns: its caller's first change goes out at once
                         joined.set()
                         log.info("joined the bus (%s)", self.config.subscribe)
-                        self._on_join()
                     else:
                         hello_seen = False  # hub not answering yet: prove the path again later
                 elif rep.repair_due and joined.is_set() and not rep.silent():

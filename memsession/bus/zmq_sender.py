@@ -72,6 +72,7 @@ class Sender:
         self._wake = threading.Event()
         #: The sender thread's PUB while calling threads may send on it (under ``lock``); else None.
         self._pub: Any = None
+        self._joinable: Any = None
         #: When (monotonic) a change last went out.
         self._last_sent = 0.0
         self._sent_hello = 0.0
@@ -86,6 +87,14 @@ class Sender:
         self.queued_sends = 0
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def open_direct(self) -> None:
+        """The bus has joined (called before ``attach`` returns): from now on a change made while the
+        bus is quiet goes out from the thread that made it; what was queued before goes first."""
+        with self.lock:
+            if self._joinable is not None:
+                self._pub = self._joinable
         self._wake.set()
 
     def publish(self, item: Outgoing) -> None:
@@ -163,6 +172,9 @@ class Sender:
             pub.connect(addresses.publish)
             if writer is not None:
                 writer.connect(addresses.requests)  # every change goes through this thread (its WRITE)
+            else:
+                with lock:
+                    self._joinable = pub  # calling threads may send on it once the bus joins (``open_direct``)
             next_beat = time.monotonic()
             while True:
                 # Changes wait for the join: until our hello has come back, the hub's subscription
@@ -172,10 +184,6 @@ class Sender:
                 if queue and (is_joined or stop.is_set()):
                     with lock:
                         self._send_queued(pub, writer)
-                if is_joined and writer is None and self._pub is None:
-                    with lock:
-                        self._send_queued(pub, writer)  # what came in meanwhile goes first
-                        self._pub = pub  # from now on a change may go out from the thread that made it
                 if stop.is_set():
                     break
                 now = time.monotonic()
@@ -194,7 +202,7 @@ class Sender:
             log.error("bus sender stopped: %s", exc)
         finally:
             with lock:
-                self._pub = None  # no calling thread sends on it any more; what comes later is queued
+                self._pub = self._joinable = None  # no calling thread sends on it any more; what comes later is queued
             # An orderly close flushes what is already in the PUB's pipe; a dead hub costs at most this.
             pub.close(linger=500)
             if writer is not None:
