@@ -1,11 +1,12 @@
 """Read-your-writes across a hub restart: a copy that missed changes never passes for the newest.
 
 While the hub is away, a worker's writes reach nobody. When a new hub comes,
-the writer's next change travels as a delta (the keys it set), and a worker
-that missed the changes before it merges the delta into its older copy: the
-copy then names the writer's newest change (``changes.reflects``) while it
-still lacks the ones in between. Until the new hub has gathered what every
-worker holds (each pushes its state when it notices the new hub), neither
+a worker that missed the changes made meanwhile may merge the writer's next
+change into its older copy; were that copy to name the writer's newest change
+(``changes.reflects``) while it still lacks the ones in between, it would be
+served as the newest (deltas carry their base to prevent it, and after a hub
+restart changes travel whole to complete such copies). Until the new hub has
+gathered what every worker holds (each pushes its state when it notices the new hub), neither
 that copy nor the hub's can prove it is the newest: a request carrying the
 user's cookie waits, and is served the whole session or refused (503),
 never the older copy.

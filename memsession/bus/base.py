@@ -334,10 +334,10 @@ class Replicator(OutgoingStream):
         unless a receiver may lack changes made before it (``others_may_lack``:
         the hub was away or restarted and is not repaired, or restarted moments
         ago and other workers' pushes may not be relayed yet). Then the whole
-        session as held here travels: merged into an older copy, the delta would
-        make it name the newest change (``changes.reflects``) while it lacks the
-        ones before, and a request would be served it as the newest. Every key
-        carries its own stamp, so the whole merges as the delta would.
+        session as held here travels: a copy lacking the delta's base would take
+        its keys without naming its change (``changes.merge_records``), so reads
+        there would ask the hub until a whole copy came; this completes them at
+        once. Every key carries its own stamp, so the whole merges as the delta would.
         """
         if not record.partial or not self.others_may_lack():
             return record, packed

@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 
-from memsession.changes import seen_of, stamps_of
+from memsession.changes import reflects, seen_of, stamps_of
 from memsession.errors import StoreUnavailable
 from memsession.session import Record
 
@@ -149,6 +150,38 @@ class PerKeyContract:
         assert not expected.partial and expected.stamps == {"cart": (200, 7), "coupon": (200, 7)}
         assert store.load(delta.key) == expected
         assert list(reopen(store).load_all(0.0)) == [expected]
+
+    def test_a_delta_stored_without_its_base_names_no_change(
+        self, store: Store, reopen: Callable[[Store], Store]
+    ) -> None:
+        """A row that lacks what a delta was made on must not read as reflecting the delta's change."""
+        made_on = {7: 150, 8: 160}  # its writer's copy had origin 8's change 160, which no row has
+        lone = make_test_delta(_key(1), {"cart": [1]}, version=200, base=made_on)
+        behind = make_test_record(_key(2), {"user": "ada"}, version=150)
+        late = make_test_delta(behind.key, {"cart": [2]}, version=200, base=made_on)
+        store.save([behind])
+        assert store.save([lone, late]) == 2
+        for reopened in (False, True):
+            if reopened:
+                store = reopen(store)
+            alone, merged = store.load(lone.key), store.load(behind.key)
+            assert alone is not None and alone.data == {"cart": [1]} and not alone.partial
+            assert not reflects(alone, 200, 7), "a delta stored alone names its change"
+            assert merged is not None and merged.data == {"user": "ada", "cart": [2]}
+            assert not reflects(merged, 200, 7) and reflects(merged, 150, 7)
+        # What the delta stood on arrives: the row names it, and the delta's change once its writer's
+        # whole copy comes (until then the row lags behind what it holds: reads ask on, never served less).
+        store.save([make_test_record(behind.key, {"user": "ada", "theme": "dark"}, version=160, origin=8)])
+        lagging = store.load(behind.key)
+        assert lagging is not None and reflects(lagging, 160, 8) and not reflects(lagging, 200, 7)
+        holds = {"user": "ada", "theme": "dark", "cart": [3]}
+        writers_copy = replace(make_test_record(behind.key, holds, version=300),
+                               stamps={"user": (150, 7), "theme": (160, 8), "cart": (300, 7)},
+                               seen={7: 300, 8: 160})
+        store.save([writers_copy])
+        caught_up = store.load(behind.key)
+        assert caught_up is not None and caught_up.data == {"user": "ada", "theme": "dark", "cart": [3]}
+        assert reflects(caught_up, 300, 7) and reflects(caught_up, 200, 7) and reflects(caught_up, 160, 8)
 
     def test_a_batch_merges_every_record_of_a_key(self, store: Store) -> None:
         base = make_test_record(_key(1), {"user": "ada"}, version=100)

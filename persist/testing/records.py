@@ -51,19 +51,21 @@ def make_test_delta(
     origin: int = 7,
     created: float = T0,
     accessed: float | None = None,
+    base: dict[int, int] | None = None,
 ) -> Record:
     """A delta as a request's save makes one (``memsession.changes.record_change``): partial.
 
     ``data`` holds the keys the change set, ``removed`` the keys it removed;
     every one is stamped with ``(version, origin)`` (``stamps`` spelled out
-    only when something was removed, as ``record_change`` does).
+    only when something was removed, as ``record_change`` does). ``base``:
+    the ``seen`` of the copy it was made on (None: it needs nothing).
     """
     gone = tuple(removed)
     copy, size, flat = prepare_data(data, 1 << 24)
     accessed = created if accessed is None else accessed
     stamps = dict.fromkeys((*copy, *gone), (version, origin)) if gone else None
     return Record(key, copy, version, origin, created, accessed, accessed + 3600.0, False, flat, size,
-                  stamps, None, True)
+                  stamps, None, True, base)
 
 
 def _key(n: int | str) -> str:
