@@ -101,3 +101,34 @@ def test_a_subscriber_forgets_publishers_that_stopped_at_the_next_hub_beat() -> 
     replicator.receive(wire.encode_heartbeat(1, 9 << 12, 0, 0, hub=True))
     assert sorted(replicator.tracker.vector()) == [1, 100]
     cache.close()
+
+
+def test_a_push_covers_its_stream_up_to_the_number_it_names():
+    t = SequenceTracker(strict=True)
+    t.pushed(1, 1, 10)  # a stream first known through a push
+    assert t.heartbeat(1, 1, 10) == OK
+    assert t.observe(1, 1, 11) == OK
+    assert t.observe(1, 1, 13) == GAP  # numbered after the push and lost: still a gap
+    t.pushed(1, 1, 20)
+    assert t.observe(1, 1, 18) == DUP  # in the push: not a gap, and not taken in twice
+    assert t.observe(1, 1, 21) == OK
+    t.pushed(1, 1, 5)  # an older push never moves the stream back
+    assert t.observe(1, 1, 22) == OK
+
+
+def test_a_push_claims_no_more_than_a_frame_may():
+    t = SequenceTracker(strict=True, max_jump=100)
+    assert t.observe(1, 1, 1) == NEW
+    t.pushed(1, 1, 1_000)
+    assert t.observe(1, 1, 2) == OK
+
+
+def test_a_push_of_a_new_epoch_is_a_restart_and_the_old_epoch_a_straggler():
+    t = SequenceTracker(strict=True)
+    for seq in range(1, 6):
+        t.observe(1, 1, seq)
+    t.pushed(1, 2, 3)
+    assert t.observe(1, 2, 4) == OK
+    assert t.observe(1, 1, 6) == DUP
+    t.pushed(1, 1, 9)  # the replaced epoch's push changes nothing
+    assert t.observe(1, 2, 5) == OK

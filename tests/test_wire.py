@@ -94,11 +94,14 @@ def test_heartbeats_hello_and_resync(h, hub):
 @given(st.lists(records(), max_size=5), st.integers(0, 2**32))
 def test_chunks_pushes_and_records_round_trip(batch, rid):
     lists = [wire.record_to_list(r) for r in batch]
-    for op, extra in ((wire.CHUNK, ()), (wire.PUSH, (rid + 1,))):
+    stream = [rid | 1, rid + 2, rid + 3]
+    for op, extra, body in ((wire.CHUNK, (), ()), (wire.PUSH, (rid + 1, stream), (rid + 1, tuple(stream))),
+                            (wire.PUSH, (rid + 1, None), (rid + 1, None)),
+                            (wire.PUSH, (rid + 1,), (rid + 1, None))):  # a worker that names no stream
         reply = wire.decode_reply(wire.encode_request(op, rid, lists, *extra))
         assert reply.op == op and reply.rid == rid
         assert all(same(a, b) for a, b in zip(reply.body[0], batch)) and len(reply.body[0]) == len(batch)
-        assert reply.body[1:] == extra
+        assert reply.body[1:] == body
     if batch:
         got = wire.decode_reply(wire.encode_request(wire.RECORD, rid, lists[0])).body[0]
         assert same(got, batch[0])
@@ -136,6 +139,11 @@ def test_clear_with_a_bad_version_is_refused(fields):
         (wire.END, [1, [], 0, 0]),
         (wire.END, [1, [], 0, 0, None]),
         (wire.PUSH, [[], 2**63]),  # beyond what a store can keep: it would refuse the clear forever
+        (wire.PUSH, [[], 0, [1, 2]]),  # the pusher's stream is [origin, epoch, seq]
+        (wire.PUSH, [[], 0, [1, 2, -3]]),
+        (wire.PUSH, [[], 0, [1, "2", 3]]),
+        (wire.PUSH, [[], 0, {"origin": 1}]),
+        (wire.PUSH, [[], 0, None, None]),
         (wire.END, [1, [], 0, 0, 2**63]),
     ],
 )

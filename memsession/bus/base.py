@@ -82,6 +82,9 @@ class Replicator(OutgoingStream):
         self.seq_at_beat = 0
         self.repair_due = False
         self.repair_reason = ""
+        #: True from a hub restart or a silence until our state was pushed: the hub may lack it. Kept
+        #: apart from ``repair_reason``, which a gap found before the repair runs would overwrite.
+        self.push_due = False
         #: True until the join snapshot is installed: what arrives before it, gaps included, it covers.
         self.joining = True
         self.counts.update(dict.fromkeys(
@@ -252,6 +255,8 @@ class Replicator(OutgoingStream):
             return SKIPPED  # the join snapshot is still to come
         self.repair_due = True
         self.repair_reason = reason
+        if reason in ("hub restart", "silence"):
+            self.push_due = True
         if reason == "gap":
             # Lost messages may have changed any key; the hub still has them, so reads
             # check with it until the snapshot lands. (After a hub restart or a silence
@@ -321,31 +326,11 @@ class Replicator(OutgoingStream):
 
     def others_may_lack(self) -> bool:
         """``hub_may_lack_ours``, or the hub restarted less than ``GATHER`` ago and is still gathering the
-        workers' pushes: a receiver may then lack changes made before ours elsewhere (``sendable``)."""
+        workers' pushes: a receiver may then lack changes made before ours elsewhere (``pushes.sendable``)."""
         if self.hub_may_lack_ours():
             return True
         restarted = self.hub_restarted_at
         return restarted is not None and self.clock.monotonic() - restarted < GATHER
-
-    def sendable(self, record: Record, packed: bytes | None) -> tuple[Record, bytes | None]:
-        """What goes on the bus for the local change ``record`` (``packed``: its data serialized).
-
-        A delta (``partial``: only the keys a change set) is sent as it is,
-        unless a receiver may lack changes made before it (``others_may_lack``:
-        the hub was away or restarted and is not repaired, or restarted moments
-        ago and other workers' pushes may not be relayed yet). Then the whole
-        session as held here travels: a copy lacking the delta's base would take
-        its keys without naming its change (``changes.merge_records``), so reads
-        there would ask the hub until a whole copy came; this completes them at
-        once. Every key carries its own stamp, so the whole merges as the delta would.
-        """
-        if not record.partial or not self.others_may_lack():
-            return record, packed
-        whole = self.cache.held(record.key)
-        if whole is None or whole.deleted or whole.partial:
-            return record, packed  # ended or gone since: the delta is all there is to send
-        self.counts["sent_whole"] += 1
-        return whole, None
 
     def silent(self) -> bool:
         """True when the hub has not been heard for ``silence`` seconds (checked by the transport)."""

@@ -22,11 +22,9 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import BusError
 from ..session import Record
 from .base import REPAIR, RESYNC, BusConfig, Clear, ReplicaTarget, Replicator
+from .pushes import push_fields, sendable
 
 __all__ = ["MemoryBus", "MemoryHub"]
-
-#: Most records in one PUSH, as the ZeroMQ bus sends them.
-_PUSH_RECORDS = 1000
 
 
 class MemoryHub:
@@ -134,7 +132,7 @@ class MemoryBus:
             return
         rep = self.replicator
         if type(record) is Record and record.partial:
-            record, packed = rep.sendable(record, packed)
+            record, packed = sendable(rep, record, packed)
         written = True
         if type(record) is Record and rep.needs_write(record):
             written = id(self) not in self.hub.cut
@@ -165,7 +163,7 @@ class MemoryBus:
         """Run the repair the replicator asked for, if any."""
         rep = self.replicator
         if rep is not None and rep.repair_due:
-            self.repair(push=rep.repair_reason in ("hub restart", "silence"))
+            self.repair(push=rep.push_due)
 
     def repair(self, *, push: bool = False) -> None:
         rep = self.replicator
@@ -178,14 +176,15 @@ class MemoryBus:
         end = replies[-1]
         hub_epoch, vector, _chunks, _count, cleared = end.body
         rep.install_snapshot(rep.snapshot_records(replies[:-1])[0], vector, hub_epoch, cleared)
-        if rep.repair_due and not push:  # the snapshot came from a restarted hub
+        if rep.push_due and not push:  # the snapshot came from a restarted hub
             self.repair(push=True)
 
     def push_state(self) -> None:
-        assert self._cache is not None
-        records = self._cache.records()
-        for batch in list(wire.record_lists(records, _PUSH_RECORDS, self.config.limits.max_stamps)) or [[]]:
-            self.hub.request(wire.encode_request(wire.PUSH, 1, batch, self._cache.cleared))
+        rep = self.replicator
+        assert rep is not None
+        for fields in push_fields(rep):
+            self.hub.request(wire.encode_request(wire.PUSH, 1, *fields))
+        rep.push_due = False
 
     def fetch(self, key: str, timeout: float | None = None) -> Record | None:
         return self.lookup(key, timeout)[1]

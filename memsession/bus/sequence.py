@@ -207,6 +207,24 @@ class SequenceTracker:
         known = self._last.get(origin)
         return known is not None and known[0] == epoch and seq <= known[1]
 
+    def pushed(self, origin: int, epoch: int, seq: int) -> None:
+        """A push of ``origin``'s state taken at ``seq`` of its stream ``epoch`` arrived: it holds those changes.
+
+        A stream known in that epoch moves up to ``seq`` (what the push covers
+        is no gap, and comes again as duplicates), within ``max_jump`` as a
+        frame would; an unknown one, or a new epoch (the origin restarted),
+        is taken up from ``seq``, so a change numbered after it and lost on the
+        way shows as a gap at the stream's next number or heartbeat. An
+        epoch seen replaced is ignored.
+        """
+        if self._stale(origin, epoch):
+            return
+        known = self._last.get(origin)
+        if known is None or known[0] != epoch:
+            self._start(origin, epoch, seq, known)
+        elif known[1] < seq <= known[1] + self.max_jump:
+            self._last[origin] = (epoch, seq)
+
     def splice(self, vector: Mapping[int, tuple[int, int]]) -> None:
         """Adopt a snapshot's vector: afterwards everything it covers counts as seen.
 

@@ -42,6 +42,7 @@ from ..clock import SYSTEM_CLOCK
 from ..errors import BusError, ConfigError
 from ..session import Record
 from .base import BusConfig, Clear, ReplicaTarget, Replicator
+from .pushes import sendable
 from .replies import Requests
 from .zmq_receiver import Receiver
 from .zmq_sender import Sender
@@ -111,7 +112,7 @@ class ZmqBus:
         if isinstance(record, Record):
             rep = self.replicator
             if record.partial and rep is not None:
-                record, packed = rep.sendable(record, packed)
+                record, packed = sendable(rep, record, packed)
             self._sending.publish((record, packed) if packed is not None else record)
         else:
             self._sending.publish(record)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import wire
 from .base import HELLO, RESYNC, BusConfig, ReplicaTarget, Replicator
+from .pushes import push_fields
 from .replies import Requests
 
 if TYPE_CHECKING:
@@ -30,8 +31,6 @@ __all__ = ["Receiver"]
 
 log = logging.getLogger("memsession.bus")
 
-#: Most records in one PUSH of this process's state.
-PUSH_BATCH = 1000
 #: Most messages, and bytes, taken per wake-up before the loop looks at its repairs again.
 _DRAIN_MESSAGES = 1000
 _DRAIN_BYTES = 4 << 20
@@ -81,7 +80,7 @@ class Receiver:
                     else:
                         hello_seen = False  # hub not answering yet: prove the path again later
                 elif rep.repair_due and joined.is_set() and not rep.silent():
-                    self.repair(dealer, push=rep.repair_reason in ("hub restart", "silence"))
+                    self.repair(dealer, push=rep.push_due)
                 if not poll(50):  # no hub heard lately, or ever: its directory may be a new one
                     self._at.follow_if(rep.silent() or rep.last_hub_beat is None, time.monotonic())
                     continue
@@ -134,14 +133,12 @@ class Receiver:
 
     def push_state(self, dealer: Any) -> bool:
         """Hand the hub every record we hold (after a hub restart or a resync request)."""
-        cache = self.cache
         requests = self._requests
-        records = cache.records()
-        # One push even of nothing: it carries the clear watermark.
-        for batch in list(wire.record_lists(records, PUSH_BATCH, self.config.limits.max_stamps)) or [[]]:
+        for fields in push_fields(self.replicator):
             rid = requests.next_rid()
-            dealer.send_multipart(wire.encode_request(wire.PUSH, rid, batch, cache.cleared))
+            dealer.send_multipart(wire.encode_request(wire.PUSH, rid, *fields))
             if requests.collect(dealer, rid, wire.ACK, time.monotonic() + self.config.request_timeout) is None:
                 log.warning("push of local state to %s timed out", self.config.requests)
                 return False
+        self.replicator.push_due = False
         return True

@@ -67,7 +67,7 @@ def answer_request(
     if req.op == wire.PUSH:
         state.counts["pushes"] += 1
         relays = []
-        records, cleared = req.body
+        records, cleared, stream = req.body
         if state.clear(cleared):
             # A clear this hub never saw (it restarted since): others may have missed it too.
             relays.append(state.relay_clear(cleared))
@@ -75,6 +75,12 @@ def answer_request(
             state.counts["pushed_records"] += 1
             if state.merge(record):
                 relays.append(state.relay(record))
+        if stream is not None:
+            # The last request of a push: its origin's stream up to ``seq`` is in what came.
+            origin, epoch, seq = stream
+            state.tracker.heard(origin, state.clock.monotonic())
+            state.tracker.pushed(origin, epoch, seq)
+            state._resyncs.pushed(origin)
         return [wire.encode_request(wire.ACK, req.rid, len(relays))], relays
     if req.op == wire.WRITE:
         state.counts["writes"] += 1

@@ -1,10 +1,16 @@
-"""When the hub asks an origin to resync: at most once per spacing, and the request held back is owed.
+"""When the hub asks an origin to resync: at most once per spacing, again until it pushes, and what is owed.
 
 A gap in an origin's stream makes the hub ask it to push its state. The
 push takes a moment to arrive and more gaps may show meanwhile, so one origin
 is asked at most once per ``RESYNC_SPACING``; a gap inside the spacing is not
 forgotten but owed (the push may have been cut before that loss) and asked
-for once the spacing has passed. No I/O: ``HubState`` builds the frames.
+for once the spacing has passed. The request is published on the bus, and
+one published before the origin's subscription reached this hub (a hub that
+has just started) is dropped: an origin whose push has not come within
+``RESYNC_RETRY`` is asked again, up to ``RESYNC_ATTEMPTS`` times for one gap.
+A push names its origin (``pushed``); one that names none (a worker of an
+older version) ends nothing, and its origin is asked until the attempts run
+out. No I/O: ``HubState`` builds the frames.
 """
 
 from __future__ import annotations
@@ -13,12 +19,16 @@ import logging
 
 from ..clock import Clock
 
-__all__ = ["RESYNC_SPACING", "Resyncs"]
+__all__ = ["RESYNC_ATTEMPTS", "RESYNC_RETRY", "RESYNC_SPACING", "Resyncs"]
 
 log = logging.getLogger("memsession.hub")
 
 #: Seconds between two resync requests to one origin (its push takes a moment to arrive).
 RESYNC_SPACING = 0.5
+#: Seconds without the origin's push after which a request is sent again.
+RESYNC_RETRY = 1.0
+#: Requests sent for one gap before the hub stops asking.
+RESYNC_ATTEMPTS = 5
 
 
 class Resyncs:
@@ -29,6 +39,8 @@ class Resyncs:
         self.counts = counts
         self._last: dict[int, float] = {}
         self._owed: set[int] = set()
+        #: Origins asked whose push has not come yet: how many requests each was sent.
+        self._waiting: dict[int, int] = {}
 
     def ask_now(self, origin: int) -> bool:
         """Whether to ask ``origin`` to resync now (counted); if not, the request is owed."""
@@ -39,17 +51,38 @@ class Resyncs:
         self._owed.discard(origin)
         self._last[origin] = now
         self.counts["resyncs_sent"] += 1
-        log.info("gap in the stream of origin %x; asking it to resync", origin)
+        asked = self._waiting.get(origin, 0)
+        self._waiting[origin] = asked + 1
+        if asked:
+            log.info("no push from origin %x since asking it to resync; asking again", origin)
+        else:
+            log.info("gap in the stream of origin %x; asking it to resync", origin)
         return True
 
     def due(self) -> list[int]:
-        """The owed origins whose spacing has passed (each is then asked: ``ask_now``)."""
-        if not self._owed:
+        """The origins to ask now: owed ones whose spacing has passed, and asked ones whose push is late."""
+        if not self._owed and not self._waiting:
             return []
         now = self.clock.monotonic()
-        return [o for o in self._owed if now - self._last.get(o, -1e9) >= RESYNC_SPACING]
+        due = [o for o in self._owed if now - self._last.get(o, -1e9) >= RESYNC_SPACING]
+        for origin, asked in list(self._waiting.items()):
+            if origin in self._owed or now - self._last.get(origin, -1e9) < RESYNC_RETRY:
+                continue
+            if asked >= RESYNC_ATTEMPTS:
+                del self._waiting[origin]
+                log.warning("origin %x did not push its state after %d resync requests; "
+                            "its next gap asks again", origin, asked)
+                continue
+            due.append(origin)
+        return due
+
+    def pushed(self, origin: int) -> None:
+        """``origin``'s push arrived: nothing is owed to it any more."""
+        self._waiting.pop(origin, None)
+        self._owed.discard(origin)
 
     def forget(self, origin: int) -> None:
         """``origin`` went silent and is forgotten: nothing more is owed to it."""
         self._last.pop(origin, None)
         self._owed.discard(origin)
+        self._waiting.pop(origin, None)

@@ -264,6 +264,15 @@ def _body(op: str, rest: list[Any], limits: Limits) -> Any:
     return _int(rest[0], "nonce" if op == HELLO else "target", _I64_MIN, _U64)
 
 
+def _stream(value: Any) -> tuple[int, int, int] | None:
+    """A PUSH's ``[origin, epoch, seq]`` (the pusher's stream when it took its state), or nil."""
+    if value is None:
+        return None
+    if type(value) is not list or len(value) != 3:
+        raise WireError("a pushed stream is [origin, epoch, seq]")
+    return _int(value[0], "origin", _I64_MIN, _U64), _int(value[1], "epoch"), _int(value[2], "seq")
+
+
 def decode_reply(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Reply:
     """A request or reply from its two frames (ROUTER identities already removed)."""
     op, payload = _split(frames)
@@ -297,10 +306,10 @@ def decode_reply(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Re
         records, refused = records_from_list(rest[0], limits)
         body = (records,)
     elif op == PUSH:
-        if n != 2:
-            raise WireError("PUSH needs a record list and a clear watermark")
+        if n not in (2, 3):
+            raise WireError("PUSH needs a record list, a clear watermark and the pusher's stream or nil")
         records, refused = records_from_list(rest[0], limits)
-        body = (records, _int(rest[1], "cleared", 0, MAX_VERSION))
+        body = (records, _int(rest[1], "cleared", 0, MAX_VERSION), _stream(rest[2] if n == 3 else None))
     elif op == END:
         if n != 5:
             raise WireError("END needs hub_epoch, vector, chunks, records, cleared")

@@ -115,9 +115,13 @@ frames; ``rid`` is the requester's request id, echoed in every reply:
                    ``cleared`` the hub's clear watermark (0: never cleared)
     G  GET         rid, key
     R  RECORD      rid, record or nil
-    P  PUSH        rid, [record, ...], cleared (a worker hands the hub its state and clear
-                                                watermark; the hub relays on the bus whatever
-                                                changed its replica)
+    P  PUSH        rid, [record, ...], cleared, stream
+                   a worker hands the hub its state and clear watermark; the
+                   hub relays on the bus whatever changed its replica.
+                   ``stream`` is [origin, epoch, seq], the pusher's stream
+                   when it took the state (every change it had numbered up
+                   to ``seq`` is in it), on the last PUSH of a push and nil
+                   on the ones before; a PUSH of two fields has none
     W  WRITE       rid, [record, ...]          (``invalidate`` mode: values go to the hub
                                                 here, acknowledged before the INVALIDATE is
                                                 published; not relayed)
