@@ -130,14 +130,22 @@ def run_load_with_kills(server: Gunicorn) -> Load:
     return load
 
 
+#: What a worker logs when it serves the copy before a write it could not find anywhere.
+LOST_WRITE = "was not found anywhere"
+
+
 def check_readable(server: Gunicorn, load: Load) -> None:
+    # Every writer lived: no write may have been given up on as lost (and the copy before it served).
+    log = server.tail(1_000_000)
+    assert LOST_WRITE not in log, "\n".join(line for line in log.splitlines() if LOST_WRITE in line)
     with http_client(server.url) as c:
         for user, expect in load.acknowledged.items():
             c.cookies.clear()
             c.cookies.set(COOKIE, load.cookies[user])
             response = c.get("/me")
             assert response.status_code == 200, response.text
-            assert response.json()["session"] == expect
+            answer = response.json()
+            assert answer["session"] == expect, (user, answer["worker"], server.tail(150))
 
 
 def check_stored(records: list[Record], load: Load) -> None:
