@@ -15,3 +15,20 @@ CREATE TABLE IF NOT EXISTS "memsession" (
 CREATE INDEX IF NOT EXISTS "memsession_expire_idx" ON "memsession" ("expire");
 ALTER TABLE "memsession" ADD COLUMN IF NOT EXISTS "stamps" json, ADD COLUMN IF NOT EXISTS "seen" json;
 COMMENT ON COLUMN "memsession"."sid" IS 'memsession session key: SHA-256 (hex) of the session id; the id itself is never stored';
+-- Optional, for PostgresStore(change_log=True) (persist.postgres.changelog): the change log, which
+-- create_table=True makes with the rest (ddl(change_log=True) prints it with other names):
+-- CREATE TABLE IF NOT EXISTS "memsession_changes" (
+--     "host" text COLLATE "C" NOT NULL,
+--     "seq" bigint NOT NULL,
+--     "key" text COLLATE "C" NOT NULL,
+--     "version" bigint NOT NULL,
+--     "origin" bigint NOT NULL,
+--     "deleted" boolean NOT NULL,
+--     "cleared" bigint NOT NULL DEFAULT 0,
+--     "at" double precision NOT NULL,
+--     PRIMARY KEY ("host", "seq")
+-- );
+-- CREATE TABLE IF NOT EXISTS "memsession_changes_hosts" (
+--     "host" text COLLATE "C" PRIMARY KEY,
+--     "seq" bigint NOT NULL
+-- );

@@ -16,6 +16,14 @@ for this one's key lock, and the watermark that kept cleared records out of
 the merge holds until commit (``save_lock``). Something else that writes the
 table without the locks could still add the key meanwhile; the copy then
 fails on the key and the batch is saved again, by upserts alone.
+
+With a change log (``persist.postgres.changelog``), either way appends one
+log row per record written after the rows themselves: the log's per-host
+counter is the one lock all of a host's batches share, so it is taken last
+and held the shortest. ``upsert`` logs in its last statement, in the round
+trip of the commit; a copying save bumps the counter with its upserts and
+then copies the log's rows too (one COPY round trip more, and a copied log
+row costs the server much less than an ``INSERT ... SELECT`` of it).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import psycopg
 from memsession.session import Record
 
 from ..base import merge_row
+from .changelog import ChangeLog
 from .statements import COPY_TYPES, Statements, copy_row, keys_param, upsert_row
 
 __all__ = ["COPY_ROWS", "save_batch"]
@@ -45,19 +54,21 @@ StoredRecord = Callable[[Sequence[Any], int], Record | None]
 
 
 def save_batch(conn: psycopg.Connection[Any], sql: Statements, batch: dict[str, Record], *,
-               stored: StoredRecord, pipelined: bool, copy_rows: int = COPY_ROWS) -> int:
+               stored: StoredRecord, pipelined: bool, copy_rows: int = COPY_ROWS,
+               changes: ChangeLog | None = None) -> int:
     """Merge ``batch`` (one record per key) into the table on ``conn``; how many rows were written.
 
     A batch of at least ``copy_rows`` records copies the rows of new keys.
+    ``changes``: the log that gets a row per record written, in the same transaction.
     """
     keys = keys_param(list(batch))
     if len(batch) < copy_rows:
-        return _upserting(conn, sql, batch, keys, stored, pipelined)
+        return _upserting(conn, sql, batch, keys, stored, pipelined, changes)
     try:
-        return _copying(conn, sql, batch, keys, stored, pipelined)
+        return _copying(conn, sql, batch, keys, stored, pipelined, changes)
     except psycopg.errors.UniqueViolation:
         log.info("PostgreSQL save: a key the batch was copying was written meanwhile; saving it again by upserts")
-        return _upserting(conn, sql, batch, keys, stored, pipelined)
+        return _upserting(conn, sql, batch, keys, stored, pipelined, changes)
 
 
 def _read_locked(conn: psycopg.Connection[Any], sql: Statements, keys: str,
@@ -74,23 +85,26 @@ def _read_locked(conn: psycopg.Connection[Any], sql: Statements, keys: str,
 
 
 def _upserting(conn: psycopg.Connection[Any], sql: Statements, batch: dict[str, Record], keys: str,
-               stored: StoredRecord, pipelined: bool) -> int:
+               stored: StoredRecord, pipelined: bool, changes: ChangeLog | None) -> int:
     # Pipelined: the transaction, its locks and the read go in one round trip, the
-    # write and the commit in another (the server still runs them one after another).
+    # write (and its log rows) and the commit in another (the server still runs them
+    # one after another).
     with conn.pipeline() if pipelined else contextlib.nullcontext(), conn.transaction():
         watermark, held = _read_locked(conn, sql, keys, stored)
-        rows = [
-            upsert_row(merged) for key, record in batch.items()
-            if (merged := merge_row(held.get(key), record, watermark)) is not None
+        merged = [
+            row for key, record in batch.items()
+            if (row := merge_row(held.get(key), record, watermark)) is not None
         ]
-        if not rows:
+        if not merged:
             return 0
-        written = conn.execute(sql.upsert, [orjson.dumps(rows).decode()])
+        written = conn.execute(sql.upsert, [orjson.dumps([upsert_row(row) for row in merged]).decode()])
+        if changes is not None:
+            changes.record_rows(conn, merged)
     return written.rowcount
 
 
 def _copying(conn: psycopg.Connection[Any], sql: Statements, batch: dict[str, Record], keys: str,
-             stored: StoredRecord, pipelined: bool) -> int:
+             stored: StoredRecord, pipelined: bool, changes: ChangeLog | None) -> int:
     # BEGIN goes with the read and COMMIT with the upsert, so the COPY (which can't be
     # pipelined) adds two round trips, not five: in the sidecar each costs the writer a wait
     # for the interpreter lock.
@@ -101,21 +115,35 @@ def _copying(conn: psycopg.Connection[Any], sql: Statements, batch: dict[str, Re
             watermark, held = _read_locked(conn, sql, keys, stored)
         fresh: list[tuple[Any, ...]] = []
         rows: list[dict[str, Any]] = []
+        written: list[Record] = []
         for key, record in batch.items():
             merged = merge_row(held.get(key), record, watermark)
             if merged is None:
                 continue
+            written.append(merged)
             if key in held:
                 rows.append(upsert_row(merged))
             else:
                 fresh.append(copy_row(merged))
         if fresh:
-            with conn.cursor() as cur, cur.copy(sql.copy) as copy:
-                copy.set_types(COPY_TYPES)
-                for row in fresh:
-                    copy.write_row(row)
+            try:
+                with conn.cursor() as cur, cur.copy(sql.copy) as copy:
+                    copy.set_types(COPY_TYPES)
+                    for row in fresh:
+                        copy.write_row(row)
+            except OverflowError as exc:
+                # An int the column can't hold (an origin above 2**63 - 1), refused here by the
+                # binary dumper, not by the server: the same refusal as the upsert's.
+                raise psycopg.DataError(f"a value is out of range for its column: {exc}") from exc
         with pipeline():
             upserted = conn.execute(sql.upsert, [orjson.dumps(rows).decode()]) if rows else None
+            bumped = changes.bump(conn, len(written)) if changes is not None and written else None
+            if bumped is None:
+                conn.execute("COMMIT")
+        if bumped is not None:
+            assert changes is not None
+            # The log's rows go by COPY too, numbered below the counter the bump returned.
+            changes.copy_rows(conn, written, bumped)
             conn.execute("COMMIT")
     except BaseException:
         conn.rollback()

@@ -40,6 +40,7 @@ from ..base import (
 )
 from ..jsonstamps import seen_from_json, stamps_from_json
 from ..rekey import rekey_store
+from .changelog import LOG_RETENTION, ChangeLog
 from .connect import open_pool
 from .saving import COPY_ROWS, save_batch
 from .statements import statements_for
@@ -82,6 +83,10 @@ class PostgresStore:
     ``statement_timeout`` (seconds, None: the server's setting) every
     statement on the store's own connections, so a stuck server can't stall
     the writer forever.
+
+    ``change_log=True`` logs each record written and each clear (no data) as ``host`` (default: the
+    machine's name) in the save's transaction, for other hosts' ``PostgresChangeFeed``s
+    (``persist.postgres.changelog``); ``purge`` prunes rows older than ``log_retention`` seconds.
     """
 
     name = _NAME
@@ -104,8 +109,13 @@ class PostgresStore:
         purge_batch: int = 1000,
         copy_rows: int = COPY_ROWS,
         environ: Mapping[str, str] | None = None,
+        change_log: bool = False,
+        host: str | None = None,
+        log_retention: float = LOG_RETENTION,
     ) -> None:
         self.names = TableNames.build(schema, table, columns)
+        #: The change log this store writes, None when it writes none.
+        self.changes = ChangeLog.configure(self.names, change_log, host, log_retention)
         for option, value in (("page_size", page_size), ("purge_batch", purge_batch), ("copy_rows", copy_rows)):
             check_int(option, value)
         self.page_size = page_size
@@ -139,6 +149,8 @@ class PostgresStore:
             if create_table:
                 self.create_table()
             self._bring_up_to_date()
+            if self.changes is not None:
+                self._run("open", self.changes.check_tables)
         except BaseException:
             self.close()
             raise
@@ -178,7 +190,7 @@ class PostgresStore:
 
     def create_table(self) -> None:
         """Create schema, table and expiry index if missing (safe to run from many processes at once)."""
-        statements = ddl_statements(self.names)
+        statements = ddl_statements(self.names) + (self.changes.ddl() if self.changes is not None else [])
 
         def work(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
@@ -314,7 +326,7 @@ class PostgresStore:
 
         def work(conn: psycopg.Connection[Any]) -> int:
             return save_batch(conn, self._sql, batch, stored=self._stored, pipelined=self.pipelined,
-                              copy_rows=self.copy_rows)
+                              copy_rows=self.copy_rows, changes=self.changes)
 
         return self._run("save", work, keys=list(batch) if len(batch) == 1 else None)
 
@@ -338,7 +350,10 @@ class PostgresStore:
         return self._run("delete", work)
 
     def purge(self, now: float) -> int:
+        """Remove the records that lapsed by ``now``; with a change log, prune it too (``prune_changes``)."""
         check_open(self._closed, _NAME, "purge")
+        if self.changes is not None:
+            self.prune_changes(now)
         total = 0
         while True:
             def work(conn: psycopg.Connection[Any]) -> int:
@@ -348,6 +363,11 @@ class PostgresStore:
             total += count
             if count < self.purge_batch:
                 return total
+
+    def prune_changes(self, now: float) -> int:
+        """Delete the change log's rows older than ``now - log_retention``; how many went (0: no log)."""
+        check_open(self._closed, _NAME, "prune_changes")
+        return 0 if self.changes is None else self.changes.prune(self._run, now, self.purge_batch)
 
     def clear(self, version: int) -> int:
         """Raise the watermark row and delete the live rows it covers, in one transaction.
@@ -381,7 +401,10 @@ class PostgresStore:
         assert row is not None
         # The stored watermark, which may be higher than ``version``: any live row at
         # or below it that a writer without the guard slipped in goes too.
-        return conn.execute(self._sql.clear_delete, [row[0]]).rowcount
+        deleted = conn.execute(self._sql.clear_delete, [row[0]]).rowcount
+        if self.changes is not None:
+            self.changes.clear_row(conn, int(row[0]))
+        return deleted
 
     def _watermark_in(self, conn: psycopg.Connection[Any]) -> int:
         row = conn.execute(self._sql.watermark).fetchone()

@@ -183,12 +183,19 @@ def comment_statement(names: TableNames) -> str:
     return f"COMMENT ON COLUMN {names.qualified}.{names.quoted('key')} IS {_quote_literal(KEY_COMMENT)}"
 
 
-def ddl(schema: str | None = None, table: str = "memsession", columns: Mapping[str, str] | None = None) -> str:
+def ddl(schema: str | None = None, table: str = "memsession", columns: Mapping[str, str] | None = None,
+        change_log: bool = False) -> str:
     """The DDL that ``create_table=True`` runs, and the upgrade of an older table, as SQL text.
 
     Also shipped as ``persist/schema.sql``; running it over a table made
-    before per-key merging adds the columns it lacks.
+    before per-key merging adds the columns it lacks. ``change_log=True``
+    adds the tables of ``PostgresStore(change_log=True)`` (``changelog``).
     """
+    from .changelog import change_log_ddl, check_names
+
     names = TableNames.build(schema, table, columns)
-    statements = (*ddl_statements(names), upgrade_statement(names), comment_statement(names))
+    if change_log:
+        check_names(names)
+    logged = change_log_ddl(names) if change_log else []
+    statements = (*ddl_statements(names), *logged, upgrade_statement(names), comment_statement(names))
     return "".join(stmt + ";\n" for stmt in statements)

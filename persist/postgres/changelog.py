@@ -1,0 +1,380 @@
+"""The change log of a sessions table: what each save changed, numbered per host, in the save's transaction.
+
+Two tables next to the sessions table (same schema), made by
+``create_table=True`` when ``PostgresStore(change_log=True)``, or by the DDL
+``change_log_ddl`` renders::
+
+    <table>_changes        one row per record a save wrote, one per clear
+      host      text       the writing host (``PostgresStore(host=)``)
+      seq       bigint     1, 2, 3, ... per host, no gaps     PRIMARY KEY (host, seq)
+      key       text       the session key ('' for a clear)
+      version   bigint     the stored record's (version, origin) after the save (0, 0 for a clear)
+      origin    bigint
+      deleted   boolean    a tombstone
+      cleared   bigint     a clear's watermark (0 for a record)
+      at        float8     the server's wall clock when the seq was taken: pruning goes by it
+
+    <table>_changes_hosts  per host, the last seq it took
+      host      text PRIMARY KEY
+      seq       bigint
+
+No session data goes in the log: a follower reads what it needs from the
+sessions table.
+
+**Numbering.** A batch bumps the host's row in ``_changes_hosts`` by the
+batch's size (``INSERT ... ON CONFLICT DO UPDATE ... RETURNING``) and numbers
+its rows below the new value: in one statement that inserts them too
+(``append``, in the round trip of the commit), or, for a save that copies its
+rows, in ``bump``, whose value numbers the log rows it then copies
+(``copy_rows``: a copied row costs the server much less than an ``INSERT
+... SELECT`` of it, and the log's cost is per row). The bump locks the
+host's counter row until commit, so two processes of one host take turns
+there: the second one's bump waits, then reads the first one's value (or, if
+it rolled back, the old one, so a failed save leaves no hole), and a host's
+seqs commit in order: a reader that sees seq n of a host sees every retained
+seq below it. The bump comes last in a save, after the table lock and the
+key locks every save takes in one order (``statements``; a clear takes the
+table lock before it too), so batches still never deadlock, and the counter
+row, the one lock every batch of a host needs, is held only for a save's
+last steps. Two writers of one host that commit to fsync'd disks take turns
+at their commits: a host's write-behind batches are large, so it costs little.
+
+**Notification.** The bump's statement calls ``pg_notify(channel, 'host:seq')``
+with the batch's last seq. PostgreSQL delivers a notification when its
+transaction commits, and drops it if it rolls back, so a notification never
+runs ahead of the rows it announces. The channel is the log table's name,
+schema-qualified as ``schema.table_changes`` when a schema is named
+(``channel_name``); ``LISTEN`` takes it quoted (``quote_ident``).
+
+**Reading.** ``read_statement`` reads the rows after a follower's positions
+and ``ends_statement`` where the log ends (``persist.postgres.follower``).
+
+**Pruning.** ``prune`` deletes rows whose ``at`` is older than the store's
+``log_retention``, in bounded batches; ``_changes_hosts`` is kept, so a
+follower that stood below a pruned row learns that it has missed changes
+(``persist.postgres.follower``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from memsession.config import Config
+from memsession.errors import ConfigError, StoreError
+from memsession.session import Record
+from memsession.validate import check_number
+
+from ..feed import host_fault
+from .table import TableNames, quote_ident
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg import sql
+
+__all__ = [
+    "LOG_RETENTION",
+    "MIN_LOG_RETENTION",
+    "ChangeLog",
+    "channel_name",
+    "change_log_ddl",
+    "ends_statement",
+    "hosts_table",
+    "listen_statement",
+    "log_table",
+    "read_statement",
+]
+
+#: How long log rows stay by default (seconds): a follower away for longer has a gap.
+LOG_RETENTION = 3600.0
+#: The shortest retention allowed: memsession's default ``tombstone_ttl``. A follower that
+#: reads the log again within that long still hears of every destroy whose tombstone still
+#: counts; set ``log_retention`` above your own ``tombstone_ttl`` if you raised it.
+MIN_LOG_RETENTION = Config().tombstone_ttl
+#: How the store runs one statement on a pooled connection (``PostgresStore._run``).
+Run = Callable[[str, Callable[["psycopg.Connection[Any]"], int]], int]
+#: The longest name PostgreSQL keeps whole (identifiers, notification channels).
+_NAME_BYTES = 63
+
+
+def log_table(names: TableNames) -> str:
+    return names.table + "_changes"
+
+
+def hosts_table(names: TableNames) -> str:
+    return names.table + "_changes_hosts"
+
+
+def _qualified(names: TableNames, table: str) -> str:
+    return quote_ident(table) if names.schema is None else quote_ident(names.schema, table)
+
+
+def channel_name(names: TableNames) -> str:
+    """The notification channel of the table's log: the log table's (schema-qualified) name, unquoted.
+
+    Channels are per database, not per schema, hence the schema in it. A
+    name longer than PostgreSQL keeps becomes a digest of it: ``LISTEN``
+    would cut it, and then no longer match what ``pg_notify`` sends to.
+    """
+    name = log_table(names) if names.schema is None else f"{names.schema}.{log_table(names)}"
+    if len(name.encode()) <= _NAME_BYTES:
+        return name
+    return "memsession_changes_" + hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+def check_names(names: TableNames) -> None:
+    """``ConfigError`` if the log's table names would be cut by PostgreSQL (and two could become one)."""
+    for table in (log_table(names), hosts_table(names)):
+        if len(table.encode()) > _NAME_BYTES:
+            raise ConfigError("table", names.table,
+                              f"with change_log=True, {table!r} is over {_NAME_BYTES} bytes")
+
+
+def change_log_ddl(names: TableNames) -> list[str]:
+    """The statements creating the log's two tables (if missing); the sessions table's schema must exist."""
+    return [
+        f"CREATE TABLE IF NOT EXISTS {_qualified(names, log_table(names))} (\n"
+        '    "host" text COLLATE "C" NOT NULL,\n'
+        '    "seq" bigint NOT NULL,\n'
+        '    "key" text COLLATE "C" NOT NULL,\n'
+        '    "version" bigint NOT NULL,\n'
+        '    "origin" bigint NOT NULL,\n'
+        '    "deleted" boolean NOT NULL,\n'
+        '    "cleared" bigint NOT NULL DEFAULT 0,\n'
+        '    "at" double precision NOT NULL,\n'
+        '    PRIMARY KEY ("host", "seq")\n'
+        ")",
+        f"CREATE TABLE IF NOT EXISTS {_qualified(names, hosts_table(names))} (\n"
+        '    "host" text COLLATE "C" PRIMARY KEY,\n'
+        '    "seq" bigint NOT NULL\n'
+        ")",
+    ]
+
+
+def _ident(names: TableNames, table: str) -> sql.Identifier:
+    from psycopg import sql
+
+    return sql.Identifier(table) if names.schema is None else sql.Identifier(names.schema, table)
+
+
+#: How ``copy`` sends each column (binary).
+_COPY_TYPES = ("text", "int8", "text", "int8", "int8", "bool", "int8", "float8")
+
+
+def _bump(names: TableNames) -> sql.Composed:
+    """The CTE that takes a batch's seqs: the host's counter raised by ``n``, its new value and the time."""
+    from psycopg import sql
+
+    # ``at`` is taken once, after the bump got the counter's lock: in a host's seq order.
+    return sql.SQL(
+        "WITH bump AS ("
+        " INSERT INTO {hosts} AS h (host, seq) VALUES (%(host)s::text, %(n)s::bigint)"
+        " ON CONFLICT (host) DO UPDATE SET seq = h.seq + excluded.seq"
+        " RETURNING h.seq AS last, extract(epoch FROM clock_timestamp())::float8 AS at)"
+    ).format(hosts=_ident(names, hosts_table(names)))
+
+
+def _notify(names: TableNames) -> sql.Composed:
+    from psycopg import sql
+
+    return sql.SQL("pg_notify({channel}, %(host)s::text || ':' || bump.last)").format(
+        channel=sql.Literal(channel_name(names))
+    )
+
+
+def _bump_statement(names: TableNames) -> str:
+    """Take a batch's seqs and notify (sent at commit): ``(last, at)``, for a batch whose rows are copied."""
+    from psycopg import sql
+
+    return sql.SQL("{bump} SELECT bump.last, bump.at, {notify} FROM bump").format(
+        bump=_bump(names), notify=_notify(names)
+    ).as_string(None)
+
+
+def _append_statement(names: TableNames) -> str:
+    """Bump the host's counter, insert the batch's rows below it, notify: one statement (see the module)."""
+    from psycopg import sql
+
+    return sql.SQL(
+        "{bump}, logged AS ("
+        " INSERT INTO {log} (host, seq, key, version, origin, deleted, cleared, at)"
+        " SELECT %(host)s::text, bump.last - %(n)s::bigint + b.i, b.k, b.v, b.o, b.x, %(cleared)s::bigint,"
+        " bump.at"
+        " FROM bump, unnest(%(k)s::text[], %(v)s::bigint[], %(o)s::bigint[], %(x)s::boolean[])"
+        " WITH ORDINALITY AS b(k, v, o, x, i)"
+        ")"
+        " SELECT {notify} FROM bump"
+    ).format(bump=_bump(names), log=_ident(names, log_table(names)), notify=_notify(names)).as_string(None)
+
+
+def read_statement(names: TableNames) -> str:
+    """Changes after a follower's positions, as ``(host, last, seq, key, version, origin, deleted, cleared)``.
+
+    Parameters: ``at`` (the positions, a JSON object host -> seq; a host it
+    lacks is at 0), ``own`` (the follower's host, left out) and ``limit``.
+    In host/seq order, at most ``limit`` rows, only for hosts whose counter
+    moved from their position: ``_changes_hosts`` is small, so an idle host
+    costs no look into the log. ``last`` is the host's counter in the same
+    snapshot; a host whose rows after its position were all pruned comes as
+    one row with seq NULL (and so does a host whose counter is below the
+    position: the log was made anew).
+    """
+    from psycopg import sql
+
+    position = sql.SQL("coalesce((%(at)s::jsonb ->> h.host)::bigint, 0)")
+    return sql.SQL(
+        "SELECT h.host, h.seq, c.seq, c.key, c.version, c.origin, c.deleted, c.cleared FROM {hosts} AS h"
+        " LEFT JOIN LATERAL (SELECT l.seq, l.key, l.version, l.origin, l.deleted, l.cleared FROM {log} AS l"
+        " WHERE l.host = h.host AND l.seq > {position} ORDER BY l.seq LIMIT %(limit)s) AS c ON true"
+        " WHERE h.host <> %(own)s::text AND h.seq <> {position}"
+        " ORDER BY h.host, c.seq LIMIT %(limit)s"
+    ).format(
+        hosts=_ident(names, hosts_table(names)), log=_ident(names, log_table(names)), position=position
+    ).as_string(None)
+
+
+def ends_statement(names: TableNames) -> str:
+    """Every host's last seq but ``%s``'s: where a follower that starts at the end of the log stands."""
+    from psycopg import sql
+
+    return sql.SQL("SELECT host, seq FROM {hosts} WHERE host <> %s").format(
+        hosts=_ident(names, hosts_table(names))
+    ).as_string(None)
+
+
+def listen_statement(names: TableNames) -> str:
+    return "LISTEN " + quote_ident(channel_name(names))
+
+
+def _text_array(items: list[str]) -> str:
+    """A ``text[]`` literal: elements quoted (``NULL``, ``""``, spaces stay text), ``"``, ``\\`` escaped."""
+    return "{" + ",".join(
+        '"' + (item.replace("\\", "\\\\").replace('"', '\\"') if '"' in item or "\\" in item else item) + '"'
+        for item in items
+    ) + "}"
+
+
+@dataclass(frozen=True)
+class ChangeLog:
+    """The log a ``PostgresStore(change_log=True)`` writes: its host, retention and statements."""
+
+    names: TableNames
+    host: str
+    retention: float
+    append: str
+    bump_counter: str
+    copy: str
+    prune_rows: str
+    exists: str
+
+    @classmethod
+    def configure(
+        cls, names: TableNames, change_log: Any, host: Any, retention: Any
+    ) -> ChangeLog | None:
+        """The log for the store's options, None when it is off; ``ConfigError`` for a bad option."""
+        if type(change_log) is not bool:
+            raise ConfigError("change_log", change_log, "must be True or False")
+        if not change_log:
+            if host is not None or retention != LOG_RETENTION:
+                option, value = ("host", host) if host is not None else ("log_retention", retention)
+                raise ConfigError(option, value, "only means something with change_log=True")
+            return None
+        if host is None:
+            host = socket.gethostname()
+        fault = host_fault(host)
+        if fault is not None:
+            raise ConfigError("host", host, fault.removeprefix("host is "))
+        check_number("log_retention", retention)
+        if retention < MIN_LOG_RETENTION:
+            raise ConfigError("log_retention", retention,
+                              f"must be at least {MIN_LOG_RETENTION:g} s, memsession's default tombstone_ttl")
+        check_names(names)
+        from psycopg import sql
+
+        log = _ident(names, log_table(names))
+        return cls(
+            names=names, host=host, retention=float(retention),
+            append=_append_statement(names),
+            bump_counter=_bump_statement(names),
+            copy=sql.SQL(
+                "COPY {log} (host, seq, key, version, origin, deleted, cleared, at)"
+                " FROM STDIN (FORMAT BINARY)"
+            ).format(log=log).as_string(None),
+            prune_rows=sql.SQL(
+                "DELETE FROM {log} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {log} WHERE at < %s LIMIT %s))"
+            ).format(log=log).as_string(None),
+            exists=sql.SQL(
+                "SELECT to_regclass({log}) IS NOT NULL AND to_regclass({hosts}) IS NOT NULL"
+            ).format(
+                log=sql.Literal(_qualified(names, log_table(names))),
+                hosts=sql.Literal(_qualified(names, hosts_table(names))),
+            ).as_string(None),
+        )
+
+    def ddl(self) -> list[str]:
+        return change_log_ddl(self.names)
+
+    def record_rows(self, conn: psycopg.Connection[Any], records: Sequence[Record]) -> None:
+        """Log the records a save wrote, in the caller's transaction on ``conn`` (pipelined or not)."""
+        if records:
+            self._append(conn, [r.key for r in records], [r.version for r in records],
+                         [r.origin for r in records], [r.deleted for r in records], 0)
+
+    def clear_row(self, conn: psycopg.Connection[Any], watermark: int) -> None:
+        """Log a clear that raised the watermark to ``watermark``, in the caller's transaction."""
+        self._append(conn, [""], [0], [0], [False], watermark)
+
+    def bump(self, conn: psycopg.Connection[Any], n: int) -> psycopg.Cursor[Any]:
+        """Take ``n`` seqs (and notify) in the caller's transaction: the cursor ``copy_rows`` numbers from."""
+        return conn.execute(self.bump_counter, {"host": self.host, "n": n})
+
+    def copy_rows(
+        self, conn: psycopg.Connection[Any], records: Sequence[Record], bumped: psycopg.Cursor[Any]
+    ) -> None:
+        """Copy the log rows of ``records``, numbered below what ``bump`` returned (not in pipeline mode)."""
+        row = bumped.fetchone()
+        assert row is not None
+        last, at = row[0], row[1]
+        first = last - len(records) + 1
+        host = self.host
+        with conn.cursor() as cur, cur.copy(self.copy) as copy:
+            copy.set_types(_COPY_TYPES)
+            for seq, record in enumerate(records, first):
+                copy.write_row((host, seq, record.key, record.version, record.origin, record.deleted, 0, at))
+
+    def _append(self, conn: psycopg.Connection[Any], keys: list[str], versions: list[int], origins: list[int],
+                deleted: list[bool], cleared: int) -> None:
+        # Array literals made here: cheaper on both sides than a JSON array of objects, and for
+        # the client than psycopg's element-by-element list dumping (the log's cost is per row).
+        conn.execute(self.append, {
+            "host": self.host, "n": len(keys), "cleared": cleared, "k": _text_array(keys),
+            "v": "{" + ",".join(map(str, versions)) + "}", "o": "{" + ",".join(map(str, origins)) + "}",
+            "x": "{" + ",".join(["t" if x else "f" for x in deleted]) + "}",
+        })
+
+    def prune(self, run: Run, now: float, batch: int) -> int:
+        """Delete rows older than ``now - retention`` (wall seconds), ``batch`` a statement; how many went.
+
+        ``run`` is the store's ``_run``: each statement on a pooled connection,
+        retried on a broken one (a DELETE of old rows is idempotent).
+        """
+        cutoff = now - self.retention
+        total = 0
+        while True:
+            count = run("prune_changes", lambda conn: conn.execute(self.prune_rows, [cutoff, batch]).rowcount)
+            total += count
+            if count < batch:
+                return total
+
+    def check_tables(self, conn: psycopg.Connection[Any]) -> None:
+        """``StoreError`` unless both tables exist: a store that can't log fails at open, not at a save."""
+        row = conn.execute(self.exists).fetchone()
+        if not (row and row[0]):
+            raise StoreError(
+                f"the change log's tables ({log_table(self.names)}, {hosts_table(self.names)}) are missing:"
+                " pass create_table=True or run the statements of persist.postgres.changelog.change_log_ddl",
+                store="postgres", op="open",
+            )
