@@ -35,6 +35,9 @@ class BusConfig:
     requests: str = ""
     #: ``update``: values travel; ``invalidate``: only key and version travel.
     mode: str = "update"
+    #: A miss asks the hub, which reads the store (always so in ``invalidate`` mode): for a hub whose
+    #: store other hosts write too (``memsession sidecar --host-name``), a session this host never held.
+    read_through: bool = False
     #: Seconds between heartbeats; gaps are found at the next message or beat.
     heartbeat: float = 1.0
     #: No hub heartbeat for this long counts as an outage: repair when it returns.

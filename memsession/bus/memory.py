@@ -113,7 +113,7 @@ class MemoryBus:
         self._cache: ReplicaTarget | None = None
         self._closed = False
         self._lock = threading.RLock()
-        self.reads_through = self.config.mode == "invalidate"
+        self.reads_through = self.config.mode == "invalidate" or self.config.read_through
         #: Leave detected repairs pending (``run_repairs`` runs them), as a snapshot in flight would.
         self.hold_repairs = False
 

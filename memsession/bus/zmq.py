@@ -84,7 +84,7 @@ class ZmqBus:
         self._requests: Requests | None = None
         self._threads: list[threading.Thread] = []
         self._closed = False
-        self.reads_through = config.mode == "invalidate"
+        self.reads_through = config.mode == "invalidate" or config.read_through
         ref = weakref.ref(self)
 
         def after_fork_in_child() -> None:

@@ -12,15 +12,14 @@ threads as Python objects, never through the wire format.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ..session import Record
+from .inbox import Doorbell
 
 __all__ = ["READ_LIMIT", "READ_THREADS", "ReadResult", "StoreReads"]
 
@@ -55,22 +54,18 @@ class StoreReads:
         self._waiting = 0
         self._done: list[ReadResult] = []
         self._stopping = False
-        # Made by ``start``: an object that never runs holds no file descriptors.
-        self._bell_in: socket.socket | None = None
-        self._bell_out: socket.socket | None = None
+        # Opened by ``start``: an object that never runs holds no file descriptors.
+        self._bell = Doorbell()
         self._threads = [threading.Thread(target=self._run, name=f"{name}-{n}", daemon=True) for n in range(threads)]
         #: Bumped under the lock; read by the hub thread for its stats.
         self.counts = dict.fromkeys(("queued", "joined", "full", "loaded", "found", "errors"), 0)
 
     def fileno(self) -> int:
         """The doorbell the hub's poller watches: readable when results wait for ``take`` (after ``start``)."""
-        assert self._bell_in is not None, "StoreReads.start() first"
-        return self._bell_in.fileno()
+        return self._bell.fileno()
 
     def start(self) -> StoreReads:
-        self._bell_in, self._bell_out = socket.socketpair()
-        self._bell_in.setblocking(False)
-        self._bell_out.setblocking(False)
+        self._bell.open()
         for thread in self._threads:
             thread.start()
         return self
@@ -83,9 +78,7 @@ class StoreReads:
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout)
-        for bell in (self._bell_in, self._bell_out):
-            if bell is not None:
-                bell.close()
+        self._bell.close()
 
     def submit(self, sender: bytes, rid: int, key: str) -> bool:
         """Queue a read of ``key`` for ``(sender, rid)``; False if ``limit`` requests already wait."""
@@ -107,11 +100,7 @@ class StoreReads:
 
     def take(self) -> list[ReadResult]:
         """The reads finished since the last call (the hub thread, when the doorbell rang)."""
-        bell = self._bell_in
-        assert bell is not None, "StoreReads.start() first"
-        with contextlib.suppress(BlockingIOError):  # drained: the bell rings again for the next result
-            while bell.recv(4096):
-                pass
+        self._bell.drain()
         with self._lock:
             done, self._done = self._done, []
         return done
@@ -144,6 +133,4 @@ class StoreReads:
                 self.counts["loaded" if ok else "errors"] += 1
                 self.counts["found"] += record is not None
                 self._done.append(ReadResult(key, record, ok, waiters))
-            assert self._bell_out is not None  # threads run only after start() made it
-            with contextlib.suppress(BlockingIOError):  # the bell is already full: it rings anyway
-                self._bell_out.send(b"\0")
+            self._bell.ring()  # threads run only after start() opened it

@@ -38,14 +38,19 @@ from typing import Any
 from .. import wire
 from ..errors import BusError, WireError
 from .config import HubConfig
+from .inbox import Inbox
 from .ipc_dirs import IpcDirs
 from .reads import StoreReads
+from .remote import after_read_back
 from .runtime_dir import socket_address
 from .state import HubState
 
 __all__ = ["Hub", "run_hub", "stop_summary"]
 
 log = logging.getLogger("memsession.hub")
+
+#: Work another thread hands the hub thread: run with the hub's state, it returns the frames to publish.
+HubTask = Callable[[HubState], list[list[bytes]]]
 
 #: Most captured messages merged in one go before the loop looks at requests again.
 _FEED_BATCH = 1000
@@ -60,6 +65,7 @@ def run_hub(
     every_second: Callable[[], None] | None = None,
     reads: StoreReads | None = None,
     dirs: IpcDirs | None = None,
+    inbox: Inbox[HubTask] | None = None,
 ) -> HubState:
     """Run a hub in this thread until ``stop`` is set; return its final state.
 
@@ -71,7 +77,9 @@ def run_hub(
     answered in the hub thread. ``dirs``: the ipc directories, already held
     by a caller that binds more there (a sidecar's ack socket) and releases
     them, and says it stopped, itself; by default the hub holds them, and on
-    a clean stop removes its files and logs one line.
+    a clean stop removes its files and logs one line. ``inbox``: tasks other
+    threads hand the hub thread (a change feed's changes, ``hub.remote``); each
+    runs with ``state`` and returns the frames to publish.
     """
 
     from .. import security
@@ -85,7 +93,7 @@ def run_hub(
     secure = security.server_policy(config, (pub_ep, sub_ep, req_ep))
     held = dirs if dirs is not None else IpcDirs((pub_ep, sub_ep, req_ep))
     try:
-        _run(config, stop, ready, state, pub_ep, sub_ep, req_ep, secure, every_second, reads)
+        _run(config, stop, ready, state, pub_ep, sub_ep, req_ep, secure, every_second, reads, inbox)
     finally:
         if dirs is None:
             held.release()
@@ -103,7 +111,7 @@ def stop_summary(state: HubState) -> str:
 
 def _run(config: HubConfig, stop: threading.Event, ready: threading.Event | None, state: HubState,
          pub_ep: str, sub_ep: str, req_ep: str, secure: Any, every_second: Callable[[], None] | None,
-         reads: StoreReads | None) -> None:
+         reads: StoreReads | None, inbox: Inbox[HubTask] | None) -> None:
     import zmq
 
     # What the sockets bind: ipc files inside the directories checked and held (``runtime_dir``).
@@ -180,7 +188,7 @@ def _run(config: HubConfig, stop: threading.Event, ready: threading.Event | None
                 raise BusError(f"hub cannot bind {req_ep}: {exc}", endpoint=req_ep) from exc
             out.sndhwm = config.capture_hwm
             out.connect(internal_ep)
-            _serve(state, config, stop, ready, feed, router, out, every_second, reads)
+            _serve(state, config, stop, ready, feed, router, out, every_second, reads, inbox)
         finally:
             control.send(b"TERMINATE")
             thread.join(5)
@@ -194,7 +202,7 @@ def _run(config: HubConfig, stop: threading.Event, ready: threading.Event | None
 
 def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: threading.Event | None,
            feed: Any, router: Any, out: Any, every_second: Callable[[], None] | None,
-           reads: StoreReads | None) -> None:
+           reads: StoreReads | None, inbox: Inbox[HubTask] | None) -> None:
     import zmq
 
     # The capture feed is read at most every merge_interval (every request drains it first):
@@ -205,9 +213,11 @@ def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: thr
     for poller in (everything, requests):
         poller.register(router, zmq.POLLIN)
     doorbell = None if reads is None else reads.fileno()
-    if doorbell is not None:
-        for poller in (everything, requests):
-            poller.register(doorbell, zmq.POLLIN)
+    tasks = None if inbox is None else inbox.fileno()
+    for bell in (doorbell, tasks):
+        if bell is not None:
+            for poller in (everything, requests):
+                poller.register(bell, zmq.POLLIN)
     next_beat = time.monotonic()
     next_prune = time.monotonic() + 1.0
     next_feed = 0.0
@@ -296,11 +306,31 @@ def _serve(state: HubState, config: HubConfig, stop: threading.Event, ready: thr
                     log.debug("hub reply not delivered: %s", exc)
         if reads is not None and doorbell in events:
             _answer_reads(state, reads, router)
+        if inbox is not None and tasks in events:
+            drain_feed(_FEED_BATCH)  # what this host's workers sent first, as for a request
+            _run_tasks(state, inbox, send)
+        if state.outbox:
+            outbox, state.outbox = state.outbox, []
+            for outgoing in outbox:
+                send(outgoing)
     # What was captured before the stop is merged (a sidecar writes it behind before it closes); a
     # flood still coming in after the stop is cut off after a second.
     give_up = time.monotonic() + 1.0
     while drain_feed(_FEED_BATCH) == _FEED_BATCH and time.monotonic() < give_up:
         pass
+
+
+def _run_tasks(state: HubState, inbox: Inbox[HubTask], send: Callable[[list[bytes]], Any]) -> None:
+    """Run what other threads handed the hub thread, publishing what each returns."""
+    for task in inbox.take():
+        try:
+            published = task(state)
+        except Exception as exc:  # one bad task never stops the hub
+            log.exception("hub failed on a task handed to it")
+            state._drop("error", exc)
+            continue
+        for outgoing in published:
+            send(outgoing)
 
 
 def _answer_reads(state: HubState, reads: StoreReads, router: Any) -> None:
@@ -323,6 +353,8 @@ def _answer_reads(state: HubState, reads: StoreReads, router: Any) -> None:
                 router.send_multipart([sender, *state.answer_get(rid, key)])
             except zmq.ZMQError as exc:  # the requester went away
                 log.debug("hub reply not delivered: %s", exc)
+        if state.remote_floor:
+            after_read_back(state, key)
 
 
 def start_in_thread(run: Callable[[], None], ready: threading.Event, errors: list[BaseException], *,

@@ -6,14 +6,14 @@ expired kept), answers snapshot, key read, push, write and stats requests,
 and says what to publish in return: relays of what a push brought, resync
 requests to an origin whose stream has a gap, and its own heartbeats. It owns
 no socket, thread or clock of its own, so tests and the in-memory bus drive
-it directly; ``runner`` moves its frames. The replica holds at most
-``maxsize`` live sessions (``bounded``); a sidecar reads what it evicted back
-from its store when asked for (``misses``).
+it directly; ``runner`` moves its frames. The replica holds at most ``maxsize``
+live sessions (``bounded``); a sidecar reads what it evicted back from its
+store when asked for (``misses``), and applies other hosts' changes (``remote``).
 
-**Partial records.** A delta for a session the hub does not hold (it
-restarted, or evicted it) is held partial. A GET of it waits for a store read
-like a miss (the row completes it); after that read, or at once without a
-store, it is all there is: marked complete and answered. A push completes it.
+**Partial records.** A delta for a session the hub does not hold (it restarted,
+or evicted it) is held partial. A GET of it waits for a store read like a miss
+(the row completes it); after that read, or at once without a store, it is all
+there is: marked complete and answered. A push completes it.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from ..session import Record, cleared_by, touched_copy
 from .bounded import Recency, merge_into, warm_fill
 from .config import DEFAULT_MAXSIZE
 from .misses import ReadBack, StoreMisses
+from .remote import below_floor
 from .requests import CHUNK_RECORDS, answer_request, snapshot_frames
 from .resyncs import Resyncs
 
@@ -74,9 +75,7 @@ class HubState:
     ) -> None:
         #: Publishers silent this long (seconds) are forgotten: hub state follows the live ones.
         self.forget_after = forget_after
-        self.on_change = on_change
-        self.extra_stats = extra_stats
-        self.on_clear = on_clear
+        self.on_change, self.on_clear, self.extra_stats = on_change, on_clear, extra_stats
         self.clock = clock
         self.hub_id = hub_id if hub_id is not None else secrets.randbits(63) or 1
         self.epoch = epoch if epoch is not None else new_epoch(clock)
@@ -102,12 +101,16 @@ class HubState:
         self.counts = dict.fromkeys(
             ("received", "applied", "ignored", "duplicates", "gaps", "resyncs_sent", "snapshots",
              "gets", "pushes", "pushed_records", "writes", "relayed", "pruned", "clears", "forgotten", "evicted",
-             "refused"),
+             "refused", "remote_changes", "remote_invalidated", "remote_stale_reads"),
             0)
         self.misses = StoreMisses(read_back, self.counts)
         self.dropped: dict[str, int] = {}
         self.lag = LagWindow()
         self._resyncs = Resyncs(clock, self.counts)
+        #: Per key, the newest change another host made that no copy here reflected yet (``remote``).
+        self.remote_floor: dict[str, tuple[int, int]] = {}
+        #: Frames to publish that no reply or bus message returned (``remote``); the runner sends them.
+        self.outbox: list[list[bytes]] = []
 
     def _drop(self, reason: str, exc: Exception) -> None:
         count = self.dropped[reason] = self.dropped.get(reason, 0) + 1
@@ -156,6 +159,8 @@ class HubState:
                 self._track_expiry(new)
             if self.on_change is not None and not stored:
                 self.on_change(record)
+            if key in self.remote_floor and not stored:
+                below_floor(self, key)
         return changed
 
     def _evict(self, key: str) -> None:
@@ -220,8 +225,10 @@ class HubState:
         self._expiry = [(r.expires, k) for k, r in self.replica.items()]
         heapq.heapify(self._expiry)
 
-    def clear(self, version: int) -> bool:
+    def clear(self, version: int, *, stored: bool = False) -> bool:
         """Raise the clear watermark to ``version``, dropping what it covers (``changes.after_clear``); True if raised.
+
+        ``stored``: the clear came from the store (another host's, ``hub.remote``): no ``on_clear``.
 
         A watermark beyond the skew bound is refused (counted): it would clear every session written until then.
         """
@@ -242,7 +249,7 @@ class HubState:
             elif kept is not record:
                 replica[key] = kept
         self._rebuild_expiry()
-        if self.on_clear is not None:
+        if self.on_clear is not None and not stored:
             self.on_clear(version)
         return True
 
@@ -402,15 +409,10 @@ class HubState:
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.counts)
-        out["dropped"] = dict(self.dropped)
-        out["sessions"] = len(self.replica) - self._tombstone_count
-        out["tombstones"] = self._tombstone_count
-        out["maxsize"] = self.maxsize
-        out["streams"] = len(self.tracker)
-        out["cleared"] = self.cleared
-        out["epoch"] = self.epoch
-        out["started"] = self.started  # Unix time; Prometheus wants it rather than the uptime
-        out["uptime"] = round(self.clock.wall() - self.started, 3)
+        out.update(dropped=dict(self.dropped), sessions=len(self.replica) - self._tombstone_count,
+                   tombstones=self._tombstone_count, maxsize=self.maxsize, streams=len(self.tracker),
+                   cleared=self.cleared, epoch=self.epoch, uptime=round(self.clock.wall() - self.started, 3),
+                   started=self.started)  # Unix time; Prometheus wants it rather than the uptime
         out.update(self.lag.stats())
         if self.extra_stats is not None:
             out.update(self.extra_stats())

@@ -9,6 +9,8 @@ import sys
 import threading
 from typing import Any
 
+from ..errors import ConfigError
+
 __all__ = ["COMMANDS", "endpoint_arguments", "format_status", "log_level_argument", "maxsize_argument"]
 
 
@@ -67,6 +69,11 @@ def _sidecar_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table", default=None, help="PostgreSQL: table name (default: memsession)")
     p.add_argument("--schema", default=None, help="PostgreSQL: schema name (default: the search path)")
     p.add_argument("--no-create-table", action="store_true", help="PostgreSQL: don't create the table if missing")
+    p.add_argument("--host-name", default=None, metavar="NAME",
+                   help="PostgreSQL: join the other hosts' sidecars through the store under this host name "
+                        "(log every write, follow the others' log; see 'Several hosts')")
+    p.add_argument("--log-retention", type=float, default=None,
+                   help="PostgreSQL with --host-name: seconds change log rows are kept (default 3600)")
     p.add_argument("--http", default=None, metavar="HOST:PORT",
                    help="serve /health (JSON), /metrics (Prometheus) and a status page (/) here, "
                         "e.g. 127.0.0.1:9108")
@@ -103,6 +110,10 @@ def store_options(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             out["table"] = args.table
         if args.schema:
             out["schema"] = args.schema
+        if getattr(args, "host_name", None):
+            out.update(change_log=True, host=args.host_name)
+            if args.log_retention is not None:
+                out["log_retention"] = args.log_retention
         return out
     return {}
 
@@ -126,8 +137,10 @@ def _sidecar(args: argparse.Namespace) -> int:
     hub = _hub_config(args, heartbeat=args.heartbeat, forget_after=args.forget_after, maxsize=args.maxsize)
     pub, sub, req = hub.endpoints()  # a bad endpoint or runtime dir fails here, before the store opens
     kind = store_kind(args.store)
+    if args.host_name and kind != "postgres":
+        raise ConfigError("--host-name", args.host_name, "joins hosts through a PostgreSQL store only")
     store = open_store(args.store, **store_options(kind, args))
-    sidecar = Sidecar(store, hub, config)
+    sidecar = Sidecar(store, hub, config, federation=_federation(store, args))
     stop = threading.Event()
     sidecar.install_signal_handlers(stop)
     ready = threading.Event()
@@ -143,6 +156,19 @@ def _sidecar(args: argparse.Namespace) -> int:
         threading.Thread(target=announce, daemon=True).start()
     sidecar.run(stop, ready)
     return 0
+
+
+def _federation(store: Any, args: argparse.Namespace) -> Any:
+    """The other hosts' change feed for ``--host-name`` (None without it), polled every heartbeat."""
+    if not args.host_name:
+        return None
+    from persist.postgres import PostgresChangeFeed
+
+    from ..config import Config
+    from .federation import Federation
+
+    feed = PostgresChangeFeed(store, poll_interval=args.heartbeat)
+    return Federation(feed, tombstone_ttl=Config().tombstone_ttl)
 
 
 def _status_arguments(p: argparse.ArgumentParser) -> None:

@@ -311,7 +311,9 @@ class GunicornHooks:
             return {**self.bus_options, **self.external}
         if _embedded is None:
             raise BusError("the memsession sidecar is not running (on_starting did not run?)")
-        return {**self.bus_options, "runtime_dir": _embedded.runtime_dir}
+        # A sidecar that follows other hosts: a miss may be a session one of them wrote, in the store.
+        federated = {"read_through": True} if "--host-name" in self.sidecar_args else {}
+        return {**federated, **self.bus_options, "runtime_dir": _embedded.runtime_dir}
 
     def _worker_ack_options(self, bus: dict[str, Any]) -> dict[str, Any] | None:
         if not self.acknowledged:

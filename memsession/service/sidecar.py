@@ -55,6 +55,7 @@ from ..hub.runner import start_in_thread, stop_summary
 from ..session import Record
 from ..validate import check_int, check_number
 from .ack_server import AckBook
+from .federation import Federation
 from .http import MAX_CONNECTIONS, REQUEST_TIMEOUT, StatusServer, parse_http, serve_http
 
 __all__ = ["Sidecar", "SidecarConfig"]
@@ -107,8 +108,11 @@ class Sidecar:
         config: SidecarConfig | None = None,
         *,
         clock: Clock = SYSTEM_CLOCK,
+        federation: Federation | None = None,
     ) -> None:
         self.store = store
+        #: Other hosts' changes to the shared store (``memsession.service.federation``), or None.
+        self.federation = federation
         self.hub_config = hub or HubConfig()
         self.config = config or SidecarConfig()
         if self.config.remove_runtime_dir and not self.hub_config.runtime_dir:
@@ -198,8 +202,11 @@ class Sidecar:
         clean = False
         try:
             dirs = IpcDirs((*self.hub_config.endpoints(), *([self.ack_endpoint] if self.ack_endpoint else [])))
+            if self.federation is not None:
+                self.federation.start()  # from the log's end as it is now: the warm load reads what came before
             start = time.monotonic()
             self.warm_loaded = self.state.warm(self.store.load_all(self.clock.wall()))
+            self.state.holds_all = self.state.holds_all and self.federation is None  # others write too
             log.info("loaded %d sessions from %s in %.2fs (%d held)", self.warm_loaded, self.store.name,
                      time.monotonic() - start, len(self.state.replica))
             self.writer.start()
@@ -212,7 +219,7 @@ class Sidecar:
                 threading.Thread(target=self._watch_parent, args=(stop,), name="memsession-sidecar-parent",
                                  daemon=True).start()
             run_hub(self.hub_config, stop=stop, ready=ready, state=self.state, every_second=self._tick,
-                    reads=self.reads, dirs=dirs)
+                    reads=self.reads, dirs=dirs, inbox=None if self.federation is None else self.federation.inbox)
             clean = True
         finally:
             self._shutdown()
@@ -236,6 +243,8 @@ class Sidecar:
             log.info("removed the runtime dir %s", path)
 
     def _shutdown(self) -> None:
+        if self.federation is not None:
+            self.federation.stop()
         self.reads.stop()
         if self._http is not None:
             self._http.shutdown()
@@ -375,6 +384,8 @@ class Sidecar:
         persist["store_refused"] = getattr(refused, "count", 0)
         out: dict[str, Any] = {"role": "sidecar", "store": self.store.name, "persist": persist,
                                "read_back": self.reads.stats()}
+        if self.federation is not None:
+            out["federation"] = self.federation.stats()
         if self.ack_endpoint is not None:
             out["ack"] = dict(self.ack_book.counts)  # ints the ack thread bumps; its keys never change
         http = self._http

@@ -1,0 +1,174 @@
+"""Changes other hosts made to the store this host shares with them, applied in this host's hub thread.
+
+A host learns of another host's write from the store's change feed
+(``persist.feed``): the session's key, the stored record's ``(version,
+origin)``, whether it is a tombstone, or a clear's watermark; never data.
+The hub applies each so that no process of this host serves a copy older
+than the store's:
+
+* a **tombstone** is merged as one (it beats every live copy here, so the
+  session can't come back) and relayed to the workers;
+* a **clear** raises the watermark (nothing written before it is kept
+  anywhere on this host) and is relayed;
+* a **live change** drops the hub's copy unless it already reflects that
+  change (``changes.reflects``), and an INVALIDATE is relayed, so that each
+  worker drops its own copy unless it reflects it. The next read of that
+  session on this host asks the hub, which reads it back from the store (one
+  primary-key read, ``hub.reads``): the read-through of a near cache.
+
+A store read under way while a change arrives may bring the row from
+before it; the hub answers with it (the worker that needs the change asks
+again) but does not keep it (``after_read_back``): each key whose change no
+copy here reflected yet has its floor (``HubState.remote_floor``, at most
+``FLOOR_KEYS``), and a copy below its floor is read again when next asked for.
+
+None of this goes back to the store (it came from there), so a change is
+never echoed from host to host. A hub that takes remote changes never
+believes it holds every session (``HubState.holds_all``): a miss may be a
+session another host wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
+
+from .. import wire
+from ..changes import reflects
+from ..record_shape import MAX_VERSION
+from ..session import Record
+
+if TYPE_CHECKING:
+    from .state import HubState
+
+__all__ = ["FLOOR_KEYS", "RemoteChange", "after_read_back", "apply_remote", "below_floor", "invalidate_all"]
+
+#: Keys whose remote floor is remembered. A floor matters only while a read of its key is under way
+#: (milliseconds); past the bound the oldest goes: 10,000 is seconds of changes at thousands a second.
+FLOOR_KEYS = 10_000
+
+
+class RemoteChange(Protocol):
+    """What a change feed says of one write elsewhere (``persist.feed.Change`` is one): no data."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def origin(self) -> int: ...
+    @property
+    def deleted(self) -> bool: ...
+    @property
+    def cleared(self) -> int: ...
+
+
+def apply_remote(state: HubState, changes: Iterable[RemoteChange], tombstone_ttl: float) -> list[list[bytes]]:
+    """Apply ``changes`` (in feed order) to ``state``; the frames to publish to this host's workers.
+
+    ``tombstone_ttl``: how long a tombstone made from a remote destroy lives
+    here (the store keeps its own). Counted in the hub's stats as
+    ``remote_changes`` and ``remote_invalidated``.
+    """
+    state.holds_all = False
+    counts = state.counts
+    out: list[list[bytes]] = []
+    for change in changes:
+        counts["remote_changes"] += 1
+        if change.cleared:
+            if state.clear(change.cleared, stored=True):
+                out.append(state.relay_clear(change.cleared))
+        elif change.deleted:
+            wall = state.clock.wall()
+            tombstone = Record(change.key, {}, change.version, change.origin, wall, wall, wall + tombstone_ttl, True)
+            state.remote_floor.pop(change.key, None)  # the tombstone beats whatever a read brings
+            if state.merge(tombstone, stored=True):
+                out.append(state.relay(tombstone))
+        else:
+            if _drop_unless_reflected(state, change):
+                counts["remote_invalidated"] += 1
+            if change.key not in state.replica:  # dropped, or a read of it may be under way
+                _raise_floor(state, change.key, change.version, change.origin)
+            out.append(_invalidate_frames(state, change.key, change.version, change.origin))
+    return out
+
+
+def after_read_back(state: HubState, key: str) -> None:
+    """A store read of ``key`` was merged and answered: keep the copy only if it reflects the key's floor."""
+    floor = state.remote_floor.get(key)
+    if floor is None:
+        return
+    held = state.replica.get(key)
+    if held is not None and not held.deleted and not reflects(held, *floor):
+        del state.replica[key]  # read before the change was committed: read again when next asked for
+        state._recency.release(key)
+        state.counts["remote_stale_reads"] += 1
+        return
+    del state.remote_floor[key]
+
+
+def below_floor(state: HubState, key: str) -> None:
+    """A copy from this host (a push, a worker's change) merged into ``key``: keep it only if it reflects the floor.
+
+    One that does not (a worker pushed the copy it held before the other
+    host's change, after a restart) is still written to the store (merged
+    there key by key with the newer row); here it is dropped, and an
+    INVALIDATE naming the floor drops it from the workers it reached, so
+    the next read reads the store.
+    """
+    floor = state.remote_floor.get(key)
+    held = state.replica.get(key)
+    if floor is None or held is None:
+        return
+    if held.deleted or reflects(held, *floor):
+        del state.remote_floor[key]  # caught up: the floor has done its work
+        return
+    del state.replica[key]
+    state._recency.release(key)
+    state.counts["remote_stale_reads"] += 1
+    state.outbox.append(_invalidate_frames(state, key, *floor))
+
+
+def _raise_floor(state: HubState, key: str, version: int, origin: int) -> None:
+    floors = state.remote_floor
+    floors.pop(key, None)  # to the end: the oldest floors go first
+    floors[key] = (version, origin)
+    if len(floors) > FLOOR_KEYS:
+        del floors[next(iter(floors))]
+
+
+def invalidate_all(state: HubState) -> list[list[bytes]]:
+    """Changes elsewhere were missed and can't be named: drop every live copy here, the workers' too.
+
+    Tombstones stay (they beat any live write). Each dropped session is
+    invalidated on the workers with the highest version and no writer, which
+    no live copy reflects (``changes.reflects``), so theirs go as well; each
+    is read from the store when next used. Counted as ``remote_invalidated``.
+    """
+    state.holds_all = False
+    live = [key for key, record in state.replica.items() if not record.deleted]
+    out = []
+    for key in live:
+        del state.replica[key]
+        state._recency.release(key)
+        out.append(_invalidate_frames(state, key, MAX_VERSION, 0))
+    state.counts["remote_invalidated"] += len(live)
+    return out
+
+
+def _drop_unless_reflected(state: HubState, change: RemoteChange) -> bool:
+    """Forget the hub's live copy of ``change.key`` unless it reflects the change; True if forgotten."""
+    held = state.replica.get(change.key)
+    if held is None or held.deleted or reflects(held, change.version, change.origin):
+        return False  # a tombstone stays: it beats the live write wherever they meet
+    del state.replica[change.key]
+    state._recency.release(change.key)  # (its expiry entry lapses on its own: prune checks the replica)
+    return True
+
+
+def _invalidate_frames(state: HubState, key: str, version: int, origin: int) -> list[bytes]:
+    """An INVALIDATE on the hub's own stream: each worker drops its copy unless it reflects the change."""
+    state.seq += 1
+    state.counts["relayed"] += 1
+    fields = [key, version, origin, False]
+    return wire.encode_message(wire.INVALIDATE, state.hub_id, state.epoch, state.seq, state._now_us(), fields)

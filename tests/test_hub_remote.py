@@ -1,0 +1,123 @@
+"""Other hosts' changes applied to a hub: dropped unless reflected, tombstones and clears kept, never echoed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memsession import wire
+from memsession.hub import HubState
+from memsession.hub.remote import after_read_back, apply_remote, invalidate_all
+from memsession.record_shape import MAX_VERSION
+from memsession.session import Record, session_key
+from memsession.testing import FakeClock
+
+TTL = 600.0
+
+
+@dataclass(frozen=True)
+class Change:
+    key: str
+    version: int
+    origin: int
+    deleted: bool = False
+    cleared: int = 0
+
+
+def _hub() -> tuple[HubState, list[Record], list[int]]:
+    changed: list[Record] = []
+    clears: list[int] = []
+    clock = FakeClock()
+    state = HubState(clock=clock, on_change=changed.append, on_clear=clears.append)
+    return state, changed, clears
+
+
+def _held(state: HubState, key: str, version: int, origin: int = 7) -> Record:
+    wall = state.clock.wall()
+    record = Record(key, {"a": 1}, version, origin, wall, wall, wall + 3600, False)
+    assert state.merge(record)
+    return record
+
+
+def _ops(frames: list[list[bytes]]) -> list[tuple[str, object]]:
+    return [(m.op, m.body) for m in map(wire.decode, frames)]
+
+
+def test_a_live_change_drops_an_older_copy_and_invalidates_the_workers() -> None:
+    state, changed, _ = _hub()
+    key = session_key("x" * 43)
+    _held(state, key, 100)
+    changed.clear()
+    frames = apply_remote(state, [Change(key, 200, 9)], TTL)
+    assert key not in state.replica and not state.holds_all
+    assert _ops(frames) == [(wire.INVALIDATE, (key, 200, 9, False))]
+    assert state.stats()["remote_invalidated"] == 1 and changed == []
+    # A copy that already reflects the change stays.
+    other = session_key("w" * 43)
+    _held(state, other, 100)
+    apply_remote(state, [Change(other, 100, 7)], TTL)
+    assert other in state.replica and other not in state.remote_floor
+
+
+def test_a_remote_destroy_is_a_tombstone_here_and_is_not_written_again() -> None:
+    state, changed, _ = _hub()
+    key = session_key("y" * 43)
+    _held(state, key, 100)
+    changed.clear()
+    frames = apply_remote(state, [Change(key, 300, 9, deleted=True)], TTL)
+    assert state.replica[key].deleted and state.replica[key].expires == state.clock.wall() + TTL
+    assert [op for op, _ in _ops(frames)] == [wire.DESTROY]
+    assert changed == []  # it came from the store: no echo to it
+
+
+def test_a_remote_clear_raises_the_watermark_without_clearing_the_store_again() -> None:
+    state, _, clears = _hub()
+    key = session_key("z" * 43)
+    _held(state, key, 100)
+    frames = apply_remote(state, [Change("", 0, 0, cleared=150)], TTL)
+    assert state.cleared == 150 and key not in state.replica
+    assert _ops(frames) == [(wire.CLEAR, 150)]
+    assert clears == []
+
+
+def test_a_gap_drops_every_live_copy_here_and_on_the_workers_but_keeps_tombstones() -> None:
+    state, _, _ = _hub()
+    live, gone = session_key("l" * 43), session_key("g" * 43)
+    _held(state, live, 100)
+    apply_remote(state, [Change(gone, 100, 9, deleted=True)], TTL)
+    frames = invalidate_all(state)
+    assert live not in state.replica and state.replica[gone].deleted
+    assert _ops(frames) == [(wire.INVALIDATE, (live, MAX_VERSION, 0, False))]
+
+
+def test_a_store_read_from_before_a_remote_change_is_answered_but_not_kept() -> None:
+    state, _, _ = _hub()
+    key = session_key("r" * 43)
+    apply_remote(state, [Change(key, 200, 9)], TTL)  # a read of the key was already under way
+    wall = state.clock.wall()
+    before = Record(key, {"a": 1}, 100, 7, wall, wall, wall + 3600, False)
+    state.read_back_done(key, before, True)
+    assert key in state.replica  # what the waiting GETs are answered with
+    after_read_back(state, key)
+    assert key not in state.replica and state.stats()["remote_stale_reads"] == 1
+    fresh = Record(key, {"a": 2}, 200, 9, wall, wall, wall + 3600, False)
+    state.read_back_done(key, fresh, True)
+    after_read_back(state, key)
+    assert state.replica[key].data == {"a": 2} and key not in state.remote_floor
+
+
+def test_a_copy_from_before_a_remote_change_pushed_here_is_stored_but_not_kept() -> None:
+    state, changed, _ = _hub()
+    key = session_key("p" * 43)
+    _held(state, key, 100)
+    apply_remote(state, [Change(key, 200, 9)], TTL)
+    wall = state.clock.wall()
+    pushed = Record(key, {"a": 1, "b": 2}, 150, 7, wall, wall, wall + 3600, False)  # a worker's older copy
+    changed.clear()
+    assert state.merge(pushed)
+    assert changed == [pushed]  # written behind: the store merges it with the newer row
+    assert key not in state.replica
+    assert _ops(state.outbox) == [(wire.INVALIDATE, (key, 200, 9, False))]
+    # Once a copy reflecting the change is here, the floor has done its work.
+    state.outbox.clear()
+    assert state.merge(Record(key, {"a": 3}, 200, 9, wall, wall, wall + 3600, False))
+    assert key in state.replica and key not in state.remote_floor and state.outbox == []
