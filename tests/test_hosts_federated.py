@@ -45,12 +45,13 @@ class Host:
 
 
 def _workers(runtime_dir: str, n: int = 2) -> list[SessionCache]:
-    return [SessionCache(bus=ZmqBus(runtime_dir=runtime_dir, read_through=True, **FAST_BUS), touch_interval=3600)
-            for _ in range(n)]
+    return [SessionCache(bus=ZmqBus(runtime_dir=runtime_dir, read_through=True, **FAST_BUS),
+                         touch_interval=3600) for _ in range(n)]
 
 
 def _host(url: str, name: str) -> Host:
-    sidecar = SidecarProcess(url, "--host-name", name, "--heartbeat", "0.2", "--flush-interval", "0.05").start()
+    sidecar = SidecarProcess(url, "--host-name", name, "--heartbeat", "0.2", "--flush-interval", "0.05")
+    sidecar.start()
     return Host(name, sidecar, _workers(sidecar.runtime_dir))
 
 
@@ -149,3 +150,24 @@ def _stored(url: str, sid: str) -> bool | None:
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT deleted FROM memsession WHERE sid = %s", (session_key(sid),)).fetchone()
     return None if row is None else bool(row[0])
+
+
+def test_a_sidecar_killed_and_restarted_resumes_the_feed_where_it_stood(hosts: list[Host]) -> None:
+    a, b, _ = hosts
+    sid = new_id()
+    a.workers[0].set(sid, {"v": 1})
+    _everywhere(hosts, sid, {"v": 1}, "the session")
+    time.sleep(1.2)  # where host b's feed stood is on disk by now (written at most once a second)
+    b.sidecar.kill()
+    made = [new_id() for _ in range(5)]
+    for n, other in enumerate(made):
+        a.workers[1].set(other, {"while": n})
+    changed = a.workers[0].set(sid, {"v": 2})
+    time.sleep(0.5)  # flushed to the store and logged while host b is away
+    b.sidecar.start()
+    # The changes made while it was away come from the log, not from a start at its end.
+    wait_until(lambda: b.sidecar.stats()["federation"]["changes"] >= len(made) + 1, CROSS_HOST,
+               "host b's feed to replay what was written while it was away")
+    got = b.workers[0].wait_for(sid, changed.version, 5.0, changed.origin)
+    assert got is not None and got.data == {"v": 2}
+    _everywhere([b], sid, {"v": 2}, "the change made while host b was away")

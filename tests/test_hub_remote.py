@@ -1,4 +1,4 @@
-"""Other hosts' changes applied to a hub: dropped unless reflected, tombstones and clears kept, never echoed."""
+"""Other hosts' changes applied to a hub: dropped unless reflected, tombstones and clears kept, not echoed."""
 
 from __future__ import annotations
 

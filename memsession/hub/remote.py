@@ -80,7 +80,8 @@ def apply_remote(state: HubState, changes: Iterable[RemoteChange], tombstone_ttl
                 out.append(state.relay_clear(change.cleared))
         elif change.deleted:
             wall = state.clock.wall()
-            tombstone = Record(change.key, {}, change.version, change.origin, wall, wall, wall + tombstone_ttl, True)
+            until = wall + tombstone_ttl
+            tombstone = Record(change.key, {}, change.version, change.origin, wall, wall, until, True)
             state.remote_floor.pop(change.key, None)  # the tombstone beats whatever a read brings
             if state.merge(tombstone, stored=True):
                 out.append(state.relay(tombstone))
@@ -108,7 +109,7 @@ def after_read_back(state: HubState, key: str) -> None:
 
 
 def below_floor(state: HubState, key: str) -> None:
-    """A copy from this host (a push, a worker's change) merged into ``key``: keep it only if it reflects the floor.
+    """A copy from this host (a push, a worker's change) was merged into ``key``: kept if it holds the floor.
 
     One that does not (a worker pushed the copy it held before the other
     host's change, after a restart) is still written to the store (merged

@@ -162,13 +162,18 @@ def _federation(store: Any, args: argparse.Namespace) -> Any:
     """The other hosts' change feed for ``--host-name`` (None without it), polled every heartbeat."""
     if not args.host_name:
         return None
+    import os
+
     from persist.postgres import PostgresChangeFeed
 
     from ..config import Config
-    from .federation import Federation
+    from .federation import POSITIONS_FILE, Federation, load_positions
 
-    feed = PostgresChangeFeed(store, poll_interval=args.heartbeat)
-    return Federation(feed, tombstone_ttl=Config().tombstone_ttl)
+    # Kept beside the sockets: a sidecar restarted in the same runtime dir resumes where it stood.
+    path = os.path.join(args.runtime_dir, POSITIONS_FILE) if args.runtime_dir else None
+    positions, ok = load_positions(path) if path else (None, True)
+    feed = PostgresChangeFeed(store, poll_interval=args.heartbeat, positions=positions)
+    return Federation(feed, tombstone_ttl=Config().tombstone_ttl, positions_file=path, resumed=ok)
 
 
 def _status_arguments(p: argparse.ArgumentParser) -> None:

@@ -11,6 +11,12 @@ module hands each batch to the hub thread, which applies it
 a live change drops every copy on this host that does not reflect it, and
 the next read there is read through from the store.
 
+Where the feed stood is kept durably (``positions_file``, in the sidecar's
+runtime dir): a restarted sidecar resumes from the last batch its hub
+applied, so the invalidations it missed while down still reach its workers
+(whose copies outlived it). A file that can't be read is logged and every
+copy is read again, as for a gap.
+
 A gap in another host's numbering (the log was pruned past where this
 feed stood, a row went missing) names no session: every live copy the hub
 holds is dropped and invalidated on the workers, and is read again from
@@ -19,30 +25,71 @@ the store when next used.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..hub.inbox import Inbox
-from ..hub.remote import RemoteChange, apply_remote, invalidate_all
+from ..hub.remote import apply_remote, invalidate_all
+from ..record_shape import MAX_VERSION
 
 if TYPE_CHECKING:
-    from persist.feed import ChangeFeed
+    from persist.feed import Change, ChangeFeed
 
     from ..hub.runner import HubTask
 
-__all__ = ["Federation"]
+__all__ = ["POSITIONS_FILE", "Federation", "load_positions"]
 
 log = logging.getLogger("memsession.sidecar")
+
+#: The file in the runtime dir that keeps where the feed stood.
+POSITIONS_FILE = "feed-positions.json"
+#: Largest positions file read (a host name is at most 255 characters; thousands of hosts fit).
+_MAX_FILE = 1 << 20
+#: Seconds between two writes of the positions file.
+_SAVE_EVERY = 1.0
+
+
+def load_positions(path: str) -> tuple[dict[str, int] | None, bool]:
+    """``(positions, ok)`` from ``path``: (None, True) if there is none yet, (None, False) if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(_MAX_FILE + 1)
+    except FileNotFoundError:
+        return None, True
+    except OSError as exc:
+        log.warning("could not read the change feed's positions (%s): %s", path, exc)
+        return None, False
+    try:
+        positions = json.loads(raw) if len(raw) <= _MAX_FILE else None
+    except ValueError:
+        positions = None
+    if (not isinstance(positions, dict)
+            or not all(type(h) is str and 0 < len(h) <= 255 and type(q) is int and 0 <= q <= MAX_VERSION
+                       for h, q in positions.items())):
+        log.warning("the change feed's positions file %s is not a map of host names to numbers; ignored",
+                    path)
+        return None, False
+    return positions, True
 
 
 class Federation:
     """A change feed of the other hosts, handed to this host's hub thread through ``inbox``."""
 
-    def __init__(self, feed: ChangeFeed, *, tombstone_ttl: float) -> None:
+    def __init__(self, feed: ChangeFeed, *, tombstone_ttl: float, positions_file: str | None = None,
+                 resumed: bool = True) -> None:
+        """``positions_file``: where to keep the feed's positions (the feed was made with them, if any);
+        ``resumed=False``: they could not be read, so what was missed while away can't be named."""
         self.feed = feed
         self.tombstone_ttl = tombstone_ttl
+        self.positions_file = positions_file
+        self._resumed = resumed
+        self._applied: dict[str, int] = {}
+        self._saved_at = 0.0
         self.inbox: Inbox[HubTask] = Inbox()
         self._stopping = threading.Event()
         #: ``overflows``: seconds the feed waited for the hub thread to catch up.
@@ -52,21 +99,53 @@ class Federation:
         """Open the inbox and start following (raises the feed's ``StoreError`` if it can't)."""
         self.inbox.open()
         self.feed.start(self._changes, self._gap)
+        self._applied = self.feed.positions()
+        if not self._resumed:
+            self.counts["gaps"] += 1
+            log.warning("where the change feed stood is unknown; every session held here is read from "
+                        "the store again")
+            self._hand_over(invalidate_all)
 
     def stop(self) -> None:
         self._stopping.set()  # a hand-over waiting for a hub thread that has stopped gives up
         self.feed.stop()
         self.inbox.close()
+        self._save(force=True)
 
     def stats(self) -> dict[str, Any]:
         return {**self.counts, "feed": self.feed.stats(), "positions": len(self.feed.positions())}
 
-    def _changes(self, changes: Sequence[RemoteChange]) -> None:
+    def _changes(self, changes: Sequence[Change]) -> None:
         batch = list(changes)
         self.counts["batches"] += 1
         self.counts["changes"] += len(batch)
         ttl = self.tombstone_ttl
-        self._hand_over(lambda state: apply_remote(state, batch, ttl))
+        reached = self.feed.positions()
+        for change in batch:
+            reached[change.host] = max(reached.get(change.host, 0), change.seq)
+
+        def task(state: Any) -> list[list[bytes]]:
+            frames = apply_remote(state, batch, ttl)
+            self._applied = reached  # (the hub thread: what it applied is what a restart resumes after)
+            self._save()
+            return frames
+
+        self._hand_over(task)
+
+    def _save(self, *, force: bool = False) -> None:
+        """Write where the applied changes reached, at most once a second (atomically: a crash keeps
+        the last one written)."""
+        path = self.positions_file
+        now = time.monotonic()
+        if path is None or not self._applied or (not force and now - self._saved_at < _SAVE_EVERY):
+            return
+        self._saved_at = now
+        try:
+            with open(path + ".tmp", "w") as f:
+                json.dump(self._applied, f)
+            os.replace(path + ".tmp", path)
+        except OSError as exc:
+            log.warning("could not keep the change feed's positions in %s: %s", path, exc)
 
     def _gap(self, host: str, expected: int, got: int) -> None:
         self.counts["gaps"] += 1

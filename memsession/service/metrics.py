@@ -145,6 +145,12 @@ FAMILIES: tuple[Family, ...] = (
             "the hub, only the key on the bus)."),
     counter("relayed", "relayed", "Changes the hub republished on its own stream (from pushes and writes)."),
     counter("clears", "clears", "Clears (every session ended) the hub applied."),
+    # -- several hosts (--host-name)
+    counter("remote_changes", "remote_changes", "Changes other hosts made to the shared store, applied here."),
+    counter("remote_invalidated", "remote_invalidated", "Copies dropped here because another host changed "
+            "the session (read again from the store when next used)."),
+    counter("remote_stale_reads", "remote_stale_reads", "Copies from before another host's change (a store "
+            "read under way, a worker's push) answered or written but not kept."),
     gauge("clear_watermark_timestamp_seconds", "cleared", "Unix time of the last clear: sessions written "
           "before it are gone; 0 when there was none.", _version_time),
     Family("dropped_total", "counter", "Frames and requests the hub dropped unread, by reason.",
