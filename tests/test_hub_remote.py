@@ -121,3 +121,19 @@ def test_a_copy_from_before_a_remote_change_pushed_here_is_stored_but_not_kept()
     state.outbox.clear()
     assert state.merge(Record(key, {"a": 3}, 200, 9, wall, wall, wall + 3600, False))
     assert key in state.replica and key not in state.remote_floor and state.outbox == []
+
+
+def test_a_copy_kept_out_is_read_back_and_the_stores_copy_relayed() -> None:
+    asked: list[str] = []
+    state = HubState(clock=FakeClock(), read_back=lambda sender, rid, key: asked.append(key) is None)
+    key = session_key("q" * 43)
+    apply_remote(state, [Change(key, 200, 9)], TTL)
+    wall = state.clock.wall()
+    assert state.merge(Record(key, {"a": 1}, 150, 7, wall, wall, wall + 3600, False))  # a stale push
+    assert asked == [key] and key not in state.replica
+    state.outbox.clear()
+    stored = Record(key, {"a": 1, "b": 2}, 200, 9, wall, wall, wall + 3600, False)  # the store's merged row
+    state.read_back_done(key, stored, True)
+    after_read_back(state, key)
+    assert [m.op for m in map(wire.decode, state.outbox)] == [wire.SET]
+    assert state.replica[key].data == {"a": 1, "b": 2} and key not in state.remote_floor

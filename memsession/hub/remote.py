@@ -95,17 +95,24 @@ def apply_remote(state: HubState, changes: Iterable[RemoteChange], tombstone_ttl
 
 
 def after_read_back(state: HubState, key: str) -> None:
-    """A store read of ``key`` was merged and answered: keep the copy only if it reflects the key's floor."""
+    """A store read of ``key`` was merged and answered: keep the copy only if it reflects the key's floor.
+
+    A copy that does is relayed if a stale one was dropped for it (``below_floor``): the workers that
+    hold the older copy, or took a snapshot without the key meanwhile, get the store's.
+    """
     floor = state.remote_floor.get(key)
     if floor is None:
         return
+    version, origin, refresh = floor
     held = state.replica.get(key)
-    if held is not None and not held.deleted and not reflects(held, *floor):
+    if held is not None and not held.deleted and not reflects(held, version, origin):
         del state.replica[key]  # read before the change was committed: read again when next asked for
         state._recency.release(key)
         state.counts["remote_stale_reads"] += 1
         return
     del state.remote_floor[key]
+    if refresh and held is not None:
+        state.outbox.append(state.relay(held))
 
 
 def below_floor(state: HubState, key: str) -> None:
@@ -113,27 +120,33 @@ def below_floor(state: HubState, key: str) -> None:
 
     One that does not (a worker pushed the copy it held before the other
     host's change, after a restart) is still written to the store (merged
-    there key by key with the newer row); here it is dropped, and an
-    INVALIDATE naming the floor drops it from the workers it reached, so
-    the next read reads the store.
+    there key by key with the newer row). Here it is dropped, an INVALIDATE
+    naming the floor drops it from the workers it reached, and the key is
+    read back from the store; that copy is relayed (``after_read_back``), so
+    a worker whose snapshot came without the key (its repair pushed the stale
+    copy, then asked for one) holds the newest copy all the same.
     """
     floor = state.remote_floor.get(key)
     held = state.replica.get(key)
     if floor is None or held is None:
         return
-    if held.deleted or reflects(held, *floor):
+    version, origin, _ = floor
+    if held.deleted or reflects(held, version, origin):
         del state.remote_floor[key]  # caught up: the floor has done its work
         return
     del state.replica[key]
     state._recency.release(key)
     state.counts["remote_stale_reads"] += 1
-    state.outbox.append(_invalidate_frames(state, key, *floor))
+    state.remote_floor[key] = (version, origin, True)
+    state.outbox.append(_invalidate_frames(state, key, version, origin))
+    if state.misses.read_back is not None:
+        state.misses.ask(b"", 0, key)  # nobody waits on it: the answer is the relay
 
 
 def _raise_floor(state: HubState, key: str, version: int, origin: int) -> None:
     floors = state.remote_floor
     floors.pop(key, None)  # to the end: the oldest floors go first
-    floors[key] = (version, origin)
+    floors[key] = (version, origin, False)
     if len(floors) > FLOOR_KEYS:
         del floors[next(iter(floors))]
 

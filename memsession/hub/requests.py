@@ -73,7 +73,7 @@ def answer_request(
             relays.append(state.relay_clear(cleared))
         for record in records:
             state.counts["pushed_records"] += 1
-            if state.merge(record):
+            if state.merge(record) and not _kept_out(state, record.key):
                 relays.append(state.relay(record))
         if stream is not None:
             # The last request of a push: its origin's stream up to ``seq`` is in what came.
@@ -90,3 +90,8 @@ def answer_request(
         return [wire.encode_request(wire.STATS_REPLY, req.rid, state.stats())], []
     state._drop("not a request", WireError(req.op))
     return [], []
+
+
+def _kept_out(state: HubState, key: str) -> bool:
+    """A pushed copy from before another host's change: dropped, to be read back (``remote.below_floor``)."""
+    return key not in state.replica and state.remote_floor.get(key, (0, 0, False))[2]

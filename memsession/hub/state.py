@@ -108,7 +108,7 @@ class HubState:
         self.lag = LagWindow()
         self._resyncs = Resyncs(clock, self.counts)
         #: Per key, the newest change another host made that no copy here reflected yet (``remote``).
-        self.remote_floor: dict[str, tuple[int, int]] = {}
+        self.remote_floor: dict[str, tuple[int, int, bool]] = {}
         #: Frames to publish that no reply or bus message returned (``remote``); the runner sends them.
         self.outbox: list[list[bytes]] = []
 

@@ -111,8 +111,7 @@ class Sidecar:
         federation: Federation | None = None,
     ) -> None:
         self.store = store
-        #: Other hosts' changes to the shared store (``memsession.service.federation``), or None.
-        self.federation = federation
+        self.federation = federation  # other hosts' changes to the shared store, or None
         self.hub_config = hub or HubConfig()
         self.config = config or SidecarConfig()
         if self.config.remove_runtime_dir and not self.hub_config.runtime_dir:
@@ -205,8 +204,10 @@ class Sidecar:
             if self.federation is not None:
                 self.federation.start()  # from the log's end as it is now: the warm load reads what came before
             start = time.monotonic()
-            self.warm_loaded = self.state.warm(self.store.load_all(self.clock.wall()))
-            self.state.holds_all = self.state.holds_all and self.federation is None  # others write too
+            stored = self.store.load_all(self.clock.wall())
+            if self.federation is not None:  # hold what this host uses (read back), and every tombstone
+                stored, self.state.holds_all = (r for r in stored if r.deleted), False
+            self.warm_loaded = self.state.warm(stored)
             log.info("loaded %d sessions from %s in %.2fs (%d held)", self.warm_loaded, self.store.name,
                      time.monotonic() - start, len(self.state.replica))
             self.writer.start()
