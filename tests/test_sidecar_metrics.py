@@ -51,8 +51,14 @@ class Scrapes:
 
 
 def scrape(http: httpx.Client) -> Scrape:
-    text = http.get("/metrics").text
-    return Scrape(text, http.get("/health").json(), time.time())
+    """/metrics and /health from one publish of the stats (the hub thread publishes them every second)."""
+    for _ in range(50):
+        before = http.get("/health").json()
+        text = http.get("/metrics").text
+        after = http.get("/health").json()
+        if before.get("uptime") == after.get("uptime"):  # no publish in between: both show the same one
+            return Scrape(text, after, time.time())
+    raise AssertionError("the stats were published again during every one of 50 scrapes")
 
 
 @pytest.fixture(scope="module")
