@@ -137,3 +137,15 @@ def test_a_copy_kept_out_is_read_back_and_the_stores_copy_relayed() -> None:
     after_read_back(state, key)
     assert [m.op for m in map(wire.decode, state.outbox)] == [wire.SET]
     assert state.replica[key].data == {"a": 1, "b": 2} and key not in state.remote_floor
+
+
+def test_where_the_feed_stood_is_read_back_or_said_unknown(tmp_path) -> None:
+    from memsession.service.federation import load_positions
+
+    path = tmp_path / "feed-positions.json"
+    assert load_positions(str(path)) == (None, True)  # none yet: start at the log's end
+    path.write_text('{"host-a": 12, "host-b": 0}')
+    assert load_positions(str(path)) == ({"host-a": 12, "host-b": 0}, True)
+    for bad in ("{not json", '["host-a", 12]', '{"host-a": -1}', '{"host-a": "12"}', '{"": 3}'):
+        path.write_text(bad)
+        assert load_positions(str(path)) == (None, False), bad  # unknown: every copy is read again

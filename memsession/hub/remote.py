@@ -106,8 +106,7 @@ def after_read_back(state: HubState, key: str) -> None:
     version, origin, refresh = floor
     held = state.replica.get(key)
     if held is not None and not held.deleted and not reflects(held, version, origin):
-        del state.replica[key]  # read before the change was committed: read again when next asked for
-        state._recency.release(key)
+        _forget(state, key)  # read before the change was committed: read again when next asked for
         state.counts["remote_stale_reads"] += 1
         return
     del state.remote_floor[key]
@@ -134,8 +133,7 @@ def below_floor(state: HubState, key: str) -> None:
     if held.deleted or reflects(held, version, origin):
         del state.remote_floor[key]  # caught up: the floor has done its work
         return
-    del state.replica[key]
-    state._recency.release(key)
+    _forget(state, key)
     state.counts["remote_stale_reads"] += 1
     state.remote_floor[key] = (version, origin, True)
     state.outbox.append(_invalidate_frames(state, key, version, origin))
@@ -163,8 +161,7 @@ def invalidate_all(state: HubState) -> list[list[bytes]]:
     live = [key for key, record in state.replica.items() if not record.deleted]
     out = []
     for key in live:
-        del state.replica[key]
-        state._recency.release(key)
+        _forget(state, key)
         out.append(_invalidate_frames(state, key, MAX_VERSION, 0))
     state.counts["remote_invalidated"] += len(live)
     return out
@@ -175,9 +172,14 @@ def _drop_unless_reflected(state: HubState, change: RemoteChange) -> bool:
     held = state.replica.get(change.key)
     if held is None or held.deleted or reflects(held, change.version, change.origin):
         return False  # a tombstone stays: it beats the live write wherever they meet
-    del state.replica[change.key]
-    state._recency.release(change.key)  # (its expiry entry lapses on its own: prune checks the replica)
+    _forget(state, change.key)
     return True
+
+
+def _forget(state: HubState, key: str) -> None:
+    """Drop the hub's copy of ``key`` (its expiry entry lapses on its own: prune checks the replica)."""
+    del state.replica[key]
+    state._recency.release(key)
 
 
 def _invalidate_frames(state: HubState, key: str, version: int, origin: int) -> list[bytes]:
