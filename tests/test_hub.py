@@ -64,6 +64,21 @@ def test_bus_messages_are_merged_and_gaps_ask_for_a_resync(state):
     assert state.owed_resyncs() == [] and state.counts["resyncs_sent"] == 2
 
 
+def test_a_push_taken_before_a_later_gap_leaves_that_gap_owed(state):
+    state.on_bus(wire.encode_set(rec(), 7, 1, 1, 0))
+    state.on_bus(wire.encode_set(rec(version=12), 7, 1, 3, 0))  # seq 2 lost: asked
+    state.on_bus(wire.encode_set(rec(version=14), 7, 1, 5, 0))  # seq 4 lost inside the spacing: owed
+    # The push that answers the first request was taken at seq 3: it cannot hold change 4.
+    state.on_request(wire.encode_request(wire.PUSH, 1, [], 0, [7, 1, 3]))
+    state.clock.advance(0.5)
+    (owed,) = state.owed_resyncs()
+    assert wire.decode(owed).op == wire.RESYNC and wire.decode(owed).body == 7
+    # One taken at seq 5 covers both losses: the asking ends.
+    state.on_request(wire.encode_request(wire.PUSH, 2, [], 0, [7, 1, 5]))
+    state.clock.advance(5.0)
+    assert state.owed_resyncs() == [] and state.counts["resyncs_sent"] == 2
+
+
 def test_touch_messages_slide_only_the_matching_version(state):
     state.on_bus(wire.encode_set(rec(), 7, 1, 1, 0))
     state.on_bus(wire.encode_touch(rec(accessed=NOW + 30, expires=NOW + 130), 7, 1, 2, 0))

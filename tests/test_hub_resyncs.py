@@ -38,7 +38,7 @@ def test_an_origin_whose_push_does_not_come_is_asked_again(clock):
     clock.advance(RESYNC_RETRY / 2)
     assert resyncs.due() == [7]
     assert resyncs.ask_now(7)
-    resyncs.pushed(7)
+    resyncs.pushed(7, 1, 1)
     clock.advance(RESYNC_RETRY * 3)
     assert resyncs.due() == [] and counts["resyncs_sent"] == 2
 
@@ -61,4 +61,25 @@ def test_a_forgotten_origin_is_owed_nothing(clock):
     resyncs.ask_now(7)
     resyncs.forget(7)
     clock.advance(RESYNC_RETRY * 2)
+    assert resyncs.due() == []
+
+
+def test_a_push_taken_before_the_last_gap_leaves_it_owed(clock):
+    resyncs, counts = _resyncs(clock)
+    assert resyncs.ask_now(7, (1, 10))
+    assert not resyncs.ask_now(7, (1, 20))  # a later loss while the push is on its way
+    resyncs.pushed(7, 1, 15)  # taken before change 20: the second loss is not in it
+    clock.advance(RESYNC_SPACING)
+    assert resyncs.due() == [7]
+    assert resyncs.ask_now(7)
+    resyncs.pushed(7, 1, 20)
+    clock.advance(RESYNC_RETRY * 3)
+    assert resyncs.due() == [] and counts["resyncs_sent"] == 2
+
+
+def test_a_push_of_a_new_epoch_ends_what_the_old_stream_owed(clock):
+    resyncs, _ = _resyncs(clock)
+    resyncs.ask_now(7, (1, 10))
+    resyncs.pushed(7, 2, 3)  # the origin restarted: its push is all of the new process
+    clock.advance(RESYNC_RETRY * 3)
     assert resyncs.due() == []

@@ -268,6 +268,10 @@ class SequenceTracker:
         self.forget(gone)
         return gone
 
+    def last(self, origin: int) -> tuple[int, int] | None:
+        """``(epoch, last_seq)`` of ``origin``'s stream, or None if it is not known."""
+        return self._last.get(origin)
+
     def vector(self) -> dict[int, tuple[int, int]]:
         """``{origin: (epoch, last_seq)}``, a copy."""
         return dict(self._last)

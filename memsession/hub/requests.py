@@ -80,7 +80,7 @@ def answer_request(
             origin, epoch, seq = stream
             state.tracker.heard(origin, state.clock.monotonic())
             state.tracker.pushed(origin, epoch, seq)
-            state._resyncs.pushed(origin)
+            state._resyncs.pushed(origin, epoch, seq)
         return [wire.encode_request(wire.ACK, req.rid, len(relays))], relays
     if req.op == wire.WRITE:
         state.counts["writes"] += 1

@@ -8,9 +8,12 @@ for once the spacing has passed. The request is published on the bus, and
 one published before the origin's subscription reached this hub (a hub that
 has just started) is dropped: an origin whose push has not come within
 ``RESYNC_RETRY`` is asked again, up to ``RESYNC_ATTEMPTS`` times for one gap.
-A push names its origin (``pushed``); one that names none (a worker of an
-older version) ends nothing, and its origin is asked until the attempts run
-out. No I/O: ``HubState`` builds the frames.
+A push names its origin's stream up to where it was taken (``pushed``). It
+ends the asking only if it covers the last gap seen: one taken before a
+later loss (the second gap came while the first push was on its way) leaves
+that gap owed. One that names no stream (a worker of an older version) ends
+nothing, and its origin is asked until the attempts run out. No I/O:
+``HubState`` builds the frames.
 """
 
 from __future__ import annotations
@@ -41,9 +44,20 @@ class Resyncs:
         self._owed: set[int] = set()
         #: Origins asked whose push has not come yet: how many requests each was sent.
         self._waiting: dict[int, int] = {}
+        #: The stream position ``(epoch, seq)`` each origin's push must reach: its last gap was at or below it.
+        self._needed: dict[int, tuple[int, int]] = {}
 
-    def ask_now(self, origin: int) -> bool:
-        """Whether to ask ``origin`` to resync now (counted); if not, the request is owed."""
+    def ask_now(self, origin: int, gap: tuple[int, int] | None = None) -> bool:
+        """Whether to ask ``origin`` to resync now (counted); if not, the request is owed.
+
+        ``gap`` is the origin's stream position when a gap showed (``(epoch,
+        seq)``, what was lost lies at or below it): the push that ends the
+        asking must have been taken there or later.
+        """
+        if gap is not None:
+            needed = self._needed.get(origin)
+            if needed is None or needed[0] != gap[0] or needed[1] < gap[1]:
+                self._needed[origin] = gap
         now = self.clock.monotonic()
         if now - self._last.get(origin, -1e9) < RESYNC_SPACING:
             self._owed.add(origin)
@@ -76,8 +90,19 @@ class Resyncs:
             due.append(origin)
         return due
 
-    def pushed(self, origin: int) -> None:
-        """``origin``'s push arrived: nothing is owed to it any more."""
+    def pushed(self, origin: int, epoch: int, seq: int) -> None:
+        """``origin``'s push, taken at ``seq`` of its stream ``epoch``, arrived.
+
+        If it covers the last gap seen (or the origin restarted into another
+        epoch since: its push is all of the new process) nothing is owed any
+        more; if it was taken before that gap, the gap stays owed and is asked
+        for once the spacing allows.
+        """
+        needed = self._needed.get(origin)
+        if needed is not None and needed[0] == epoch and seq < needed[1]:
+            self._owed.add(origin)
+            return
+        self._needed.pop(origin, None)
         self._waiting.pop(origin, None)
         self._owed.discard(origin)
 
@@ -86,3 +111,4 @@ class Resyncs:
         self._last.pop(origin, None)
         self._owed.discard(origin)
         self._waiting.pop(origin, None)
+        self._needed.pop(origin, None)

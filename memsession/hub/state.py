@@ -253,14 +253,14 @@ class HubState:
             self.on_clear(version)
         return True
 
-    def _resync(self, origin: int) -> list[list[bytes]]:
-        if not self._resyncs.ask_now(origin):
+    def _resync(self, origin: int, gap: bool = True) -> list[list[bytes]]:
+        if not self._resyncs.ask_now(origin, self.tracker.last(origin) if gap else None):
             return []
         return [wire.encode_resync(self.hub_id, self.epoch, origin, self._now_us())]
 
     def owed_resyncs(self) -> list[list[bytes]]:
         """Resync requests held back by the spacing whose time has come (the runner polls this)."""
-        return [frames for origin in self._resyncs.due() for frames in self._resync(origin)]
+        return [frames for origin in self._resyncs.due() for frames in self._resync(origin, gap=False)]
 
     def on_bus(self, frames: list[bytes]) -> list[list[bytes]]:
         """One message from the capture socket; returns frames to publish."""
