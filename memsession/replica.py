@@ -4,8 +4,8 @@ It owns the lock, the clocks, the writer id (``origin``) and what is held (a
 ``Holdings``, changed only under the lock), and the slots for the bus and the
 store. Changes made elsewhere come in through ``apply``, ``apply_many``,
 ``apply_clear`` and ``discard`` (what ``bus.ReplicaTarget`` asks for). After
-lost messages each entry is checked with the hub before it is served, between
-``begin_repair`` and ``end_repair``; ``wait_for`` gives read-your-writes; a
+lost messages, or while the hub can't vouch for a partition, a hit is checked
+with the hub before it is served (``hit_checks``); ``wait_for`` gives read-your-writes; a
 miss is read through the hub or the store. ``SessionCache`` adds the
 express-session API on top: local changes, published as they are made.
 """
@@ -23,6 +23,7 @@ from .changes import reflects
 from .clock import Clock, HybridClock, version_wall_ms
 from .config import Config
 from .errors import CacheClosed, SessionUnavailable, StoreUnavailable
+from .hit_checks import HitChecks
 from .holdings import Holdings
 from .refusals import log_refusal
 from .session import Record, check_sid, session_key
@@ -35,8 +36,6 @@ __all__ = ["RECENT_WRITE", "Replica"]
 
 log = logging.getLogger("memsession")
 
-#: How long a read waits for the hub while a gap is repaired (the hub is up; a GET takes well under 1 ms).
-_REVALIDATE_TIMEOUT = 0.25
 #: A write younger than this (seconds) that hub and store don't have yet may still be on its way:
 #: the bus delivers in milliseconds, a restarted hub gathers the workers' copies within a second or two.
 RECENT_WRITE = 5.0
@@ -47,7 +46,7 @@ _ASK_AGAIN = 0.1
 _ASK_TIMEOUT = 1.0
 
 
-class Replica:
+class Replica(HitChecks):
     """This process's copy of the sessions: merges what other processes changed, repairs gaps. Thread-safe."""
 
     def __init__(self, config: Config, clock: Clock, origin: int | None) -> None:
@@ -67,10 +66,7 @@ class Replica:
         self._arrived = threading.Condition(self._lock)
         self._waiters = 0
         self._closed = False
-        #: Set while the bus repairs a gap: a hit is checked with the hub before it is served.
-        self._repairing = False
-        self._verified: set[str] = set()
-        self._hub_unreachable = False
+        self._init_checks()
         #: Read-through and write-through/behind to a store (``persist.Persistence``); None without one.
         self.persistence: Backing | None = None
         #: Replication transport (``memsession.bus``).
@@ -118,9 +114,8 @@ class Replica:
         key = session_key(check_sid(sid))
         with self._lock:
             record = self._held.record(key, self.clock.monotonic())
-            unchecked = self._repairing and key not in self._verified
-        if record is not None and not record.deleted and unchecked:
-            self._revalidate(key, record)
+        if record is not None and not record.deleted and (self._repairing or self._suspect):
+            self._checked_hit(sid, key, record)
             with self._lock:
                 record = self._held.record(key, self.clock.monotonic())
         return record
@@ -224,19 +219,6 @@ class Replica:
 
     # -- gap repair, read-your-writes and read-through ---------------------------
 
-    def begin_repair(self) -> None:
-        """The bus lost messages: check each entry with the hub before serving it, until ``end_repair``."""
-        with self._lock:
-            self._verified = set()
-            self._hub_unreachable = False
-            self._repairing = True
-
-    def end_repair(self) -> None:
-        """The bus spliced in a snapshot: what is held here is as fresh as the hub's."""
-        with self._lock:
-            self._repairing = False
-            self._verified = set()
-
     def wait_for(self, sid: str, version: int, timeout: float = 0.05, origin: int = 0) -> Record | None:
         """Read-your-writes: the newest record of ``sid``, waiting for one that reflects ``(version, origin)``.
 
@@ -260,6 +242,9 @@ class Replica:
         key = session_key(check_sid(sid))
         record = self._await(key, version, origin, timeout if self.bus is not None else 0.0)
         if record is not None:
+            if not record.deleted and (self._repairing or self._suspect):
+                self._checked_hit(sid, key, record)
+                return self.held(key)
             return record
         if self.cleared >= version:
             return None  # ended by a clear since
@@ -359,37 +344,21 @@ class Replica:
     def _may_be_on_its_way(self, version: int) -> bool:
         return self.clock.wall() - version_wall_ms(version) / 1000.0 < RECENT_WRITE
 
-    def _revalidate(self, key: str, record: Record) -> Record | None:
-        """During a gap repair: bring ``key`` up to the hub's copy before serving it.
+    def _read_through(self, sid: str, key: str) -> Record | None:
+        """Bring ``key`` from the hub (a bus that reads through it) or the store; the live record, or None.
 
-        The lost messages may have changed or ended this session. If the hub
-        does not answer, the local copy is served and counted as
-        ``unverified`` (logged once per repair); later reads in the same
-        repair don't wait again.
+        "No answer" is never "no such session" (that would log the user out):
+        a hub that does not answer, with no store to ask, refuses the read
+        (``SessionUnavailable``); a store that can't be reached raises ``StoreUnavailable``.
         """
-        bus = self.bus
-        if bus is None or self._hub_unreachable:
-            self._counts["unverified"] += 1
-            return record
-        answered, fetched = bus.lookup(key, timeout=_REVALIDATE_TIMEOUT)
-        if not answered:
-            with self._lock:
-                if not self._hub_unreachable:
-                    self._hub_unreachable = True
-                    log.warning("hub did not answer a revalidation during a repair; serving local copies")
-                self._counts["unverified"] += 1
-            return record
-        if fetched is not None:
-            self.apply(fetched)
-        with self._lock:
-            self._verified.add(key)
-            self._counts["revalidated"] += 1
-            current: Record | None = self._core.lookup(key, self.clock.monotonic())
-        return current if current is not None and not current.deleted else None
-
-    def _read_through(self, key: str) -> Record | None:
-        """Bring ``key`` from the hub (invalidate mode) or the store into memory; the live record, or None."""
-        found = self.bus.fetch(key) if self._bus_reads and self.bus is not None else None
+        found = None
+        if self._bus_reads and self.bus is not None:
+            started = time.monotonic()
+            answered, found = self.bus.lookup(key)
+            if not answered and self.persistence is None:
+                with self._lock:
+                    self._counts["unavailable"] += 1
+                raise SessionUnavailable(sid, time.monotonic() - started)
         if found is None and self.persistence is not None:
             found = self.persistence.read(key)
         if found is None:

@@ -147,11 +147,11 @@ class SessionCache(Replica):
         finally:
             lock.release()
         if record is None:
-            record = self._read_through(key)
+            record = self._read_through(sid, key)
             if record is None:
                 return None
-        elif self._repairing and key not in self._verified:
-            record = self._revalidate(key, record)
+        elif self._repairing or self._suspect:
+            record = self._checked_hit(sid, key, record)
             if record is None:
                 return None
         if touched is not None:
@@ -286,7 +286,7 @@ class SessionCache(Replica):
                 if wall - record.accessed >= self.config.touch_interval:
                     touched = self._held.touch(record, wall)
         if record is None:
-            return self._read_through(key) is not None and self.touch(sid)
+            return self._read_through(sid, key) is not None and self.touch(sid)
         if touched is not None:
             self._emit(touched, touch=True)
         return True

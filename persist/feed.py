@@ -11,10 +11,14 @@ something as new skips the read.
 
 A follower hands changes over in host/seq order and keeps, per host, the
 last seq it applied (``positions``), so a follower restarted from its
-positions neither replays nor loses anything. A skip in a host's numbering
-(the log was pruned past where the follower stood, or a row is missing) is
-reported through ``on_gap``: the follower has missed changes it can't name
-and must read the store again for that host's sessions.
+positions neither replays nor loses anything. A store that numbers its
+changes its own way keeps its cursor among them as text (CouchDB's
+``since``): a ``Position`` is an int seq or such a str, and
+``position_fault`` says which are well formed. A skip in a host's numbering
+(the log was pruned past where the follower stood, or a row is missing), or
+a cursor the store no longer follows from, is reported through ``on_gap``:
+the follower has missed changes it can't name and must read the store again
+for that host's sessions.
 
 ``change_fault`` is the check a follower runs on every change it reads,
 whatever the store: what it reads came from a shared database.
@@ -25,14 +29,19 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Union, runtime_checkable
 
 from memsession.record_shape import I64_MIN, MAX_VERSION, U64
 
-__all__ = ["MAX_HOST", "Change", "ChangeFeed", "change_fault", "host_fault"]
+__all__ = ["MAX_CURSOR", "MAX_HOST", "Change", "ChangeFeed", "Position", "change_fault", "host_fault",
+           "position_fault"]
 
 #: Longest host name (characters) a change log keeps.
 MAX_HOST = 255
+#: Longest store cursor (characters) a position may be: CouchDB's ``since`` grows with its shards.
+MAX_CURSOR = 1 << 16
+#: Where a feed stands for one name: the last seq (an int), or a store's own opaque cursor (a str).
+Position = Union[int, str]
 #: A session key as stores keep it: SHA-256 of the id, lowercase hex (``memsession.session.session_key``).
 _KEY = re.compile(r"[0-9a-f]{64}")
 
@@ -62,6 +71,22 @@ def host_fault(host: Any) -> str | None:
     """What is wrong with a host name (printable, 1 to ``MAX_HOST`` characters), or None."""
     if type(host) is not str or not 0 < len(host) <= MAX_HOST or not host.isprintable():
         return f"host is not a printable str of 1 to {MAX_HOST} characters"
+    return None
+
+
+def position_fault(name: Any, at: Any) -> str | None:
+    """What is wrong with one entry of a feed's positions, or None.
+
+    ``name`` is a host name (``host_fault``); ``at`` an int seq in ``[0, 2**63 - 1]`` or a
+    cursor: printable ASCII, 1 to ``MAX_CURSOR`` characters.
+    """
+    fault = host_fault(name)
+    if fault is not None:
+        return fault
+    if type(at) is int:
+        return None if 0 <= at <= MAX_VERSION else "a seq is not an int in [0, 2**63 - 1]"
+    if type(at) is not str or not 0 < len(at) <= MAX_CURSOR or not (at.isascii() and at.isprintable()):
+        return f"a position is neither an int nor printable ASCII text of 1 to {MAX_CURSOR} characters"
     return None
 
 
@@ -122,8 +147,15 @@ class ChangeFeed(Protocol):
     def stop(self) -> None:
         """Stop following and release the connection; returns promptly. Idempotent."""
 
-    def positions(self) -> dict[str, int]:
-        """Per host, the last seq handed over (or skipped): what a restarted feed resumes from."""
+    def positions(self) -> dict[str, Any]:
+        """Per host, the last seq handed over (or skipped): what a restarted feed resumes from.
+
+        Each value is a ``Position``: an int, or a str cursor of the store's (``position_fault``).
+        """
+
+    def caught_up_at(self) -> float | None:
+        """When (``time.monotonic``) a read last reached the end of the log, its changes handed over; None:
+        not yet. A follower that can't read (the store is unreachable) stops moving it: it has gone silent."""
 
     def stats(self) -> dict[str, int]:
         """Counters: changes handed over, gaps, rows refused, errors, reconnects, ..."""

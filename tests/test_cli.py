@@ -102,3 +102,18 @@ def test_without_psycopg_the_postgres_store_says_what_to_install() -> None:
     )
     assert done.returncode != 0
     assert "pip install 'memsession[postgres]'" in done.stderr
+
+
+@pytest.mark.parametrize(("store", "extra", "said"), [
+    ("file:{dir}/sessions.json", ("--host-name", "host-a"), "--host-name"),  # a file joins no hosts
+    ("http://127.0.0.1:9/sessions", ("--host-name", "host-a", "--log-retention", "60"), "--log-retention"),
+    ("file:{dir}/sessions.json", ("--log-retention", "60"), "--log-retention"),
+])
+def test_a_sidecar_refuses_what_its_store_can_not_do_before_it_starts(
+    tmp_path: Path, store: str, extra: tuple[str, ...], said: str
+) -> None:
+    argv = ["sidecar", "--store", store.format(dir=tmp_path), "--runtime-dir", str(tmp_path / "run"), *extra]
+    done = subprocess.run([sys.executable, "-m", "memsession", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert said in done.stderr and "PostgreSQL" in done.stderr

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from memsession import wire
 from memsession.hub import HubState
-from memsession.hub.remote import after_read_back, apply_remote, invalidate_all
+from memsession.hub.remote import after_read_back, apply_remote, invalidate_all, suspect_all, trust_again
+from memsession.partitions import ALL
 from memsession.record_shape import MAX_VERSION
 from memsession.session import Record, session_key
 from memsession.testing import FakeClock
@@ -140,12 +141,36 @@ def test_a_copy_kept_out_is_read_back_and_the_stores_copy_relayed() -> None:
 
 
 def test_where_the_feed_stood_is_read_back_or_said_unknown(tmp_path) -> None:
+    import json
+
     from memsession.service.federation import load_positions
+    from persist.feed import MAX_CURSOR
 
     path = tmp_path / "feed-positions.json"
     assert load_positions(str(path)) == (None, True)  # none yet: start at the log's end
     path.write_text('{"host-a": 12, "host-b": 0}')
     assert load_positions(str(path)) == ({"host-a": 12, "host-b": 0}, True)
-    for bad in ("{not json", '["host-a", 12]', '{"host-a": -1}', '{"host-a": "12"}', '{"": 3}'):
+    path.write_text('{"couchdb": 3, "couchdb:since": "17-g1AAAAB"}')  # a store's own cursor, as text
+    assert load_positions(str(path)) == ({"couchdb": 3, "couchdb:since": "17-g1AAAAB"}, True)
+    too_long = json.dumps({"couchdb:since": "x" * (MAX_CURSOR + 1)})
+    for bad in ("{not json", '["host-a", 12]', '{"host-a": -1}', '{"host-a": ""}', '{"host-a": "a\\nb"}',
+                '{"host-a": 1.5}', '{"host-a": null}', too_long, '{"": 3}'):
         path.write_text(bad)
         assert load_positions(str(path)) == (None, False), bad  # unknown: every copy is read again
+
+
+def test_while_the_feed_is_silent_every_get_is_read_from_the_store_and_the_workers_are_told() -> None:
+    asked: list[str] = []
+    state = HubState(clock=FakeClock(), read_back=lambda sender, rid, key: asked.append(key) is None)
+    key = session_key("s" * 43)
+    _held(state, key, 100)
+    assert not state.needs_read_back(key)
+    (beat,) = suspect_all(state)
+    assert wire.decode(beat).op == wire.HUB_BEAT and wire.decode(beat).body == ALL
+    assert wire.decode(state.heartbeat()).body == ALL  # every beat says so until the feed is back
+    assert state.needs_read_back(key)  # held, but perhaps older than the store's copy
+    replies, _ = state.on_request(wire.encode_request(wire.GET, 1, key), sender=b"w1")
+    assert replies == [] and asked == [key]  # answered once the store was read
+    (beat,) = trust_again(state)
+    assert wire.decode(beat).body == 0 and not state.needs_read_back(key)
+

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from memsession import wire
 from memsession.errors import WireError
+from memsession.partitions import PARTITIONS, mask_of
 from memsession.session import Record, is_flat
 
 json_scalars = st.one_of(
@@ -81,10 +82,26 @@ def test_touch_and_invalidate_carry_key_version_origin(record, h):
     assert inval.body == (record.key, record.version, record.origin, False)
 
 
+@given(header, st.sets(st.integers(0, PARTITIONS - 1), max_size=PARTITIONS))
+def test_a_hub_beat_carries_the_partitions_it_cannot_vouch_for(h, partitions):
+    mask = mask_of(partitions)
+    assert wire.decode(wire.encode_heartbeat(*h, hub=True, suspect=mask)).body == mask
+    assert wire.decode(wire.encode_heartbeat(*h, suspect=mask)).body is None  # only a hub's beat says it
+
+
+@pytest.mark.parametrize("extra", [b"\x01" * 31, b"\x01" * 33, 5, [b"\x00" * 32], None])
+def test_a_hub_beat_with_a_malformed_mask_is_refused(extra):
+    frames = wire.encode_heartbeat(1, 2, 3, 4, hub=True)
+    payload = msgpack.packb([*msgpack.unpackb(frames[1]), extra])
+    with pytest.raises(WireError, match="partition mask"):
+        wire.decode([frames[0], payload])
+
+
 @given(header, st.booleans())
 def test_heartbeats_hello_and_resync(h, hub):
     beat = wire.decode(wire.encode_heartbeat(*h, hub=hub))
-    assert beat.op == (wire.HUB_BEAT if hub else wire.HEARTBEAT) and beat.seq == h[2] and beat.body is None
+    assert beat.op == (wire.HUB_BEAT if hub else wire.HEARTBEAT) and beat.seq == h[2]
+    assert beat.body == (0 if hub else None)  # a hub beat names the partitions it can't vouch for: none
     hello = wire.decode(wire.encode_hello(h[0], h[1], 42, h[3]))
     assert hello.op == wire.HELLO and hello.body == 42 and hello.seq == 0
     resync = wire.decode(wire.encode_resync(h[0], h[1], 7, h[3]))

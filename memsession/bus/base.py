@@ -82,6 +82,7 @@ class Replicator(OutgoingStream):
         self.seq_at_beat = 0
         self.repair_due = False
         self.repair_reason = ""
+        self.suspect = 0
         #: True from a hub restart or a silence until our state was pushed: the hub may lack it. Kept
         #: apart from ``repair_reason``, which a gap found before the repair runs would overwrite.
         self.push_due = False
@@ -270,6 +271,9 @@ class Replicator(OutgoingStream):
             # restart would flip back and repair again.
             self.counts["stale_hub_beats"] += 1
             return SKIPPED
+        if msg.body != self.suspect:  # the partitions the hub can't vouch for (its feed is silent)
+            self.suspect = msg.body
+            self.cache.suspect(msg.body)
         now = self.clock.monotonic()
         previous = self.last_hub_beat
         if self.hub_id is not None and msg.origin != self.hub_id:
@@ -399,6 +403,7 @@ class Replicator(OutgoingStream):
         out["lag_ms_p99"] = lag["p99"]
         out["streams"] = len(self.tracker)
         out["repair_due"] = self.repair_due
+        out["suspect_partitions"] = self.suspect.bit_count()
         out["mode"] = self.config.mode
         return out
 

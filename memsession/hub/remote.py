@@ -22,6 +22,15 @@ again) but does not keep it (``after_read_back``): each key whose change no
 copy here reflected yet has its floor (``HubState.remote_floor``, at most
 ``FLOOR_KEYS``), and a copy below its floor is read again when next asked for.
 
+While the feed is **silent** (it could not read the log for a while: the
+database is unreachable, or the sidecar has just started and not caught up
+yet) no copy here can be vouched for: another host may have changed or ended
+any session since. ``suspect_all`` marks every partition suspect; the hub's
+beat says so to the workers, which then check each hit with the hub, and the
+hub answers those from a store read (``HubState.needs_read_back``); no answer
+is a refusal, never an unchecked copy. ``trust_again`` ends it once the feed
+has read the log to its end (what it missed meanwhile was applied first).
+
 None of this goes back to the store (it came from there), so a change is
 never echoed from host to host. A hub that takes remote changes never
 believes it holds every session (``HubState.holds_all``): a miss may be a
@@ -35,13 +44,15 @@ from typing import TYPE_CHECKING, Protocol
 
 from .. import wire
 from ..changes import reflects
+from ..partitions import ALL
 from ..record_shape import MAX_VERSION
 from ..session import Record
 
 if TYPE_CHECKING:
     from .state import HubState
 
-__all__ = ["FLOOR_KEYS", "RemoteChange", "after_read_back", "apply_remote", "below_floor", "invalidate_all"]
+__all__ = ["FLOOR_KEYS", "RemoteChange", "after_read_back", "apply_remote", "below_floor", "invalidate_all",
+           "suspect_all", "trust_again"]
 
 #: Keys whose remote floor is remembered. A floor matters only while a read of its key is under way
 #: (milliseconds); past the bound the oldest goes: 10,000 is seconds of changes at thousands a second.
@@ -165,6 +176,22 @@ def invalidate_all(state: HubState) -> list[list[bytes]]:
         out.append(_invalidate_frames(state, key, MAX_VERSION, 0))
     state.counts["remote_invalidated"] += len(live)
     return out
+
+
+def suspect_all(state: HubState) -> list[list[bytes]]:
+    """The feed of other hosts' changes is silent: no copy here is vouched for until ``trust_again``.
+
+    Returns a hub beat saying so, sent at once (the workers check their hits from then on).
+    """
+    state.holds_all = False
+    state.suspect = ALL
+    return [state.heartbeat()]
+
+
+def trust_again(state: HubState) -> list[list[bytes]]:
+    """The feed read the log to its end again (its changes were applied before this): copies are vouched for."""
+    state.suspect = 0
+    return [state.heartbeat()]
 
 
 def _drop_unless_reflected(state: HubState, change: RemoteChange) -> bool:

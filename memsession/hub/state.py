@@ -31,6 +31,7 @@ from ..bus.streams import LagWindow, new_epoch
 from ..changes import after_clear, completed
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import WireError
+from ..partitions import covers
 from ..refusals import log_refusal
 from ..session import Record, cleared_by, touched_copy
 from .bounded import Recency, merge_into, warm_fill
@@ -111,6 +112,8 @@ class HubState:
         self.remote_floor: dict[str, tuple[int, int, bool]] = {}
         #: Frames to publish that no reply or bus message returned (``remote``); the runner sends them.
         self.outbox: list[list[bytes]] = []
+        #: Partitions whose copies here may be older than the store's (``remote.suspect_all``): a GET reads it.
+        self.suspect = 0
 
     def _drop(self, reason: str, exc: Exception) -> None:
         count = self.dropped[reason] = self.dropped.get(reason, 0) + 1
@@ -297,11 +300,7 @@ class HubState:
         return []
 
     def _jump(self, msg: wire.Message) -> list[list[bytes]]:
-        """A frame whose seq runs past ``max_seq_jump``: kept out, counted, and the origin asked to resync.
-
-        If the jump was real, the origin's push brings what was lost; if it was forged,
-        the push is all it costs, and the stream goes on from the number we had.
-        """
+        """A seq past ``max_seq_jump``: kept out and repaired (a push if real; if forged, all it costs)."""
         self._drop("seq jump", WireError(f"seq {msg.seq} of origin {msg.origin:x} jumps past the bound"))
         self.counts["gaps"] += 1
         return self._resync(msg.origin)
@@ -333,11 +332,12 @@ class HubState:
         return self.misses.read_back is not None and not self.holds_all
 
     def needs_read_back(self, key: str) -> bool:
-        """A GET of ``key`` waits for the store: nothing is held that the store may have, or only a delta."""
+        """A GET of ``key`` waits for the store: nothing is held that the store may have, only a delta,
+        or a copy this hub can't vouch for (``suspect``)."""
         held = self.replica.get(key)
         if held is None:
             return self._may_be_stored(key)
-        return held.partial and self.misses.read_back is not None
+        return (held.partial or covers(self.suspect, key)) and self.misses.read_back is not None
 
     def read_back_done(self, key: str, record: Record | None, ok: bool) -> None:
         """The store was read for ``key`` (``ok``) or could not be: merge what it had, apply a held-back touch."""
@@ -377,7 +377,8 @@ class HubState:
         return wire.encode_clear(version, self.hub_id, self.epoch, self.seq, self._now_us())
 
     def heartbeat(self) -> list[bytes]:
-        return wire.encode_heartbeat(self.hub_id, self.epoch, self.seq, self._now_us(), hub=True)
+        return wire.encode_heartbeat(self.hub_id, self.epoch, self.seq, self._now_us(), hub=True,
+                                     suspect=self.suspect)
 
     def snapshot(self, rid: int) -> Iterator[list[bytes]]:
         """CHUNK frames then END, cut from the replica as it is now."""

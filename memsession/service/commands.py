@@ -70,8 +70,9 @@ def _sidecar_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schema", default=None, help="PostgreSQL: schema name (default: the search path)")
     p.add_argument("--no-create-table", action="store_true", help="PostgreSQL: don't create the table if missing")
     p.add_argument("--host-name", default=None, metavar="NAME",
-                   help="PostgreSQL: join the other hosts' sidecars through the store under this host name "
-                        "(log every write, follow the others' log; see 'Several hosts')")
+                   help="PostgreSQL or CouchDB: join the other hosts' sidecars through the store under this "
+                        "host name (PostgreSQL: log every write, follow the others' log; CouchDB: follow "
+                        "_changes; see 'Several hosts')")
     p.add_argument("--log-retention", type=float, default=None,
                    help="PostgreSQL with --host-name: seconds change log rows are kept (default 3600)")
     p.add_argument("--http", default=None, metavar="HOST:PORT",
@@ -137,10 +138,14 @@ def _sidecar(args: argparse.Namespace) -> int:
     hub = _hub_config(args, heartbeat=args.heartbeat, forget_after=args.forget_after, maxsize=args.maxsize)
     pub, sub, req = hub.endpoints()  # a bad endpoint or runtime dir fails here, before the store opens
     kind = store_kind(args.store)
-    if args.host_name and kind != "postgres":
-        raise ConfigError("--host-name", args.host_name, "joins hosts through a PostgreSQL store only")
+    if args.host_name and kind not in ("postgres", "couchdb"):
+        raise ConfigError("--host-name", args.host_name,
+                          "joins hosts through a PostgreSQL or CouchDB store only")
+    if args.log_retention is not None and kind != "postgres":
+        raise ConfigError("--log-retention", args.log_retention,
+                          "is how long PostgreSQL keeps its change log; other stores keep none of ours")
     store = open_store(args.store, **store_options(kind, args))
-    sidecar = Sidecar(store, hub, config, federation=_federation(store, args))
+    sidecar = Sidecar(store, hub, config, federation=_federation(store, kind, args))
     stop = threading.Event()
     sidecar.install_signal_handlers(stop)
     ready = threading.Event()
@@ -158,13 +163,14 @@ def _sidecar(args: argparse.Namespace) -> int:
     return 0
 
 
-def _federation(store: Any, args: argparse.Namespace) -> Any:
-    """The other hosts' change feed for ``--host-name`` (None without it), polled every heartbeat."""
+def _federation(store: Any, kind: str, args: argparse.Namespace) -> Any:
+    """The other hosts' change feed for ``--host-name`` (None without it), at the sidecar's heartbeat.
+
+    PostgreSQL's log is polled every heartbeat; CouchDB's ``_changes`` beats at it.
+    """
     if not args.host_name:
         return None
     import os
-
-    from persist.postgres import PostgresChangeFeed
 
     from ..config import Config
     from .federation import POSITIONS_FILE, Federation, load_positions
@@ -172,7 +178,18 @@ def _federation(store: Any, args: argparse.Namespace) -> Any:
     # Kept beside the sockets: a sidecar restarted in the same runtime dir resumes where it stood.
     path = os.path.join(args.runtime_dir, POSITIONS_FILE) if args.runtime_dir else None
     positions, ok = load_positions(path) if path else (None, True)
-    feed = PostgresChangeFeed(store, poll_interval=args.heartbeat, positions=positions)
+    feed: Any
+    if kind == "couchdb":
+        from persist.couchdb import CouchChangeFeed
+
+        feed = CouchChangeFeed(store, positions=positions, heartbeat=args.heartbeat)
+    else:
+        from persist.postgres import PostgresChangeFeed
+
+        if positions is not None and any(type(seq) is not int for seq in positions.values()):
+            # Kept by another store's feed (a CouchDB cursor): where this log stood is unknown.
+            positions, ok = None, False
+        feed = PostgresChangeFeed(store, poll_interval=args.heartbeat, positions=positions)
     return Federation(feed, tombstone_ttl=Config().tombstone_ttl, positions_file=path, resumed=ok)
 
 

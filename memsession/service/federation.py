@@ -17,6 +17,15 @@ applied, so the invalidations it missed while down still reach its workers
 (whose copies outlived it). A file that can't be read is logged and every
 copy is read again, as for a gap.
 
+A feed that goes **silent** (no read has reached the end of the log for
+``silence_after`` seconds: the database can't be reached, or the sidecar has
+just started) can't say what the other hosts changed meanwhile, so the hub is
+told to vouch for nothing (``remote.suspect_all``): its workers check every
+hit with it and it answers from the store, or not at all, and then the read
+is refused, never served a copy another host may have ended. Once a read
+reaches the end of the log again (what it brought was applied first), the
+copies are trusted again (``remote.trust_again``). A sidecar starts silent.
+
 A gap in another host's numbering (the log was pruned past where this
 feed stood, a row went missing) names no session: every live copy the hub
 holds is dropped and invalidated on the workers, and is read again from
@@ -33,16 +42,17 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from persist.feed import position_fault
+
 from ..hub.inbox import Inbox
-from ..hub.remote import apply_remote, invalidate_all
-from ..record_shape import MAX_VERSION
+from ..hub.remote import apply_remote, invalidate_all, suspect_all, trust_again
 
 if TYPE_CHECKING:
     from persist.feed import Change, ChangeFeed
 
     from ..hub.runner import HubTask
 
-__all__ = ["POSITIONS_FILE", "Federation", "load_positions"]
+__all__ = ["DEFAULT_SILENCE", "POSITIONS_FILE", "Federation", "load_positions"]
 
 log = logging.getLogger("memsession.sidecar")
 
@@ -52,10 +62,15 @@ POSITIONS_FILE = "feed-positions.json"
 _MAX_FILE = 1 << 20
 #: Seconds between two writes of the positions file.
 _SAVE_EVERY = 1.0
+#: Seconds without a read that reached the end of the log after which the feed counts as silent.
+DEFAULT_SILENCE = 3.0
 
 
-def load_positions(path: str) -> tuple[dict[str, int] | None, bool]:
-    """``(positions, ok)`` from ``path``: (None, True) if there is none yet, (None, False) if unreadable."""
+def load_positions(path: str) -> tuple[dict[str, Any] | None, bool]:
+    """``(positions, ok)`` from ``path``: (None, True) if there is none yet, (None, False) if unreadable.
+
+    Each entry is a host name and an int seq, or a store's cursor (text, ``persist.feed.position_fault``).
+    """
     try:
         with open(path, "rb") as f:
             raw = f.read(_MAX_FILE + 1)
@@ -68,10 +83,8 @@ def load_positions(path: str) -> tuple[dict[str, int] | None, bool]:
         positions = json.loads(raw) if len(raw) <= _MAX_FILE else None
     except ValueError:
         positions = None
-    if (not isinstance(positions, dict)
-            or not all(type(h) is str and 0 < len(h) <= 255 and type(q) is int and 0 <= q <= MAX_VERSION
-                       for h, q in positions.items())):
-        log.warning("the change feed's positions file %s is not a map of host names to numbers; ignored",
+    if not isinstance(positions, dict) or any(position_fault(h, q) for h, q in positions.items()):
+        log.warning("the change feed's positions file %s is not a map of host names to positions; ignored",
                     path)
         return None, False
     return positions, True
@@ -81,24 +94,33 @@ class Federation:
     """A change feed of the other hosts, handed to this host's hub thread through ``inbox``."""
 
     def __init__(self, feed: ChangeFeed, *, tombstone_ttl: float, positions_file: str | None = None,
-                 resumed: bool = True) -> None:
+                 resumed: bool = True, silence_after: float = DEFAULT_SILENCE) -> None:
         """``positions_file``: where to keep the feed's positions (the feed was made with them, if any);
-        ``resumed=False``: they could not be read, so what was missed while away can't be named."""
+        ``resumed=False``: they could not be read, so what was missed while away can't be named;
+        ``silence_after``: seconds without a read that reached the log's end before nothing is vouched for
+        (more than the feed's poll interval)."""
         self.feed = feed
         self.tombstone_ttl = tombstone_ttl
+        self.silence_after = silence_after
+        self._silent = True
+        self._watcher: threading.Thread | None = None
         self.positions_file = positions_file
         self._resumed = resumed
-        self._applied: dict[str, int] = {}
+        self._applied: dict[str, Any] = {}
         self._saved_at = 0.0
         self.inbox: Inbox[HubTask] = Inbox()
         self._stopping = threading.Event()
-        #: ``overflows``: seconds the feed waited for the hub thread to catch up.
-        self.counts = dict.fromkeys(("batches", "changes", "gaps", "overflows"), 0)
+        #: ``overflows``: seconds the feed waited for the hub thread to catch up; ``silences``: times the
+        #: feed went silent (the start not counted).
+        self.counts = dict.fromkeys(("batches", "changes", "gaps", "overflows", "silences"), 0)
 
     def start(self) -> None:
         """Open the inbox and start following (raises the feed's ``StoreError`` if it can't)."""
         self.inbox.open()
+        self._hand_over(suspect_all)  # until the feed has read the log to its end
         self.feed.start(self._changes, self._gap)
+        self._watcher = threading.Thread(target=self._watch, name="memsession-feed-silence", daemon=True)
+        self._watcher.start()
         self._applied = self.feed.positions()
         if not self._resumed:
             self.counts["gaps"] += 1
@@ -108,12 +130,34 @@ class Federation:
 
     def stop(self) -> None:
         self._stopping.set()  # a hand-over waiting for a hub thread that has stopped gives up
+        if self._watcher is not None:
+            self._watcher.join(5.0)
         self.feed.stop()
         self.inbox.close()
         self._save(force=True)
 
     def stats(self) -> dict[str, Any]:
-        return {**self.counts, "feed": self.feed.stats(), "positions": len(self.feed.positions())}
+        return {**self.counts, "silent": int(self._silent), "feed": self.feed.stats(),
+                "positions": len(self.feed.positions())}
+
+    def _watch(self) -> None:
+        """Tell the hub when the feed goes silent and when it has caught up again (a thread of its own)."""
+        tick = min(0.1, self.silence_after / 10)
+        while not self._stopping.wait(tick):
+            caught = self.feed.caught_up_at()
+            silent = caught is None or time.monotonic() - caught > self.silence_after
+            if silent == self._silent:
+                continue
+            self._silent = silent
+            if silent:
+                self.counts["silences"] += 1
+                log.warning("the change feed of the other hosts has not reached the log's end for %.1fs; "
+                            "sessions held here are checked against the store until it does",
+                            self.silence_after)
+                self._hand_over(suspect_all)
+            else:
+                log.info("the change feed of the other hosts is caught up; sessions held here are trusted")
+                self._hand_over(trust_again)
 
     def _changes(self, changes: Sequence[Change]) -> None:
         batch = list(changes)

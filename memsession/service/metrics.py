@@ -23,10 +23,13 @@ from typing import Any
 
 from ..clock import version_wall_ms
 
-__all__ = ["DROP_REASONS", "FAMILIES", "NOT_EXPORTED", "Family", "prometheus_text"]
+__all__ = ["DROP_REASONS", "FAMILIES", "FEDERATED", "NOT_EXPORTED", "Family", "prometheus_text"]
 
 #: Why the hub drops a frame or request (``dropped`` in its stats): each is served from the start at 0.
 DROP_REASONS = ("malformed", "other version", "malformed request", "not a request", "seq jump", "error")
+
+#: The prefix of the stats a sidecar has only when it joins other hosts (``--host-name``).
+FEDERATED = "federation."
 
 #: Stats ``/metrics`` leaves out, and why (the tests check that nothing else is missing).
 NOT_EXPORTED = {
@@ -151,6 +154,18 @@ FAMILIES: tuple[Family, ...] = (
             "the session (read again from the store when next used)."),
     counter("remote_stale_reads", "remote_stale_reads", "Copies from before another host's change (a store "
             "read under way, a worker's push) answered or written but not kept."),
+    # (only with --host-name; zeros without: see FEDERATED)
+    gauge("feed_silent", "federation.silent", "1 while the change feed of the other hosts has not reached "
+          "the log's end for a while (hits are checked against the store), else 0.", _flag),
+    counter("feed_silences", "federation.silences", "Times the change feed of the other hosts went silent."),
+    counter("feed_gaps", "federation.gaps", "Changes of other hosts missed and not nameable (every copy "
+            "here read again)."),
+    counter("feed_batches", "federation.batches", "Batches of other hosts' changes handed to the hub."),
+    counter("feed_changes", "federation.changes", "Other hosts' changes handed to the hub."),
+    counter("feed_overflows", "federation.overflows", "Seconds the change feed waited for the hub to take "
+            "what it had read."),
+    gauge("feed_positions", "federation.positions", "Hosts (or store cursors) the change feed keeps a "
+          "position for."),
     gauge("clear_watermark_timestamp_seconds", "cleared", "Unix time of the last clear: sessions written "
           "before it are gone; 0 when there was none.", _version_time),
     Family("dropped_total", "counter", "Frames and requests the hub dropped unread, by reason.",

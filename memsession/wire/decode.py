@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 
 from ..errors import WireError
+from ..partitions import MASK_BYTES
 from ..record_shape import I64_MIN as _I64_MIN
 from ..record_shape import U64 as _U64
 from ..session import MAX_VERSION
@@ -254,10 +255,16 @@ def _body(op: str, rest: list[Any], limits: Limits) -> Any:
         if n != 1:
             raise WireError("CLEAR needs a version")
         return _int(rest[0], "version", 1, MAX_VERSION)
-    if op in (HEARTBEAT, HUB_BEAT):
+    if op == HEARTBEAT:
         if n:
             raise WireError("heartbeat carries no fields")
         return None
+    if op == HUB_BEAT:  # the partitions the hub can't vouch for: none, or a mask
+        if not n:
+            return 0
+        if n != 1 or type(rest[0]) is not bytes or len(rest[0]) != MASK_BYTES:
+            raise WireError(f"a hub beat carries nothing or a {MASK_BYTES}-byte partition mask")
+        return int.from_bytes(rest[0], "big")
     # HELLO, RESYNC
     if n != 1:
         raise WireError(f"{op} needs 1 field")

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgpack
 
+from ..partitions import MASK_BYTES
 from ..session import Record
 from .format import (
     _TOPICS,
@@ -179,8 +180,14 @@ def encode_record_message(record: Record, origin: int, epoch: int, seq: int, sen
     return encode_set(record, origin, epoch, seq, sent_us)
 
 
-def encode_heartbeat(origin: int, epoch: int, seq: int, sent_us: int, *, hub: bool = False) -> list[bytes]:
-    return [_TOPICS[HUB_BEAT if hub else HEARTBEAT], _packb([origin, epoch, seq, sent_us])]
+def encode_heartbeat(
+    origin: int, epoch: int, seq: int, sent_us: int, *, hub: bool = False, suspect: int = 0
+) -> list[bytes]:
+    """A HEARTBEAT, or with ``hub`` a HUB BEAT naming the partitions it can't vouch for (``suspect``)."""
+    fields: list[Any] = [origin, epoch, seq, sent_us]
+    if hub and suspect:
+        fields.append(suspect.to_bytes(MASK_BYTES, "big"))
+    return [_TOPICS[HUB_BEAT if hub else HEARTBEAT], _packb(fields)]
 
 
 def encode_hello(origin: int, epoch: int, nonce: int, sent_us: int) -> list[bytes]:

@@ -77,9 +77,14 @@ publisher's stream header ``origin, epoch, seq, sent_us``:
                    and drop the keys stamped at or below it from newer ones;
                    tombstones are untouched and always merged)
     h   HEARTBEAT  (nothing; ``seq`` is the last data seq sent)
-    H   HUB BEAT   (nothing; ``origin`` is the hub id, ``epoch`` the hub's
+    H   HUB BEAT   [suspect]  (``origin`` is the hub id, ``epoch`` the hub's
                    epoch: a new hub id means the hub restarted, whatever
-                   the epochs compare, since they follow the wall clock)
+                   the epochs compare, since they follow the wall clock;
+                   ``suspect``, if present, the partitions
+                   (``memsession.partitions``) whose copies the hub can't
+                   vouch for now, as 32 big-endian bytes: its feed of other
+                   hosts' changes is silent, so a worker checks each hit
+                   there with the hub, which reads the store)
     y   HELLO      nonce  (``seq`` 0; a joining process waits for its own
                    hello to come back, proving its subscription is live)
     r   RESYNC     target origin  (``seq`` 0; the hub saw a gap in that

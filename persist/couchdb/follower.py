@@ -2,28 +2,23 @@
 
 Every other host's write to the database reaches this process's memory
 (``on_record=cache.apply``), and a clear any host made reaches ``on_clear``.
-The feed is CouchDB's continuous one with heartbeats, read line by line with
-a size limit per line; any failure is logged and followed by a reconnect
-from the last sequence seen.
+The feed is read by ``persist.couchdb.changes`` (CouchDB's continuous one
+with heartbeats, line by line with a size limit per line); any failure is
+logged and followed by a reconnect from the last sequence seen.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
-import httpx
-import orjson
-
 from memsession.clock import SYSTEM_CLOCK, Clock
-from memsession.errors import RecordRefused, StoreError, StoreUnavailable
+from memsession.errors import RecordRefused, StoreError
 from memsession.session import Record
-from memsession.validate import check_number
 
 from ..base import WATERMARK_KEY, after_clear
-from .database import NAME
+from .changes import ChangesReader
 from .store import CouchStore
 
 __all__ = ["CouchFollower"]
@@ -82,36 +77,47 @@ class CouchFollower:
         max_line_bytes: int = 8 << 20,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        check_number("heartbeat", heartbeat)
         self.store = store
         self.on_record = on_record
         self.on_clear = on_clear
         #: The highest clear watermark seen (0: never cleared).
         self.watermark = 0
-        self.since: str | int = since
-        self.heartbeat = heartbeat
-        self.retry_min = retry_min
-        self.retry_max = retry_max
-        self.max_line_bytes = max_line_bytes
         self.clock = clock
         self.counts = dict.fromkeys(
             ("changes", "records", "deletions", "clears", "errors", "reconnects", "skipped", "refused"), 0
         )
-        self.connected = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._reader = ChangesReader(
+            store,
+            self._lines,
+            since=since,
+            counts=self.counts,
+            heartbeat=heartbeat,
+            retry_min=retry_min,
+            retry_max=retry_max,
+            max_line_bytes=max_line_bytes,
+            # Clears made while the feed was not followed (before ``since``) count too.
+            on_connect=lambda: self._see_watermark(store._watermark("changes")),
+            clock=clock,
+        )
+        self.heartbeat = heartbeat
+        self.connected = self._reader.connected
+
+    @property
+    def since(self) -> str | int:
+        """The last sequence seen: where a reconnect (or a follower made with it) goes on from."""
+        return self._reader.since
+
+    @since.setter
+    def since(self, value: str | int) -> None:
+        self._reader.since = value
 
     def start(self) -> CouchFollower:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="memsession-couch-changes", daemon=True)
-            self._thread.start()
+        self._reader.start()
         return self
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop following; returns within about ``heartbeat`` seconds. Idempotent."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._reader.stop(timeout)
 
     def __enter__(self) -> CouchFollower:
         return self.start()
@@ -119,71 +125,13 @@ class CouchFollower:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _run(self) -> None:
-        backoff = self.retry_min
-        try:
-            while not self._stop.is_set():
-                try:
-                    self._follow()
-                    backoff = self.retry_min
-                except Exception as exc:
-                    self.connected.clear()
-                    if self._stop.is_set():
-                        break
-                    self.counts["errors"] += 1
-                    log.warning(
-                        "following CouchDB changes failed (%s: %s); reconnecting in %.1fs",
-                        type(exc).__name__,
-                        exc,
-                        backoff,
-                    )
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, self.retry_max)
-                else:
-                    self.counts["reconnects"] += 1
-        finally:
-            self.connected.clear()
+    def _lines(self, changes: list[dict[str, Any]], since: str | int) -> None:
+        for change in changes:
+            self._handle(change)
 
-    def _follow(self) -> None:
-        params: dict[str, str | int] = {
-            "feed": "continuous",
-            "include_docs": "true",
-            "heartbeat": int(self.heartbeat * 1000),
-            "since": self.since,
-        }
-        # Identity: gzip-encoded continuous feeds stall on some servers.
-        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
-        # The store's client (thread-safe); the read timeout only has to outlast a heartbeat.
-        timeout = httpx.Timeout(10.0, read=self.heartbeat * 5 + 5)
-        # Clears made while the feed was not followed (before ``since``) count too.
-        self._see_watermark(self.store._watermark("changes"))
-        client = self.store.client
-        with client.stream("GET", "_changes", params=params, headers=headers, timeout=timeout) as response:
-            if response.status_code != 200:
-                response.read()
-                raise StoreUnavailable(f"_changes answered HTTP {response.status_code}", store=NAME, op="changes")
-            self.connected.set()
-            buffer = b""
-            for chunk in response.iter_bytes():
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if line.strip() and not self._handle(orjson.loads(line)):
-                        return
-                if len(buffer) > self.max_line_bytes:
-                    raise StoreError(f"_changes line over {self.max_line_bytes} bytes", store=NAME, op="changes")
-                if self._stop.is_set():
-                    return
-
-    def _handle(self, change: Any) -> bool:
-        """Apply one line of the feed; False when the feed says it ended."""
-        if not isinstance(change, dict):
-            return True
-        if "last_seq" in change and "id" not in change:
-            self.since = change["last_seq"]
-            return False
+    def _handle(self, change: dict[str, Any]) -> None:
+        """Apply one change of the feed."""
         doc_id = change.get("id", "")
-        seq = change.get("seq", self.since)
         self.counts["changes"] += 1
         if doc_id == WATERMARK_KEY and not change.get("deleted"):
             try:
@@ -191,12 +139,10 @@ class CouchFollower:
             except StoreError:
                 self.counts["errors"] += 1
                 log.exception("an unreadable clear watermark in the CouchDB feed; going on")
-            self.since = seq
-            return True
+            return
         if not isinstance(doc_id, str) or not doc_id.startswith(self.store.prefix):
-            self.since = seq
             self.counts["skipped"] += 1
-            return True
+            return
         try:
             if change.get("deleted"):
                 now = self.clock.wall()
@@ -210,8 +156,7 @@ class CouchFollower:
                     # Skipped and counted (store and feed), logged without its id: the feed goes on.
                     self.counts["refused"] += 1
                     self.store.refused.skip(exc)
-                    self.since = seq
-                    return True
+                    return
                 kept = after_clear(record, self.watermark)
                 if kept is None:
                     self.counts["skipped"] += 1  # a late write the clear covers: stores ignore it too
@@ -221,8 +166,6 @@ class CouchFollower:
         except Exception:
             self.counts["errors"] += 1
             log.exception("applying a CouchDB change failed; going on")
-        self.since = seq
-        return True
 
     def _see_watermark(self, version: int) -> None:
         """A clear watermark read from the feed or at connect: hand it on once, when it rises.

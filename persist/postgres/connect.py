@@ -36,11 +36,16 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from memsession.errors import StoreError, StoreUnavailable
 
-__all__ = ["AUTH_SQLSTATES", "is_auth_failure", "open_pool"]
+__all__ = ["AUTH_SQLSTATES", "DEAD_PEER", "dead_peer_options", "is_auth_failure", "open_pool"]
 
 log = logging.getLogger("memsession.persist")
 
 _NAME = "postgres"
+#: libpq options that find a server gone silent (a cut link, a blackholed route) within seconds, not the
+#: kernel's 15 minutes of retransmissions: a query waits at most ``tcp_user_timeout`` ms for its bytes
+#: to be acknowledged, and an idle connection is probed every few seconds.
+DEAD_PEER = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+             "tcp_user_timeout": 10_000}
 #: invalid_authorization_specification, invalid_password.
 AUTH_SQLSTATES = frozenset({"28000", "28P01"})
 #: What PostgreSQL (and libpq) say, in English, when a login is refused: any method's
@@ -79,6 +84,15 @@ def _refused(exc: psycopg.OperationalError) -> StoreError:
     return StoreError(f"PostgreSQL authentication failed: {_one_line(exc)}", store=_NAME, op="connect")
 
 
+def dead_peer_options(conninfo: str) -> dict[str, Any]:
+    """``DEAD_PEER``'s options that ``conninfo`` does not set itself (what the user set wins)."""
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        given = {}  # libpq says what is wrong with it at connect
+    return {name: value for name, value in DEAD_PEER.items() if name not in given}
+
+
 def open_pool(
     conninfo: str,
     *,
@@ -97,7 +111,7 @@ def open_pool(
         conninfo,
         min_size=min_size,
         max_size=max_size,
-        kwargs={"autocommit": True},
+        kwargs={"autocommit": True, **dead_peer_options(conninfo)},
         configure=configure,
         timeout=timeout,
         name="memsession",

@@ -16,7 +16,9 @@ pool: it sits in ``LISTEN`` between reads):
    not.
 
 Any failure is logged (``memsession.persist``), counted, and followed by a
-reconnect after a backoff (``retry_min`` doubling up to ``retry_max``), from
+reconnect after a backoff (``retry_min`` doubling up to ``retry_max``; each
+reconnect waits at most ``reconnect_timeout``, so a network that comes back
+is used within seconds), from
 the positions it had: nothing is replayed or lost. Rows are checked as they
 are read (``persist.feed.change_fault``): a row that breaks the rule is
 skipped, counted as ``refused`` and logged without its key
@@ -46,7 +48,7 @@ from memsession.validate import check_int, check_number
 
 from ..feed import Change, change_fault, host_fault
 from .changelog import ends_statement, listen_statement, read_statement
-from .connect import is_auth_failure
+from .connect import dead_peer_options, is_auth_failure
 from .store import PostgresStore
 from .table import TableNames
 
@@ -112,8 +114,9 @@ class PostgresChangeFeed:
         batch: int = 1000,
         positions: Mapping[str, int] | None = None,
         retry_min: float = 0.1,
-        retry_max: float = 5.0,
+        retry_max: float = 1.0,
         connect_timeout: float = 10.0,
+        reconnect_timeout: float = 2.0,
         statement_timeout: float | None = 30.0,
         application_name: str = "memsession-changes",
     ) -> None:
@@ -137,7 +140,8 @@ class PostgresChangeFeed:
             raise ConfigError("host", host, fault.removeprefix("host is ") + " (this feed's own host)")
         assert isinstance(host, str)
         for option, value in (("poll_interval", poll_interval), ("retry_min", retry_min),
-                              ("retry_max", retry_max), ("connect_timeout", connect_timeout)):
+                              ("retry_max", retry_max), ("connect_timeout", connect_timeout),
+                              ("reconnect_timeout", reconnect_timeout)):
             check_number(option, value)
         check_number("statement_timeout", statement_timeout, allow_none=True)
         check_int("batch", batch)
@@ -148,6 +152,7 @@ class PostgresChangeFeed:
         self.retry_min = float(retry_min)
         self.retry_max = max(float(retry_max), self.retry_min)
         self.connect_timeout = float(connect_timeout)
+        self.reconnect_timeout = float(reconnect_timeout)
         self.statement_timeout = statement_timeout
         self.application_name = application_name
         self._read = read_statement(names)
@@ -160,6 +165,7 @@ class PostgresChangeFeed:
         self._thread: threading.Thread | None = None
         self._waker: tuple[socket.socket, socket.socket] | None = None
         self._heard = False
+        self._caught_up: float | None = None
         self._on_changes: OnChanges = lambda changes: None
         self._on_gap: OnGap = lambda host, expected, got: None
 
@@ -212,6 +218,9 @@ class PostgresChangeFeed:
         with self._lock:
             return dict(self._positions or {})
 
+    def caught_up_at(self) -> float | None:
+        return self._caught_up
+
     def stats(self) -> dict[str, int]:
         with self._lock:
             return {**self._counts, "hosts": len(self._positions or {})}
@@ -230,7 +239,7 @@ class PostgresChangeFeed:
             while not self._stopping.is_set():
                 conn: psycopg.Connection[Any] | None = None
                 try:
-                    conn = self._connect()
+                    conn = self._connect(self.reconnect_timeout if started.is_set() else self.connect_timeout)
                     if not started.is_set():
                         ready.append(None)
                         started.set()
@@ -263,14 +272,14 @@ class PostgresChangeFeed:
             for end in waker:
                 end.close()
 
-    def _connect(self) -> psycopg.Connection[Any]:
+    def _connect(self, timeout: float) -> psycopg.Connection[Any]:
         """A connection listening on the log's channel, at known positions (the log's end, the first time)."""
         conninfo = self._conninfo() if callable(self._conninfo) else self._conninfo
         kwargs = (self._kwargs() if callable(self._kwargs) else self._kwargs) or {}
         # libpq takes whole seconds and treats anything below 2 as 2.
         conn = psycopg.connect(conninfo, **{
-            **kwargs, "autocommit": True, "connect_timeout": max(2, math.ceil(self.connect_timeout)),
-            "application_name": self.application_name,
+            **dead_peer_options(conninfo), **kwargs, "autocommit": True,
+            "connect_timeout": max(2, math.ceil(timeout)), "application_name": self.application_name,
         })
         try:
             if self.statement_timeout is not None:
@@ -300,6 +309,7 @@ class PostgresChangeFeed:
             self._count("reads")
             self._hand_over(rows)
             if len(rows) < self.batch:
+                self._caught_up = time.monotonic()
                 return
 
     def _hand_over(self, rows: Sequence[tuple[Any, ...]]) -> None:

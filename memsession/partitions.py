@@ -1,0 +1,40 @@
+"""Partitions of the session keys: what a sidecar can say it can't vouch for, without naming sessions.
+
+A session key is the SHA-256 of its id in hex (``session.session_key``), so
+its first byte spreads the keys evenly over ``PARTITIONS`` partitions. A set
+of partitions is an int bitmask (bit ``p`` for partition ``p``); on the bus
+it travels as ``MASK_BYTES`` big-endian bytes (``wire``'s HUB BEAT).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["ALL", "MASK_BYTES", "PARTITIONS", "covers", "mask_of", "partition_of"]
+
+#: Partitions of the key space (one per value of a key's first byte).
+PARTITIONS = 256
+#: Bytes of a partition mask on the wire.
+MASK_BYTES = PARTITIONS // 8
+#: Every partition.
+ALL = (1 << PARTITIONS) - 1
+
+
+def partition_of(key: str) -> int:
+    """The partition of session key ``key`` (64 hex digits)."""
+    return int(key[:2], 16)
+
+
+def covers(mask: int, key: str) -> bool:
+    """True if ``key``'s partition is in ``mask``."""
+    return bool(mask >> int(key[:2], 16) & 1)
+
+
+def mask_of(partitions: Iterable[int]) -> int:
+    """The mask of ``partitions`` (each in ``[0, PARTITIONS)``)."""
+    mask = 0
+    for partition in partitions:
+        if not 0 <= partition < PARTITIONS:
+            raise ValueError(f"partition {partition} is not in [0, {PARTITIONS})")
+        mask |= 1 << partition
+    return mask
