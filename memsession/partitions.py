@@ -8,6 +8,7 @@ it travels as ``MASK_BYTES`` big-endian bytes (``wire``'s HUB BEAT).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 
 __all__ = ["ALL", "MASK_BYTES", "PARTITIONS", "covers", "mask_of", "partition_of"]
@@ -20,14 +21,21 @@ MASK_BYTES = PARTITIONS // 8
 ALL = (1 << PARTITIONS) - 1
 
 
+#: Partition by a key's first two hex digits (lowercase, as ``session_key`` writes them).
+_BY_PREFIX = {f"{p:02x}": p for p in range(PARTITIONS)}
+
+
 def partition_of(key: str) -> int:
-    """The partition of session key ``key`` (64 hex digits)."""
-    return int(key[:2], 16)
+    """The partition of session key ``key`` (64 hex digits; any other string still falls in one)."""
+    partition = _BY_PREFIX.get(key[:2])
+    if partition is None:  # not a session key (a store's or a peer's garbage): any fixed partition will do
+        return zlib.crc32(key.encode("utf-8", "surrogatepass")) % PARTITIONS
+    return partition
 
 
 def covers(mask: int, key: str) -> bool:
     """True if ``key``'s partition is in ``mask``."""
-    return bool(mask >> int(key[:2], 16) & 1)
+    return bool(mask) and bool(mask >> partition_of(key) & 1)
 
 
 def mask_of(partitions: Iterable[int]) -> int:
