@@ -23,6 +23,7 @@ from .changes import after_clear, merge_records, reflects
 from .clock import Clock
 from .config import Config
 from .expiring import ExpiringCache
+from .partitions import covers
 from .segmented import SegmentedLRUCache
 from .session import Record, cleared_by, compute_expires
 
@@ -262,6 +263,19 @@ class Holdings:
         self.core.clear()
         self.orphans.clear()
         self.bytes = 0
+
+    def drop_partitions(self, mask: int) -> int:
+        """Forget the live records in ``mask``'s partitions (tombstones and the watermark stay); how many went."""
+        core = self.core
+        dropped = 0
+        for key in list(core):
+            old = core.peek(key) if covers(mask, key) else None
+            if old is not None:
+                self.remove(key, old)
+                dropped += 1
+        for key in [key for key in self.orphans if covers(mask, key)]:
+            del self.orphans[key]
+        return dropped
 
     def count(self) -> int:
         """How many live records are held; exact right after a sweep."""

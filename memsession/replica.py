@@ -196,6 +196,13 @@ class Replica(HitChecks):
                 return False
             return self._held.discard(key, version, origin)
 
+    def drop_partitions(self, mask: int) -> int:
+        """The hub missed changes to these partitions (``hub.remote``): forget the live copies there; each is
+        read through when next used. How many went."""
+        with self._lock:
+            self._check_open()
+            return self._held.drop_partitions(mask)
+
     def apply_clear(self, version: int) -> bool:
         """Merge a clear that came from elsewhere; True if it raised the watermark.
 

@@ -313,7 +313,7 @@ class Bus:
     def forge(self, messages: list[list[bytes]]) -> None:
         """Publish ``messages`` once, after proving our PUB reaches the hub (the hub counts garbage)."""
         def garbage_counted() -> bool:
-            self.pub.send_multipart([b"ms4s", b"\xc1 not msgpack"])
+            self.pub.send_multipart([b"ms5s", b"\xc1 not msgpack"])
             return bool(self.hub.stats()["dropped"].get("malformed"))
 
         _poll(garbage_counted, 10, "the hub to see injected frames")

@@ -224,9 +224,9 @@ def test_hub_restart_new_epoch_workers_push_and_resnapshot(hub, clock):
 @pytest.mark.parametrize(
     "frames",
     [
-        [b"ms4s", b"\x00garbage"],
-        [b"ms4s", b"\x90"],
-        [b"ms4s"],
+        [b"ms5s", b"\x00garbage"],
+        [b"ms5s", b"\x90"],
+        [b"ms5s"],
         [b"nope", b"nope"],
         wire.encode_set(Record("k", {"a": 1}, 1, 1, 1.0, 1.0, 2.0), 1, 1, 1, 1)[:1] + [b"\x95\x01"],
     ],

@@ -100,7 +100,7 @@ def test_a_version_2_frame_is_counted_as_another_version_and_not_merged(state):
 def test_own_relays_hellos_and_bad_frames_are_not_merged(state):
     state.on_bus(wire.encode_set(rec(), 99, 5, 1, 0))
     state.on_bus(wire.encode_hello(7, 1, 1234, 0))
-    state.on_bus([b"ms4s", b"\xc1"])
+    state.on_bus([b"ms5s", b"\xc1"])
     assert state.replica == {} and state.dropped == {"malformed": 1}
 
 
@@ -148,7 +148,7 @@ def test_get_and_stats_requests(state):
     (reply,), _ = state.on_request(wire.encode_request(wire.STATS, 5))
     stats = wire.decode_reply(reply).body[0]
     assert stats["sessions"] == 1 and stats["gets"] == 2 and stats["epoch"] == 5
-    assert state.on_request([b"ms4S", b"junk"]) == ([], [])
+    assert state.on_request([b"ms5S", b"junk"]) == ([], [])
 
 
 def test_prune_drops_expired_sessions_and_lapsed_tombstones():

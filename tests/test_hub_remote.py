@@ -6,9 +6,15 @@ from dataclasses import dataclass
 
 from memsession import wire
 from memsession.hub import HubState
-from memsession.hub.remote import after_read_back, apply_remote, invalidate_all, suspect_all, trust_again
-from memsession.partitions import ALL
-from memsession.record_shape import MAX_VERSION
+from memsession.hub.remote import (
+    after_read_back,
+    apply_remote,
+    drop_partitions,
+    invalidate_all,
+    suspect_all,
+    trust_again,
+)
+from memsession.partitions import ALL, mask_of, partition_of
 from memsession.session import Record, session_key
 from memsession.testing import FakeClock
 
@@ -87,7 +93,22 @@ def test_a_gap_drops_every_live_copy_here_and_on_the_workers_but_keeps_tombstone
     apply_remote(state, [Change(gone, 100, 9, deleted=True)], TTL)
     frames = invalidate_all(state)
     assert live not in state.replica and state.replica[gone].deleted
-    assert _ops(frames) == [(wire.INVALIDATE, (live, MAX_VERSION, 0, False))]
+    assert _ops(frames) == [(wire.DROP, ALL)]  # one frame, whatever the number of sessions
+
+
+def test_a_gap_that_names_its_partitions_drops_only_the_copies_there() -> None:
+    state, _, _ = _hub()
+    keys = {}
+    for c in "abcdefghij":
+        key = session_key(c * 43)
+        keys[partition_of(key)] = key
+        _held(state, key, 100)
+    dropped, kept = sorted(keys)[:3], sorted(keys)[3:]
+    frames = drop_partitions(state, mask_of(dropped))
+    assert _ops(frames) == [(wire.DROP, mask_of(dropped))]
+    assert all(keys[p] not in state.replica for p in dropped)
+    assert all(keys[p] in state.replica for p in kept)
+    assert state.counts["remote_invalidated"] == len(dropped)
 
 
 def test_a_store_read_from_before_a_remote_change_is_answered_but_not_kept() -> None:

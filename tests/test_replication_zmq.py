@@ -402,7 +402,7 @@ def test_random_and_mutated_frames_never_crash_a_worker_or_change_its_data(clust
         pub.connect(f"ipc://{runtime_dir}/pub.sock")
 
         def garbage_dropped() -> bool:
-            pub.send_multipart([b"ms4s", b"\xc1 not msgpack"])
+            pub.send_multipart([b"ms5s", b"\xc1 not msgpack"])
             return bool(worker.call(("stats", None))["replication"]["dropped"].get("malformed"))
 
         def valid(i: int) -> list[bytes]:
@@ -417,7 +417,7 @@ def test_random_and_mutated_frames_never_crash_a_worker_or_change_its_data(clust
             if kind == 0:
                 frames = [rng.randbytes(rng.randrange(6)), rng.randbytes(rng.randrange(300))]
             elif kind == 1:
-                frames = [b"ms4" + bytes([rng.choice(b"sdtihHyrcb")]), rng.randbytes(rng.randrange(300))]
+                frames = [b"ms5" + bytes([rng.choice(b"sdtihHyrcb")]), rng.randbytes(rng.randrange(300))]
             elif kind == 2:
                 topic, payload = valid(i)
                 frames = [topic, payload[: rng.randrange(len(payload))]]
@@ -428,7 +428,7 @@ def test_random_and_mutated_frames_never_crash_a_worker_or_change_its_data(clust
                     mutated[rng.randrange(len(mutated))] = rng.randrange(256)
                 frames = [topic, bytes(mutated)]
             else:
-                frames = [b"ms4s"] * rng.randrange(0, 5)
+                frames = [b"ms5s"] * rng.randrange(0, 5)
             if frames:
                 pub.send_multipart(frames)
     finally:

@@ -89,6 +89,21 @@ def test_a_hub_beat_carries_the_partitions_it_cannot_vouch_for(h, partitions):
     assert wire.decode(wire.encode_heartbeat(*h, suspect=mask)).body is None  # only a hub's beat says it
 
 
+@given(header, st.sets(st.integers(0, PARTITIONS - 1), min_size=1, max_size=PARTITIONS))
+def test_drop_names_the_partitions_whose_copies_go(h, partitions):
+    message = wire.decode(wire.encode_drop(mask_of(partitions), *h))
+    assert message.op == wire.DROP and message.body == mask_of(partitions) and message.seq == h[2]
+    batch = wire.decode(wire.encode_batch([(wire.DROP, [mask_of(partitions).to_bytes(32, "big")])], *h))
+    assert batch.body == [(wire.DROP, mask_of(partitions))]
+
+
+@pytest.mark.parametrize("mask", [b"\x00" * 32, b"\x01" * 31, b"\x01" * 33, 7, None])
+def test_a_drop_naming_no_partition_or_malformed_is_refused(mask):
+    frames = wire.encode_message(wire.DROP, 1, 2, 3, 4, [mask])
+    with pytest.raises(WireError, match="DROP needs"):
+        wire.decode(frames)
+
+
 @pytest.mark.parametrize("extra", [b"\x01" * 31, b"\x01" * 33, 5, [b"\x00" * 32], None])
 def test_a_hub_beat_with_a_malformed_mask_is_refused(extra):
     frames = wire.encode_heartbeat(1, 2, 3, 4, hub=True)
@@ -144,7 +159,7 @@ def test_clear_round_trips_as_a_numbered_data_message(h, version):
 @pytest.mark.parametrize("fields", [[], [0], [-1], ["7"], [1.5], [None], [1, 2], [True], [2**63]])
 def test_clear_with_a_bad_version_is_refused(fields):
     payload = msgpack.packb([1, 1, 1, 1, *fields])
-    bad([b"ms4c", payload])
+    bad([b"ms5c", payload])
 
 
 @pytest.mark.parametrize(
@@ -214,13 +229,13 @@ def test_wrong_frame_counts_and_types():
     bad([topic])
     bad([topic, payload, b""])
     bad([])
-    bad(["ms4s", payload])
+    bad(["ms5s", payload])
 
 
 def test_other_protocol_version_or_unknown_op():
     _, payload = wire.encode_set(GOOD, 1, 1, 1, 1)
     bad([b"ms1s", payload])  # version 1: memsession 0.1
-    bad([b"ms4?", payload])
+    bad([b"ms5?", payload])
     bad([b"xx", payload])
 
 
@@ -230,8 +245,16 @@ def test_a_version_2_frame_is_refused_whole_as_another_version():
     for decoder in (wire.decode, wire.decode_reply):
         with pytest.raises(WireError) as info:
             decoder(version_2_set)
-        assert info.value.kind == "other version" and "protocol version 2, not 4" in str(info.value)
-    assert wire.PROTOCOL == b"ms4"
+        assert info.value.kind == "other version" and "protocol version 2, not 5" in str(info.value)
+    assert wire.PROTOCOL == b"ms5"
+
+
+def test_a_version_4_frame_is_refused_whole_as_another_version():
+    """Version 4 workers know neither DROP nor a hub beat's partitions: they would serve what they can't vouch for."""
+    version_4_beat = [b"ms4H", pack(1, 1, 0, 1)]
+    with pytest.raises(WireError) as info:
+        wire.decode(version_4_beat)
+    assert info.value.kind == "other version" and "protocol version 4, not 5" in str(info.value)
 
 
 def test_a_version_3_delta_is_refused_whole_as_another_version():
@@ -239,7 +262,7 @@ def test_a_version_3_delta_is_refused_whole_as_another_version():
     version_3_set = [b"ms3s", pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": 1}), {}, None, True)]
     with pytest.raises(WireError) as info:
         wire.decode(version_3_set)
-    assert info.value.kind == "other version" and "protocol version 3, not 4" in str(info.value)
+    assert info.value.kind == "other version" and "protocol version 3, not 5" in str(info.value)
 
 
 def test_truncated_payloads_are_refused():
@@ -290,33 +313,33 @@ TAIL = ({}, None, False)
     ],
 )
 def test_malformed_set_payloads_are_refused(payload):
-    bad([b"ms4s", payload])
+    bad([b"ms5s", payload])
 
 
 def test_deeply_nested_data_is_refused():
     nested: object = 1
     for _ in range(40):
         nested = [nested]
-    bad([b"ms4s", pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": nested}), *TAIL)])
+    bad([b"ms5s", pack(1, 1, 1, 1, "key", 10, 2, 1.0, 1.0, 5.0, msgpack.packb({"a": nested}), *TAIL)])
 
 
 def test_a_bad_record_in_a_chunk_is_left_out_and_counted():
-    reply = wire.decode_reply([b"ms4C", pack(1, [[1, 2, 3]])])
+    reply = wire.decode_reply([b"ms5C", pack(1, [[1, 2, 3]])])
     assert reply.body == ([],) and reply.refused == 1
 
 
 def test_bad_requests_are_refused():
     for frames in (
-        [b"ms4S", pack()],
-        [b"ms4S", pack("rid")],
-        [b"ms4E", pack(1, 2, [[1, 2]], 0, 0)],
-        [b"ms4R", pack(1, ["k", 1, 1, 1.0, 1.0, 1.0, "yes", b"\x80", {}, None, False])],
-        [b"ms4s", pack(1)],
+        [b"ms5S", pack()],
+        [b"ms5S", pack("rid")],
+        [b"ms5E", pack(1, 2, [[1, 2]], 0, 0)],
+        [b"ms5R", pack(1, ["k", 1, 1, 1.0, 1.0, 1.0, "yes", b"\x80", {}, None, False])],
+        [b"ms5s", pack(1)],
     ):
         with pytest.raises(WireError):
             wire.decode_reply(frames)
     with pytest.raises(WireError):
-        wire.decode_reply([b"ms4C", pack(1, [wire.record_to_list(GOOD)] * 3)], wire.Limits(max_records=2))
+        wire.decode_reply([b"ms5C", pack(1, [wire.record_to_list(GOOD)] * 3)], wire.Limits(max_records=2))
 
 
 @settings(max_examples=300)
@@ -360,7 +383,7 @@ def test_mutated_frames_raise_only_wire_error_or_decode_cleanly(record, flips):
     ],
 )
 def test_malformed_batches_are_refused(items):
-    bad([b"ms4b", msgpack.packb([1, 1, 1, 1, items], use_bin_type=True)])
+    bad([b"ms5b", msgpack.packb([1, 1, 1, 1, items], use_bin_type=True)])
 
 
 def test_a_batch_without_a_sequence_number_or_past_the_last_one_is_refused():
@@ -383,4 +406,4 @@ def test_own_messages_are_recognised_without_decoding(record, h):
         assert not wire.is_own(frames, wire.own_prefix(origin ^ 1, epoch))
     # a process waits for its own hello: that one is never skipped
     assert not wire.is_own(wire.encode_hello(origin, epoch, 5, sent), mine)
-    assert not wire.is_own([b"ms4s", b""], mine) and not wire.is_own([b"ms4s"], mine)
+    assert not wire.is_own([b"ms5s", b""], mine) and not wire.is_own([b"ms5s"], mine)

@@ -119,11 +119,11 @@ def pack(*items: Any) -> bytes:
 
 
 def test_the_payload_the_refused_ones_start_from_decodes() -> None:
-    body = wire.decode([b"ms4s", pack(*GOOD_HEAD, {"gone": [V - 1, OTHER]}, [[ME, V], [OTHER, V - 1]],
+    body = wire.decode([b"ms5s", pack(*GOOD_HEAD, {"gone": [V - 1, OTHER]}, [[ME, V], [OTHER, V - 1]],
                                       [[OTHER, V - 1]])]).body
     assert body.stamps == {"a": (V, ME), "gone": (V - 1, OTHER)} and body.seen == {ME: V, OTHER: V - 1}
     assert body.partial and body.base == {OTHER: V - 1}
-    empty_base = wire.decode([b"ms4s", pack(*GOOD_HEAD, {}, None, [])]).body
+    empty_base = wire.decode([b"ms5s", pack(*GOOD_HEAD, {}, None, [])]).body
     assert empty_base.partial and empty_base.base is None
 
 
@@ -158,11 +158,11 @@ def test_the_payload_the_refused_ones_start_from_decodes() -> None:
     ],
 )
 def test_bad_stamps_seen_or_partial_fields_are_refused(stamps: Any, seen: Any, partial: Any) -> None:
-    assert wire.decode([b"ms4s", pack(*GOOD_HEAD, {}, None, False)]).body.data == {"a": 1}
+    assert wire.decode([b"ms5s", pack(*GOOD_HEAD, {}, None, False)]).body.data == {"a": 1}
     with pytest.raises(WireError):
-        wire.decode([b"ms4s", pack(*GOOD_HEAD, stamps, seen, partial)])
+        wire.decode([b"ms5s", pack(*GOOD_HEAD, stamps, seen, partial)])
     good = [*GOOD_HEAD[4:10], False, GOOD_HEAD[10], {}, None, False]
-    reply = wire.decode_reply([b"ms4C", pack(1, [good, [*good[:8], stamps, seen, partial]])])
+    reply = wire.decode_reply([b"ms5C", pack(1, [good, [*good[:8], stamps, seen, partial]])])
     assert len(reply.body[0]) == 1 and reply.refused == 1  # left out of its list, which is taken
 
 
@@ -174,37 +174,37 @@ def test_bad_stamps_seen_or_partial_fields_are_refused(stamps: Any, seen: Any, p
 ])
 def test_a_tombstone_with_stamps_seen_partial_or_data_is_refused(fields: list[Any]) -> None:
     good = [*GOOD_HEAD[4:10], True, msgpack.packb({}), {}, None, False]
-    reply = wire.decode_reply([b"ms4C", pack(1, [good, [*good[:7], *fields]])])
+    reply = wire.decode_reply([b"ms5C", pack(1, [good, [*good[:7], *fields]])])
     assert [r.deleted for r in reply.body[0]] == [True] and reply.refused == 1
 
 
 def test_a_stamps_map_beyond_max_items_is_refused() -> None:
     limits = wire.Limits(max_items=4)
     fits = {f"k{i}": [V - 1, OTHER] for i in range(4)}
-    assert wire.decode([b"ms4s", pack(*GOOD_HEAD, fits, None, False)], limits).body.stamps is not None
+    assert wire.decode([b"ms5s", pack(*GOOD_HEAD, fits, None, False)], limits).body.stamps is not None
     with pytest.raises(WireError):
-        wire.decode([b"ms4s", pack(*GOOD_HEAD, {**fits, "k4": [V - 1, OTHER]}, None, False)], limits)
+        wire.decode([b"ms5s", pack(*GOOD_HEAD, {**fits, "k4": [V - 1, OTHER]}, None, False)], limits)
 
 
 def test_seen_beyond_max_seen_entries_is_refused() -> None:
     writers = [[origin, V] for origin in range(1, MAX_SEEN_ENTRIES + 1)]
-    assert len(wire.decode([b"ms4s", pack(*GOOD_HEAD, {}, writers, False)]).body.seen) == MAX_SEEN_ENTRIES
+    assert len(wire.decode([b"ms5s", pack(*GOOD_HEAD, {}, writers, False)]).body.seen) == MAX_SEEN_ENTRIES
     with pytest.raises(WireError):
-        wire.decode([b"ms4s", pack(*GOOD_HEAD, {}, [*writers, [0, V]], False)])
+        wire.decode([b"ms5s", pack(*GOOD_HEAD, {}, [*writers, [0, V]], False)])
 
 
 def test_stamps_count_against_the_frame_budget_of_max_stamps() -> None:
     """Each op may build its own fields and about ``max_stamps`` stamps more, over all its records."""
     limits = wire.Limits(max_records=2, max_stamps=8)
     stamps = {f"k{i}": [V - 1, OTHER] for i in range(8)}
-    assert wire.decode([b"ms4s", pack(*GOOD_HEAD, stamps, None, False)], limits).body.stamps is not None
+    assert wire.decode([b"ms5s", pack(*GOOD_HEAD, stamps, None, False)], limits).body.stamps is not None
     with pytest.raises(WireError):
-        wire.decode([b"ms4s", pack(*GOOD_HEAD, {**stamps, "k8": [V - 1, OTHER], "k9": [V - 1, OTHER]}, None,
+        wire.decode([b"ms5s", pack(*GOOD_HEAD, {**stamps, "k8": [V - 1, OTHER], "k9": [V - 1, OTHER]}, None,
                                    False)], limits)
     record = [*GOOD_HEAD[4:10], False, GOOD_HEAD[10], stamps, None, False]
-    assert wire.decode_reply([b"ms4C", pack(1, [record])], limits).body[0][0].stamps is not None
+    assert wire.decode_reply([b"ms5C", pack(1, [record])], limits).body[0][0].stamps is not None
     with pytest.raises(WireError):
-        wire.decode_reply([b"ms4C", pack(1, [record, record])], limits)  # 16 stamps in one chunk
+        wire.decode_reply([b"ms5C", pack(1, [record, record])], limits)  # 16 stamps in one chunk
 
 
 def test_record_lists_cut_at_max_records_and_max_stamps() -> None:

@@ -212,6 +212,8 @@ class Replicator(OutgoingStream):
             changed = touched is not None and cache.apply(touched)
         elif op == wire.CLEAR:
             changed = cache.apply_clear(body)
+        elif op == wire.DROP:
+            changed = cache.drop_partitions(body) > 0
         else:  # INVALIDATE
             key, version, origin, _deleted = body
             changed = cache.discard(key, version, origin)

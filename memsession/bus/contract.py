@@ -51,6 +51,9 @@ class ReplicaTarget(Protocol):
     def end_repair(self) -> None:
         """A snapshot has been spliced in: local entries are trustworthy again."""
 
+    def drop_partitions(self, mask: int) -> int:
+        """Forget the live copies in these partitions (the hub missed changes to them); how many went."""
+
     def suspect(self, mask: int) -> None:
         """The hub can't vouch for the copies of these partitions (``memsession.partitions``): check each hit."""
 

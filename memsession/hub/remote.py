@@ -44,15 +44,14 @@ from typing import TYPE_CHECKING, Protocol
 
 from .. import wire
 from ..changes import reflects
-from ..partitions import ALL
-from ..record_shape import MAX_VERSION
+from ..partitions import ALL, covers
 from ..session import Record
 
 if TYPE_CHECKING:
     from .state import HubState
 
-__all__ = ["FLOOR_KEYS", "RemoteChange", "after_read_back", "apply_remote", "below_floor", "invalidate_all",
-           "suspect_all", "trust_again"]
+__all__ = ["FLOOR_KEYS", "RemoteChange", "after_read_back", "apply_remote", "below_floor", "drop_partitions",
+           "invalidate_all", "suspect_all", "trust_again"]
 
 #: Keys whose remote floor is remembered. A floor matters only while a read of its key is under way
 #: (milliseconds); past the bound the oldest goes: 10,000 is seconds of changes at thousands a second.
@@ -160,22 +159,27 @@ def _raise_floor(state: HubState, key: str, version: int, origin: int) -> None:
         del floors[next(iter(floors))]
 
 
-def invalidate_all(state: HubState) -> list[list[bytes]]:
-    """Changes elsewhere were missed and can't be named: drop every live copy here, the workers' too.
+def drop_partitions(state: HubState, partitions: int) -> list[list[bytes]]:
+    """Changes elsewhere to sessions in ``partitions`` were missed and can't be named: drop every live copy there.
 
-    Tombstones stay (they beat any live write). Each dropped session is
-    invalidated on the workers with the highest version and no writer, which
-    no live copy reflects (``changes.reflects``), so theirs go as well; each
-    is read from the store when next used. Counted as ``remote_invalidated``.
+    Tombstones stay (they beat any live write). A DROP on the hub's stream
+    makes every worker forget its copies in those partitions too, those this
+    hub no longer holds included; each is read from the store when next used.
+    The other partitions keep their copies. Counted as ``remote_invalidated``.
     """
     state.holds_all = False
-    live = [key for key, record in state.replica.items() if not record.deleted]
-    out = []
+    live = [key for key, record in state.replica.items() if not record.deleted and covers(partitions, key)]
     for key in live:
         _forget(state, key)
-        out.append(_invalidate_frames(state, key, MAX_VERSION, 0))
     state.counts["remote_invalidated"] += len(live)
-    return out
+    state.seq += 1
+    state.counts["relayed"] += 1
+    return [wire.encode_drop(partitions, state.hub_id, state.epoch, state.seq, state._now_us())]
+
+
+def invalidate_all(state: HubState) -> list[list[bytes]]:
+    """Changes elsewhere were missed and can't be named at all: ``drop_partitions`` of every partition."""
+    return drop_partitions(state, ALL)
 
 
 def suspect_all(state: HubState) -> list[list[bytes]]:

@@ -316,7 +316,7 @@ class HubState:
             self._touch(body)
         elif op == wire.CLEAR:
             self.clear(body)
-        else:  # INVALIDATE: the value came by WRITE, acknowledged before this was sent
+        else:  # INVALIDATE: the value came by WRITE, acknowledged before it; DROP: a hub's, not ours
             self.counts["ignored"] += 1
 
     def _touch(self, body: Any) -> None:

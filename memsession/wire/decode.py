@@ -28,6 +28,7 @@ from .format import (
     CLEAR,
     DATA_OPS,
     DESTROY,
+    DROP,
     END,
     GET,
     HEARTBEAT,
@@ -255,6 +256,10 @@ def _body(op: str, rest: list[Any], limits: Limits) -> Any:
         if n != 1:
             raise WireError("CLEAR needs a version")
         return _int(rest[0], "version", 1, MAX_VERSION)
+    if op == DROP:
+        if n != 1 or type(rest[0]) is not bytes or len(rest[0]) != MASK_BYTES or not any(rest[0]):
+            raise WireError(f"DROP needs a {MASK_BYTES}-byte partition mask naming at least one")
+        return int.from_bytes(rest[0], "big")
     if op == HEARTBEAT:
         if n:
             raise WireError("heartbeat carries no fields")

@@ -17,6 +17,7 @@ from .format import (
     BATCH,
     CLEAR,
     DESTROY,
+    DROP,
     HEARTBEAT,
     HELLO,
     HUB_BEAT,
@@ -34,6 +35,7 @@ __all__ = [
     "encode_batch",
     "encode_clear",
     "encode_destroy",
+    "encode_drop",
     "encode_heartbeat",
     "encode_hello",
     "encode_invalidate",
@@ -165,6 +167,11 @@ def encode_invalidate(record: Record, origin: int, epoch: int, seq: int, sent_us
 
 def encode_clear(version: int, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
     return encode_message(CLEAR, origin, epoch, seq, sent_us, [version])
+
+
+def encode_drop(partitions: int, origin: int, epoch: int, seq: int, sent_us: int) -> list[bytes]:
+    """DROP: every live copy in ``partitions`` (a ``memsession.partitions`` mask) is to be forgotten."""
+    return encode_message(DROP, origin, epoch, seq, sent_us, [partitions.to_bytes(MASK_BYTES, "big")])
 
 
 def encode_batch(items: Sequence[tuple[str, list[Any]]], origin: int, epoch: int, seq: int,

@@ -1,15 +1,21 @@
-"""The bus wire format, frame by frame (version 4). msgpack only; no pickle.
+"""The bus wire format, frame by frame (version 5). msgpack only; no pickle.
 
 Every message is exactly two ZeroMQ frames::
 
-    frame 0  topic    4 bytes: b"ms4" + one op byte
-                      ("ms" is the protocol's name, "4" its version; sockets
+    frame 0  topic    4 bytes: b"ms5" + one op byte
+                      ("ms" is the protocol's name, "5" its version; sockets
                       subscribe to ``PROTOCOL_FAMILY`` so that a frame of another
                       version reaches the decoder, which rejects it whole as
                       ``"other version"``, counted and logged)
     frame 1  payload  one msgpack array; its layout depends on the op
 
-Version 4 differs from version 3 in what a delta carries: its ``base``, what
+Version 5 differs from version 4 in what a sidecar joined to other hosts
+tells its workers: a hub beat names the partitions it can't vouch for, and
+DROP forgets every copy in partitions whose changes were missed. A version-4
+worker would refuse both and serve copies another host may have ended, so
+the versions refuse each other's frames.
+
+Version 4 differed from version 3 in what a delta carries: its ``base``, what
 the copy it was made on had ``seen``, in place of the ``partial`` flag's
 ``true``. A receiver whose copy does not reflect that base takes the delta's
 keys but not its ``seen`` (``memsession.changes``), so a copy that missed an
@@ -76,6 +82,12 @@ publisher's stream header ``origin, epoch, seq, sent_us``:
                    it as a watermark and refuse live records at or below it,
                    and drop the keys stamped at or below it from newer ones;
                    tombstones are untouched and always merged)
+    x   DROP       partitions
+                   (the hub's, in a sidecar joined to other hosts: changes
+                   to sessions in these partitions, ``memsession.partitions``
+                   as 32 big-endian bytes, were missed and can't be named;
+                   receivers drop every live copy there and read each
+                   through when next used; tombstones stay)
     h   HEARTBEAT  (nothing; ``seq`` is the last data seq sent)
     H   HUB BEAT   [suspect]  (``origin`` is the hub id, ``epoch`` the hub's
                    epoch: a new hub id means the hub restarted, whatever
@@ -92,12 +104,12 @@ publisher's stream header ``origin, epoch, seq, sent_us``:
     b   BATCH      [[op, fields...], ...]
                    (several data messages in one frame, numbered ``seq``,
                    ``seq + 1``, ...; each item is a one-letter op from s d t i
-                   c followed by that op's fields. A publisher batches only
+                   c x followed by that op's fields. A publisher batches only
                    what is already queued when it sends, so batching never
                    delays a message; under load it saves a ZeroMQ message and
                    a decode call per change on every hop.)
 
-s, d, t, i and c are data messages: each publisher numbers them 1, 2, 3... per
+s, d, t, i, c and x are data messages: each publisher numbers them 1, 2, 3... per
 ``(origin, epoch)``; the epoch is random per bus start, so a restarted process
 starts a new stream. Subscribers track the last seq per origin; a jump is a gap.
 
@@ -170,6 +182,7 @@ __all__ = [
     "CLEAR",
     "DATA_OPS",
     "DESTROY",
+    "DROP",
     "END",
     "GET",
     "HEARTBEAT",
@@ -194,7 +207,7 @@ __all__ = [
     "Reply",
 ]
 
-PROTOCOL = b"ms4"
+PROTOCOL = b"ms5"
 #: What sockets subscribe to: every version, so another one is seen and counted, not filtered out unseen.
 PROTOCOL_FAMILY = b"ms"
 
@@ -203,13 +216,14 @@ DESTROY = "d"
 TOUCH = "t"
 INVALIDATE = "i"
 CLEAR = "c"
+DROP = "x"
 HEARTBEAT = "h"
 HUB_BEAT = "H"
 HELLO = "y"
 RESYNC = "r"
 BATCH = "b"
-DATA_OPS = frozenset((SET, DESTROY, TOUCH, INVALIDATE, CLEAR))
-BUS_OPS = frozenset((SET, DESTROY, TOUCH, INVALIDATE, CLEAR, HEARTBEAT, HUB_BEAT, HELLO, RESYNC, BATCH))
+DATA_OPS = frozenset((SET, DESTROY, TOUCH, INVALIDATE, CLEAR, DROP))
+BUS_OPS = frozenset((SET, DESTROY, TOUCH, INVALIDATE, CLEAR, DROP, HEARTBEAT, HUB_BEAT, HELLO, RESYNC, BATCH))
 
 SNAPSHOT = "S"
 CHUNK = "C"
