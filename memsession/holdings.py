@@ -16,6 +16,7 @@ never rebound, so the cache may keep references to them for its read path.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from .cache import EVICTED_IDLE, EVICTED_MAX_AGE, EVICTED_SIZE, Eviction, ExpiringLRUCache
@@ -23,7 +24,6 @@ from .changes import after_clear, merge_records, reflects
 from .clock import Clock
 from .config import Config
 from .expiring import ExpiringCache
-from .partitions import covers
 from .segmented import SegmentedLRUCache
 from .session import Record, cleared_by, compute_expires
 
@@ -264,16 +264,19 @@ class Holdings:
         self.orphans.clear()
         self.bytes = 0
 
-    def drop_partitions(self, mask: int) -> int:
-        """Forget the live records in ``mask``'s partitions (tombstones and the watermark stay); how many went."""
+    def forget_live(self, goes: Callable[[Record], bool]) -> int:
+        """Forget the live records (and orphan deltas) ``goes`` picks; tombstones and the watermark stay.
+
+        How many live records went. Their sessions are read through when next used.
+        """
         core = self.core
         dropped = 0
         for key in list(core):
-            old = core.peek(key) if covers(mask, key) else None
-            if old is not None:
+            old = core.peek(key)
+            if old is not None and goes(old):
                 self.remove(key, old)
                 dropped += 1
-        for key in [key for key in self.orphans if covers(mask, key)]:
+        for key in [key for key, orphan in self.orphans.items() if goes(orphan)]:
             del self.orphans[key]
         return dropped
 

@@ -25,6 +25,7 @@ from .config import Config
 from .errors import CacheClosed, SessionUnavailable, StoreUnavailable
 from .hit_checks import HitChecks
 from .holdings import Holdings
+from .partitions import covers
 from .refusals import log_refusal
 from .session import Record, check_sid, session_key
 
@@ -201,7 +202,25 @@ class Replica(HitChecks):
         read through when next used. How many went."""
         with self._lock:
             self._check_open()
-            return self._held.drop_partitions(mask)
+            return self._held.forget_live(lambda record: covers(mask, record.key))
+
+    def forget_unlisted(self, keys: set[str], own_since_ms: int) -> int:
+        """A near cache's repair: forget the live copies a hub snapshot did not list; how many went.
+
+        The messages lost may have been the hub's invalidations of them (the
+        hub holds only what its host uses, so its snapshot can't name what it
+        dropped). This process's own writes since ``own_since_ms`` (wall ms)
+        stay: they may not have reached the hub when it cut the snapshot.
+        """
+        origin = self.origin
+
+        def goes(record: Record) -> bool:
+            return record.key not in keys and not (
+                record.origin == origin and version_wall_ms(record.version) >= own_since_ms)
+
+        with self._lock:
+            self._check_open()
+            return self._held.forget_live(goes)
 
     def apply_clear(self, version: int) -> bool:
         """Merge a clear that came from elsewhere; True if it raised the watermark.

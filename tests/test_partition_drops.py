@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from memsession import SessionCache, new_id, session_key
 from memsession.bus import MemoryBus, MemoryHub
+from memsession.bus.base import OWN_IN_FLIGHT
 from memsession.hub.remote import drop_partitions
 from memsession.partitions import mask_of, partition_of
 from memsession.testing import FakeClock
@@ -45,3 +46,28 @@ def test_a_drop_forgets_the_copies_in_its_partitions_everywhere_and_only_there()
         assert cache.stats()["replication"]["gaps"] == 0  # a DROP is a numbered change like any other
     finally:
         cache.close()
+
+
+def test_a_worker_that_missed_the_drop_forgets_the_copies_its_repair_snapshot_leaves_out() -> None:
+    clock = FakeClock()
+    hub = MemoryHub(clock=clock)
+    writer = SessionCache(clock=clock, bus=MemoryBus(hub, read_through=True))
+    reader = SessionCache(clock=clock, bus=MemoryBus(hub, read_through=True))
+    try:
+        stale, mine = new_id(), new_id()
+        writer.set(stale, {"n": 1})
+        assert reader.record(stale) is not None
+        clock.advance(OWN_IN_FLIGHT + 1)  # the writer's change is long at the hub
+        hub.partition(reader.bus)  # the reader misses the sidecar's drop of that partition
+        for frames in drop_partitions(hub.state, mask_of([partition_of(session_key(stale))])):
+            hub.deliver(frames)
+        hub.heal(reader.bus)
+        reader.set(mine, {"n": 1})  # the reader's own write, perhaps not at the hub yet
+        del hub.state.replica[session_key(mine)]
+        hub.beat()  # the hub's beat shows the reader the gap in the hub's stream; it repairs
+        assert reader.stats()["replication"]["repairs"] >= 2  # the join and this repair
+        assert reader.record(stale) is None  # not in the snapshot: its invalidation may have been lost
+        assert reader.record(mine) is not None  # its own write, younger than OWN_IN_FLIGHT, stays
+    finally:
+        writer.close()
+        reader.close()

@@ -54,6 +54,9 @@ class ReplicaTarget(Protocol):
     def drop_partitions(self, mask: int) -> int:
         """Forget the live copies in these partitions (the hub missed changes to them); how many went."""
 
+    def forget_unlisted(self, keys: set[str], own_since_ms: int) -> int:
+        """After a repair of a bus that reads through the hub: forget the copies its snapshot left out."""
+
     def suspect(self, mask: int) -> None:
         """The hub can't vouch for the copies of these partitions (``memsession.partitions``): check each hit."""
 

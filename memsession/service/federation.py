@@ -45,7 +45,8 @@ from typing import TYPE_CHECKING, Any
 from persist.feed import position_fault
 
 from ..hub.inbox import Inbox
-from ..hub.remote import apply_remote, invalidate_all, suspect_all, trust_again
+from ..hub.remote import apply_remote, drop_partitions, invalidate_all, suspect_all, trust_again
+from ..partitions import ALL, PARTITIONS
 
 if TYPE_CHECKING:
     from persist.feed import Change, ChangeFeed
@@ -191,11 +192,18 @@ class Federation:
         except OSError as exc:
             log.warning("could not keep the change feed's positions in %s: %s", path, exc)
 
-    def _gap(self, host: str, expected: int, got: int) -> None:
+    def _gap(self, host: str, expected: int, got: int, partitions: int | None = None) -> None:
+        """Changes ``expected`` to ``got - 1`` of ``host`` were missed: drop the copies where they were.
+
+        ``partitions`` is the feed's mask of the partitions they fell in (None: it can't say, so all).
+        """
         self.counts["gaps"] += 1
-        log.warning("changes of host %s were missed (seq %d to %d); every session held here is read "
-                    "from the store again", host, expected, got - 1)
-        self._hand_over(invalidate_all)
+        mask = ALL if partitions is None else partitions
+        where = "every partition" if mask == ALL else f"{mask.bit_count()} of {PARTITIONS} partitions"
+        log.warning("changes of host %s were missed (seq %d to %d); the sessions held here in %s are read "
+                    "from the store again", host, expected, got - 1, where)
+        if mask:
+            self._hand_over(lambda state: drop_partitions(state, mask))
 
     def _hand_over(self, task: HubTask) -> None:
         """Queue ``task`` for the hub thread, waiting while it is behind (the feed reads on once it is in)."""
