@@ -61,7 +61,8 @@ def _run(url: str, postmaster: int | None, rows: Sequence[Any], batch: int,
     from persist.postgres import PostgresStore
 
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS bench_log, bench_log_changes, bench_log_changes_hosts")
+        conn.execute("DROP TABLE IF EXISTS bench_log, bench_log_changes, bench_log_changes_hosts, "
+                     "bench_log_changes_pruned")
     logged: dict[str, Any] = {"change_log": True, "host": "bench"} if change_log else {}
     store = PostgresStore(url, table="bench_log", create_table=True, **logged)
     try:

@@ -18,7 +18,8 @@ changes its own way keeps its cursor among them as text (CouchDB's
 (the log was pruned past where the follower stood, or a row is missing), or
 a cursor the store no longer follows from, is reported through ``on_gap``:
 the follower has missed changes it can't name and must read the store again
-for that host's sessions.
+for that host's sessions: those of the partitions (``memsession.partitions``)
+the gap names, or all of them when the store can't say which.
 
 ``change_fault`` is the check a follower runs on every change it reads,
 whatever the store: what it reads came from a shared database.
@@ -131,17 +132,22 @@ class ChangeFeed(Protocol):
     """Follows the changes other hosts make to a shared store, in a thread of its own."""
 
     def start(
-        self, on_changes: Callable[[list[Change]], Any], on_gap: Callable[[str, int, int], Any]
+        self, on_changes: Callable[[list[Change]], Any],
+        on_gap: Callable[[str, int, int, int | None], Any],
     ) -> None:
         """Begin following; raise (a ``StoreError``) at once if the feed can't be followed at all.
 
         ``on_changes`` gets each batch read, in host/seq order.
-        ``on_gap(host, expected_seq, got_seq)`` is called, before the batch
-        holding ``got_seq``, when that host's numbering skips: changes
-        ``expected_seq`` to ``got_seq - 1`` are gone, so the caller has to
-        read that host's sessions from the store again. Both are called
-        from the feed's thread; an exception they raise is logged and
-        counted, and the feed goes on past the batch.
+        ``on_gap(host, expected_seq, got_seq, partitions)`` is called, before
+        the batch holding ``got_seq``, when that host's numbering skips:
+        changes ``expected_seq`` to ``got_seq - 1`` are gone, so the caller
+        has to read that host's sessions from the store again. ``partitions``
+        is a mask (``memsession.partitions``) covering the partitions of those
+        changes' keys (a session of any other partition missed nothing of
+        that host's), or None, meaning every partition, when the store can't
+        name them (a clear among them, a log made anew, a cursor lost). Both
+        are called from the feed's thread; an exception they raise is logged
+        and counted, and the feed goes on past the batch.
         """
 
     def stop(self) -> None:

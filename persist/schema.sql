@@ -32,3 +32,9 @@ COMMENT ON COLUMN "memsession"."sid" IS 'memsession session key: SHA-256 (hex) o
 --     "host" text COLLATE "C" PRIMARY KEY,
 --     "seq" bigint NOT NULL
 -- );
+-- CREATE TABLE IF NOT EXISTS "memsession_changes_pruned" (
+--     "host" text COLLATE "C" NOT NULL,
+--     "part" smallint NOT NULL,
+--     "seq" bigint NOT NULL,
+--     PRIMARY KEY ("host", "part")
+-- );

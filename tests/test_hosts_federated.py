@@ -170,3 +170,39 @@ def test_a_sidecar_killed_and_restarted_resumes_the_feed_where_it_stood(hosts: l
     got = b.workers[0].wait_for(sid, changed.version, 5.0, changed.origin)
     assert got is not None and got.data == {"v": 2}
     _everywhere([b], sid, {"v": 2}, "the change made while host b was away")
+
+
+def test_a_gap_past_the_pruned_log_drops_only_the_partitions_it_missed(hosts: list[Host], postgres_url: str) -> None:
+    from memsession.partitions import partition_of
+    from persist.postgres import PostgresStore
+
+    a, b, _ = hosts
+    kept = [new_id() for _ in range(8)]
+    missed = new_id()
+    while partition_of(session_key(missed)) in {partition_of(session_key(s)) for s in kept}:
+        missed = new_id()
+    victim = new_id()  # held on host b, in the partition of the change host b will miss
+    while partition_of(session_key(victim)) != partition_of(session_key(missed)):
+        victim = new_id()
+    for sid in [*kept, victim]:
+        a.workers[0].set(sid, {"kept": True})
+    for sid in [*kept, victim]:
+        wait_until(lambda s=sid: b.workers[0].get(s) == {"kept": True}, CROSS_HOST, "the session on host b")
+    time.sleep(1.2)  # where host b's feed stood is on disk
+    b.sidecar.kill()
+    a.workers[0].set(missed, {"v": 1})
+    wait_until(lambda: _stored(postgres_url, missed) is False, CROSS_HOST, "the write in the store")
+    # Host a's log is pruned past where host b stood, as after a long absence.
+    store = PostgresStore(postgres_url, change_log=True, host="host-a")
+    try:
+        assert store.prune_changes(time.time() + 10 * 24 * 3600) > 0
+    finally:
+        store.close()
+    b.sidecar.start()
+    wait_until(lambda: b.workers[0].record(victim) is None, CROSS_HOST, "the missed partition to be dropped")
+    assert b.sidecar.stats()["federation"]["gaps"] >= 1
+    # Only that partition: the others are still held, and the missed change is read through.
+    for sid in kept:
+        assert b.workers[0].record(sid) is not None, "a copy outside the missed partition was dropped"
+    assert b.workers[0].get(missed) == {"v": 1}
+    assert b.workers[0].get(victim) == {"kept": True}

@@ -92,16 +92,16 @@ class Taken:
 
     def __init__(self) -> None:
         self.changes: list[Change] = []
-        self.gaps: list[tuple[str, int, int]] = []
+        self.gaps: list[tuple[str, int, int, int | None]] = []
         self._lock = threading.Lock()
 
     def on_changes(self, changes: list[Change]) -> None:
         with self._lock:
             self.changes.extend(changes)
 
-    def on_gap(self, host: str, expected: int, got: int) -> None:
+    def on_gap(self, host: str, expected: int, got: int, partitions: int | None) -> None:
         with self._lock:
-            self.gaps.append((host, expected, got))
+            self.gaps.append((host, expected, got, partitions))
 
     def keys(self) -> list[str]:
         with self._lock:
@@ -224,7 +224,7 @@ def test_a_since_it_can_not_follow_from_is_a_gap_then_it_follows_from_the_end(
     try:
         wait_until(lambda: taken.gaps)
         skipped = kept.get(FEED_HOST, 0) + 1  # type: ignore[operator]
-        assert taken.gaps == [(FEED_HOST, skipped, skipped + 1)] and feed.stats()["gaps"] == 1
+        assert taken.gaps == [(FEED_HOST, skipped, skipped + 1, None)] and feed.stats()["gaps"] == 1
         key = session_key(new_id())
         store.save([make_test_record(key)])
         wait_until(lambda: taken.keys() == [key])

@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from memsession.errors import ConfigError, StoreError, StoreUnavailable
+from memsession.partitions import mask_of, partition_of
 from persist.feed import Change, ChangeFeed
 from persist.postgres import PostgresChangeFeed, PostgresStore
 from persist.testing import make_test_record
@@ -41,7 +42,7 @@ class Sink:
 
     def __init__(self) -> None:
         self.batches: list[list[Change]] = []
-        self.gaps: list[tuple[str, int, int]] = []
+        self.gaps: list[tuple[str, int, int, int | None]] = []
         self.events: list[str] = []
         self._lock = threading.Lock()
 
@@ -50,9 +51,9 @@ class Sink:
             self.batches.append(changes)
             self.events.extend(f"{c.host}:{c.seq}" for c in changes)
 
-    def on_gap(self, host: str, expected: int, got: int) -> None:
+    def on_gap(self, host: str, expected: int, got: int, partitions: int | None) -> None:
         with self._lock:
-            self.gaps.append((host, expected, got))
+            self.gaps.append((host, expected, got, partitions))
             self.events.append(f"gap {host}:{expected}-{got}")
 
     @property
@@ -188,13 +189,13 @@ def test_pruning_past_a_feeds_position_is_reported_as_a_gap(writer: PostgresStor
     sink = Sink()
     feed = started(feeds(postgres_url, positions={"a": 1}), sink)
     wait_for(lambda: sink.seqs("a") == [4, 5])
-    assert sink.gaps == [("a", 2, 4)]
+    assert sink.gaps == [("a", 2, 4, mask_of(partition_of(key(i)) for i in (1, 2)))]  # not seq 1's key(0)
     assert sink.events == ["gap a:2-4", "a:4", "a:5"]  # the gap first
     # Everything after the position pruned: the gap runs to the end of the host's numbering.
     writer.prune_changes(time.time() + 10 * 3600)
     late = Sink()
     started(feeds(postgres_url, positions={"a": 2}), late)
-    wait_for(lambda: late.gaps == [("a", 3, 6)])
+    wait_for(lambda: late.gaps == [("a", 3, 6, mask_of(partition_of(key(i)) for i in range(3)))])
     assert late.changes == []
     assert feed.stats()["gaps"] == 1
 
@@ -207,7 +208,7 @@ def test_a_skip_in_a_hosts_numbering_is_a_gap_and_the_feed_goes_on(
     sink = Sink()
     feed = started(feeds(postgres_url, positions={"a": 1}), sink)
     wait_for(lambda: sink.seqs("a") == [2, 4, 5])
-    assert sink.gaps == [("a", 3, 4)]
+    assert sink.gaps == [("a", 3, 4, None)]  # not pruned: which partition, the log can't say
     assert feed.positions() == {"a": 5}
 
 
@@ -216,7 +217,7 @@ def test_a_log_made_anew_below_a_feeds_position_is_a_gap(writer: PostgresStore, 
     writer.save([make_test_record(key(1))])
     sink = Sink()
     started(feeds(postgres_url, positions={"a": 40}), sink)  # stood at 40 in a log since dropped
-    wait_for(lambda: sink.gaps == [("a", 41, 2)])
+    wait_for(lambda: sink.gaps == [("a", 41, 2, None)])
     writer.save([make_test_record(key(2))])
     wait_for(lambda: sink.seqs("a") == [2])
 

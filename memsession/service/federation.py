@@ -65,6 +65,8 @@ _MAX_FILE = 1 << 20
 _SAVE_EVERY = 1.0
 #: Seconds without a read that reached the end of the log after which the feed counts as silent.
 DEFAULT_SILENCE = 3.0
+#: Seconds after a gap's drop that it is repeated: the pushes under way when it was made have landed.
+DROP_AGAIN = 5.0
 
 
 def load_positions(path: str) -> tuple[dict[str, Any] | None, bool]:
@@ -202,8 +204,20 @@ class Federation:
         where = "every partition" if mask == ALL else f"{mask.bit_count()} of {PARTITIONS} partitions"
         log.warning("changes of host %s were missed (seq %d to %d); the sessions held here in %s are read "
                     "from the store again", host, expected, got - 1, where)
-        if mask:
-            self._hand_over(lambda state: drop_partitions(state, mask))
+        if not mask:
+            return
+        self._hand_over(lambda state: drop_partitions(state, mask))
+        # Workers may be pushing what they hold right now (to a sidecar just restarted, or back from a
+        # stall): copies from before the gap would come back with the push. Once those have landed,
+        # the same partitions are dropped again; later pushes hold only copies read after the drop.
+
+        def drop_again() -> None:
+            if not self._stopping.is_set():
+                self._hand_over(lambda state: drop_partitions(state, mask))
+
+        again = threading.Timer(DROP_AGAIN, drop_again)
+        again.daemon = True
+        again.start()
 
     def _hand_over(self, task: HubTask) -> None:
         """Queue ``task`` for the hub thread, waiting while it is behind (the feed reads on once it is in)."""

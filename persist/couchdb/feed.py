@@ -22,9 +22,10 @@ host's write it merged over (``merge_row``), which no other line will show.
 
 ``positions()`` is ``{FEED_HOST: last seq numbered, SINCE: the since the
 feed stands at}``, the since as text: a feed made with them follows from
-there. Where it can't, it reports a gap (``on_gap(FEED_HOST, n, n + 1)``:
-the numbering skips ``n``, standing for the changes missed) and follows from
-the database's end as it read it before the gap was reported:
+there. Where it can't, it reports a gap (``on_gap(FEED_HOST, n, n + 1, None)``:
+the numbering skips ``n``, standing for the changes missed, in partitions it
+can't name) and follows from the database's end as it read it before the gap
+was reported:
 
 * positions without a since (a file a PostgreSQL feed kept);
 * a since ahead of the database's end (``since_lost``: the database was made
@@ -70,7 +71,7 @@ _DECIMAL = re.compile(r"0|-?[1-9][0-9]{0,19}")
 #: The number a sequence starts with: PouchDB's whole int, CouchDB's ``N-<opaque>``.
 _SEQ_NUMBER = re.compile(r"([0-9]{1,20})(?:-|$)")
 OnChanges = Callable[[list[Change]], Any]
-OnGap = Callable[[str, int, int], Any]
+OnGap = Callable[[str, int, int, int | None], Any]
 
 
 def doc_changes(doc: Any) -> tuple[bool, list[tuple[int, int]]]:
@@ -170,7 +171,7 @@ class CouchChangeFeed:
         check_reader_options(heartbeat, retry_min, retry_max, max_line_bytes)
         self._reader: ChangesReader | None = None
         self._on_changes: OnChanges = lambda changes: None
-        self._on_gap: OnGap = lambda host, expected, got: None
+        self._on_gap: OnGap = lambda host, expected, got, partitions: None
 
     def __repr__(self) -> str:
         return f"CouchChangeFeed({self.store.url!r})"
@@ -266,7 +267,7 @@ class CouchChangeFeed:
             self._reader.since = end
         log.warning("the CouchDB change feed missed changes it can't name (%s); going on from the end",
                     reason)
-        self._call(self._on_gap, FEED_HOST, skipped, skipped + 1)
+        self._call(self._on_gap, FEED_HOST, skipped, skipped + 1, None)
 
     def _lines(self, lines: list[dict[str, Any]], since: Seq) -> None:
         """Check and number the changes the lines hold, stand past them, then hand them over."""

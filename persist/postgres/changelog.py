@@ -1,6 +1,6 @@
 """The change log of a sessions table: what each save changed, numbered per host, in the save's transaction.
 
-Two tables next to the sessions table (same schema), made by
+Three tables next to the sessions table (same schema), made by
 ``create_table=True`` when ``PostgresStore(change_log=True)``, or by the DDL
 ``change_log_ddl`` renders::
 
@@ -17,6 +17,8 @@ Two tables next to the sessions table (same schema), made by
     <table>_changes_hosts  per host, the last seq it took
       host      text PRIMARY KEY
       seq       bigint
+
+    <table>_changes_pruned per host and partition, the highest seq pruning deleted (``pruned``)
 
 No session data goes in the log: a follower reads what it needs from the
 sessions table.
@@ -52,7 +54,9 @@ and ``ends_statement`` where the log ends (``persist.postgres.follower``).
 **Pruning.** ``prune`` deletes rows whose ``at`` is older than the store's
 ``log_retention``, in bounded batches; ``_changes_hosts`` is kept, so a
 follower that stood below a pruned row learns that it has missed changes
-(``persist.postgres.follower``).
+(``persist.postgres.follower``). Each batch notes in ``_changes_pruned``, in
+the same statement, the partitions it took, so a follower can say which
+(``persist.postgres.pruned``).
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ from memsession.session import Record
 from memsession.validate import check_number
 
 from ..feed import host_fault
+from .pruned import prune_statement, pruned_ddl, pruned_table
 from .table import TableNames, quote_ident
 
 if TYPE_CHECKING:
@@ -127,14 +132,14 @@ def channel_name(names: TableNames) -> str:
 
 def check_names(names: TableNames) -> None:
     """``ConfigError`` if the log's table names would be cut by PostgreSQL (and two could become one)."""
-    for table in (log_table(names), hosts_table(names)):
+    for table in (log_table(names), hosts_table(names), pruned_table(names)):
         if len(table.encode()) > _NAME_BYTES:
             raise ConfigError("table", names.table,
                               f"with change_log=True, {table!r} is over {_NAME_BYTES} bytes")
 
 
 def change_log_ddl(names: TableNames) -> list[str]:
-    """The statements creating the log's two tables (if missing); the sessions table's schema must exist."""
+    """The statements creating the log's three tables (if missing); the sessions table's schema must exist."""
     return [
         f"CREATE TABLE IF NOT EXISTS {_qualified(names, log_table(names))} (\n"
         '    "host" text COLLATE "C" NOT NULL,\n'
@@ -151,6 +156,7 @@ def change_log_ddl(names: TableNames) -> list[str]:
         '    "host" text COLLATE "C" PRIMARY KEY,\n'
         '    "seq" bigint NOT NULL\n'
         ")",
+        pruned_ddl(names),
     ]
 
 
@@ -303,14 +309,14 @@ class ChangeLog:
                 "COPY {log} (host, seq, key, version, origin, deleted, cleared, at)"
                 " FROM STDIN (FORMAT BINARY)"
             ).format(log=log).as_string(None),
-            prune_rows=sql.SQL(
-                "DELETE FROM {log} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {log} WHERE at < %s LIMIT %s))"
-            ).format(log=log).as_string(None),
+            prune_rows=prune_statement(names, log_table(names)),
             exists=sql.SQL(
                 "SELECT to_regclass({log}) IS NOT NULL AND to_regclass({hosts}) IS NOT NULL"
+                " AND to_regclass({pruned}) IS NOT NULL"
             ).format(
                 log=sql.Literal(_qualified(names, log_table(names))),
                 hosts=sql.Literal(_qualified(names, hosts_table(names))),
+                pruned=sql.Literal(_qualified(names, pruned_table(names))),
             ).as_string(None),
         )
 
@@ -359,22 +365,29 @@ class ChangeLog:
         """Delete rows older than ``now - retention`` (wall seconds), ``batch`` a statement; how many went.
 
         ``run`` is the store's ``_run``: each statement on a pooled connection,
-        retried on a broken one (a DELETE of old rows is idempotent).
+        retried on a broken one (a DELETE of old rows is idempotent, and so is
+        the note of what it took in ``_changes_pruned``, made in the same statement).
         """
         cutoff = now - self.retention
         total = 0
+
+        def work(conn: psycopg.Connection[Any]) -> int:
+            row = conn.execute(self.prune_rows, [cutoff, batch]).fetchone()
+            return int(row[0]) if row else 0
+
         while True:
-            count = run("prune_changes", lambda conn: conn.execute(self.prune_rows, [cutoff, batch]).rowcount)
+            count = run("prune_changes", work)
             total += count
             if count < batch:
                 return total
 
     def check_tables(self, conn: psycopg.Connection[Any]) -> None:
-        """``StoreError`` unless both tables exist: a store that can't log fails at open, not at a save."""
+        """``StoreError`` unless its tables exist: a store that can't log fails at open, not at a save."""
         row = conn.execute(self.exists).fetchone()
         if not (row and row[0]):
             raise StoreError(
-                f"the change log's tables ({log_table(self.names)}, {hosts_table(self.names)}) are missing:"
+                f"the change log's tables ({log_table(self.names)}, {hosts_table(self.names)},"
+                f" {pruned_table(self.names)}) are missing:"
                 " pass create_table=True or run the statements of persist.postgres.changelog.change_log_ddl",
                 store="postgres", op="open",
             )

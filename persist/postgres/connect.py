@@ -46,6 +46,10 @@ _NAME = "postgres"
 #: to be acknowledged, and an idle connection is probed every few seconds.
 DEAD_PEER = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
              "tcp_user_timeout": 10_000}
+#: Seconds a pool keeps retrying one lost connection (its delay doubling from 1 s) before it gives that
+#: attempt up; the next read or write that waits starts another at once. A database back after a long
+#: outage is then used within a couple of seconds, not after a backoff grown to minutes.
+RECONNECT_ATTEMPT = 5.0
 #: invalid_authorization_specification, invalid_password.
 AUTH_SQLSTATES = frozenset({"28000", "28P01"})
 #: What PostgreSQL (and libpq) say, in English, when a login is refused: any method's
@@ -114,6 +118,7 @@ def open_pool(
         kwargs={"autocommit": True, **dead_peer_options(conninfo)},
         configure=configure,
         timeout=timeout,
+        reconnect_timeout=RECONNECT_ATTEMPT,
         name="memsession",
         open=False,
     )

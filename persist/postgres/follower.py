@@ -8,7 +8,8 @@ pool: it sits in ``LISTEN`` between reads):
    that commits after the read still wakes the feed;
 2. read the changes after its positions (``read_statement``), ``batch`` rows
    at a time until it has them all, and hand them to ``on_changes`` in
-   host/seq order, after ``on_gap`` for any host whose numbering skipped;
+   host/seq order, after ``on_gap`` for any host whose numbering skipped
+   (with the partitions pruning took there, ``persist.postgres.pruned``);
 3. wait for a notification that may bring news (its own host's, and a
    ``host:seq`` at or below where it stands, bring none), ``stop()``, or
    ``poll_interval``; then read again. The poll is what makes the feed whole:
@@ -49,6 +50,7 @@ from memsession.validate import check_int, check_number
 from ..feed import Change, change_fault, host_fault
 from .changelog import ends_statement, listen_statement, read_statement
 from .connect import dead_peer_options, is_auth_failure
+from .pruned import PrunedSummary
 from .store import PostgresStore
 from .table import TableNames
 
@@ -60,7 +62,7 @@ _NAME = "postgres"
 _COUNTERS = ("changes", "clears", "gaps", "refused", "errors", "callback_errors", "reconnects", "reads",
              "notifies", "wakes")
 OnChanges = Callable[[list[Change]], Any]
-OnGap = Callable[[str, int, int], Any]
+OnGap = Callable[[str, int, int, int | None], Any]
 
 
 def _translated(exc: BaseException) -> StoreError:
@@ -158,6 +160,7 @@ class PostgresChangeFeed:
         self._read = read_statement(names)
         self._ends = ends_statement(names)
         self._listen = listen_statement(names)
+        self._pruned = PrunedSummary.of(names)
         self._positions = _checked_positions(positions)
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._lock = threading.Lock()
@@ -167,7 +170,7 @@ class PostgresChangeFeed:
         self._heard = False
         self._caught_up: float | None = None
         self._on_changes: OnChanges = lambda changes: None
-        self._on_gap: OnGap = lambda host, expected, got: None
+        self._on_gap: OnGap = lambda host, expected, got, partitions: None
 
     def __repr__(self) -> str:
         return f"PostgresChangeFeed(table={self.names.table!r}, host={self.host!r})"
@@ -307,13 +310,13 @@ class PostgresChangeFeed:
             at = orjson.dumps(self.positions()).decode()
             rows = conn.execute(self._read, {"at": at, "own": self.host, "limit": self.batch}).fetchall()
             self._count("reads")
-            self._hand_over(rows)
+            self._hand_over(rows, conn)
             if len(rows) < self.batch:
                 self._caught_up = time.monotonic()
                 return
 
-    def _hand_over(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Check the rows, report gaps, hand the good ones over, then move the positions past all of them."""
+    def _hand_over(self, rows: Sequence[tuple[Any, ...]], conn: psycopg.Connection[Any]) -> None:
+        """Check the rows, report gaps (and what they took), hand the good ones over, then move past them."""
         moved = self.positions()
         gaps: list[tuple[str, int, int]] = []
         changes: list[Change] = []
@@ -340,10 +343,12 @@ class PostgresChangeFeed:
                 log_refusal(log, "the PostgreSQL change feed skipped a change from the log", refused, fault)
                 continue
             changes.append(Change(key, version, origin, deleted, cleared, host, seq))
-        for gap in gaps:
-            log.warning("the PostgreSQL change log skips from seq %d to %d of host %r",
-                        gap[1], gap[2], gap[0])
-            self._call(self._on_gap, *gap)
+        # Before any callback: a connection that breaks here leaves nothing reported yet, to be read again.
+        named = [(*gap, self._pruned.partitions(conn, *gap)) for gap in gaps]
+        for host, expected, got, partitions in named:
+            log.warning("the PostgreSQL change log skips from seq %d to %d of host %r (%s)", expected, got,
+                        host, "every partition" if partitions is None else f"partitions {partitions:#x}")
+            self._call(self._on_gap, host, expected, got, partitions)
         if changes:
             self._call(self._on_changes, changes)
         with self._lock:
