@@ -24,15 +24,14 @@ import psycopg
 import pytest
 
 from memsession import SessionCache, new_id, session_key
-from memsession.bus import ZmqBus
 from memsession.errors import SessionUnavailable
 from memsession.service.federation import DEFAULT_SILENCE
+from tests.federated import FAST_SIDECAR, workers_of
 from tests.netns import Netns, TcpForwarder, unavailable
 from tests.sidecars import SidecarProcess, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.zmq, pytest.mark.timeout(240)]
 
-FAST_BUS = {"heartbeat": 0.2, "silence": 0.7, "request_timeout": 2.0}
 CUT_FOR = 30.0
 #: A read may miss a change committed this shortly before it began: the sidecar notices its feed has
 #: gone silent within ``DEFAULT_SILENCE`` (plus a poll and a beat) and vouches for nothing from then on.
@@ -93,11 +92,6 @@ def namespace() -> Iterator[Netns]:
         ns.remove()
 
 
-def _workers(runtime_dir: str) -> list[SessionCache]:
-    return [SessionCache(bus=ZmqBus(runtime_dir=runtime_dir, read_through=True, **FAST_BUS),
-                         touch_interval=3600) for _ in range(2)]
-
-
 def test_a_host_cut_off_from_the_database_serves_nothing_stale_and_converges_after(
         namespace: Netns, postgres_url: str) -> None:
     parts = urlsplit(postgres_url)
@@ -105,10 +99,9 @@ def test_a_host_cut_off_from_the_database_serves_nothing_stale_and_converges_aft
     host, port = forwarder.address
     user = f"{parts.username}@" if parts.username else ""
     via_link = urlunsplit((parts.scheme, f"{user}{host}:{port}", parts.path, parts.query, ""))
-    fast = ("--heartbeat", "0.2", "--flush-interval", "0.05")
-    b_side = SidecarProcess(postgres_url, "--host-name", "host-b", *fast).start()
-    a_side = NetnsSidecar(namespace, via_link, "--host-name", "host-a", *fast).start()
-    a, b = _workers(a_side.runtime_dir), _workers(b_side.runtime_dir)
+    b_side = SidecarProcess(postgres_url, "--host-name", "host-b", *FAST_SIDECAR).start()
+    a_side = NetnsSidecar(namespace, via_link, "--host-name", "host-a", *FAST_SIDECAR).start()
+    a, b = workers_of(a_side.runtime_dir), workers_of(b_side.runtime_dir)
     truth = Truth()
     stop = threading.Event()
     stale: list[str] = []

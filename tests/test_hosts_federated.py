@@ -1,15 +1,19 @@
-"""Several hosts, one sidecar each, joined through one real PostgreSQL: the promise holds across hosts.
+"""Several hosts, one sidecar each, joined through one real database: the promise holds across hosts.
 
 Three "hosts", each a real ``memsession sidecar --host-name`` process on its
-own runtime dir with two workers (``SessionCache`` on a ``ZmqBus`` to that
-sidecar, reading through on a miss), share one database. Nothing but the
-database joins them: each sidecar logs its writes in the save's transaction
-and follows the others' log (LISTEN/NOTIFY and a poll every heartbeat). A
-session written on one host is read on another (through the store, with the
-writer's version: read-your-writes); a change made on one host drops every
-older copy on the others; a destroy beats a late write made on another host
-with the copy from before it (no resurrection, in every host and in the
-store); a clear reaches every host; a sidecar restarted resumes following.
+own runtime dir with two workers (``tests.federated``), share one database:
+a real PostgreSQL (each sidecar logs its writes in the save's transaction
+and follows the others' log: LISTEN/NOTIFY and a poll every heartbeat) or a
+real CouchDB-API server (each follows the database's ``_changes``); every
+test of both runs on each. A session written on one host is read on another
+(through the store, with the writer's version: read-your-writes); a change
+made on one host drops every older copy on the others; a destroy beats a
+late write made on another host with the copy from before it (no
+resurrection, in every host and in the store); a clear reaches every host;
+a sidecar restarted resumes following. PostgreSQL only: a sidecar killed
+and restarted replays its log from where it stood, and a gap past the pruned
+log drops only the partitions it missed (CouchDB's own cases are in
+``test_hosts_federated_couch``).
 """
 
 from __future__ import annotations
@@ -17,61 +21,35 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-from memsession import SessionCache, new_id, session_key
-from memsession.bus import ZmqBus
+from memsession import new_id
 from memsession.errors import SessionDestroyed
-from tests.sidecars import SidecarProcess, wait_until
+from tests.federated import CROSS_HOST, Host, everywhere, stored, three_hosts
+from tests.sidecars import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.zmq, pytest.mark.timeout(180)]
 
-FAST_BUS = {"heartbeat": 0.2, "silence": 0.7, "request_timeout": 2.0}
-#: How long a change may take to reach another host: a flush, a NOTIFY, a read-back, generously.
-CROSS_HOST = 10.0
 
-
-@dataclass
-class Host:
-    name: str
-    sidecar: SidecarProcess
-    workers: list[SessionCache]
-
-    def close(self) -> None:
-        for worker in self.workers:
-            worker.close()
-        self.sidecar.stop()
-
-
-def _workers(runtime_dir: str, n: int = 2) -> list[SessionCache]:
-    return [SessionCache(bus=ZmqBus(runtime_dir=runtime_dir, read_through=True, **FAST_BUS),
-                         touch_interval=3600) for _ in range(n)]
-
-
-def _host(url: str, name: str) -> Host:
-    sidecar = SidecarProcess(url, "--host-name", name, "--heartbeat", "0.2", "--flush-interval", "0.05")
-    sidecar.start()
-    return Host(name, sidecar, _workers(sidecar.runtime_dir))
+@pytest.fixture(params=["postgres", "couchdb"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """One database the hosts share: PostgreSQL (its change log) or CouchDB (its ``_changes``)."""
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_url")
+    return f"{request.getfixturevalue('couch_url')}/{request.getfixturevalue('unique_name')('hosts')}"
 
 
 @pytest.fixture
-def hosts(postgres_url: str) -> Iterator[list[Host]]:
-    made: list[Host] = []
-    try:
-        for name in ("host-a", "host-b", "host-c"):
-            made.append(_host(postgres_url, name))
+def hosts(store_url: str) -> Iterator[list[Host]]:
+    with three_hosts(store_url) as made:
         yield made
-    finally:
-        for host in made:
-            host.close()
 
 
-def _everywhere(hosts: list[Host], sid: str, expected: object, what: str) -> None:
-    for host in hosts:
-        for worker in host.workers:
-            wait_until(lambda w=worker: w.get(sid) == expected, CROSS_HOST, f"{what} on {host.name}")
+@pytest.fixture
+def pg_hosts(postgres_url: str) -> Iterator[list[Host]]:
+    with three_hosts(postgres_url) as made:
+        yield made
 
 
 def test_a_session_written_on_one_host_is_read_on_every_other(hosts: list[Host]) -> None:
@@ -81,35 +59,36 @@ def test_a_session_written_on_one_host_is_read_on_every_other(hosts: list[Host])
     # Read-your-writes on another host: the version from the cookie is waited for, then read through.
     got = b.workers[1].wait_for(sid, record.version, 5.0, record.origin)
     assert got is not None and got.data == {"user": "ada"}
-    _everywhere(hosts, sid, {"user": "ada"}, "the new session")
-    assert all(h.sidecar.stats()["remote_changes"] >= 1 for h in (b, c))
+    everywhere(hosts, sid, {"user": "ada"}, "the new session")
+    wait_until(lambda: all(h.sidecar.stats()["remote_changes"] >= 1 for h in (b, c)), CROSS_HOST,
+               "the write in the other hosts' feeds")
 
 
 def test_a_change_on_one_host_drops_the_older_copies_on_the_others(hosts: list[Host]) -> None:
     a, b, c = hosts
     sid = new_id()
     a.workers[0].set(sid, {"n": 1})
-    _everywhere(hosts, sid, {"n": 1}, "the first version")
+    everywhere(hosts, sid, {"n": 1}, "the first version")
     record = c.workers[1].set(sid, {"n": 2, "by": "c"})
-    _everywhere(hosts, sid, {"n": 2, "by": "c"}, "the change made on host c")
+    everywhere(hosts, sid, {"n": 2, "by": "c"}, "the change made on host c")
     got = a.workers[1].wait_for(sid, record.version, 5.0, record.origin)
     assert got is not None and got.data == {"n": 2, "by": "c"}
     assert a.sidecar.stats()["remote_invalidated"] >= 1
 
 
-def test_a_destroy_beats_a_late_write_on_another_host(hosts: list[Host], postgres_url: str) -> None:
+def test_a_destroy_beats_a_late_write_on_another_host(hosts: list[Host], store_url: str) -> None:
     a, b, _ = hosts
     sid = new_id()
     a.workers[0].set(sid, {"cart": 1})
-    _everywhere(hosts, sid, {"cart": 1}, "the session")
+    everywhere(hosts, sid, {"cart": 1}, "the session")
     a.workers[0].destroy(sid)
     # Host b still writes with the copy it had (a request that began before the destroy reached it).
     with contextlib.suppress(SessionDestroyed):  # the destroy got there first: refused outright
         b.workers[0].set(sid, {"cart": 2})
-    _everywhere(hosts, sid, None, "the destroy")
+    everywhere(hosts, sid, None, "the destroy")
     time.sleep(1.0)  # a late write would have been flushed and relayed by now
-    _everywhere(hosts, sid, None, "the destroy, still")
-    assert _stored(postgres_url, sid) in (None, True)
+    everywhere(hosts, sid, None, "the destroy, still")
+    assert stored(store_url, sid) in (None, True)
 
 
 def test_a_clear_reaches_every_host(hosts: list[Host]) -> None:
@@ -118,20 +97,20 @@ def test_a_clear_reaches_every_host(hosts: list[Host]) -> None:
     for host, sid in zip(hosts, sids):
         host.workers[0].set(sid, {"on": host.name})
     for sid, host in zip(sids, hosts):
-        _everywhere(hosts, sid, {"on": host.name}, "each host's session")
+        everywhere(hosts, sid, {"on": host.name}, "each host's session")
     b.workers[1].clear()
     for sid in sids:
-        _everywhere(hosts, sid, None, "the clear")
+        everywhere(hosts, sid, None, "the clear")
     after = new_id()
     c.workers[0].set(after, {"new": True})
-    _everywhere(hosts, after, {"new": True}, "a session made after the clear")
+    everywhere(hosts, after, {"new": True}, "a session made after the clear")
 
 
-def test_a_restarted_sidecar_follows_again(hosts: list[Host], postgres_url: str) -> None:
+def test_a_restarted_sidecar_follows_again(hosts: list[Host]) -> None:
     a, b, _ = hosts
     sid = new_id()
     a.workers[0].set(sid, {"v": 1})
-    _everywhere(hosts, sid, {"v": 1}, "the session")
+    everywhere(hosts, sid, {"v": 1}, "the session")
     b.sidecar.terminate()
     b.sidecar.start()
     for worker in b.workers:
@@ -139,23 +118,15 @@ def test_a_restarted_sidecar_follows_again(hosts: list[Host], postgres_url: str)
     record = a.workers[1].set(sid, {"v": 2})
     got = b.workers[0].wait_for(sid, record.version, 5.0, record.origin)
     assert got is not None and got.data == {"v": 2}
-    _everywhere(hosts, sid, {"v": 2}, "the change made after host b's restart")
+    everywhere(hosts, sid, {"v": 2}, "the change made after host b's restart")
 
 
-def _stored(url: str, sid: str) -> bool | None:
-    """Whether PostgreSQL holds the session as a tombstone (True), live (False), or not at all (None)."""
-    import psycopg
-
-    with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT deleted FROM memsession WHERE sid = %s", (session_key(sid),)).fetchone()
-    return None if row is None else bool(row[0])
-
-
-def test_a_sidecar_killed_and_restarted_resumes_the_feed_where_it_stood(hosts: list[Host]) -> None:
+def test_a_sidecar_killed_and_restarted_resumes_the_feed_where_it_stood(pg_hosts: list[Host]) -> None:
+    hosts = pg_hosts
     a, b, _ = hosts
     sid = new_id()
     a.workers[0].set(sid, {"v": 1})
-    _everywhere(hosts, sid, {"v": 1}, "the session")
+    everywhere(hosts, sid, {"v": 1}, "the session")
     time.sleep(1.2)  # where host b's feed stood is on disk by now (written at most once a second)
     b.sidecar.kill()
     made = [new_id() for _ in range(5)]
@@ -169,14 +140,16 @@ def test_a_sidecar_killed_and_restarted_resumes_the_feed_where_it_stood(hosts: l
                "host b's feed to replay what was written while it was away")
     got = b.workers[0].wait_for(sid, changed.version, 5.0, changed.origin)
     assert got is not None and got.data == {"v": 2}
-    _everywhere([b], sid, {"v": 2}, "the change made while host b was away")
+    everywhere([b], sid, {"v": 2}, "the change made while host b was away")
 
 
-def test_a_gap_past_the_pruned_log_drops_only_the_partitions_it_missed(hosts: list[Host], postgres_url: str) -> None:
+def test_a_gap_past_the_pruned_log_drops_only_the_partitions_it_missed(
+        pg_hosts: list[Host], postgres_url: str) -> None:
+    from memsession import session_key
     from memsession.partitions import partition_of
     from persist.postgres import PostgresStore
 
-    a, b, _ = hosts
+    a, b, _ = pg_hosts
     kept = [new_id() for _ in range(8)]
     missed = new_id()
     while partition_of(session_key(missed)) in {partition_of(session_key(s)) for s in kept}:
@@ -191,7 +164,7 @@ def test_a_gap_past_the_pruned_log_drops_only_the_partitions_it_missed(hosts: li
     time.sleep(1.2)  # where host b's feed stood is on disk
     b.sidecar.kill()
     a.workers[0].set(missed, {"v": 1})
-    wait_until(lambda: _stored(postgres_url, missed) is False, CROSS_HOST, "the write in the store")
+    wait_until(lambda: stored(postgres_url, missed) is False, CROSS_HOST, "the write in the store")
     # Host a's log is pruned past where host b stood, as after a long absence.
     store = PostgresStore(postgres_url, change_log=True, host="host-a")
     try:
