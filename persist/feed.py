@@ -160,8 +160,9 @@ class ChangeFeed(Protocol):
         """
 
     def caught_up_at(self) -> float | None:
-        """When (``time.monotonic``) a read last reached the end of the log, its changes handed over; None:
-        not yet. A follower that can't read (the store is unreachable) stops moving it: it has gone silent."""
+        """When (``time.monotonic``) the feed last read from the store (rows or none, a heartbeat); None: not
+        yet. A follower that can't reach the store stops moving it: it has gone silent. One that reads but
+        is behind (its host is overloaded) is late, not silent: its lag is the cross-host latency."""
 
     def stats(self) -> dict[str, int]:
         """Counters: changes handed over, gaps, rows refused, errors, reconnects, ..."""

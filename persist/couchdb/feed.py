@@ -162,6 +162,8 @@ class CouchChangeFeed:
         self._probe: tuple[float, int] | None = None
         #: When the end last read was, once the feed got past it.
         self._passed: float | None = None
+        #: When lines last came (``caught_up_at``).
+        self._read_at: float | None = None
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._lock = threading.Lock()
         self._reader_options: dict[str, Any] = {
@@ -187,7 +189,7 @@ class CouchChangeFeed:
         if self._reader is not None:
             raise RuntimeError("the change feed is already running")
         self._on_changes, self._on_gap = on_changes, on_gap
-        self._probe = self._passed = None
+        self._probe = self._passed = self._read_at = None
         end = self._end()
         with self._lock:
             if self._since is None:
@@ -212,18 +214,13 @@ class CouchChangeFeed:
             return {FEED_HOST: self._seq, SINCE: self._since}
 
     def caught_up_at(self) -> float | None:
-        """When (``clock.monotonic``) the feed was last at the database's end, what came before handed over.
-
-        At a heartbeat: the server had nothing more to send. While changes
-        come too fast for one (no heartbeat in ``heartbeat`` seconds), the
-        database's end is read and the feed counts as caught up as of that
-        read once it has handed over the changes up to it (``_passing``).
-        """
+        """When (``clock.monotonic``) the feed last heard from the database: a line, a heartbeat, or
+        (changes coming too fast for a heartbeat) the database's end reached (``_passing``)."""
         reader = self._reader
         if reader is None:
             return None
-        beats, passed = reader.idle_at, self._passed
-        return beats if passed is None or (beats is not None and beats > passed) else passed
+        times = [t for t in (reader.idle_at, self._passed, self._read_at) if t is not None]
+        return max(times) if times else None
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -271,6 +268,7 @@ class CouchChangeFeed:
 
     def _lines(self, lines: list[dict[str, Any]], since: Seq) -> None:
         """Check and number the changes the lines hold, stand past them, then hand them over."""
+        self._read_at = self.clock.monotonic()  # the feed reads: late perhaps, not silent
         changes: list[Change] = []
         with self._lock:
             seq = self._seq

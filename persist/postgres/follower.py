@@ -309,10 +309,10 @@ class PostgresChangeFeed:
             self._heard = False  # what was heard until now, this read covers
             at = orjson.dumps(self.positions()).decode()
             rows = conn.execute(self._read, {"at": at, "own": self.host, "limit": self.batch}).fetchall()
+            self._caught_up = time.monotonic()  # the log was read: late perhaps, not silent
             self._count("reads")
             self._hand_over(rows, conn)
             if len(rows) < self.batch:
-                self._caught_up = time.monotonic()
                 return
 
     def _hand_over(self, rows: Sequence[tuple[Any, ...]], conn: psycopg.Connection[Any]) -> None:
