@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import SessionUnavailable
@@ -52,6 +53,8 @@ class HitChecks:
     _counts: dict[str, Any]
     bus: Bus | None
     clock: Clock
+    #: ``Replica.apply``: merge a record that came from elsewhere.
+    apply: Callable[[Record], bool]
 
     def _init_checks(self) -> None:
         #: Set while the bus repairs a gap: a hit is checked with the hub before it is served.
@@ -61,9 +64,6 @@ class HitChecks:
         #: Partitions the hub can't vouch for now (``memsession.partitions`` mask; 0: none).
         self._suspect = 0
         self._vouch_failed = False
-
-    def apply(self, record: Record) -> bool:  # ``Replica``'s
-        raise NotImplementedError
 
     def begin_repair(self) -> None:
         """The bus lost messages: check each entry with the hub before serving it, until ``end_repair``."""
