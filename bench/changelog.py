@@ -7,8 +7,9 @@ Without a URL it starts a throwaway PostgreSQL (the test harness's
 ``records`` new sessions (the rows ``bench.sidecar.records`` makes) in batches
 of 2,000 (the write-behind batch, taking the COPY path) and of 100 (the
 upsert path) into a table made afresh, then the same keys again (every row an
-update). The log adds one row per record, one counter update and one NOTIFY
-per batch. Target: with the log, at least 0.85 of the rows/s without.
+update). The log adds one row per save (the keys' digests, versions, origins and
+tombstone flags), one counter update and one NOTIFY per batch. Target: with
+the log, at least 0.85 of the rows/s without.
 
 Two measures, the best of ``rounds`` interleaved runs each: rows/s (wall
 time), and CPU per row, the bench process's plus every process of the

@@ -20,14 +20,27 @@ COMMENT ON COLUMN "memsession"."sid" IS 'memsession session key: SHA-256 (hex) o
 -- CREATE TABLE IF NOT EXISTS "memsession_changes" (
 --     "host" text COLLATE "C" NOT NULL,
 --     "seq" bigint NOT NULL,
---     "key" text COLLATE "C" NOT NULL,
---     "version" bigint NOT NULL,
---     "origin" bigint NOT NULL,
---     "deleted" boolean NOT NULL,
+--     "first_seq" bigint NOT NULL,
+--     "keys" text COLLATE "C" NOT NULL,
+--     "versions" bigint[] NOT NULL,
+--     "origins" bigint[] NOT NULL,
+--     "deleted" boolean[] NOT NULL,
 --     "cleared" bigint NOT NULL DEFAULT 0,
 --     "at" double precision NOT NULL,
 --     PRIMARY KEY ("host", "seq")
 -- );
+-- DO $$ BEGIN
+--     IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('"memsession_changes"') AND attname = 'keys')
+--        AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('"memsession_changes"')
+--                    AND attname IN ('keys', 'versions', 'origins', 'deleted')
+--                    AND attstorage <> 'e') THEN
+--         ALTER TABLE "memsession_changes"
+--             ALTER COLUMN "keys" SET STORAGE EXTERNAL,
+--             ALTER COLUMN "versions" SET STORAGE EXTERNAL,
+--             ALTER COLUMN "origins" SET STORAGE EXTERNAL,
+--             ALTER COLUMN "deleted" SET STORAGE EXTERNAL;
+--     END IF;
+-- END $$;
 -- CREATE TABLE IF NOT EXISTS "memsession_changes_hosts" (
 --     "host" text COLLATE "C" PRIMARY KEY,
 --     "seq" bigint NOT NULL

@@ -1,4 +1,4 @@
-"""PostgresStore(change_log=True): a log row per record written, numbered per host, in the save's transaction.
+"""PostgresStore(change_log=True): a log row per save, its records numbered per host, in the save's transaction.
 
 What the log holds (keys and versions, never data), the numbering (1, 2, 3,
 ... per host with no hole, also under concurrent writers of one host, in
@@ -22,12 +22,12 @@ import pytest
 
 from memsession.errors import ConfigError, StoreError
 from persist.postgres import PostgresStore, ddl
-from persist.postgres.changelog import LOG_RETENTION, MIN_LOG_RETENTION, channel_name
+from persist.postgres.changelog import LOG_RETENTION, MIN_LOG_RETENTION, ROW_CHANGES, channel_name
 from persist.postgres.table import TableNames
 from persist.testing import make_test_delta, make_test_record
 
 V = 1 << 40
-LOG_COLUMNS = ["host", "seq", "key", "version", "origin", "deleted", "cleared", "at"]
+LOG_COLUMNS = ["host", "seq", "first_seq", "keys", "versions", "origins", "deleted", "cleared", "at"]
 
 
 def key(i: int | str) -> str:
@@ -36,11 +36,31 @@ def key(i: int | str) -> str:
 
 
 def log_rows(url: str, table: str = '"memsession_changes"') -> list[tuple[Any, ...]]:
-    """The log's rows but ``at``, in host/seq order (``table``: the log table, quoted)."""
+    """The log's records, ``(host, seq, key, version, origin, deleted, cleared)`` in host/seq order
+    (``table``: the log table, quoted); a clear as key ``''``."""
     with psycopg.connect(url) as conn:
         return conn.execute(
-            f"SELECT host, seq, key, version, origin, deleted, cleared FROM {table} ORDER BY host, seq"
+            f"SELECT host, first_seq + u.i - 1, u.k, u.v, u.o, u.x, cleared FROM {table},"
+            " unnest(string_to_array(keys, E'\\n'), versions, origins, deleted)"
+            " WITH ORDINALITY AS u(k, v, o, x, i)"
+            f" UNION ALL SELECT host, seq, '', 0, 0, false, cleared FROM {table} WHERE cleared <> 0"
+            " ORDER BY 1, 2"
         ).fetchall()
+
+
+def row_spans(url: str) -> list[tuple[str, int, int]]:
+    """The log's rows as ``(host, first_seq, seq)``: which records share a row."""
+    with psycopg.connect(url) as conn:
+        return conn.execute('SELECT host, first_seq, seq FROM "memsession_changes" ORDER BY host, seq').fetchall()
+
+
+def keys_storage(url: str, table: str = '"memsession_changes"') -> str:
+    """How the log's keys and arrays are stored: ``'e'``, uncompressed out of line, is what the log asks for."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT DISTINCT attstorage FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+                            " AND attname IN ('keys', 'versions', 'origins', 'deleted')", [table]).fetchall()
+    assert len(rows) == 1
+    return str(rows[0][0])
 
 
 def counters(url: str) -> dict[str, int]:
@@ -64,8 +84,8 @@ def store(postgres_url: str) -> Iterator[PostgresStore]:
 
 @pytest.mark.parametrize("copying", [False, True], ids=["upsert", "copy"])
 @pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "plain"])
-def test_a_save_logs_one_row_per_record_written_and_no_data(postgres_url: str, copying: bool,
-                                                            pipelined: bool) -> None:
+def test_a_save_logs_the_records_it_wrote_in_one_row_and_no_data(postgres_url: str, copying: bool,
+                                                                 pipelined: bool) -> None:
     store = logging_store(postgres_url, copy_rows=1 if copying else 1000)
     store.pipelined = pipelined and store.pipelined
     try:
@@ -85,6 +105,7 @@ def test_a_save_logs_one_row_per_record_written_and_no_data(postgres_url: str, c
         assert store.save([make_test_delta(key(1), {"more": 1}, version=V + 10, origin=9)]) == 1
         assert log_rows(postgres_url)[-1] == ("h1", 4, key(1), V + 10, 9, False, 0)
         assert counters(postgres_url) == {"h1": 4}
+        assert row_spans(postgres_url) == [("h1", 1, 3), ("h1", 4, 4)]  # one row per save
         with psycopg.connect(postgres_url) as conn:
             columns = conn.execute(
                 "SELECT column_name FROM information_schema.columns"
@@ -263,15 +284,42 @@ def test_a_clear_is_logged_once_with_its_watermark(store: PostgresStore, postgre
 
 def test_purge_prunes_log_rows_past_the_retention_and_keeps_the_counters(store: PostgresStore,
                                                                         postgres_url: str) -> None:
-    store.save([make_test_record(key(i), expires=float("inf")) for i in range(5)])
+    for i in range(5):
+        store.save([make_test_record(key(i), expires=float("inf")),
+                    make_test_record(key(i + 10), expires=float("inf"))])
     now = time.time()
     assert store.prune_changes(now) == 0  # younger than the retention
-    store.purge_batch = 2  # bounded statements, repeated until done
     assert store.purge(now + LOG_RETENTION + 120) == 0  # no session lapsed; the log was pruned all the same
     assert log_rows(postgres_url) == []
-    assert counters(postgres_url) == {"h1": 5}
+    assert counters(postgres_url) == {"h1": 10}
     store.save([make_test_record(key(9))])
-    assert [seq for _, seq, *_ in log_rows(postgres_url)] == [6]
+    assert [seq for _, seq, *_ in log_rows(postgres_url)] == [11]
+    for i in range(5):
+        store.save([make_test_record(key(i + 20), expires=float("inf"))])
+    assert store.changes is not None
+    # Bounded statements (2 rows each here), repeated until done.
+    assert store.changes.prune(store._run, now + LOG_RETENTION + 120, rows=2) == 6
+    assert log_rows(postgres_url) == []
+
+
+@pytest.mark.parametrize("copying", [False, True], ids=["upsert", "copy"])
+def test_a_save_of_more_records_than_a_row_holds_takes_several_rows_numbered_on(postgres_url: str,
+                                                                                copying: bool) -> None:
+    store = logging_store(postgres_url, copy_rows=1 if copying else 10_000)
+    try:
+        store.save([make_test_record(key(0))])
+        batch = [make_test_record(key(i), version=V + i) for i in range(1, ROW_CHANGES * 2 + 101)]
+        assert store.save(batch) == len(batch)
+        assert row_spans(postgres_url) == [
+            ("h1", 1, 1), ("h1", 2, ROW_CHANGES + 1), ("h1", ROW_CHANGES + 2, 2 * ROW_CHANGES + 1),
+            ("h1", 2 * ROW_CHANGES + 2, 2 * ROW_CHANGES + 101),
+        ]
+        assert [(seq, k, v) for _, seq, k, v, *_ in log_rows(postgres_url)][1:] == [
+            (i + 1, key(i), V + i) for i in range(1, ROW_CHANGES * 2 + 101)
+        ]
+        assert counters(postgres_url) == {"h1": 2 * ROW_CHANGES + 101}
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("schema", [None, "app"])
@@ -309,6 +357,25 @@ def test_a_store_with_the_log_on_and_its_tables_missing_fails_at_open(postgres_u
     assert raised.value.op == "open"
 
 
+def test_a_log_of_the_older_layout_is_refused_at_open_with_what_to_do(postgres_url: str) -> None:
+    logging_store(postgres_url).close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute('DROP TABLE "memsession_changes"')
+        conn.execute('CREATE TABLE "memsession_changes" (host text, seq bigint, key text, version bigint,'
+                     ' origin bigint, deleted boolean, cleared bigint, at float8, PRIMARY KEY (host, seq))')
+    with pytest.raises(StoreError, match="older layout .* drop it") as raised:
+        logging_store(postgres_url)
+    assert raised.value.op == "open"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute('DROP TABLE "memsession_changes"')
+    store = logging_store(postgres_url)  # made anew, numbered on from the kept counter
+    try:
+        store.save([make_test_record(key(1))])
+        assert row_spans(postgres_url) == [("h1", 1, 1)] and keys_storage(postgres_url) == "e"
+    finally:
+        store.close()
+
+
 def test_the_ddl_with_the_change_log_makes_what_the_store_needs(postgres_url: str) -> None:
     assert "memsession_changes" not in ddl()
     with psycopg.connect(postgres_url, autocommit=True) as conn:
@@ -317,6 +384,7 @@ def test_the_ddl_with_the_change_log_makes_what_the_store_needs(postgres_url: st
     try:
         store.save([make_test_record(key(1))])
         assert log_rows(postgres_url, '"app"."sess_changes"') == [("h1", 1, key(1), V, 7, False, 0)]
+        assert keys_storage(postgres_url, '"app"."sess_changes"') == "e"
     finally:
         store.close()
 

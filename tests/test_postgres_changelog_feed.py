@@ -23,6 +23,7 @@ from memsession.errors import ConfigError, StoreError, StoreUnavailable
 from memsession.partitions import mask_of, partition_of
 from persist.feed import Change, ChangeFeed
 from persist.postgres import PostgresChangeFeed, PostgresStore
+from persist.postgres.changelog import ROW_CHANGES
 from persist.testing import make_test_record
 from tests.test_postgres_changelog import V, key
 
@@ -138,18 +139,20 @@ def test_its_own_hosts_changes_are_never_handed_over(writer: PostgresStore, post
         other.close()
 
 
-def test_changes_come_in_host_and_seq_order_at_most_batch_at_a_time(
+def test_changes_come_in_host_and_seq_order_at_most_batch_log_rows_at_a_time(
         writer: PostgresStore, postgres_url: str, feeds: Callable[..., PostgresChangeFeed]) -> None:
     other = PostgresStore(postgres_url, change_log=True, host="c")
     try:
-        writer.save([make_test_record(key(i)) for i in range(4)])
+        for i in range(4):  # a row per save
+            writer.save([make_test_record(key(i))])
         other.save([make_test_record(key(i), version=V + 1) for i in range(3)])
         sink = Sink()
         started(feeds(postgres_url, positions={}, batch=2), sink)  # from the log's start
         wait_for(lambda: len(sink.changes) == 7)
         assert [(c.host, c.seq) for c in sink.changes] == [("a", 1), ("a", 2), ("a", 3), ("a", 4),
                                                            ("c", 1), ("c", 2), ("c", 3)]
-        assert all(len(batch) <= 2 for batch in sink.batches)
+        # Two rows a read: a's four, then c's one row of three.
+        assert [len(batch) for batch in sink.batches] == [2, 2, 3]
     finally:
         other.close()
 
@@ -184,7 +187,7 @@ def test_a_feed_starts_at_the_end_and_a_restarted_one_resumes_without_replay_or_
 def test_pruning_past_a_feeds_position_is_reported_as_a_gap(writer: PostgresStore, postgres_url: str,
                                                             feeds: Callable[..., PostgresChangeFeed]) -> None:
     writer.save([make_test_record(key(i)) for i in range(3)])
-    assert writer.prune_changes(time.time() + writer.changes.retention + 60) == 3  # type: ignore[union-attr]
+    assert writer.prune_changes(time.time() + writer.changes.retention + 60) == 1  # type: ignore[union-attr]
     writer.save([make_test_record(key(i), version=V + 1) for i in range(2)])  # seqs 4 and 5, kept
     sink = Sink()
     feed = started(feeds(postgres_url, positions={"a": 1}), sink)
@@ -202,7 +205,8 @@ def test_pruning_past_a_feeds_position_is_reported_as_a_gap(writer: PostgresStor
 
 def test_a_skip_in_a_hosts_numbering_is_a_gap_and_the_feed_goes_on(
         writer: PostgresStore, postgres_url: str, feeds: Callable[..., PostgresChangeFeed]) -> None:
-    writer.save([make_test_record(key(i)) for i in range(5)])
+    for i in range(5):  # a row per save
+        writer.save([make_test_record(key(i))])
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("DELETE FROM memsession_changes WHERE seq = 3")
     sink = Sink()
@@ -253,7 +257,8 @@ def test_the_poll_finds_changes_no_notification_announced(postgres_url: str, wri
     feed = started(feeds(postgres_url, poll_interval=0.2), sink)
     with psycopg.connect(postgres_url, autocommit=True) as conn:  # a writer that does not notify
         conn.execute("INSERT INTO memsession_changes_hosts VALUES ('z', 1)")
-        conn.execute("INSERT INTO memsession_changes VALUES ('z', 1, %s, %s, 1, false, 0, 0)", [key(1), V])
+        conn.execute("INSERT INTO memsession_changes VALUES ('z', 1, 1, %s, ARRAY[%s::bigint],"
+                     " '{1}', '{f}', 0, 0)", [key(1), V])
     wait_for(lambda: sink.seqs("z") == [1])
     assert feed.stats()["wakes"] == 0
 
@@ -283,16 +288,17 @@ def test_a_terminated_connection_is_recovered_and_what_was_written_meanwhile_arr
 # -- what the feed refuses, and its errors ------------------------------------------------------------------
 
 
-def test_rows_that_break_the_rule_are_skipped_counted_and_logged(writer: PostgresStore, postgres_url: str,
-                                                                 feeds: Callable[..., PostgresChangeFeed],
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_records_that_break_the_rule_are_skipped_counted_and_logged(
+        writer: PostgresStore, postgres_url: str, feeds: Callable[..., PostgresChangeFeed],
+        caplog: pytest.LogCaptureFixture) -> None:
     secret = "k" * 64  # not hex: not a key as stored
-    bad = [(1, secret, V, 1, False, 0), (2, key(2), -5, 1, False, 0), (3, "", 0, 0, True, V),
-           (4, key(4), V, 1, False, V), (5, key(5), 0, 1, False, 0)]
+    bad = [(secret, V, 1, False), (key(2), -5, 1, False), ("", 0, 0, True), (key(4).upper(), V, 1, False),
+           (key(5), 0, 1, False)]
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("INSERT INTO memsession_changes_hosts VALUES ('a', 5)")
-        for row in bad:
-            conn.execute("INSERT INTO memsession_changes VALUES ('a', %s, %s, %s, %s, %s, %s, 0)", row)
+        keys, *arrays = (list(column) for column in zip(*bad))
+        conn.execute("INSERT INTO memsession_changes VALUES ('a', 5, 1, %s, %s, %s, %s, 0, 0)",
+                     ["\n".join(keys), *arrays])
     writer.save([make_test_record(key(6))])  # seq 6, good
     sink = Sink()
     with caplog.at_level(logging.DEBUG, logger="memsession.persist"):
@@ -303,6 +309,30 @@ def test_rows_that_break_the_rule_are_skipped_counted_and_logged(writer: Postgre
     messages = [r for r in caplog.records if "skipped a change" in r.getMessage()]
     assert len(messages) == len(bad) and not any(secret in r.getMessage() for r in messages)
     assert [r.levelno for r in messages] == [logging.WARNING] + [logging.DEBUG] * (len(bad) - 1)
+
+
+def test_a_row_that_cant_be_read_whole_is_a_gap_over_its_seqs_for_every_partition(
+        writer: PostgresStore, postgres_url: str, feeds: Callable[..., PostgresChangeFeed]) -> None:
+    many = ROW_CHANGES + 1
+    rows = [
+        (2, 1, [key(1)] * 3, [V] * 3, [1] * 3, [False] * 3, 0),  # three records for two seqs
+        (3, 3, [key(3)], [V, V], [1], [False], 0),  # arrays of unequal lengths: the server leaves them out
+        (3 + many, 4, [key(4)] * many, [V] * many, [1] * many, [False] * many, 0),  # more than a row holds
+        (4 + many, 4 + many, [key(5)], [V], [1], [False], V),  # a clear that lists a record
+    ]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO memsession_changes_hosts VALUES ('z', %s)", [5 + many])
+        for seq, first, keys, *rest in rows:
+            conn.execute("INSERT INTO memsession_changes VALUES ('z', %s, %s, %s, %s, %s, %s, %s, 0)",
+                         [seq, first, "\n".join(keys), *rest])
+        conn.execute("INSERT INTO memsession_changes VALUES ('z', %s, %s, %s, %s, '{1}', '{f}', 0, 0)",
+                     [5 + many, 5 + many, key(9), [V]])
+    sink = Sink()
+    feed = started(feeds(postgres_url, positions={}), sink)
+    wait_for(lambda: sink.seqs("z") == [5 + many])
+    assert sink.gaps == [("z", 1, 3, None), ("z", 3, 4, None), ("z", 4, 4 + many, None),
+                         ("z", 4 + many, 5 + many, None)]
+    assert feed.stats()["refused"] == 4 and feed.positions() == {"z": 5 + many}
 
 
 def test_a_failing_callback_is_logged_and_the_feed_goes_on(writer: PostgresStore, postgres_url: str,

@@ -119,17 +119,18 @@ def test_a_clear_pruned_before_the_gap_names_nothing() -> None:
 def test_pruning_notes_each_partition_from_the_keys_first_two_hex_digits(
         stores: Callable[[str], PostgresStore], postgres_url: str) -> None:
     store = stores("a")
+    row = "INSERT INTO memsession_changes VALUES ('z', %s, %s, %s, %s, %s, %s, %s, 0)"
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute("INSERT INTO memsession_changes_hosts VALUES ('z', 258)")
-        for part in range(256):
-            conn.execute("INSERT INTO memsession_changes VALUES ('z', %s, %s, 1, 1, false, 0, 0)",
-                         [part + 1, key_in(part)])
-        conn.execute("INSERT INTO memsession_changes VALUES ('z', 257, %s, 1, 1, false, 0, 0)", ["k" * 64])
-        conn.execute("INSERT INTO memsession_changes VALUES ('z', 258, '', 0, 0, false, 5, 0)")
-    store.purge_batch = 100  # three statements, each noting what it took
-    assert prune(store) == 258
+        conn.execute("INSERT INTO memsession_changes_hosts VALUES ('z', 260)")
+        every = "\n".join(key_in(part) for part in range(256))
+        conn.execute(row, [256, 1, every, [1] * 256, [1] * 256, [False] * 256, 0])
+        conn.execute(row, [257, 257, "k" * 64, [1], [1], [False], 0])  # a key of no partition
+        conn.execute(row, [258, 258, "", [], [], [], 5])  # a clear
+        conn.execute(row, [260, 259, key_in(7), [1], [1], [False], 0])  # two seqs, one key: can't say
+    assert store.changes is not None
+    assert store.changes.prune(store._run, time.time(), rows=3) == 4  # two statements, each noting what it took
     noted = summary(postgres_url)
-    assert noted == {**{("z", part): part + 1 for part in range(256)}, ("z", CLEARS): 258, ("z", FLOOR): 1}
+    assert noted == {**{("z", part): part + 1 for part in range(256)}, ("z", CLEARS): 260, ("z", FLOOR): 1}
 
 
 def test_the_summary_keeps_the_highest_seq_across_prunes(stores: Callable[[str], PostgresStore],

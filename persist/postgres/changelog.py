@@ -4,15 +4,16 @@ Three tables next to the sessions table (same schema), made by
 ``create_table=True`` when ``PostgresStore(change_log=True)``, or by the DDL
 ``change_log_ddl`` renders::
 
-    <table>_changes        one row per record a save wrote, one per clear
+    <table>_changes        a row per save of up to ``ROW_CHANGES`` records (more take more), a row per clear
       host      text       the writing host (``PostgresStore(host=)``)
-      seq       bigint     1, 2, 3, ... per host, no gaps     PRIMARY KEY (host, seq)
-      key       text       the session key ('' for a clear)
-      version   bigint     the stored record's (version, origin) after the save (0, 0 for a clear)
-      origin    bigint
-      deleted   boolean    a tombstone
-      cleared   bigint     a clear's watermark (0 for a record)
-      at        float8     the server's wall clock when the seq was taken: pruning goes by it
+      seq       bigint     the last seq the row numbers: 1, 2, 3, ... per host,  PRIMARY KEY (host, seq)
+      first_seq bigint     and its first: the row's records are first_seq .. seq, no gaps between rows
+      keys      text       the session keys, in seq order, one per line (empty for a clear)
+      versions  bigint[]   the stored records' (version, origin) after the save
+      origins   bigint[]
+      deleted   boolean[]  tombstones
+      cleared   bigint     a clear's watermark (0 for records)
+      at        float8     the server's wall clock when the seqs were taken: pruning goes by it
 
     <table>_changes_hosts  per host, the last seq it took
       host      text PRIMARY KEY
@@ -21,28 +22,33 @@ Three tables next to the sessions table (same schema), made by
     <table>_changes_pruned per host and partition, the highest seq pruning deleted (``pruned``)
 
 No session data goes in the log: a follower reads what it needs from the
-sessions table.
+sessions table. Every record still has its own seq (a follower's position
+and a gap are counted in records), but the records of one save share one
+row: a row per record cost an insert of a few microseconds per record
+(heap tuple, index entry), the most of the log's share of a save. The keys
+are one text, a key a line (the shape rule allows only printable keys, so
+none holds a newline): PostgreSQL took longer to parse a ``text[]`` of a
+thousand keys than to write the rest of the row. The four columns are stored
+uncompressed out of line (``STORAGE EXTERNAL``): compressing them cost a save
+more than the bytes it saved (``python -m bench.changelog``).
 
-**Numbering.** A batch bumps the host's row in ``_changes_hosts`` by the
-batch's size (``INSERT ... ON CONFLICT DO UPDATE ... RETURNING``) and numbers
-its rows below the new value: in one statement that inserts them too
-(``append``, in the round trip of the commit), or, for a save that copies its
-rows, in ``bump``, whose value numbers the log rows it then copies
-(``copy_rows``: a copied row costs the server much less than an ``INSERT
-... SELECT`` of it, and the log's cost is per row). The bump locks the
-host's counter row until commit, so two processes of one host take turns
-there: the second one's bump waits, then reads the first one's value (or, if
-it rolled back, the old one, so a failed save leaves no hole), and a host's
-seqs commit in order: a reader that sees seq n of a host sees every retained
-seq below it. The bump comes last in a save, after the table lock and the
-key locks every save takes in one order (``statements``; a clear takes the
-table lock before it too), so batches still never deadlock, and the counter
-row, the one lock every batch of a host needs, is held only for a save's
-last steps. Two writers of one host that commit to fsync'd disks take turns
-at their commits: a host's write-behind batches are large, so it costs little.
+**Numbering.** A row bumps the host's row in ``_changes_hosts`` by its
+size and is numbered below the new value, in one statement that inserts it
+too (``INSERT ... ON CONFLICT DO UPDATE ... RETURNING``, in the round trip of
+the commit). The bump locks the host's counter row until commit, so two
+processes of one host take turns there: the second one's bump waits, then
+reads the first one's value (or, if it rolled back, the old one, so a
+failed save leaves no hole), and a host's seqs commit in order: a reader
+that sees seq n of a host sees every retained seq below it. The bump comes
+last in a save, after the table lock and the key locks every save takes in
+one order (``statements``; a clear takes the table lock before it too), so
+batches still never deadlock, and the counter row, the one lock every batch
+of a host needs, is held only for a save's last steps. Two writers of one
+host that commit to fsync'd disks take turns at their commits: a host's
+write-behind batches are large, so it costs little.
 
 **Notification.** The bump's statement calls ``pg_notify(channel, 'host:seq')``
-with the batch's last seq. PostgreSQL delivers a notification when its
+with the row's last seq. PostgreSQL delivers a notification when its
 transaction commits, and drops it if it rolls back, so a notification never
 runs ahead of the rows it announces. The channel is the log table's name,
 schema-qualified as ``schema.table_changes`` when a schema is named
@@ -50,13 +56,22 @@ schema-qualified as ``schema.table_changes`` when a schema is named
 
 **Reading.** ``read_statement`` reads the rows after a follower's positions
 and ``ends_statement`` where the log ends (``persist.postgres.follower``).
+A row with more than ``ROW_CHANGES`` records, or keys longer than that many
+digests take, or arrays of unequal lengths, comes without its keys and
+arrays: a follower takes it for a gap.
 
 **Pruning.** ``prune`` deletes rows whose ``at`` is older than the store's
-``log_retention``, in bounded batches; ``_changes_hosts`` is kept, so a
+``log_retention``, ``PRUNE_ROWS`` a statement; ``_changes_hosts`` is kept, so a
 follower that stood below a pruned row learns that it has missed changes
-(``persist.postgres.follower``). Each batch notes in ``_changes_pruned``, in
-the same statement, the partitions it took, so a follower can say which
+(``persist.postgres.follower``). Each statement notes in ``_changes_pruned``,
+in the same statement, the partitions it took, so a follower can say which
 (``persist.postgres.pruned``).
+
+**An older layout** (one row per record, columns ``key``, ``version``, ...)
+is refused at open (``check_tables``); the log only holds the last
+``log_retention`` of changes, so dropping ``<table>_changes`` and opening the
+store with ``create_table=True`` makes it anew (followers then repair every
+partition once).
 """
 
 from __future__ import annotations
@@ -83,6 +98,8 @@ if TYPE_CHECKING:
 __all__ = [
     "LOG_RETENTION",
     "MIN_LOG_RETENTION",
+    "PRUNE_ROWS",
+    "ROW_CHANGES",
     "ChangeLog",
     "channel_name",
     "change_log_ddl",
@@ -99,6 +116,11 @@ LOG_RETENTION = 3600.0
 #: reads the log again within that long still hears of every destroy whose tombstone still
 #: counts; set ``log_retention`` above your own ``tombstone_ttl`` if you raised it.
 MIN_LOG_RETENTION = Config().tombstone_ttl
+#: The most records one log row holds: a save of more takes more rows. A follower reads no
+#: larger row (one read of ``batch`` rows stays bounded); a larger one is a gap to it.
+ROW_CHANGES = 1000
+#: How many log rows one pruning statement deletes at most (each up to ``ROW_CHANGES`` records).
+PRUNE_ROWS = 100
 #: How the store runs one statement on a pooled connection (``PostgresStore._run``).
 Run = Callable[[str, Callable[["psycopg.Connection[Any]"], int]], int]
 #: The longest name PostgreSQL keeps whole (identifiers, notification channels).
@@ -115,6 +137,10 @@ def hosts_table(names: TableNames) -> str:
 
 def _qualified(names: TableNames, table: str) -> str:
     return quote_ident(table) if names.schema is None else quote_ident(names.schema, table)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def channel_name(names: TableNames) -> str:
@@ -140,18 +166,35 @@ def check_names(names: TableNames) -> None:
 
 def change_log_ddl(names: TableNames) -> list[str]:
     """The statements creating the log's three tables (if missing); the sessions table's schema must exist."""
+    log = _qualified(names, log_table(names))
     return [
-        f"CREATE TABLE IF NOT EXISTS {_qualified(names, log_table(names))} (\n"
+        f"CREATE TABLE IF NOT EXISTS {log} (\n"
         '    "host" text COLLATE "C" NOT NULL,\n'
         '    "seq" bigint NOT NULL,\n'
-        '    "key" text COLLATE "C" NOT NULL,\n'
-        '    "version" bigint NOT NULL,\n'
-        '    "origin" bigint NOT NULL,\n'
-        '    "deleted" boolean NOT NULL,\n'
+        '    "first_seq" bigint NOT NULL,\n'
+        '    "keys" text COLLATE "C" NOT NULL,\n'
+        '    "versions" bigint[] NOT NULL,\n'
+        '    "origins" bigint[] NOT NULL,\n'
+        '    "deleted" boolean[] NOT NULL,\n'
         '    "cleared" bigint NOT NULL DEFAULT 0,\n'
         '    "at" double precision NOT NULL,\n'
         '    PRIMARY KEY ("host", "seq")\n'
         ")",
+        # Once, not at every open: changing a column's storage locks the table. An older
+        # layout (no keys column) is left to ``check_tables`` to refuse.
+        "DO $$ BEGIN\n"
+        f"    IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass({_literal(log)})"
+        " AND attname = 'keys')\n"
+        f"       AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass({_literal(log)})\n"
+        "                   AND attname IN ('keys', 'versions', 'origins', 'deleted')\n"
+        "                   AND attstorage <> 'e') THEN\n"
+        f"        ALTER TABLE {log}\n"
+        '            ALTER COLUMN "keys" SET STORAGE EXTERNAL,\n'
+        '            ALTER COLUMN "versions" SET STORAGE EXTERNAL,\n'
+        '            ALTER COLUMN "origins" SET STORAGE EXTERNAL,\n'
+        '            ALTER COLUMN "deleted" SET STORAGE EXTERNAL;\n'
+        "    END IF;\n"
+        "END $$",
         f"CREATE TABLE IF NOT EXISTS {_qualified(names, hosts_table(names))} (\n"
         '    "host" text COLLATE "C" PRIMARY KEY,\n'
         '    "seq" bigint NOT NULL\n'
@@ -166,12 +209,8 @@ def _ident(names: TableNames, table: str) -> sql.Identifier:
     return sql.Identifier(table) if names.schema is None else sql.Identifier(names.schema, table)
 
 
-#: How ``copy`` sends each column (binary).
-_COPY_TYPES = ("text", "int8", "text", "int8", "int8", "bool", "int8", "float8")
-
-
 def _bump(names: TableNames) -> sql.Composed:
-    """The CTE that takes a batch's seqs: the host's counter raised by ``n``, its new value and the time."""
+    """The CTE that takes a row's seqs: the host's counter raised by ``n``, its new value and the time."""
     from psycopg import sql
 
     # ``at`` is taken once, after the bump got the counter's lock: in a host's seq order.
@@ -183,62 +222,59 @@ def _bump(names: TableNames) -> sql.Composed:
     ).format(hosts=_ident(names, hosts_table(names)))
 
 
-def _notify(names: TableNames) -> sql.Composed:
-    from psycopg import sql
-
-    return sql.SQL("pg_notify({channel}, %(host)s::text || ':' || bump.last)").format(
-        channel=sql.Literal(channel_name(names))
-    )
-
-
-def _bump_statement(names: TableNames) -> str:
-    """Take a batch's seqs and notify (sent at commit): ``(last, at)``, for a batch whose rows are copied."""
-    from psycopg import sql
-
-    return sql.SQL("{bump} SELECT bump.last, bump.at, {notify} FROM bump").format(
-        bump=_bump(names), notify=_notify(names)
-    ).as_string(None)
-
-
 def _append_statement(names: TableNames) -> str:
-    """Bump the host's counter, insert the batch's rows below it, notify: one statement (see the module)."""
+    """Bump the host's counter, insert the row numbered below it, notify: one statement (see the module)."""
     from psycopg import sql
 
     return sql.SQL(
         "{bump}, logged AS ("
-        " INSERT INTO {log} (host, seq, key, version, origin, deleted, cleared, at)"
-        " SELECT %(host)s::text, bump.last - %(n)s::bigint + b.i, b.k, b.v, b.o, b.x, %(cleared)s::bigint,"
-        " bump.at"
-        " FROM bump, unnest(%(k)s::text[], %(v)s::bigint[], %(o)s::bigint[], %(x)s::boolean[])"
-        " WITH ORDINALITY AS b(k, v, o, x, i)"
+        " INSERT INTO {log} (host, seq, first_seq, keys, versions, origins, deleted, cleared, at)"
+        " SELECT %(host)s::text, bump.last, bump.last - %(n)s::bigint + 1, %(k)s::text, %(v)s::bigint[],"
+        " %(o)s::bigint[], %(x)s::boolean[], %(cleared)s::bigint, bump.at FROM bump"
         ")"
-        " SELECT {notify} FROM bump"
-    ).format(bump=_bump(names), log=_ident(names, log_table(names)), notify=_notify(names)).as_string(None)
+        " SELECT pg_notify({channel}, %(host)s::text || ':' || bump.last) FROM bump"
+    ).format(
+        bump=_bump(names), log=_ident(names, log_table(names)), channel=sql.Literal(channel_name(names))
+    ).as_string(None)
 
 
 def read_statement(names: TableNames) -> str:
-    """Changes after a follower's positions, as ``(host, last, seq, key, version, origin, deleted, cleared)``.
+    """Rows after a follower's positions, as ``(host, last, seq, first_seq, keys, versions, origins, deleted,
+    cleared)``.
 
     Parameters: ``at`` (the positions, a JSON object host -> seq; a host it
-    lacks is at 0), ``own`` (the follower's host, left out) and ``limit``.
-    In host/seq order, at most ``limit`` rows, only for hosts whose counter
-    moved from their position: ``_changes_hosts`` is small, so an idle host
-    costs no look into the log. ``last`` is the host's counter in the same
-    snapshot; a host whose rows after its position were all pruned comes as
-    one row with seq NULL (and so does a host whose counter is below the
-    position: the log was made anew).
+    lacks is at 0), ``own`` (the follower's host, left out) and ``limit``
+    (rows). In host/seq order, only for hosts whose counter moved from their
+    position: ``_changes_hosts`` is small, so an idle host costs no look into
+    the log. ``last`` is the host's counter in the same snapshot; a host
+    whose rows after its position were all pruned comes as one row with seq
+    NULL (and so does a host whose counter is below the position: the log was
+    made anew). A row of more than ``ROW_CHANGES`` records (or keys, at 64
+    characters and a newline each), or whose arrays differ in length, comes
+    with NULL keys and arrays: the server never sends it whole.
     """
     from psycopg import sql
 
     position = sql.SQL("coalesce((%(at)s::jsonb ->> h.host)::bigint, 0)")
+    fits = sql.SQL(
+        "coalesce(octet_length(l.keys) < {bytes} AND cardinality(l.versions) <= {most}"
+        " AND cardinality(l.origins) = cardinality(l.versions)"
+        " AND cardinality(l.deleted) = cardinality(l.versions),"
+        " false)"
+    ).format(most=sql.Literal(ROW_CHANGES), bytes=sql.Literal(ROW_CHANGES * 65))
     return sql.SQL(
-        "SELECT h.host, h.seq, c.seq, c.key, c.version, c.origin, c.deleted, c.cleared FROM {hosts} AS h"
-        " LEFT JOIN LATERAL (SELECT l.seq, l.key, l.version, l.origin, l.deleted, l.cleared FROM {log} AS l"
+        "SELECT h.host, h.seq, c.seq, c.first_seq, c.keys, c.versions, c.origins, c.deleted, c.cleared"
+        " FROM {hosts} AS h"
+        " LEFT JOIN LATERAL (SELECT l.seq, l.first_seq, l.cleared,"
+        " CASE WHEN f.fits THEN l.keys END AS keys, CASE WHEN f.fits THEN l.versions END AS versions,"
+        " CASE WHEN f.fits THEN l.origins END AS origins, CASE WHEN f.fits THEN l.deleted END AS deleted"
+        " FROM {log} AS l, LATERAL (SELECT {fits} AS fits) AS f"
         " WHERE l.host = h.host AND l.seq > {position} ORDER BY l.seq LIMIT %(limit)s) AS c ON true"
         " WHERE h.host <> %(own)s::text AND h.seq <> {position}"
         " ORDER BY h.host, c.seq LIMIT %(limit)s"
     ).format(
-        hosts=_ident(names, hosts_table(names)), log=_ident(names, log_table(names)), position=position
+        hosts=_ident(names, hosts_table(names)), log=_ident(names, log_table(names)), position=position,
+        fits=fits,
     ).as_string(None)
 
 
@@ -255,14 +291,6 @@ def listen_statement(names: TableNames) -> str:
     return "LISTEN " + quote_ident(channel_name(names))
 
 
-def _text_array(items: list[str]) -> str:
-    """A ``text[]`` literal: elements quoted (``NULL``, ``""``, spaces stay text), ``"``, ``\\`` escaped."""
-    return "{" + ",".join(
-        '"' + (item.replace("\\", "\\\\").replace('"', '\\"') if '"' in item or "\\" in item else item) + '"'
-        for item in items
-    ) + "}"
-
-
 @dataclass(frozen=True)
 class ChangeLog:
     """The log a ``PostgresStore(change_log=True)`` writes: its host, retention and statements."""
@@ -271,8 +299,6 @@ class ChangeLog:
     host: str
     retention: float
     append: str
-    bump_counter: str
-    copy: str
     prune_rows: str
     exists: str
 
@@ -300,21 +326,19 @@ class ChangeLog:
         check_names(names)
         from psycopg import sql
 
-        log = _ident(names, log_table(names))
+        log = sql.Literal(_qualified(names, log_table(names)))
         return cls(
             names=names, host=host, retention=float(retention),
             append=_append_statement(names),
-            bump_counter=_bump_statement(names),
-            copy=sql.SQL(
-                "COPY {log} (host, seq, key, version, origin, deleted, cleared, at)"
-                " FROM STDIN (FORMAT BINARY)"
-            ).format(log=log).as_string(None),
             prune_rows=prune_statement(names, log_table(names)),
+            # The layout too: a log of one row per record (an older memsession's) can't be appended to.
             exists=sql.SQL(
                 "SELECT to_regclass({log}) IS NOT NULL AND to_regclass({hosts}) IS NOT NULL"
-                " AND to_regclass({pruned}) IS NOT NULL"
+                " AND to_regclass({pruned}) IS NOT NULL,"
+                " EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass({log}) AND attname = 'keys'"
+                " AND atttypid = 'text'::regtype AND NOT attisdropped)"
             ).format(
-                log=sql.Literal(_qualified(names, log_table(names))),
+                log=log,
                 hosts=sql.Literal(_qualified(names, hosts_table(names))),
                 pruned=sql.Literal(_qualified(names, pruned_table(names))),
             ).as_string(None),
@@ -324,45 +348,32 @@ class ChangeLog:
         return change_log_ddl(self.names)
 
     def record_rows(self, conn: psycopg.Connection[Any], records: Sequence[Record]) -> None:
-        """Log the records a save wrote, in the caller's transaction on ``conn`` (pipelined or not)."""
-        if records:
-            self._append(conn, [r.key for r in records], [r.version for r in records],
-                         [r.origin for r in records], [r.deleted for r in records], 0)
+        """Log the records a save wrote, in the caller's transaction on ``conn`` (pipelined or not).
+
+        One row per ``ROW_CHANGES`` records, each numbered by its own bump.
+        """
+        for start in range(0, len(records), ROW_CHANGES):
+            rows = records[start:start + ROW_CHANGES]
+            self._append(conn, [r.key for r in rows], [r.version for r in rows], [r.origin for r in rows],
+                         [r.deleted for r in rows], 0)
 
     def clear_row(self, conn: psycopg.Connection[Any], watermark: int) -> None:
         """Log a clear that raised the watermark to ``watermark``, in the caller's transaction."""
-        self._append(conn, [""], [0], [0], [False], watermark)
-
-    def bump(self, conn: psycopg.Connection[Any], n: int) -> psycopg.Cursor[Any]:
-        """Take ``n`` seqs (and notify) in the caller's transaction: the cursor ``copy_rows`` numbers from."""
-        return conn.execute(self.bump_counter, {"host": self.host, "n": n})
-
-    def copy_rows(
-        self, conn: psycopg.Connection[Any], records: Sequence[Record], bumped: psycopg.Cursor[Any]
-    ) -> None:
-        """Copy the log rows of ``records``, numbered below what ``bump`` returned (not in pipeline mode)."""
-        row = bumped.fetchone()
-        assert row is not None
-        last, at = row[0], row[1]
-        first = last - len(records) + 1
-        host = self.host
-        with conn.cursor() as cur, cur.copy(self.copy) as copy:
-            copy.set_types(_COPY_TYPES)
-            for seq, record in enumerate(records, first):
-                copy.write_row((host, seq, record.key, record.version, record.origin, record.deleted, 0, at))
+        self._append(conn, [], [], [], [], watermark, n=1)
 
     def _append(self, conn: psycopg.Connection[Any], keys: list[str], versions: list[int], origins: list[int],
-                deleted: list[bool], cleared: int) -> None:
+                deleted: list[bool], cleared: int, n: int | None = None) -> None:
         # Array literals made here: cheaper on both sides than a JSON array of objects, and for
-        # the client than psycopg's element-by-element list dumping (the log's cost is per row).
+        # the client than psycopg's element-by-element list dumping.
         conn.execute(self.append, {
-            "host": self.host, "n": len(keys), "cleared": cleared, "k": _text_array(keys),
-            "v": "{" + ",".join(map(str, versions)) + "}", "o": "{" + ",".join(map(str, origins)) + "}",
+            "host": self.host, "n": len(keys) if n is None else n, "cleared": cleared,
+            "k": "\n".join(keys), "v": "{" + ",".join(map(str, versions)) + "}",
+            "o": "{" + ",".join(map(str, origins)) + "}",
             "x": "{" + ",".join(["t" if x else "f" for x in deleted]) + "}",
         })
 
-    def prune(self, run: Run, now: float, batch: int) -> int:
-        """Delete rows older than ``now - retention`` (wall seconds), ``batch`` a statement; how many went.
+    def prune(self, run: Run, now: float, rows: int = PRUNE_ROWS) -> int:
+        """Delete rows older than ``now - retention`` (wall seconds), ``rows`` a statement; how many went.
 
         ``run`` is the store's ``_run``: each statement on a pooled connection,
         retried on a broken one (a DELETE of old rows is idempotent, and so is
@@ -372,22 +383,30 @@ class ChangeLog:
         total = 0
 
         def work(conn: psycopg.Connection[Any]) -> int:
-            row = conn.execute(self.prune_rows, [cutoff, batch]).fetchone()
+            row = conn.execute(self.prune_rows, [cutoff, rows]).fetchone()
             return int(row[0]) if row else 0
 
         while True:
             count = run("prune_changes", work)
             total += count
-            if count < batch:
+            if count < rows:
                 return total
 
     def check_tables(self, conn: psycopg.Connection[Any]) -> None:
-        """``StoreError`` unless its tables exist: a store that can't log fails at open, not at a save."""
+        """``StoreError`` unless its tables exist, laid out as this version writes them: a store that can't
+        log fails at open, not at a save."""
         row = conn.execute(self.exists).fetchone()
         if not (row and row[0]):
             raise StoreError(
                 f"the change log's tables ({log_table(self.names)}, {hosts_table(self.names)},"
                 f" {pruned_table(self.names)}) are missing:"
                 " pass create_table=True or run the statements of persist.postgres.changelog.change_log_ddl",
+                store="postgres", op="open",
+            )
+        if not row[1]:
+            raise StoreError(
+                f"the change log {log_table(self.names)} has an older layout (one row per record): it holds"
+                " only the last log_retention of changes, so drop it and open the store with"
+                " create_table=True (or run change_log_ddl) to make it anew; followers then repair once",
                 store="postgres", op="open",
             )

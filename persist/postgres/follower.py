@@ -6,9 +6,10 @@ pool: it sits in ``LISTEN`` between reads):
 
 1. connect, ``LISTEN`` on the log's channel, and only then read: a change
    that commits after the read still wakes the feed;
-2. read the changes after its positions (``read_statement``), ``batch`` rows
-   at a time until it has them all, and hand them to ``on_changes`` in
-   host/seq order, after ``on_gap`` for any host whose numbering skipped
+2. read the changes after its positions (``read_statement``), ``batch`` log
+   rows (each up to ``ROW_CHANGES`` records) at a time until it has them
+   all, and hand them to ``on_changes`` in host/seq order, after ``on_gap``
+   for any host whose numbering skipped
    (with the partitions pruning took there, ``persist.postgres.pruned``);
 3. wait for a notification that may bring news (its own host's, and a
    ``host:seq`` at or below where it stands, bring none), ``stop()``, or
@@ -21,10 +22,12 @@ reconnect after a backoff (``retry_min`` doubling up to ``retry_max``; each
 reconnect waits at most ``reconnect_timeout``, so a network that comes back
 is used within seconds), from
 the positions it had: nothing is replayed or lost. Rows are checked as they
-are read (``persist.feed.change_fault``): a row that breaks the rule is
-skipped, counted as ``refused`` and logged without its key
-(``memsession.refusals``: a flood costs a few warnings); the position moves
-past it all the same, or the feed would read it forever.
+are read (``persist.postgres.logrows``): a record that breaks the rule
+(``persist.feed.change_fault``) is skipped, a row that can't be read at all
+is a gap (every partition) over its seqs; either is counted as ``refused``
+and logged without its key (``memsession.refusals``: a flood costs a few
+warnings); the position moves past it all the same, or the feed would read
+it forever.
 """
 
 from __future__ import annotations
@@ -47,9 +50,10 @@ from memsession.record_shape import MAX_VERSION
 from memsession.refusals import log_refusal
 from memsession.validate import check_int, check_number
 
-from ..feed import Change, change_fault, host_fault
+from ..feed import Change, host_fault
 from .changelog import ends_statement, listen_statement, read_statement
 from .connect import dead_peer_options, is_auth_failure
+from .logrows import read_row
 from .pruned import PrunedSummary
 from .store import PostgresStore
 from .table import TableNames
@@ -100,9 +104,10 @@ class PostgresChangeFeed:
     name the sessions table). ``host`` is this feed's own host: its rows are
     never handed over. By default the feed starts at the end of the log as
     ``start()`` finds it; ``positions`` (from ``positions()`` of an earlier
-    feed) resumes where that one stood. ``batch`` bounds the rows one read
-    (and one ``on_changes`` call) carries; ``statement_timeout`` bounds each
-    read, so a stuck server can't hold the feed.
+    feed) resumes where that one stood. ``batch`` bounds the log rows one read
+    (and one ``on_changes`` call) carries, each up to ``ROW_CHANGES``
+    records; ``statement_timeout`` bounds each read, so a stuck server can't
+    hold the feed.
     """
 
     def __init__(
@@ -113,7 +118,7 @@ class PostgresChangeFeed:
         schema: str | None = None,
         table: str | None = None,
         poll_interval: float = 1.0,
-        batch: int = 1000,
+        batch: int = 50,
         positions: Mapping[str, int] | None = None,
         retry_min: float = 0.1,
         retry_max: float = 1.0,
@@ -319,8 +324,10 @@ class PostgresChangeFeed:
         """Check the rows, report gaps (and what they took), hand the good ones over, then move past them."""
         moved = self.positions()
         gaps: list[tuple[str, int, int]] = []
+        unread: list[tuple[str, int, int]] = []  # the seqs of rows that can't be read: every partition
         changes: list[Change] = []
-        for host, last, seq, key, version, origin, deleted, cleared in rows:
+        faults: list[str] = []
+        for host, last, seq, first, keys, versions, origins, deleted, cleared in rows:
             if type(host) is not str or type(last) is not int or not (seq is None or type(seq) is int):
                 raise StoreError("the change log's tables have unexpected column types",
                                  store=_NAME, op="changes")
@@ -331,20 +338,27 @@ class PostgresChangeFeed:
                     gaps.append((host, at + 1, last + 1))
                 moved[host] = last
                 continue
-            if seq != at + 1 and valid:
-                gaps.append((host, at + 1, seq))
             moved[host] = seq
-            fault = change_fault(key, version, origin, deleted, cleared, host, seq)
-            if fault is not None:
-                with self._lock:
-                    self._counts["refused"] += 1
-                    refused = self._counts["refused"]
-                # A flood of bad rows costs a handful of warnings; the fault never quotes the key.
-                log_refusal(log, "the PostgreSQL change feed skipped a change from the log", refused, fault)
+            row = read_row(host, seq, first, keys, versions, origins, deleted, cleared)
+            if isinstance(row, str):
+                faults.append(row)
+                if valid:
+                    unread.append((host, at + 1, seq + 1))
                 continue
-            changes.append(Change(key, version, origin, deleted, cleared, host, seq))
+            if row.first > at + 1 and valid:
+                gaps.append((host, at + 1, row.first))
+            # A position inside a row (set by hand) takes the rest of it.
+            changes.extend(row.changes if row.first > at else [c for c in row.changes if c.seq > at])
+            faults.extend(row.faults)
+        for fault in faults:
+            with self._lock:
+                self._counts["refused"] += 1
+                refused = self._counts["refused"]
+            # A flood of bad rows costs a handful of warnings; the fault never quotes the key.
+            log_refusal(log, "the PostgreSQL change feed skipped a change from the log", refused, fault)
         # Before any callback: a connection that breaks here leaves nothing reported yet, to be read again.
         named = [(*gap, self._pruned.partitions(conn, *gap)) for gap in gaps]
+        named += [(*gap, None) for gap in unread]
         for host, expected, got, partitions in named:
             log.warning("the PostgreSQL change log skips from seq %d to %d of host %r (%s)", expected, got,
                         host, "every partition" if partitions is None else f"partitions {partitions:#x}")
@@ -355,7 +369,7 @@ class PostgresChangeFeed:
             self._positions = moved
             self._counts["changes"] += len(changes)
             self._counts["clears"] += sum(1 for change in changes if change.is_clear)
-            self._counts["gaps"] += len(gaps)
+            self._counts["gaps"] += len(named)
 
     def _call(self, callback: Callable[..., Any], *args: Any) -> None:
         try:

@@ -12,7 +12,7 @@ with them::
 
 **Writing.** ``prune_statement`` deletes a batch of old log rows and, in the
 same statement, upserts what it deleted: per (host, partition of the key's
-first two hex digits) the highest seq (``GREATEST``), per host the lowest
+first two hex digits) the highest seq of a key (``GREATEST``), per host the lowest
 (``LEAST``, under ``FLOOR``). It upserts in (host, part) order, so
 hosts pruning at once never deadlock on them. Saves never touch the table;
 it holds at most 258 rows per host.
@@ -71,17 +71,28 @@ def pruned_ddl(names: TableNames) -> str:
 
 
 def prune_statement(names: TableNames, log_table: str) -> str:
-    """Delete up to ``%s`` (2nd) log rows older than ``%s`` (1st), noted in the summary: how many went."""
+    """Delete up to ``%s`` (2nd) log rows older than ``%s`` (1st), noted in the summary: how many went.
+
+    A row's records are numbered ``first_seq`` on (``persist.postgres.changelog``); a clear, or a
+    row whose keys don't match its seqs, counts under ``CLEARS``.
+    """
     log_name, pruned = _qualified(names, log_table), _qualified(names, pruned_table(names))
     return (
         "WITH gone AS ("
         f" DELETE FROM {log_name} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {log_name} WHERE at < %s LIMIT %s))"
-        " RETURNING host, seq, CASE WHEN key ~ '^[0-9a-f][0-9a-f]' THEN ('x' || left(key, 2))::bit(8)::int"
+        " RETURNING host, seq, first_seq, string_to_array(keys, E'\\n') AS keys, cleared"
+        "), parts AS ("
+        " SELECT g.host, g.first_seq + k.i - 1 AS seq,"
+        " CASE WHEN k.key ~ '^[0-9a-f][0-9a-f]' THEN ('x' || left(k.key, 2))::bit(8)::int"
         f" ELSE {CLEARS} END AS part"
+        " FROM gone AS g, unnest(g.keys) WITH ORDINALITY AS k(key, i)"
+        " WHERE g.cleared = 0 AND cardinality(g.keys) = g.seq - g.first_seq + 1"
+        f" UNION ALL SELECT host, seq, {CLEARS} FROM gone"
+        " WHERE cleared <> 0 OR coalesce(cardinality(keys), 0) <> seq - first_seq + 1"
         f"), noted AS (INSERT INTO {pruned} AS p (host, part, seq)"
         " SELECT host, part, seq FROM ("
-        " SELECT host, part, max(seq) AS seq FROM gone GROUP BY host, part"
-        f" UNION ALL SELECT host, {FLOOR}, min(seq) FROM gone GROUP BY host) AS s ORDER BY host, part"
+        " SELECT host, part, max(seq) AS seq FROM parts GROUP BY host, part"
+        f" UNION ALL SELECT host, {FLOOR}, min(first_seq) FROM gone GROUP BY host) AS s ORDER BY host, part"
         " ON CONFLICT (host, part) DO UPDATE SET seq ="
         f" CASE WHEN p.part = {FLOOR} THEN least(p.seq, excluded.seq) ELSE greatest(p.seq, excluded.seq) END"
         ") SELECT count(*) FROM gone"

@@ -17,13 +17,10 @@ the merge holds until commit (``save_lock``). Something else that writes the
 table without the locks could still add the key meanwhile; the copy then
 fails on the key and the batch is saved again, by upserts alone.
 
-With a change log (``persist.postgres.changelog``), either way appends one
-log row per record written after the rows themselves: the log's per-host
-counter is the one lock all of a host's batches share, so it is taken last
-and held the shortest. ``upsert`` logs in its last statement, in the round
-trip of the commit; a copying save bumps the counter with its upserts and
-then copies the log's rows too (one COPY round trip more, and a copied log
-row costs the server much less than an ``INSERT ... SELECT`` of it).
+With a change log (``persist.postgres.changelog``), either way appends the
+batch's log row (one per ``ROW_CHANGES`` records) after the rows themselves,
+in the round trip of the commit: the log's per-host counter is the one lock
+all of a host's batches share, so it is taken last and held the shortest.
 """
 
 from __future__ import annotations
@@ -59,7 +56,7 @@ def save_batch(conn: psycopg.Connection[Any], sql: Statements, batch: dict[str, 
     """Merge ``batch`` (one record per key) into the table on ``conn``; how many rows were written.
 
     A batch of at least ``copy_rows`` records copies the rows of new keys.
-    ``changes``: the log that gets a row per record written, in the same transaction.
+    ``changes``: the log that gets the records written, in the same transaction.
     """
     keys = keys_param(list(batch))
     if len(batch) < copy_rows:
@@ -137,13 +134,8 @@ def _copying(conn: psycopg.Connection[Any], sql: Statements, batch: dict[str, Re
                 raise psycopg.DataError(f"a value is out of range for its column: {exc}") from exc
         with pipeline():
             upserted = conn.execute(sql.upsert, [orjson.dumps(rows).decode()]) if rows else None
-            bumped = changes.bump(conn, len(written)) if changes is not None and written else None
-            if bumped is None:
-                conn.execute("COMMIT")
-        if bumped is not None:
-            assert changes is not None
-            # The log's rows go by COPY too, numbered below the counter the bump returned.
-            changes.copy_rows(conn, written, bumped)
+            if changes is not None:
+                changes.record_rows(conn, written)
             conn.execute("COMMIT")
     except BaseException:
         conn.rollback()

@@ -367,7 +367,7 @@ class PostgresStore:
     def prune_changes(self, now: float) -> int:
         """Delete the change log's rows older than ``now - log_retention``; how many went (0: no log)."""
         check_open(self._closed, _NAME, "prune_changes")
-        return 0 if self.changes is None else self.changes.prune(self._run, now, self.purge_batch)
+        return 0 if self.changes is None else self.changes.prune(self._run, now)
 
     def clear(self, version: int) -> int:
         """Raise the watermark row and delete the live rows it covers, in one transaction.
