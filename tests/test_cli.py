@@ -95,6 +95,14 @@ def test_ddl_prints_the_sql_without_psycopg() -> None:
     assert done.stderr == ""
 
 
+def test_ddl_prints_the_change_logs_tables_when_asked() -> None:
+    done = run_without_psycopg("ddl", "--table", "sess", "--change-log")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ddl(None, "sess", change_log=True)
+    assert 'CREATE TABLE IF NOT EXISTS "sess_changes"' in done.stdout
+    assert "sess_changes" not in run_without_psycopg("ddl", "--table", "sess").stdout
+
+
 def test_without_psycopg_the_postgres_store_says_what_to_install() -> None:
     done = subprocess.run(
         [sys.executable, "-c", "import sys; sys.modules['psycopg'] = None; from persist.postgres import PostgresStore"],

@@ -94,6 +94,9 @@ def _ddl_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--column", action="append", default=[], metavar="FIELD=NAME",
                    help="rename a column, e.g. --column key=session_id (fields: key data version origin "
                         "created accessed expires deleted); repeatable")
+    p.add_argument("--change-log", action="store_true",
+                   help="also the change log's tables, for sidecars run with --host-name "
+                        "(see 'Several hosts')")
 
 
 def _ddl(args: argparse.Namespace) -> int:
@@ -105,7 +108,7 @@ def _ddl(args: argparse.Namespace) -> int:
         if not sep:
             raise ConfigError("--column", item, "expected FIELD=NAME")
         columns[field] = name
-    sys.stdout.write(ddl(args.schema, args.table, columns))
+    sys.stdout.write(ddl(args.schema, args.table, columns, change_log=args.change_log))
     return 0
 
 
